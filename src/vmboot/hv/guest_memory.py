@@ -1,0 +1,119 @@
+"""Guest RAM backed by one anonymous ``mmap``, with bounds-checked access by guest-physical address.
+
+Both the memory-only VM and the KVM VM use this class: KVM registers the same
+mapping with ``KVM_SET_USER_MEMORY_REGION``, so what the host writes here is
+what the guest sees.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterable
+
+from vmboot.errors import GuestMemoryError
+from vmboot.hv.memory_map import MemoryRegion, ram_regions
+
+
+class GuestMemory:
+    """Guest RAM: ``regions`` of guest-physical space mapped onto one host mapping."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.regions: tuple[MemoryRegion, ...] = ram_regions(memory_bytes)
+        self.size = memory_bytes
+        # MAP_NORESERVE: a 4 GiB guest costs nothing until its pages are touched.
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._map: mmap.mmap | None = mmap.mmap(-1, memory_bytes, flags=flags)
+        self._view: memoryview | None = memoryview(self._map)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    def close(self) -> None:
+        """Unmap guest RAM. Views handed out earlier must have been released."""
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The host mapping (for registering with a hypervisor)."""
+        if self._map is None:
+            raise GuestMemoryError("guest memory: used after the VM was closed")
+        return self._map
+
+    # -- address translation ------------------------------------------------------------------
+    def offset_of(self, gpa: int, length: int) -> int:
+        """Host offset of guest-physical ``[gpa, gpa + length)``; raise if any byte is not RAM."""
+        if not isinstance(gpa, int) or not isinstance(length, int):
+            raise GuestMemoryError(
+                f"guest memory: address and length must be integers, got {gpa!r}, {length!r}"
+            )
+        if length < 0:
+            raise GuestMemoryError(f"guest memory: negative length {length} at {gpa:#x}")
+        if gpa < 0:
+            raise GuestMemoryError(f"guest memory: negative guest-physical address {gpa:#x}")
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + length <= region.end:
+                return region.offset + (gpa - region.gpa)
+        valid = ", ".join(f"[{r.gpa:#x}, {r.end:#x})" for r in self.regions)
+        raise GuestMemoryError(
+            f"guest memory: [{gpa:#x}, {gpa + length:#x}) ({length} bytes) is not inside guest RAM;"
+            f" RAM is {valid}"
+        )
+
+    def contains(self, gpa: int, length: int) -> bool:
+        """True if every byte of ``[gpa, gpa + length)`` is guest RAM."""
+        try:
+            self.offset_of(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    # -- access -------------------------------------------------------------------------------
+    def _mv(self) -> memoryview:
+        if self._view is None:
+            raise GuestMemoryError("guest memory: used after the VM was closed")
+        return self._view
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Copy ``length`` bytes from guest-physical ``gpa``."""
+        off = self.offset_of(gpa, length)
+        return bytes(self._mv()[off : off + length])
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` to guest-physical ``gpa``; nothing is written unless all of it fits."""
+        src = memoryview(data).cast("B")
+        off = self.offset_of(gpa, src.nbytes)
+        self._mv()[off : off + src.nbytes] = src
+
+    def zero(self, gpa: int, length: int) -> None:
+        """Zero ``length`` bytes at guest-physical ``gpa``."""
+        off = self.offset_of(gpa, length)
+        mv = self._mv()
+        chunk = 1 << 20
+        zeros = bytes(min(length, chunk))
+        pos = off
+        end = off + length
+        while pos < end:
+            n = min(chunk, end - pos)
+            mv[pos : pos + n] = zeros[:n]
+            pos += n
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy, writable view of ``[gpa, gpa + length)``. Release it before closing."""
+        off = self.offset_of(gpa, length)
+        return self._mv()[off : off + length]
+
+    def read_u64s(self, gpa: int, count: int) -> list[int]:
+        """Read ``count`` little-endian 64-bit words (page-table entries, stack slots)."""
+        raw = self.read(gpa, 8 * count)
+        return list(memoryview(raw).cast("Q"))
+
+    def ram_ranges(self) -> Iterable[tuple[int, int]]:
+        """``(start, end)`` guest-physical pairs of RAM."""
+        return [(r.gpa, r.end) for r in self.regions]
