@@ -1,0 +1,1 @@
+"""The device model: just enough of a PC for Linux to boot to userspace."""
