@@ -1,0 +1,24 @@
+"""The Linux/x86 boot protocol: load a kernel, lay it out in guest RAM, enter it in 64-bit mode.
+
+Authority: the kernel's Documentation/arch/x86/boot.rst and
+arch/x86/include/uapi/asm/bootparam.h (offsets in :mod:`vmboot.linux.bootparam`).
+"""
+
+from vmboot.linux.bzimage import KernelImage, load_bzimage
+from vmboot.linux.e820 import E820Entry, E820Type, default_e820_map
+from vmboot.linux.loader import load_kernel
+from vmboot.linux.options import BootOptions
+from vmboot.linux.plan import BootPlan
+from vmboot.linux.setup_header import SetupHeader
+
+__all__ = [
+    "BootOptions",
+    "BootPlan",
+    "E820Entry",
+    "E820Type",
+    "KernelImage",
+    "SetupHeader",
+    "default_e820_map",
+    "load_bzimage",
+    "load_kernel",
+]

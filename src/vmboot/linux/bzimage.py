@@ -1,0 +1,464 @@
+"""bzImage kernels: read the setup header, plan the layout, write the guest, build the zero page.
+
+The loader half of the boot (the configurator half is :class:`~vmboot.linux.plan.BootPlan`).
+Everything is validated before the first byte is written to guest memory, so a refused
+boot leaves the guest untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from vmboot.errors import (
+    BootConfigError,
+    CmdlineError,
+    KernelFormatError,
+    LayoutError,
+    UnsupportedKernelError,
+)
+from vmboot.hv.base import VirtualMachine
+from vmboot.hv.memory_map import GiB
+from vmboot.linux import bootparam as bp
+from vmboot.linux import layout
+from vmboot.linux.compression import detect_compression
+from vmboot.linux.e820 import E820Entry, default_e820_map, pack_table, validate_e820
+from vmboot.linux.layout import Region
+from vmboot.linux.options import BootOptions
+from vmboot.linux.plan import BootPlan
+from vmboot.linux.setup_header import SetupHeader
+from vmboot.x86.paging import PAGE_SIZE
+
+KernelSource = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview
+U32_LIMIT = 1 << 32
+KERNEL_VERSION_MAX = 256
+"""Longest kernel version string read from the image."""
+
+
+def read_source(source: KernelSource) -> tuple[bytes, str]:
+    """The bytes of a kernel given as a path, a binary file object or bytes, and a name for errors."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), "<bytes>"
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as e:
+            raise KernelFormatError(f"{path}: cannot read the kernel: {e.strerror or e}") from e
+    name = str(getattr(source, "name", "<file object>"))
+    data = source.read()
+    if not isinstance(data, bytes):
+        raise KernelFormatError(f"{name}: the file object must be opened in binary mode ('rb')")
+    return data, name
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """Whether the 64-bit entry can be used, and why not."""
+
+    ok: bool
+    reason: str
+
+
+class KernelImage:
+    """A bzImage kernel: its setup header, its protected-mode payload, and how to boot it."""
+
+    format = "bzImage"
+
+    def __init__(self, data: bytes, name: str = "<bytes>") -> None:
+        self.data = data
+        self.name = name
+        self.setup_header = _parse_and_validate(data, name)
+        self._pm_offset = self.setup_header.setup_size
+
+    # -- what the image says ----------------------------------------------------------------
+    @property
+    def header_bytes(self) -> bytes:
+        """The raw setup header as the image has it: offsets 0x1f1 up to its computed end."""
+        return self.data[bp.SETUP_HEADER_OFFSET : self.setup_header.header_end]
+
+    @property
+    def payload_offset(self) -> int:
+        """Offset of the protected-mode part in the file: (setup_sects + 1) * 512."""
+        return self._pm_offset
+
+    def payload(self) -> memoryview:
+        """The protected-mode part: what is loaded at the load address."""
+        return memoryview(self.data)[self._pm_offset :]
+
+    def compressed_payload(self) -> memoryview | None:
+        """The compressed vmlinux inside the protected-mode part (protocol 2.08+), if known."""
+        h = self.setup_header
+        if not h.is_defined("payload_offset") or h.payload_length == 0:
+            return None
+        return self.payload()[h.payload_offset : h.payload_offset + h.payload_length]
+
+    @property
+    def compression(self) -> str:
+        blob = self.compressed_payload()
+        return "unknown" if blob is None else detect_compression(blob)
+
+    @property
+    def kernel_version(self) -> str | None:
+        """The version string the header's ``kernel_version`` field points at (offset + 0x200)."""
+        ptr = self.setup_header.kernel_version
+        if ptr == 0:
+            return None
+        start = ptr + bp.SECTOR_SIZE
+        raw = self.data[start : start + KERNEL_VERSION_MAX]
+        end = raw.find(b"\0")
+        if end <= 0:
+            return None
+        return raw[:end].decode("ascii", "replace")
+
+    @property
+    def init_size(self) -> int:
+        """Bytes the kernel needs from its load address to boot (at least the payload's size)."""
+        h = self.setup_header
+        init = h.init_size if h.is_defined("init_size") else 0
+        return max(init, len(self.payload()))
+
+    def default_load_address(self) -> int:
+        """pref_address if non-zero, else 1 MiB if LOADED_HIGH, else 64 KiB."""
+        h = self.setup_header
+        if h.is_defined("pref_address") and h.pref_address:
+            return h.pref_address
+        return bp.HIGH_LOAD_ADDRESS if h.loaded_high else bp.LOW_LOAD_ADDRESS
+
+    def entry_point(self, load_addr: int) -> int:
+        """The 64-bit entry (``startup_64``): load address + 0x200."""
+        return load_addr + bp.ENTRY_64_OFFSET
+
+    def check_64bit_entry(self) -> EntryCheck:
+        h = self.setup_header
+        if h.version < bp.MIN_64BIT_PROTOCOL:
+            return EntryCheck(
+                False,
+                f"boot protocol {h.version_string} is older than 2.12, the first with xloadflags "
+                f"to declare a 64-bit entry point",
+            )
+        if not h.xloadflags & bp.XLF_KERNEL_64:
+            return EntryCheck(False, "xloadflags lacks XLF_KERNEL_64: this kernel has no 64-bit entry")
+        return EntryCheck(True, "protocol >= 2.12 and XLF_KERNEL_64 set")
+
+    # -- loading ----------------------------------------------------------------------------
+    def load_into_memory(self, vm: VirtualMachine, load_addr: int) -> None:
+        """Zero ``[load, load + max(init_size, len(payload)))`` and copy the payload there."""
+        payload = self.payload()
+        vm.memory.offset_of(load_addr, self.init_size)  # refuse before writing anything
+        vm.zero(load_addr + len(payload), self.init_size - len(payload))
+        vm.write(load_addr, payload)
+
+    def build_zero_page(
+        self,
+        cmdline_gpa: int,
+        initrd_gpa: int | None = None,
+        initrd_size: int = 0,
+        e820: Sequence[E820Entry] = (),
+        setup_data_gpa: int | None = None,
+        kernel_alignment: int | None = None,
+    ) -> bytes:
+        """``struct boot_params`` for this kernel, per bootparam.h.
+
+        The image's setup header is copied in (0x1f1 to its computed end), then
+        type_of_loader = 0xFF, cmd_line_ptr (+ ext_cmd_line_ptr above 4 GiB),
+        ramdisk_image/size (+ ext_ fields above 4 GiB, only if XLF_CAN_BE_LOADED_ABOVE_4G),
+        e820_entries/e820_table (at most 128) and setup_data; everything else is zero.
+        """
+        h = self.setup_header
+        if len(e820) > bp.E820_MAX_ENTRIES_ZEROPAGE:
+            raise BootConfigError(
+                f"e820: {len(e820)} entries; the zero page holds at most "
+                f"{bp.E820_MAX_ENTRIES_ZEROPAGE} (pass the rest as SETUP_E820_EXT setup_data)"
+            )
+        above_4g_ok = bool(h.effective_xloadflags & bp.XLF_CAN_BE_LOADED_ABOVE_4G)
+        zp = bytearray(bp.BOOT_PARAMS_SIZE)
+        zp[bp.SETUP_HEADER_OFFSET : h.header_end] = self.header_bytes
+        zp[bp.HDR_TYPE_OF_LOADER] = bp.LOADER_TYPE_UNDEFINED
+        _put_split(zp, "cmd_line_ptr", cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR,
+                   above_4g_ok)
+        if initrd_gpa is not None and initrd_size:
+            _put_split(zp, "ramdisk_image", initrd_gpa, bp.HDR_RAMDISK_IMAGE,
+                       bp.BP_EXT_RAMDISK_IMAGE, above_4g_ok)
+            _put_split(zp, "ramdisk_size", initrd_size, bp.HDR_RAMDISK_SIZE,
+                       bp.BP_EXT_RAMDISK_SIZE, above_4g_ok)
+        zp[bp.BP_E820_ENTRIES] = len(e820)
+        table = pack_table(e820)
+        zp[bp.BP_E820_TABLE : bp.BP_E820_TABLE + len(table)] = table
+        if setup_data_gpa is not None:
+            struct.pack_into("<Q", zp, bp.HDR_SETUP_DATA, setup_data_gpa)
+        if kernel_alignment is not None:
+            off = bp.SETUP_HEADER_FIELD_BY_NAME["kernel_alignment"].offset
+            struct.pack_into("<I", zp, off, kernel_alignment)
+        return bytes(zp)
+
+    # -- planning and preparing --------------------------------------------------------------
+    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+        """Decide where everything goes and check it all, writing nothing."""
+        return _plan(self, vm, options or BootOptions())
+
+    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+        """Plan, then write the kernel, zero page, command line, initrd and setup_data."""
+        options = options or BootOptions()
+        plan = self.plan(vm, options)
+        initrd = options.initrd_bytes() if plan.initrd_size else None
+        if initrd is not None and len(initrd) != plan.initrd_size:
+            raise BootConfigError(
+                f"initrd changed while loading: planned {plan.initrd_size} bytes, read {len(initrd)}"
+            )
+        self.load_into_memory(vm, plan.load_addr)
+        ext = list(plan.e820[bp.E820_MAX_ENTRIES_ZEROPAGE :])
+        if ext:
+            assert plan.setup_data_gpa is not None
+            vm.write(plan.setup_data_gpa, _e820_ext_setup_data(ext))
+        vm.write(plan.zero_page_gpa, self.build_zero_page(
+            plan.cmdline_gpa,
+            plan.initrd_gpa,
+            plan.initrd_size,
+            plan.e820[: bp.E820_MAX_ENTRIES_ZEROPAGE],
+            plan.setup_data_gpa,
+            _alignment_to_report(self.setup_header, plan.load_addr),
+        ))
+        vm.write(plan.cmdline_gpa, plan.cmdline + b"\0")
+        if initrd is not None and plan.initrd_gpa is not None:
+            vm.write(plan.initrd_gpa, initrd)
+        return plan
+
+    def __repr__(self) -> str:
+        return (f"KernelImage({self.name!r}, protocol {self.setup_header.version_string}, "
+                f"version {self.kernel_version!r})")
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _parse_and_validate(data: bytes, name: str) -> SetupHeader:
+    magic_end = bp.SETUP_HEADER_JUMP_END + len(bp.HEADER_MAGIC)
+    if len(data) < magic_end:
+        raise KernelFormatError(
+            f"{name}: {len(data)} bytes is too short for a bzImage: the setup header's magic "
+            f"ends at {magic_end:#x}"
+        )
+    magic = data[bp.SETUP_HEADER_JUMP_END:magic_end]
+    if magic != bp.HEADER_MAGIC:
+        raise KernelFormatError(
+            f"{name}: no boot protocol header: bytes at 0x202 are {magic!r}, expected {bp.HEADER_MAGIC!r}"
+        )
+    header_len = bp.SETUP_HEADER_OFFSET + bp.SETUP_HEADER_SIZE
+    head = data[:header_len].ljust(header_len, b"\0")
+    h = SetupHeader.parse(head)
+    if h.boot_flag != bp.BOOT_FLAG_MAGIC:
+        raise KernelFormatError(
+            f"{name}: boot_flag (0x1fe) is {h.boot_flag:#06x}, expected {bp.BOOT_FLAG_MAGIC:#06x}"
+        )
+    if h.version < bp.PROTOCOL_2_00:
+        raise UnsupportedKernelError(
+            f"{name}: boot protocol version {h.version:#06x} predates 2.00 (HdrS images start at 2.00)"
+        )
+    if h.header_end > bp.SETUP_HEADER_MAX_END:
+        raise KernelFormatError(
+            f"{name}: setup header end {h.header_end:#x} (0x202 + byte at 0x201) is past "
+            f"{bp.SETUP_HEADER_MAX_END:#x}: corrupt header"
+        )
+    if len(data) < h.header_end:
+        raise KernelFormatError(
+            f"{name}: truncated: {len(data)} bytes, the setup header ends at {h.header_end:#x}"
+        )
+    if len(data) <= h.setup_size:
+        raise KernelFormatError(
+            f"{name}: truncated: {len(data)} bytes, but setup_sects={h.setup_sects} puts the "
+            f"protected-mode kernel at {h.setup_size:#x}"
+        )
+    pm_len = len(data) - h.setup_size
+    if h.version >= 0x0204 and h.syssize * 16 > pm_len:
+        raise KernelFormatError(
+            f"{name}: truncated: syssize={h.syssize:#x} says the protected-mode kernel has "
+            f"{h.syssize * 16:#x} bytes, the file has {pm_len:#x}"
+        )
+    payload_end = h.payload_offset + h.payload_length
+    if h.is_defined("payload_offset") and h.payload_length and payload_end > pm_len:
+        raise KernelFormatError(
+            f"{name}: payload_offset {h.payload_offset:#x} + payload_length "
+            f"{h.payload_length:#x} runs past the protected-mode kernel ({pm_len:#x} bytes)"
+        )
+    if h.relocatable and h.is_defined("kernel_alignment"):
+        align = h.kernel_alignment
+        if align == 0 or align & (align - 1):
+            raise KernelFormatError(
+                f"{name}: kernel_alignment {align:#x} is not a power of two"
+            )
+    return h
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+
+def _required_alignment(h: SetupHeader) -> int:
+    """Alignment an explicit load address must have: 1 << min_alignment if given, else
+    kernel_alignment."""
+    if h.is_defined("min_alignment") and h.min_alignment:
+        return 1 << h.min_alignment
+    return max(h.kernel_alignment, 1)
+
+
+def _alignment_to_report(h: SetupHeader, load: int) -> int | None:
+    """boot.rst: a loader that uses a lesser alignment than kernel_alignment updates the field."""
+    if not h.relocatable or load % h.kernel_alignment == 0:
+        return None
+    return load & -load
+
+
+def _check_load_address(kernel: KernelImage, load: int | None) -> int:
+    h = kernel.setup_header
+    default = kernel.default_load_address()
+    if load is None:
+        if h.relocatable:
+            return layout.align_up(default, h.kernel_alignment)
+        return default
+    if not h.relocatable:
+        if load != default:
+            raise BootConfigError(
+                f"load_addr {load:#x}: {kernel.name} is not relocatable (relocatable_kernel=0); "
+                f"it can only be loaded at {default:#x}"
+            )
+        return load
+    need = _required_alignment(h)
+    if load % need:
+        raise BootConfigError(
+            f"load_addr {load:#x} is not a multiple of the kernel's required alignment "
+            f"{need:#x}; the nearest valid addresses are {layout.align_down(load, need):#x} and "
+            f"{layout.align_up(load, need):#x}"
+        )
+    return load
+
+
+def _plan(kernel: KernelImage, vm: VirtualMachine, options: BootOptions) -> BootPlan:
+    h = kernel.setup_header
+    entry = kernel.check_64bit_entry()
+    if not entry.ok:
+        raise UnsupportedKernelError(f"{kernel.name}: cannot use the 64-bit entry: {entry.reason}")
+    options.check_scalars()
+    ram = list(vm.memory.ram_ranges())
+    mapped = options.address_space_gib * GiB
+    above_4g_ok = bool(h.effective_xloadflags & bp.XLF_CAN_BE_LOADED_ABOVE_4G)
+
+    cmdline = options.cmdline_bytes()
+    limit = h.effective_cmdline_size
+    if len(cmdline) > limit:
+        raise CmdlineError(
+            f"cmdline: {len(cmdline)} bytes is longer than the kernel's cmdline_size {limit} "
+            f"(NUL excluded)"
+        )
+
+    load = _check_load_address(kernel, options.load_addr)
+    zero_page = options.zero_page_gpa
+    cmdline_gpa = (zero_page + layout.CMDLINE_OFFSET_FROM_ZERO_PAGE
+                   if options.cmdline_gpa is None else options.cmdline_gpa)
+    low_ram_end = min(ram[0][1], mapped)
+    stack_top = (layout.align_down(low_ram_end - layout.STACK_TOP_GAP, layout.STACK_ALIGN)
+                 if options.stack_top_gpa is None else options.stack_top_gpa)
+    if stack_top < layout.STACK_RESERVE:
+        raise LayoutError(f"stack_top_gpa {stack_top:#x} leaves no room for the "
+                          f"{layout.STACK_RESERVE:#x}-byte stack below it")
+
+    for what, gpa in (("zero_page_gpa", zero_page), ("cmdline_gpa", cmdline_gpa)):
+        if gpa + bp.BOOT_PARAMS_SIZE > U32_LIMIT and not above_4g_ok:
+            raise LayoutError(
+                f"{what} {gpa:#x} is above 4 GiB, but {kernel.name} lacks "
+                f"XLF_CAN_BE_LOADED_ABOVE_4G"
+            )
+
+    e820 = list(options.e820) if options.e820 is not None else _e820_for_ram(ram)
+    validate_e820(e820)
+
+    regions = [
+        Region("kernel", load, kernel.init_size, identity_mapped=True),
+        Region("zero page", zero_page, bp.BOOT_PARAMS_SIZE, identity_mapped=True),
+        Region("command line", cmdline_gpa, len(cmdline) + 1, identity_mapped=True),
+        Region("page tables", options.paging_base, layout.page_table_bytes(options.address_space_gib)),
+        Region("GDT", layout.GDT_GPA, layout.GDT_ENTRIES * 8, identity_mapped=True),
+        Region("stack", stack_top - layout.STACK_RESERVE, layout.STACK_RESERVE, identity_mapped=True),
+    ]
+    setup_data_gpa = None
+    ext = e820[bp.E820_MAX_ENTRIES_ZEROPAGE :]
+    if ext:
+        setup_data_gpa = layout.align_up(cmdline_gpa + len(cmdline) + 1, 8)
+        size = bp.SETUP_DATA_HEADER_SIZE + len(ext) * bp.E820_ENTRY_SIZE
+        regions.append(Region("setup_data (SETUP_E820_EXT)", setup_data_gpa, size,
+                              identity_mapped=True))
+    layout.check_regions(regions, ram, mapped)
+
+    initrd_size = options.initrd_size()
+    initrd_gpa = None
+    if initrd_size:
+        max_end = h.effective_initrd_addr_max + 1
+        if options.initrd_gpa is None:
+            initrd_gpa = layout.highest_free_spot(initrd_size, max_end, regions, ram, PAGE_SIZE)
+            if initrd_gpa is None:
+                raise LayoutError(
+                    f"initrd: no free page-aligned spot for {initrd_size:#x} bytes below "
+                    f"initrd_addr_max {h.effective_initrd_addr_max:#x} and the end of RAM, clear of "
+                    f"{', '.join(r.describe() for r in regions)}"
+                )
+        else:
+            initrd_gpa = options.initrd_gpa
+            if initrd_gpa + initrd_size > max_end and not above_4g_ok:
+                raise LayoutError(
+                    f"initrd at {initrd_gpa:#x} ({initrd_size:#x} bytes) ends past the kernel's "
+                    f"initrd_addr_max {h.effective_initrd_addr_max:#x}"
+                )
+        regions.append(Region("initrd", initrd_gpa, initrd_size))
+        layout.check_regions(regions, ram, mapped)
+    elif options.initrd_gpa is not None:
+        raise BootConfigError(f"initrd_gpa {options.initrd_gpa:#x} was given without an initrd")
+
+    return BootPlan(
+        load_addr=load,
+        entry_gpa=kernel.entry_point(load),
+        zero_page_gpa=zero_page,
+        cmdline_gpa=cmdline_gpa,
+        stack_top_gpa=stack_top,
+        paging_base=options.paging_base,
+        address_space_gib=options.address_space_gib,
+        initrd_gpa=initrd_gpa,
+        initrd_size=initrd_size,
+        kernel_end=load + kernel.init_size,
+        cmdline=cmdline,
+        e820=tuple(e820),
+        setup_data_gpa=setup_data_gpa,
+        regions=tuple(regions),
+    )
+
+
+def _e820_for_ram(ram: Sequence[tuple[int, int]]) -> list[E820Entry]:
+    """The default map for the VM's actual RAM regions (see :func:`default_e820_map`)."""
+    total = sum(end - start for start, end in ram)
+    return default_e820_map(0, total)
+
+
+def _put_split(zp: bytearray, field: str, value: int, low_off: int, high_off: int,
+               above_4g_ok: bool) -> None:
+    if value >= U32_LIMIT and not above_4g_ok:
+        raise LayoutError(
+            f"{field} {value:#x} needs the ext_ high 32 bits, but the kernel lacks "
+            f"XLF_CAN_BE_LOADED_ABOVE_4G"
+        )
+    if value >= 1 << 64:
+        raise LayoutError(f"{field} {value:#x} does not fit in 64 bits")
+    struct.pack_into("<I", zp, low_off, value & 0xFFFFFFFF)
+    struct.pack_into("<I", zp, high_off, value >> 32)
+
+
+def _e820_ext_setup_data(entries: Sequence[E820Entry]) -> bytes:
+    body = pack_table(entries)
+    return struct.pack("<QII", 0, bp.SETUP_E820_EXT, len(body)) + body
+
+
+def load_bzimage(source: KernelSource) -> KernelImage:
+    """Read a bzImage from a path, a binary file object or bytes."""
+    data, name = read_source(source)
+    return KernelImage(data, name)

@@ -1,0 +1,102 @@
+"""A boot plan: where everything went, and how to program a vCPU to enter the kernel.
+
+This is the "configurator" half (as in rust-vmm linux-loader): the loader
+(:mod:`vmboot.linux.bzimage`) decides and writes guest memory; the plan then sets
+up the vCPU for the 64-bit boot protocol (boot.rst, "64-bit BOOT PROTOCOL"):
+
+- long mode with paging, the first ``address_space_gib`` GiB identity-mapped
+  (2 MiB pages) by tables at ``paging_base``;
+- a GDT with ``__BOOT_CS`` (0x10, 64-bit flat code) and ``__BOOT_DS`` (0x18, flat data);
+  CS = 0x10 and DS = ES = SS = FS = GS = 0x18;
+- interrupts disabled; RSI = the zero page; RIP = the 64-bit entry; RSP = the stack top;
+  every other general register zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vmboot.hv.base import VirtualCPU, VirtualMachine
+from vmboot.hv.registers import DescriptorTable, Register, SegmentRegister
+from vmboot.linux import layout
+from vmboot.linux.e820 import E820Entry
+from vmboot.linux.gdt import boot_gdt, boot_segments
+from vmboot.linux.layout import Region
+from vmboot.linux.page_tables import identity_map_tables
+from vmboot.x86 import cr
+
+# CR0 as Linux itself runs with it (arch/x86/include/asm/processor-flags.h, CR0_STATE), so
+# the kernel sees no change when it reloads CR0.
+BOOT_CR0 = cr.CR0_PE | cr.CR0_MP | cr.CR0_ET | cr.CR0_NE | cr.CR0_WP | cr.CR0_AM | cr.CR0_PG
+BOOT_CR4 = cr.CR4_PAE
+BOOT_EFER = cr.EFER_LME | cr.EFER_LMA
+BOOT_RFLAGS = cr.RFLAGS_RESERVED_1
+"""Interrupts off (IF = 0); bit 1 always reads as 1."""
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """Where a kernel and its boot data were placed, and how the vCPU enters it."""
+
+    load_addr: int
+    entry_gpa: int
+    zero_page_gpa: int
+    cmdline_gpa: int
+    stack_top_gpa: int
+    paging_base: int
+    address_space_gib: int
+    initrd_gpa: int | None = None
+    initrd_size: int = 0
+    kernel_end: int = 0
+    """One past the last byte the kernel may use at boot (load + max(init_size, payload))."""
+    cmdline: bytes = b""
+    e820: tuple[E820Entry, ...] = ()
+    setup_data_gpa: int | None = None
+    gdt_gpa: int = layout.GDT_GPA
+    regions: tuple[Region, ...] = field(default=())
+
+    @property
+    def page_tables_size(self) -> int:
+        return layout.page_table_bytes(self.address_space_gib)
+
+    def describe(self) -> list[str]:
+        """One line per region, in address order, for humans."""
+        return [r.describe() for r in sorted(self.regions, key=lambda r: r.start)]
+
+    def write_cpu_tables(self, vm: VirtualMachine) -> None:
+        """Write the identity-map page tables and the boot GDT into guest memory."""
+        vm.write(self.paging_base, identity_map_tables(self.paging_base, self.address_space_gib))
+        vm.write(self.gdt_gpa, boot_gdt())
+
+    def configure_vcpu(self, vcpu: VirtualCPU) -> None:
+        """Program ``vcpu`` for the 64-bit entry (writes the page tables and GDT too)."""
+        self.write_cpu_tables(vcpu.vm)
+        segs = boot_segments()
+        gdt = boot_gdt()
+        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
+        vcpu.set_idt(DescriptorTable(0, 0))
+        data = segs["data"]
+        vcpu.set_segments({
+            SegmentRegister.CS: segs["code64"],
+            SegmentRegister.DS: data,
+            SegmentRegister.ES: data,
+            SegmentRegister.FS: data,
+            SegmentRegister.GS: data,
+            SegmentRegister.SS: data,
+            SegmentRegister.TR: segs["tss"],
+        })
+        regs: dict[Register, int] = {
+            Register.RAX: 0, Register.RBX: 0, Register.RCX: 0, Register.RDX: 0,
+            Register.RDI: 0, Register.RBP: 0,
+            Register.R8: 0, Register.R9: 0, Register.R10: 0, Register.R11: 0,
+            Register.R12: 0, Register.R13: 0, Register.R14: 0, Register.R15: 0,
+            Register.RSI: self.zero_page_gpa,
+            Register.RSP: self.stack_top_gpa,
+            Register.RIP: self.entry_gpa,
+            Register.RFLAGS: BOOT_RFLAGS,
+            Register.CR3: self.paging_base,
+            Register.CR4: BOOT_CR4,
+            Register.EFER: BOOT_EFER,
+            Register.CR0: BOOT_CR0,
+        }
+        vcpu.set_registers(regs)
