@@ -1,0 +1,122 @@
+"""``vmboot inspect KERNEL``: decode a kernel image's boot protocol header."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vmboot.linux import bootparam as bp
+from vmboot.linux.bzimage import KernelImage
+from vmboot.linux.loader import load_kernel
+
+DESCRIPTION = """\
+Decode a kernel image without running it: every field of the boot protocol's setup
+header (flags by name), the kernel version string, how the payload is compressed,
+the default load and 64-bit entry addresses, and whether vmboot can use the 64-bit
+entry point.
+"""
+
+EPILOG = """\
+examples:
+  vmboot inspect /boot/vmlinuz-$(uname -r)
+  vmboot inspect bzImage --json | jq .setup_header.init_size
+
+With --json, the object has the keys kernel, format, kernel_version (the version
+string), protocol, compression, default_load_address, entry_point, entry_64 {ok, reason},
+loadflags / xloadflags (names), and setup_header with every struct setup_header field
+under its bootparam.h name (there, kernel_version is the header's pointer field).
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="decode a kernel's boot protocol header",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kernel", help="a bzImage (e.g. arch/x86/boot/bzImage, /boot/vmlinuz-*)")
+    p.add_argument("--json", action="store_true", help="print one JSON object for programs")
+    p.set_defaults(func=run)
+
+
+def describe_bzimage(kernel: KernelImage) -> dict[str, Any]:
+    """Everything ``inspect`` reports about a bzImage, JSON-ready."""
+    h = kernel.setup_header
+    load = kernel.default_load_address()
+    entry = kernel.check_64bit_entry()
+    return {
+        "kernel": kernel.name,
+        "format": kernel.format,
+        "kernel_version": kernel.kernel_version,
+        "protocol": h.version_string,
+        "compression": kernel.compression,
+        "default_load_address": load,
+        "entry_point": kernel.entry_point(load),
+        "entry_64": {"ok": entry.ok, "reason": entry.reason},
+        "relocatable": h.relocatable,
+        "init_size": kernel.init_size,
+        "loadflags": h.loadflag_names(),
+        "xloadflags": h.xloadflag_names(),
+        "setup_header": h.as_dict(),
+        "undefined_fields": [f.name for f in bp.SETUP_HEADER_FIELDS if not h.is_defined(f.name)],
+    }
+
+
+def _annotation(kernel: KernelImage, name: str) -> str:
+    h = kernel.setup_header
+    notes = {
+        "setup_sects": f"real-mode part {h.setup_size:#x} bytes" + (" (0 means 4)" if not
+                                                                    h.setup_sects else ""),
+        "boot_flag": "ok" if h.boot_flag == bp.BOOT_FLAG_MAGIC else "BAD",
+        "header": repr(h.header.to_bytes(4, "little").decode("latin-1")),
+        "version": f"protocol {h.version_string}",
+        "kernel_version": repr(kernel.kernel_version),
+        "loadflags": " | ".join(h.loadflag_names()) or "none",
+        "xloadflags": " | ".join(h.xloadflag_names()) or "none",
+        "relocatable_kernel": "yes" if h.relocatable else "no",
+        "min_alignment": f"{1 << h.min_alignment:#x}" if h.is_defined("min_alignment") else "",
+        "kernel_alignment": f"{h.kernel_alignment >> 20} MiB" if h.kernel_alignment >= 1 << 20 else "",
+        "init_size": f"{h.init_size / (1 << 20):.1f} MiB",
+        "payload_length": f"{kernel.compression}",
+        "pref_address": f"{h.pref_address >> 20} MiB" if h.pref_address else "",
+    }
+    return notes.get(name, "")
+
+
+def render_text(kernel: KernelImage) -> str:
+    info = describe_bzimage(kernel)
+    h = kernel.setup_header
+    lines = [
+        f"kernel:               {kernel.name}",
+        f"format:               bzImage, boot protocol {info['protocol']}",
+        f"version:              {info['kernel_version'] or '(none in header)'}",
+        f"payload compression:  {info['compression']}",
+        f"default load address: {info['default_load_address']:#x}",
+        f"64-bit entry point:   {info['entry_point']:#x}",
+        f"64-bit entry usable:  {'yes' if info['entry_64']['ok'] else 'NO'} "
+        f"({info['entry_64']['reason']})",
+        "",
+        "setup header (struct setup_header):",
+    ]
+    for f in bp.SETUP_HEADER_FIELDS:
+        value = getattr(h, f.name)
+        width = 2 + 2 * f.size
+        text = f"{value:#0{width}x}"
+        if not h.is_defined(f.name):
+            note = f"(not defined before protocol {f.since >> 8}.{f.since & 0xFF:02d})"
+        else:
+            note = _annotation(kernel, f.name)
+        lines.append(f"  {f.offset:#05x} {f.name:<22} {text:<20} {note}".rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    kernel = load_kernel(args.kernel)
+    if args.json:
+        print(json.dumps(describe_bzimage(kernel), indent=2))
+    else:
+        print(render_text(kernel))
+    return 0

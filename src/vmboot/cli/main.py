@@ -1,0 +1,75 @@
+"""The ``vmboot`` command: one verb per module in this package.
+
+Each verb module exposes ``add_parser(subparsers)``, which adds its sub-parser and
+sets ``func`` (a handler taking the parsed arguments and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vmboot import __version__
+from vmboot.errors import VmbootError
+
+VERB_MODULES: tuple[str, ...] = (
+    "vmboot.cli.inspect",
+)
+"""Verb modules, in the order ``--help`` lists them."""
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  vmboot demo                                  boot the bundled probe kernel and show what it checked
+  vmboot inspect /boot/vmlinuz-$(uname -r)     decode a kernel's boot protocol header
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 reboot=k panic=-1"
+
+Run `vmboot VERB --help` for each verb's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmboot",
+        description="Boot Linux x86_64 kernels straight into 64-bit mode under KVM, "
+        "and inspect them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vmboot {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: info, -vv: debug) to stderr")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return EXIT_USAGE
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="vmboot: %(levelname)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except VmbootError as e:
+        print(f"vmboot {args.verb}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"vmboot {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
