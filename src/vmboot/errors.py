@@ -26,7 +26,9 @@ Hierarchy::
     │   └── NoVcpuError           no vCPU to inspect
     ├── SymbolFileError           a System.map / ELF symbol file that is malformed
     │   └── ElfFormatError        (also a KernelFormatError) a malformed ELF file
-    └── UsageError                a command-line argument that is malformed
+    ├── UsageError                a command-line argument that is malformed
+    ├── InitramfsError            a cpio entry or archive that cannot be written or read
+    └── FetchError                a host tool or download (busybox, Debian kernel) failed
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ __all__ = [
     "DebugError",
     "ElfFormatError",
     "EmulationFailure",
+    "FetchError",
     "GuestError",
     "GuestMemoryError",
     "HypervisorError",
+    "InitramfsError",
     "KernelFormatError",
     "KernelImageError",
     "KvmUnavailableError",
@@ -137,3 +141,11 @@ class ElfFormatError(KernelFormatError, SymbolFileError):
 
 class UsageError(VmbootError):
     """A malformed command-line argument (size, number, address)."""
+
+
+class InitramfsError(VmbootError):
+    """A cpio (initramfs) entry or archive that cannot be written or read."""
+
+
+class FetchError(VmbootError):
+    """Finding or downloading a host-side artefact (busybox, a Debian kernel) failed."""
