@@ -93,3 +93,18 @@ def test_default_e820_map() -> None:
     assert big[-2] == E820Entry(0x100000, 3 * GiB - MiB, 1)
     assert big[-1] == E820Entry(4 * GiB, 2 * GiB, 1)
     assert sum(e.size for e in big if e.type == 1) == 5 * GiB - (MiB - 0x9FC00)
+
+
+@pytest.mark.parametrize(("start", "length"), [
+    (0, 4096), (123, (1 << 20) + 77), (4096, 8 << 20), (5, 3), (4095, 300 << 10), (0, 16 << 20),
+])
+def test_zero_clears_exactly_the_range(start: int, length: int) -> None:
+    """Large zeroes drop whole pages with madvise; the partial pages at both ends are written."""
+    size = 16 * MiB
+    with MemoryVM(size) as vm:
+        vm.write(0, b"\xff" * size)
+        vm.zero(start, length)
+        data = vm.read(0, size)
+        assert data[:start] == b"\xff" * start
+        assert data[start : start + length] == bytes(length)
+        assert data[start + length :] == b"\xff" * (size - start - length)

@@ -1,0 +1,99 @@
+"""Shared helpers for vmboot's benchmarks: repeated timing, spread, machine facts, JSON output.
+
+Every figure is a ratio to a peer measured in the same run; each result records its peer,
+its command line, the number of runs and the spread (min / median / max).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Timing:
+    """Seconds per run over ``runs`` runs."""
+
+    runs: int
+    min: float
+    median: float
+    max: float
+    samples: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Timing:
+        return cls(len(samples), min(samples), statistics.median(samples), max(samples), samples)
+
+
+def measure(fn: Callable[[], object], runs: int, warmup: int = 1) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return Timing.of(samples)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "kvm": "PVM (software nested, kvm_pvm)" if Path("/sys/module/kvm_pvm").exists()
+        else ("KVM" if Path("/dev/kvm").exists() else "none"),
+    }
+    try:
+        model = next(line.split(":", 1)[1].strip()
+                     for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+        info["cpu"] = model
+    except (OSError, StopIteration):
+        pass
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        info["vmboot_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=Path(__file__).parent, check=True).stdout.strip()
+    return info
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(),
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(obj: object) -> object:
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)  # type: ignore[call-overload]
+    raise TypeError(f"not JSON-serialisable: {obj!r}")
+
+
+def fmt_s(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
