@@ -47,6 +47,18 @@ def measure(fn: Callable[[], object], runs: int, warmup: int = 1) -> Timing:
     return Timing.of(samples)
 
 
+def summary_row(figure: str, vmboot: Timing, peer_name: str, peer: Timing, goal: str,
+                command: str, lower_is_better: bool = True) -> dict[str, Any]:
+    """One line of the README's benchmark table: vmboot's median against its peer's."""
+    ratio = vmboot.median / peer.median if peer.median else float("inf")
+    return {
+        "figure": figure, "peer": peer_name, "goal": goal, "command": command,
+        "runs": vmboot.runs, "ratio": ratio, "lower_is_better": lower_is_better,
+        "vmboot": {"min": vmboot.min, "median": vmboot.median, "max": vmboot.max},
+        "peer_timing": {"min": peer.min, "median": peer.median, "max": peer.max},
+    }
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     info: dict[str, Any] = {

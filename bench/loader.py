@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import fmt_s, measure, print_table, write_results
+from common import fmt_s, measure, print_table, summary_row, write_results
 
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, load_kernel
@@ -81,6 +81,10 @@ def main() -> None:
         "vmboot_prepare": t_vm, "peer": "bare memcpy (ctypes.memmove) into a fresh mmap",
         "bare_memcpy": t_mc, "ratio_median": ratio, "goal_ratio": 2.0,
         "command": f"python bench/loader.py --runs {args.runs}",
+        "summary": [summary_row(
+            f"prepare(): {kpath.name} + {INITRD_SIZE // MiB} MiB initrd into {GUEST_RAM // MiB} MiB",
+            t_vm, "bare memcpy of the same bytes", t_mc, "<= 2x",
+            f"python bench/loader.py --runs {args.runs}")],
     })
     print(f"wrote {out}")
 

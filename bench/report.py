@@ -1,0 +1,96 @@
+"""Fold bench/results/*.json into the README's benchmark table and draw bench/results/summary.png.
+
+Run: ``python bench/report.py`` after the benchmarks (``python bench/run_all.py`` runs both).
+The table sits in README.md between the ``<!-- bench:start -->`` and ``<!-- bench:end -->``
+markers; everything in it comes from the JSON files, which keep every raw figure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, fmt_s
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    machine: dict[str, Any] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        machine = machine or data.get("machine", {})
+        for row in data.get("summary", []):
+            rows.append({**row, "source": path.name, "when": data.get("when", "")})
+    return rows, machine
+
+
+def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    lines = [
+        START,
+        f"Measured on: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, KVM: "
+        f"{machine.get('kvm', '?')}, Python {machine.get('python', '?')}, vmboot "
+        f"{machine.get('vmboot_commit', '?')}. Medians of `runs` runs, min to max in brackets.",
+        "",
+        "| what | vmboot | peer | peer's time | ratio | goal | runs | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v, p = r["vmboot"], r["peer_timing"]
+        lines.append(
+            f"| {r['figure']} | {fmt_s(v['median'])} ({fmt_s(v['min'])} to {fmt_s(v['max'])}) "
+            f"| {r['peer']} | {fmt_s(p['median'])} ({fmt_s(p['min'])} to {fmt_s(p['max'])}) "
+            f"| {r['ratio']:.2f}x | {r['goal']} | {r['runs']} | `{r['command']}` |"
+        )
+    lines += ["", "![benchmarks](bench/results/summary.png)", END]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'): no plot drawn")
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.5))
+    labels = [r["figure"] for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    ax.barh(labels, ratios, color=["tab:green" if x <= 1 else "tab:orange" for x in ratios])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("vmboot time / peer time (median; < 1 means vmboot is faster)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    out = RESULTS / "summary.png"
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def main() -> None:
+    rows, machine = load_rows()
+    if not rows:
+        sys.exit("no bench/results/*.json with a summary: run the benchmarks first")
+    block = render(rows, machine)
+    text = README.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Benchmarks\n\n" + block + "\n"
+    README.write_text(text)
+    print(block)
+    out = plot(rows)
+    if out:
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
