@@ -238,13 +238,16 @@ _REGS_ORDER = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8",
 _REG_NAMES = {OrcReg.DX: "dx", OrcReg.DI: "di", OrcReg.R10: "r10", OrcReg.R13: "r13"}
 
 
-def orc_step(table: OrcTable, space: GuestAddressSpace, state: UnwindState) -> UnwindState | None:
+def orc_step(table: OrcTable, space: GuestAddressSpace, state: UnwindState,
+             slide: int = 0) -> UnwindState | None:
     """One ORC step from ``state`` to the caller's state; None at the end of the stack.
+
+    ``state`` holds runtime addresses; the table is looked up at ``ip - slide`` (KASLR).
 
     Raises :class:`StackWalkError` (without frames; the caller adds them) when the entry
     cannot be followed.
     """
-    lookup_ip = state.ip if state.signal else state.ip - 1
+    lookup_ip = (state.ip if state.signal else state.ip - 1) - slide
     orc = table.find(lookup_ip)
     if orc is None:
         raise StackWalkError(f"no ORC entry covers {state.ip:#x}")

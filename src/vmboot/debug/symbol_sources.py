@@ -20,13 +20,15 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar, cast
 
 import numpy as np
 
 from vmboot.debug.symtab import SymbolTable
 from vmboot.elf import SHN_UNDEF, STB_WEAK, STT_FUNC, STT_NOTYPE, ElfFile
 from vmboot.errors import ElfFormatError, SymbolFileError, SymbolSourceError, VmbootError
+
+T = TypeVar("T")
 
 SymbolSource = str | os.PathLike[str] | IO[bytes]
 """A path, or a binary file object."""
@@ -40,7 +42,7 @@ PLACEHOLDER_MARKER = b"The real System.map is in"
 
 _MAP_LINE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]+(\S)[ \t]+(\S+)(?:[ \t]+\[\S+\])?[ \t]*\r?$", re.M)
 
-_cache: dict[tuple[object, ...], tuple[object, SymbolTable]] = {}
+_cache: dict[tuple[object, ...], tuple[object, object]] = {}
 _lock = threading.Lock()
 
 
@@ -56,7 +58,7 @@ def source_name(source: SymbolSource) -> str:
     return str(getattr(source, "name", "<file object>"))
 
 
-def _memoised(kind: str, source: SymbolSource, load: Callable[[], SymbolTable]) -> SymbolTable:
+def _memoised(kind: str, source: SymbolSource, load: Callable[[], T]) -> T:
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         st = os.stat(path)
@@ -66,12 +68,22 @@ def _memoised(kind: str, source: SymbolSource, load: Callable[[], SymbolTable]) 
     with _lock:
         hit = _cache.get(key)
     if hit is not None:
-        return hit[1]
+        return cast(T, hit[1])
     table = load()
     with _lock:
         # Holding the file object keeps its id from being reused while the entry lives.
         _cache[key] = (source, table)
     return table
+
+
+def memoised(kind: str, source: SymbolSource, load: Callable[[], T]) -> T:
+    """Memoise ``load()`` per (``kind``, source) like the symbol tables; for other per-file data."""
+    return _memoised(kind, source, load)
+
+
+def read_all(source: SymbolSource) -> bytes:
+    """The whole content of a path or binary file object (rewound first when possible)."""
+    return _read_all(source)
 
 
 def _read_all(source: SymbolSource) -> bytes:
