@@ -17,6 +17,7 @@ from vmboot.errors import VmbootError
 
 VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.inspect",
+    "vmboot.cli.symbolize",
 )
 """Verb modules, in the order ``--help`` lists them."""
 
