@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY: dict[str, str] = {
+    "Machine": "vmboot.vmm.machine",
+    "RunResult": "vmboot.vmm.machine",
+}
+"""Public names imported on first use, so that ``import vmboot`` stays cheap."""
+
+__all__ = ["Machine", "RunResult", "__version__"]
+
+if TYPE_CHECKING:
+    from vmboot.vmm.machine import Machine, RunResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmboot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

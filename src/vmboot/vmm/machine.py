@@ -1,0 +1,272 @@
+"""``Machine``: a KVM guest with a PC's legacy devices and a Linux kernel loaded, ready to run.
+
+::
+
+    with Machine("bzImage", initrd="initramfs.cpio", memory="64M", console=sys.stdout) as m:
+        result = m.run(timeout=120)
+    print(result.exit.one_line(), result.timings.first_console_byte)
+
+Entering the context creates the VM (guest RAM, the in-kernel interrupt controllers and
+PIT), the vCPU with its CPUID, the devices of :class:`~vmboot.devices.pc.PcPlatform`
+plus ``extra_devices``, loads the kernel and initrd through :mod:`vmboot.linux` and
+programs the vCPU for the 64-bit entry. :meth:`Machine.run` runs the guest until it
+resets, powers off, fails, or the time limit passes.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Self, TextIO
+
+from vmboot.devices.bus import MmioBus, PortBus
+from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
+from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
+from vmboot.errors import BootConfigError, UsageError
+from vmboot.units import parse_size
+from vmboot.vmm.exits import ExitReason, VmExit
+
+if TYPE_CHECKING:
+    from vmboot.hv.base import VirtualCPU, VirtualMachine
+    from vmboot.linux import BootPlan, KernelImage
+
+DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
+DEFAULT_MEMORY = "256M"
+CPUID_POLICIES = ("auto", "host", "conservative")
+OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
+ConsoleTarget = ConsoleSink | IO[bytes] | IO[str] | None
+KernelArg = "str | Path | bytes | KernelImage"
+
+
+@dataclass(frozen=True)
+class BootTimings:
+    """Wall-clock seconds since the machine started being built (``Machine.__enter__``).
+
+    ``first_instruction`` is approximate: taken just before the first KVM_RUN.
+    ``first_console_byte`` is None if the guest printed nothing.
+    """
+
+    load: float
+    first_instruction: float
+    first_console_byte: float | None
+    exit: float
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "load": self.load,
+            "first_instruction": self.first_instruction,
+            "first_console_byte": self.first_console_byte,
+            "exit": self.exit,
+        }
+
+
+@dataclass
+class RunResult:
+    """How a run ended, what the guest printed, and when each phase was reached."""
+
+    exit: VmExit
+    console: bytes
+    timings: BootTimings
+    console_dropped: int = 0
+    """Console bytes beyond the capture limit (counted, not kept)."""
+    console_total: int = 0
+    """Every console byte the guest wrote, kept or not."""
+    stack_trace: object | None = None
+    """With ``on_timeout="trace"``: what :func:`vmboot.debug.capture_stack_trace` returned."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """True when the guest reset or powered off."""
+        return self.exit.clean
+
+    @property
+    def console_text(self) -> str:
+        return self.console.decode("utf-8", "replace")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no console contents, only its size)."""
+        return {
+            "exit": self.exit.reason.value,
+            "detail": self.exit.detail,
+            "clean": self.clean,
+            "summary": self.exit.one_line(),
+            "timings": self.timings.as_dict(),
+            "console_bytes": self.console_total,
+            "console_dropped": self.console_dropped,
+            "notes": list(self.notes),
+        }
+
+
+def _console_sink(console: ConsoleTarget) -> ConsoleSink | None:
+    if console is None:
+        return None
+    if isinstance(console, io.IOBase) or hasattr(console, "write"):
+        return stream_sink(console)  # type: ignore[arg-type]
+    if callable(console):
+        return console
+    raise BootConfigError(
+        f"console: {console!r} is neither a stream (with write) nor a callable taking bytes"
+    )
+
+
+class Machine:
+    """A Linux guest under KVM. Use as a context manager; :meth:`run` it once or more."""
+
+    def __init__(
+        self,
+        kernel: str | Path | bytes | KernelImage,
+        initrd: str | Path | bytes | None = None,
+        cmdline: str = DEFAULT_CMDLINE,
+        memory: str | int = DEFAULT_MEMORY,
+        cpuid_policy: str = "auto",
+        console: ConsoleTarget = None,
+        extra_devices: Sequence[ExtraDevice] = (),
+        capture_limit: int = DEFAULT_CAPTURE_LIMIT,
+        on_timeout: OnTimeout = None,
+        vmlinux: str | Path | None = None,
+        system_map: str | Path | None = None,
+    ) -> None:
+        self.memory_bytes = parse_size(memory, what="memory")
+        if cpuid_policy not in CPUID_POLICIES:
+            raise UsageError(
+                f"cpuid_policy: {cpuid_policy!r} is not one of {', '.join(CPUID_POLICIES)}"
+            )
+        if on_timeout is not None and on_timeout != "trace" and not callable(on_timeout):
+            raise UsageError(
+                f"on_timeout: {on_timeout!r} is not None, 'trace' or a callable(machine, exit)"
+            )
+        self.kernel_source = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.cpuid_policy = cpuid_policy
+        self.extra_devices = tuple(extra_devices)
+        self.on_timeout = on_timeout
+        self.vmlinux = vmlinux
+        self.system_map = system_map
+        self.console = ConsoleOutput(_console_sink(console), capture_limit)
+        self.platform = PcPlatform(self.console)
+        self.port_bus = PortBus()
+        self.mmio_bus = MmioBus()
+        self.vm: VirtualMachine | None = None
+        self.vcpu: VirtualCPU | None = None
+        self.kernel: KernelImage | None = None
+        self.plan: BootPlan | None = None
+        self._runner: Any = None
+        self._t0 = 0.0
+        self._t_load = 0.0
+        self._t_first_run: float | None = None
+        self._pending_stop: tuple[ExitReason, str] | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Build the VM, attach the devices, load the kernel, program the vCPU."""
+        from vmboot.hv.kvm import KVM
+        from vmboot.linux import BootOptions, KernelImage, load_kernel
+        from vmboot.vmm.runner import Runner
+
+        self._t0 = time.monotonic()
+        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage)
+                  else load_kernel(self.kernel_source))
+        self.kernel = kernel
+        self.platform.attach(self.port_bus)
+        for extra in self.extra_devices:
+            extra.attach(self.port_bus, self.mmio_bus)
+        vm = KVM().create_vm(self.memory_bytes)
+        self.vm = vm
+        vcpu = vm.create_vcpu(0)
+        self.vcpu = vcpu
+        _apply_cpuid_policy(vcpu, self.cpuid_policy)
+        self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd))
+        self.plan.configure_vcpu(vcpu)
+        self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus)
+        devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
+        connect_devices(devices, vm.irq_line, self.request_stop)  # type: ignore[attr-defined]
+        self._t_load = time.monotonic() - self._t0
+
+    def close(self) -> None:
+        """Release the VM (idempotent)."""
+        self.console.flush()
+        vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
+        if vm is not None:
+            vm.close()
+
+    # -- running ------------------------------------------------------------------------------
+    def request_stop(self, reason: ExitReason = ExitReason.STOPPED, detail: str = "") -> None:
+        """End the current run with ``reason`` (devices call this; so may another thread)."""
+        runner = self._runner
+        if runner is None:
+            self._pending_stop = (reason, detail)
+            return
+        runner.stop(reason, detail)
+
+    def push_input(self, data: bytes) -> int:
+        """Type ``data`` into the console UART (safe from another thread)."""
+        return self.platform.console_serial.push_input(data)
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run the guest until it stops, or for at most ``timeout`` seconds."""
+        if self._runner is None:
+            raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
+        if self._t_first_run is None:
+            self._t_first_run = time.monotonic() - self._t0
+        vm_exit: VmExit = self._runner.run(timeout)
+        self.console.flush()
+        t_exit = time.monotonic() - self._t0
+        first = self.console.first_byte_at
+        result = RunResult(
+            exit=vm_exit,
+            console=bytes(self.console.data),
+            timings=BootTimings(
+                load=self._t_load,
+                first_instruction=self._t_first_run,
+                first_console_byte=None if first is None else first - self._t0,
+                exit=t_exit,
+            ),
+            console_dropped=self.console.dropped,
+            console_total=self.console.total,
+        )
+        if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
+            self._handle_timeout(result)
+        return result
+
+    def _handle_timeout(self, result: RunResult) -> None:
+        """The hook for a run that timed out: a stack trace, or the user's callable."""
+        if callable(self.on_timeout):
+            self.on_timeout(self, result.exit)
+            return
+        try:
+            from vmboot import debug
+
+            capture = debug.capture_stack_trace  # type: ignore[attr-defined]
+        except (ImportError, AttributeError):
+            result.notes.append("on_timeout='trace': vmboot.debug.capture_stack_trace is not available")
+            return
+        result.stack_trace = capture(self.vcpu, vmlinux=self.vmlinux, system_map=self.system_map)
+
+
+def _apply_cpuid_policy(vcpu: VirtualCPU, policy: str) -> None:
+    setter = getattr(vcpu, "set_cpuid_policy", None)
+    if setter is not None:
+        setter(policy)
+
+
+def console_from(stream: BinaryIO | TextIO) -> ConsoleSink:
+    """A console sink writing to ``stream`` (re-exported for callers)."""
+    return stream_sink(stream)
