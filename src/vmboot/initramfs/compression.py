@@ -1,0 +1,215 @@
+"""Compress an initramfs the way the kernel's decompressors (CONFIG_RD_*) expect.
+
+- ``none``: the archive as is. Fastest to unpack under an emulating hypervisor.
+- ``gzip`` (RD_GZIP): stdlib gzip, level 9, header mtime 0 and no file name, so the
+  output is reproducible.
+- ``lz4`` (RD_LZ4): the LZ4 *legacy* frame that ``lz4 -l`` writes and
+  ``lib/decompress_unlz4.c`` reads: the little-endian magic 0x184C2102, then blocks of
+  at most 8 MiB of input, each one an LZ4 block prefixed by its compressed size as a
+  32-bit little-endian number. No end mark, no checksums. Needs ``lz4`` (python-lz4).
+- ``zstd`` (RD_ZSTD): a zstd frame, level 19. Needs ``zstandard``.
+
+The vmboot tiny test kernel has RD_GZIP and RD_LZ4 only. The two libraries come with
+the ``compression`` extra: ``pip install 'vmboot[compression]'``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+from types import ModuleType
+from typing import Final, Literal, Protocol, get_args
+
+from vmboot.errors import InitramfsError
+
+Compression = Literal["none", "gzip", "lz4", "zstd"]
+COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_LEGACY_MAGIC_VALUE = 0x184C2102
+LZ4_LEGACY_MAGIC = struct.pack("<I", LZ4_LEGACY_MAGIC_VALUE)
+LZ4_LEGACY_BLOCK = 8 << 20
+"""Input bytes per legacy block (LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE in the kernel)."""
+LZ4_BLOCK_SIZE = struct.Struct("<I")
+GZIP_LEVEL = 9
+ZSTD_LEVEL = 19
+LZ4_HC_LEVEL = 9
+"""``lz4 -l -9``'s level; any level decodes the same."""
+
+EXTRA_HINT = "install the compression extra: pip install 'vmboot[compression]'"
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class Compressor(Protocol):
+    """A sink that compresses what is written into another sink; :meth:`close` finishes it."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def check_compression(method: str) -> Compression:
+    """``method`` as a :data:`Compression`, or :class:`InitramfsError` listing the valid ones."""
+    if method not in COMPRESSIONS:
+        raise InitramfsError(
+            f"initramfs compression {method!r} is unknown (valid: {', '.join(COMPRESSIONS)})"
+        )
+    return method  # type: ignore[return-value]
+
+
+def _import(module: str, method: str) -> ModuleType:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise InitramfsError(
+            f"initramfs compression {method!r} needs the Python module {module!r}, "
+            f"which is not installed: {EXTRA_HINT}"
+        ) from None
+
+
+class _Passthrough:
+    def __init__(self, out: ByteSink) -> None:
+        self._out = out
+
+    def write(self, data: bytes, /) -> int:
+        self._out.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _SinkFile:
+    """``out`` with the ``flush`` that :class:`gzip.GzipFile` expects of a file object."""
+
+    def __init__(self, out: ByteSink) -> None:
+        self._out = out
+
+    def write(self, data: bytes, /) -> object:
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class Lz4LegacyWriter:
+    """Writes the LZ4 legacy frame (see the module docstring) into ``out``."""
+
+    def __init__(self, out: ByteSink) -> None:
+        self._block = _import("lz4.block", "lz4")
+        self._out = out
+        self._pending = bytearray()
+        self._out.write(LZ4_LEGACY_MAGIC)
+
+    def _emit(self, chunk: bytes) -> None:
+        packed: bytes = self._block.compress(
+            chunk, mode="high_compression", compression=LZ4_HC_LEVEL, store_size=False
+        )
+        self._out.write(LZ4_BLOCK_SIZE.pack(len(packed)) + packed)
+
+    def write(self, data: bytes, /) -> int:
+        self._pending += data
+        while len(self._pending) >= LZ4_LEGACY_BLOCK:
+            self._emit(bytes(self._pending[:LZ4_LEGACY_BLOCK]))
+            del self._pending[:LZ4_LEGACY_BLOCK]
+        return len(data)
+
+    def close(self) -> None:
+        if self._pending:
+            self._emit(bytes(self._pending))
+            self._pending.clear()
+
+
+class _ZstdWriter:
+    def __init__(self, out: ByteSink) -> None:
+        zstandard = _import("zstandard", "zstd")
+        self._writer = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(out, closefd=False)
+
+    def write(self, data: bytes, /) -> int:
+        self._writer.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def open_compressor(method: str, out: ByteSink) -> Compressor:
+    """A :class:`Compressor` for ``method`` writing into ``out`` (which it never closes)."""
+    method = check_compression(method)
+    if method == "gzip":
+        sink = _SinkFile(out)
+        return gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=sink, mtime=0)
+    if method == "lz4":
+        return Lz4LegacyWriter(out)
+    if method == "zstd":
+        return _ZstdWriter(out)
+    return _Passthrough(out)
+
+
+def compress(data: bytes, method: str) -> bytes:
+    """``data`` compressed with ``method``."""
+    out = io.BytesIO()
+    comp = open_compressor(method, out)
+    comp.write(data)
+    comp.close()
+    return out.getvalue()
+
+
+def detect_compression(data: bytes | bytearray | memoryview) -> Compression:
+    """Which of :data:`COMPRESSIONS` ``data`` starts with (``none`` for anything else)."""
+    head = bytes(data[:4])
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head == LZ4_LEGACY_MAGIC:
+        return "lz4"
+    if head == ZSTD_MAGIC:
+        return "zstd"
+    return "none"
+
+
+def _lz4_legacy_decompress(data: bytes) -> bytes:
+    block = _import("lz4.block", "lz4")
+    out = bytearray()
+    offset = 0
+    while offset + LZ4_BLOCK_SIZE.size <= len(data):
+        (size,) = LZ4_BLOCK_SIZE.unpack_from(data, offset)
+        offset += LZ4_BLOCK_SIZE.size
+        if size == LZ4_LEGACY_MAGIC_VALUE:  # a concatenated stream starts
+            continue
+        if offset + size > len(data):
+            raise InitramfsError(
+                f"LZ4 legacy block at offset {offset - LZ4_BLOCK_SIZE.size}: size {size} runs past "
+                f"the end ({len(data)} bytes)"
+            )
+        try:
+            out += block.decompress(data[offset : offset + size], uncompressed_size=LZ4_LEGACY_BLOCK)
+        except Exception as e:  # python-lz4 raises LZ4BlockError, not importable without lz4
+            raise InitramfsError(f"LZ4 legacy block at offset {offset - 4}: {e}") from None
+        offset += size
+    if offset != len(data):
+        raise InitramfsError(f"LZ4 legacy stream: {len(data) - offset} stray bytes at offset {offset}")
+    return bytes(out)
+
+
+def decompress(data: bytes | bytearray | memoryview) -> bytes:
+    """The archive inside a gzip, LZ4-legacy or zstd compressed ``data`` (as is if uncompressed)."""
+    raw = bytes(data)
+    method = detect_compression(raw)
+    try:
+        if method == "gzip":
+            return gzip.decompress(raw)
+        if method == "zstd":
+            zstandard = _import("zstandard", "zstd")
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+                result: bytes = reader.read()
+                return result
+    except (OSError, EOFError) as e:
+        raise InitramfsError(f"{method} initramfs does not decompress: {e}") from None
+    if method == "lz4":
+        return _lz4_legacy_decompress(raw[len(LZ4_LEGACY_MAGIC) :])
+    return raw
