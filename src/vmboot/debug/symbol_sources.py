@@ -100,7 +100,12 @@ def _read_all(source: SymbolSource) -> bytes:
 # -- vmlinux ----------------------------------------------------------------------------------
 def table_from_elf(elf: ElfFile) -> SymbolTable:
     """Function symbols of an open ELF file's ``.symtab``."""
-    syms, strtab = elf.symbol_table()
+    syms_view, strtab_view = elf.symbol_table()
+    # Copy out (a few MB at most) so that no view pins the file's mapping, even in a traceback.
+    syms = syms_view.copy()
+    strtab = bytes(strtab_view)
+    del syms_view
+    strtab_view.release()
     stype = syms["st_info"] & 0xF
     keep = ((stype == STT_FUNC) | ((stype == STT_NOTYPE) & (syms["st_size"] > 0)))
     keep &= (syms["st_shndx"] != SHN_UNDEF) & (syms["st_value"] != 0)
@@ -113,7 +118,7 @@ def table_from_elf(elf: ElfFile) -> SymbolTable:
         bad = int(name_off.max())
         raise ElfFormatError(f"{elf.name}: symbol st_name={bad:#x} lies outside the "
                              f"{len(strtab):#x}-byte string table")
-    blob = bytes(strtab)
+    blob = strtab
     if not blob.endswith(b"\0"):
         blob += b"\0"
     weak = (chosen["st_info"] >> 4) == STB_WEAK
