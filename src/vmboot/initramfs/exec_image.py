@@ -122,7 +122,9 @@ RUN_PATH = f"{PROTOCOL_DIR}/run.sh"
 COMMAND_PATH = f"{PROTOCOL_DIR}/command"
 CONSOLE_PATH = "dev/console"
 CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
-"""/dev/console: the kernel opens it for init's stdin/stdout/stderr before devtmpfs is mounted."""
+"""/dev/console: the kernel opens it for init's stdin/stdout/stderr before devtmpfs is mounted.
+The kernel's built-in initramfs (usr/default_cpio_list) has it too; this copy keeps the
+image self-contained for kernels built with another CONFIG_INITRAMFS_SOURCE."""
 MOUNT_POINTS = ("dev", "proc", "sys")
 TMP_DIR, TMP_MODE = "tmp", 0o1777
 RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, RUN_PATH, COMMAND_PATH, CONSOLE_PATH)
