@@ -82,13 +82,13 @@ class NewcHeader:
     def unpack(cls, data: bytes | memoryview, offset: int = 0) -> NewcHeader:
         """Parse the header at ``offset`` (magic included); errors name the offset and field."""
         raw = bytes(data[offset : offset + HEADER_SIZE])
+        if len(raw) >= len(NEWC_MAGIC) and raw[: len(NEWC_MAGIC)] != NEWC_MAGIC:
+            raise InitramfsError(
+                f"cpio header at offset {offset}: magic {raw[:6]!r} is not newc (valid: {NEWC_MAGIC!r})"
+            )
         if len(raw) < HEADER_SIZE:
             raise InitramfsError(
                 f"cpio header at offset {offset}: truncated ({len(raw)} of {HEADER_SIZE} bytes)"
-            )
-        if raw[: len(NEWC_MAGIC)] != NEWC_MAGIC:
-            raise InitramfsError(
-                f"cpio header at offset {offset}: magic {raw[:6]!r} is not newc (valid: {NEWC_MAGIC!r})"
             )
         values: list[int] = []
         for i, f in enumerate(fields(cls)):
