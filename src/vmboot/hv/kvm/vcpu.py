@@ -1,0 +1,317 @@
+"""A KVM vCPU: registers through KVM_GET/SET_(S)REGS and MSRs, plus the mmapped ``kvm_run`` page.
+
+Creating one also gives it what firmware would: a CPUID table from the VM's policy, the
+boot MSRs (as Firecracker's msr.rs), an initialised FPU (FCW 0x37F, MXCSR 0x1F80) and,
+with the in-kernel irqchip, LAPIC LINT0 = ExtINT and LINT1 = NMI as on a PC.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from vmboot.errors import HypervisorError
+from vmboot.hv.base import VirtualCPU
+from vmboot.hv.kvm import abi
+from vmboot.hv.kvm.boot_msrs import boot_msrs
+from vmboot.hv.kvm.cpuid import CpuidEntry, build_cpuid
+from vmboot.hv.kvm.system import host_is_emulating
+from vmboot.hv.registers import (
+    GENERAL_REGISTERS,
+    DescriptorTable,
+    Register,
+    Segment,
+    SegmentRegister,
+)
+
+if TYPE_CHECKING:
+    from vmboot.hv.kvm.vm import KvmVM
+
+_MASK64 = (1 << 64) - 1
+_MASK16 = 0xFFFF
+_MASK32 = 0xFFFFFFFF
+
+FPU_INIT_FCW = 0x37F
+"""x87 control word after FNINIT: all exceptions masked, 64-bit precision, round to nearest."""
+FPU_INIT_MXCSR = 0x1F80
+"""MXCSR at reset: all SSE exceptions masked, round to nearest."""
+
+_SREGS_SCALARS: dict[Register, str] = {
+    Register.CR0: "cr0", Register.CR2: "cr2", Register.CR3: "cr3", Register.CR4: "cr4",
+    Register.CR8: "cr8", Register.EFER: "efer",
+}
+_GENERAL = frozenset(GENERAL_REGISTERS)
+
+SNAPSHOT_SEGMENTS = (SegmentRegister.CS, SegmentRegister.SS)
+"""Segment selectors included in :meth:`KvmVCPU.snapshot`."""
+
+
+def _check_u64(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MASK64:
+        raise HypervisorError(f"register {name}: value {value!r} is not an unsigned 64-bit integer")
+    return value
+
+
+def segment_from_kvm(k: abi.KvmSegment) -> Segment:
+    return Segment(
+        base=k.base, limit=k.limit, selector=k.selector, type=k.type, present=bool(k.present),
+        dpl=k.dpl, db=bool(k.db), s=bool(k.s), l=bool(k.l), g=bool(k.g), avl=bool(k.avl),
+        unusable=bool(k.unusable),
+    )
+
+
+def segment_to_kvm(name: str, seg: Segment, out: abi.KvmSegment) -> None:
+    checks = (("base", seg.base, _MASK64), ("limit", seg.limit, _MASK32),
+              ("selector", seg.selector, _MASK16), ("type", seg.type, 0xF), ("dpl", seg.dpl, 3))
+    for field, value, mask in checks:
+        if not isinstance(value, int) or not 0 <= value <= mask:
+            raise HypervisorError(f"segment {name}: {field} {value!r} is outside 0..{mask:#x}")
+    out.base, out.limit, out.selector = seg.base, seg.limit, seg.selector
+    out.type, out.dpl = seg.type, seg.dpl
+    out.present, out.db, out.s, out.l = int(seg.present), int(seg.db), int(seg.s), int(seg.l)
+    out.g, out.avl, out.unusable = int(seg.g), int(seg.avl), int(seg.unusable)
+
+
+class KvmVCPU(VirtualCPU):
+    """vCPU ``index`` of a :class:`~vmboot.hv.kvm.vm.KvmVM` (create it with ``vm.create_vcpu``)."""
+
+    def __init__(self, vm: KvmVM, index: int) -> None:
+        self._vm = vm
+        self._index = index
+        self._fd: int | None = None
+        self._run: mmap.mmap | None = None
+        try:
+            self._fd = fcntl.ioctl(vm.fd, abi.KVM_CREATE_VCPU, index)
+        except OSError as e:
+            raise HypervisorError(f"KVM vCPU {index}: KVM_CREATE_VCPU failed: {e.strerror}") from None
+        try:
+            self._run = mmap.mmap(self._fd, vm.kvm.vcpu_mmap_size, flags=mmap.MAP_SHARED,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            self._regs = abi.KvmRegs()
+            self._sregs = abi.KvmSregs()
+            self.cpuid: list[CpuidEntry] = []
+            self.set_cpuid(build_cpuid(
+                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                 for e in vm.kvm.supported_cpuid()),
+                vm.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
+                vcpu_count=vm.vcpu_count,
+            ))
+            self.set_msrs(boot_msrs())
+            self.init_fpu()
+            if vm.irqchip:
+                self.init_lapic()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- identity, fds ------------------------------------------------------------------------
+    @property
+    def vm(self) -> KvmVM:
+        return self._vm
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise HypervisorError(f"KVM vCPU {self._index}: used after close()")
+        return self._fd
+
+    @property
+    def run_page(self) -> mmap.mmap:
+        """The shared ``struct kvm_run`` mapping (offsets in :mod:`vmboot.hv.kvm.abi`)."""
+        if self._run is None:
+            raise HypervisorError(f"KVM vCPU {self._index}: used after close()")
+        return self._run
+
+    def close(self) -> None:
+        """Unmap kvm_run and close the vCPU fd; idempotent."""
+        if self._run is not None:
+            run, self._run = self._run, None
+            run.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _ioctl(self, request: int, arg: ctypes.Structure | int | bytes, what: str) -> int:
+        try:
+            result = fcntl.ioctl(self.fd, request, arg)
+        except OSError as e:
+            raise HypervisorError(
+                f"KVM vCPU {self._index}: {what} failed: {e.strerror} (errno {e.errno})"
+            ) from None
+        return result if isinstance(result, int) else 0
+
+    # -- general and control registers --------------------------------------------------------
+    def _load_regs(self) -> abi.KvmRegs:
+        self._ioctl(abi.KVM_GET_REGS, self._regs, "KVM_GET_REGS")
+        return self._regs
+
+    def _load_sregs(self) -> abi.KvmSregs:
+        self._ioctl(abi.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
+        return self._sregs
+
+    def get_registers(self, registers: Iterable[Register]) -> dict[Register, int]:
+        wanted = [Register(r) for r in registers]
+        out: dict[Register, int] = {}
+        if any(r in _GENERAL for r in wanted):
+            regs = self._load_regs()
+            out.update({r: getattr(regs, r.value) for r in wanted if r in _GENERAL})
+        if any(r in _SREGS_SCALARS for r in wanted):
+            sregs = self._load_sregs()
+            out.update({r: getattr(sregs, _SREGS_SCALARS[r]) for r in wanted if r in _SREGS_SCALARS})
+        return {r: out[r] for r in wanted}
+
+    def set_registers(self, values: Mapping[Register, int]) -> None:
+        checked = {Register(r): _check_u64(Register(r).name, v) for r, v in values.items()}
+        special = {r: v for r, v in checked.items() if r in _SREGS_SCALARS}
+        general = {r: v for r, v in checked.items() if r in _GENERAL}
+        # Special registers first: a mode change (CR0/EFER) must be in place before RIP matters.
+        if special:
+            sregs = self._load_sregs()
+            for r, v in special.items():
+                setattr(sregs, _SREGS_SCALARS[r], v)
+            self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+        if general:
+            regs = self._load_regs()
+            for r, v in general.items():
+                setattr(regs, r.value, v)
+            self._ioctl(abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+
+    # -- segments and descriptor tables -------------------------------------------------------
+    def get_segment(self, register: SegmentRegister) -> Segment:
+        reg = SegmentRegister(register)
+        return segment_from_kvm(getattr(self._load_sregs(), reg.value))
+
+    def set_segments(self, values: Mapping[SegmentRegister, Segment]) -> None:
+        sregs = self._load_sregs()
+        for reg, seg in values.items():
+            reg = SegmentRegister(reg)
+            segment_to_kvm(reg.name, seg, getattr(sregs, reg.value))
+        self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def _get_table(self, which: str) -> DescriptorTable:
+        t = getattr(self._load_sregs(), which)
+        return DescriptorTable(base=t.base, limit=t.limit)
+
+    def _set_table(self, which: str, table: DescriptorTable) -> None:
+        if not 0 <= table.base <= _MASK64 or not 0 <= table.limit <= _MASK16:
+            raise HypervisorError(
+                f"{which.upper()}: base {table.base:#x} / limit {table.limit:#x} out of range "
+                "(base: unsigned 64-bit, limit: 0..0xffff)"
+            )
+        sregs = self._load_sregs()
+        t = getattr(sregs, which)
+        t.base, t.limit = table.base, table.limit
+        self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def get_gdt(self) -> DescriptorTable:
+        return self._get_table("gdt")
+
+    def set_gdt(self, table: DescriptorTable) -> None:
+        self._set_table("gdt", table)
+
+    def get_idt(self) -> DescriptorTable:
+        return self._get_table("idt")
+
+    def set_idt(self, table: DescriptorTable) -> None:
+        self._set_table("idt", table)
+
+    # -- MSRs ---------------------------------------------------------------------------------
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        wanted = list(indices)
+        buf = abi.kvm_msrs_type(len(wanted))()
+        buf.nmsrs = len(wanted)
+        for i, index in enumerate(wanted):
+            buf.entries[i].index = index
+        done = self._ioctl(abi.KVM_GET_MSRS, buf, "KVM_GET_MSRS")
+        if done != len(wanted):
+            raise HypervisorError(
+                f"KVM vCPU {self._index}: KVM_GET_MSRS could not read MSR {wanted[done]:#x} "
+                f"({done} of {len(wanted)} read); KVM supports the MSRs in KVM.msr_index_list()"
+            )
+        return {buf.entries[i].index: buf.entries[i].data for i in range(len(wanted))}
+
+    def set_msrs(self, values: Mapping[int, int]) -> None:
+        items = list(values.items())
+        buf = abi.kvm_msrs_type(len(items))()
+        buf.nmsrs = len(items)
+        for i, (index, value) in enumerate(items):
+            if not isinstance(index, int) or not 0 <= index <= _MASK32:
+                raise HypervisorError(f"MSR index {index!r} is not an unsigned 32-bit integer")
+            buf.entries[i].index = index
+            buf.entries[i].data = _check_u64(f"MSR {index:#x}", value)
+        done = self._ioctl(abi.KVM_SET_MSRS, buf, "KVM_SET_MSRS")
+        if done != len(items):
+            index, value = items[done]
+            raise HypervisorError(
+                f"KVM vCPU {self._index}: KVM_SET_MSRS refused MSR {index:#x} = {value:#x} "
+                f"({done} of {len(items)} written)"
+            )
+
+    # -- CPUID, FPU, LAPIC, MP state ----------------------------------------------------------
+    def set_cpuid(self, entries: list[CpuidEntry]) -> None:
+        """KVM_SET_CPUID2 (must happen before the first KVM_RUN)."""
+        buf = abi.kvm_cpuid2_type(len(entries))()
+        buf.nent = len(entries)
+        for i, e in enumerate(entries):
+            k = buf.entries[i]
+            k.function, k.index, k.flags = e.function, e.index, e.flags
+            k.eax, k.ebx, k.ecx, k.edx = e.eax, e.ebx, e.ecx, e.edx
+        self._ioctl(abi.KVM_SET_CPUID2, buf, f"KVM_SET_CPUID2 ({len(entries)} entries)")
+        self.cpuid = list(entries)
+
+    def get_fpu(self) -> abi.KvmFpu:
+        fpu = abi.KvmFpu()
+        self._ioctl(abi.KVM_GET_FPU, fpu, "KVM_GET_FPU")
+        return fpu
+
+    def init_fpu(self) -> None:
+        """FPU as after FNINIT, SSE as after reset."""
+        fpu = abi.KvmFpu(fcw=FPU_INIT_FCW, mxcsr=FPU_INIT_MXCSR)
+        self._ioctl(abi.KVM_SET_FPU, fpu, "KVM_SET_FPU")
+
+    def get_lapic(self) -> bytes:
+        """The 1 KiB local-APIC register page (needs the in-kernel irqchip)."""
+        state = abi.KvmLapicState()
+        self._ioctl(abi.KVM_GET_LAPIC, state, "KVM_GET_LAPIC")
+        return bytes(state)
+
+    def set_lapic(self, page: bytes) -> None:
+        if len(page) != abi.KVM_APIC_REG_SIZE:
+            raise HypervisorError(f"LAPIC page: {len(page)} bytes, expected {abi.KVM_APIC_REG_SIZE}")
+        self._ioctl(abi.KVM_SET_LAPIC, page, "KVM_SET_LAPIC")
+
+    def init_lapic(self) -> None:
+        """LINT0 = ExtINT (the PIC's output), LINT1 = NMI, as a PC's firmware leaves them."""
+        page = bytearray(self.get_lapic())
+        for reg, mode in ((abi.APIC_REG_LVT_LINT0, abi.APIC_DELIVERY_MODE_EXTINT),
+                          (abi.APIC_REG_LVT_LINT1, abi.APIC_DELIVERY_MODE_NMI)):
+            (value,) = struct.unpack_from("<I", page, reg)
+            value = (value & ~abi.APIC_LVT_DELIVERY_MODE_MASK) | (mode << abi.APIC_LVT_DELIVERY_MODE_SHIFT)
+            struct.pack_into("<I", page, reg, value)
+        self.set_lapic(bytes(page))
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: RUNNABLE (0), HALTED (3), ... (see abi.KVM_MP_STATE_*)."""
+        state = abi.KvmMpState()
+        self._ioctl(abi.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
+        return int(state.mp_state)
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, int]:
+        """Every general and control register, plus CS/SS selectors, by lower-case name."""
+        regs = self._load_regs()
+        out = {r.value: getattr(regs, r.value) for r in GENERAL_REGISTERS}
+        sregs = self._load_sregs()
+        out.update({name: getattr(sregs, name) for name in _SREGS_SCALARS.values()})
+        for seg in SNAPSHOT_SEGMENTS:
+            out[seg.value] = getattr(sregs, seg.value).selector
+        return out

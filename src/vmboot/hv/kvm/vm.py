@@ -1,0 +1,189 @@
+"""A KVM virtual machine: guest RAM registered as memslots, the in-kernel irqchip and PIT, vCPUs."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import mmap
+import os
+import struct
+
+from vmboot.errors import HypervisorError
+from vmboot.hv.base import VirtualMachine
+from vmboot.hv.guest_memory import GuestMemory
+from vmboot.hv.kvm import abi
+from vmboot.hv.kvm.cpuid import CpuidPolicyName, resolve_policy
+from vmboot.hv.kvm.system import KVM, host_is_emulating
+from vmboot.hv.kvm.vcpu import KvmVCPU
+
+log = logging.getLogger("vmboot.hv.kvm")
+
+TSS_ADDRESS = 0xFFFBD000
+"""Three pages KVM needs for its real-mode TSS on Intel (KVM_SET_TSS_ADDR), in the MMIO hole."""
+IDENTITY_MAP_ADDRESS = 0xFFFBC000
+"""One page for KVM's real-mode identity page table on Intel, just below the TSS."""
+
+MAX_VCPUS_DEFAULT = 1
+"""vCPUs the CPUID topology describes unless ``vcpu_count`` says otherwise."""
+
+_IRQ_LEVEL = struct.Struct("<II")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+_libc.ioctl.restype = ctypes.c_int
+
+
+def ioctl_ulong(fd: int, request: int, value: int) -> None:
+    """An ioctl whose argument is an unsigned long by value (fcntl.ioctl only passes a C int)."""
+    if _libc.ioctl(fd, request, value) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def host_address(mapping: mmap.mmap) -> int:
+    """The host virtual address of ``mapping``'s first byte (for KVM_SET_USER_MEMORY_REGION)."""
+    anchor = ctypes.c_char.from_buffer(mapping)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor  # release the buffer export so the mmap can be closed later
+
+
+class KvmVM(VirtualMachine):
+    """A KVM guest with ``memory_bytes`` of RAM at guest-physical 0 (split around the MMIO hole).
+
+    ``kvm``: an open :class:`KVM` (the VM then borrows it); by default the VM opens
+    ``/dev/kvm`` itself and closes it with the VM. ``irqchip``: create the in-kernel PIC,
+    IOAPIC, LAPIC and PIT (a PC); without it, HLT exits to user space (KVM_EXIT_HLT).
+    ``cpuid_policy``: see :mod:`vmboot.hv.kvm.cpuid`. ``vcpu_count``: the number of vCPUs
+    the CPUID topology leaves describe.
+
+    Use as a context manager; :meth:`close` is idempotent and safe after any error.
+    """
+
+    def __init__(
+        self,
+        memory_bytes: int,
+        *,
+        kvm: KVM | None = None,
+        irqchip: bool = True,
+        cpuid_policy: CpuidPolicyName = "auto",
+        vcpu_count: int = MAX_VCPUS_DEFAULT,
+    ) -> None:
+        self._fd: int | None = None
+        self._vcpus: dict[int, KvmVCPU] = {}
+        self._own_kvm = kvm is None
+        self._kvm: KVM | None = None
+        self.memory = GuestMemory(memory_bytes)
+        try:
+            self._kvm = KVM() if kvm is None else kvm
+            resolve_policy(cpuid_policy, host_is_emulating())  # validate early
+            self.cpuid_policy: CpuidPolicyName = cpuid_policy
+            self.irqchip = irqchip
+            self.vcpu_count = vcpu_count
+            self._fd = self._kvm.create_vm_fd()
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        try:
+            ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS)
+        except OSError as e:
+            raise HypervisorError(f"KVM VM: KVM_SET_TSS_ADDR {TSS_ADDRESS:#x} failed: {e.strerror}") from None
+        self._ioctl(abi.KVM_SET_IDENTITY_MAP_ADDR, struct.pack("<Q", IDENTITY_MAP_ADDRESS),
+                    "KVM_SET_IDENTITY_MAP_ADDR")
+        if self.irqchip:
+            self._ioctl(abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+            pit = abi.KvmPitConfig(flags=abi.KVM_PIT_SPEAKER_DUMMY)
+            self._ioctl(abi.KVM_CREATE_PIT2, bytes(pit), "KVM_CREATE_PIT2")
+        base = host_address(self.memory.mapping)
+        for slot, region in enumerate(self.memory.regions):
+            slot_desc = abi.KvmUserspaceMemoryRegion(
+                slot=slot, flags=0, guest_phys_addr=region.gpa, memory_size=region.size,
+                userspace_addr=base + region.offset,
+            )
+            self._ioctl(abi.KVM_SET_USER_MEMORY_REGION, bytes(slot_desc),
+                        f"KVM_SET_USER_MEMORY_REGION (slot {slot}, guest-physical "
+                        f"[{region.gpa:#x}, {region.end:#x}))")
+
+    # -- access -------------------------------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise HypervisorError("KVM VM: used after close()")
+        return self._fd
+
+    @property
+    def kvm(self) -> KVM:
+        if self._kvm is None:
+            raise HypervisorError("KVM VM: used after close()")
+        return self._kvm
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _ioctl(self, request: int, arg: int | bytes, what: str) -> int | bytes:
+        try:
+            return fcntl.ioctl(self.fd, request, arg)
+        except OSError as e:
+            raise HypervisorError(f"KVM VM: {what} failed: {e.strerror} (errno {e.errno})") from None
+
+    # -- devices ------------------------------------------------------------------------------
+    def irq_line(self, irq: int, level: bool | int) -> None:
+        """Drive interrupt line ``irq`` (GSI 0-23 of the in-kernel PIC/IOAPIC) to ``level``."""
+        try:
+            fcntl.ioctl(self.fd, abi.KVM_IRQ_LINE, _IRQ_LEVEL.pack(irq, 1 if level else 0))
+        except OSError as e:
+            raise HypervisorError(
+                f"KVM VM: KVM_IRQ_LINE irq={irq} level={int(bool(level))} failed: {e.strerror}"
+                + ("" if self.irqchip else " (the VM was created without an in-kernel irqchip)")
+            ) from None
+        except struct.error:
+            raise HypervisorError(f"KVM VM: irq {irq!r} is not an interrupt line number") from None
+
+    # -- vCPUs --------------------------------------------------------------------------------
+    def create_vcpu(self, index: int = 0) -> KvmVCPU:
+        """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""
+        if index in self._vcpus:
+            raise HypervisorError(
+                f"KVM VM: vCPU index {index} already exists; indices in use: {sorted(self._vcpus)}"
+            )
+        if not 0 <= index < self.vcpu_count:
+            raise HypervisorError(
+                f"KVM VM: vCPU index {index} is outside 0..{self.vcpu_count - 1} "
+                f"(vcpu_count={self.vcpu_count})"
+            )
+        vcpu = KvmVCPU(self, index)
+        self._vcpus[index] = vcpu
+        return vcpu
+
+    @property
+    def vcpus(self) -> tuple[KvmVCPU, ...]:
+        return tuple(self._vcpus[i] for i in sorted(self._vcpus))
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release vCPUs, the VM fd, guest RAM and (if owned) /dev/kvm; idempotent."""
+        vcpus, self._vcpus = list(self._vcpus.values()), {}
+        for vcpu in vcpus:
+            vcpu.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        if self._own_kvm and self._kvm is not None:
+            self._kvm.close()
+        self._kvm = None
+        if not self.memory.closed:
+            try:
+                self.memory.close()
+            except BufferError:
+                log.warning("KVM VM: guest RAM is still referenced by a view; it is unmapped "
+                            "when the last view is released")
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            self.close()
