@@ -19,6 +19,7 @@ VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.run",
     "vmboot.cli.inspect",
     "vmboot.cli.symbolize",
+    "vmboot.cli.fetch",
 )
 """Verb modules, in the order ``--help`` lists them."""
 
