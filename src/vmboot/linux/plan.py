@@ -73,18 +73,6 @@ class BootPlan:
         self.write_cpu_tables(vcpu.vm)
         segs = boot_segments()
         gdt = boot_gdt()
-        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
-        vcpu.set_idt(DescriptorTable(0, 0))
-        data = segs["data"]
-        vcpu.set_segments({
-            SegmentRegister.CS: segs["code64"],
-            SegmentRegister.DS: data,
-            SegmentRegister.ES: data,
-            SegmentRegister.FS: data,
-            SegmentRegister.GS: data,
-            SegmentRegister.SS: data,
-            SegmentRegister.TR: segs["tss"],
-        })
         regs: dict[Register, int] = {
             Register.RAX: 0, Register.RBX: 0, Register.RCX: 0, Register.RDX: 0,
             Register.RDI: 0, Register.RBP: 0,
@@ -99,4 +87,17 @@ class BootPlan:
             Register.EFER: BOOT_EFER,
             Register.CR0: BOOT_CR0,
         }
+        # Control registers first: KVM refuses a 64-bit CS (L=1) while EFER.LMA is clear.
         vcpu.set_registers(regs)
+        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
+        vcpu.set_idt(DescriptorTable(0, 0))
+        data = segs["data"]
+        vcpu.set_segments({
+            SegmentRegister.CS: segs["code64"],
+            SegmentRegister.DS: data,
+            SegmentRegister.ES: data,
+            SegmentRegister.FS: data,
+            SegmentRegister.GS: data,
+            SegmentRegister.SS: data,
+            SegmentRegister.TR: segs["tss"],
+        })
