@@ -1,0 +1,102 @@
+"""vmboot.cache, vmboot.fetch and the `vmboot fetch` verb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from vmboot.cache import cache_dir
+from vmboot.cli.main import main
+from vmboot.elf import PT_INTERP, ElfFile
+from vmboot.errors import FetchError
+from vmboot.fetch import (
+    cached_busybox,
+    fetch_busybox,
+    find_busybox,
+    parse_kernel_packages,
+    static_elf_problem,
+)
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert cache_dir({"VMBOOT_CACHE": "/a", "XDG_CACHE_HOME": "/b", "HOME": "/h"}) == Path("/a")
+    assert cache_dir({"XDG_CACHE_HOME": "/b", "HOME": "/h"}) == Path("/b/vmboot")
+    assert cache_dir({"VMBOOT_CACHE": "", "HOME": "/h"}) == Path("/h/.cache/vmboot")
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    assert cached_busybox() == tmp_path / "busybox" / "busybox"
+
+
+def test_static_check_reads_program_headers(tmp_path: Path) -> None:
+    ls = Path(shutil.which("ls") or "/bin/ls")
+    assert "dynamically linked" in (static_elf_problem(ls) or "")
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    assert "bad ELF magic" in (static_elf_problem(script) or "")
+    assert "cannot read" in (static_elf_problem(tmp_path / "missing") or "")
+
+
+def test_find_busybox_explains_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "busybox"
+    shutil.copy(shutil.which("ls", path="/usr/bin:/bin") or "/bin/ls", fake)  # a dynamic ELF named busybox
+    monkeypatch.setattr("vmboot.fetch.BUSYBOX_SYSTEM_PATHS", ())
+    with pytest.raises(FetchError, match=r"no static x86-64 busybox.*dynamically linked.*fetch busybox"):
+        find_busybox()
+
+
+def test_kernel_package_choice() -> None:
+    names = ["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-41-cloud-amd64",
+             "linux-image-6.1.0-41-cloud-amd64-unsigned", "linux-image-cloud-amd64",
+             "linux-image-6.1.0-41-cloud-amd64-dbg", "linux-image-5.10.0-30-cloud-amd64"]
+    chosen = parse_kernel_packages(names)
+    assert [p.name for p in chosen] == ["linux-image-6.1.0-41-cloud-amd64-unsigned",
+                                        "linux-image-6.1.0-41-cloud-amd64",
+                                        "linux-image-6.1.0-9-cloud-amd64",
+                                        "linux-image-5.10.0-30-cloud-amd64"]
+    assert chosen[0].abi == "6.1.0-41"
+
+
+def test_fetch_without_apt_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FetchError, match="`apt-get` is not installed"):
+        fetch_busybox()
+
+
+@pytest.mark.network
+def test_fetch_busybox_for_real(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path))
+    try:
+        path = fetch_busybox()
+    except FetchError as e:
+        pytest.skip(f"apt-get could not fetch busybox-static: {e}")
+    assert path == tmp_path / "busybox" / "busybox"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    with ElfFile.open(path) as elf:  # x86-64 ELF64 (ElfFile checks), and static
+        assert not any(seg.type == PT_INTERP for seg in elf.segments)
+    assert (tmp_path / "busybox" / "SOURCE").read_text().startswith("busybox-static_")
+    # Cached now: the CLI answers from the cache, and find_busybox sees it.
+    assert main(["fetch", "busybox", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"what": "busybox", "path": str(path), "cache": str(tmp_path)}
+    monkeypatch.setattr("vmboot.fetch.BUSYBOX_SYSTEM_PATHS", ())
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    assert find_busybox() == path
+    assert os.access(path, os.X_OK)
+
+
+def test_cli_fetch_reports_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["fetch", "kernel"]) == 1
+    assert "apt-cache` is not installed" in capsys.readouterr().err
