@@ -17,6 +17,7 @@ from vmboot.errors import FetchError
 from vmboot.fetch import (
     cached_busybox,
     fetch_busybox,
+    fetch_debian_kernel,
     find_busybox,
     parse_kernel_packages,
     static_elf_problem,
@@ -100,3 +101,18 @@ def test_cli_fetch_reports_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert main(["fetch", "kernel"]) == 1
     assert "apt-cache` is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.network
+def test_fetch_debian_kernel_for_real(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path))
+    try:
+        vmlinuz = fetch_debian_kernel()
+    except FetchError as e:
+        pytest.skip(f"apt-get could not fetch a Debian cloud kernel: {e}")
+    assert vmlinuz.parent == tmp_path / "debian-kernels" / vmlinuz.parent.parent.name / "boot"
+    assert vmlinuz.name == f"vmlinuz-{vmlinuz.parent.parent.name}-cloud-amd64"
+    head = vmlinuz.read_bytes()[:0x210]
+    assert head[0x202:0x206] == b"HdrS"  # a bzImage with a boot protocol header
+    assert not (tmp_path / "debian-kernels" / vmlinuz.parent.parent.name / "lib").exists()  # /boot only
+    assert fetch_debian_kernel() == vmlinuz  # second call: from the cache
