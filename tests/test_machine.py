@@ -116,7 +116,7 @@ def test_lazy_exports_from_the_package() -> None:
 @requires_kvm
 def test_guest_prints_reads_rtc_and_resets() -> None:
     chunks: list[bytes] = []
-    with Machine(guest_program(HELLO_AND_RESET), memory="16M", console=chunks.append) as m:
+    with Machine(guest_program(HELLO_AND_RESET), memory="32M", console=chunks.append) as m:
         result = m.run(timeout=60)
     assert result.exit.reason is ExitReason.RESET, result.exit.one_line()
     assert result.console == b"vmboot-ok\n\x80"  # the text, then CMOS register D (VRT set)
@@ -130,7 +130,7 @@ def test_guest_prints_reads_rtc_and_resets() -> None:
 @requires_kvm
 def test_console_to_a_binary_stream() -> None:
     out = io.BytesIO()
-    with Machine(guest_program(HELLO_AND_RESET), memory="16M", console=out) as m:
+    with Machine(guest_program(HELLO_AND_RESET), memory="32M", console=out) as m:
         result = m.run(timeout=60)
     assert out.getvalue() == result.console
 
@@ -138,7 +138,7 @@ def test_console_to_a_binary_stream() -> None:
 @requires_kvm
 def test_triple_fault_ends_the_run() -> None:
     # No IDT (limit 0): #UD cannot be delivered -> #DF -> triple fault.
-    with Machine(guest_program(mov_dx(COM1) + out_dx_bytes(b"x") + UD2), memory="16M") as m:
+    with Machine(guest_program(mov_dx(COM1) + out_dx_bytes(b"x") + UD2), memory="32M") as m:
         result = m.run(timeout=60)
     assert result.exit.reason is ExitReason.SHUTDOWN, result.exit.one_line()
     assert not result.clean
@@ -148,7 +148,7 @@ def test_triple_fault_ends_the_run() -> None:
 @requires_kvm
 def test_timeout_then_trace_hook() -> None:
     calls: list[VmExit] = []
-    with Machine(guest_program(JMP_SELF), memory="16M",
+    with Machine(guest_program(JMP_SELF), memory="32M",
                  on_timeout=lambda machine, ex: calls.append(ex)) as m:
         result = m.run(timeout=0.5)
     assert result.exit.reason is ExitReason.TIMEOUT, result.exit.one_line()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Self, TextIO
+from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
@@ -31,15 +31,15 @@ from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
-    from vmboot.hv.base import VirtualCPU, VirtualMachine
+    from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, KernelImage
+    from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
 DEFAULT_MEMORY = "256M"
 CPUID_POLICIES = ("auto", "host", "conservative")
 OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
 ConsoleTarget = ConsoleSink | IO[bytes] | IO[str] | None
-KernelArg = "str | Path | bytes | KernelImage"
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,11 @@ class Machine:
         self.platform = PcPlatform(self.console)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
-        self.vm: VirtualMachine | None = None
-        self.vcpu: VirtualCPU | None = None
+        self.vm: KvmVM | None = None
+        self.vcpu: KvmVCPU | None = None
         self.kernel: KernelImage | None = None
         self.plan: BootPlan | None = None
-        self._runner: Any = None
+        self._runner: Runner | None = None
         self._t0 = 0.0
         self._t_load = 0.0
         self._t_first_run: float | None = None
@@ -177,7 +177,7 @@ class Machine:
 
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
-        from vmboot.hv.kvm import KVM
+        from vmboot.hv.kvm import KvmVM
         from vmboot.linux import BootOptions, KernelImage, load_kernel
         from vmboot.vmm.runner import Runner
 
@@ -188,16 +188,18 @@ class Machine:
         self.platform.attach(self.port_bus)
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
-        vm = KVM().create_vm(self.memory_bytes)
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
         self.vm = vm
         vcpu = vm.create_vcpu(0)
         self.vcpu = vcpu
-        _apply_cpuid_policy(vcpu, self.cpuid_policy)
         self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd))
         self.plan.configure_vcpu(vcpu)
         self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus)
+        if self._pending_stop is not None:
+            self._runner.stop(*self._pending_stop)
+            self._pending_stop = None
         devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
-        connect_devices(devices, vm.irq_line, self.request_stop)  # type: ignore[attr-defined]
+        connect_devices(devices, vm.irq_line, self.request_stop)
         self._t_load = time.monotonic() - self._t0
 
     def close(self) -> None:
@@ -226,7 +228,7 @@ class Machine:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
-        vm_exit: VmExit = self._runner.run(timeout)
+        vm_exit = self._runner.run(timeout)
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -254,19 +256,8 @@ class Machine:
         try:
             from vmboot import debug
 
-            capture = debug.capture_stack_trace  # type: ignore[attr-defined]
+            capture = debug.capture_stack_trace
         except (ImportError, AttributeError):
             result.notes.append("on_timeout='trace': vmboot.debug.capture_stack_trace is not available")
             return
         result.stack_trace = capture(self.vcpu, vmlinux=self.vmlinux, system_map=self.system_map)
-
-
-def _apply_cpuid_policy(vcpu: VirtualCPU, policy: str) -> None:
-    setter = getattr(vcpu, "set_cpuid_policy", None)
-    if setter is not None:
-        setter(policy)
-
-
-def console_from(stream: BinaryIO | TextIO) -> ConsoleSink:
-    """A console sink writing to ``stream`` (re-exported for callers)."""
-    return stream_sink(stream)
