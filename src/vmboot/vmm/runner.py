@@ -17,9 +17,9 @@ plus a signal (:data:`KICK_SIGNAL`, with a no-op handler) sent to the vCPU's thr
 ioctl returns EINTR; the handler is installed when the first Runner is made in the main
 thread (or by calling :func:`install_kick_handler` there).
 
-The loop is written for a small per-exit cost: ioctl and struct readers are bound to locals,
-kvm_run fields are read with ``struct.unpack_from`` on the mmapped page, nothing is
-allocated through ctypes per exit.
+The loop is written for a small per-exit cost: the ioctl and struct readers are bound to
+locals, kvm_run fields are read through typed memoryviews of the mmapped page made once per
+run, a port's device is looked up once, and nothing is allocated through ctypes per exit.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ import contextlib
 import errno
 import fcntl
 import logging
-import mmap
 import signal
 import struct
 import threading
 from collections.abc import Callable
 from types import FrameType
 
-from vmboot.devices.bus import MmioBus, PortBus
+from vmboot.devices.bus import MmioBus, PortBus, PortDevice
 from vmboot.errors import GuestMemoryError, HypervisorError, PageWalkError, VmbootError
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.vcpu import KvmVCPU
@@ -50,12 +49,15 @@ log = logging.getLogger("vmboot.vmm")
 KICK_SIGNAL = signal.SIGUSR1
 """The signal sent to a vCPU thread to make KVM_RUN return (as QEMU's SIG_IPI)."""
 
+_PortEntry = tuple[Callable[[int, int, int], None], Callable[[int, int], int], int]
+"""(port_write, port_read, start of the device's range)."""
+
 Symbolizer = Callable[[int], "str | None"]
 """``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
 
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
-_MMIO = struct.Struct(abi.RUN_MMIO_FORMAT)
+_MMIO_HEAD = struct.Struct(abi.RUN_MMIO_HEAD_FORMAT)
 _FAIL_ENTRY = struct.Struct("<QI")
 _INTERNAL_HEAD = struct.Struct("<II")
 _EMULATION_FLAGS = struct.Struct("<Q")
@@ -132,6 +134,7 @@ class Runner:
         self._lock = threading.Lock()
         self._pending: tuple[ExitReason, str] | None = None
         self._thread_id: int | None = None
+        self._port_cache: dict[int, _PortEntry] = {}
 
     # -- stopping -----------------------------------------------------------------------------
     def stop(self, reason: ExitReason, detail: str = "") -> None:
@@ -174,6 +177,12 @@ class Runner:
             if self._thread_id is not None:
                 raise HypervisorError("runner: run() is already in progress in another thread")
             self._thread_id = threading.get_ident()
+        try:
+            self.vcpu.flush()
+        except BaseException:
+            with self._lock:
+                self._thread_id = None
+            raise
         timer: threading.Timer | None = None
         if timeout is not None:
             timer = threading.Timer(timeout, self.stop, (ExitReason.TIMEOUT, f"no exit within {timeout:g} s"))
@@ -200,23 +209,28 @@ class Runner:
 
     def _loop(self) -> VmExit:
         vcpu = self.vcpu
-        run = vcpu.run_page
+        page = vcpu.run_page
         fd = vcpu.fd
+        # Typed views of the kvm_run page: one index per field, no struct or ctypes per exit.
+        # KVM places port-I/O data at a page offset and MMIO data at an 8-byte aligned field,
+        # so an item of ``size`` bytes at byte offset ``off`` is element ``off // size``.
+        mv8 = memoryview(page)
+        mv16, mv32, mv64 = mv8.cast("H"), mv8.cast("I"), mv8.cast("Q")
+        views = (None, mv8, mv16, None, mv32, None, None, None, mv64)
+        masks = (0, 0xFF, 0xFFFF, 0, 0xFFFFFFFF, 0, 0, 0, (1 << 64) - 1)
         ioctl = fcntl.ioctl
         kvm_run = abi.KVM_RUN
         exit_io = abi.KVM_EXIT_IO
         exit_mmio = abi.KVM_EXIT_MMIO
         io_out = abi.KVM_EXIT_IO_OUT
-        reason_at = abi.RUN_EXIT_REASON
+        reason_index = abi.RUN_EXIT_REASON // 4
         io_at = abi.RUN_IO
         mmio_at = abi.RUN_MMIO
         mmio_data_at = abi.RUN_MMIO_DATA
-        unpack_reason = _U32.unpack_from
         unpack_io = _IO.unpack_from
-        unpack_mmio = _MMIO.unpack_from
-        from_bytes = int.from_bytes
-        port_read = self.port_bus.read
-        port_write = self.port_bus.write
+        unpack_mmio = _MMIO_HEAD.unpack_from
+        ports = self._port_cache
+        port_lookup = self._port_entry
         mmio_read = self.mmio_bus.read
         mmio_write = self.mmio_bus.write
         exits = 0
@@ -227,7 +241,7 @@ class Runner:
                 try:
                     ioctl(fd, kvm_run, 0)
                 except InterruptedError:
-                    run[abi.RUN_IMMEDIATE_EXIT] = 0
+                    page[abi.RUN_IMMEDIATE_EXIT] = 0
                     continue
                 except OSError as e:
                     if e.errno == errno.EAGAIN:
@@ -236,40 +250,64 @@ class Runner:
                         f"KVM vCPU {vcpu.index}: KVM_RUN failed: {e.strerror} (errno {e.errno})"
                     ) from None
                 exits += 1
-                reason = unpack_reason(run, reason_at)[0]
+                reason = mv32[reason_index]
                 if reason == exit_io:
-                    direction, size, port, count, off = unpack_io(run, io_at)
+                    direction, size, port, count, off = unpack_io(mv8, io_at)
                     if count == 1:
+                        entry = ports.get(port)
+                        if entry is None:
+                            entry = port_lookup(port)
                         if direction == io_out:
-                            port_write(port, size, from_bytes(run[off : off + size], "little"))
+                            entry[0](port - entry[2], size, views[size][off // size])  # type: ignore[index]
                         else:
-                            run[off : off + size] = port_read(port, size).to_bytes(size, "little")
+                            views[size][off // size] = entry[1](port - entry[2], size) & masks[size]  # type: ignore[index]
                     else:
-                        self._string_io(run, direction, size, port, count, off)
+                        self._string_io(mv8, direction, size, port, count, off)
                 elif reason == exit_mmio:
-                    address, data, length, is_write = unpack_mmio(run, mmio_at)
+                    address, length, is_write = unpack_mmio(mv8, mmio_at)
+                    view = views[length]
+                    if view is None:
+                        raise HypervisorError(f"KVM vCPU {vcpu.index}: MMIO access of {length} bytes "
+                                              f"at {address:#x}; KVM only reports 1, 2, 4 or 8")
                     if is_write:
-                        mmio_write(address, length, from_bytes(data[:length], "little"))
+                        mmio_write(address, length, view[mmio_data_at // length])
                     else:
-                        value = mmio_read(address, length)
-                        run[mmio_data_at : mmio_data_at + length] = value.to_bytes(length, "little")
+                        view[mmio_data_at // length] = mmio_read(address, length) & masks[length]
                 elif reason not in _RESUMABLE_EXITS:
                     result = self._final_exit(reason)
                     if result is not None:
                         return result
         finally:
             self.exit_count += exits
+            for view in (mv16, mv32, mv64, mv8):
+                view.release()
 
-    def _string_io(self, page: mmap.mmap, direction: int, size: int, port: int, count: int,
+    def _port_entry(self, port: int) -> _PortEntry:
+        """(write, read, range start) for ``port``: the device's methods, or the bus's own.
+
+        Ports owned by a device are cached (the bus never detaches devices, so an entry stays
+        right); unowned ports go through the bus each time, so a device attached later is seen
+        and the bus's log-once of unknown ports keeps working.
+        """
+        bus = self.port_bus
+        found = bus.find(port)
+        if found is None:
+            return (bus.write, bus.read, 0)
+        device: PortDevice = found.device  # type: ignore[assignment]
+        entry = (device.port_write, device.port_read, found.start)
+        self._port_cache[port] = entry
+        return entry
+
+    def _string_io(self, data: memoryview, direction: int, size: int, port: int, count: int,
                    off: int) -> None:
         """REP INS/OUTS: ``count`` items of ``size`` bytes at ``off`` in the kvm_run page."""
         if direction == abi.KVM_EXIT_IO_OUT:
             for i in range(count):
                 at = off + i * size
-                self.port_bus.write(port, size, int.from_bytes(page[at : at + size], "little"))
+                self.port_bus.write(port, size, int.from_bytes(data[at : at + size], "little"))
         else:
-            data = b"".join(self.port_bus.read(port, size).to_bytes(size, "little") for _ in range(count))
-            page[off : off + len(data)] = data
+            items = b"".join(self.port_bus.read(port, size).to_bytes(size, "little") for _ in range(count))
+            data[off : off + len(items)] = items
 
     # -- exits that end a run -----------------------------------------------------------------
     def _final_exit(self, reason: int) -> VmExit | None:

@@ -353,6 +353,8 @@ RUN_MMIO = RUN_EXIT_UNION
 RUN_MMIO_DATA = RUN_EXIT_UNION + _offset(KvmRunMmio, "data")
 RUN_MMIO_FORMAT = "<Q8sIB"
 """phys_addr, data, len, is_write."""
+RUN_MMIO_HEAD_FORMAT = "<Q8xIB"
+"""phys_addr, len, is_write (the data bytes skipped)."""
 RUN_INTERNAL = RUN_EXIT_UNION
 RUN_INTERNAL_DATA = RUN_EXIT_UNION + _offset(KvmRunInternal, "data")
 RUN_EMULATION_INSN = RUN_EXIT_UNION + _offset(KvmRunEmulationFailure, "insn_size")

@@ -8,6 +8,7 @@ with the in-kernel irqchip, LAPIC LINT0 = ExtINT and LINT1 = NMI as on a PC.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
@@ -94,6 +95,7 @@ class KvmVCPU(VirtualCPU):
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
             self._regs = abi.KvmRegs()
             self._sregs = abi.KvmSregs()
+            self._sregs_dirty = False
             self.cpuid: list[CpuidEntry] = []
             self.set_cpuid(build_cpuid(
                 (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
@@ -155,8 +157,50 @@ class KvmVCPU(VirtualCPU):
         return self._regs
 
     def _load_sregs(self) -> abi.KvmSregs:
-        self._ioctl(abi.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
+        """The special registers: KVM's, or the not yet accepted ones set through this object."""
+        if not self._sregs_dirty:
+            self._ioctl(abi.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
         return self._sregs
+
+    def _commit_sregs(self) -> None:
+        """Hand the special registers to KVM, or keep them pending if KVM finds them inconsistent.
+
+        Boot code sets segments, descriptor tables and control registers in several calls
+        (e.g. a 64-bit CS before EFER.LMA), and KVM refuses some intermediate states. Such a
+        state stays pending here (reads return it) until a later call completes it, or until
+        :meth:`flush` (which the run loop calls before entering the guest) reports it.
+        """
+        self._sregs_dirty = True
+        try:
+            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise HypervisorError(
+                    f"KVM vCPU {self._index}: KVM_SET_SREGS failed: {e.strerror} (errno {e.errno})"
+                ) from None
+            return
+        self._sregs_dirty = False
+
+    def flush(self) -> None:
+        """Apply pending special registers; raise if KVM still refuses them (before a run)."""
+        if not self._sregs_dirty:
+            return
+        try:
+            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
+        except OSError as e:
+            s = self._sregs
+            raise HypervisorError(
+                f"KVM vCPU {self._index}: KVM refuses the special registers ({e.strerror}): "
+                f"cr0={s.cr0:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} cs.l={s.cs.l} "
+                f"cs.db={s.cs.db}; valid: long mode needs CR0.PG, CR4.PAE, EFER.LME and EFER.LMA "
+                "together, and a 64-bit CS (l=1) needs long mode"
+            ) from None
+        self._sregs_dirty = False
+
+    @property
+    def has_pending_state(self) -> bool:
+        """True while special registers set here have not been accepted by KVM yet."""
+        return self._sregs_dirty
 
     def get_registers(self, registers: Iterable[Register]) -> dict[Register, int]:
         wanted = [Register(r) for r in registers]
@@ -178,7 +222,7 @@ class KvmVCPU(VirtualCPU):
             sregs = self._load_sregs()
             for r, v in special.items():
                 setattr(sregs, _SREGS_SCALARS[r], v)
-            self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+            self._commit_sregs()
         if general:
             regs = self._load_regs()
             for r, v in general.items():
@@ -195,7 +239,7 @@ class KvmVCPU(VirtualCPU):
         for reg, seg in values.items():
             reg = SegmentRegister(reg)
             segment_to_kvm(reg.name, seg, getattr(sregs, reg.value))
-        self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+        self._commit_sregs()
 
     def _get_table(self, which: str) -> DescriptorTable:
         t = getattr(self._load_sregs(), which)
@@ -210,7 +254,7 @@ class KvmVCPU(VirtualCPU):
         sregs = self._load_sregs()
         t = getattr(sregs, which)
         t.base, t.limit = table.base, table.limit
-        self._ioctl(abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+        self._commit_sregs()
 
     def get_gdt(self) -> DescriptorTable:
         return self._get_table("gdt")

@@ -1,0 +1,132 @@
+"""Per-exit cost of vmboot's run loop against a bare Python KVM_RUN loop on the same guest.
+
+The guest (64-bit, set up by hand) writes ``--exits`` bytes to port 0x500 in a loop and then
+halts. Both loops run it on a VM without the in-kernel irqchip (so HLT exits to user space):
+
+- ``bare``: ``fcntl.ioctl(fd, KVM_RUN)`` and one ``struct.unpack_from`` of the exit reason per
+  exit, no dispatch (the floor for any Python VMM);
+- ``runner``: :class:`vmboot.vmm.runner.Runner` with a :class:`~vmboot.devices.bus.PortBus`
+  and a no-op device on port 0x500 (decode, bus lookup, device call).
+
+Prints min/median/max microseconds per exit over ``--runs`` runs and writes
+``bench/results/exit_overhead.json``. No assertion on time anywhere.
+
+    python bench/exit_overhead.py [--exits 20000] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from common import Timing, print_table, write_results  # noqa: E402
+
+from kvm_helpers import CODE_GPA, assemble, enter_long_mode  # noqa: E402
+from vmboot.devices.bus import PortBus  # noqa: E402
+from vmboot.hv import Register  # noqa: E402
+from vmboot.hv.kvm import KvmVCPU, KvmVM, abi  # noqa: E402
+from vmboot.vmm.exits import ExitReason  # noqa: E402
+from vmboot.vmm.runner import Runner  # noqa: E402
+
+PORT = 0x500
+GUEST = f"""
+    mov dx, {PORT:#x}
+1:  out dx, al
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+
+class NullPort:
+    """A port device that does nothing (the cost measured is the loop's, not a device's)."""
+
+    def port_write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+    def port_read(self, offset: int, size: int) -> int:
+        return 0
+
+
+def reset(vm: KvmVM, vcpu: KvmVCPU, exits: int) -> None:
+    enter_long_mode(vm, vcpu)
+    vcpu.set_registers({Register.RIP: CODE_GPA, Register.RCX: exits})
+
+
+def bare_loop(vcpu: KvmVCPU) -> int:
+    """KVM_RUN until HLT, reading only the exit reason. Returns the number of exits."""
+    fd, run, ioctl, request = vcpu.fd, vcpu.run_page, fcntl.ioctl, abi.KVM_RUN
+    unpack, at, hlt = struct.Struct("<I").unpack_from, abi.RUN_EXIT_REASON, abi.KVM_EXIT_HLT
+    n = 0
+    while True:
+        ioctl(fd, request, 0)
+        n += 1
+        if unpack(run, at)[0] == hlt:
+            return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exits", type=int, default=20000, help="port writes per run (default 20000)")
+    ap.add_argument("--runs", type=int, default=7, help="runs per loop kind (default 7)")
+    args = ap.parse_args()
+
+    code = assemble(GUEST)
+    samples: dict[str, list[float]] = {"bare": [], "runner": []}
+    with KvmVM(16 << 20, irqchip=False) as vm:
+        vcpu = vm.create_vcpu(0)
+        vm.write(CODE_GPA, code)
+        bus = PortBus()
+        bus.attach_device(PORT, 1, NullPort(), "null")
+        runner = Runner(vm, vcpu, bus)
+        for i in range(args.runs + 1):  # the first round is a warm-up
+            for kind in ("bare", "runner"):
+                reset(vm, vcpu, args.exits)
+                vcpu.flush()
+                t0 = time.perf_counter()
+                if kind == "bare":
+                    n = bare_loop(vcpu)
+                else:
+                    before = runner.exit_count
+                    result = runner.run()
+                    n = runner.exit_count - before
+                    if result.reason is not ExitReason.HLT:
+                        raise SystemExit(f"runner ended with {result.one_line()}, expected hlt")
+                elapsed = time.perf_counter() - t0
+                if n != args.exits + 1:
+                    raise SystemExit(f"{kind}: {n} exits, expected {args.exits + 1}")
+                if i:
+                    samples[kind].append(elapsed / n)
+
+    timings = {kind: Timing.of(s) for kind, s in samples.items()}
+    overhead = [r - b for r, b in zip(samples["runner"], samples["bare"], strict=True)]
+    rows = [[kind, *(f"{v * 1e6:.2f}" for v in (t.min, t.median, t.max))] for kind, t in timings.items()]
+    bare, runner = timings["bare"], timings["runner"]
+    rows.append(["runner - bare", f"{(runner.min - bare.min) * 1e6:.2f}",
+                 f"{(runner.median - bare.median) * 1e6:.2f}", "-"])
+    print(f"{args.exits} port writes per run, {args.runs} runs; microseconds per exit")
+    print_table(rows, ["loop", "min", "median", "max"])
+    path = write_results("exit_overhead", {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "exits_per_run": args.exits + 1,
+        "unit": "seconds per exit",
+        "peer": "bare Python KVM_RUN loop (ioctl + exit-reason read, no dispatch) on the same guest",
+        "bare": timings["bare"],
+        "runner": timings["runner"],
+        "overhead_per_exit": {"of_min": runner.min - bare.min, "of_median": runner.median - bare.median,
+                              "paired_median": statistics.median(overhead)},
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
