@@ -1,0 +1,131 @@
+"""Symbol loading and lookup speed on Debian's -dbg vmlinux (~590 MB, ~117,000 symbols).
+
+* load: ``load_vmlinux_symbols()`` with a cold memo cache, against ``nm -n vmlinux``
+  (output discarded) measured in the same run. Goal: at most 0.25x nm's time.
+* lookups: the batch API (``SymbolTable.lookup_indices``) on 1,000,000 random text
+  addresses, and ``SymbolTable.lookup`` called once per address. Goal: > 1,000,000/s.
+* for information: kallsyms from the matching vmlinuz (decompression + decoding).
+
+Run: ``python bench/symbols.py [--runs N] [--vmlinux PATH] [--kernel PATH]``.
+Writes bench/results/symbols.json and prints min / median / max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from common import Timing, fmt_s, measure, print_table, summary_row, write_results
+
+from vmboot.debug import clear_symbol_cache, load_kernel_symbols, load_vmlinux_symbols
+
+BATCH = 1_000_000
+SINGLE = 200_000
+LOAD_GOAL = 0.25
+LOOKUP_GOAL = 1_000_000
+
+
+def find(explicit: str | None, what: str) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    from debian_kernel import debian_kernel, debian_vmlinux_dbg, skip_reason
+
+    path = debian_vmlinux_dbg() if what == "vmlinux" else debian_kernel()
+    if path is None and what == "vmlinux":
+        sys.exit(f"no Debian -dbg vmlinux: {skip_reason()} (pass --vmlinux PATH)")
+    return path
+
+
+def rate(count: int, t: Timing) -> dict[str, float]:
+    """Lookups per second at the best, median and worst run."""
+    return {"best": count / t.min, "median": count / t.median, "worst": count / t.max}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--vmlinux")
+    ap.add_argument("--kernel")
+    args = ap.parse_args()
+    vmlinux = find(args.vmlinux, "vmlinux")
+    assert vmlinux is not None
+    size_mb = vmlinux.stat().st_size / 1e6
+    nm_lines = subprocess.run(["nm", "-n", str(vmlinux)], capture_output=True, check=True).stdout.count(b"\n")
+
+    def load() -> None:
+        clear_symbol_cache()
+        load_vmlinux_symbols(vmlinux)
+
+    def nm() -> None:
+        subprocess.run(["nm", "-n", str(vmlinux)], stdout=subprocess.DEVNULL, check=True)
+
+    t_load = measure(load, args.runs)
+    t_nm = measure(nm, args.runs)
+    table = load_vmlinux_symbols(vmlinux)
+    rng = np.random.default_rng(1)
+    lo, hi = int(table.addresses[0]), int(table.ends.max())
+    batch = rng.integers(lo, hi, BATCH, dtype=np.uint64)
+    singles = batch[:SINGLE].tolist()
+    t_batch = measure(lambda: table.lookup_indices(batch), args.runs)
+
+    def single_loop() -> None:
+        lookup = table.lookup
+        for a in singles:
+            lookup(a)
+
+    t_single = measure(single_loop, args.runs)
+    kernel = find(args.kernel, "kernel")
+    t_kallsyms: Timing | None = None
+    if kernel is not None:
+        def kallsyms() -> None:
+            clear_symbol_cache()
+            load_kernel_symbols(kernel)
+        t_kallsyms = measure(kallsyms, max(3, args.runs // 2))
+
+    ratio = t_load.median / t_nm.median
+    batch_rate, single_rate = rate(BATCH, t_batch), rate(SINGLE, t_single)
+    print(f"{vmlinux} ({size_mb:.0f} MB, nm -n lists {nm_lines} symbols; {len(table)} function "
+          f"symbols loaded); {args.runs} runs")
+    rows = [
+        ["load_vmlinux_symbols (cold)", fmt_s(t_load.min), fmt_s(t_load.median), fmt_s(t_load.max),
+         f"{ratio:.3f}x nm"],
+        ["nm -n (peer)", fmt_s(t_nm.min), fmt_s(t_nm.median), fmt_s(t_nm.max), "1.000x"],
+        [f"lookup_indices, {BATCH:,} addrs", fmt_s(t_batch.min), fmt_s(t_batch.median),
+         fmt_s(t_batch.max), f"{batch_rate['median'] / 1e6:.2f} M/s"],
+        [f"lookup() x {SINGLE:,}", fmt_s(t_single.min), fmt_s(t_single.median), fmt_s(t_single.max),
+         f"{single_rate['median'] / 1e6:.2f} M/s"],
+    ]
+    if t_kallsyms is not None:
+        rows.append(["kallsyms from vmlinuz (cold)", fmt_s(t_kallsyms.min), fmt_s(t_kallsyms.median),
+                     fmt_s(t_kallsyms.max), "(info)"])
+    print_table(rows, ["what", "min", "median", "max", "figure"])
+    print(f"goal: load <= {LOAD_GOAL}x nm -> {'met' if ratio <= LOAD_GOAL else 'NOT met'}; "
+          f"batch lookups > {LOOKUP_GOAL:,}/s -> "
+          f"{'met' if batch_rate['median'] > LOOKUP_GOAL else 'NOT met'}; single lookups "
+          f"{single_rate['median']:,.0f}/s -> "
+          f"{'met' if single_rate['median'] > LOOKUP_GOAL else 'NOT met'}")
+    command = f"python bench/symbols.py --runs {args.runs}"
+    out = write_results("symbols", {
+        "vmlinux": str(vmlinux), "vmlinux_bytes": vmlinux.stat().st_size, "nm_symbols": nm_lines,
+        "function_symbols": len(table), "load": t_load, "peer": "nm -n (stdout to /dev/null)",
+        "nm": t_nm, "load_ratio_median": ratio, "load_goal_ratio": LOAD_GOAL,
+        "batch_lookups": BATCH, "batch": t_batch, "batch_rate": batch_rate,
+        "single_lookups": SINGLE, "single": t_single, "single_rate": single_rate,
+        "lookup_goal_per_s": LOOKUP_GOAL,
+        "kernel": None if kernel is None else str(kernel), "kallsyms": t_kallsyms,
+        "command": command,
+        "summary": [summary_row(f"symbols: load {vmlinux.name} ({size_mb:.0f} MB)", t_load,
+                                "nm -n", t_nm, f"<= {LOAD_GOAL}x", command)],
+    })
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
