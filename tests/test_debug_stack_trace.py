@@ -143,9 +143,14 @@ def test_non_canonical_return_address_is_an_error() -> None:
     assert len(info.value.frames) == 2
 
 
-def test_unmapped_frame_pointer_is_a_page_walk_error() -> None:
+def test_unmapped_frame_pointer_is_a_page_walk_error_carrying_frames() -> None:
     g = make_guest()
-    with pytest.raises(PageWalkError, match=r"^PDPT entry 4 .* 0xffffc90100000008"):
+    chain(g, [(RBP0, STACK_TOP + 0x1000, T + 0x105)])  # the page above the stack is unmapped
+    with pytest.raises(PageWalkError, match=r"PT entry 5 .* 0xffffc90000005008") as info:
+        capture_stack_trace(g.vcpu(T + 0x10, RSP, RBP0), system_map=symbol_map())
+    assert isinstance(info.value, StackWalkError)
+    assert [f.symbol for f in info.value.frames] == ["func_a", "func_b"]
+    with pytest.raises(PageWalkError, match=r"^frame 1: frame pointer 0xffffc90100000000: PDPT entry 4"):
         capture_stack_trace(g.vcpu(T + 0x10, RSP, 0xFFFF_C901_0000_0000), system_map=symbol_map())
 
 

@@ -17,7 +17,9 @@ Errors (:class:`StackWalkError`; ``.frames`` holds the frames collected so far):
   * the next frame pointer is more than 1 MiB above the current one (far beyond any
     kernel stack, so it is not the same stack).
 
-A frame pointer whose page is not mapped raises :class:`PageWalkError` from the page walk.
+A frame pointer whose page is not mapped raises :class:`UnmappedFrameError`, which is both
+a :class:`PageWalkError` (its message names the paging level and the address) and a
+:class:`StackWalkError` (``.frames`` holds the frames collected so far).
 
 The stack scan (:func:`scan_stack`) reads every aligned word from RSP to the end of the
 stack area and keeps those that fall inside a known function; it finds return addresses
@@ -48,6 +50,10 @@ FrameMaker = Callable[[int, int, bool], StackFrame]
 """``(index, pc, reliable) -> StackFrame``: symbolises a frame."""
 
 
+class UnmappedFrameError(PageWalkError, StackWalkError):
+    """A frame pointer (or the stack word it points at) is not mapped in the guest."""
+
+
 def effective_max_frames(max_frames: int) -> int:
     """``max_frames <= 0`` means the default (16)."""
     return max_frames if max_frames > 0 else DEFAULT_MAX_FRAMES
@@ -64,13 +70,17 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
         if not space.is_canonical(rbp):
             raise StackWalkError(f"frame {len(frames)}: frame pointer {rbp:#x} is not canonical",
                                  _as_objects(frames))
-        ret = space.read_u64(rbp + RETURN_ADDRESS_OFFSET)
+        try:
+            ret = space.read_u64(rbp + RETURN_ADDRESS_OFFSET)
+            next_rbp = space.read_u64(rbp)
+        except PageWalkError as exc:
+            raise UnmappedFrameError(f"frame {len(frames)}: frame pointer {rbp:#x}: {exc}",
+                                     _as_objects(frames)) from exc
         if ret == 0:
             break
         if not space.is_canonical(ret):
             raise StackWalkError(f"frame {len(frames)}: return address {ret:#x} at "
                                  f"[{rbp:#x} + 8] is not canonical", _as_objects(frames))
-        next_rbp = space.read_u64(rbp)
         frames.append(make_frame(len(frames), ret, True))
         if next_rbp == 0:
             break
