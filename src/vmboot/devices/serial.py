@@ -230,11 +230,13 @@ class Serial16550A:
                     return
                 if self.mcr & MCR_LOOP:
                     self.rx.append(value)
+                    self._update_irq()
                 else:
                     self.output.put(value)
-                if self.ier & IER_THRI:
+                # Only THRE can change here; with THRI off (polled console) nothing to update.
+                if self.ier & IER_THRI and not self.thr_pending:
                     self.thr_pending = True
-                self._update_irq()
+                    self._update_irq()
             elif offset == IER:
                 if self.lcr & LCR_DLAB:
                     self.divisor = (self.divisor & 0x00FF) | (value << 8)
