@@ -154,3 +154,12 @@ def test_timeout_then_trace_hook() -> None:
     assert result.exit.reason is ExitReason.TIMEOUT, result.exit.one_line()
     assert calls == [result.exit]
     assert result.timings.first_console_byte is None
+
+
+@requires_kvm
+def test_timeout_trace_without_symbols_leaves_a_note() -> None:
+    with Machine(guest_program(JMP_SELF), memory="32M", on_timeout="trace") as m:
+        result = m.run(timeout=0.5)
+    assert result.exit.reason is ExitReason.TIMEOUT
+    assert result.stack_trace is None
+    assert any(n.startswith("on_timeout='trace': no stack trace") for n in result.notes), result.notes

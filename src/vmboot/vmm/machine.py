@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.errors import BootConfigError, UsageError
+from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 
@@ -260,4 +260,7 @@ class Machine:
         except (ImportError, AttributeError):
             result.notes.append("on_timeout='trace': vmboot.debug.capture_stack_trace is not available")
             return
-        result.stack_trace = capture(self.vcpu, vmlinux=self.vmlinux, system_map=self.system_map)
+        try:
+            result.stack_trace = capture(self.vcpu, vmlinux=self.vmlinux, system_map=self.system_map)
+        except DebugError as e:  # the run's result stays usable; say why there is no trace
+            result.notes.append(f"on_timeout='trace': no stack trace: {e}")
