@@ -26,6 +26,7 @@ every marker against the decoded names before trusting anything.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -104,37 +105,51 @@ class Kallsyms:
 
 # -- token table ------------------------------------------------------------------------------
 def _token_table_candidates(data: bytes) -> list[tuple[int, int, list[bytes]]]:
-    """``(table_offset, index_offset, tokens)`` for every verified token table."""
+    """``(table_offset, index_offset, tokens)`` for every token table confirmed by its index.
+
+    From a run of digit tokens, the NUL terminators lead back to the start of token 1;
+    token 0's start cannot be found that way (the byte before the table need not be 0),
+    so it comes from the token index that follows: ``index[1]`` is token 0's size.
+    """
     found = []
     hit = data.find(DIGIT_TOKENS)
     while hit >= 0:
-        start = hit
-        ok = True
-        for _ in range(FIRST_DIGIT):
-            if start < 2 or data[start - 1] != 0:
-                ok = False
-                break
-            start = data.rfind(b"\0", 0, start - 1) + 1
-        if ok:
-            pos, tokens = start, []
-            for _ in range(TOKEN_COUNT):
-                end = data.find(b"\0", pos)
-                if end < 0 or end == pos:
-                    ok = False
-                    break
-                tokens.append(data[pos:end])
-                pos = end + 1
-            if ok:
-                expected = np.cumsum([0] + [len(t) + 1 for t in tokens[:-1]])
-                for index_off in range(pos, _align(pos) + 1):
-                    if index_off + 2 * TOKEN_COUNT > len(data):
-                        break
-                    idx = np.frombuffer(data, dtype="<u2", count=TOKEN_COUNT, offset=index_off)
-                    if np.array_equal(idx.astype(np.int64), expected):
-                        found.append((start, index_off, tokens))
-                        break
+        candidate = _confirm_token_table(data, hit)
+        if candidate is not None:
+            found.append(candidate)
         hit = data.find(DIGIT_TOKENS, hit + 1)
     return found
+
+
+def _confirm_token_table(data: bytes, digits: int) -> tuple[int, int, list[bytes]] | None:
+    start1 = digits
+    for _ in range(FIRST_DIGIT - 1):  # back to the start of token 1
+        if start1 < 2 or data[start1 - 1] != 0:
+            return None
+        start1 = data.rfind(b"\0", 0, start1 - 1) + 1
+    if start1 < 2 or data[start1 - 1] != 0:
+        return None
+    pos, starts = start1, [start1]
+    for _ in range(TOKEN_COUNT - 1):  # tokens 1..255
+        end = data.find(b"\0", pos)
+        if end <= pos:
+            return None
+        pos = end + 1
+        starts.append(pos)
+    table_end = starts.pop()
+    for index_off in range(table_end, _align(table_end) + 1):
+        if index_off + 2 * TOKEN_COUNT > len(data):
+            break
+        idx = np.frombuffer(data, dtype="<u2", count=TOKEN_COUNT, offset=index_off).astype(np.int64)
+        table = start1 - int(idx[1])
+        if idx[0] != 0 or idx[1] < 2 or table < 0:
+            continue
+        if np.array_equal(idx[1:], np.asarray(starts, dtype=np.int64) - table) and \
+                data.find(b"\0", table, start1 - 1) < 0:
+            bounds = [table, *starts, table_end]
+            tokens = [data[a : b - 1] for a, b in itertools.pairwise(bounds)]
+            return table, index_off, tokens
+    return None
 
 
 def _find_markers(data: bytes, table: int) -> list[int] | None:
