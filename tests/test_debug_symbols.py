@@ -179,3 +179,12 @@ def test_slide_moves_every_address(tmp_path: Path) -> None:
     assert str(slid.lookup(T + 0x2200005)) == "a+0x5/0x10"
     assert slid.lookup(T + 0x5).name == "??"
     assert table.slid(0) is table
+
+
+def test_bytes_sources_are_accepted_and_memoised_by_identity() -> None:
+    elf = sample_elf()
+    table = load_symbols(vmlinux=elf)
+    assert table.lookup(T + 0x100).name == "start_kernel"
+    assert load_symbols(vmlinux=elf) is table
+    smap = system_map([(T, "T", "from_bytes")])
+    assert load_symbols(vmlinux=b"junk", system_map=smap).lookup(T).name == "from_bytes"

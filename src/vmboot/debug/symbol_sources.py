@@ -30,8 +30,8 @@ from vmboot.errors import ElfFormatError, SymbolFileError, SymbolSourceError, Vm
 
 T = TypeVar("T")
 
-SymbolSource = str | os.PathLike[str] | IO[bytes]
-"""A path, or a binary file object."""
+SymbolSource = str | os.PathLike[str] | IO[bytes] | bytes
+"""A path, a binary file object, or the file's bytes."""
 
 FUNCTION_MAP_TYPES = frozenset(b"tTwW")
 """System.map / kallsyms type letters of text (function) symbols."""
@@ -55,6 +55,8 @@ def clear_symbol_cache() -> None:
 def source_name(source: SymbolSource) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
     return str(getattr(source, "name", "<file object>"))
 
 
@@ -64,7 +66,7 @@ def _memoised(kind: str, source: SymbolSource, load: Callable[[], T]) -> T:
         st = os.stat(path)
         key: tuple[object, ...] = (kind, os.path.realpath(path), st.st_mtime_ns, st.st_size)
     else:
-        key = (kind, "fileobj", id(source))
+        key = (kind, "object", id(source))
     with _lock:
         hit = _cache.get(key)
     if hit is not None:
@@ -86,10 +88,18 @@ def read_all(source: SymbolSource) -> bytes:
     return _read_all(source)
 
 
+def rewind(source: SymbolSource) -> None:
+    """Seek a seekable file object back to its start (paths and bytes need nothing)."""
+    if not isinstance(source, str | os.PathLike | bytes) and source.seekable():
+        source.seek(0)
+
+
 def _read_all(source: SymbolSource) -> bytes:
     if isinstance(source, str | os.PathLike):
         return Path(source).read_bytes()
-    if hasattr(source, "seek") and source.seekable():
+    if isinstance(source, bytes):
+        return source
+    if source.seekable():
         source.seek(0)
     data = source.read()
     if not isinstance(data, bytes | bytearray):
@@ -129,8 +139,7 @@ def table_from_elf(elf: ElfFile) -> SymbolTable:
 def load_vmlinux_symbols(source: SymbolSource) -> SymbolTable:
     """Function symbols from a vmlinux ELF file (path or binary file object), memoised."""
     def load() -> SymbolTable:
-        if not isinstance(source, str | os.PathLike) and source.seekable():
-            source.seek(0)
+        rewind(source)
         elf = ElfFile.open(source)
         try:
             return table_from_elf(elf)

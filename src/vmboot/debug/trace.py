@@ -16,7 +16,6 @@ given relative to ``pc`` — what the kernel's ``%pB`` does.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from vmboot.debug.frames import StackFrame
@@ -30,7 +29,7 @@ from vmboot.debug.stack_walk import (
     scan_stack,
     walk_frame_pointers,
 )
-from vmboot.debug.symbol_sources import SymbolSource, load_symbols, memoised, read_all
+from vmboot.debug.symbol_sources import SymbolSource, load_symbols, memoised, read_all, rewind
 from vmboot.debug.symtab import SymbolTable
 from vmboot.elf import ElfFile
 from vmboot.errors import NoVcpuError, StackWalkError, VmbootError
@@ -73,8 +72,7 @@ def load_orc(vmlinux: SymbolSource | None = None, kernel: SymbolSource | None = 
 
 
 def _orc_from_elf_source(source: SymbolSource) -> OrcTable | None:
-    if not isinstance(source, str | os.PathLike) and source.seekable():
-        source.seek(0)
+    rewind(source)
     with ElfFile.open(source) as elf:
         table = OrcTable.from_elf(elf)
         if table is not None:  # copy out of the mapping before it closes
