@@ -307,3 +307,32 @@ def test_orc_format_from_version_and_from_the_entries(fmt: OrcFormat, version: s
         no_version = orc_vmlinux(fmt, [(T, 8, "call"), (T + 0x100, 16, "call")], "x")
         guessed = OrcTable.from_elf(ElfFile(no_version))
         assert guessed is not None and guessed.format is fmt
+
+
+def test_orc_follows_pt_regs_and_restores_bp_from_the_stack() -> None:
+    """func_a (pushed RBP, CFA = SP + 16, BP at CFA - 16) returns into an interrupt entry whose
+    pt_regs say the interrupt hit func_b; func_b's entry ends the stack."""
+    bp_prev_sp, regs_type = 1, 1  # ORC_REG_PREV_SP; v1 ORC_TYPE_REGS
+    ip_entries = [(T, struct.pack("<hhH", 16, -16, SP_REG | (bp_prev_sp << 4))),
+                  (T + 0x100, struct.pack("<hhH", 8, 0, SP_REG | (1 << 10))),           # end
+                  (T + 0x300, struct.pack("<hhH", 0, 0, SP_REG | (regs_type << 8)))]    # pt_regs at SP
+    ips = b"".join(struct.pack("<i", ip - (ORC_IP_ADDR + 4 * i)) for i, (ip, _) in enumerate(ip_entries))
+    vmlinux = ElfBuilder(
+        symbols=[Sym(n, T + o, FUNC_SIZE) for n, o in FUNCS],
+        extra=[Section(".rodata", b"Linux version 6.1.0\0", T + 0x1000000, flags=2),
+               Section(".orc_unwind_ip", ips, ORC_IP_ADDR, flags=2),
+               Section(".orc_unwind", b"".join(e for _, e in ip_entries), ORC_IP_ADDR + 0x1000, flags=2)],
+    ).build()
+    g = make_guest()
+    saved_bp = RSP + 0x800
+    g.write_u64(RSP, saved_bp)              # func_a: push %rbp
+    g.write_u64(RSP + 8, T + 0x310)         # return into the interrupt entry (func_d)
+    regs = RSP + 16                         # pt_regs right above
+    pt = [0] * 21
+    pt[4] = 0xB0B0                          # bp
+    pt[16], pt[17], pt[19] = T + 0x100, 0x10, RSP + 0x400   # ip (func_b's first byte), cs, sp
+    for i, v in enumerate(pt):
+        g.write_u64(regs + 8 * i, v)
+    frames = capture_stack_trace(g.vcpu(T + 0x10, RSP, 0x1234), vmlinux=io.BytesIO(vmlinux),
+                                 unwinder="orc")
+    assert [(f.symbol, f.offset) for f in frames] == [("func_a", 0x10), ("func_d", 0x10), ("func_b", 0)]

@@ -46,8 +46,11 @@ WORD = 8
 STACK_SCAN_LIMIT = 16 << 10
 """The scan reads at most THREAD_SIZE (16 KiB on x86_64) from RSP."""
 
-FrameMaker = Callable[[int, int, bool], StackFrame]
-"""``(index, pc, reliable) -> StackFrame``: symbolises a frame."""
+FrameMaker = Callable[[int, int, bool, bool], StackFrame]
+"""``(index, pc, reliable, is_return_address) -> StackFrame``: symbolises a frame.
+
+A return address is looked up at ``pc - 1``; an exact address (RIP, or the RIP saved by
+an interrupt) at ``pc``."""
 
 
 class UnmappedFrameError(PageWalkError, StackWalkError):
@@ -63,7 +66,7 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
                         make_frame: FrameMaker) -> list[StackFrame]:
     """The frame-pointer walk described in the module docstring."""
     limit = effective_max_frames(max_frames)
-    frames = [make_frame(0, rip, True)]
+    frames = [make_frame(0, rip, True, False)]
     while len(frames) < limit:
         if rbp == 0:
             break
@@ -81,7 +84,7 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
         if not space.is_canonical(ret):
             raise StackWalkError(f"frame {len(frames)}: return address {ret:#x} at "
                                  f"[{rbp:#x} + 8] is not canonical", _as_objects(frames))
-        frames.append(make_frame(len(frames), ret, True))
+        frames.append(make_frame(len(frames), ret, True, True))
         if next_rbp == 0:
             break
         if next_rbp <= rbp:
@@ -104,7 +107,7 @@ def scan_stack(space: GuestAddressSpace, rip: int, rsp: int, symbols: SymbolTabl
     page, or after ``max_frames`` frames. All frames after frame 0 are ``reliable=False``.
     """
     limit = effective_max_frames(max_frames)
-    frames = [make_frame(0, rip, True)]
+    frames = [make_frame(0, rip, True, False)]
     start = rsp & ~(WORD - 1)
     end = (start & ~(limit_bytes - 1)) + limit_bytes
     try:
@@ -125,7 +128,7 @@ def scan_stack(space: GuestAddressSpace, rip: int, rsp: int, symbols: SymbolTabl
     for value in words[hits >= 0].tolist():
         if len(frames) >= limit:
             break
-        frames.append(make_frame(len(frames), int(value), False))
+        frames.append(make_frame(len(frames), int(value), False, True))
     return frames
 
 

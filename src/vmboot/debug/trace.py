@@ -44,9 +44,9 @@ _ORC_REGS = {Register.RDX: "dx", Register.RDI: "di", Register.R10: "r10", Regist
 
 
 def frame_maker(symbols: SymbolTable) -> FrameMaker:
-    """Symbolise ``(index, pc, reliable)`` into a :class:`StackFrame`."""
-    def make(index: int, pc: int, reliable: bool) -> StackFrame:
-        if index == 0:
+    """Symbolise ``(index, pc, reliable, is_return_address)`` into a :class:`StackFrame`."""
+    def make(index: int, pc: int, reliable: bool, is_return: bool) -> StackFrame:
+        if not is_return:
             m = symbols.lookup(pc)
             return StackFrame(index, pc, m.name, m.offset, reliable, m.size)
         m = symbols.lookup(pc - 1)
@@ -97,7 +97,7 @@ def walk_orc(space: GuestAddressSpace, table: OrcTable, regs: dict[Register, int
     """Unwind with ORC from the registers; errors carry the frames collected so far."""
     limit = effective_max_frames(max_frames)
     rip = regs[Register.RIP]
-    frames = [make_frame(0, rip, True)]
+    frames = [make_frame(0, rip, True, False)]
     known = {name: regs[r] for r, name in _ORC_REGS.items() if r in regs}
     state: UnwindState | None = UnwindState(rip, regs[Register.RSP], regs[Register.RBP],
                                             known, True)
@@ -108,7 +108,7 @@ def walk_orc(space: GuestAddressSpace, table: OrcTable, regs: dict[Register, int
             raise StackWalkError(f"ORC unwind, frame {len(frames)}: {exc}",
                                  _as_objects(frames)) from exc
         if state is not None:
-            frames.append(make_frame(len(frames), state.ip, True))
+            frames.append(make_frame(len(frames), state.ip, True, not state.signal))
     return frames
 
 
