@@ -299,7 +299,7 @@ class KvmRunEx(ctypes.Structure):
     _fields_: ClassVar = [("exception", u32), ("error_code", u32)]
 
 
-KVM_RUN_EXIT_UNION_SIZE = 256
+RUN_EXIT_UNION_SIZE = 256
 
 
 class KvmRunExit(ctypes.Union):
@@ -314,7 +314,7 @@ class KvmRunExit(ctypes.Union):
         ("internal", KvmRunInternal),
         ("emulation_failure", KvmRunEmulationFailure),
         ("system_event", KvmRunSystemEvent),
-        ("padding", ctypes.c_char * KVM_RUN_EXIT_UNION_SIZE),
+        ("padding", ctypes.c_char * RUN_EXIT_UNION_SIZE),
     ]
 
 

@@ -148,6 +148,7 @@ class KvmVM(VirtualMachine):
     # -- vCPUs --------------------------------------------------------------------------------
     def create_vcpu(self, index: int = 0) -> KvmVCPU:
         """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""
+        _ = self.fd  # refuse use after close() before anything else
         if index in self._vcpus:
             raise HypervisorError(
                 f"KVM VM: vCPU index {index} already exists; indices in use: {sorted(self._vcpus)}"
