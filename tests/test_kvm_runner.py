@@ -368,3 +368,27 @@ def test_runner_refuses_foreign_vcpu() -> None:
         vcpu = a.create_vcpu(0)
         with pytest.raises(HypervisorError, match="does not belong"):
             Runner(b, vcpu)
+
+
+def test_boot_plan_programs_the_kvm_vcpu_unchanged() -> None:
+    """The boot code's configure_vcpu (written against VirtualCPU) yields a running 64-bit vCPU."""
+    from vmboot.linux.plan import BootPlan
+
+    with KvmVM(64 << 20) as vm:
+        vcpu = vm.create_vcpu(0)
+        runner = Runner(vm, vcpu)
+        code = assemble("""
+            mov rax, 0x1122334455667788
+            mov rbx, rsi
+            hlt
+        """, base=0x100000)
+        vm.write(0x100000, code)
+        plan = BootPlan(load_addr=0x100000, entry_gpa=0x100000, zero_page_gpa=0x90000,
+                        cmdline_gpa=0x91000, stack_top_gpa=0x80000, paging_base=0x20000,
+                        address_space_gib=4)
+        plan.configure_vcpu(vcpu)
+        result = runner.run(timeout=2.0)
+        assert result.reason is ExitReason.HLT, result.one_line()
+        assert result.registers["rax"] == 0x1122334455667788  # a 64-bit immediate: long mode
+        assert result.registers["rbx"] == 0x90000
+        assert result.registers["cs"] == 0x10
