@@ -283,7 +283,22 @@ fnv1a64_words:
         movabsq $FNV_OFFSET, %rax
         movabsq $FNV_PRIME, %r8
         movq    %rcx, %rdx
+        shrq    $5, %rdx                        /* 32-byte blocks, unrolled */
+        jz      5f
+6:      xorq    (%rsi), %rax
+        imulq   %r8, %rax
+        xorq    8(%rsi), %rax
+        imulq   %r8, %rax
+        xorq    16(%rsi), %rax
+        imulq   %r8, %rax
+        xorq    24(%rsi), %rax
+        imulq   %r8, %rax
+        addq    $32, %rsi
+        decq    %rdx
+        jnz     6b
+5:      movq    %rcx, %rdx
         shrq    $3, %rdx
+        andl    $3, %edx                        /* the remaining whole words */
         jz      2f
 1:      xorq    (%rsi), %rax
         imulq   %r8, %rax
