@@ -188,10 +188,10 @@ NEGATIVE: dict[str, tuple[Tamper, set[str]]] = {
     "interrupts on": (interrupts_on, {"RFLAGS (interrupts off)"}),
     "zero page elsewhere": (zero_page_copy, {"RSI (zero page)"}),
     "last GiB unmapped": (unmap_last_gib, {"identity map: GiB mapped",
-                                           "identity map: 2 MiB pages mapping to themselves",
-                                           "identity map: one sample per GiB"}),
+                                           "identity map: identity 2 MiB pages",
+                                           "identity map: samples (1 per GiB)"}),
     "one 2 MiB page remapped": (remap_one_2mib_page,
-                                {"identity map: 2 MiB pages mapping to themselves"}),
+                                {"identity map: identity 2 MiB pages"}),
     "short GDT": (short_gdt, {"GDT limit (SGDT)", f"GDT[{bp.BOOT_DS:#x}] __BOOT_DS"}),
 }
 

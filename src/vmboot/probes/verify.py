@@ -80,12 +80,12 @@ def describe_descriptor(raw: int | None) -> str:
         return NOT_REPORTED
     s = decode_descriptor(raw)
     kind = "code" if s.type & CODE_SEGMENT_TYPE else "data"
-    return (f"{raw:#018x}: {kind} base={s.base:#x} limit={s.limit:#x} P={int(s.present)} "
-            f"S={int(s.s)} DPL={s.dpl} L={int(s.l)} D={int(s.db)} type={s.type:#x}")
+    return (f"{raw:#018x}: {kind} L={int(s.l)} D={int(s.db)} P={int(s.present)} DPL={s.dpl} "
+            f"S={int(s.s)} type={s.type:#x} base={s.base:#x} limit={s.limit:#x}")
 
 
 def code64_descriptor(name: str, raw: int | None) -> Check:
-    expected = "64-bit code: P=1 S=1 DPL=0 executable L=1 D=0"
+    expected = "64-bit code: L=1 D=0 P=1 DPL=0"
     ok = False
     if raw is not None:
         s = decode_descriptor(raw)
@@ -96,8 +96,8 @@ def code64_descriptor(name: str, raw: int | None) -> Check:
 
 def flat_descriptor(name: str, raw: int | None, *, code: bool) -> Check:
     """A flat 4 GiB 32-bit segment: code (execute/read) or data (read/write)."""
-    what = "code execute" if code else "data writable"
-    expected = f"flat 32-bit {what}: base=0 limit={FLAT_LIMIT:#x} P=1 S=1 DPL=0 D=1"
+    what = "code" if code else "data RW"
+    expected = f"flat {what}: 4 GiB D=1 P=1 DPL=0"
     ok = False
     if raw is not None:
         s = decode_descriptor(raw)
@@ -115,11 +115,11 @@ def report_complete(report: ProbeReport, exit_detail: str) -> Check:
     if sent is None:
         observed = f"no DONE record after {received} records; run ended: {exit_detail}"
     else:
-        observed = f"DONE after {sent} records ({received} received)"
+        observed = f"DONE: {sent} sent, {received} received"
     if report.errors:
         observed += "; protocol errors: " + "; ".join(report.errors[:3])
     ok = sent is not None and sent == received and not report.errors
-    return Check("probe report complete", "DONE record counting every record, no errors",
+    return Check("probe report complete", "DONE, nothing lost",
                  observed, ok)
 
 
@@ -132,7 +132,7 @@ def entry_kind(report: ProbeReport, expected: EntryKind) -> list[Check]:
     except ValueError:
         kind_text = f"unknown kind {kind}"
     return [
-        Check("probe identity", f"{_HELLO:#x} (VMBP, protocol {PROTOCOL_VERSION})", _hex(magic),
+        Check("probe identity", f"{_HELLO:#x} (VMBP v{PROTOCOL_VERSION})", _hex(magic),
               magic == _HELLO),
         Check("entry point used", expected.name, kind_text, kind == expected),
     ]
@@ -242,9 +242,9 @@ def verify(
     want_sp = plan.stack_top_gpa - RETURN_ADDRESS_SIZE
     checks.append(Check(
         "stack usable (CALL/RET, PUSH/POP)",
-        f"return address at {want_sp:#x}, push/pop round-trip",
+        f"ret addr at {want_sp:#x}, push/pop ok",
         NOT_REPORTED if call_ok is None or sp_in_call is None else
-        f"return address at {sp_in_call:#x}, " + ("round-trip ok" if call_ok == 1 else "mismatch"),
+        f"ret addr at {sp_in_call:#x}, " + ("push/pop ok" if call_ok == 1 else "mismatch"),
         call_ok == 1 and sp_in_call == want_sp,
     ))
     return checks
@@ -255,7 +255,7 @@ def identity_map_checks(r: ProbeReport, address_space_gib: int) -> list[Check]:
     pages_per_gib = PAGE_SIZE_1G // PAGE_SIZE_2M
     checks = [
         equal("identity map: GiB mapped", address_space_gib, r.value(Key.MAP_GIB), decimal=True),
-        equal("identity map: 2 MiB pages mapping to themselves", address_space_gib * pages_per_gib,
+        equal("identity map: identity 2 MiB pages", address_space_gib * pages_per_gib,
               r.value(Key.MAP_IDENTITY_PAGES), decimal=True),
     ]
     samples = r.indexed(Key.MAP_SAMPLE)
@@ -268,11 +268,12 @@ def identity_map_checks(r: ProbeReport, address_space_gib: int) -> list[Check]:
         if got_va != va or pa != va:
             bad.append(f"{va:#x} -> {_hex(pa)}")
     extra = sorted(set(samples) - set(range(address_space_gib)))
-    observed = f"{len(samples)} samples" + (", all identity" if not bad else ", wrong: " + ", ".join(bad[:4]))
+    observed = f"{len(samples)}" + (
+        ", each virtual == physical" if not bad else ", wrong: " + ", ".join(bad[:4]))
     if extra:
         observed += f", unexpected GiB {extra[:4]}"
-    checks.append(Check("identity map: one sample per GiB",
-                        f"{address_space_gib} samples, each virtual == physical", observed,
+    checks.append(Check("identity map: samples (1 per GiB)",
+                        f"{address_space_gib}, each virtual == physical", observed,
                         not bad and not extra))
     return checks
 
@@ -292,8 +293,8 @@ def ram_touch_check(r: ProbeReport, e820: Sequence[E820Entry]) -> Check:
     if count is None:
         observed = NOT_REPORTED
     else:
-        observed = f"{count} words written and read back" if not failed else "; ".join(failed[:4])
+        observed = f"{count} words read back" if not failed else "; ".join(failed[:4])
     ok = count is not None and count > 0 and count == len(touches) and not failed
-    return Check("RAM write/read-back (E820 RAM in the identity map)",
-                 f"every touched word reads back, inside {_e820_text(ram)} of E820 RAM",
+    return Check("RAM write/read-back",
+                 f"all read back, in E820 RAM ({_e820_text(ram)})",
                  observed, ok)
