@@ -16,6 +16,7 @@ from vmboot import __version__
 from vmboot.errors import VmbootError
 
 VERB_MODULES: tuple[str, ...] = (
+    "vmboot.cli.demo",
     "vmboot.cli.run",
     "vmboot.cli.inspect",
     "vmboot.cli.symbolize",
