@@ -7,6 +7,11 @@ through the generated ``probe_defs.inc``.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
+
+from vmboot.linux.e820 import E820Entry
+
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 """ELF note (name "Xen") holding the 32-bit physical entry point of a PVH kernel."""
 XEN_ELFNOTE_NAME = b"Xen"
@@ -37,3 +42,11 @@ HVM_MEMMAP_ENTRY_SIZE = 24
 HVM_MEMMAP_ADDR = 0
 HVM_MEMMAP_SIZE = 8
 HVM_MEMMAP_TYPE = 16
+
+_MEMMAP_ENTRY = struct.Struct("<QQII")
+assert _MEMMAP_ENTRY.size == HVM_MEMMAP_ENTRY_SIZE
+
+
+def pack_memmap(entries: Sequence[E820Entry]) -> bytes:
+    """``struct hvm_memmap_table_entry`` array (addr, size, type, reserved = 0)."""
+    return b"".join(_MEMMAP_ENTRY.pack(e.addr, e.size, int(e.type), 0) for e in entries)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmboot.devices.bus import PortBus
+from vmboot.errors import UnsupportedKernelError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.linux import BootOptions, BootPlan, load_kernel
 from vmboot.linux.bzimage import KernelImage
@@ -114,6 +115,12 @@ def run_probe(
     if entry is None:
         from vmboot.errors import UsageError
         raise UsageError(f"probe kind {kind!r} is unknown; valid kinds: {', '.join(ENTRY_KINDS)}")
+    if entry is EntryKind.PVH32:
+        raise UnsupportedKernelError(
+            "run_probe('pvh'): not wired yet: vmboot.linux has no PVH loader whose plan says "
+            "where hvm_start_info and its modules went; verify a hand-made PVH boot with "
+            "vmboot.probes.verify_pvh.verify_pvh (see tests/test_probe_elf.py)"
+        )
     kernel = load_kernel(probe_image(kind) if image is None else image)
     initrd = options.initrd_bytes()
     t0 = time.perf_counter()
