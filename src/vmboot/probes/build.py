@@ -55,8 +55,6 @@ STACK_PATTERN = 0x5A17C0DE5A17C0DE
 """Pushed and popped by the 64-bit probe's stack check."""
 E820_TYPE_OFFSET = 16
 """Offset of ``type`` in ``struct boot_e820_entry`` (u64 addr, u64 size, u32 type)."""
-SELECTOR_INDEX_MASK = 0xFFF8
-"""A selector without its RPL and TI bits: the byte offset of its descriptor."""
 
 assert FNV_PRIME == (1 << 40) + (FNV_PRIME & 0xFFFFFFFF)
 FNV_PRIME_SHIFT_IN_HIGH = 40 - 32
@@ -138,7 +136,7 @@ def assembler_definitions() -> dict[str, int]:
         "PAGE_SIZE_4K": paging.PAGE_SIZE,
         "PAGE_SIZE_2M": paging.PAGE_SIZE_2M,
         "PAGE_SIZE_1G": paging.PAGE_SIZE_1G,
-        "SELECTOR_INDEX_MASK": SELECTOR_INDEX_MASK,
+        "SELECTOR_INDEX_MASK": protocol.SELECTOR_INDEX_MASK,
         "STACK_PATTERN": STACK_PATTERN,
         # checksum
         "FNV_OFFSET": FNV_OFFSET,

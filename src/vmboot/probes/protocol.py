@@ -134,6 +134,9 @@ MAP_SAMPLE_OFFSET = 0x2345678
 MAX_STRING = 1 << 20
 """The probe stops looking for a command line's NUL after this many bytes."""
 MAX_PVH_MODULES = 8
+SELECTOR_INDEX_MASK = 0xFFF8
+"""A selector without its RPL and TI bits: the GDT offset of its descriptor, and the index of
+the :attr:`Key.GDT_DESC` record that carries that descriptor."""
 """The PVH probe reports at most this many modules."""
 
 

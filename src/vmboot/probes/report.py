@@ -11,6 +11,8 @@ _WORD_BITS = 32
 _MAX_RECORDS = 100_000
 """A runaway probe cannot make the host collect without bound."""
 _MAX_WORDS = 16
+"""No record of the protocol has more; more means a confused probe."""
+_MAX_ERRORS = 16
 
 
 @dataclass
@@ -50,13 +52,15 @@ class ProbeReport:
     # -- collecting (ProbeDevice calls these) --------------------------------------------------
     def begin(self, key: int) -> None:
         if len(self.records) >= _MAX_RECORDS:
-            if len(self.errors) < _MAX_WORDS:
+            if len(self.errors) < _MAX_ERRORS:
                 self.errors.append(f"more than {_MAX_RECORDS} records: the rest are dropped")
             return
         kind, index = split_key(key)
         self.records.append(Record(kind, index))
 
     def add_word(self, word: int) -> None:
+        if len(self.errors) >= _MAX_ERRORS:
+            return
         if not self.records:
             self.errors.append(f"data word {word:#x} before any key")
             return

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from vmboot.linux.e820 import E820Entry
 from vmboot.probes.checksum import fnv1a64_words
-from vmboot.probes.protocol import MAX_PVH_MODULES, EntryKind, Key
+from vmboot.probes.protocol import MAX_PVH_MODULES, SELECTOR_INDEX_MASK, EntryKind, Key
 from vmboot.probes.pvh_abi import HVM_START_MAGIC, pack_memmap
 from vmboot.probes.report import ProbeReport
 from vmboot.probes.verify import (
@@ -68,10 +68,8 @@ def verify_pvh(report: ProbeReport, expected: PvhExpectation, *, exit_detail: st
 
     cs = r.value(Key.SEL_CS)
     ds = r.value(Key.SEL_DS)
-    checks.append(flat_descriptor("CS descriptor (flat 32-bit code)",
-                                  None if cs is None else r.value(Key.GDT_DESC, cs & ~7), code=True))
-    checks.append(flat_descriptor("DS descriptor (flat 32-bit data)",
-                                  None if ds is None else r.value(Key.GDT_DESC, ds & ~7), code=False))
+    checks.append(flat_descriptor("CS descriptor (flat 32-bit code)", _descriptor(r, cs), code=True))
+    checks.append(flat_descriptor("DS descriptor (flat 32-bit data)", _descriptor(r, ds), code=False))
     es, ss = r.value(Key.SEL_ES), r.value(Key.SEL_SS)
     checks.append(Check("ES, SS selectors == DS", _sel(ds), f"ES {_sel(es)}, SS {_sel(ss)}",
                         ds is not None and es == ds and ss == ds))
@@ -108,6 +106,11 @@ def verify_pvh(report: ProbeReport, expected: PvhExpectation, *, exit_detail: st
         checks.append(equal("memmap checksum", fnv1a64_words(pack_memmap(x.memmap)),
                             r.value(Key.PVH_MEMMAP_SUM)))
     return checks
+
+
+def _descriptor(r: ProbeReport, selector: int | None) -> int | None:
+    """The raw GDT descriptor the probe reported for ``selector``."""
+    return None if selector is None else r.value(Key.GDT_DESC, selector & SELECTOR_INDEX_MASK)
 
 
 def _sel(value: int | None) -> str:
