@@ -1,0 +1,48 @@
+"""Bugs the fuzzers found that are reported but not yet fixed (in modules other engineers own).
+
+Each has a strict-xfail regression test in tests/test_fuzz_regressions.py; when its owner
+fixes it, that test XPASSes (a failure under strict=True): delete the entry here and the
+xfail marker there. The CI fuzz run (tests/test_fuzz_ci.py) fails on any finding that is
+not listed here, and the atheris engine skips listed ones so a campaign can go past them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fuzz.harness import Finding
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    exc_type: str
+    location_prefix: str
+    """``path:line`` or just ``path`` of the innermost vmboot frame."""
+    test: str
+    """The regression test in tests/test_fuzz_regressions.py."""
+
+    def matches(self, finding: Finding) -> bool:
+        return finding.exc_type == self.exc_type and finding.location.startswith(self.location_prefix)
+
+
+_T = "tests/test_fuzz_regressions.py::"
+
+KNOWN_BUGS: tuple[KnownBug, ...] = (
+    KnownBug("ValueError", "src/vmboot/units.py", _T + "test_parse_size_huge_digit_string_is_a_usage_error"),
+    KnownBug("UnicodeEncodeError", "src/vmboot/linux/options.py",
+             _T + "test_cmdline_with_lone_surrogate_is_a_cmdline_error"),
+    KnownBug("struct.error", "src/vmboot/linux/bzimage.py",
+             _T + "test_build_zero_page_refuses_out_of_range_values"),
+    KnownBug("struct.error", "src/vmboot/linux/e820.py",
+             _T + "test_build_zero_page_refuses_out_of_range_values"),
+    KnownBug("ValueError", "src/vmboot/debug/orc.py:16",
+             _T + "test_orc_sections_of_odd_size_are_an_elf_format_error"),
+    KnownBug("ValueError", "src/vmboot/debug/orc.py:11", _T + "test_orc_version_banner_with_huge_number"),
+    KnownBug("OverflowError", "src/vmboot/debug/orc.py",
+             _T + "test_orc_step_below_the_slide_is_a_stack_walk_error"),
+    KnownBug("OverflowError", "src/vmboot/debug/symtab.py:20", _T + "test_symbol_table_slide_outside_int64"),
+    KnownBug("zlib.error", "src/vmboot/initramfs/compression.py",
+             _T + "test_corrupt_compressed_initramfs_is_an_initramfs_error"),
+    KnownBug("zstandard.backend_c.ZstdError", "src/vmboot/initramfs/compression.py",
+             _T + "test_corrupt_compressed_initramfs_is_an_initramfs_error"),
+)
