@@ -38,8 +38,10 @@ examples:
        "console_bytes": n, "console_dropped": n, ...}
 
 notes:
-  With panic=-1 a kernel panic reboots at once, which ends the run with status 0; look
-  for "Kernel panic" in the output (or use panic=0 and --timeout to keep the guest).
+  A kernel panic ends the run with status 1 when the guest prints its last panic line
+  ("---[ end Kernel panic"), before panic=-1 can reboot it. With --trace, vmboot then
+  prints the guest's registers and a symbolised stack trace (also on --timeout), using
+  --vmlinux or --system-map when given, else the kallsyms inside the kernel image.
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
   gzip one, and 64-128 MiB of memory is cheapest.
 """
@@ -68,6 +70,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
                         "subset, or auto (host minus what this KVM cannot run; default)")
+    p.add_argument("--trace", action="store_true",
+                   help="on a kernel panic or --timeout, print the guest's registers and "
+                        "symbolised kernel stack trace to stderr")
+    p.add_argument("--vmlinux", metavar="FILE",
+                   help="symbols for --trace and emulation failures (default: the kernel "
+                        "image's own kallsyms)")
+    p.add_argument("--system-map", metavar="FILE", help="a System.map for the same purpose")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -99,13 +108,22 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
     with Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
-                 cpuid_policy=args.cpuid, console=console) as machine:
+                 cpuid_policy=args.cpuid, console=console,
+                 on_timeout="trace" if args.trace else None,
+                 on_panic="trace" if args.trace else None,
+                 vmlinux=args.vmlinux, system_map=args.system_map) as machine:
         result = machine.run(timeout=args.timeout)
     status = exit_status(result.exit.reason)
     if args.json:
         summary = result.as_dict()
         summary["exit_status"] = status
+        summary["stack_trace"] = result.stack_trace_text
         print(json.dumps(summary, sort_keys=True))
-    elif status != EXIT_OK:
+        return status
+    if status != EXIT_OK:
         print(f"vmboot run: {result.exit.one_line()}", file=sys.stderr)
+    if result.stack_trace_text:
+        print(result.stack_trace_text, file=sys.stderr, end="")
+    for note in result.notes:
+        print(f"vmboot run: {note}", file=sys.stderr)
     return status

@@ -21,6 +21,10 @@ from vmboot.errors import BootConfigError
 
 ConsoleSink = Callable[[bytes], object]
 """Receives console output, a chunk at a time."""
+LineWatcher = Callable[[bytes], object]
+"""Receives each complete console line (without its newline), e.g. to spot a kernel panic."""
+MAX_WATCHED_LINE = 1024
+"""A watched line longer than this is cut (the watcher sees its first bytes)."""
 
 DEFAULT_CAPTURE_LIMIT = 16 << 20
 """Bytes of console output kept in memory by default (16 MiB)."""
@@ -46,6 +50,9 @@ class ConsoleOutput:
         self.first_byte_at: float | None = None
         """``time.monotonic()`` when the first byte arrived, or None."""
         self._pending = bytearray()
+        self.line_watcher: LineWatcher | None = None
+        """Called with each complete line when set (costs one append per byte)."""
+        self._line = bytearray()
 
     def put(self, byte: int) -> None:
         """Take one byte from the guest (the hot path)."""
@@ -62,6 +69,13 @@ class ConsoleOutput:
             if byte == NEWLINE or len(pending) >= CHUNK_BYTES:
                 self.sink(bytes(pending))
                 pending.clear()
+        if self.line_watcher is not None:
+            line = self._line
+            if byte == NEWLINE:
+                self.line_watcher(bytes(line))
+                line.clear()
+            elif len(line) < MAX_WATCHED_LINE:
+                line.append(byte)
 
     def flush(self) -> None:
         """Hand any partial line to the sink."""

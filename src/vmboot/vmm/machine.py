@@ -31,6 +31,8 @@ from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.debug.symbol_sources import SymbolSource
+    from vmboot.debug.symtab import SymbolTable
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, KernelImage
     from vmboot.vmm.runner import Runner
@@ -76,7 +78,12 @@ class RunResult:
     console_total: int = 0
     """Every console byte the guest wrote, kept or not."""
     stack_trace: object | None = None
-    """With ``on_timeout="trace"``: what :func:`vmboot.debug.capture_stack_trace` returned."""
+    """With ``on_timeout="trace"`` / ``on_panic="trace"``: the frames
+    :func:`vmboot.debug.capture_stack_trace` returned."""
+    stack_trace_text: str | None = None
+    """The same trace rendered with the vCPU's registers, as the kernel prints an oops."""
+    panic_message: str | None = None
+    """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -130,6 +137,7 @@ class Machine:
         on_timeout: OnTimeout = None,
         vmlinux: str | Path | None = None,
         system_map: str | Path | None = None,
+        on_panic: Literal["trace"] | None = "trace",
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
@@ -146,9 +154,16 @@ class Machine:
         self.cpuid_policy = cpuid_policy
         self.extra_devices = tuple(extra_devices)
         self.on_timeout = on_timeout
+        if on_panic not in ("trace", None):
+            raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
+        self.on_panic = on_panic
         self.vmlinux = vmlinux
         self.system_map = system_map
         self.console = ConsoleOutput(_console_sink(console), capture_limit)
+        self._panic = _PanicWatch(self)
+        self.console.line_watcher = self._panic
+        self._symbols: SymbolTable | None = None
+        self._symbols_failed = False
         self.platform = PcPlatform(self.console)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
@@ -194,7 +209,7 @@ class Machine:
         self.vcpu = vcpu
         self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd))
         self.plan.configure_vcpu(vcpu)
-        self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus)
+        self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
         if self._pending_stop is not None:
             self._runner.stop(*self._pending_stop)
             self._pending_stop = None
@@ -244,23 +259,85 @@ class Machine:
             console_dropped=self.console.dropped,
             console_total=self.console.total,
         )
+        result.panic_message = self._panic.message
+        if self._panic.message is not None and vm_exit.clean:
+            # panic=-1: the kernel resets from inside panic() (emergency_restart) before its
+            # end-of-panic line; the vCPU is stopped at that reset, still in the panic path.
+            result.exit = VmExit(ExitReason.PANIC, f"{self._panic.message} (then "
+                                 f"{vm_exit.reason.value}: {vm_exit.detail})", vm_exit.registers)
+        if result.exit.reason is ExitReason.PANIC and self.on_panic == "trace":
+            self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
         return result
+
+    # -- symbols and traces -------------------------------------------------------------------
+    def _symbol_sources(self) -> dict[str, SymbolSource | None]:
+        """vmlinux / System.map if given, else the kernel image itself (its kallsyms)."""
+        kernel_bytes: bytes | None = getattr(self.kernel, "data", None)
+        return {"vmlinux": self.vmlinux, "system_map": self.system_map,
+                "kernel": kernel_bytes if self.vmlinux is None and self.system_map is None else None}
+
+    def symbolize(self, address: int) -> str | None:
+        """``function+0xoff/0xsize`` for a guest kernel address, or None (loads symbols once)."""
+        from vmboot import debug
+
+        if self._symbols is None and not self._symbols_failed:
+            try:
+                self._symbols = debug.load_symbols(**self._symbol_sources())
+            except DebugError:
+                self._symbols_failed = True
+        if self._symbols is None:
+            return None
+        text = str(self._symbols.lookup(address))
+        return None if text == "??" else text
+
+    def _capture_trace(self, result: RunResult, why: str) -> None:
+        from vmboot import debug
+        from vmboot.hv.registers import GENERAL_REGISTERS
+
+        if self.vcpu is None:
+            result.notes.append(f"{why}: no stack trace: the machine is closed")
+            return
+        try:
+            src = self._symbol_sources()
+            frames = debug.capture_stack_trace(self.vcpu, vmlinux=src["vmlinux"],
+                                               system_map=src["system_map"], kernel=src["kernel"])
+        except DebugError as e:  # the run's result stays usable; say why there is no trace
+            result.notes.append(f"{why}: no stack trace: {e}")
+            return
+        result.stack_trace = frames
+        result.stack_trace_text = debug.format_trace(
+            frames, self.vcpu.get_registers(GENERAL_REGISTERS))
 
     def _handle_timeout(self, result: RunResult) -> None:
         """The hook for a run that timed out: a stack trace, or the user's callable."""
         if callable(self.on_timeout):
             self.on_timeout(self, result.exit)
             return
-        try:
-            from vmboot import debug
+        self._capture_trace(result, "on_timeout='trace'")
 
-            capture = debug.capture_stack_trace
-        except (ImportError, AttributeError):
-            result.notes.append("on_timeout='trace': vmboot.debug.capture_stack_trace is not available")
-            return
-        try:
-            result.stack_trace = capture(self.vcpu, vmlinux=self.vmlinux, system_map=self.system_map)
-        except DebugError as e:  # the run's result stays usable; say why there is no trace
-            result.notes.append(f"on_timeout='trace': no stack trace: {e}")
+
+PANIC_START = b"Kernel panic - not syncing"
+PANIC_END = b"---[ end Kernel panic"
+
+
+class _PanicWatch:
+    """Spots a kernel panic on the console and ends the run at its last line.
+
+    The run is stopped while the guest prints ``---[ end Kernel panic ...``, i.e. still
+    inside ``panic()``, so a stack trace taken then shows the panic path, and a guest
+    booted with ``panic=-1`` has not rebooted yet.
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.message: str | None = None
+
+    def __call__(self, line: bytes) -> None:
+        if self.message is None:
+            at = line.find(PANIC_START)
+            if at >= 0:
+                self.message = line[at:].decode("utf-8", "replace").strip()
+        elif PANIC_END in line:
+            self.machine.request_stop(ExitReason.PANIC, self.message)
