@@ -18,6 +18,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "page_walk",
     "cpio",
     "sizes",
+    "port_io",
 )
 
 
