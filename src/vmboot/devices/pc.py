@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vmboot.devices import i8042, misc, rtc
@@ -27,7 +27,7 @@ from vmboot.devices.i8042 import I8042
 from vmboot.devices.misc import PciConfigAbsent, PostCode, SystemControlB
 from vmboot.devices.rtc import Clock, CmosRtc
 from vmboot.devices.serial import COM1, Serial16550A, SerialPort
-from vmboot.devices.wiring import IrqLine, RaisesIrq, StopHook, StopsRun
+from vmboot.devices.wiring import IrqLine, RaisesIrq, SharedIrqLines, StopHook, StopsRun
 from vmboot.errors import BootConfigError
 
 
@@ -76,14 +76,27 @@ class PcPlatform:
         console: ConsoleOutput | None = None,
         serial_ports: Sequence[SerialPort] = (COM1,),
         clock: Clock = time.time,
+        serial_outputs: Mapping[str, ConsoleOutput] | None = None,
     ) -> None:
+        """``serial_outputs``: where the UARTs after the first send their bytes, by port name
+        (e.g. ``{"COM2": ConsoleOutput(sink)}``); a port not named gets a capture-only output."""
         if not serial_ports:
             raise BootConfigError("serial_ports: empty; the first port carries the console")
         self.console = console if console is not None else ConsoleOutput()
         self.serial_ports = tuple(serial_ports)
         self.serials: dict[str, Serial16550A] = {}
+        outputs = dict(serial_outputs or {})
+        unknown = sorted(set(outputs) - {p.name for p in self.serial_ports[1:]})
+        if unknown:
+            raise BootConfigError(
+                f"serial_outputs: {', '.join(unknown)} not among the non-console serial ports "
+                f"({', '.join(p.name for p in self.serial_ports[1:]) or 'none'})"
+            )
         for i, port in enumerate(self.serial_ports):
-            output = self.console if i == 0 else ConsoleOutput()
+            if i == 0:
+                output = self.console
+            else:
+                output = outputs[port.name] if port.name in outputs else ConsoleOutput()
             self.serials[port.name] = Serial16550A(output=output, irq=port.irq)
         self.i8042 = I8042()
         self.rtc = CmosRtc(clock)
@@ -115,9 +128,14 @@ class PcPlatform:
 
 def connect_devices(devices: Iterable[object], irq_line: IrqLine | None,
                     stop: StopHook | None) -> None:
-    """Give every device that wants them the VM's interrupt line and the run's stop hook."""
+    """Give every device that wants them the VM's interrupt line and the run's stop hook.
+
+    Each device gets its own source of one :class:`~vmboot.devices.wiring.SharedIrqLines`,
+    so devices on the same ISA line (COM1 and COM3 on IRQ 4) drive it as the OR of theirs.
+    """
+    shared = SharedIrqLines(irq_line) if irq_line is not None else None
     for dev in devices:
-        if irq_line is not None and isinstance(dev, RaisesIrq):
-            dev.connect_irq(irq_line)
+        if shared is not None and isinstance(dev, RaisesIrq):
+            dev.connect_irq(shared.source())
         if stop is not None and isinstance(dev, StopsRun):
             dev.connect_stop(stop)
