@@ -8,14 +8,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "ExecResult": "vmboot.exec",
+    "exec_command": "vmboot.exec",
     "Machine": "vmboot.vmm.machine",
     "RunResult": "vmboot.vmm.machine",
 }
 """Public names imported on first use, so that ``import vmboot`` stays cheap."""
 
-__all__ = ["Machine", "RunResult", "__version__"]
+__all__ = ["ExecResult", "Machine", "RunResult", "__version__", "exec_command"]
 
 if TYPE_CHECKING:
+    from vmboot.exec import ExecResult, exec_command
     from vmboot.vmm.machine import Machine, RunResult
 
 

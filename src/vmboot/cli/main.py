@@ -18,6 +18,7 @@ from vmboot.errors import VmbootError
 VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.demo",
     "vmboot.cli.run",
+    "vmboot.cli.exec",
     "vmboot.cli.inspect",
     "vmboot.cli.symbolize",
     "vmboot.cli.fetch",
