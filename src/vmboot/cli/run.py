@@ -7,6 +7,7 @@ import json
 import sys
 from typing import IO
 
+from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
 
@@ -38,8 +39,10 @@ examples:
        "console_bytes": n, "console_dropped": n, ...}
 
 notes:
-  A kernel panic ends the run with status 1 when the guest prints its last panic line
-  ("---[ end Kernel panic"), before panic=-1 can reboot it. With --trace, vmboot then
+  When standard input is a terminal, what you type goes to the guest's serial console
+  (ttyS0), a key at a time; Ctrl-C stops vmboot (status 130) and restores the terminal.
+  A kernel panic ends the run with status 1: with panic=-1 at the reset the panicking
+  kernel asks for, with panic=0 at its last panic line. With --trace, vmboot then
   prints the guest's registers and a symbolised stack trace (also on --timeout), using
   --vmlinux or --system-map when given, else the kallsyms inside the kernel image.
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
                  cpuid_policy=args.cpuid, console=console,
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
-                 vmlinux=args.vmlinux, system_map=args.system_map) as machine:
+                 vmlinux=args.vmlinux, system_map=args.system_map) as machine, \
+            TerminalInput(machine.push_input):
         result = machine.run(timeout=args.timeout)
     status = exit_status(result.exit.reason)
     if args.json:

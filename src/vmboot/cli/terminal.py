@@ -1,0 +1,79 @@
+"""The user's terminal as the guest's serial input, restored whatever happens.
+
+While a guest runs, keys typed on a terminal go to the console UART one at a time: the
+terminal's line editing and echo are turned off (the guest echoes), and Enter sends a
+carriage return as a serial terminal would. Ctrl-C still interrupts vmboot itself (the
+terminal keeps ISIG), which then restores the terminal and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import termios
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+POLL_SECONDS = 0.1
+"""How often the reader thread checks whether it should stop."""
+READ_CHUNK = 1024
+
+
+class TerminalInput:
+    """Forward ``fd``'s input to ``push`` while the context is open (no-op if not a TTY)."""
+
+    def __init__(self, push: Callable[[bytes], object], fd: int | None = None) -> None:
+        self.push = push
+        self.fd = sys.stdin.fileno() if fd is None else fd
+        self._saved: list[object] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def __enter__(self) -> Self:
+        try:
+            if not os.isatty(self.fd):
+                return self
+            saved = termios.tcgetattr(self.fd)
+        except (OSError, termios.error):
+            return self
+        raw = [list(x) if isinstance(x, list) else x for x in saved]
+        raw[0] &= ~(termios.ICRNL | termios.INLCR | termios.IXON)  # iflag: send CR as typed
+        raw[3] &= ~(termios.ICANON | termios.ECHO)                  # lflag: keys one at a time
+        cc = raw[6]
+        assert isinstance(cc, list)
+        cc[termios.VMIN] = 1
+        cc[termios.VTIME] = 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, raw)
+        self._saved = saved
+        self._thread = threading.Thread(target=self._pump, name="vmboot-terminal", daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.fd], [], [], POLL_SECONDS)
+                if not ready:
+                    continue
+                data = os.read(self.fd, READ_CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            self.push(data)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * POLL_SECONDS + 1)
+        if self._saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
