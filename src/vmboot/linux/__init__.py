@@ -6,9 +6,11 @@ arch/x86/include/uapi/asm/bootparam.h (offsets in :mod:`vmboot.linux.bootparam`)
 
 from vmboot.linux.bzimage import KernelImage, load_bzimage
 from vmboot.linux.e820 import E820Entry, E820Type, default_e820_map
-from vmboot.linux.loader import load_kernel
+from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, load_elf_kernel
+from vmboot.linux.loader import LinuxKernel, load_kernel
 from vmboot.linux.options import BootOptions
 from vmboot.linux.plan import BootPlan
+from vmboot.linux.pvh import PvhBootPlan
 from vmboot.linux.setup_header import SetupHeader
 
 __all__ = [
@@ -16,9 +18,14 @@ __all__ = [
     "BootPlan",
     "E820Entry",
     "E820Type",
+    "ElfKernel",
     "KernelImage",
+    "LinuxKernel",
+    "PvhBootPlan",
     "SetupHeader",
     "default_e820_map",
+    "describe_elf_kernel",
     "load_bzimage",
+    "load_elf_kernel",
     "load_kernel",
 ]

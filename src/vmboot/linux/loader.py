@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from vmboot.elf import describe_elf_ident
-from vmboot.errors import KernelFormatError, UnsupportedKernelError
+from vmboot.elf import ELF_MAGIC, describe_elf_ident
+from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
 from vmboot.linux.bzimage import KernelImage, KernelSource, read_source
 from vmboot.linux.compression import PAYLOAD_MAGICS
+from vmboot.linux.elf_kernel import ElfKernel
+
+LinuxKernel = KernelImage | ElfKernel
+"""What :func:`load_kernel` returns: both have ``plan(vm, options)`` and ``prepare(vm, options)``."""
+ELF64_X86_64 = "ELF 64-bit little-endian x86-64"
 
 ACCEPTED = "a bzImage (boot protocol header 'HdrS' at 0x202) or an ELF64 x86-64 vmlinux"
 
@@ -31,20 +36,20 @@ def describe_file(data: bytes) -> str:
     return f"unrecognised data starting with {data[:8].hex(' ')}"
 
 
-def load_kernel(source: KernelSource) -> KernelImage:
+def load_kernel(source: KernelSource) -> LinuxKernel:
     """Load a kernel from a path, a binary file object or bytes, whatever its format.
 
-    bzImages are recognised by the boot protocol magic "HdrS" at 0x202. ELF vmlinux
-    files are recognised, but booting them is not supported yet.
+    bzImages are recognised by the boot protocol magic "HdrS" at 0x202
+    (:class:`KernelImage`); ELF64 little-endian x86-64 files are vmlinux kernels
+    (:class:`~vmboot.linux.elf_kernel.ElfKernel`), as is a file that starts with the ELF
+    magic but is too short to say more (it is refused as a truncated ELF file).
     """
     data, name = read_source(source)
     end = bp.SETUP_HEADER_JUMP_END + len(bp.HEADER_MAGIC)
     if data[bp.SETUP_HEADER_JUMP_END:end] == bp.HEADER_MAGIC:
         return KernelImage(data, name)
     elf = describe_elf_ident(data[:64])
-    if elf is not None and elf.startswith("ELF 64-bit little-endian x86-64"):
-        raise UnsupportedKernelError(
-            f"{name}: is an {elf} vmlinux; booting ELF kernels is not supported yet: use the "
-            f"bzImage (arch/x86/boot/bzImage)"
-        )
+    if (elf is not None and elf.startswith(ELF64_X86_64)) or (
+            elf is None and data.startswith(ELF_MAGIC)):
+        return ElfKernel(data, name)
     raise KernelFormatError(f"{name}: is {describe_file(data)}; vmboot accepts {ACCEPTED}")

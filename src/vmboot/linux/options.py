@@ -6,12 +6,23 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from vmboot.errors import BootConfigError, CmdlineError
 from vmboot.linux import layout
 from vmboot.linux.e820 import E820Entry
 
 InitrdSource = bytes | bytearray | memoryview | str | os.PathLike[str]
+EntryMode = Literal["bzimage64", "elf64", "pvh"]
+"""How the vCPU enters the kernel: the bzImage 64-bit entry (startup_64 at load + 0x200),
+an ELF vmlinux's ``e_entry`` in 64-bit mode with a zero page, or the PVH entry (32-bit
+protected mode, EBX = ``struct hvm_start_info``)."""
+EntryChoice = Literal["auto", "bzimage64", "elf64", "pvh"]
+ENTRY_CHOICES: tuple[str, ...] = get_args(EntryChoice)
+PVH_START_INFO_GPA = 0x6000
+"""Default home of ``struct hvm_start_info`` and the module list (as Firecracker's PVH_INFO_START)."""
+START_INFO_ALIGN = 8
+"""``struct hvm_start_info`` holds 64-bit fields: keep it naturally aligned."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,11 @@ class BootOptions:
       (default RAM end - 4 KiB, 16-byte aligned), ``paging_base``: where boot structures go.
     - ``address_space_gib``: how many GiB the boot page tables identity-map (1..512).
     - ``e820``: the memory map given to the kernel (default: :func:`default_e820_map`).
+    - ``entry``: which entry point to use, when the kernel has more than one: ``"auto"``
+      (a bzImage: ``"bzimage64"``; an ELF vmlinux: ``"pvh"`` if it has a PVH note, else
+      ``"elf64"``), or one of ``"bzimage64"``, ``"elf64"``, ``"pvh"``.
+    - ``start_info_gpa``: PVH only: where ``struct hvm_start_info`` goes; the module list
+      follows it, the memory map starts at the next page.
     """
 
     cmdline: str | bytes = ""
@@ -38,6 +54,8 @@ class BootOptions:
     paging_base: int = layout.PAGING_BASE
     address_space_gib: int = layout.ADDRESS_SPACE_GIB
     e820: Sequence[E820Entry] | None = field(default=None)
+    entry: EntryChoice = "auto"
+    start_info_gpa: int = PVH_START_INFO_GPA
 
     def cmdline_bytes(self) -> bytes:
         raw = self.cmdline.encode("utf-8") if isinstance(self.cmdline, str) else bytes(self.cmdline)
@@ -73,8 +91,12 @@ class BootOptions:
 
     def check_scalars(self) -> None:
         """Type and range checks that need no kernel and no VM."""
+        if self.entry not in ENTRY_CHOICES:
+            raise BootConfigError(
+                f"entry: {self.entry!r} is not one of {', '.join(map(repr, ENTRY_CHOICES))}"
+            )
         for name in ("load_addr", "initrd_gpa", "zero_page_gpa", "cmdline_gpa", "stack_top_gpa",
-                     "paging_base"):
+                     "paging_base", "start_info_gpa"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -86,6 +108,10 @@ class BootOptions:
             value = getattr(self, name)
             if value % 0x1000:
                 raise BootConfigError(f"{name}: {value:#x} is not 4 KiB aligned")
+        if self.start_info_gpa % START_INFO_ALIGN:
+            raise BootConfigError(
+                f"start_info_gpa: {self.start_info_gpa:#x} is not {START_INFO_ALIGN}-byte aligned"
+            )
         gib = self.address_space_gib
         if not isinstance(gib, int) or not 1 <= gib <= layout.MAX_ADDRESS_SPACE_GIB:
             raise BootConfigError(

@@ -22,6 +22,7 @@ from vmboot.linux import layout
 from vmboot.linux.e820 import E820Entry
 from vmboot.linux.gdt import boot_gdt, boot_segments
 from vmboot.linux.layout import Region
+from vmboot.linux.options import EntryMode
 from vmboot.linux.page_tables import identity_map_tables
 from vmboot.x86 import cr
 
@@ -54,6 +55,9 @@ class BootPlan:
     setup_data_gpa: int | None = None
     gdt_gpa: int = layout.GDT_GPA
     regions: tuple[Region, ...] = field(default=())
+    entry_mode: EntryMode = "bzimage64"
+    """Which entry this plan enters: ``"bzimage64"``, ``"elf64"`` (both 64-bit with a zero
+    page, programmed by this class) or ``"pvh"`` (:class:`~vmboot.linux.pvh.PvhBootPlan`)."""
 
     @property
     def page_tables_size(self) -> int:

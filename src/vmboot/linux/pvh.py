@@ -1,0 +1,134 @@
+"""The PVH entry: find it in an ELF kernel's notes, and program a vCPU to enter it.
+
+A PVH kernel (Xen ``docs/misc/pvh.pandoc``; Linux ``arch/x86/platform/pvh/head.S``)
+declares its 32-bit physical entry point in an ELF note named "Xen" of type
+``XEN_ELFNOTE_PHYS32_ENTRY`` (18; Xen ``public/elfnote.h``). It is entered in 32-bit
+protected mode with paging off:
+
+- CR0 = PE (and ET), CR4 = 0, EFER = 0 (not in long mode);
+- CS a flat 32-bit execute/read code segment, DS/ES/SS flat 32-bit read/write data
+  segments (vmboot's boot GDT has them at 0x08 and 0x18); TR a valid busy TSS;
+- EFLAGS.IF, TF and VM clear;
+- EBX = the physical address of ``struct hvm_start_info``; no stack and no other
+  register are defined (vmboot zeroes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vmboot.elf import ElfFile
+from vmboot.errors import KernelFormatError
+from vmboot.hv.base import VirtualCPU, VirtualMachine
+from vmboot.hv.registers import DescriptorTable, Register, SegmentRegister
+from vmboot.linux.gdt import boot_gdt, boot_segments
+from vmboot.linux.plan import BootPlan
+from vmboot.linux.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
+from vmboot.x86 import cr
+
+XEN_ELFNOTE_NAME = "Xen"
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+"""Xen ``public/elfnote.h``: "Physical entry point into the kernel" (32-bit protected mode)."""
+PVH_NOTE_DESC_SIZES = (4, 8)
+"""Numeric Xen notes are 4 or 8 bytes (elfnote.h); Linux uses 8 (``_ASM_PTR``)."""
+PVH_ENTRY_LIMIT = 1 << 32
+"""The PVH entry is reached in 32-bit mode: it must lie below 4 GiB."""
+
+PVH_CR0 = cr.CR0_PE | cr.CR0_ET
+PVH_CR4 = 0
+PVH_EFER = 0
+PVH_EFLAGS = cr.RFLAGS_RESERVED_1
+"""Interrupts off (IF = 0), TF = 0, VM = 0; bit 1 always reads as 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class PvhNote:
+    """The XEN_ELFNOTE_PHYS32_ENTRY note: the entry address and where it was found."""
+
+    entry: int
+    desc_size: int
+    source: str
+
+
+def find_pvh_note(elf: ElfFile) -> PvhNote | None:
+    """The PVH entry note of ``elf``, or None if it has none.
+
+    Notes of other owners or types (GNU build ID, Linux, other Xen notes) are skipped. A
+    PHYS32_ENTRY note whose descriptor is not 4 or 8 bytes, or whose address is not a
+    32-bit one, raises :class:`~vmboot.errors.KernelFormatError`.
+    """
+    for note in elf.notes():
+        if note.name != XEN_ELFNOTE_NAME or note.type != XEN_ELFNOTE_PHYS32_ENTRY:
+            continue
+        size = len(note.desc)
+        if size not in PVH_NOTE_DESC_SIZES:
+            raise KernelFormatError(
+                f"{elf.name}: PVH note (name {XEN_ELFNOTE_NAME!r}, type "
+                f"{XEN_ELFNOTE_PHYS32_ENTRY}) in {note.source} has a {size}-byte descriptor; "
+                f"the entry address must be 4 or 8 bytes"
+            )
+        entry = int.from_bytes(note.desc, "little")
+        if entry >= PVH_ENTRY_LIMIT:
+            raise KernelFormatError(
+                f"{elf.name}: PVH entry {entry:#x} (note in {note.source}) is not below 4 GiB; "
+                f"the PVH entry runs in 32-bit mode"
+            )
+        return PvhNote(entry, size, note.source)
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PvhBootPlan(BootPlan):
+    """A boot through the PVH entry: where ``hvm_start_info`` and its tables went.
+
+    The 64-bit-only fields of :class:`BootPlan` do not apply and are 0: ``zero_page_gpa``
+    (the kernel builds its own boot_params from the start info), ``paging_base`` and
+    ``address_space_gib`` (paging is off), ``stack_top_gpa`` (PVH defines no stack).
+    """
+
+    start_info_gpa: int
+    start_info: HvmStartInfo
+    modlist_gpa: int | None = None
+    modules: tuple[HvmModlistEntry, ...] = ()
+    memmap_gpa: int = 0
+    memmap: tuple[HvmMemmapEntry, ...] = field(default=())
+
+    @property
+    def page_tables_size(self) -> int:
+        return 0
+
+    def write_cpu_tables(self, vm: VirtualMachine) -> None:
+        """Write the boot GDT (no page tables: the PVH entry runs with paging off)."""
+        vm.write(self.gdt_gpa, boot_gdt())
+
+    def configure_vcpu(self, vcpu: VirtualCPU) -> None:
+        """Program ``vcpu`` for the PVH entry (writes the GDT too)."""
+        self.write_cpu_tables(vcpu.vm)
+        segs = boot_segments()
+        gdt = boot_gdt()
+        regs: dict[Register, int] = {
+            Register.RAX: 0, Register.RCX: 0, Register.RDX: 0, Register.RSI: 0,
+            Register.RDI: 0, Register.RSP: 0, Register.RBP: 0,
+            Register.R8: 0, Register.R9: 0, Register.R10: 0, Register.R11: 0,
+            Register.R12: 0, Register.R13: 0, Register.R14: 0, Register.R15: 0,
+            Register.RBX: self.start_info_gpa,
+            Register.RIP: self.entry_gpa,
+            Register.RFLAGS: PVH_EFLAGS,
+            Register.CR3: 0,
+            Register.CR4: PVH_CR4,
+            Register.EFER: PVH_EFER,
+            Register.CR0: PVH_CR0,
+        }
+        vcpu.set_registers(regs)
+        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
+        vcpu.set_idt(DescriptorTable(0, 0))
+        data = segs["data"]
+        vcpu.set_segments({
+            SegmentRegister.CS: segs["code32"],
+            SegmentRegister.DS: data,
+            SegmentRegister.ES: data,
+            SegmentRegister.FS: data,
+            SegmentRegister.GS: data,
+            SegmentRegister.SS: data,
+            SegmentRegister.TR: segs["tss"],
+        })
