@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.hv.kvm import KvmVCPU, KvmVM
-    from vmboot.linux import BootPlan, KernelImage
+    from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -126,7 +126,7 @@ class Machine:
 
     def __init__(
         self,
-        kernel: str | Path | bytes | KernelImage,
+        kernel: str | Path | bytes | LinuxKernel,
         initrd: str | Path | bytes | None = None,
         cmdline: str = DEFAULT_CMDLINE,
         memory: str | int = DEFAULT_MEMORY,
@@ -169,7 +169,7 @@ class Machine:
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
         self.vcpu: KvmVCPU | None = None
-        self.kernel: KernelImage | None = None
+        self.kernel: LinuxKernel | None = None
         self.plan: BootPlan | None = None
         self._runner: Runner | None = None
         self._t0 = 0.0
@@ -193,11 +193,11 @@ class Machine:
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
         from vmboot.hv.kvm import KvmVM
-        from vmboot.linux import BootOptions, KernelImage, load_kernel
+        from vmboot.linux import BootOptions, ElfKernel, KernelImage, load_kernel
         from vmboot.vmm.runner import Runner
 
         self._t0 = time.monotonic()
-        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage)
+        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage | ElfKernel)
                   else load_kernel(self.kernel_source))
         self.kernel = kernel
         self.platform.attach(self.port_bus)
