@@ -35,8 +35,9 @@ The kernel (``kernel=None``, :func:`find_kernel`), in this order:
 
 On a host whose ``/dev/kvm`` emulates guest ring-0 code (the "PVM" software hypervisor)
 only a kernel built for it boots, such as ``../shared/kernels/tiny-bzImage``: set
-``VMBOOT_KERNEL`` to it. Such a boot takes 25-40 s there, against well under a second on
-hardware KVM.
+``VMBOOT_KERNEL`` to it. There a run takes about 50-60 s with 256 MiB (the command starts
+48-58 s after the call; ../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well
+under a second on hardware KVM.
 """
 
 from __future__ import annotations
