@@ -250,7 +250,7 @@ def test_cmdline_limit_is_command_line_size() -> None:
     kernel = ElfKernel(simple_kernel())
     with fresh_vm() as vm:
         kernel.plan(vm, BootOptions(cmdline="a" * 2047))
-        with pytest.raises(CmdlineError, match="2048 bytes is longer than .* 2047"):
+        with pytest.raises(CmdlineError, match=r"2048 bytes is longer than .* 2047"):
             kernel.plan(vm, BootOptions(cmdline="a" * 2048))
 
 
