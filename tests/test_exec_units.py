@@ -236,3 +236,63 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         parse("--help")
     out = capsys.readouterr().out
     assert "examples:" in out and "--add" in out and "VMBOOT_KERNEL" in out
+
+
+# -- the CLI handler, with exec_command replaced (no KVM) -----------------------------------
+
+
+def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> object:
+    from vmboot.exec import ExecResult, ExecTimings
+
+    timings = ExecTimings(0.0, 0.1, None, 1.0, 2.0, 2.5)
+    return ExecResult(stdout=b"o\n", stderr=b"e\n", exit_status=status, reason=reason,
+                      timings=timings, console=b"", detail=detail)
+
+
+def test_cli_passes_options_through_and_returns_the_status(
+        monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    import vmboot.exec
+    from vmboot.cli.main import main
+
+    seen: dict[str, object] = {}
+
+    def fake(command: list[str], **kw: object) -> object:
+        seen.update(kw, command=command)
+        for name in ("on_stdout", "on_stderr"):
+            callback = kw[name]
+            assert callable(callback)
+            callback(b"streamed " + name.encode() + b"\n")
+        return fake_result(ExecReason.EXITED, 7)
+
+    monkeypatch.setattr(vmboot.exec, "exec_command", fake)
+    status = main(["exec", "--kernel", "k", "-m", "64M", "--add", "h:/g", "--env", "A=1",
+                   "--timeout", "30", "--", "sh", "-c", "exit 7"])
+    out = capsysbinary.readouterr()
+    assert status == 7
+    assert out.out == b"streamed on_stdout\n"
+    assert out.err == b"streamed on_stderr\n"
+    assert seen["command"] == ["sh", "-c", "exit 7"]
+    assert (seen["kernel"], seen["memory"], seen["timeout"]) == ("k", "64M", 30.0)
+    assert seen["files"] == [("h", "/g")] and seen["env"] == {"A": "1"} and seen["console"] is False
+
+
+@pytest.mark.parametrize(("reason", "code"), [(ExecReason.PANIC, cli_exec.EXIT_PANIC),
+                                              (ExecReason.TIMEOUT, 124),
+                                              (ExecReason.BOOT_FAILURE, cli_exec.EXIT_NOT_STARTED)])
+def test_cli_reports_non_exits_in_one_line_and_json(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    reason: ExecReason, code: int) -> None:
+    import json
+
+    import vmboot.exec
+    from vmboot.cli.main import main
+
+    monkeypatch.setattr(vmboot.exec, "exec_command",
+                        lambda command, **kw: fake_result(reason, None, "why it ended"))
+    assert main(["exec", "--", "true"]) == code
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"vmboot exec: {reason.value}: why it ended"]
+    assert main(["exec", "--json", "--", "true"]) == code
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["reason"] == reason.value and summary["exit_status"] is None
+    assert summary["vmboot_exit_status"] == code and summary["stdout"] == "o\n"

@@ -69,6 +69,8 @@ EXIT_ERROR = 1
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "exec",
+        usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--add HOST[:GUEST]]... [--env NAME=VALUE]... "
+              "[--timeout SECONDS] [--console] [--json] -- CMD [ARGS...]",
         help="boot a kernel, run one command in it, exit with its status",
         description=DESCRIPTION,
         epilog=EPILOG,
