@@ -15,7 +15,7 @@ import termios
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 POLL_SECONDS = 0.1
 """How often the reader thread checks whether it should stop."""
@@ -28,7 +28,7 @@ class TerminalInput:
     def __init__(self, push: Callable[[bytes], object], fd: int | None = None) -> None:
         self.push = push
         self.fd = sys.stdin.fileno() if fd is None else fd
-        self._saved: list[object] | None = None
+        self._saved: list[Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -43,11 +43,10 @@ class TerminalInput:
             saved = termios.tcgetattr(self.fd)
         except (OSError, termios.error):
             return self
-        raw = [list(x) if isinstance(x, list) else x for x in saved]
+        raw: list[Any] = [list(x) if isinstance(x, list) else x for x in saved]
         raw[0] &= ~(termios.ICRNL | termios.INLCR | termios.IXON)  # iflag: send CR as typed
         raw[3] &= ~(termios.ICANON | termios.ECHO)                  # lflag: keys one at a time
-        cc = raw[6]
-        assert isinstance(cc, list)
+        cc: list[Any] = raw[6]
         cc[termios.VMIN] = 1
         cc[termios.VTIME] = 0
         termios.tcsetattr(self.fd, termios.TCSANOW, raw)

@@ -152,11 +152,25 @@ def _confirm_token_table(data: bytes, digits: int) -> tuple[int, int, list[bytes
     return None
 
 
-def _find_markers(data: bytes, table: int) -> list[int] | None:
-    """The u32 markers ending just before ``table`` (after up to 4 bytes of padding)."""
-    p = table - 4
-    if p >= 4 and _U32.unpack_from(data, p)[0] == 0 and _U32.unpack_from(data, p - 4)[0] != 0:
-        p -= 4
+def _find_markers(data: bytes, table: int) -> list[list[int]]:
+    """Candidate u32 marker lists ending just before ``table`` (after up to 4 bytes of padding).
+
+    Each candidate is the markers in order plus, last, their offset. A zero word right before
+    the table is either alignment padding or the only marker (kernels with <= 256 symbols
+    have a single marker, 0), so both readings are returned and the caller checks each.
+    """
+    starts = [table - 4]
+    if table - 8 >= 0 and _U32.unpack_from(data, table - 4)[0] == 0:
+        starts.append(table - 8)
+    out: list[list[int]] = []
+    for start in starts:
+        found = _markers_from(data, start)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _markers_from(data: bytes, p: int) -> list[int] | None:
     values: list[int] = []
     while p >= 0:
         v = _U32.unpack_from(data, p)[0]
@@ -204,8 +218,16 @@ def _markers_match(data: bytes, names: int, offs: list[int], at: int) -> bool:
 
 def _locate_before_markers(data: bytes, table: int, index: int) -> tuple[KallsymsTables, list[int]] | None:
     """Layouts whose markers end right before the token table (<= 6.1 and 6.4+)."""
-    found = _find_markers(data, table)
-    if found is None or len(found) < 2:
+    for found in _find_markers(data, table):
+        located = _locate_with_markers(data, table, index, found)
+        if located is not None:
+            return located
+    return None
+
+
+def _locate_with_markers(data: bytes, table: int, index: int,
+                         found: list[int]) -> tuple[KallsymsTables, list[int]] | None:
+    if len(found) < 2:
         return None
     markers_off = found[-1]
     m = len(found) - 1

@@ -107,10 +107,16 @@ def orc_format_for_version(major: int, minor: int) -> OrcFormat:
     return OrcFormat.V1
 
 
+MAX_VERSION_DIGITS = 6
+"""A version number longer than this in a ``Linux version`` banner is not a real one."""
+
+
 def kernel_version(data: bytes | memoryview) -> tuple[int, int] | None:
     """``(major, minor)`` from the first ``Linux version X.Y`` banner in ``data``."""
     m = _VERSION.search(bytes(data) if isinstance(data, memoryview) else data)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    if m is None or len(m.group(1)) > MAX_VERSION_DIGITS or len(m.group(2)) > MAX_VERSION_DIGITS:
+        return None
+    return (int(m.group(1)), int(m.group(2)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,11 @@ class OrcTable:
     def from_sections(cls, ip_data: bytes | memoryview, ip_section_addr: int,
                       entry_data: bytes | memoryview, fmt: OrcFormat | None = None,
                       source: str = "<orc>") -> OrcTable:
+        if len(ip_data) % 4 or len(entry_data) % ORC_ENTRY_SIZE:
+            raise ElfFormatError(
+                f"{source}: {ORC_IP_SECTION} is {len(ip_data)} bytes and {ORC_SECTION} "
+                f"{len(entry_data)}; they must be multiples of 4 and {ORC_ENTRY_SIZE}"
+            )
         rel = np.frombuffer(ip_data, dtype="<i4")
         entries = np.frombuffer(entry_data, dtype=ORC_ENTRY_DTYPE)
         if rel.size != entries.size:
@@ -188,6 +199,9 @@ class OrcTable:
                                  fmt, elf.name)
 
     def index_of(self, ip: int) -> int:
+        """Index of the entry covering ``ip``; -1 below the table or for an impossible address."""
+        if not 0 <= ip < 1 << 64:
+            return -1
         return int(np.searchsorted(self.ips, np.uint64(ip), side="right")) - 1
 
     def entry(self, index: int) -> OrcEntry:

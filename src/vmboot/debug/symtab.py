@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vmboot.errors import SymbolSourceError
+from vmboot.errors import SymbolFileError, SymbolSourceError
 
 UNKNOWN_SYMBOL = "??"
 """The name reported for an address no symbol contains."""
@@ -202,6 +202,9 @@ class SymbolTable:
         """The same table with every address moved by ``slide`` bytes (KASLR)."""
         if slide == 0:
             return self
-        moved = (self.addresses.astype(np.int64) + np.int64(slide)).astype(np.uint64)
+        if not -(1 << 64) < slide < 1 << 64:
+            raise SymbolFileError(f"{self.source}: slide {slide:#x} does not fit in 64 bits")
+        # Modulo 2**64, as the CPU adds addresses: a slide of 2**64 - 1 moves down by one.
+        moved = self.addresses + np.uint64(slide % (1 << 64))
         return SymbolTable(moved, self.sizes, self._name_offsets, self._blob,
                            f"{self.source} (slide {slide:+#x})")

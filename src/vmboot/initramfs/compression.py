@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import zlib
 from types import ModuleType
 from typing import Final, Literal, Protocol, get_args
 
@@ -205,10 +206,13 @@ def decompress(data: bytes | bytearray | memoryview) -> bytes:
             return gzip.decompress(raw)
         if method == "zstd":
             zstandard = _import("zstandard", "zstd")
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
-                result: bytes = reader.read()
-                return result
-    except (OSError, EOFError) as e:
+            try:
+                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+                    result: bytes = reader.read()
+                    return result
+            except zstandard.ZstdError as e:
+                raise InitramfsError(f"zstd initramfs does not decompress: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:
         raise InitramfsError(f"{method} initramfs does not decompress: {e}") from None
     if method == "lz4":
         return _lz4_legacy_decompress(raw[len(LZ4_LEGACY_MAGIC) :])
