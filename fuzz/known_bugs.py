@@ -28,7 +28,6 @@ class KnownBug:
 _T = "tests/test_fuzz_regressions.py::"
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug("ValueError", "src/vmboot/units.py", _T + "test_parse_size_huge_digit_string_is_a_usage_error"),
     KnownBug("UnicodeEncodeError", "src/vmboot/linux/options.py",
              _T + "test_cmdline_with_lone_surrogate_is_a_cmdline_error"),
     KnownBug("struct.error", "src/vmboot/linux/bzimage.py",

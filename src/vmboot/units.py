@@ -17,8 +17,11 @@ UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30
 ACCEPTED_FORMS = "a byte count (4096, 0x1000) or a number with K, M, G or T (256M, 1G, 64MiB, 1.5G)"
 
 _SIZE_RE = re.compile(
-    r"^\s*(?:(?P<hex>0[xX][0-9a-fA-F]+)|(?P<dec>\d+(?:\.\d+)?))\s*(?P<unit>[kmgtKMGT]?)(?P<suffix>(?:i?[bB])?)\s*$"
+    r"^\s*(?:(?P<hex>0[xX][0-9a-fA-F]+)|(?P<dec>[0-9]+(?:\.[0-9]+)?))\s*(?P<unit>[kmgtKMGT]?)(?P<suffix>(?:i?[bB])?)\s*$",
+    re.ASCII,
 )
+MAX_DIGITS = 40
+"""More digits than this is no size anyone means (and would reach Python's int() limits)."""
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
@@ -34,6 +37,10 @@ def parse_size(text: str | int, what: str = "size") -> int:
     m = _SIZE_RE.match(text)
     if m is None or (m["suffix"] and not m["unit"] and m["suffix"].lower() != "b"):
         raise UsageError(f"{what}: {text!r} is not a size; expected {ACCEPTED_FORMS}")
+    digits = m["hex"] or m["dec"]
+    if len(digits) > MAX_DIGITS:
+        raise UsageError(f"{what}: {text[:20]!r}... has {len(digits)} digits, more than the "
+                         f"{MAX_DIGITS} any size needs; expected {ACCEPTED_FORMS}")
     if m["hex"] is not None and m["unit"]:
         raise UsageError(
             f"{what}: {text!r} mixes a hexadecimal number with a unit; expected {ACCEPTED_FORMS}"
