@@ -54,7 +54,7 @@ examples:
 notes:
   On a host whose /dev/kvm is the "PVM" software hypervisor (ring-0 code emulated at about
   a million instructions per second) only a kernel built for it boots, such as
-  ../shared/kernels/tiny-bzImage (set VMBOOT_KERNEL to it); a run takes 50-60 s there, and
+  ../shared/kernels/tiny-bzImage (set VMBOOT_KERNEL to it); a run takes 30-60 s there, and
   each busybox program the command starts costs about a second. On hardware KVM a boot
   takes well under a second.
 """
