@@ -36,8 +36,9 @@ The kernel (``kernel=None``, :func:`find_kernel`), in this order:
 On a host whose ``/dev/kvm`` emulates guest ring-0 code (the "PVM" software hypervisor)
 only a kernel built for it boots, such as ``../shared/kernels/tiny-bzImage``: set
 ``VMBOOT_KERNEL`` to it. There a run takes about 30-60 s with 256 MiB (the command started
-26-58 s after the call in our runs, the slow end with other jobs on the two cores; ../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well
-under a second on hardware KVM.
+26-58 s after the call in our runs, the slow end with other jobs on the two cores;
+../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well under a
+second on hardware KVM.
 """
 
 from __future__ import annotations
