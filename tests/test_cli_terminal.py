@@ -125,3 +125,11 @@ def test_ctrl_c_exits_130_and_restores_the_terminal() -> None:
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+def test_stdin_without_a_descriptor_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("typed"))
+    with TerminalInput(lambda b: None) as term:
+        assert not term.active

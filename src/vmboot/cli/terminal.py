@@ -27,7 +27,7 @@ class TerminalInput:
 
     def __init__(self, push: Callable[[bytes], object], fd: int | None = None) -> None:
         self.push = push
-        self.fd = sys.stdin.fileno() if fd is None else fd
+        self.fd = _stdin_fd() if fd is None else fd
         self._saved: list[Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,7 +38,7 @@ class TerminalInput:
 
     def __enter__(self) -> Self:
         try:
-            if not os.isatty(self.fd):
+            if self.fd < 0 or not os.isatty(self.fd):
                 return self
             saved = termios.tcgetattr(self.fd)
         except (OSError, termios.error):
@@ -76,3 +76,11 @@ class TerminalInput:
         if self._saved is not None:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
             self._saved = None
+
+
+def _stdin_fd() -> int:
+    """Standard input's descriptor, or -1 when it has none (e.g. replaced by a test runner)."""
+    try:
+        return sys.stdin.fileno()
+    except (OSError, ValueError, AttributeError):
+        return -1
