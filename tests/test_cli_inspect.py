@@ -22,7 +22,7 @@ def test_inspect_json_tiny_kernel() -> None:
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     raw = path.read_bytes()
-    assert info["kernel_version"].startswith("6.1.192")
+    assert info["kernel_version"].startswith("Linux version 6.1.192 ")
     assert info["compression"] == "lz4"
     assert info["default_load_address"] == 0x1000000
     assert info["entry_point"] == 0x1000200
@@ -54,3 +54,17 @@ def test_inspect_errors(tmp_path: Path) -> None:
     missing = _vmboot("inspect", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert _vmboot().returncode == 2
+
+
+def test_inspect_elf_vmlinux() -> None:
+    path = shared_kernel_file("tiny-vmlinux")
+    out = _vmboot("inspect", "--json", str(path))
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["e_entry"] == 0x1000000
+    assert info["pvh_entry"] is not None and info["default_entry"] == "pvh"
+    assert info["kernel_version"].startswith("Linux version 6.1.192 ")
+    loads = [s for s in info["segments"] if s["type"] == "LOAD"]
+    assert loads[0]["paddr"] == 0x1000000 and loads[0]["vaddr"] == 0xFFFFFFFF81000000
+    text = _vmboot("inspect", str(path))
+    assert text.returncode == 0 and "pvh" in text.stdout.lower()

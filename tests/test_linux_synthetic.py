@@ -310,3 +310,9 @@ def test_load_kernel_names_what_a_wrong_file_looks_like(tmp_path: object) -> Non
     for data, text in cases.items():
         with pytest.raises(KernelFormatError, match=text):
             load_kernel(data)
+
+
+@pytest.mark.parametrize("entry", ["pvh", "elf64"])
+def test_refuses_elf_entries_for_a_bzimage(entry: str) -> None:
+    _refuse(load_bzimage(build_bzimage()), BootOptions(entry=entry), UnsupportedKernelError,
+            rf"entry '{entry}' cannot be used with a bzImage")

@@ -8,6 +8,7 @@ from typing import Any
 
 from vmboot.linux import bootparam as bp
 from vmboot.linux.bzimage import KernelImage
+from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary
 from vmboot.linux.loader import load_kernel
 
 DESCRIPTION = """\
@@ -115,6 +116,12 @@ def render_text(kernel: KernelImage) -> str:
 
 def run(args: argparse.Namespace) -> int:
     kernel = load_kernel(args.kernel)
+    if isinstance(kernel, ElfKernel):
+        if args.json:
+            print(json.dumps(describe_elf_kernel(kernel), indent=2))
+        else:
+            print("\n".join(elf_kernel_summary(kernel)))
+        return 0
     if args.json:
         print(json.dumps(describe_bzimage(kernel), indent=2))
     else:

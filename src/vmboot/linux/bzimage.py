@@ -175,6 +175,13 @@ class KernelImage:
                 f"e820: {len(e820)} entries; the zero page holds at most "
                 f"{bp.E820_MAX_ENTRIES_ZEROPAGE} (pass the rest as SETUP_E820_EXT setup_data)"
             )
+        validate_e820(e820)
+        if setup_data_gpa is not None and not 0 <= setup_data_gpa < 1 << 64:
+            raise LayoutError(f"setup_data {setup_data_gpa:#x} is not a 64-bit guest-physical address")
+        if kernel_alignment is not None and not 0 < kernel_alignment < U32_LIMIT:
+            raise BootConfigError(
+                f"kernel_alignment {kernel_alignment:#x} does not fit the 32-bit header field"
+            )
         above_4g_ok = bool(h.effective_xloadflags & bp.XLF_CAN_BE_LOADED_ABOVE_4G)
         zp = bytearray(bp.BOOT_PARAMS_SIZE)
         zp[bp.SETUP_HEADER_OFFSET : h.header_end] = self.header_bytes
@@ -338,6 +345,11 @@ def _check_load_address(kernel: KernelImage, load: int | None) -> int:
 
 def _plan(kernel: KernelImage, vm: VirtualMachine, options: BootOptions) -> BootPlan:
     h = kernel.setup_header
+    if options.entry not in ("auto", "bzimage64"):
+        raise UnsupportedKernelError(
+            f"{kernel.name}: entry {options.entry!r} cannot be used with a bzImage; it has only "
+            f"the 'bzimage64' entry (or 'auto'); 'pvh' and 'elf64' need the ELF vmlinux"
+        )
     entry = kernel.check_64bit_entry()
     if not entry.ok:
         raise UnsupportedKernelError(f"{kernel.name}: cannot use the 64-bit entry: {entry.reason}")
@@ -447,8 +459,8 @@ def _put_split(zp: bytearray, field: str, value: int, low_off: int, high_off: in
             f"{field} {value:#x} needs the ext_ high 32 bits, but the kernel lacks "
             f"XLF_CAN_BE_LOADED_ABOVE_4G"
         )
-    if value >= 1 << 64:
-        raise LayoutError(f"{field} {value:#x} does not fit in 64 bits")
+    if not 0 <= value < 1 << 64:
+        raise LayoutError(f"{field} {value:#x} is not a 64-bit unsigned value")
     struct.pack_into("<I", zp, low_off, value & 0xFFFFFFFF)
     struct.pack_into("<I", zp, high_off, value >> 32)
 

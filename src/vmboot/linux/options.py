@@ -58,7 +58,16 @@ class BootOptions:
     start_info_gpa: int = PVH_START_INFO_GPA
 
     def cmdline_bytes(self) -> bytes:
-        raw = self.cmdline.encode("utf-8") if isinstance(self.cmdline, str) else bytes(self.cmdline)
+        if isinstance(self.cmdline, str):
+            try:
+                raw = self.cmdline.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise CmdlineError(
+                    f"cmdline: character {self.cmdline[e.start]!r} at offset {e.start} cannot be "
+                    f"encoded as UTF-8 (a non-UTF-8 byte from the shell?); pass bytes instead"
+                ) from None
+        else:
+            raw = bytes(self.cmdline)
         nul = raw.find(b"\0")
         if nul >= 0:
             raise CmdlineError(
