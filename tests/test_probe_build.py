@@ -192,11 +192,3 @@ def test_build_tools_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     with pytest.raises(FetchError, match=r"binutils .*missing: as, ld, objcopy"):
         probe_build.build_images()
-
-
-def test_run_probe_pvh_is_not_wired_without_a_pvh_loader() -> None:
-    from vmboot.errors import UnsupportedKernelError
-    from vmboot.probes import run_probe
-
-    with pytest.raises(UnsupportedKernelError, match="no PVH loader"):
-        run_probe("pvh")

@@ -18,7 +18,7 @@ from vmboot.errors import UnsupportedKernelError
 from vmboot.hv.kvm import KvmVM
 from vmboot.linux import BootOptions, BootPlan, ElfKernel, PvhBootPlan, load_kernel
 from vmboot.probes import Check, EntryKind, ProbeDevice, ProbeReport, probe_image, verify
-from vmboot.probes.verify_pvh import PvhExpectation, verify_pvh
+from vmboot.probes.verify_pvh import PvhExpectation, expectation_from_plan, verify_pvh
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.runner import Runner
 
@@ -46,13 +46,7 @@ def boot_probe(kind: str, options: BootOptions) -> tuple[ProbeReport, BootPlan, 
 
 
 def pvh_expectation(plan: PvhBootPlan, options: BootOptions) -> PvhExpectation:
-    initrd = options.initrd_bytes()
-    return PvhExpectation(
-        entry_gpa=plan.entry_gpa, load_addr=plan.load_addr, start_info_gpa=plan.start_info_gpa,
-        start_info_version=plan.start_info.version, cmdline=options.cmdline_bytes(),
-        cmdline_gpa=plan.cmdline_gpa,
-        modules=[] if initrd is None else [(plan.modules[0].paddr, initrd)],
-        memmap=plan.e820)
+    return expectation_from_plan(plan, options)
 
 
 def failures(checks: list[Check]) -> list[str]:

@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmboot.devices.bus import PortBus
-from vmboot.errors import UnsupportedKernelError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.linux import BootOptions, BootPlan, load_kernel
 from vmboot.linux.bzimage import KernelImage
+from vmboot.linux.pvh import PvhBootPlan
 from vmboot.probes.device import ProbeDevice
 from vmboot.probes.images import ProbeKind, probe_image
 from vmboot.probes.protocol import EntryKind
 from vmboot.probes.report import ProbeReport
 from vmboot.probes.verify import Check, verify
+from vmboot.probes.verify_pvh import expectation_from_plan, verify_pvh
 from vmboot.vmm.exits import VmExit
 
 DEFAULT_MEMORY = 64 << 20
@@ -115,12 +116,6 @@ def run_probe(
     if entry is None:
         from vmboot.errors import UsageError
         raise UsageError(f"probe kind {kind!r} is unknown; valid kinds: {', '.join(ENTRY_KINDS)}")
-    if entry is EntryKind.PVH32:
-        raise UnsupportedKernelError(
-            "run_probe('pvh'): not wired yet: vmboot.linux has no PVH loader whose plan says "
-            "where hvm_start_info and its modules went; verify a hand-made PVH boot with "
-            "vmboot.probes.verify_pvh.verify_pvh (see tests/test_probe_elf.py)"
-        )
     kernel = load_kernel(probe_image(kind) if image is None else image)
     initrd = options.initrd_bytes()
     t0 = time.perf_counter()
@@ -139,9 +134,13 @@ def run_probe(
         exit_ = runner.run(timeout=timeout)
         t2 = time.perf_counter()
         exits = runner.exit_count
-    header_version = kernel.setup_header.version if isinstance(kernel, KernelImage) else None
-    checks = verify(device.report, plan, options, initrd, header_version=header_version,
-                    kind=entry, exit_detail=exit_.one_line())
+    if isinstance(plan, PvhBootPlan):
+        checks = verify_pvh(device.report, expectation_from_plan(plan, options),
+                            exit_detail=exit_.one_line())
+    else:
+        header_version = kernel.setup_header.version if isinstance(kernel, KernelImage) else None
+        checks = verify(device.report, plan, options, initrd, header_version=header_version,
+                        kind=entry, exit_detail=exit_.one_line())
     t3 = time.perf_counter()
     return ProbeResult(kind=kind, checks=checks, exit=exit_, report=device.report, plan=plan,
                        timings=ProbeTimings(setup=t1 - t0, run=t2 - t1, verify=t3 - t2),

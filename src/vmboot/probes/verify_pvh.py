@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vmboot.linux.e820 import E820Entry
+from vmboot.linux.options import BootOptions
+from vmboot.linux.pvh import PvhBootPlan
 from vmboot.probes.checksum import fnv1a64_words
 from vmboot.probes.protocol import MAX_PVH_MODULES, SELECTOR_INDEX_MASK, EntryKind, Key
 from vmboot.probes.pvh_abi import HVM_START_MAGIC, pack_memmap
@@ -115,3 +117,14 @@ def _descriptor(r: ProbeReport, selector: int | None) -> int | None:
 
 def _sel(value: int | None) -> str:
     return NOT_REPORTED if value is None else f"{value:#x}"
+
+
+def expectation_from_plan(plan: PvhBootPlan, options: BootOptions) -> PvhExpectation:
+    """What a PVH probe should observe, from the loader's plan and the options it was given."""
+    initrd = options.initrd_bytes()
+    return PvhExpectation(
+        entry_gpa=plan.entry_gpa, load_addr=plan.load_addr, start_info_gpa=plan.start_info_gpa,
+        start_info_version=plan.start_info.version, cmdline=options.cmdline_bytes(),
+        cmdline_gpa=plan.cmdline_gpa,
+        modules=[] if initrd is None else [(plan.modules[0].paddr, initrd)],
+        memmap=plan.e820)
