@@ -100,21 +100,13 @@ def test_pvh_refused_for_the_elf_probe_without_a_note() -> None:
 # -- the real tiny kernel -------------------------------------------------------------------------
 
 
-def boot_tiny_vmlinux(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
-    import functools
-
-    import vmboot.linux
+def boot_tiny_vmlinux(entry: str) -> None:
     from vmboot.vmm.machine import Machine
 
-    # Machine builds BootOptions(cmdline=..., initrd=...) itself and has no entry parameter
-    # yet; "auto" is PVH for this kernel, so only the ELF entry needs the override.
-    if entry != "auto":
-        monkeypatch.setattr(vmboot.linux, "BootOptions",
-                            functools.partial(BootOptions, entry=entry))
     t0 = time.monotonic()
     with Machine(shared_kernel_file("tiny-vmlinux"),
                  initrd=shared_kernel_file("tiny-initramfs-min.cpio"),
-                 cmdline="console=ttyS0 reboot=k panic=-1", memory="64M") as m:
+                 cmdline="console=ttyS0 reboot=k panic=-1", memory="64M", entry=entry) as m:
         assert m.plan is not None
         want = "pvh" if entry == "auto" else entry
         assert m.plan.entry_mode == want
@@ -128,10 +120,10 @@ def boot_tiny_vmlinux(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_vmlinux_boots_through_pvh(monkeypatch: pytest.MonkeyPatch) -> None:
-    boot_tiny_vmlinux(monkeypatch, "auto")
+def test_tiny_vmlinux_boots_through_pvh() -> None:
+    boot_tiny_vmlinux("auto")
 
 
 @pytest.mark.slow
-def test_tiny_vmlinux_boots_through_the_elf_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    boot_tiny_vmlinux(monkeypatch, "elf64")
+def test_tiny_vmlinux_boots_through_the_elf_entry() -> None:
+    boot_tiny_vmlinux("elf64")

@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("kernel", metavar="KERNEL", help="a bzImage (e.g. arch/x86/boot/bzImage)")
+    p.add_argument("kernel", metavar="KERNEL",
+                   help="a bzImage (arch/x86/boot/bzImage) or an ELF vmlinux (booted via PVH)")
     p.add_argument("--initrd", metavar="FILE", help="an initramfs (cpio; uncompressed is fastest)")
     p.add_argument("--append", metavar="CMDLINE", default=None,
                    help='the kernel command line (default: "console=ttyS0 reboot=k panic=-1")')
@@ -73,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
                         "subset, or auto (host minus what this KVM cannot run; default)")
+    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+                   help="how to enter the kernel: a bzImage's 64-bit entry, an ELF vmlinux's "
+                        "e_entry in 64-bit mode, or its PVH entry (auto: PVH when the vmlinux "
+                        "has the note, else the 64-bit entry)")
     p.add_argument("--trace", action="store_true",
                    help="on a kernel panic or --timeout, print the guest's registers and "
                         "symbolised kernel stack trace to stderr")
@@ -114,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                  cpuid_policy=args.cpuid, console=console,
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
-                 vmlinux=args.vmlinux, system_map=args.system_map) as machine, \
+                 vmlinux=args.vmlinux, system_map=args.system_map,
+                 entry=args.entry) as machine, \
             TerminalInput(machine.push_input):
         result = machine.run(timeout=args.timeout)
     status = exit_status(result.exit.reason)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symtab import SymbolTable
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
+    from vmboot.linux.options import EntryChoice
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -138,6 +139,7 @@ class Machine:
         vmlinux: str | Path | None = None,
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
+        entry: EntryChoice = "auto",
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
@@ -157,6 +159,7 @@ class Machine:
         if on_panic not in ("trace", None):
             raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
         self.on_panic = on_panic
+        self.entry = entry
         self.vmlinux = vmlinux
         self.system_map = system_map
         self.console = ConsoleOutput(_console_sink(console), capture_limit)
@@ -207,7 +210,8 @@ class Machine:
         self.vm = vm
         vcpu = vm.create_vcpu(0)
         self.vcpu = vcpu
-        self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd))
+        self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd,
+                                                   entry=self.entry))
         self.plan.configure_vcpu(vcpu)
         self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
         if self._pending_stop is not None:
@@ -273,10 +277,16 @@ class Machine:
 
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
-        """vmlinux / System.map if given, else the kernel image itself (its kallsyms)."""
+        """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
+        or a bzImage's kallsyms."""
+        from vmboot.linux import ElfKernel
+
         kernel_bytes: bytes | None = getattr(self.kernel, "data", None)
-        return {"vmlinux": self.vmlinux, "system_map": self.system_map,
-                "kernel": kernel_bytes if self.vmlinux is None and self.system_map is None else None}
+        if self.vmlinux is not None or self.system_map is not None:
+            return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
+        if isinstance(self.kernel, ElfKernel):
+            return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
+        return {"vmlinux": None, "system_map": None, "kernel": kernel_bytes}
 
     def symbolize(self, address: int) -> str | None:
         """``function+0xoff/0xsize`` for a guest kernel address, or None (loads symbols once)."""
