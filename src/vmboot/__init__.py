@@ -7,26 +7,30 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY: dict[str, str] = {
-    "ExecResult": "vmboot.exec",
-    "exec_command": "vmboot.exec",
-    "Machine": "vmboot.vmm.machine",
-    "RunResult": "vmboot.vmm.machine",
+_LAZY: dict[str, tuple[str, str]] = {
+    "ExecResult": ("vmboot.execute", "ExecResult"),
+    "exec_command": ("vmboot.execute", "exec_command"),
+    "exec": ("vmboot.execute", "exec_command"),
+    "Machine": ("vmboot.vmm.machine", "Machine"),
+    "RunResult": ("vmboot.vmm.machine", "RunResult"),
 }
-"""Public names imported on first use, so that ``import vmboot`` stays cheap."""
+"""Public names imported on first use (name -> (module, attribute)), so that ``import vmboot``
+stays cheap. ``vmboot.exec(...)`` is ``vmboot.execute.exec_command(...)``."""
 
-__all__ = ["ExecResult", "Machine", "RunResult", "__version__", "exec_command"]
+__all__ = ["ExecResult", "Machine", "RunResult", "__version__", "exec", "exec_command"]
 
 if TYPE_CHECKING:
-    from vmboot.exec import ExecResult, exec_command
+    from vmboot.execute import ExecResult, exec_command
+    from vmboot.execute import exec_command as exec
     from vmboot.vmm.machine import Machine, RunResult
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'vmboot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attribute = target
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value
 

@@ -147,7 +147,7 @@ def env_spec(text: str) -> tuple[str, str]:
 
 def exit_status_for(result_reason: str, exit_status: int | None) -> int:
     """Our exit status for an exec result (see the epilog)."""
-    from vmboot.exec import ExecReason
+    from vmboot.execute import ExecReason
 
     reason = ExecReason(result_reason)
     if reason is ExecReason.EXITED and exit_status is not None:
@@ -177,7 +177,7 @@ def command_words(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.exec import exec_command
+    from vmboot.execute import exec_command
 
     command = command_words(args)
     env: dict[str, str] = {}
