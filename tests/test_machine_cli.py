@@ -84,3 +84,14 @@ def test_run_timeout_exits_124_with_a_reason(tmp_path: Path,
     assert main(["run", write_kernel(tmp_path, JMP_SELF), "-m", "32M", "--timeout", "0.5"]) == 124
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vmboot run: timeout")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "soon"])
+def test_non_finite_or_non_positive_timeouts_are_usage_errors(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for verb in (["run", "k"], ["exec", "--kernel", "k", "--", "true"]):
+        with pytest.raises(SystemExit) as info:
+            main([*verb[:2], "--timeout", value, *verb[2:]] if verb[0] == "run"
+                 else ["exec", "--timeout", value, *verb[1:]])
+        assert info.value.code == 2
+        assert "seconds" in capsys.readouterr().err

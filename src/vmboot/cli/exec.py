@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from vmboot.cli.arguments import seconds
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -85,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "(default: /<its name>); repeatable")
     p.add_argument("--env", metavar="NAME=VALUE", action="append", default=[], type=env_spec,
                    help="an environment variable of the command; repeatable")
-    p.add_argument("--timeout", metavar="SECONDS", type=_positive_float, default=None,
+    p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (exit status 124; default: no limit)")
     p.add_argument("--console", action="store_true",
                    help="also stream the kernel's console (boot messages) to stderr")
@@ -96,16 +97,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
                    help="the command and its arguments (after --)")
     p.set_defaults(func=run)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 def add_spec(text: str) -> tuple[str, str]:

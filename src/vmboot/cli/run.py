@@ -7,6 +7,7 @@ import json
 import sys
 from typing import IO
 
+from vmboot.cli.arguments import seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
@@ -69,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help='the kernel command line (default: "console=ttyS0 reboot=k panic=-1")')
     p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
                    help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
-    p.add_argument("--timeout", metavar="SECONDS", type=_positive_float, default=None,
+    p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (default: no limit)")
     p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
@@ -88,16 +89,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
 
 
 def exit_status(reason: ExitReason) -> int:

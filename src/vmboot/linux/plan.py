@@ -75,8 +75,6 @@ class BootPlan:
     def configure_vcpu(self, vcpu: VirtualCPU) -> None:
         """Program ``vcpu`` for the 64-bit entry (writes the page tables and GDT too)."""
         self.write_cpu_tables(vcpu.vm)
-        segs = boot_segments()
-        gdt = boot_gdt()
         regs: dict[Register, int] = {
             Register.RAX: 0, Register.RBX: 0, Register.RCX: 0, Register.RDX: 0,
             Register.RDI: 0, Register.RBP: 0,
@@ -93,15 +91,22 @@ class BootPlan:
         }
         # Control registers first: KVM refuses a 64-bit CS (L=1) while EFER.LMA is clear.
         vcpu.set_registers(regs)
-        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
-        vcpu.set_idt(DescriptorTable(0, 0))
-        data = segs["data"]
-        vcpu.set_segments({
-            SegmentRegister.CS: segs["code64"],
-            SegmentRegister.DS: data,
-            SegmentRegister.ES: data,
-            SegmentRegister.FS: data,
-            SegmentRegister.GS: data,
-            SegmentRegister.SS: data,
-            SegmentRegister.TR: segs["tss"],
-        })
+        load_boot_segments(vcpu, self.gdt_gpa, "code64")
+
+
+def load_boot_segments(vcpu: VirtualCPU, gdt_gpa: int, code: str) -> None:
+    """Point GDTR at the boot GDT, clear IDTR, and load CS with the boot GDT's ``code``
+    segment ("code64" or "code32"), DS/ES/FS/GS/SS with its data segment and TR with its TSS."""
+    segs = boot_segments()
+    vcpu.set_gdt(DescriptorTable(gdt_gpa, len(boot_gdt()) - 1))
+    vcpu.set_idt(DescriptorTable(0, 0))
+    data = segs["data"]
+    vcpu.set_segments({
+        SegmentRegister.CS: segs[code],
+        SegmentRegister.DS: data,
+        SegmentRegister.ES: data,
+        SegmentRegister.FS: data,
+        SegmentRegister.GS: data,
+        SegmentRegister.SS: data,
+        SegmentRegister.TR: segs["tss"],
+    })

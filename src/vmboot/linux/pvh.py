@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from vmboot.elf import ElfFile
 from vmboot.errors import KernelFormatError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
-from vmboot.hv.registers import DescriptorTable, Register, SegmentRegister
-from vmboot.linux.gdt import boot_gdt, boot_segments
-from vmboot.linux.plan import BootPlan
+from vmboot.hv.registers import Register
+from vmboot.linux.gdt import boot_gdt
+from vmboot.linux.plan import BootPlan, load_boot_segments
 from vmboot.linux.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 from vmboot.x86 import cr
 
@@ -104,8 +104,6 @@ class PvhBootPlan(BootPlan):
     def configure_vcpu(self, vcpu: VirtualCPU) -> None:
         """Program ``vcpu`` for the PVH entry (writes the GDT too)."""
         self.write_cpu_tables(vcpu.vm)
-        segs = boot_segments()
-        gdt = boot_gdt()
         regs: dict[Register, int] = {
             Register.RAX: 0, Register.RCX: 0, Register.RDX: 0, Register.RSI: 0,
             Register.RDI: 0, Register.RSP: 0, Register.RBP: 0,
@@ -120,15 +118,4 @@ class PvhBootPlan(BootPlan):
             Register.CR0: PVH_CR0,
         }
         vcpu.set_registers(regs)
-        vcpu.set_gdt(DescriptorTable(self.gdt_gpa, len(gdt) - 1))
-        vcpu.set_idt(DescriptorTable(0, 0))
-        data = segs["data"]
-        vcpu.set_segments({
-            SegmentRegister.CS: segs["code32"],
-            SegmentRegister.DS: data,
-            SegmentRegister.ES: data,
-            SegmentRegister.FS: data,
-            SegmentRegister.GS: data,
-            SegmentRegister.SS: data,
-            SegmentRegister.TR: segs["tss"],
-        })
+        load_boot_segments(vcpu, self.gdt_gpa, "code32")
