@@ -407,3 +407,20 @@ def test_version_outside_loaded_segments_is_not_reported() -> None:
     image = simple_kernel() + b"Linux version 1.2.3 (in no segment)\0"
     assert ElfKernel(image).kernel_version is None
 
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"cmdline_gpa": -1, "cmdline_len": 1},
+    {"cmdline_gpa": 0x91000, "cmdline_len": 1, "initrd_gpa": -4096, "initrd_size": 4096},
+    {"cmdline_gpa": 0x91000, "cmdline_len": 1, "e820": "negative"},
+], ids=["cmdline-neg", "initrd-neg", "e820-neg"])
+def test_elf_zero_page_refuses_out_of_range_values(kwargs: dict[str, object]) -> None:
+    """The ELF zero page goes through the same checked helpers as the bzImage's."""
+    from vmboot.linux import E820Entry
+
+    kernel = load_kernel(simple_kernel())
+    assert isinstance(kernel, ElfKernel)
+    if kwargs.get("e820") == "negative":
+        kwargs = {**kwargs, "e820": [E820Entry(-1, 0x1000)]}
+    with pytest.raises(VmbootError):
+        kernel.build_zero_page(**kwargs)  # type: ignore[arg-type]

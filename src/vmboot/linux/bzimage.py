@@ -31,10 +31,9 @@ from vmboot.linux.layout import Region
 from vmboot.linux.options import BootOptions
 from vmboot.linux.plan import BootPlan
 from vmboot.linux.setup_header import SetupHeader
-from vmboot.x86.paging import PAGE_SIZE
+from vmboot.linux.zero_page import U32_LIMIT, put_e820, put_split
 
 KernelSource = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview
-U32_LIMIT = 1 << 32
 KERNEL_VERSION_MAX = 256
 """Longest kernel version string read from the image."""
 
@@ -175,7 +174,6 @@ class KernelImage:
                 f"e820: {len(e820)} entries; the zero page holds at most "
                 f"{bp.E820_MAX_ENTRIES_ZEROPAGE} (pass the rest as SETUP_E820_EXT setup_data)"
             )
-        validate_e820(e820)
         if setup_data_gpa is not None and not 0 <= setup_data_gpa < 1 << 64:
             raise LayoutError(f"setup_data {setup_data_gpa:#x} is not a 64-bit guest-physical address")
         if kernel_alignment is not None and not 0 < kernel_alignment < U32_LIMIT:
@@ -186,16 +184,14 @@ class KernelImage:
         zp = bytearray(bp.BOOT_PARAMS_SIZE)
         zp[bp.SETUP_HEADER_OFFSET : h.header_end] = self.header_bytes
         zp[bp.HDR_TYPE_OF_LOADER] = bp.LOADER_TYPE_UNDEFINED
-        _put_split(zp, "cmd_line_ptr", cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR,
-                   above_4g_ok)
+        put_split(zp, "cmd_line_ptr", cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR,
+                  above_4g_ok)
         if initrd_gpa is not None and initrd_size:
-            _put_split(zp, "ramdisk_image", initrd_gpa, bp.HDR_RAMDISK_IMAGE,
-                       bp.BP_EXT_RAMDISK_IMAGE, above_4g_ok)
-            _put_split(zp, "ramdisk_size", initrd_size, bp.HDR_RAMDISK_SIZE,
-                       bp.BP_EXT_RAMDISK_SIZE, above_4g_ok)
-        zp[bp.BP_E820_ENTRIES] = len(e820)
-        table = pack_table(e820)
-        zp[bp.BP_E820_TABLE : bp.BP_E820_TABLE + len(table)] = table
+            put_split(zp, "ramdisk_image", initrd_gpa, bp.HDR_RAMDISK_IMAGE,
+                      bp.BP_EXT_RAMDISK_IMAGE, above_4g_ok)
+            put_split(zp, "ramdisk_size", initrd_size, bp.HDR_RAMDISK_SIZE,
+                      bp.BP_EXT_RAMDISK_SIZE, above_4g_ok)
+        put_e820(zp, e820)
         if setup_data_gpa is not None:
             struct.pack_into("<Q", zp, bp.HDR_SETUP_DATA, setup_data_gpa)
         if kernel_alignment is not None:
@@ -404,29 +400,10 @@ def _plan(kernel: KernelImage, vm: VirtualMachine, options: BootOptions) -> Boot
                               identity_mapped=True))
     layout.check_regions(regions, ram, mapped)
 
-    initrd_size = options.initrd_size()
-    initrd_gpa = None
-    if initrd_size:
-        max_end = h.effective_initrd_addr_max + 1
-        if options.initrd_gpa is None:
-            initrd_gpa = layout.highest_free_spot(initrd_size, max_end, regions, ram, PAGE_SIZE)
-            if initrd_gpa is None:
-                raise LayoutError(
-                    f"initrd: no free page-aligned spot for {initrd_size:#x} bytes below "
-                    f"initrd_addr_max {h.effective_initrd_addr_max:#x} and the end of RAM, clear of "
-                    f"{', '.join(r.describe() for r in regions)}"
-                )
-        else:
-            initrd_gpa = options.initrd_gpa
-            if initrd_gpa + initrd_size > max_end and not above_4g_ok:
-                raise LayoutError(
-                    f"initrd at {initrd_gpa:#x} ({initrd_size:#x} bytes) ends past the kernel's "
-                    f"initrd_addr_max {h.effective_initrd_addr_max:#x}"
-                )
-        regions.append(Region("initrd", initrd_gpa, initrd_size))
-        layout.check_regions(regions, ram, mapped)
-    elif options.initrd_gpa is not None:
-        raise BootConfigError(f"initrd_gpa {options.initrd_gpa:#x} was given without an initrd")
+    initrd_gpa, initrd_size = layout.place_initrd(
+        options.initrd_size(), options.initrd_gpa, h.effective_initrd_addr_max + 1,
+        f"initrd_addr_max {h.effective_initrd_addr_max:#x}", regions, ram, mapped,
+        explicit_may_exceed=above_4g_ok)
 
     return BootPlan(
         load_addr=load,
@@ -450,19 +427,6 @@ def _e820_for_ram(ram: Sequence[tuple[int, int]]) -> list[E820Entry]:
     """The default map for the VM's actual RAM regions (see :func:`default_e820_map`)."""
     total = sum(end - start for start, end in ram)
     return default_e820_map(0, total)
-
-
-def _put_split(zp: bytearray, field: str, value: int, low_off: int, high_off: int,
-               above_4g_ok: bool) -> None:
-    if value >= U32_LIMIT and not above_4g_ok:
-        raise LayoutError(
-            f"{field} {value:#x} needs the ext_ high 32 bits, but the kernel lacks "
-            f"XLF_CAN_BE_LOADED_ABOVE_4G"
-        )
-    if not 0 <= value < 1 << 64:
-        raise LayoutError(f"{field} {value:#x} is not a 64-bit unsigned value")
-    struct.pack_into("<I", zp, low_off, value & 0xFFFFFFFF)
-    struct.pack_into("<I", zp, high_off, value >> 32)
 
 
 def _e820_ext_setup_data(entries: Sequence[E820Entry]) -> bytes:

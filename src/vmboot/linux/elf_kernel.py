@@ -35,7 +35,7 @@ from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
 from vmboot.linux import layout
 from vmboot.linux.bzimage import KernelSource, read_source
-from vmboot.linux.e820 import E820Entry, default_e820_map, pack_table, validate_e820
+from vmboot.linux.e820 import E820Entry, default_e820_map, validate_e820
 from vmboot.linux.layout import Region
 from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.linux.plan import BootPlan
@@ -47,6 +47,7 @@ from vmboot.linux.start_info import (
     pack_memmap,
     pack_modlist,
 )
+from vmboot.linux.zero_page import put_e820, put_split
 from vmboot.x86.paging import PAGE_SIZE
 
 LINUX_COMMAND_LINE_SIZE = 2048
@@ -67,7 +68,6 @@ LINUX_BANNER = b"Linux version "
 """The start of ``linux_banner`` (init/version.c)."""
 KERNEL_VERSION_MAX = 256
 U64_LIMIT = 1 << 64
-U32_LIMIT = 1 << 32
 
 ENTRY_PVH: EntryMode = "pvh"
 ENTRY_ELF64: EntryMode = "elf64"
@@ -227,13 +227,11 @@ class ElfKernel:
         zp[bp.HDR_TYPE_OF_LOADER] = bp.LOADER_TYPE_UNDEFINED
         struct.pack_into("<I", zp, fields["kernel_alignment"].offset, ELF_KERNEL_ALIGNMENT)
         struct.pack_into("<I", zp, fields["cmdline_size"].offset, cmdline_len + 1)
-        _put_split(zp, cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR)
+        put_split(zp, "cmd_line_ptr", cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR)
         if initrd_gpa is not None and initrd_size:
-            _put_split(zp, initrd_gpa, bp.HDR_RAMDISK_IMAGE, bp.BP_EXT_RAMDISK_IMAGE)
-            _put_split(zp, initrd_size, bp.HDR_RAMDISK_SIZE, bp.BP_EXT_RAMDISK_SIZE)
-        zp[bp.BP_E820_ENTRIES] = len(e820)
-        table = pack_table(e820)
-        zp[bp.BP_E820_TABLE : bp.BP_E820_TABLE + len(table)] = table
+            put_split(zp, "ramdisk_image", initrd_gpa, bp.HDR_RAMDISK_IMAGE, bp.BP_EXT_RAMDISK_IMAGE)
+            put_split(zp, "ramdisk_size", initrd_size, bp.HDR_RAMDISK_SIZE, bp.BP_EXT_RAMDISK_SIZE)
+        put_e820(zp, e820)
         return bytes(zp)
 
     # -- planning and preparing --------------------------------------------------------------
@@ -289,7 +287,9 @@ class ElfKernel:
                    identity_mapped=True),
         ]
         layout.check_regions(regions, ram, mapped)
-        initrd_gpa, initrd_size = _place_initrd(options, regions, ram, mapped)
+        initrd_gpa, initrd_size = layout.place_initrd(
+            options.initrd_size(), options.initrd_gpa, ADDRESS_LIMIT_32, "4 GiB", regions, ram,
+            mapped, explicit_may_exceed=True)
         return BootPlan(
             load_addr=self.load_start,
             entry_gpa=self.entry_point,
@@ -327,7 +327,9 @@ class ElfKernel:
         ]
         # "identity_mapped" here: reachable with 32-bit physical addresses (paging is off).
         layout.check_regions(regions, ram, ADDRESS_LIMIT_32)
-        initrd_gpa, initrd_size = _place_initrd(options, regions, ram, ADDRESS_LIMIT_32)
+        initrd_gpa, initrd_size = layout.place_initrd(
+            options.initrd_size(), options.initrd_gpa, ADDRESS_LIMIT_32, "4 GiB", regions, ram,
+            ADDRESS_LIMIT_32, explicit_may_exceed=True)
         modules = (() if initrd_gpa is None else (HvmModlistEntry(initrd_gpa, initrd_size),))
         info = HvmStartInfo(
             nr_modules=len(modules),
@@ -428,33 +430,6 @@ def _load_segments(elf: ElfFile) -> tuple[ProgramHeader, ...]:
 
 
 # -- planning -----------------------------------------------------------------------------------
-
-
-def _place_initrd(options: BootOptions, regions: list[Region], ram: list[tuple[int, int]],
-                  mapped: int) -> tuple[int | None, int]:
-    """Place the initrd (highest free page below 4 GiB by default); appends its region."""
-    size = options.initrd_size()
-    if not size:
-        if options.initrd_gpa is not None:
-            raise BootConfigError(f"initrd_gpa {options.initrd_gpa:#x} was given without an initrd")
-        return None, 0
-    if options.initrd_gpa is None:
-        gpa = layout.highest_free_spot(size, ADDRESS_LIMIT_32, regions, ram, PAGE_SIZE)
-        if gpa is None:
-            raise LayoutError(
-                f"initrd: no free page-aligned spot for {size:#x} bytes below 4 GiB and the end "
-                f"of RAM, clear of {', '.join(r.describe() for r in regions)}"
-            )
-    else:
-        gpa = options.initrd_gpa
-    regions.append(Region("initrd", gpa, size))
-    layout.check_regions(regions, ram, mapped)
-    return gpa, size
-
-
-def _put_split(zp: bytearray, value: int, low_off: int, high_off: int) -> None:
-    struct.pack_into("<I", zp, low_off, value & (U32_LIMIT - 1))
-    struct.pack_into("<I", zp, high_off, value >> 32)
 
 
 # -- entry points -------------------------------------------------------------------------------

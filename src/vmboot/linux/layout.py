@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vmboot.errors import LayoutError
+from vmboot.errors import BootConfigError, LayoutError
 from vmboot.hv.memory_map import GiB, KiB
 from vmboot.x86.paging import PAGE_SIZE, TABLE_SIZE
 
@@ -118,3 +118,41 @@ def highest_free_spot(
                 return cand
             cand = align_down(blocker.start - size, align)
     return None
+
+
+def place_initrd(
+    size: int,
+    explicit_gpa: int | None,
+    limit: int,
+    limit_desc: str,
+    regions: list[Region],
+    ram: Sequence[tuple[int, int]],
+    mapped_bytes: int | None,
+    explicit_may_exceed: bool = False,
+) -> tuple[int | None, int]:
+    """Place an initrd of ``size`` bytes and append its region to ``regions``.
+
+    Without ``explicit_gpa``: the highest free page-aligned spot ending at or below ``limit``
+    (and the end of RAM). With it: that address, refused if it ends past ``limit`` unless
+    ``explicit_may_exceed``. Returns ``(gpa, size)``, ``(None, 0)`` without an initrd.
+    """
+    if not size:
+        if explicit_gpa is not None:
+            raise BootConfigError(f"initrd_gpa {explicit_gpa:#x} was given without an initrd")
+        return None, 0
+    if explicit_gpa is None:
+        gpa = highest_free_spot(size, limit, regions, list(ram), PAGE_SIZE)
+        if gpa is None:
+            raise LayoutError(
+                f"initrd: no free page-aligned spot for {size:#x} bytes below {limit_desc} and "
+                f"the end of RAM, clear of {', '.join(r.describe() for r in regions)}"
+            )
+    else:
+        gpa = explicit_gpa
+        if gpa + size > limit and not explicit_may_exceed:
+            raise LayoutError(
+                f"initrd at {gpa:#x} ({size:#x} bytes) ends past the kernel's {limit_desc}"
+            )
+    regions.append(Region("initrd", gpa, size))
+    check_regions(regions, ram, mapped_bytes)
+    return gpa, size
