@@ -156,6 +156,10 @@ class Runner:
         """Ask a run (in another thread) to end with :attr:`ExitReason.STOPPED`."""
         self.stop(ExitReason.STOPPED, detail)
 
+    def _vcpu_closing(self) -> None:
+        """The vCPU is being closed by another thread while it runs: end the run."""
+        self.stop(ExitReason.STOPPED, "the vCPU was closed while running")
+
     def _kick(self, thread_id: int) -> None:
         run = self.vcpu.run_page
         run[abi.RUN_IMMEDIATE_EXIT] = 1
@@ -178,10 +182,17 @@ class Runner:
                 raise HypervisorError("runner: run() is already in progress in another thread")
             self._thread_id = threading.get_ident()
         try:
+            self.vcpu.begin_run(self._vcpu_closing)
+        except BaseException:
+            with self._lock:
+                self._thread_id = None
+            raise
+        try:
             self.vcpu.flush()
         except BaseException:
             with self._lock:
                 self._thread_id = None
+            self.vcpu.end_run()
             raise
         timer: threading.Timer | None = None
         if timeout is not None:
@@ -205,6 +216,7 @@ class Runner:
             run = self.vcpu._run
             if run is not None:
                 run[abi.RUN_IMMEDIATE_EXIT] = 0
+            self.vcpu.end_run()
         return result
 
     def _loop(self) -> VmExit:

@@ -13,7 +13,8 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from vmboot.errors import HypervisorError
@@ -47,6 +48,9 @@ _SREGS_SCALARS: dict[Register, str] = {
     Register.CR8: "cr8", Register.EFER: "efer",
 }
 _GENERAL = frozenset(GENERAL_REGISTERS)
+
+CLOSE_WAIT_SECONDS = 30.0
+"""How long :meth:`KvmVCPU.close` waits for a run in another thread to leave KVM_RUN."""
 
 SNAPSHOT_SEGMENTS = (SegmentRegister.CS, SegmentRegister.SS)
 """Segment selectors included in :meth:`KvmVCPU.snapshot`."""
@@ -86,6 +90,9 @@ class KvmVCPU(VirtualCPU):
         self._index = index
         self._fd: int | None = None
         self._run: mmap.mmap | None = None
+        self._state = threading.Condition()
+        self._run_thread: int | None = None
+        self._on_close: Callable[[], object] | None = None
         try:
             self._fd = fcntl.ioctl(vm.fd, abi.KVM_CREATE_VCPU, index)
         except OSError as e:
@@ -133,8 +140,49 @@ class KvmVCPU(VirtualCPU):
             raise HypervisorError(f"KVM vCPU {self._index}: used after close()")
         return self._run
 
+    def begin_run(self, on_close: Callable[[], object]) -> None:
+        """Mark this vCPU as running in the calling thread (the run loop calls this).
+
+        Until :meth:`end_run`, :meth:`close` from another thread calls ``on_close`` (which
+        must make the run end soon, e.g. kick the thread out of KVM_RUN) and waits for
+        :meth:`end_run` before it unmaps kvm_run and closes the fd, so a VM closed while its
+        vCPU thread is inside KVM_RUN neither pulls the page from under the loop nor leaves
+        the thread issuing ioctls on a closed (or reused) fd number.
+        """
+        with self._state:
+            _ = self.fd  # refuse a run after close()
+            if self._run_thread is not None:
+                raise HypervisorError(f"KVM vCPU {self._index}: already running in another thread")
+            self._run_thread = threading.get_ident()
+            self._on_close = on_close
+
+    def end_run(self) -> None:
+        """The run that :meth:`begin_run` marked has ended."""
+        with self._state:
+            self._run_thread = None
+            self._on_close = None
+            self._state.notify_all()
+
     def close(self) -> None:
-        """Unmap kvm_run and close the vCPU fd; idempotent."""
+        """Unmap kvm_run and close the vCPU fd; idempotent.
+
+        A run in progress in another thread is stopped first and waited for (up to
+        :data:`CLOSE_WAIT_SECONDS`).
+        """
+        me = threading.get_ident()
+        with self._state:
+            running = self._run_thread is not None and self._run_thread != me
+            on_close = self._on_close if running else None
+        if on_close is not None:
+            on_close()
+        if running:
+            with self._state:
+                if not self._state.wait_for(lambda: self._run_thread in (None, me),
+                                            timeout=CLOSE_WAIT_SECONDS):
+                    raise HypervisorError(
+                        f"KVM vCPU {self._index}: close(): the run in thread {self._run_thread} "
+                        f"did not leave KVM_RUN within {CLOSE_WAIT_SECONDS:g} s; not closing"
+                    )
         if self._run is not None:
             run, self._run = self._run, None
             run.close()
