@@ -108,3 +108,15 @@ def test_zero_clears_exactly_the_range(start: int, length: int) -> None:
         assert data[:start] == b"\xff" * start
         assert data[start : start + length] == bytes(length)
         assert data[start + length :] == b"\xff" * (size - start - length)
+
+
+def test_unknown_addresses_are_remembered_up_to_a_cap() -> None:
+    """A guest touching every unmapped MMIO address must not grow host memory without bound."""
+    from vmboot.devices.bus import MAX_LOGGED_UNKNOWN, MmioBus
+
+    bus = MmioBus()
+    for i in range(MAX_LOGGED_UNKNOWN + 1000):
+        assert bus.read(0xC000_0000 + 8 * i, 8) == (1 << 64) - 1
+    bus.write(0xC000_0000, 4, 1)  # already remembered: neither added nor counted
+    assert len(bus.unknown_seen) == MAX_LOGGED_UNKNOWN
+    assert bus.unknown_unlogged == 1000

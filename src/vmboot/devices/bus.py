@@ -14,6 +14,10 @@ from typing import Protocol
 
 log = logging.getLogger("vmboot.devices")
 
+MAX_LOGGED_UNKNOWN = 4096
+"""Distinct unknown MMIO addresses remembered (and logged once each); later ones are only
+counted. The port bus remembers every port: there are only 65,536."""
+
 
 class PortDevice(Protocol):
     """A device on the port-I/O bus. ``offset`` is relative to the start of its range."""
@@ -52,6 +56,9 @@ class _Bus:
     _ranges: list[_Range] = field(default_factory=list)
     _starts: list[int] = field(default_factory=list)
     unknown_seen: set[int] = field(default_factory=set)
+    unknown_unlogged: int = 0
+    """Accesses to unknown addresses past ``max_unknown`` distinct ones (counted, not kept)."""
+    max_unknown: int = MAX_LOGGED_UNKNOWN
 
     def attach(self, start: int, length: int, device: object, name: str) -> None:
         from vmboot.errors import BootConfigError
@@ -81,6 +88,10 @@ class _Bus:
 
     def note_unknown(self, address: int, size: int, write: bool, value: int = 0) -> None:
         if address not in self.unknown_seen:
+            if len(self.unknown_seen) >= self.max_unknown:
+                # A guest sweeping the address space must not grow host memory without bound.
+                self.unknown_unlogged += 1
+                return
             self.unknown_seen.add(address)
             what = f"write {value:#x}" if write else "read"
             log.info("%s: unhandled %d-byte %s at %#x (logged once)", self.kind, size, what, address)
@@ -97,7 +108,7 @@ class PortBus(_Bus):
     """The 64 KiB x86 I/O port space."""
 
     def __init__(self) -> None:
-        super().__init__("port I/O", 0x10000)
+        super().__init__("port I/O", 0x10000, max_unknown=0x10000)
 
     def attach_device(self, start: int, length: int, device: PortDevice, name: str) -> None:
         self.attach(start, length, device, name)
