@@ -48,11 +48,14 @@ def measure(fn: Callable[[], object], runs: int, warmup: int = 1) -> Timing:
 
 
 def summary_row(figure: str, vmboot: Timing, peer_name: str, peer: Timing, goal: str,
-                command: str, lower_is_better: bool = True) -> dict[str, Any]:
-    """One line of the README's benchmark table: vmboot's median against its peer's."""
+                command: str, lower_is_better: bool = True, unit: str = "s") -> dict[str, Any]:
+    """One line of the README's benchmark table: vmboot's median against its peer's.
+
+    ``unit`` is what the Timing holds: "s" (seconds, the default) or "MiB".
+    """
     ratio = vmboot.median / peer.median if peer.median else float("inf")
     return {
-        "figure": figure, "peer": peer_name, "goal": goal, "command": command,
+        "figure": figure, "peer": peer_name, "goal": goal, "command": command, "unit": unit,
         "runs": vmboot.runs, "ratio": ratio, "lower_is_better": lower_is_better,
         "vmboot": {"min": vmboot.min, "median": vmboot.median, "max": vmboot.max},
         "peer_timing": {"min": peer.min, "median": peer.median, "max": peer.max},
@@ -103,6 +106,12 @@ def fmt_s(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.1f} µs"
+
+
+def fmt_value(value: float, unit: str = "s") -> str:
+    if unit == "s":
+        return fmt_s(value)
+    return f"{value:.1f} {unit}"
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, fmt_s
+from common import RESULTS, fmt_value
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -43,9 +43,13 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     ]
     for r in rows:
         v, p = r["vmboot"], r["peer_timing"]
+
+        def f(x: float, unit: str = r.get("unit", "s")) -> str:
+            return fmt_value(x, unit)
+
         lines.append(
-            f"| {r['figure']} | {fmt_s(v['median'])} ({fmt_s(v['min'])} to {fmt_s(v['max'])}) "
-            f"| {r['peer']} | {fmt_s(p['median'])} ({fmt_s(p['min'])} to {fmt_s(p['max'])}) "
+            f"| {r['figure']} | {f(v['median'])} ({f(v['min'])} to {f(v['max'])}) "
+            f"| {r['peer']} | {f(p['median'])} ({f(p['min'])} to {f(p['max'])}) "
             f"| {r['ratio']:.2f}x | {r['goal']} | {r['runs']} | `{r['command']}` |"
         )
     lines += ["", "![benchmarks](bench/results/summary.png)", END]
@@ -61,12 +65,17 @@ def plot(rows: list[dict[str, Any]]) -> Path | None:
     except ImportError:
         print("matplotlib is not installed (pip install '.[bench]'): no plot drawn")
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.5))
-    labels = [r["figure"] for r in rows]
+    fig, ax = plt.subplots(figsize=(13, 0.45 * len(rows) + 1.5))
+    def short(text: str, n: int) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    # One bar per row: a figure can have several peers, so the peer is part of the label.
+    labels = [f"{short(r['figure'], 60)} | vs {short(r['peer'].split(',')[0], 24)}" for r in rows]
     ratios = [r["ratio"] for r in rows]
     ax.barh(labels, ratios, color=["tab:green" if x <= 1 else "tab:orange" for x in ratios])
     ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_xlabel("vmboot time / peer time (median; < 1 means vmboot is faster)")
+    ax.set_xscale("log")
+    ax.set_xlabel("vmboot / peer (median time or memory; < 1 means vmboot uses less)")
     ax.invert_yaxis()
     fig.tight_layout()
     out = RESULTS / "summary.png"
