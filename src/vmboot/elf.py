@@ -16,11 +16,13 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
-
-import numpy as np
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any
 
 from vmboot.errors import ElfFormatError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ELF_MAGIC = b"\x7fELF"
 EI_CLASS = 4
@@ -77,11 +79,21 @@ PHDR_SIZE = _PHDR.size  # 56
 SHDR_SIZE = _SHDR.size  # 64
 SYM_SIZE = 24
 
-SYMBOL_DTYPE = np.dtype(
-    [("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "<u2"),
-     ("st_value", "<u8"), ("st_size", "<u8")]
-)
-"""``Elf64_Sym`` as a NumPy dtype."""
+@cache
+def symbol_dtype() -> np.dtype[Any]:
+    """``Elf64_Sym`` as a NumPy dtype (NumPy is imported on first use, not with vmboot.elf)."""
+    import numpy as np
+
+    return np.dtype(
+        [("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "<u2"),
+         ("st_value", "<u8"), ("st_size", "<u8")]
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SYMBOL_DTYPE":  # kept for callers of the constant
+        return symbol_dtype()
+    raise AttributeError(f"module 'vmboot.elf' has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +321,7 @@ class ElfFile:
 
     # -- symbols ------------------------------------------------------------------------------
     def symbol_table(self, name: str = ".symtab") -> tuple[np.ndarray[Any, Any], memoryview]:
-        """``(symbols, strtab)``: a structured array (``SYMBOL_DTYPE``) and the string table."""
+        """``(symbols, strtab)``: a structured array (``symbol_dtype()``) and the string table."""
         sec = self.section(name)
         if sec is None:
             raise ElfFormatError(f"{self.name}: no {name} section (stripped vmlinux?)")
@@ -327,7 +339,9 @@ class ElfFile:
             )
         data = self.section_data(sec)
         strtab = self.section_data(self.sections[sec.link])
-        syms = np.frombuffer(data, dtype=SYMBOL_DTYPE)
+        import numpy as np
+
+        syms = np.frombuffer(data, dtype=symbol_dtype())
         return syms, strtab
 
 

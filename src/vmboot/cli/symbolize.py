@@ -7,7 +7,6 @@ import json
 import re
 import sys
 
-from vmboot.debug.symbol_sources import load_symbols
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -75,6 +74,8 @@ def handler(args: argparse.Namespace) -> int:
         addresses = [parse_address(a) for a in args.addresses]
     else:
         addresses = addresses_in_log(sys.stdin.read())
+    from vmboot.debug.symbol_sources import load_symbols  # NumPy: only when this verb runs
+
     table = load_symbols(vmlinux=args.vmlinux, system_map=args.system_map,
                          kernel=args.kernel).slid(slide)
     matches = table.lookup_many(addresses)

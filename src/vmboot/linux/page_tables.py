@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from array import array
 
 from vmboot.linux.layout import page_table_bytes
 from vmboot.x86.paging import (
     ENTRIES_PER_TABLE,
-    PAGE_SIZE_1G,
     PAGE_SIZE_2M,
     PTE_PRESENT,
     PTE_PS,
@@ -22,14 +21,12 @@ def identity_map_tables(base: int, address_space_gib: int) -> bytes:
     PML4[0] -> PDPT at base + 4 KiB; PDPT[i] -> PD_i at base + (2 + i) * 4 KiB;
     PD_i[j] maps i GiB + j * 2 MiB to itself. CR3 = ``base``.
     """
-    table = np.zeros(page_table_bytes(address_space_gib) // 8, dtype="<u8")
     per = ENTRIES_PER_TABLE
     flags = PTE_PRESENT | PTE_WRITABLE
-    pdpt = base + TABLE_SIZE
-    table[0] = pdpt | flags
-    pds = base + 2 * TABLE_SIZE + np.arange(address_space_gib, dtype="<u8") * TABLE_SIZE
-    table[per : per + address_space_gib] = pds | flags
-    phys = np.arange(address_space_gib * per, dtype="<u8") * PAGE_SIZE_2M
-    table[2 * per :] = phys | (flags | PTE_PS)
-    assert per * PAGE_SIZE_2M == PAGE_SIZE_1G
-    return table.tobytes()
+    table = array("Q", bytes(page_table_bytes(address_space_gib)))
+    table[0] = (base + TABLE_SIZE) | flags
+    for gib in range(address_space_gib):
+        table[per + gib] = (base + (2 + gib) * TABLE_SIZE) | flags
+    large = flags | PTE_PS
+    table[2 * per :] = array("Q", ((i * PAGE_SIZE_2M) | large for i in range(address_space_gib * per)))
+    return table.tobytes()  # array("Q") is native-endian: little-endian on x86-64 hosts
