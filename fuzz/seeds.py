@@ -301,7 +301,8 @@ def system_map_seeds() -> tuple[bytes, ...]:
 
 
 # -- kallsyms ----------------------------------------------------------------------------------
-# The encoder mirrors tests/test_debug_kallsyms.py (scripts/kallsyms' three layouts).
+# The one synthetic kallsyms encoder (scripts/kallsyms' three layouts); tests/test_debug_kallsyms.py
+# uses it too.
 _MULTI_TOKENS = [b"do_", b"sys_", b"_init", b"kernel", b"__"]
 
 
@@ -334,7 +335,9 @@ def _compress(name: bytes, table: list[bytes]) -> bytes:
 
 
 def build_kallsyms(symbols: list[tuple[int, str, str]], layout: str, absolute_percpu: bool = False,
-                   base: int = TEXT) -> bytes:
+                   base: int = TEXT, tail_zeros: int = 64) -> bytes:
+    """The kallsyms tables as scripts/kallsyms lays them out for ``layout`` ("6.1", "6.2", "6.4"),
+    after 64 bytes of unrelated data and followed by ``tail_zeros`` zero bytes and a banner."""
     table = _token_table()
     names = bytearray()
     markers = []
@@ -343,6 +346,7 @@ def build_kallsyms(symbols: list[tuple[int, str, str]], layout: str, absolute_pe
             markers.append(len(names))
         entry = _compress((kind + name).encode(), table)
         if len(entry) > 0x7F:
+            assert layout == "6.4", "two-byte lengths exist only from 6.4"
             names += bytes([(len(entry) & 0x7F) | 0x80, len(entry) >> 7])
         else:
             names.append(len(entry))
@@ -371,7 +375,7 @@ def build_kallsyms(symbols: list[tuple[int, str, str]], layout: str, absolute_pe
         out += bytes(-len(out) % 8)
         out += p
     out += bytes(-len(out) % 8)
-    out += b"\0" * 64 + b"Linux version 9.9\0"
+    out += b"\0" * tail_zeros + b"Linux version 9.9\0"
     return bytes(out)
 
 
@@ -382,8 +386,7 @@ def kallsyms_symbols(count: int) -> list[tuple[int, str, str]]:
 @functools.cache
 def kallsyms_seeds() -> tuple[bytes, ...]:
     seeds = []
-    # <= 256 symbols (one marker) only decode in the 6.2 layout: see
-    # tests/test_fuzz_regressions.py::test_kallsyms_with_one_marker_and_padding.
+    # <= 256 symbols: a single marker (see test_kallsyms_with_one_marker_and_padding).
     seeds.append(build_kallsyms(kallsyms_symbols(20), "6.2"))
     for layout in ("6.1", "6.2", "6.4"):
         seeds.append(build_kallsyms(kallsyms_symbols(300), layout))

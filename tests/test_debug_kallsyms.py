@@ -10,91 +10,20 @@ import struct
 
 import pytest
 
+import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``fuzz``)
 from vmboot.debug.kallsyms import decode_kallsyms
 from vmboot.debug.kernel_payload import LZ4_LEGACY_MAGIC, decompress_payload
 from vmboot.errors import KernelFormatError, SymbolSourceError
 
 TEXT = 0xFFFF_FFFF_8100_0000
-MULTI_TOKENS = [b"do_", b"sys_", b"_init", b"kernel", b"__"]
-"""Multi-character tokens, stored at indices 1.. (below the printable characters)."""
 
 
-def token_table() -> list[bytes]:
-    table = [b""] * 256
-    for c in range(0x21, 0x7F):
-        table[c] = bytes([c])
-    free = [i for i in range(256) if not table[i]]
-    for i, tok in zip(free, MULTI_TOKENS, strict=False):
-        table[i] = tok
-    for n, i in enumerate(free[len(MULTI_TOKENS):]):
-        table[i] = f"~{n}".encode()  # never used by the names below
-    return table
+def build_kallsyms(symbols: list[tuple[int, str, str]], layout: str,
+                   absolute_percpu: bool = False) -> bytes:
+    """The shared encoder, with 4 KiB of zeros after the tables (as these tests always had)."""
+    from fuzz.seeds import build_kallsyms as encode_kallsyms  # after fuzz_support set sys.path
 
-
-def compress(name: bytes, table: list[bytes]) -> bytes:
-    multi = {tok: i for i, tok in enumerate(table) if len(tok) > 1 and not tok.startswith(b"~")}
-    out = bytearray()
-    pos = 0
-    while pos < len(name):
-        for tok, i in multi.items():
-            if name.startswith(tok, pos):
-                out.append(i)
-                pos += len(tok)
-                break
-        else:
-            out.append(name[pos])
-            pos += 1
-    return bytes(out)
-
-
-def align(buf: bytearray) -> None:
-    while len(buf) % 8:
-        buf.append(0)
-
-
-def build_kallsyms(symbols: list[tuple[int, str, str]], layout: str, absolute_percpu: bool = False,
-                   base: int = TEXT) -> bytes:
-    """The kallsyms tables as scripts/kallsyms lays them out for ``layout`` ("6.1", "6.2", "6.4")."""
-    table = token_table()
-    n = len(symbols)
-    names = bytearray()
-    markers = []
-    for i, (_, kind, name) in enumerate(symbols):
-        if i % 256 == 0:
-            markers.append(len(names))
-        entry = compress((kind + name).encode(), table)
-        if len(entry) > 0x7F:
-            assert layout == "6.4", "two-byte lengths exist only from 6.4"
-            names += bytes([(len(entry) & 0x7F) | 0x80, len(entry) >> 7])
-        else:
-            names.append(len(entry))
-        names += entry
-    offsets = bytearray()
-    for addr, _, _ in symbols:
-        value = addr - base
-        if absolute_percpu:  # per-CPU symbols absolute, the rest negative
-            value = addr if addr < 0x8000_0000 else base - 1 - addr
-        offsets += struct.pack("<i" if absolute_percpu else "<I", value)
-    tokens = b"".join(t + b"\0" for t in table)
-    index = b"".join(struct.pack("<H", sum(len(t) + 1 for t in table[:i])) for i in range(256))
-    seqs = b"".join(i.to_bytes(3, "big") for i in range(n))
-    parts: list[bytes]
-    if layout == "6.4":
-        parts = [struct.pack("<I", n), bytes(names), struct.pack(f"<{len(markers)}I", *markers), tokens,
-                 index, bytes(offsets), struct.pack("<Q", base), seqs]
-    else:
-        parts = [bytes(offsets), struct.pack("<Q", base), struct.pack("<I", n), bytes(names),
-                 struct.pack(f"<{len(markers)}I", *markers)]
-        if layout == "6.2":
-            parts.append(seqs)
-        parts += [tokens, index]
-    out = bytearray(b"\x5a" * 64)  # unrelated .rodata before the tables
-    for p in parts:
-        align(out)
-        out += p
-    align(out)
-    out += b"\0" * 4096 + b"Linux version 9.9\0"
-    return bytes(out)
+    return encode_kallsyms(symbols, layout, absolute_percpu, TEXT, tail_zeros=4096)
 
 
 def sample_symbols(count: int, long_name: bool = False, percpu: bool = False) -> list[tuple[int, str, str]]:
