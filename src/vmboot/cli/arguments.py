@@ -15,3 +15,16 @@ def seconds(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds (not inf or nan)")
     return value
+
+
+def sample_rate(text: str) -> float:
+    """A sampling rate in Hz for ``--profile-hz``: positive, finite, at most 10 kHz."""
+    from vmboot.vmm.profile import MAX_HZ
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of samples a second") from None
+    if not (0 < value <= MAX_HZ):
+        raise argparse.ArgumentTypeError(f"{text!r} Hz is outside 0 < Hz <= {MAX_HZ}")
+    return value

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import IO
 
-from vmboot.cli.arguments import seconds
+from vmboot.cli.arguments import sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
@@ -33,6 +33,8 @@ examples:
       boot with the default command line "console=ttyS0 reboot=k panic=-1"
   vmboot run bzImage --initrd initramfs.cpio -m 64M --append "console=ttyS0 reboot=k panic=-1 quiet"
       less memory and less console output: both make the boot faster
+  vmboot run bzImage --initrd initramfs.cpio --profile
+      after the run, where the guest spent its time: a sampled profile by kernel function
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
@@ -53,6 +55,9 @@ notes:
 EXIT_OK = 0
 EXIT_GUEST_FAILED = 1
 EXIT_TIMEOUT = 124
+DEFAULT_PROFILE_HZ = 100
+PROFILE_TOP = 25
+"""Functions listed by --profile's text output (--json has them all)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,6 +91,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="symbols for --trace and emulation failures (default: the kernel "
                         "image's own kallsyms)")
     p.add_argument("--system-map", metavar="FILE", help="a System.map for the same purpose")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the guest's RIP while it runs and print, at the end, the "
+                        "functions it spent its time in and the busiest function in each "
+                        "second (symbols as for --trace; user mode is one bucket)")
+    p.add_argument("--profile-hz", metavar="HZ", type=sample_rate, default=DEFAULT_PROFILE_HZ,
+                   help=f"samples a second for --profile (default: {DEFAULT_PROFILE_HZ}; each "
+                        "costs one exit from the guest)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -101,6 +113,7 @@ def exit_status(reason: ExitReason) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
+    from vmboot.vmm.profile import GuestProfiler
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
     cmdline = DEFAULT_CMDLINE if args.append is None else args.append
@@ -113,14 +126,24 @@ def run(args: argparse.Namespace) -> int:
                  vmlinux=args.vmlinux, system_map=args.system_map,
                  entry=args.entry) as machine, \
             TerminalInput(machine.push_input):
-        result = machine.run(timeout=args.timeout)
+        profiler = GuestProfiler(machine, args.profile_hz) if args.profile else None
+        if profiler is None:
+            result = machine.run(timeout=args.timeout)
+        else:
+            with profiler:
+                result = machine.run(timeout=args.timeout)
+            profile = profiler.profile(machine.symbolize)
     status = exit_status(result.exit.reason)
     if args.json:
         summary = result.as_dict()
         summary["exit_status"] = status
         summary["stack_trace"] = result.stack_trace_text
+        if profiler is not None:
+            summary["profile"] = profile.as_dict()
         print(json.dumps(summary, sort_keys=True))
         return status
+    if profiler is not None:
+        print(profile.render(PROFILE_TOP), file=sys.stderr, end="")
     if status != EXIT_OK:
         print(f"vmboot run: {result.exit.one_line()}", file=sys.stderr)
     if result.stack_trace_text:

@@ -229,6 +229,11 @@ class Machine:
             vm.close()
 
     # -- running ------------------------------------------------------------------------------
+    @property
+    def runner(self) -> Runner | None:
+        """The run loop (None until :meth:`start`, and after :meth:`close`)."""
+        return self._runner
+
     def request_stop(self, reason: ExitReason = ExitReason.STOPPED, detail: str = "") -> None:
         """End the current run with ``reason`` (devices call this; so may another thread)."""
         runner = self._runner

@@ -39,7 +39,7 @@ from vmboot.errors import GuestMemoryError, HypervisorError, PageWalkError, Vmbo
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.vcpu import KvmVCPU
 from vmboot.hv.kvm.vm import KvmVM
-from vmboot.hv.registers import SegmentRegister
+from vmboot.hv.registers import Register, SegmentRegister
 from vmboot.vmm.code_fetch import MAX_INSTRUCTION_BYTES, code_address, read_linear
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.x86 import cr
@@ -55,6 +55,10 @@ _PortEntry = tuple[Callable[[int, int, int], None], Callable[[int, int], int], i
 Symbolizer = Callable[[int], "str | None"]
 """``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
 
+Sampler = Callable[[int, int], None]
+"""``sampler(rip, cpl)``: receives one sample of the running vCPU (:meth:`Runner.request_sample`)."""
+"""``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
+
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
 _MMIO_HEAD = struct.Struct(abi.RUN_MMIO_HEAD_FORMAT)
@@ -63,6 +67,8 @@ _INTERNAL_HEAD = struct.Struct("<II")
 _EMULATION_FLAGS = struct.Struct("<Q")
 _SYSTEM_EVENT_HEAD = struct.Struct("<II")
 _INTERNAL_DATA_MAX = 16
+CPL_MASK = 0x3
+"""The requested privilege level bits of a selector; CS's are the CPU's current level."""
 
 _SYSTEM_EVENTS: dict[int, tuple[ExitReason, str]] = {
     abi.KVM_SYSTEM_EVENT_SHUTDOWN: (ExitReason.POWEROFF, "system event: shutdown"),
@@ -135,6 +141,9 @@ class Runner:
         self._pending: tuple[ExitReason, str] | None = None
         self._thread_id: int | None = None
         self._port_cache: dict[int, _PortEntry] = {}
+        self.sampler: Sampler | None = None
+        """Called as ``sampler(rip, cpl)`` for each :meth:`request_sample` (see vmm.profile)."""
+        self._sample_wanted = False
 
     # -- stopping -----------------------------------------------------------------------------
     def stop(self, reason: ExitReason, detail: str = "") -> None:
@@ -155,6 +164,33 @@ class Runner:
     def request_stop(self, detail: str = "stop requested") -> None:
         """Ask a run (in another thread) to end with :attr:`ExitReason.STOPPED`."""
         self.stop(ExitReason.STOPPED, detail)
+
+    def request_sample(self) -> None:
+        """Have the running vCPU report its RIP and CPL to :attr:`sampler`, then go on.
+
+        Any thread may call it; it does nothing when no run is in progress. The vCPU is
+        kicked out of KVM_RUN as for a stop, the loop reads the two registers and re-enters.
+        """
+        with self._lock:
+            target = self._thread_id
+            if target is None or self.sampler is None or self._sample_wanted:
+                return
+            self._sample_wanted = True
+        if target != threading.get_ident():
+            self._kick(target)
+
+    def _take_sample(self) -> None:
+        self._sample_wanted = False
+        sampler = self.sampler
+        if sampler is None:
+            return
+        try:
+            rip = self.vcpu.get_registers((Register.RIP,))[Register.RIP]
+            cpl = self.vcpu.get_segment(SegmentRegister.CS).selector & CPL_MASK
+        except HypervisorError as e:
+            log.debug("runner: no sample: %s", e)
+            return
+        sampler(rip, cpl)
 
     def _vcpu_closing(self) -> None:
         """The vCPU is being closed by another thread while it runs: end the run."""
@@ -246,6 +282,7 @@ class Runner:
         mmio_read = self.mmio_bus.read
         mmio_write = self.mmio_bus.write
         exits = 0
+        self._sample_wanted = False
         try:
             while True:
                 if self._pending is not None:
@@ -254,6 +291,8 @@ class Runner:
                     ioctl(fd, kvm_run, 0)
                 except InterruptedError:
                     page[abi.RUN_IMMEDIATE_EXIT] = 0
+                    if self._sample_wanted:
+                        self._take_sample()
                     continue
                 except OSError as e:
                     if e.errno == errno.EAGAIN:

@@ -1,0 +1,223 @@
+"""A sampling profiler for the guest: where does a running guest spend its time?
+
+A thread asks the run loop for a sample ``hz`` times a second (:meth:`Runner.request_sample`:
+the vCPU is kicked out of KVM_RUN the same way a stop request does it, its RIP and CS are
+read, and the loop enters the guest again). After the run the samples are symbolised,
+once per distinct address, and summed per function. This is ``perf kvm record`` for a
+guest with no perf support: it needs nothing from the guest but its symbols (kallsyms in
+the image, a vmlinux or a System.map), and it sees code a host ``perf`` would not name
+(the decompressor, early boot).
+
+Typical use::
+
+    with Machine(kernel, initrd=...) as m, GuestProfiler(m, hz=100) as prof:
+        m.run()
+    print(prof.profile(m.symbolize).render())
+
+A sample costs one round trip out of the guest, two register reads and a hand-over of
+the GIL between the sampling thread and the run loop: here, 20,000 port writes took
+0.19 s alone and 0.33 s with 629 samples taken (2 kHz asked), about 0.2 ms a sample, so
+the default 100 Hz costs the guest about 2 % of its time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from vmboot.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmboot.vmm.machine import Machine
+    from vmboot.vmm.runner import Runner
+
+DEFAULT_HZ = 100
+MAX_HZ = 10_000
+"""Above this the sampler's own round trips would dominate the guest."""
+USER_MODE = "[user mode]"
+"""Where a sample taken at CPL 3 is counted: guest user space has no kernel symbol."""
+UNKNOWN_GRANULE = 1 << 16
+"""Samples at addresses without a symbol are counted per 64 KiB block of addresses."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look at the vCPU: seconds since sampling started, RIP, and its privilege level."""
+
+    t: float
+    rip: int
+    cpl: int
+
+
+Symbolizer = Callable[[int], "str | None"]
+
+
+@dataclass
+class FunctionShare:
+    name: str
+    samples: int
+    percent: float
+
+
+@dataclass
+class Profile:
+    """Samples summed per function (see :func:`build_profile`)."""
+
+    hz: float
+    duration: float
+    samples: int
+    functions: list[FunctionShare]
+    timeline: list[tuple[float, str, float]] = field(default_factory=list)
+    """(start of each window in seconds, its most sampled function, that function's share %)."""
+    window: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hz": self.hz, "duration": round(self.duration, 3), "samples": self.samples,
+            "functions": [{"name": f.name, "samples": f.samples, "percent": round(f.percent, 2)}
+                          for f in self.functions],
+            "timeline": [{"start": round(t, 3), "top": name, "percent": round(p, 1)}
+                         for t, name, p in self.timeline],
+            "window": self.window,
+        }
+
+    def render(self, top: int = 25) -> str:
+        """A text table: the ``top`` functions by samples, then the top function per window."""
+        lines = [f"guest profile: {self.samples} samples at {self.hz:g} Hz over "
+                 f"{self.duration:.2f} s", f"{'samples':>8} {'share':>7}  function"]
+        for f in self.functions[:top]:
+            lines.append(f"{f.samples:>8} {f.percent:>6.1f}%  {f.name}")
+        if len(self.functions) > top:
+            rest = sum(f.samples for f in self.functions[top:])
+            lines.append(f"{rest:>8} {100 * rest / max(self.samples, 1):>6.1f}%  "
+                         f"({len(self.functions) - top} other functions)")
+        if self.timeline:
+            lines.append(f"timeline (the most sampled function in each {self.window:g} s):")
+            for start, name, pct in self.timeline:
+                lines.append(f"  {start:7.1f} s  {pct:5.1f}%  {name}")
+        return "\n".join(lines) + "\n"
+
+
+def function_of(sample: Sample, symbolize: Symbolizer | None,
+                cache: dict[int, str] | None = None) -> str:
+    """The bucket a sample counts in: the function's name, user mode, or an address block."""
+    if sample.cpl == 3:
+        return USER_MODE
+    if cache is not None and sample.rip in cache:
+        return cache[sample.rip]
+    text = symbolize(sample.rip) if symbolize is not None else None
+    if text:
+        name = text.split("+", 1)[0]
+    else:
+        block = sample.rip - sample.rip % UNKNOWN_GRANULE
+        name = f"[no symbol: {block:#x}-{block + UNKNOWN_GRANULE - 1:#x}]"
+    if cache is not None:
+        cache[sample.rip] = name
+    return name
+
+
+def build_profile(samples: list[Sample], hz: float, symbolize: Symbolizer | None,
+                  window: float = 1.0) -> Profile:
+    """Sum ``samples`` per function (most sampled first) and per ``window`` seconds."""
+    if window <= 0:
+        raise UsageError(f"profile window: {window!r} s is not positive")
+    cache: dict[int, str] = {}
+    names = [function_of(s, symbolize, cache) for s in samples]
+    counts = Counter(names)
+    total = len(samples)
+    functions = [FunctionShare(name, n, 100.0 * n / total)
+                 for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    per_window: dict[int, Counter[str]] = {}
+    for s, name in zip(samples, names, strict=True):
+        per_window.setdefault(int(s.t // window), Counter())[name] += 1
+    timeline = []
+    for index in sorted(per_window):
+        counter = per_window[index]
+        name, n = min(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        timeline.append((index * window, name, 100.0 * n / sum(counter.values())))
+    duration = samples[-1].t if samples else 0.0
+    return Profile(hz=hz, duration=duration, samples=total, functions=functions,
+                   timeline=timeline, window=window)
+
+
+class GuestProfiler:
+    """Samples a machine's (or a runner's) vCPU ``hz`` times a second while it runs.
+
+    Use as a context manager around :meth:`Machine.run` (it may span several runs); the
+    samples are in :attr:`samples`, :meth:`profile` sums them.
+    """
+
+    def __init__(self, target: Machine | Runner, hz: float = DEFAULT_HZ) -> None:
+        if not 0 < hz <= MAX_HZ:
+            raise UsageError(f"profile rate: {hz!r} Hz is outside 0 < hz <= {MAX_HZ}")
+        self.hz = float(hz)
+        self._target = target
+        self.samples: list[Sample] = []
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._runner: Runner | None = None
+
+    def _resolve_runner(self) -> Runner:
+        from vmboot.vmm.runner import Runner
+
+        if isinstance(self._target, Runner):
+            return self._target
+        runner = self._target.runner
+        if runner is None:
+            raise UsageError("GuestProfiler: the machine is not started; start it (with) first")
+        return runner
+
+    def _record(self, rip: int, cpl: int) -> None:
+        self.samples.append(Sample(time.monotonic() - self._t0, rip, cpl))
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise UsageError("GuestProfiler: already started")
+        runner = self._resolve_runner()
+        self._runner = runner
+        runner.sampler = self._record
+        self._t0 = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._tick, name="vmboot-profiler", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        period = 1.0 / self.hz
+        runner = self._runner
+        assert runner is not None
+        next_at = time.monotonic() + period
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            runner.request_sample()
+            next_at += period
+            now = time.monotonic()
+            if next_at < now:  # fell behind (a slow host): skip, do not burst
+                next_at = now + period
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._runner is not None:
+            self._runner.sampler = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def profile(self, symbolize: Symbolizer | None = None, window: float = 1.0) -> Profile:
+        """The samples so far, summed per function; ``symbolize`` defaults to the machine's."""
+        if symbolize is None:
+            symbolize = getattr(self._target, "symbolize", None) or getattr(
+                self._target, "symbolizer", None)
+        return build_profile(list(self.samples), self.hz, symbolize, window)
