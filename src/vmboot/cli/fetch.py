@@ -6,9 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from vmboot.cache import cache_dir
-from vmboot.fetch import fetch_busybox, fetch_debian_kernel
-
 DESCRIPTION = """\
 Download a host-side artefact into the vmboot cache ($VMBOOT_CACHE, else
 $XDG_CACHE_HOME/vmboot, else ~/.cache/vmboot) through the host's apt-get:
@@ -32,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmboot.cache import cache_dir  # imported here: every verb's parser is built at start-up
+    from vmboot.fetch import fetch_busybox, fetch_debian_kernel
+
     fetch = fetch_busybox if args.what == "busybox" else fetch_debian_kernel
     path: Path = fetch(force=args.force)
     if args.json:

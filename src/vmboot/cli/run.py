@@ -113,7 +113,6 @@ def exit_status(reason: ExitReason) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
-    from vmboot.vmm.profile import GuestProfiler
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
     cmdline = DEFAULT_CMDLINE if args.append is None else args.append
@@ -126,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
                  vmlinux=args.vmlinux, system_map=args.system_map,
                  entry=args.entry) as machine, \
             TerminalInput(machine.push_input):
-        profiler = GuestProfiler(machine, args.profile_hz) if args.profile else None
+        profiler = None
+        if args.profile:
+            from vmboot.vmm.profile import GuestProfiler
+
+            profiler = GuestProfiler(machine, args.profile_hz)
         if profiler is None:
             result = machine.run(timeout=args.timeout)
         else:
