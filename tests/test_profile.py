@@ -67,6 +67,23 @@ def test_user_mode_is_one_bucket_and_unknown_addresses_are_blocks() -> None:
     assert block == f"[no symbol: {5 * UNKNOWN_GRANULE:#x}-{6 * UNKNOWN_GRANULE - 1:#x}]"
 
 
+def test_locate_names_addresses_without_symbols() -> None:
+    samples = [Sample(0, 0x1000, 0), Sample(0, 0x9000, 0), Sample(0, 0x20_0000, 0)]
+    p = build_profile(samples, 1.0, fake_symbols,
+                      locate=lambda a: "decompressor" if a < 0x10_0000 else None)
+    assert {f.name for f in p.functions} == {"alpha", "[decompressor]",
+                                             "[no symbol: 0x200000-0x20ffff]"}
+
+
+@requires_kvm
+def test_machine_locates_boot_regions() -> None:
+    with Machine(guest_program(JMP_SELF), memory="32M") as m:
+        assert m.locate(ENTRY) == "bzImage decompressor"
+        assert m.plan is not None
+        assert m.locate(m.plan.zero_page_gpa) == "zero page"
+        assert m.locate(0xFFFF_FFFF_8100_0000) is None
+
+
 def test_empty_profile_and_bad_window() -> None:
     p = build_profile([], 100.0, None)
     assert (p.samples, p.functions, p.timeline, p.duration) == (0, [], [], 0.0)
@@ -137,9 +154,9 @@ def test_cli_profile_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert status == 124
     profile = json.loads(capsys.readouterr().out)["profile"]
     assert profile["hz"] == 400 and profile["samples"] >= 1
-    # no kallsyms in this image: the samples count in the address block of the entry
-    block = ENTRY - ENTRY % UNKNOWN_GRANULE
-    assert profile["functions"] == [{"name": f"[no symbol: {block:#x}-{block + UNKNOWN_GRANULE - 1:#x}]",
+    # no kallsyms in this image: the samples count as the kernel's load area, where a
+    # bzImage's decompressor runs
+    assert profile["functions"] == [{"name": "[bzImage decompressor]",
                                      "samples": profile["samples"], "percent": 100.0}]
 
 

@@ -307,6 +307,24 @@ class Machine:
         text = str(self._symbols.lookup(address))
         return None if text == "??" else text
 
+    def locate(self, address: int) -> str | None:
+        """What the boot layout put at a guest-physical ``address`` (for code without symbols).
+
+        The kernel's load area is named for the code that runs there at a low, identity-mapped
+        address: a bzImage's decompressor, or a vmlinux's entry code before it switches to the
+        kernel's own (virtual) addresses. Other boot regions go by their names.
+        """
+        plan = self.plan
+        if plan is None:
+            return None
+        for region in plan.regions:
+            if region.start <= address < region.end:
+                if not region.name.startswith("kernel"):
+                    return region.name
+                return ("bzImage decompressor" if plan.entry_mode == "bzimage64"
+                        else "kernel entry code (physical addresses)")
+        return None
+
     def _capture_trace(self, result: RunResult, why: str) -> None:
         from vmboot import debug
         from vmboot.hv.registers import GENERAL_REGISTERS

@@ -104,8 +104,12 @@ class Profile:
 
 
 def function_of(sample: Sample, symbolize: Symbolizer | None,
-                cache: dict[int, str] | None = None) -> str:
-    """The bucket a sample counts in: the function's name, user mode, or an address block."""
+                cache: dict[int, str] | None = None, locate: Symbolizer | None = None) -> str:
+    """The bucket a sample counts in: the function's name, user mode, or an address block.
+
+    ``locate(address)`` may name what lies at an address without a symbol (e.g. Machine's
+    "bzImage decompressor" for the kernel's load area before the kernel proper runs).
+    """
     if sample.cpl == 3:
         return USER_MODE
     if cache is not None and sample.rip in cache:
@@ -116,18 +120,21 @@ def function_of(sample: Sample, symbolize: Symbolizer | None,
     else:
         block = sample.rip - sample.rip % UNKNOWN_GRANULE
         name = f"[no symbol: {block:#x}-{block + UNKNOWN_GRANULE - 1:#x}]"
+        where = locate(sample.rip) if locate is not None else None
+        if where:
+            name = f"[{where}]"
     if cache is not None:
         cache[sample.rip] = name
     return name
 
 
 def build_profile(samples: list[Sample], hz: float, symbolize: Symbolizer | None,
-                  window: float = 1.0) -> Profile:
+                  window: float = 1.0, locate: Symbolizer | None = None) -> Profile:
     """Sum ``samples`` per function (most sampled first) and per ``window`` seconds."""
     if window <= 0:
         raise UsageError(f"profile window: {window!r} s is not positive")
     cache: dict[int, str] = {}
-    names = [function_of(s, symbolize, cache) for s in samples]
+    names = [function_of(s, symbolize, cache, locate) for s in samples]
     counts = Counter(names)
     total = len(samples)
     functions = [FunctionShare(name, n, 100.0 * n / total)
@@ -220,4 +227,5 @@ class GuestProfiler:
         if symbolize is None:
             symbolize = getattr(self._target, "symbolize", None) or getattr(
                 self._target, "symbolizer", None)
-        return build_profile(list(self.samples), self.hz, symbolize, window)
+        locate = getattr(self._target, "locate", None)
+        return build_profile(list(self.samples), self.hz, symbolize, window, locate)
