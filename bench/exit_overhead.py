@@ -6,7 +6,11 @@ halts. Both loops run it on a VM without the in-kernel irqchip (so HLT exits to 
 - ``bare``: ``fcntl.ioctl(fd, KVM_RUN)`` and one ``struct.unpack_from`` of the exit reason per
   exit, no dispatch (the floor for any Python VMM);
 - ``runner``: :class:`vmboot.vmm.runner.Runner` with a :class:`~vmboot.devices.bus.PortBus`
-  and a no-op device on port 0x500 (decode, bus lookup, device call).
+  and a no-op device on port 0x500 (decode, bus lookup, device call);
+- ``C``: the same bare loop written in C (compiled here with gcc, called through ctypes on the
+  same vCPU fd and kvm_run page), i.e. what a C VMM such as QEMU pays for the round trip
+  itself. ``bare - C`` is what CPython adds per exit before any decoding (skipped when gcc is
+  missing).
 
 Prints min/median/max microseconds per exit over ``--runs`` runs and writes
 ``bench/results/exit_overhead.json``. No assertion on time anywhere.
@@ -17,10 +21,14 @@ Prints min/median/max microseconds per exit over ``--runs`` runs and writes
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fcntl
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +82,49 @@ def bare_loop(vcpu: KvmVCPU) -> int:
             return n
 
 
+C_LOOP = r"""
+#include <linux/kvm.h>
+#include <stddef.h>
+#include <sys/ioctl.h>
+long kvm_loop(int fd, struct kvm_run *run) {
+    long n = 0;
+    for (;;) {
+        if (ioctl(fd, KVM_RUN, 0) < 0) return -1;
+        n++;
+        if (run->exit_reason == KVM_EXIT_HLT) return n;
+    }
+}
+"""
+
+
+def build_c_loop(workdir: Path) -> ctypes.CDLL | None:
+    """The bare loop in C as a shared library (None without gcc or linux/kvm.h)."""
+    if shutil.which("gcc") is None:
+        return None
+    src, lib = workdir / "loop.c", workdir / "loop.so"
+    src.write_text(C_LOOP)
+    proc = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"no C loop: gcc failed: {proc.stderr.strip()}", file=sys.stderr)
+        return None
+    dll = ctypes.CDLL(str(lib))
+    dll.kvm_loop.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    dll.kvm_loop.restype = ctypes.c_long
+    return dll
+
+
+def c_loop(dll: ctypes.CDLL, vcpu: KvmVCPU) -> int:
+    page = ctypes.c_char.from_buffer(vcpu.run_page)
+    try:
+        n = int(dll.kvm_loop(vcpu.fd, ctypes.addressof(page)))
+    finally:
+        del page
+    if n < 0:
+        raise SystemExit("C loop: KVM_RUN failed")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exits", type=int, default=20000, help="port writes per run (default 20000)")
@@ -81,7 +132,10 @@ def main() -> None:
     args = ap.parse_args()
 
     code = assemble(GUEST)
-    samples: dict[str, list[float]] = {"bare": [], "runner": []}
+    tmp = tempfile.TemporaryDirectory(prefix="vmboot-bench-")
+    dll = build_c_loop(Path(tmp.name))
+    kinds = ("bare", "runner") + (("C",) if dll is not None else ())
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     with KvmVM(16 << 20, irqchip=False) as vm:
         vcpu = vm.create_vcpu(0)
         vm.write(CODE_GPA, code)
@@ -89,12 +143,15 @@ def main() -> None:
         bus.attach_device(PORT, 1, NullPort(), "null")
         runner = Runner(vm, vcpu, bus)
         for i in range(args.runs + 1):  # the first round is a warm-up
-            for kind in ("bare", "runner"):
+            for kind in kinds:
                 reset(vm, vcpu, args.exits)
                 vcpu.flush()
                 t0 = time.perf_counter()
                 if kind == "bare":
                     n = bare_loop(vcpu)
+                elif kind == "C":
+                    assert dll is not None
+                    n = c_loop(dll, vcpu)
                 else:
                     before = runner.exit_count
                     result = runner.run()
@@ -113,6 +170,10 @@ def main() -> None:
     bare, runner = timings["bare"], timings["runner"]
     rows.append(["runner - bare", f"{(runner.min - bare.min) * 1e6:.2f}",
                  f"{(runner.median - bare.median) * 1e6:.2f}", "-"])
+    c_timing = timings.get("C")
+    if c_timing is not None:
+        rows.append(["bare - C", f"{(bare.min - c_timing.min) * 1e6:.2f}",
+                     f"{(bare.median - c_timing.median) * 1e6:.2f}", "-"])
     print(f"{args.exits} port writes per run, {args.runs} runs; microseconds per exit")
     print_table(rows, ["loop", "min", "median", "max"])
     path = write_results("exit_overhead", {
@@ -122,13 +183,19 @@ def main() -> None:
         "peer": "bare Python KVM_RUN loop (ioctl + exit-reason read, no dispatch) on the same guest",
         "bare": timings["bare"],
         "runner": timings["runner"],
+        "c_loop": c_timing,
         "overhead_per_exit": {"of_min": runner.min - bare.min, "of_median": runner.median - bare.median,
                               "paired_median": statistics.median(overhead)},
         "summary": [summary_row(
             "time per port-I/O exit (vmboot Runner, dispatch to a device)", runner,
             "bare Python KVM_RUN loop, same guest", bare, "<= bare + 2 us",
-            " ".join(["python bench/exit_overhead.py", *sys.argv[1:]]))],
+            " ".join(["python bench/exit_overhead.py", *sys.argv[1:]]))]
+        + ([summary_row("time per port-I/O exit, bare Python loop (the floor of a Python VMM)",
+                        bare, "the same bare loop in C, same guest and vCPU", c_timing, "-",
+                        " ".join(["python bench/exit_overhead.py", *sys.argv[1:]]))]
+           if c_timing is not None else []),
     })
+    tmp.cleanup()
     print(f"wrote {path}")
 
 
