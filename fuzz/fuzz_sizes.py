@@ -68,7 +68,10 @@ def one_input(data: bytes) -> None:
     addresses_in_log(text)
     with contextlib.suppress(VmbootError):
         Machine(b"", memory=head)
-    _cli(["symbolize", "--system-map", _system_map(), "--slide", head or "0", tail or "ffffffff81000000"])
+    # "--slide=X" and "--" as a careful user writes them: the text is never taken for an
+    # option (e.g. "-h", which prints help and exits 0)
+    _cli(["symbolize", "--system-map", _system_map(), f"--slide={head or '0'}", "--",
+          tail or "ffffffff81000000"])
 
 
 TARGET = Target("sizes", one_input, lambda: list(SEEDS), max_len=8192,

@@ -126,6 +126,17 @@ def test_symbol_table_slide_outside_int64(slide: int) -> None:
     assert moved.lookup((TEXT + slide) % (1 << 64)).name == "a"
 
 
+@pytest.mark.parametrize("past_the_end", [1 << 64, (1 << 64) + 0x1000, -1])
+def test_batch_lookup_of_addresses_outside_64_bits_is_unknown(past_the_end: int) -> None:
+    """atheris (elf_symtab, system_map): a symbol at 0xffffffffffffffff plus one gave
+    OverflowError from lookup_many/lookup_indices."""
+    top = (1 << 64) - 1
+    table = SymbolTable.from_names([TEXT, top], [b"a", b"w"], "<t>")
+    matches = table.lookup_many([TEXT, past_the_end, top])
+    assert [m.name for m in matches] == ["a", "??", "w"]
+    assert table.lookup_indices([past_the_end]).tolist() == [-1]
+
+
 def test_symbolize_cli_huge_slide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vmboot.cli.main import main
 

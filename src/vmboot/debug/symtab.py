@@ -31,6 +31,10 @@ I64Array = np.ndarray[Any, np.dtype[np.int64]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 
+ADDRESS_MAX = (1 << 64) - 1
+"""The largest guest virtual address."""
+
+
 class SymbolMatch(NamedTuple):
     """The result of a lookup: ``name`` (``"??"`` if unknown), ``start``, ``offset``, ``size``.
 
@@ -160,7 +164,18 @@ class SymbolTable:
 
     # -- lookups ------------------------------------------------------------------------------
     def lookup_indices(self, addresses: U64Array | list[int]) -> I64Array:
-        """Batch lookup: the index of the symbol containing each address, or -1."""
+        """Batch lookup: the index of the symbol containing each address, or -1.
+
+        Python ints outside 0..2**64-1 (an address plus an offset that overflowed) are in no
+        symbol: they get -1, as unknown addresses do.
+        """
+        if not isinstance(addresses, np.ndarray):
+            in_range = [0 <= a <= ADDRESS_MAX for a in addresses]
+            if not all(in_range):
+                idx = self.lookup_indices([a if ok else 0 for a, ok in
+                                           zip(addresses, in_range, strict=True)])
+                idx[~np.asarray(in_range, dtype=bool)] = -1
+                return idx
         addr = np.asarray(addresses, dtype=np.uint64)
         idx = np.searchsorted(self.addresses, addr, side="right").astype(np.int64) - 1
         safe = np.maximum(idx, 0)
