@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
 NOT_AT_START = {"vmboot.fetch", "tarfile", "vmboot.vmm.profile", "vmboot.debug"}
 
 
