@@ -28,6 +28,7 @@ Hierarchy::
     │   └── ElfFormatError        (also a KernelFormatError) a malformed ELF file
     ├── UsageError                a command-line argument that is malformed
     ├── InitramfsError            a cpio entry or archive that cannot be written or read
+    ├── DecompressionLimitError   compressed input that expands past its limit (a bomb?)
     └── FetchError                a host tool or download (busybox, Debian kernel) failed
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "BootConfigError",
     "CmdlineError",
     "DebugError",
+    "DecompressionLimitError",
     "ElfFormatError",
     "EmulationFailure",
     "FetchError",
@@ -145,6 +147,10 @@ class UsageError(VmbootError):
 
 class InitramfsError(VmbootError):
     """A cpio (initramfs) entry or archive that cannot be written or read."""
+
+
+class DecompressionLimitError(VmbootError):
+    """Compressed input (kernel payload, initramfs) that decompresses past its output limit."""
 
 
 class FetchError(VmbootError):

@@ -7,15 +7,15 @@ import json
 from typing import Any
 
 from vmboot.linux import bootparam as bp
-from vmboot.linux.bzimage import KernelImage
+from vmboot.linux.bzimage import ENTRY_BZIMAGE64, KernelImage
 from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary
 from vmboot.linux.loader import load_kernel
 
 DESCRIPTION = """\
 Decode a kernel image without running it: every field of the boot protocol's setup
 header (flags by name), the kernel version string, how the payload is compressed,
-the default load and 64-bit entry addresses, and whether vmboot can use the 64-bit
-entry point.
+the default load and 64-bit entry addresses, and which entries vmboot can use
+(bzimage64, and elf64/pvh through the payload decompressed on the host).
 """
 
 EPILOG = """\
@@ -25,6 +25,8 @@ examples:
 
 With --json, the object has the keys kernel, format, kernel_version (the version
 string), protocol, compression, default_load_address, entry_point, entry_64 {ok, reason},
+entries {bzimage64, elf64, pvh: {address, usable, reason}} and default_entry (elf64 and
+pvh decompress the payload on the host: vmboot inspect decompresses it to list them),
 loadflags / xloadflags (names), and setup_header with every struct setup_header field
 under its bootparam.h name (there, kernel_version is the header's pointer field).
 """
@@ -57,6 +59,9 @@ def describe_bzimage(kernel: KernelImage) -> dict[str, Any]:
         "default_load_address": load,
         "entry_point": kernel.entry_point(load),
         "entry_64": {"ok": entry.ok, "reason": entry.reason},
+        "entries": {mode: {"address": e.address, "usable": e.usable, "reason": e.reason}
+                    for mode, e in kernel.entries().items()},
+        "default_entry": ENTRY_BZIMAGE64,
         "relocatable": h.relocatable,
         "init_size": kernel.init_size,
         "loadflags": h.loadflag_names(),
@@ -99,9 +104,14 @@ def render_text(kernel: KernelImage) -> str:
         f"64-bit entry point:   {info['entry_point']:#x}",
         f"64-bit entry usable:  {'yes' if info['entry_64']['ok'] else 'NO'} "
         f"({info['entry_64']['reason']})",
-        "",
-        "setup header (struct setup_header):",
+        "entries (vmboot run --entry):",
     ]
+    for mode, e in info["entries"].items():
+        where = "-" if e["address"] is None else f"{e['address']:#x}"
+        default = " (default)" if mode == info["default_entry"] else ""
+        lines.append(f"  {mode:<9} {where:<10} {'usable' if e['usable'] else 'unusable'}{default}: "
+                     f"{e['reason']}")
+    lines += ["", "setup header (struct setup_header):"]
     for f in bp.SETUP_HEADER_FIELDS:
         value = getattr(h, f.name)
         width = 2 + 2 * f.size

@@ -81,9 +81,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
                         "subset, or auto (host minus what this KVM cannot run; default)")
     p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
-                   help="how to enter the kernel: a bzImage's 64-bit entry, an ELF vmlinux's "
-                        "e_entry in 64-bit mode, or its PVH entry (auto: PVH when the vmlinux "
-                        "has the note, else the 64-bit entry)")
+                   help="how to enter the kernel. bzimage64: a bzImage's 64-bit boot "
+                        "protocol entry; the kernel decompresses itself in the guest. elf64: "
+                        "the ELF e_entry (startup_64) in 64-bit mode with a zero page in RSI. "
+                        "pvh: the Xen PVH entry note, 32-bit, hvm_start_info in EBX. elf64 and "
+                        "pvh also work on a bzImage: vmboot decompresses its payload on the "
+                        "host (much faster under an emulating hypervisor; no KASLR, the "
+                        "kernel runs at its link address). auto: bzimage64 for a bzImage; "
+                        "for a vmlinux PVH when it has the note, else elf64")
     p.add_argument("--trace", action="store_true",
                    help="on a kernel panic or --timeout, print the guest's registers and "
                         "symbolised kernel stack trace to stderr")

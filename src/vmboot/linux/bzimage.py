@@ -12,12 +12,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, NoReturn
 
+from vmboot.elf import ELF_MAGIC
 from vmboot.errors import (
     BootConfigError,
     CmdlineError,
     KernelFormatError,
+    KernelImageError,
     LayoutError,
     UnsupportedKernelError,
 )
@@ -28,14 +30,21 @@ from vmboot.linux import layout
 from vmboot.linux.compression import detect_compression
 from vmboot.linux.e820 import E820Entry, default_e820_map, pack_table, validate_e820
 from vmboot.linux.layout import Region
-from vmboot.linux.options import BootOptions
+from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.linux.plan import BootPlan
 from vmboot.linux.setup_header import SetupHeader
 from vmboot.linux.zero_page import U32_LIMIT, put_e820, put_split
 
+if TYPE_CHECKING:
+    from vmboot.linux.elf_kernel import ElfEntry, ElfKernel
+
 KernelSource = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview
 KERNEL_VERSION_MAX = 256
 """Longest kernel version string read from the image."""
+ENTRY_BZIMAGE64 = "bzimage64"
+HOST_DECOMPRESSED_ENTRIES: tuple[EntryMode, ...] = ("elf64", "pvh")
+"""Entries a bzImage offers through its payload decompressed on the host (see
+:meth:`KernelImage.vmlinux`)."""
 
 
 def read_source(source: KernelSource) -> tuple[bytes, str]:
@@ -64,7 +73,21 @@ class EntryCheck:
 
 
 class KernelImage:
-    """A bzImage kernel: its setup header, its protected-mode payload, and how to boot it."""
+    """A bzImage kernel: its setup header, its protected-mode payload, and how to boot it.
+
+    Entries (``BootOptions.entry``):
+
+    - ``"bzimage64"`` (and ``"auto"``): the 64-bit boot protocol entry at load + 0x200. The
+      kernel's own decompressor runs in the guest, then relocates and enters the kernel.
+    - ``"elf64"`` and ``"pvh"``: the payload (the compressed ``vmlinux.bin``, an ELF file) is
+      decompressed on the host (:meth:`vmlinux`) and booted as an
+      :class:`~vmboot.linux.elf_kernel.ElfKernel`: its PT_LOAD segments go to their
+      ``p_paddr``, the link-time physical addresses, so no relocation is processed and there
+      is no KASLR, exactly as when booting the vmlinux itself. Under an emulating hypervisor
+      this skips seconds of in-guest decompression. For ``"elf64"`` the zero page carries
+      this bzImage's own setup header (as the kernel proper would receive it from its
+      decompressor) with the loader's fields filled in.
+    """
 
     format = "bzImage"
 
@@ -73,6 +96,7 @@ class KernelImage:
         self.name = name
         self.setup_header = _parse_and_validate(data, name)
         self._pm_offset = self.setup_header.setup_size
+        self._vmlinux: ElfKernel | None = None
 
     # -- what the image says ----------------------------------------------------------------
     @property
@@ -144,6 +168,70 @@ class KernelImage:
             return EntryCheck(False, "xloadflags lacks XLF_KERNEL_64: this kernel has no 64-bit entry")
         return EntryCheck(True, "protocol >= 2.12 and XLF_KERNEL_64 set")
 
+    # -- the vmlinux inside ------------------------------------------------------------------
+    def vmlinux(self, entry: str | None = None) -> ElfKernel:
+        """The payload decompressed on the host and parsed as an ELF vmlinux (memoised).
+
+        Raises :class:`~vmboot.errors.UnsupportedKernelError` naming the file, ``entry`` (the
+        entry asked for, if any) and the usable entries when there is no payload, its
+        compression is not supported, it does not decompress, or what it decompresses to is
+        not an ELF vmlinux. Nothing is written anywhere, so a refusal leaves guest RAM as is.
+        """
+        if self._vmlinux is None:
+            from vmboot.linux.elf_kernel import ElfKernel
+            from vmboot.linux.payload import decompress_payload
+
+            payload = self.compressed_payload()
+            if payload is None:
+                self._refuse_host_entry(entry, "the setup header has no payload_offset/"
+                                               "payload_length (boot protocol < 2.08)")
+            try:
+                data = decompress_payload(payload, self.name)
+                if not data.startswith(ELF_MAGIC):
+                    head = f"start with {data[:8].hex(' ')}" if data else "are empty"
+                    self._refuse_host_entry(
+                        entry, f"its {self.compression} payload decompresses to {len(data)} "
+                               f"bytes that are not an ELF file (they {head})")
+                self._vmlinux = ElfKernel(data, f"{self.name} (decompressed payload)",
+                                          setup_header=self.header_bytes)
+            except UnsupportedKernelError:
+                raise
+            except KernelImageError as exc:
+                self._refuse_host_entry(entry, str(exc), exc)
+        return self._vmlinux
+
+    def _refuse_host_entry(self, entry: str | None, reason: str,
+                           cause: Exception | None = None) -> NoReturn:
+        usable = ENTRY_BZIMAGE64 if self.check_64bit_entry().ok else "none"
+        what = (f"entry {entry!r}" if entry is not None else
+                f"entries {' and '.join(map(repr, HOST_DECOMPRESSED_ENTRIES))}")
+        raise UnsupportedKernelError(
+            f"{self.name}: {what} cannot be used with a bzImage unless its payload "
+            f"decompresses on the host to an ELF vmlinux, but {reason}; usable entries: {usable}"
+        ) from cause
+
+    def entries(self) -> dict[str, ElfEntry]:
+        """Every entry this bzImage offers: ``"bzimage64"`` and, through :meth:`vmlinux`,
+        ``"elf64"`` and ``"pvh"``, usable or not (this decompresses the payload)."""
+        from vmboot.linux.elf_kernel import ElfEntry
+
+        check = self.check_64bit_entry()
+        load = self.default_load_address()
+        result: dict[str, ElfEntry] = {ENTRY_BZIMAGE64: ElfEntry(
+            "bzimage64", self.entry_point(load), check.ok,
+            f"startup_64 at load + 0x200; the kernel decompresses itself in the guest "
+            f"({check.reason})")}
+        try:
+            inner = self.vmlinux().entries()
+        except UnsupportedKernelError as exc:
+            for mode in HOST_DECOMPRESSED_ENTRIES:
+                result[mode] = ElfEntry(mode, None, False, str(exc))
+            return result
+        for mode, e in inner.items():
+            result[mode] = ElfEntry(e.mode, e.address, e.usable,
+                                    f"payload decompressed on the host, no KASLR: {e.reason}")
+        return result
+
     # -- loading ----------------------------------------------------------------------------
     def load_into_memory(self, vm: VirtualMachine, load_addr: int) -> None:
         """Zero ``[load, load + max(init_size, len(payload)))`` and copy the payload there."""
@@ -202,11 +290,16 @@ class KernelImage:
     # -- planning and preparing --------------------------------------------------------------
     def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
         """Decide where everything goes and check it all, writing nothing."""
-        return _plan(self, vm, options or BootOptions())
+        options = options or BootOptions()
+        if options.entry in HOST_DECOMPRESSED_ENTRIES:
+            return self.vmlinux(options.entry).plan(vm, options)
+        return _plan(self, vm, options)
 
     def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
         """Plan, then write the kernel, zero page, command line, initrd and setup_data."""
         options = options or BootOptions()
+        if options.entry in HOST_DECOMPRESSED_ENTRIES:
+            return self.vmlinux(options.entry).prepare(vm, options)
         plan = self.plan(vm, options)
         initrd = options.initrd_bytes() if plan.initrd_size else None
         if initrd is not None and len(initrd) != plan.initrd_size:
@@ -341,10 +434,10 @@ def _check_load_address(kernel: KernelImage, load: int | None) -> int:
 
 def _plan(kernel: KernelImage, vm: VirtualMachine, options: BootOptions) -> BootPlan:
     h = kernel.setup_header
-    if options.entry not in ("auto", "bzimage64"):
+    if options.entry not in ("auto", ENTRY_BZIMAGE64):
         raise UnsupportedKernelError(
-            f"{kernel.name}: entry {options.entry!r} cannot be used with a bzImage; it has only "
-            f"the 'bzimage64' entry (or 'auto'); 'pvh' and 'elf64' need the ELF vmlinux"
+            f"{kernel.name}: entry {options.entry!r} cannot be used with a bzImage; usable "
+            f"entries: {', '.join((ENTRY_BZIMAGE64, *HOST_DECOMPRESSED_ENTRIES))} (or 'auto')"
         )
     entry = kernel.check_64bit_entry()
     if not entry.ok:

@@ -93,9 +93,13 @@ class ElfKernel:
 
     format = "ELF vmlinux"
 
-    def __init__(self, data: bytes, name: str = "<bytes>") -> None:
+    def __init__(self, data: bytes, name: str = "<bytes>",
+                 setup_header: bytes | None = None) -> None:
         self.data = data
         self.name = name
+        self.setup_header = setup_header
+        """For the vmlinux inside a bzImage: that bzImage's raw setup header (from 0x1f1),
+        copied into the ``"elf64"`` zero page instead of the fields a bare vmlinux gets."""
         self.elf = ElfFile(data, name)
         if self.elf.e_type != ET_EXEC:
             raise UnsupportedKernelError(
@@ -212,7 +216,9 @@ class ElfKernel:
         A vmlinux has no setup header to copy, so the loader writes the fields the kernel
         checks or reads (as Firecracker does): boot_flag 0xAA55, header "HdrS", version 2.12,
         type_of_loader 0xFF, kernel_alignment 16 MiB, cmdline_size, cmd_line_ptr (+ ext_),
-        ramdisk_image/size (+ ext_), e820_entries and e820_table.
+        ramdisk_image/size (+ ext_), e820_entries and e820_table. When the vmlinux came from
+        a bzImage (``setup_header``), that header is copied in instead of the first six
+        fields, so the kernel sees what its own decompressor would have passed on.
         """
         if len(e820) > bp.E820_MAX_ENTRIES_ZEROPAGE:
             raise BootConfigError(
@@ -221,12 +227,17 @@ class ElfKernel:
             )
         zp = bytearray(bp.BOOT_PARAMS_SIZE)
         fields = bp.SETUP_HEADER_FIELD_BY_NAME
-        struct.pack_into("<H", zp, fields["boot_flag"].offset, bp.BOOT_FLAG_MAGIC)
-        zp[fields["header"].offset : fields["header"].offset + len(bp.HEADER_MAGIC)] = bp.HEADER_MAGIC
-        struct.pack_into("<H", zp, fields["version"].offset, ELF_ZERO_PAGE_PROTOCOL)
+        if self.setup_header is not None:
+            zp[bp.SETUP_HEADER_OFFSET : bp.SETUP_HEADER_OFFSET + len(self.setup_header)] = \
+                self.setup_header
+        else:
+            struct.pack_into("<H", zp, fields["boot_flag"].offset, bp.BOOT_FLAG_MAGIC)
+            zp[fields["header"].offset : fields["header"].offset + len(bp.HEADER_MAGIC)] = \
+                bp.HEADER_MAGIC
+            struct.pack_into("<H", zp, fields["version"].offset, ELF_ZERO_PAGE_PROTOCOL)
+            struct.pack_into("<I", zp, fields["kernel_alignment"].offset, ELF_KERNEL_ALIGNMENT)
+            struct.pack_into("<I", zp, fields["cmdline_size"].offset, cmdline_len + 1)
         zp[bp.HDR_TYPE_OF_LOADER] = bp.LOADER_TYPE_UNDEFINED
-        struct.pack_into("<I", zp, fields["kernel_alignment"].offset, ELF_KERNEL_ALIGNMENT)
-        struct.pack_into("<I", zp, fields["cmdline_size"].offset, cmdline_len + 1)
         put_split(zp, "cmd_line_ptr", cmdline_gpa, bp.HDR_CMD_LINE_PTR, bp.BP_EXT_CMD_LINE_PTR)
         if initrd_gpa is not None and initrd_size:
             put_split(zp, "ramdisk_image", initrd_gpa, bp.HDR_RAMDISK_IMAGE, bp.BP_EXT_RAMDISK_IMAGE)
