@@ -7,7 +7,7 @@ way with a hard limit on the output, checked as it grows:
 
 - gzip: :func:`zlib.decompressobj` with ``max_length``;
 - xz, lzma, bzip2: the standard library decompressors with ``max_length``;
-- zstd: a ``zstandard`` decompressobj fed 1 KiB of input at a time, which bounds each step's
+- zstd: a ``zstandard`` decompressobj fed 128 bytes of input at a time, which bounds each step's
   output (``pip install 'vmboot[compression]'``);
 - LZ4 legacy frames (``lz4 -l``, what the kernel's ``lib/decompress_unlz4.c`` reads):
   blocks of at most 8 MiB of output each, with a running total (python-lz4).
@@ -47,10 +47,10 @@ CHUNK = 4 * MiB
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-ZSTD_INPUT_STEP = 1024
+ZSTD_INPUT_STEP = 128
 """Input bytes fed to the zstd decompressor per step: its API has no output limit, but a zstd
 block holds at most 128 KiB and takes at least 4 bytes (an RLE block), so one step yields at
-most 32 MiB and the limit is overshot by no more than that."""
+most 4 MiB and the limit is overshot by no more than that."""
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK_MAX = 8 * MiB
 """Each block of an LZ4 legacy frame decompresses to at most 8 MiB
@@ -114,14 +114,14 @@ class _Job:
         return max(1, min(CHUNK, self.limit + 1 - len(self.out)))
 
     def add(self, piece: bytes) -> None:
-        self.out += piece
-        if len(self.out) > self.limit:
+        if len(self.out) + len(piece) > self.limit:
             raise DecompressionLimitError(
                 f"{self.name}: the {self.fmt} {self.what} decompresses to more than "
                 f"{self.limit} bytes ({self.limit / MiB:.0f} MiB), the limit for a {self.what}; "
                 f"a decompression bomb? If the file is genuine, raise the limit: "
                 f"{self.raise_hint}"
             )
+        self.out += piece
 
     def corrupt(self, detail: str) -> VmbootError:
         return self.error(f"{self.name}: {self.fmt} {self.what} does not decompress: {detail}")

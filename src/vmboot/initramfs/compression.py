@@ -18,10 +18,12 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import zlib
 from types import ModuleType
 from typing import Final, Literal, Protocol, get_args
 
+from vmboot.decompress import LZ4_LEGACY_MAGIC as DECOMPRESS_LZ4_MAGIC
+from vmboot.decompress import GiB
+from vmboot.decompress import decompress as bounded_decompress
 from vmboot.errors import InitramfsError
 
 Compression = Literal["none", "gzip", "lz4", "zstd"]
@@ -29,7 +31,7 @@ COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LZ4_LEGACY_MAGIC_VALUE = 0x184C2102
+LZ4_LEGACY_MAGIC_VALUE = DECOMPRESS_LZ4_MAGIC
 LZ4_LEGACY_MAGIC = struct.pack("<I", LZ4_LEGACY_MAGIC_VALUE)
 LZ4_LEGACY_BLOCK = 8 << 20
 """Input bytes per legacy block (LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE in the kernel)."""
@@ -39,6 +41,11 @@ ZSTD_LEVEL = 19
 LZ4_HC_LEVEL = 9
 """``lz4 -l -9``'s level; any level decodes the same."""
 
+INITRAMFS_LIMIT = 2 * GiB
+"""Default output limit when vmboot reads a compressed initramfs. The kernel unpacks an
+initramfs into guest RAM, so a genuine one is smaller than any guest vmboot would boot it
+in; 2 GiB leaves room for large ones and still stops a decompression bomb before it takes
+the host's memory."""
 EXTRA_HINT = "install the compression extra: pip install 'vmboot[compression]'"
 
 
@@ -173,47 +180,14 @@ def detect_compression(data: bytes | bytearray | memoryview) -> Compression:
     return "none"
 
 
-def _lz4_legacy_decompress(data: bytes) -> bytes:
-    block = _import("lz4.block", "lz4")
-    out = bytearray()
-    offset = 0
-    while offset + LZ4_BLOCK_SIZE.size <= len(data):
-        (size,) = LZ4_BLOCK_SIZE.unpack_from(data, offset)
-        offset += LZ4_BLOCK_SIZE.size
-        if size == LZ4_LEGACY_MAGIC_VALUE:  # a concatenated stream starts
-            continue
-        if offset + size > len(data):
-            raise InitramfsError(
-                f"LZ4 legacy block at offset {offset - LZ4_BLOCK_SIZE.size}: size {size} runs past "
-                f"the end ({len(data)} bytes)"
-            )
-        try:
-            out += block.decompress(data[offset : offset + size], uncompressed_size=LZ4_LEGACY_BLOCK)
-        except Exception as e:  # python-lz4 raises LZ4BlockError, not importable without lz4
-            raise InitramfsError(f"LZ4 legacy block at offset {offset - 4}: {e}") from None
-        offset += size
-    if offset != len(data):
-        raise InitramfsError(f"LZ4 legacy stream: {len(data) - offset} stray bytes at offset {offset}")
-    return bytes(out)
-
-
-def decompress(data: bytes | bytearray | memoryview) -> bytes:
-    """The archive inside a gzip, LZ4-legacy or zstd compressed ``data`` (as is if uncompressed)."""
-    raw = bytes(data)
-    method = detect_compression(raw)
-    try:
-        if method == "gzip":
-            return gzip.decompress(raw)
-        if method == "zstd":
-            zstandard = _import("zstandard", "zstd")
-            try:
-                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
-                    result: bytes = reader.read()
-                    return result
-            except zstandard.ZstdError as e:
-                raise InitramfsError(f"zstd initramfs does not decompress: {e}") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise InitramfsError(f"{method} initramfs does not decompress: {e}") from None
-    if method == "lz4":
-        return _lz4_legacy_decompress(raw[len(LZ4_LEGACY_MAGIC) :])
-    return raw
+def decompress(data: bytes | bytearray | memoryview, name: str = "<initramfs>",
+               limit: int = INITRAMFS_LIMIT) -> bytes:
+    """The archive inside a gzip, LZ4-legacy or zstd compressed ``data`` (as is if
+    uncompressed), at most ``limit`` bytes of it (:mod:`vmboot.decompress`): more raises
+    :class:`~vmboot.errors.DecompressionLimitError`, corrupt data :class:`InitramfsError`."""
+    method = detect_compression(data)
+    if method == "none":
+        return bytes(data)
+    return bounded_decompress(data, method, limit=limit, name=name, what="initramfs",
+                              error=InitramfsError, strict_end=True,
+                              raise_hint="pass limit= to vmboot.initramfs.decompress")
