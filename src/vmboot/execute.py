@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
 from vmboot.devices.pc import PcPlatform
@@ -65,6 +65,9 @@ from vmboot.initramfs.exec_image import (
     parse_status,
 )
 from vmboot.vmm.exits import ExitReason, VmExit
+
+if TYPE_CHECKING:
+    from vmboot.linux.options import EntryChoice
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
@@ -306,6 +309,7 @@ def exec_command(
     busybox: str | Path | None = None,
     cpuid_policy: str = "auto",
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
+    entry: EntryChoice = "auto",
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -315,6 +319,8 @@ def exec_command(
     stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
     ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
+    ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
+    payload decompressed on the host, skipping the in-guest decompressor).
     """
     import sys
 
@@ -345,7 +351,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None)
+                      on_panic=None, entry=entry)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

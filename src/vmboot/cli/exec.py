@@ -92,6 +92,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also stream the kernel's console (boot messages) to stderr")
     p.add_argument("--busybox", metavar="FILE", default=None,
                    help="a static x86-64 busybox for the guest (default: found on this host)")
+    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+                   help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
+                        "bzImage: decompress it on the host, faster under emulation)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -185,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         on_stdout=None if args.json else _binary_writer(sys.stdout),
         on_stderr=None if args.json else _binary_writer(sys.stderr),
         busybox=args.busybox,
+        entry=args.entry,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
     if args.json:
