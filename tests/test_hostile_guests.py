@@ -10,10 +10,11 @@ device at :data:`DONE_PORT` ends a run with POWEROFF when the guest writes :data
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -381,4 +382,66 @@ def test_close_vm_while_vcpu_thread_is_in_kvm_run(fds_unchanged: None, ask_first
     assert outcome.detail == ("closing" if ask_first else "the vCPU was closed while running")
     assert CODE_GPA + code.index(b"\x48\xff\xc3") <= outcome.registers["rip"] < CODE_GPA + len(code)
     # The process is still healthy: a probe boots in a new VM.
+    assert run_probe("bzimage").ok
+
+
+class ClosingDevice:
+    """A port whose write handler closes the VM, on the vCPU's own thread, inside the run."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self.close = close
+        self.calls = 0
+
+    def port_write(self, offset: int, size: int, value: int) -> None:
+        self.calls += 1
+        self.close()
+
+    def port_read(self, offset: int, size: int) -> int:
+        return 0xFF
+
+
+def open_mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+CLOSE_PORT = 0x520
+
+
+@pytest.mark.parametrize("closer", ["vm", "machine-style twice"])
+def test_device_handler_closes_the_vm_during_the_run(closer: str) -> None:
+    """A device closing the VM from inside the run (no other thread) ends the run STOPPED,
+    releases the fds and mappings once the loop has unwound, and leaves a closed VM behind."""
+    from vmboot.errors import HypervisorError
+
+    fds, maps = open_fds(), open_mappings()
+    rig = Rig()
+
+    def close(vm: KvmVM = rig.vm) -> None:
+        vm.close()
+        if closer == "machine-style twice":
+            vm.close()  # idempotent, also while the close waits for the run to end
+
+    device = ClosingDevice(close)
+    rig.port_bus.attach_device(CLOSE_PORT, 1, device, "closer")
+    code = rig.load(f"""
+        mov rbx, 0x77
+        mov dx, {CLOSE_PORT}
+        out dx, al
+    1:  inc rbx
+        jmp 1b
+    """)
+    result = rig.runner.run(timeout=LONG_TIMEOUT)
+    assert device.calls == 1
+    assert result.reason is ExitReason.STOPPED, result.one_line()
+    assert result.detail == "the vCPU was closed while running"
+    assert result.registers["rbx"] == 0x77  # registers read before the close took effect
+    assert result.registers["rip"] == CODE_GPA + code.index(b"\x48\xff\xc3")  # just past the OUT
+    assert rig.vm.closed
+    with pytest.raises(HypervisorError, match="after close"):
+        rig.runner.run(timeout=LONG_TIMEOUT)
+    rig.vm.close()
+    del rig, device, close
+    gc.collect()
+    assert (open_fds(), open_mappings()) == (fds, maps)
     assert run_probe("bzimage").ok

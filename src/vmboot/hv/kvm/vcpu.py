@@ -93,6 +93,8 @@ class KvmVCPU(VirtualCPU):
         self._state = threading.Condition()
         self._run_thread: int | None = None
         self._on_close: Callable[[], object] | None = None
+        self._close_when_run_ends = False
+        self._after_close: list[Callable[[], object]] = []
         try:
             self._fd = fcntl.ioctl(vm.fd, abi.KVM_CREATE_VCPU, index)
         except OSError as e:
@@ -157,22 +159,46 @@ class KvmVCPU(VirtualCPU):
             self._on_close = on_close
 
     def end_run(self) -> None:
-        """The run that :meth:`begin_run` marked has ended."""
+        """The run that :meth:`begin_run` marked has ended (a close deferred by it happens now)."""
         with self._state:
             self._run_thread = None
             self._on_close = None
+            deferred, self._close_when_run_ends = self._close_when_run_ends, False
             self._state.notify_all()
+        if deferred:
+            self.close()
+
+    @property
+    def close_deferred(self) -> bool:
+        """True while a :meth:`close` made from inside this vCPU's own run waits for it to end."""
+        return self._close_when_run_ends
+
+    def call_after_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once this vCPU is really closed (now, if it already is)."""
+        if self._fd is None and not self._close_when_run_ends:
+            callback()
+        else:
+            self._after_close.append(callback)
 
     def close(self) -> None:
         """Unmap kvm_run and close the vCPU fd; idempotent.
 
         A run in progress in another thread is stopped first and waited for (up to
-        :data:`CLOSE_WAIT_SECONDS`).
+        :data:`CLOSE_WAIT_SECONDS`). Called from inside the run itself (a device handler on
+        the vCPU's own thread), the run is asked to end and the close happens when it has
+        unwound (:meth:`end_run`): the run loop still holds views of kvm_run until then.
         """
         me = threading.get_ident()
         with self._state:
+            if self._run_thread == me:
+                on_own_thread, self._close_when_run_ends = self._on_close, True
+            else:
+                on_own_thread = None
             running = self._run_thread is not None and self._run_thread != me
             on_close = self._on_close if running else None
+        if on_own_thread is not None:
+            on_own_thread()
+            return
         if on_close is not None:
             on_close()
         if running:
@@ -189,6 +215,9 @@ class KvmVCPU(VirtualCPU):
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+        callbacks, self._after_close = self._after_close, []
+        for callback in callbacks:
+            callback()
 
     def _ioctl(self, request: int, arg: ctypes.Structure | int | bytes, what: str) -> int:
         try:

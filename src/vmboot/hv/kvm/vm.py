@@ -72,6 +72,8 @@ class KvmVM(VirtualMachine):
         vcpu_count: int = MAX_VCPUS_DEFAULT,
     ) -> None:
         self._fd: int | None = None
+        self._closing = False
+        """close() was called from inside a vCPU run; the rest happens when that run ends."""
         self._vcpus: dict[int, KvmVCPU] = {}
         self._own_kvm = kvm is None
         self._kvm: KVM | None = None
@@ -124,7 +126,7 @@ class KvmVM(VirtualMachine):
 
     @property
     def closed(self) -> bool:
-        return self._fd is None
+        return self._fd is None or self._closing
 
     def _ioctl(self, request: int, arg: int | bytes, what: str) -> int | bytes:
         try:
@@ -149,6 +151,9 @@ class KvmVM(VirtualMachine):
     def create_vcpu(self, index: int = 0) -> KvmVCPU:
         """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""
         _ = self.fd  # refuse use after close() before anything else
+        if self._closing:
+            raise HypervisorError("KVM VM: used after close() (the close waits for the vCPU "
+                                  "run it was called from to end)")
         if index in self._vcpus:
             raise HypervisorError(
                 f"KVM VM: vCPU index {index} already exists; indices in use: {sorted(self._vcpus)}"
@@ -172,6 +177,13 @@ class KvmVM(VirtualMachine):
         vcpus, self._vcpus = list(self._vcpus.values()), {}
         for vcpu in vcpus:
             vcpu.close()
+        waiting = [v for v in vcpus if v.close_deferred]
+        if waiting:
+            # Closed from a device handler inside a run: that run still uses the vCPU (and,
+            # to finish its last I/O, the guest): release the rest when it has ended.
+            self._closing = True
+            waiting[0].call_after_close(self.close)
+            return
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
