@@ -44,22 +44,30 @@ def need_binutils() -> None:
 
 def assemble(source: str, base: int = CODE_GPA, bits: int = 64) -> bytes:
     """Assemble ``source`` (GNU as, Intel syntax) linked at ``base``; return the flat binary."""
+    return assemble_with_symbols(source, base, bits)[0]
+
+
+def assemble_with_symbols(source: str, base: int = CODE_GPA, bits: int = 64) -> tuple[bytes, bytes]:
+    """:func:`assemble`, plus the program's symbols as a System.map (``nm -n`` of the ELF)."""
     need_binutils()
     header = ".intel_syntax noprefix\n" + (".code16\n" if bits == 16 else ".code64\n")
     with tempfile.TemporaryDirectory(prefix="vmboot-asm-") as tmp:
         src = Path(tmp) / "guest.S"
         obj = Path(tmp) / "guest.o"
+        elf = Path(tmp) / "guest.elf"
         out = Path(tmp) / "guest.bin"
         src.write_text(header + ".text\n.globl _start\n_start:\n" + source + "\n")
+        link = ["ld", "-m", "elf_x86_64", "-nostdlib", "-e", "_start", f"-Ttext={base:#x}"]
         for cmd in (
             ["as", "--64", "-o", str(obj), str(src)],
-            ["ld", "-m", "elf_x86_64", "-nostdlib", "-e", "_start", f"-Ttext={base:#x}",
-             "--oformat", "binary", "-o", str(out), str(obj)],
+            [*link, "--oformat", "binary", "-o", str(out), str(obj)],
+            [*link, "-o", str(elf), str(obj)],
+            ["nm", "-n", str(elf)],
         ):
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise AssertionError(f"{cmd[0]} failed:\n{proc.stderr}\n--- source ---\n{source}")
-        return out.read_bytes()
+        return out.read_bytes(), proc.stdout.encode()
 
 
 def identity_map(vm: KvmVM) -> None:

@@ -15,16 +15,18 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from conftest import requires_kvm
-from kvm_helpers import CODE_GPA, assemble, enter_long_mode, need_binutils
+from kvm_helpers import CODE_GPA, assemble, assemble_with_symbols, enter_long_mode, need_binutils
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import ConsoleOutput
 from vmboot.devices.pc import PcPlatform, connect_devices
 from vmboot.devices.wiring import StopHook
 from vmboot.hv.kvm import KvmVM
+from vmboot.hv.registers import GENERAL_REGISTERS
 from vmboot.probes import run_probe
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.runner import Runner
@@ -449,3 +451,38 @@ def test_device_handler_closes_the_vm_during_the_run(closer: str) -> None:
     gc.collect()
     assert (open_fds(), open_mappings()) == (fds, maps)
     assert run_probe("bzimage").ok
+
+
+def test_endless_loop_times_out_with_a_symbolised_trace(rig: Rig, tmp_path: Path) -> None:
+    """``cli; jmp .`` two calls deep: the timeout ends the run, then the frame-pointer trace
+    names the spinning function and its caller, from the guest program's own symbols."""
+    from vmboot import debug
+
+    code, system_map = assemble_with_symbols("""
+        xor ebp, ebp
+        call outer_function
+        hlt
+    outer_function:
+        push rbp
+        mov rbp, rsp
+        call spinning_function
+        pop rbp
+        ret
+    spinning_function:
+        push rbp
+        mov rbp, rsp
+        cli
+    1:  jmp 1b
+    """)
+    rig.vm.write(CODE_GPA, code)
+    enter_long_mode(rig.vm, rig.vcpu)
+    smap = tmp_path / "System.map"
+    smap.write_bytes(system_map)
+    result = rig.runner.run(timeout=0.5)
+    assert result.reason is ExitReason.TIMEOUT, result.one_line()
+    frames = debug.capture_stack_trace(rig.vcpu, system_map=smap, unwinder="frame-pointer")
+    names = [f.symbol for f in frames]
+    assert names[:2] == ["spinning_function", "outer_function"], names
+    assert names[2] == "_start"  # the call in _start; then RBP 0 ends the walk
+    assert len(frames) == 3
+    print("\n" + debug.format_trace(frames, rig.vcpu.get_registers(GENERAL_REGISTERS)))
