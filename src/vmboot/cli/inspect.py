@@ -8,7 +8,7 @@ from typing import Any
 
 from vmboot.linux import bootparam as bp
 from vmboot.linux.bzimage import ENTRY_BZIMAGE64, KernelImage
-from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary
+from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary, entry_lines
 from vmboot.linux.loader import load_kernel
 
 DESCRIPTION = """\
@@ -106,11 +106,7 @@ def render_text(kernel: KernelImage) -> str:
         f"({info['entry_64']['reason']})",
         "entries (vmboot run --entry):",
     ]
-    for mode, e in info["entries"].items():
-        where = "-" if e["address"] is None else f"{e['address']:#x}"
-        default = " (default)" if mode == info["default_entry"] else ""
-        lines.append(f"  {mode:<9} {where:<10} {'usable' if e['usable'] else 'unusable'}{default}: "
-                     f"{e['reason']}")
+    lines += entry_lines(info["entries"], info["default_entry"])
     lines += ["", "setup header (struct setup_header):"]
     for f in bp.SETUP_HEADER_FIELDS:
         value = getattr(h, f.name)

@@ -496,6 +496,17 @@ def describe_elf_kernel(kernel: ElfKernel) -> dict[str, Any]:
     }
 
 
+def entry_lines(entries: dict[str, dict[str, Any]], default_entry: str) -> list[str]:
+    """One text line per entry (``vmboot inspect``): mode, address, usable, default, why."""
+    lines = []
+    for mode, e in entries.items():
+        where = "-" if e["address"] is None else f"{e['address']:#x}"
+        default = " (default)" if mode == default_entry else ""
+        lines.append(f"  {mode:<9} {where:<12} {'usable' if e['usable'] else 'unusable'}{default}: "
+                     f"{e['reason']}")
+    return lines
+
+
 def elf_kernel_summary(kernel: ElfKernel) -> list[str]:
     """Human-readable lines describing an ELF vmlinux (the text form of ``vmboot inspect``)."""
     info = describe_elf_kernel(kernel)
@@ -507,11 +518,7 @@ def elf_kernel_summary(kernel: ElfKernel) -> list[str]:
         f"loaded at: [{info['load']['start']:#x}, {info['load']['end']:#x})",
         "entries:",
     ]
-    for mode, e in info["entries"].items():
-        where = "-" if e["address"] is None else f"{e['address']:#x}"
-        default = " (default)" if mode == info["default_entry"] else ""
-        lines.append(f"  {mode:<6} {where:<12} {'usable' if e['usable'] else 'unusable'}{default}: "
-                     f"{e['reason']}")
+    lines += entry_lines(info["entries"], info["default_entry"])
     lines.append("program headers:")
     lines.append(f"  {'type':<12} {'offset':>10} {'vaddr':>18} {'paddr':>12} {'filesz':>10} "
                  f"{'memsz':>10} flags")
