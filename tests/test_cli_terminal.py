@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -34,6 +35,30 @@ def test_terminal_mode_forwarding_and_restore() -> None:
         assert b"".join(got) == b"ls\r"
         assert termios.tcgetattr(slave) == before
     finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_an_ignored_sigint_is_taken_back_while_the_terminal_is_ours() -> None:
+    """Inherited SIG_IGN would leave Ctrl-C dead in a terminal without line editing."""
+    master, slave = pty.openpty()
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with TerminalInput(lambda b: None, fd=slave) as term:
+            assert term.active
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        # a handler the caller chose is left alone
+        def mine(signum: int, frame: object) -> None:
+            pass
+        signal.signal(signal.SIGINT, mine)
+        with TerminalInput(lambda b: None, fd=slave):
+            assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, saved)
         os.close(master)
         os.close(slave)
 
@@ -93,8 +118,14 @@ def test_interactive_shell_in_the_guest() -> None:
 
 
 @requires_kvm
-def test_ctrl_c_exits_130_and_restores_the_terminal() -> None:
-    """Ctrl-C on the controlling terminal interrupts KVM_RUN: status 130, terminal as before."""
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN],
+                         ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_exits_130_and_restores_the_terminal(inherited: signal.Handlers) -> None:
+    """Ctrl-C on the controlling terminal interrupts KVM_RUN: status 130, terminal as before.
+
+    Also when vmboot starts with SIGINT ignored, as a shell script's background job does
+    (the case that once made this test depend on how pytest itself was started).
+    """
     import fcntl
 
     kernel = shared_kernel_file("tiny-bzImage")
@@ -105,6 +136,7 @@ def test_ctrl_c_exits_130_and_restores_the_terminal() -> None:
     def controlling_tty() -> None:
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGINT, inherited)
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmboot", "run", str(kernel), "--initrd", str(initrd), "-m", "64M"],

@@ -4,12 +4,18 @@ While a guest runs, keys typed on a terminal go to the console UART one at a tim
 terminal's line editing and echo are turned off (the guest echoes), and Enter sends a
 carriage return as a serial terminal would. Ctrl-C still interrupts vmboot itself (the
 terminal keeps ISIG), which then restores the terminal and exits with status 130.
+
+That holds even when vmboot was started with SIGINT ignored (a shell script's background
+job inherits SIG_IGN, and Python keeps it): a process that has taken over the terminal is
+its foreground job, so while the context is open Ctrl-C raises KeyboardInterrupt as usual,
+as QEMU's own SIGINT handler does; the inherited disposition comes back afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import termios
 import threading
@@ -31,6 +37,7 @@ class TerminalInput:
         self._saved: list[Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ignored_sigint = False
 
     @property
     def active(self) -> bool:
@@ -51,6 +58,7 @@ class TerminalInput:
         cc[termios.VTIME] = 0
         termios.tcsetattr(self.fd, termios.TCSANOW, raw)
         self._saved = saved
+        self._ignored_sigint = _take_back_sigint()
         self._thread = threading.Thread(target=self._pump, name="vmboot-terminal", daemon=True)
         self._thread.start()
         return self
@@ -76,6 +84,22 @@ class TerminalInput:
         if self._saved is not None:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
             self._saved = None
+        if self._ignored_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._ignored_sigint = False
+
+
+def _take_back_sigint() -> bool:
+    """Make Ctrl-C raise KeyboardInterrupt if SIGINT was inherited as ignored; say if it was.
+
+    Only the main thread may set signal handlers; elsewhere the disposition is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
 
 
 def _stdin_fd() -> int:
