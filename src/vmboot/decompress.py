@@ -107,21 +107,29 @@ class _Job:
             raise ValueError(f"decompression limit {limit} is negative")
         self.fmt, self.limit, self.name, self.what = fmt, limit, name, what
         self.error, self.raise_hint = error, raise_hint
-        self.out = bytearray()
+        self.pieces: list[bytes] = []
+        self.size = 0
 
     def room(self) -> int:
         """How many more bytes to ask for: up to one past the limit, so going over shows."""
-        return max(1, min(CHUNK, self.limit + 1 - len(self.out)))
+        return max(1, min(CHUNK, self.limit + 1 - self.size))
 
     def add(self, piece: bytes) -> None:
-        if len(self.out) + len(piece) > self.limit:
+        if self.size + len(piece) > self.limit:
             raise DecompressionLimitError(
                 f"{self.name}: the {self.fmt} {self.what} decompresses to more than "
                 f"{self.limit} bytes ({self.limit / MiB:.0f} MiB), the limit for a {self.what}; "
                 f"a decompression bomb? If the file is genuine, raise the limit: "
                 f"{self.raise_hint}"
             )
-        self.out += piece
+        self.pieces.append(piece)
+        self.size += len(piece)
+
+    def result(self) -> bytes:
+        """The output so far, in one piece (the only copy of the decompressed bytes)."""
+        out = b"".join(self.pieces)
+        self.pieces = [out]
+        return out
 
     def corrupt(self, detail: str) -> VmbootError:
         return self.error(f"{self.name}: {self.fmt} {self.what} does not decompress: {detail}")
@@ -153,7 +161,7 @@ def _drain_gzip_member(data: bytes, job: _Job) -> bytes:
 
 def _stream(decomp: lzma.LZMADecompressor | bz2.BZ2Decompressor, data: bytes, job: _Job) -> bytes:
     _drain(decomp, data, job)
-    return bytes(job.out)
+    return job.result()
 
 
 def _gzip(data: bytes, job: _Job, strict_end: bool) -> bytes:
@@ -161,10 +169,10 @@ def _gzip(data: bytes, job: _Job, strict_end: bool) -> bytes:
     while True:
         rest = _drain_gzip_member(rest, job)
         if not strict_end:
-            return bytes(job.out)
+            return job.result()
         rest = rest.lstrip(b"\0")  # NUL padding between members, as the kernel allows
         if not rest:
-            return bytes(job.out)
+            return job.result()
         if not rest.startswith(GZIP_MAGIC):
             raise job.corrupt(f"{len(rest)} bytes after the last gzip member are not a gzip member")
 
@@ -180,10 +188,10 @@ def _zstd(data: bytes, job: _Job, strict_end: bool) -> bytes:
         while True:
             rest = _zstd_frame(zstandard.ZstdDecompressor().decompressobj(), rest, job)
             if not strict_end:
-                return bytes(job.out)
+                return job.result()
             rest = rest.lstrip(b"\0")
             if not rest:
-                return bytes(job.out)
+                return job.result()
             if not rest.startswith(ZSTD_MAGIC):
                 raise job.corrupt(f"{len(rest)} bytes after the last zstd frame are not a frame")
     except zstandard.ZstdError as exc:
@@ -211,6 +219,7 @@ def _lz4_legacy(data: bytes, job: _Job, strict_end: bool) -> bytes:
     if len(data) < _U32.size or _U32.unpack_from(data, 0)[0] != LZ4_LEGACY_MAGIC:
         raise job.corrupt(f"not an LZ4 legacy frame (magic {LZ4_LEGACY_MAGIC:#x})")
     pos = _U32.size
+    view = memoryview(data)
     while pos + _U32.size <= len(data):
         size = _U32.unpack_from(data, pos)[0]
         if size == LZ4_LEGACY_MAGIC:  # concatenated frames
@@ -221,7 +230,7 @@ def _lz4_legacy(data: bytes, job: _Job, strict_end: bool) -> bytes:
                 break  # the kernel build appends the uncompressed size; stop at anything odd
             raise job.corrupt(f"LZ4 block at offset {pos:#x}: size {size} runs past the end "
                               f"({len(data)} bytes)")
-        block = data[pos + _U32.size : pos + _U32.size + size]
+        block = view[pos + _U32.size : pos + _U32.size + size]
         # A block decodes to at most 8 MiB, so the running total overshoots by at most that.
         try:
             job.add(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_MAX))
@@ -233,4 +242,4 @@ def _lz4_legacy(data: bytes, job: _Job, strict_end: bool) -> bytes:
         pos += _U32.size + size
     if strict_end and pos != len(data):
         raise job.corrupt(f"{len(data) - pos} stray bytes at offset {pos:#x}")
-    return bytes(job.out)
+    return job.result()
