@@ -39,6 +39,7 @@ DECOMPRESSORS = (
     (b"BZh", ["bzip2", "-dc"]),
 )
 """Payload magic -> the command-line tool that decompresses it (the kallsyms peer)."""
+SIZE_TRAILER = 4
 
 BATCH = 1_000_000
 SINGLE = 200_000
@@ -61,9 +62,12 @@ def decompress_command(kernel: Path, scratch: Path) -> list[str] | None:
     """The CLI that decompresses ``kernel``'s payload (written to ``scratch``), if installed."""
     from vmboot.linux import load_bzimage
 
-    payload = load_bzimage(kernel).compressed_payload()
-    if payload is None:
+    view = load_bzimage(kernel).compressed_payload()
+    if view is None:
         return None
+    # The kernel build appends the uncompressed size (u32) to every payload; the tools call
+    # it trailing garbage and fail, the kernel's own decompressors stop before it.
+    payload = bytes(view[:-SIZE_TRAILER])
     for magic, command in DECOMPRESSORS:
         if payload.startswith(magic) and shutil.which(command[0]):
             scratch.write_bytes(payload)

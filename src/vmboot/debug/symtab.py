@@ -58,6 +58,10 @@ class SymbolMatch(NamedTuple):
         return f"{self.name}+{self.offset:#x}/{self.size:#x}"
 
 
+_new_match = tuple.__new__
+"""Builds a :class:`SymbolMatch` from a tuple of its fields without its keyword handling."""
+
+
 class SymbolTable:
     """Function symbols sorted by address: ``addresses``, ``sizes`` and lazily decoded names."""
 
@@ -197,8 +201,13 @@ class SymbolTable:
             start = starts[idx]
             end = self._ends_list[idx]
             if address < end or address == start:
-                return SymbolMatch(address, self.name_at(idx), start, address - start, end - start)
-        return SymbolMatch(address, UNKNOWN_SYMBOL, 0, 0, 0)
+                name = self._name_cache.get(idx)
+                if name is None:
+                    name = self.name_at(idx)
+                # tuple.__new__ skips the named tuple's Python-level __new__ (a third of the
+                # cost of a lookup); the fields are in declaration order.
+                return _new_match(SymbolMatch, (address, name, start, address - start, end - start))
+        return _new_match(SymbolMatch, (address, UNKNOWN_SYMBOL, 0, 0, 0))
 
     def lookup_many(self, addresses: list[int]) -> list[SymbolMatch]:
         """Batch lookup returning :class:`SymbolMatch` objects."""
