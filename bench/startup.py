@@ -13,6 +13,9 @@
    (``vmboot run --json``; from ``Machine.__enter__`` to just before the first KVM_RUN) is kept
    in the JSON.
 
+vmboot's .pyc files are written first (``compileall``), as installing a wheel does: with
+``PYTHONDONTWRITEBYTECODE=1`` an editable install recompiles every module at every start.
+
 Run: ``python bench/startup.py [--runs 5] [--import-runs 15]``. Writes bench/results/startup.json.
 """
 
@@ -29,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Timing, fmt_s, print_table, summary_row, write_results
+from common import Timing, compile_bytecode, fmt_s, print_table, summary_row, write_results
 from vmproc import START, build_loop_guest, qemu_run, vmboot_run, watch
 
 IMPORTS = {"python -c pass": "pass", "import vmboot": "import vmboot",
@@ -59,9 +62,11 @@ def main() -> None:
     ap.add_argument("--import-runs", type=int, default=15)
     args = ap.parse_args()
     command = " ".join(["python bench/startup.py", *sys.argv[1:]])
+    bytecode = compile_bytecode()
+    print(f"vmboot bytecode: {bytecode}")
 
     imports: dict[str, list[float]] = {k: [] for k in IMPORTS}
-    for i in range(args.import_runs + 1):  # round 0: warm-up (page cache, .pyc)
+    for i in range(args.import_runs + 1):  # round 0: warm-up (page cache)
         for name, code in IMPORTS.items():
             t = wall([sys.executable, "-c", code])
             if i:
@@ -111,7 +116,7 @@ def main() -> None:
             "instruction), `vmboot run`", firsts["vmboot run"],
             f"{q}, same guest", firsts[q], "-", command))
     path = write_results("startup", {
-        "command": command,
+        "command": command, "bytecode": bytecode,
         "import_wall": imp, "importtime_vmboot_cumulative": selfreported,
         "first_console_byte_from_process_start": firsts,
         "commands": {name: " ".join(cmd) for name, (cmd, _) in vmms.items()},
