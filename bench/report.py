@@ -23,11 +23,15 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     machine: dict[str, Any] = {}
+    runs: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         machine = machine or data.get("machine", {})
+        commit = data.get("machine", {}).get("vmboot_commit", "?")
+        runs.append(f"{path.stem} at {commit} ({data.get('when', '?')[:16].replace('T', ' ')})")
         for row in data.get("summary", []):
             rows.append({**row, "source": path.name, "when": data.get("when", "")})
+    machine = {**machine, "runs": runs}
     return rows, machine
 
 
@@ -35,8 +39,9 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     lines = [
         START,
         f"Measured on: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, KVM: "
-        f"{machine.get('kvm', '?')}, Python {machine.get('python', '?')}, vmboot "
-        f"{machine.get('vmboot_commit', '?')}. Medians of `runs` runs, min to max in brackets.",
+        f"{machine.get('kvm', '?')}, Python {machine.get('python', '?')}. Medians of `runs` runs, "
+        f"min to max in brackets. Each script's last run (vmboot commit, UTC): "
+        f"{'; '.join(machine.get('runs', []))}.",
         "",
         "| what | vmboot | peer | peer's time | ratio | goal | runs | command |",
         "|---|---|---|---|---|---|---|---|",
