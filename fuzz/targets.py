@@ -17,6 +17,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "orc",
     "page_walk",
     "cpio",
+    "decompress",
     "sizes",
     "port_io",
 )

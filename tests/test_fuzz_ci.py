@@ -37,6 +37,7 @@ CI_RUNS: dict[str, int] = {
     "orc": 2000,
     "page_walk": 4000,
     "cpio": 1500,
+    "decompress": 1500,
     "sizes": 600,
     "port_io": 1500,
 }
