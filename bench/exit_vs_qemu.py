@@ -83,7 +83,8 @@ def main() -> None:
     with_bare = RESULTS / "exit_overhead.json"
     if with_bare.exists():
         data = json.loads(with_bare.read_text())
-        bare = {"bare_kvm_run_loop": data.get("bare"), "vmboot_runner": data.get("runner"),
+        port = data.get("by_access", {}).get("port", data)
+        bare = {"bare_kvm_run_loop": port.get("bare"), "vmboot_runner": port.get("runner"),
                 "when": data.get("when"), "note": "from bench/exit_overhead.py, another run and guest"}
     command = " ".join(["python bench/exit_vs_qemu.py", *sys.argv[1:]])
     ours = per_exit["vmboot run"]
