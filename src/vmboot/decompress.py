@@ -44,6 +44,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 CHUNK = 4 * MiB
 """Output produced per step of a streaming decompressor (bounds the overshoot of the limit)."""
+SMALL_PIECE = 256 * 1024
+"""Decompressor outputs shorter than this are gathered in one buffer before joining."""
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -107,7 +109,11 @@ class _Job:
             raise ValueError(f"decompression limit {limit} is negative")
         self.fmt, self.limit, self.name, self.what = fmt, limit, name, what
         self.error, self.raise_hint = error, raise_hint
-        self.pieces: list[bytes] = []
+        self.pieces: list[bytes | bytearray] = []
+        """Output so far: whole blocks as the decompressor returned them (no copy)..."""
+        self.small = bytearray()
+        """...and small outputs gathered here (zstd's 128-byte steps yield many), so the list
+        never holds millions of tiny objects."""
         self.size = 0
 
     def room(self) -> int:
@@ -122,11 +128,23 @@ class _Job:
                 f"a decompression bomb? If the file is genuine, raise the limit: "
                 f"{self.raise_hint}"
             )
-        self.pieces.append(piece)
         self.size += len(piece)
+        if len(piece) >= SMALL_PIECE:
+            self._flush_small()
+            self.pieces.append(piece)
+            return
+        self.small += piece
+        if len(self.small) >= CHUNK:
+            self._flush_small()
+
+    def _flush_small(self) -> None:
+        if self.small:
+            self.pieces.append(self.small)  # handed over, not copied
+            self.small = bytearray()
 
     def result(self) -> bytes:
-        """The output so far, in one piece (the only copy of the decompressed bytes)."""
+        """The output so far, in one piece (large blocks are copied once, into it)."""
+        self._flush_small()
         out = b"".join(self.pieces)
         self.pieces = [out]
         return out
