@@ -13,16 +13,13 @@ from __future__ import annotations
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401
 
-import bz2
-import gzip
-import lzma
 from collections.abc import Callable
 from functools import cache
 
 from fuzz.harness import Target, atheris_main
+from fuzz.seeds import PACKERS
 from vmboot.decompress import FORMATS, MiB, decompress
 from vmboot.errors import KernelFormatError, VmbootError
-from vmboot.initramfs import compress
 from vmboot.initramfs import decompress as decompress_initramfs
 from vmboot.linux.payload import decompress_payload
 
@@ -35,28 +32,6 @@ PLAIN = b"".join(b"vmboot %d " % i for i in range(600))
 """What the seeds compress: 5 KiB of text, just over the small limit."""
 
 
-def _zstd(data: bytes) -> bytes:
-    import zstandard
-
-    return bytes(zstandard.ZstdCompressor().compress(data))
-
-
-def _packed(fmt: str, data: bytes) -> bytes:
-    if fmt == "gzip":
-        return gzip.compress(data, mtime=0)
-    if fmt == "xz":
-        return lzma.compress(data, format=lzma.FORMAT_XZ)
-    if fmt == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_ALONE)
-    if fmt == "bzip2":
-        return bz2.compress(data)
-    if fmt == "lz4":
-        return compress(data, "lz4")
-    if fmt == "zstd":
-        return _zstd(data)
-    raise ValueError(f"no packer for {fmt!r}")
-
-
 def selector(fmt: str, strict_end: bool = False, small_limit: bool = False) -> int:
     return FORMATS.index(fmt) | (STRICT_BIT if strict_end else 0) | (SMALL_LIMIT_BIT if small_limit else 0)
 
@@ -65,10 +40,10 @@ def selector(fmt: str, strict_end: bool = False, small_limit: bool = False) -> i
 def _seeds() -> tuple[bytes, ...]:
     out = []
     for fmt in FORMATS:
-        packed = _packed(fmt, PLAIN)
+        packed = PACKERS[fmt](PLAIN)
         out.append(bytes([selector(fmt)]) + packed + len(PLAIN).to_bytes(4, "little"))
         out.append(bytes([selector(fmt, strict_end=True)]) + packed)
-    out.append(bytes([selector("gzip", strict_end=True)]) + _packed("gzip", PLAIN[:100]) * 2)
+    out.append(bytes([selector("gzip", strict_end=True)]) + PACKERS["gzip"](PLAIN[:100]) * 2)
     return tuple(out)
 
 

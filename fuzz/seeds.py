@@ -8,11 +8,14 @@ writes these seeds into corpus directories for atheris.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import functools
 import gzip
 import io
+import lzma
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from fuzz.harness import SHARED_KERNELS
@@ -462,3 +465,26 @@ def gzip_of(data: bytes) -> bytes:
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
         f.write(data)
     return buf.getvalue()
+
+
+def _zstd_of(data: bytes) -> bytes:
+    import zstandard
+
+    return bytes(zstandard.ZstdCompressor().compress(data))
+
+
+def _lz4_legacy_of(data: bytes) -> bytes:
+    from vmboot.initramfs import compress
+
+    return compress(data, "lz4")
+
+
+PACKERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip_of,
+    "xz": lambda d: lzma.compress(d, format=lzma.FORMAT_XZ),
+    "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
+    "bzip2": bz2.compress,
+    "lz4": _lz4_legacy_of,
+    "zstd": _zstd_of,
+}
+"""One compressor per :data:`vmboot.decompress.FORMATS` entry (LZ4: the kernel's legacy frame)."""

@@ -3,13 +3,15 @@ without the whole output ever being held, and corrupt data keeps its callers' er
 
 from __future__ import annotations
 
-import bz2
 import gzip
-import lzma
 import tracemalloc
-from collections.abc import Callable
 
 import pytest
+
+import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``fuzz``)
+
+# isort: split
+from fuzz.seeds import PACKERS
 
 from vmboot.decompress import CHUNK, FORMATS, ZSTD_INPUT_STEP, decompress
 from vmboot.errors import DecompressionLimitError, InitramfsError, KernelFormatError
@@ -26,22 +28,6 @@ MAX_STEP_OUTPUT = 8 * MiB
 ZSTD_RLE_BLOCK = 4
 ZSTD_BLOCK_MAX = 128 * 1024
 DATA = bytes(range(256)) * 3000 + b"tail"
-
-
-def _zstd(data: bytes) -> bytes:
-    import zstandard
-
-    return bytes(zstandard.ZstdCompressor().compress(data))
-
-
-PACKERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.compress,
-    "xz": lambda d: lzma.compress(d, format=lzma.FORMAT_XZ),
-    "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
-    "bzip2": bz2.compress,
-    "lz4": lambda d: compress(d, "lz4"),
-    "zstd": _zstd,
-}
 
 
 def test_every_format_has_a_packer() -> None:
