@@ -31,14 +31,16 @@ from common import Timing, fmt_s, measure, print_table, summary_row, write_resul
 
 from vmboot.debug import clear_symbol_cache, load_kernel_symbols, load_vmlinux_symbols
 
-DECOMPRESSORS = (
-    (b"\x02\x21\x4c\x18", ["lz4", "-dc"]),
-    (b"\x1f\x8b", ["gzip", "-dc"]),
-    (b"\xfd7zXZ", ["xz", "-dc"]),
-    (b"\x28\xb5\x2f\xfd", ["zstd", "-dc"]),
-    (b"BZh", ["bzip2", "-dc"]),
-)
-"""Payload magic -> the command-line tool that decompresses it (the kallsyms peer)."""
+DECOMPRESSORS = {
+    "lz4": ["lz4", "-dc"],
+    "gzip": ["gzip", "-dc"],
+    "xz": ["xz", "-dc"],
+    "lzma": ["xz", "--format=lzma", "-dc"],
+    "zstd": ["zstd", "-dc"],
+    "bzip2": ["bzip2", "-dc"],
+}
+"""Payload format (as :func:`vmboot.linux.compression.detect_compression` names it) -> the
+command-line tool that decompresses it (the kallsyms peer)."""
 SIZE_TRAILER = 4
 
 BATCH = 1_000_000
@@ -61,18 +63,18 @@ def find(explicit: str | None, what: str) -> Path | None:
 def decompress_command(kernel: Path, scratch: Path) -> list[str] | None:
     """The CLI that decompresses ``kernel``'s payload (written to ``scratch``), if installed."""
     from vmboot.linux import load_bzimage
+    from vmboot.linux.compression import detect_compression
 
     view = load_bzimage(kernel).compressed_payload()
     if view is None:
         return None
+    command = DECOMPRESSORS.get(detect_compression(view))
+    if command is None or shutil.which(command[0]) is None:
+        return None
     # The kernel build appends the uncompressed size (u32) to every payload; the tools call
     # it trailing garbage and fail, the kernel's own decompressors stop before it.
-    payload = bytes(view[:-SIZE_TRAILER])
-    for magic, command in DECOMPRESSORS:
-        if payload.startswith(magic) and shutil.which(command[0]):
-            scratch.write_bytes(payload)
-            return [*command, str(scratch)]
-    return None
+    scratch.write_bytes(view[:-SIZE_TRAILER])
+    return [*command, str(scratch)]
 
 
 def rate(count: int, t: Timing) -> dict[str, float]:
@@ -117,22 +119,19 @@ def main() -> None:
     t_kallsyms: Timing | None = None
     t_unpack: Timing | None = None
     unpack: list[str] | None = None
-    scratch = Path(tempfile.mkdtemp(prefix="vmboot-bench-")) / "payload"
     if kernel is not None:
         def kallsyms() -> None:
             clear_symbol_cache()
             load_kernel_symbols(kernel)
         t_kallsyms = measure(kallsyms, max(3, args.runs // 2))
-        unpack = decompress_command(kernel, scratch)
-        if unpack is not None:
-            command_line = unpack
+        with tempfile.TemporaryDirectory(prefix="vmboot-bench-") as tmp:
+            unpack = decompress_command(kernel, Path(tmp) / "payload")
+            if unpack is not None:
+                command_line = unpack
 
-            def decompress_only() -> None:
-                subprocess.run(command_line, stdout=subprocess.DEVNULL, check=True)
-            t_unpack = measure(decompress_only, max(3, args.runs // 2))
-    if scratch.exists():
-        scratch.unlink()
-    scratch.parent.rmdir()
+                def decompress_only() -> None:
+                    subprocess.run(command_line, stdout=subprocess.DEVNULL, check=True)
+                t_unpack = measure(decompress_only, max(3, args.runs // 2))
 
     ratio = t_load.median / t_nm.median
     batch_rate, single_rate = rate(BATCH, t_batch), rate(SINGLE, t_single)
