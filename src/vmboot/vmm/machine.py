@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.report import Reading, Verdict
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -86,6 +87,17 @@ class RunResult:
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
+    reading: Reading | None = None
+    """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
+
+    @property
+    def verdict(self) -> Verdict:
+        """One word for how the run went: ``ok``, ``panic``, ``oops``, ``warning``, ... ."""
+        if self.reading is None:
+            from vmboot.report import read_console
+
+            self.reading = read_console(self.console, self.exit.reason)
+        return self.reading.verdict
 
     @property
     def clean(self) -> bool:
@@ -107,6 +119,8 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            "verdict": self.verdict.value,
+            "reports": [] if self.reading is None else [r.as_dict() for r in self.reading.reports],
         }
 
 
@@ -278,6 +292,9 @@ class Machine:
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
+        from vmboot.report import read_console
+
+        result.reading = read_console(result.console, result.exit.reason, symbolize=self.symbolize)
         return result
 
     # -- symbols and traces -------------------------------------------------------------------
