@@ -34,6 +34,10 @@ class Reading:
         """The verdict and every report's own verdict (what ``--fail-on`` looks at)."""
         return {self.verdict, *(r.type.verdict for r in self.reports)}
 
+    def triggered(self, fail_on: frozenset[Verdict]) -> list[Verdict]:
+        """The verdicts of ``fail_on`` this reading shows, most severe first."""
+        return [v for v in SEVERITY if v in fail_on and v in self.kinds]
+
     def as_dict(self) -> dict[str, object]:
         return {"verdict": self.verdict.value, "reports": [r.as_dict() for r in self.reports]}
 
