@@ -53,6 +53,8 @@ STACK_BREAK = re.compile(
     r"NMI backtrace)"
 )
 MARKERS = re.compile(r"^\s*</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>\s*$")
+GP_KTHREAD = re.compile(r"\brcu_gp_kthread\+")
+"""A frame of RCU's grace-period kthread, whose stack an RCU stall report shows first."""
 IRQ_END = re.compile(r"^\s*</IRQ>|^\s*<EOI>")
 LOCK_AT = re.compile(r"\bat: (?:\[<[0-9a-f]+>\]\s*)?(?P<symbol>[A-Za-z_$][\w.$]*)\+0x")
 ACCESS = re.compile(r"^\s*(?P<access>Read|Write) of size \d+")
@@ -164,23 +166,18 @@ def _frames(lines: list[str], type_: ReportType, symbolize: Symbolizer | None
             ) -> tuple[list[Frame], Frame | None, list[Frame]]:
     """The first stack section's frames, the faulting RIP before it, and the frames after
     the interrupt stack (where a stall's interrupted code is)."""
-    begin = None
-    for i, text in enumerate(lines):
-        if STACK_START.match(text):
-            begin = i
-            if type_ is not ReportType.LOCKDEP or text.strip().startswith("stack backtrace"):
-                break
+    sections = [i for i, text in enumerate(lines) if STACK_START.match(text)]
+    begin = _chosen_section(lines, sections, type_)
+    previous = max((i for i in sections if begin is not None and i < begin), default=-1)
     rip: Frame | None = None
-    for text in lines[:begin] if begin is not None else lines:
-        rip = parse_rip(text)
-        if rip is not None:
-            break
+    for text in lines[previous + 1:begin]:
+        rip = parse_rip(text) or rip
     frames: list[Frame] = []
     after_irq: list[Frame] = []
     seen_irq_end = False
     if begin is not None:
         for text in lines[begin + 1:]:
-            if STACK_BREAK.match(text):
+            if STACK_BREAK.match(text) or (frames and STACK_START.match(text)):
                 break
             if IRQ_END.match(text):
                 seen_irq_end = True
@@ -198,6 +195,23 @@ def _frames(lines: list[str], type_: ReportType, symbolize: Symbolizer | None
         if frame.symbol is None and frame.address is not None and symbolize is not None:
             _resymbolize(frame, symbolize)
     return frames, rip, after_irq
+
+
+def _chosen_section(lines: list[str], sections: list[int], type_: ReportType) -> int | None:
+    """The stack section that shows the bug: the first, but for lockdep the final ``stack
+    backtrace:``, and for an RCU stall the first that is not the grace-period kthread's own."""
+    if not sections:
+        return None
+    if type_ is ReportType.LOCKDEP:
+        for i in sections:
+            if lines[i].strip().startswith("stack backtrace"):
+                return i
+    if type_ is ReportType.RCU_STALL:
+        for n, i in enumerate(sections):
+            end = sections[n + 1] if n + 1 < len(sections) else len(lines)
+            if not any(GP_KTHREAD.search(text) for text in lines[i:end]):
+                return i
+    return sections[0]
 
 
 def _resymbolize(frame: Frame, symbolize: Symbolizer) -> None:
