@@ -277,7 +277,7 @@ def test_exec_result_verdict() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(OOPS.splitlines()[340:420] + ["", "x", "BUG:", "WARNING:"]),
+@given(st.lists(st.sampled_from([*OOPS.splitlines()[340:420], "", "x", "BUG:", "WARNING:"]),
                 max_size=60))
 def test_any_shuffle_of_report_lines_classifies(lines: list[str]) -> None:
     text = "\n".join(lines)
