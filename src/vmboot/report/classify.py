@@ -20,6 +20,7 @@ from vmboot.report.titles import (
     CONTINUATIONS,
     HANG_ANCHORS,
     HANG_SKIP,
+    HEADER_WORDS,
     HEADERS,
     MACHINERY,
     STALL_ANCHORS,
@@ -96,6 +97,8 @@ class KernelReport:
 
 def _header_of(text: str) -> tuple[Header, re.Match[str]] | None:
     head = text[:HEADER_SCAN_CHARS]
+    if not HEADER_WORDS.search(head):
+        return None
     for header in HEADERS:
         m = header.pattern.match(head)
         if m:

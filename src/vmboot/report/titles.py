@@ -121,6 +121,10 @@ HEADERS: tuple[Header, ...] = (
 )
 """Most specific first: the first header that matches a line decides."""
 
+HEADER_WORDS = re.compile(r"BUG|WARNING|INFO|PANIC|Kernel panic|UBSAN|general protection|Oops|"
+                          r"divide error|stack segment|invalid opcode|unreferenced object")
+"""A word every header contains: lines without one are not tried against each header."""
+
 CONTINUATIONS = re.compile(r"(?:Oops|invalid opcode|int3|#PF): ")
 """Lines that look like a header but, inside an open report, belong to it (an x86 oops
 prints ``BUG: ...`` then ``#PF: ...`` then ``Oops: ...``; ``kernel BUG at`` is followed by
