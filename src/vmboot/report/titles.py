@@ -153,11 +153,12 @@ MACHINERY_PATTERNS: tuple[str, ...] = (
     # string, copy and list helpers; retpolines
     "^mem(?:cpy|set|move|cmp|chr)", "^__mem(?:cpy|set|move)",
     "^str(?:n?cpy|l?cpy|scpy|len|nlen|cmp|ncmp|n?str|chr|n?dup)$", "^_?copy_(?:to|from)_user",
-    "copy_(?:to|from)_iter", "^(?:put|get)_user", "^__?list_(?:add|del)", "^__?rb_", "^klist_",
+    "copy_(?:to|from)_iter", "^(?:put|get)_user", "^(?:__)?list_(?:add|del)", "^(?:__)?rb_", "^klist_",
     "_indirect_thunk_", "^__phys_addr",
     # tracing, debug objects, timers, work queues, devices
     "perf_trace", "debug_object", "_is_static_object", "^del_timer", "queue_work",
-    "workqueue$", "^_?_?flush_work", "^kobject_", "^device_(?:add|del|unregister)$",
+    "workqueue$", "^_?_?flush_work", "try_to_grab_pending", "^osq_", "lock_timer_base",
+    "read_once_word_nocheck", "^kobject_", "^device_(?:add|del|unregister)$",
 )
 MACHINERY = re.compile("|".join(MACHINERY_PATTERNS))
 """Frames of the code that reports a bug rather than has it (matched with ``re.search``)."""
