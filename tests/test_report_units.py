@@ -307,3 +307,23 @@ def test_run_fail_on_turns_a_clean_reset_into_a_failure(
     assert main(["run", str(kernel), "-m", "64M", "--timeout", "60",
                  "--fail-on", "oops,warning"]) == 1
     assert "vmboot run: --fail-on warning: WARNING in vmboot_provoke_init" in capsys.readouterr().err
+
+
+def test_exec_fail_on_turns_status_0_into_121(monkeypatch: pytest.MonkeyPatch,
+                                               capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    import vmboot.execute
+    from vmboot.cli.exec import EXIT_FAIL_ON
+    from vmboot.execute import ExecReason, ExecResult, ExecTimings
+
+    def fake(command: list[str], **kw: object) -> ExecResult:
+        return ExecResult(stdout=b"", stderr=b"", exit_status=0, reason=ExecReason.EXITED,
+                          timings=ExecTimings(0.0, 0.1, None, 1.0, 2.0, 2.5),
+                          console=log("debian-6.1.0-57-bug.log").encode(),
+                          vm_exit=VmExit(ExitReason.STOPPED))
+
+    monkeypatch.setattr(vmboot.execute, "exec_command", fake)
+    assert main(["exec", "--kernel", "k", "--", "true"]) == 0
+    assert main(["exec", "--kernel", "k", "--fail-on", "warning", "--", "true"]) == 0
+    capsysbinary.readouterr()
+    assert main(["exec", "--kernel", "k", "--fail-on", "warning,bug", "--", "true"]) == EXIT_FAIL_ON
+    assert b"--fail-on bug: kernel BUG in vmboot_provoke_init" in capsysbinary.readouterr().err

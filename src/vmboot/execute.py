@@ -145,16 +145,21 @@ class ExecResult:
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
 
-    @property
-    def verdict(self) -> Verdict:
-        """``ok`` when the command exited 0 and the kernel reported nothing, else the most
-        severe of the kernel's reports, the VM's end, and ``command-failed``."""
+    def read_console(self) -> Reading:
+        """:attr:`reading`, made from the console, the VM's exit and the command's status
+        when not set yet."""
         if self.reading is None:
             from vmboot.report import read_console
 
             self.reading = read_console(self.console, None if self.vm_exit is None
                                         else self.vm_exit.reason, command_failed=not self.ok)
-        return self.reading.verdict
+        return self.reading
+
+    @property
+    def verdict(self) -> Verdict:
+        """``ok`` when the command exited 0 and the kernel reported nothing, else the most
+        severe of the kernel's reports, the VM's end, and ``command-failed``."""
+        return self.read_console().verdict
 
     @property
     def ok(self) -> bool:
@@ -179,8 +184,7 @@ class ExecResult:
             "vm_exit": None if self.vm_exit is None else self.vm_exit.reason.value,
             "timings": self.timings.as_dict(),
             "dropped": dict(self.dropped),
-            "verdict": self.verdict.value,
-            "reports": [] if self.reading is None else [r.as_dict() for r in self.reading.reports],
+            **self.read_console().as_dict(),
         }
 
 

@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         entry=args.entry,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
-    failed_on = [] if result.reading is None else result.reading.triggered(args.fail_on)
+    reading = result.read_console()
+    failed_on = reading.triggered(args.fail_on)
     if failed_on and status == 0:
         status = EXIT_FAIL_ON
     if args.json:
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     elif result.exit_status is None:
         print(f"vmboot exec: {result.one_line()}", file=sys.stderr)
     if failed_on and not args.json:
-        titles = [r.title for r in result.reading.reports] if result.reading else []
+        titles = [r.title for r in reading.reports]
         print(f"vmboot exec: --fail-on {','.join(v.value for v in failed_on)}: "
-              f"{'; '.join(titles) or result.verdict.value}", file=sys.stderr)
+              f"{'; '.join(titles) or reading.verdict.value}", file=sys.stderr)
     return status

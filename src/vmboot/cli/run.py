@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                 result = machine.run(timeout=args.timeout)
             profile = profiler.profile(machine.symbolize)
     status = exit_status(result.exit.reason)
-    failed_on = [] if result.reading is None else result.reading.triggered(args.fail_on)
+    reading = result.read_console()
+    failed_on = reading.triggered(args.fail_on)
     if failed_on and status == EXIT_OK:
         status = EXIT_GUEST_FAILED
     if args.json:
@@ -165,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
     if status != EXIT_OK:
         print(f"vmboot run: {result.exit.one_line()}", file=sys.stderr)
     if failed_on:
-        titles = [r.title for r in result.reading.reports] if result.reading else []
+        titles = [r.title for r in reading.reports]
         print(f"vmboot run: --fail-on {','.join(v.value for v in failed_on)}: "
-              f"{'; '.join(titles) or result.verdict.value}", file=sys.stderr)
+              f"{'; '.join(titles) or reading.verdict.value}", file=sys.stderr)
     if result.stack_trace_text:
         print(result.stack_trace_text, file=sys.stderr, end="")
     for note in result.notes:

@@ -90,14 +90,18 @@ class RunResult:
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
 
-    @property
-    def verdict(self) -> Verdict:
-        """One word for how the run went: ``ok``, ``panic``, ``oops``, ``warning``, ... ."""
+    def read_console(self) -> Reading:
+        """:attr:`reading`, made from the console and the exit reason when not set yet."""
         if self.reading is None:
             from vmboot.report import read_console
 
             self.reading = read_console(self.console, self.exit.reason)
-        return self.reading.verdict
+        return self.reading
+
+    @property
+    def verdict(self) -> Verdict:
+        """One word for how the run went: ``ok``, ``panic``, ``oops``, ``warning``, ... ."""
+        return self.read_console().verdict
 
     @property
     def clean(self) -> bool:
@@ -119,8 +123,7 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
-            "verdict": self.verdict.value,
-            "reports": [] if self.reading is None else [r.as_dict() for r in self.reading.reports],
+            **self.read_console().as_dict(),
         }
 
 
