@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 from vmboot.errors import UsageError
@@ -49,7 +48,6 @@ exit status: 0 no kernel report, 1 at least one report, 2 bad arguments or unrea
 
 EXIT_NO_REPORT = 0
 EXIT_REPORTS = 1
-KERNEL_OFFSET = re.compile(r"Kernel Offset: (0x[0-9a-f]+) from")
 FRAME_INDENT = "    "
 
 
@@ -89,8 +87,9 @@ def _slide(args: argparse.Namespace, log: str) -> int:
 
         text = str(args.slide)
         return parse_address(text.lstrip("-+")) * (-1 if text.startswith("-") else 1)
-    m = KERNEL_OFFSET.search(log)
-    return int(m.group(1), 16) if m else 0
+    from vmboot.report.lines import kernel_offset
+
+    return kernel_offset(log) or 0
 
 
 def handler(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ RIP_RE = re.compile(
     rf"^\s*(?:R|E)?IP:\s*(?:(?P<cs>[0-9a-f]{{4}}):)?(?:\[<(?P<addr>{_ADDR})>\]\s*)*"
     rf"(?:(?P<symbol>{_SYM})\+(?P<offset>0x[0-9a-f]+)|(?:0x)?(?P<bare>{_ADDR})\b)"
 )
+KERNEL_OFFSET_RE = re.compile(r"Kernel Offset: (0x[0-9a-f]+) from")
 USER_CS = "0033"
 """The 64-bit user code segment: a RIP line with it is a user-mode address."""
 
@@ -100,3 +101,11 @@ def parse_rip(text: str) -> Frame | None:
     if m["symbol"]:
         return Frame(m["symbol"], int(m["offset"], 16), _int(m["addr"]))
     return Frame(None, None, int(m["bare"], 16))
+
+
+def kernel_offset(log: str) -> int | None:
+    """The KASLR slide a panicking x86 kernel prints (``Kernel Offset: 0x1fa00000 from
+    0xffffffff81000000``), or None: what to subtract from a printed address to look it up
+    in the kernel's link-time symbols."""
+    m = KERNEL_OFFSET_RE.search(log)
+    return int(m.group(1), 16) if m else None

@@ -295,10 +295,18 @@ class Machine:
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
-        from vmboot.report import read_console
-
-        result.reading = read_console(result.console, result.exit.reason, symbolize=self.symbolize)
+        result.reading = self._read_console(result)
         return result
+
+    def _read_console(self, result: RunResult) -> Reading:
+        """The kernel reports on the console; bare addresses named with this kernel's
+        symbols, less the KASLR offset the kernel printed."""
+        from vmboot.report import read_console
+        from vmboot.report.lines import kernel_offset
+
+        slide = kernel_offset(result.console_text) or 0
+        return read_console(result.console, result.exit.reason,
+                            symbolize=lambda address: self.symbolize(address - slide))
 
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
