@@ -287,7 +287,8 @@ def _title_function(header: Header, groups: dict[str, str], lines: list[str],
             if not any(s in name for s in HANG_SKIP) and not _skipped(name, header.skip):
                 return name
         return None
-    return _first_own(stack, header.skip)
+    named = groups.get("func", "").split("+", 1)[0]
+    return _first_own(stack, header.skip) or named or None
 
 
 def _format_title(header: Header, groups: dict[str, str], lines: list[str],

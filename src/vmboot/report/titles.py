@@ -171,7 +171,8 @@ MACHINERY_PATTERNS: tuple[str, ...] = (
     "^mem(?:cpy|set|move|cmp|chr)", "^__mem(?:cpy|set|move)",
     "^str(?:n?cpy|l?cpy|scpy|len|nlen|cmp|ncmp|n?str|chr|n?dup)$", "^_?copy_(?:to|from)_user",
     "copy_(?:to|from)_iter", "^(?:put|get)_user", "^(?:__)?list_(?:add|del)", "^(?:__)?rb_", "^klist_",
-    "_indirect_thunk_", "^__phys_addr",
+    "_indirect_thunk_", "^__phys_addr", "^(?:hex_|dentry_)?string$", "^pointer$",
+    "read_word_at_a_time", "cancel_work",
     # tracing, debug objects, timers, work queues, devices
     "perf_trace", "debug_object", "_is_static_object", "^del_timer", "queue_work",
     "workqueue$", "^_?_?flush_work", "try_to_grab_pending", "^osq_", "lock_timer_base",
