@@ -107,3 +107,16 @@ def test_cli_stdin_dash(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     out = json.loads(capsys.readouterr().out)
     assert out["verdict"] == "bug"
     assert out["reports"][0]["title"] == "memory leak in do_ipv6_setsockopt"
+
+
+def test_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["report", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "vmboot report - --json" in out and "exit status:" in out
+    assert all(v.value in out for v in CORE_VERDICTS)
+    for verb in ("run", "exec"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        assert "--fail-on" in capsys.readouterr().out

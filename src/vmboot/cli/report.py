@@ -25,7 +25,7 @@ EPILOG = """\
 examples:
   vmboot report console.log
   vmboot run bzImage --initrd initramfs.cpio 2>&1 | tee run.log; vmboot report run.log --json
-  curl -s https://example.org/bug/123/log.txt | vmboot report - --json
+  vmboot report - --json < saved-console.log
   vmboot report --kernel bzImage old-4.19.log      # names for frames printed as [<addr>]
 
 output: the verdict, then one block per report:
