@@ -68,6 +68,7 @@ from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
     from vmboot.linux.options import EntryChoice
+    from vmboot.report import Reading, Verdict
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
@@ -141,6 +142,24 @@ class ExecResult:
     vm_exit: VmExit | None = None
     dropped: dict[str, int] = field(default_factory=dict)
     """Bytes beyond the capture limit per channel (``stdout``, ``stderr``, ``console``)."""
+    reading: Reading | None = None
+    """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
+
+    def read_console(self) -> Reading:
+        """:attr:`reading`, made from the console, the VM's exit and the command's status
+        when not set yet."""
+        if self.reading is None:
+            from vmboot.report import read_console
+
+            self.reading = read_console(self.console, None if self.vm_exit is None
+                                        else self.vm_exit.reason, command_failed=not self.ok)
+        return self.reading
+
+    @property
+    def verdict(self) -> Verdict:
+        """``ok`` when the command exited 0 and the kernel reported nothing, else the most
+        severe of the kernel's reports, the VM's end, and ``command-failed``."""
+        return self.read_console().verdict
 
     @property
     def ok(self) -> bool:
@@ -165,6 +184,7 @@ class ExecResult:
             "vm_exit": None if self.vm_exit is None else self.vm_exit.reason.value,
             "timings": self.timings.as_dict(),
             "dropped": dict(self.dropped),
+            **self.read_console().as_dict(),
         }
 
 
@@ -381,7 +401,18 @@ def exec_command(
         detail=outcome.detail,
         vm_exit=vm_exit,
         dropped={"stdout": stdout.dropped, "stderr": stderr.dropped, "console": run.console_dropped},
+        reading=_reading(run.reading, vm_exit.reason, outcome),
     )
+
+
+def _reading(run_reading: Reading | None, vm_exit: ExitReason, outcome: Outcome) -> Reading | None:
+    """The run's kernel reports, judged with the command's outcome."""
+    from vmboot.report import Reading, decide
+
+    if run_reading is None:
+        return None
+    failed = not (outcome.reason is ExecReason.EXITED and outcome.exit_status == 0)
+    return Reading(decide(run_reading.reports, vm_exit, command_failed=failed), run_reading.reports)
 
 
 def exec_platform(console: ConsoleOutput, stdout: ConsoleOutput, stderr: ConsoleOutput,

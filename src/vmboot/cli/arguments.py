@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING
+
+from vmboot.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmboot.report.kinds import Verdict
 
 
 def seconds(text: str) -> float:
@@ -28,3 +34,18 @@ def sample_rate(text: str) -> float:
     if not (0 < value <= MAX_HZ):
         raise argparse.ArgumentTypeError(f"{text!r} Hz is outside 0 < Hz <= {MAX_HZ}")
     return value
+
+
+def fail_on(text: str) -> frozenset[Verdict]:
+    """``--fail-on warning,oops``: verdicts that fail a run even when it succeeded."""
+    from vmboot.report.verdict import parse_fail_on
+
+    try:
+        return parse_fail_on(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--fail-on: ")) from None
+
+
+FAIL_ON_HELP = ("exit non-zero when the kernel reported one of these verdicts, even if the run "
+                "succeeded (comma-separated: panic, oops, bug, warning, soft-lockup, hung-task, "
+                "rcu-stall, ...; see `vmboot report --help`)")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from vmboot.cli.arguments import seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, fail_on, seconds
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -34,6 +34,7 @@ exit status:
   125    the guest never started the command (the boot failed or stopped early),
          or its init could not run it
   122    the guest stopped while the command ran, before it reported a status
+  121    the command exited 0 but the kernel reported a --fail-on verdict
   1      vmboot could not run the guest at all (the message says why); 2: bad arguments
   vmboot's own statuses can collide with the command's: --json says which it was.
 
@@ -49,6 +50,9 @@ examples:
       stop after 60 s (exit status 124); one JSON object on stdout at the end:
       {"reason": "timeout", "exit_status": null, "detail": ..., "stdout": ..., "stderr": ...,
        "timings": {...}, ...}   reasons: exited, panic, timeout, boot-failure, guest-error, lost
+  vmboot exec --fail-on warning,oops,bug -- sh /t/stress.sh
+      exit 121 when the command succeeded but the kernel printed a WARNING, an oops
+      or a BUG (--json has "verdict" and the kernel's "reports" either way)
   vmboot exec --console -- dmesg
       the kernel's console (boot messages) on stderr as well
 
@@ -64,6 +68,7 @@ EXIT_PANIC = 123
 EXIT_TIMEOUT = 124
 EXIT_NOT_STARTED = 125
 EXIT_LOST = 122
+EXIT_FAIL_ON = 121
 EXIT_ERROR = 1
 
 
@@ -95,6 +100,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
+    p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
+                   help=FAIL_ON_HELP + f"; status {EXIT_FAIL_ON}")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -191,10 +198,18 @@ def run(args: argparse.Namespace) -> int:
         entry=args.entry,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
+    reading = result.read_console()
+    failed_on = reading.triggered(args.fail_on)
+    if failed_on and status == 0:
+        status = EXIT_FAIL_ON
     if args.json:
         summary = result.as_dict()
         summary["vmboot_exit_status"] = status
         print(json.dumps(summary, sort_keys=True))
     elif result.exit_status is None:
         print(f"vmboot exec: {result.one_line()}", file=sys.stderr)
+    if failed_on and not args.json:
+        titles = [r.title for r in reading.reports]
+        print(f"vmboot exec: --fail-on {','.join(v.value for v in failed_on)}: "
+              f"{'; '.join(titles) or reading.verdict.value}", file=sys.stderr)
     return status

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import IO
 
-from vmboot.cli.arguments import sample_rate, seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
@@ -24,7 +24,8 @@ EPILOG = """\
 exit status:
   0    the guest rebooted or powered off (reboot=k makes a reboot end the run)
   1    the guest failed (triple fault, emulation failure, halted for good, panic)
-       or vmboot could not run it (the message says why)
+       or vmboot could not run it (the message says why), or the kernel reported
+       a --fail-on verdict
   2    bad arguments
   124  the --timeout passed
 
@@ -39,7 +40,11 @@ examples:
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
        "timings": {"load": s, "first_instruction": s, "first_console_byte": s, "exit": s},
-       "console_bytes": n, "console_dropped": n, ...}
+       "console_bytes": n, "console_dropped": n, "verdict": "ok",
+       "reports": [{"type", "title", "first_line", "last_line", "frames"}, ...], ...}
+  vmboot run bzImage --initrd initramfs.cpio --fail-on warning,oops,bug
+      exit 1 when the kernel printed a WARNING, an oops or a BUG, even if it rebooted
+      cleanly (the verdicts are those of `vmboot report`)
 
 notes:
   When standard input is a terminal, what you type goes to the guest's serial console
@@ -103,6 +108,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--profile-hz", metavar="HZ", type=sample_rate, default=DEFAULT_PROFILE_HZ,
                    help=f"samples a second for --profile (default: {DEFAULT_PROFILE_HZ}; each "
                         "costs one exit from the guest)")
+    p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
+                   help=FAIL_ON_HELP)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -142,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
                 result = machine.run(timeout=args.timeout)
             profile = profiler.profile(machine.symbolize)
     status = exit_status(result.exit.reason)
+    reading = result.read_console()
+    failed_on = reading.triggered(args.fail_on)
+    if failed_on and status == EXIT_OK:
+        status = EXIT_GUEST_FAILED
     if args.json:
         summary = result.as_dict()
         summary["exit_status"] = status
@@ -154,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
         print(profile.render(PROFILE_TOP), file=sys.stderr, end="")
     if status != EXIT_OK:
         print(f"vmboot run: {result.exit.one_line()}", file=sys.stderr)
+    if failed_on:
+        titles = [r.title for r in reading.reports]
+        print(f"vmboot run: --fail-on {','.join(v.value for v in failed_on)}: "
+              f"{'; '.join(titles) or reading.verdict.value}", file=sys.stderr)
     if result.stack_trace_text:
         print(result.stack_trace_text, file=sys.stderr, end="")
     for note in result.notes:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.report import Reading, Verdict
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -86,6 +87,21 @@ class RunResult:
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
+    reading: Reading | None = None
+    """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
+
+    def read_console(self) -> Reading:
+        """:attr:`reading`, made from the console and the exit reason when not set yet."""
+        if self.reading is None:
+            from vmboot.report import read_console
+
+            self.reading = read_console(self.console, self.exit.reason)
+        return self.reading
+
+    @property
+    def verdict(self) -> Verdict:
+        """One word for how the run went: ``ok``, ``panic``, ``oops``, ``warning``, ... ."""
+        return self.read_console().verdict
 
     @property
     def clean(self) -> bool:
@@ -107,6 +123,7 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            **self.read_console().as_dict(),
         }
 
 
@@ -278,7 +295,18 @@ class Machine:
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
+        result.reading = self._read_console(result)
         return result
+
+    def _read_console(self, result: RunResult) -> Reading:
+        """The kernel reports on the console; bare addresses named with this kernel's
+        symbols, less the KASLR offset the kernel printed."""
+        from vmboot.report import read_console
+        from vmboot.report.lines import kernel_offset
+
+        slide = kernel_offset(result.console_text) or 0
+        return read_console(result.console, result.exit.reason,
+                            symbolize=lambda address: self.symbolize(address - slide))
 
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
