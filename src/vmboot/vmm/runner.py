@@ -55,9 +55,8 @@ _PortEntry = tuple[Callable[[int, int, int], None], Callable[[int, int], int], i
 Symbolizer = Callable[[int], "str | None"]
 """``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
 
-Sampler = Callable[[int, int], None]
-"""``sampler(rip, cpl)``: receives one sample of the running vCPU (:meth:`Runner.request_sample`)."""
-"""``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
+Sampler = Callable[[int, int, int], None]
+"""``sampler(rip, cpl, vcpu_index)``: one sample of the running vCPU (:meth:`Runner.request_sample`)."""
 
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
@@ -142,7 +141,7 @@ class Runner:
         self._thread_id: int | None = None
         self._port_cache: dict[int, _PortEntry] = {}
         self.sampler: Sampler | None = None
-        """Called as ``sampler(rip, cpl)`` for each :meth:`request_sample` (see vmm.profile)."""
+        """Called as ``sampler(rip, cpl, vcpu_index)`` for each :meth:`request_sample` (see vmm.profile)."""
         self._sample_wanted = False
 
     # -- stopping -----------------------------------------------------------------------------
@@ -161,12 +160,23 @@ class Runner:
         if target is not None and target != threading.get_ident():
             self._kick(target)
 
+    def discard_stop(self) -> None:
+        """Forget a stop that arrived after the last run had ended (the next run goes ahead)."""
+        with self._lock:
+            if self._thread_id is None:
+                self._pending = None
+
+    @property
+    def thread_id(self) -> int | None:
+        """The host thread running this vCPU's loop now (None between runs)."""
+        return self._thread_id
+
     def request_stop(self, detail: str = "stop requested") -> None:
         """Ask a run (in another thread) to end with :attr:`ExitReason.STOPPED`."""
         self.stop(ExitReason.STOPPED, detail)
 
     def request_sample(self) -> None:
-        """Have the running vCPU report its RIP and CPL to :attr:`sampler`, then go on.
+        """Have the running vCPU report its RIP, CPL and index to :attr:`sampler`, then go on.
 
         Any thread may call it; it does nothing when no run is in progress. The vCPU is
         kicked out of KVM_RUN as for a stop, the loop reads the two registers and re-enters.
@@ -190,7 +200,7 @@ class Runner:
         except HypervisorError as e:
             log.debug("runner: no sample: %s", e)
             return
-        sampler(rip, cpl)
+        sampler(rip, cpl, self.vcpu.index)
 
     def _vcpu_closing(self) -> None:
         """The vCPU is being closed by another thread while it runs: end the run."""
@@ -467,4 +477,5 @@ class Runner:
                 symbol = self.symbolizer(rip)
             except VmbootError as e:
                 log.info("runner: cannot symbolise rip %#x: %s", rip, e)
-        return VmExit(reason=reason, detail=detail, registers=registers, symbol=symbol)
+        return VmExit(reason=reason, detail=detail, registers=registers, symbol=symbol,
+                      vcpu=self.vcpu.index)

@@ -46,6 +46,11 @@ KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
 KVM_FEATURE_CLOCKSOURCE = 1 << 0
 KVM_FEATURE_NOP_IO_DELAY = 1 << 1
 KVM_FEATURE_CLOCKSOURCE2 = 1 << 3
+KVM_FEATURE_STEAL_TIME_BIT = 5
+KVM_FEATURE_PV_UNHALT_BIT = 7
+KVM_FEATURE_PV_TLB_FLUSH_BIT = 9
+KVM_FEATURE_PV_SEND_IPI_BIT = 11
+KVM_FEATURE_PV_SCHED_YIELD_BIT = 13
 KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1 << 24
 KVM_CLOCK_FEATURES = (
     KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2
@@ -157,6 +162,10 @@ CONSERVATIVE_HIDDEN: tuple[HiddenFeature, ...] = (
                   " not supported everywhere (QEMU runs this host with -arch-capabilities)"),
     # Leaf 0x80000001 ECX
     HiddenFeature(0x80000001, None, "ecx", 5, "abm", "LZCNT and, on AMD, implies POPCNT"),
+    # Leaf 0x40000001 EAX: KVM paravirtual features (arch/x86/include/uapi/asm/kvm_para.h)
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_SEND_IPI_BIT, "kvm_pv_send_ipi",
+                  "the KVM_HC_SEND_IPI hypercall never returns under PVM: a second CPU hangs in "
+                  "__send_ipi_mask while the boot CPU spins on a lock (seen with 2 vCPUs)"),
 )
 """Every feature bit the conservative policy clears, with the reason."""
 
@@ -256,6 +265,19 @@ def _conservative_entry(e: CpuidEntry) -> CpuidEntry:
             regs[h.register] &= ~(1 << h.bit)
             changed = True
     return replace(e, **regs) if changed else e
+
+
+def hidden_features(supported: Iterable[CpuidEntry], table: Iterable[CpuidEntry]) -> list[str]:
+    """Names of the :data:`CONSERVATIVE_HIDDEN` features the host has but ``table`` hides."""
+    host, guest = list(supported), list(table)
+    names = []
+    for h in CONSERVATIVE_HIDDEN:
+        have = find(host, h.leaf, h.subleaf or 0)
+        shown = find(guest, h.leaf, h.subleaf or 0)
+        if have is not None and getattr(have, h.register) >> h.bit & 1 and (
+                shown is None or not getattr(shown, h.register) >> h.bit & 1):
+            names.append(h.name)
+    return names
 
 
 def find(entries: Iterable[CpuidEntry], function: int, index: int = 0) -> CpuidEntry | None:
