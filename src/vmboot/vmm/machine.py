@@ -28,10 +28,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.errors import BootConfigError, DebugError, LayoutError, UsageError
+from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
-from vmboot.x86.mptable import build_mp_table, validate_cpus
+from vmboot.x86.mptable import build_mp_table, place_mp_table, validate_cpus
 
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
@@ -237,14 +237,7 @@ class Machine:
              for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd,
                                                    entry=self.entry))
-        clash = next((r for r in self.plan.regions
-                      if r.start < mp_table.end and mp_table.address < r.end), None)
-        if clash is not None:
-            raise LayoutError(
-                f"MP table: [{mp_table.address:#x}, {mp_table.end:#x}) overlaps the boot "
-                f"region {clash.name!r} [{clash.start:#x}, {clash.end:#x}); keep boot data out "
-                "of the EBDA (0x9FC00-0xA0000)")
-        vm.write(mp_table.address, mp_table.data)
+        place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
         runners = [Runner(vm, cpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
                    for cpu in self.vcpus]

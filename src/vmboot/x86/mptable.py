@@ -20,9 +20,11 @@ one to one (IRQs above 15 are the lines the VMM's own devices, e.g. virtio-mmio,
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, LayoutError
 
 MP_TABLE_GPA = 0x9FC00
 """Where the floating pointer goes: the start of the EBDA (E820-reserved up to 1 MiB), the
@@ -90,6 +92,30 @@ class MpTable:
     @property
     def end(self) -> int:
         return self.address + len(self.data)
+
+
+class GuestRam(Protocol):
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class BootRegion(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+
+def place_mp_table(ram: GuestRam, table: MpTable, occupied: Iterable[BootRegion]) -> None:
+    """Write ``table`` into guest RAM after checking it overlaps none of the ``occupied`` regions."""
+    for r in occupied:
+        if r.start < table.end and table.address < r.end:
+            raise LayoutError(
+                f"MP table: [{table.address:#x}, {table.end:#x}) overlaps the boot region "
+                f"{r.name!r} [{r.start:#x}, {r.end:#x}); keep boot data out of the EBDA "
+                f"[{MP_TABLE_GPA:#x}, {MP_TABLE_GPA + MP_TABLE_AREA_SIZE:#x})")
+    ram.write(table.address, table.data)
 
 
 def checksum_byte(data: bytes) -> int:

@@ -202,7 +202,8 @@ def build_cpuid(
     if not 0 <= vcpu_index < vcpu_count:
         raise HypervisorError(f"CPUID: vCPU index {vcpu_index} is outside 0..{vcpu_count - 1}")
     concrete = resolve_policy(policy, emulating)
-    entries = [_host_entry(e, vcpu_index, vcpu_count) for e in supported]
+    entries = _with_topology_levels([_host_entry(e, vcpu_index, vcpu_count) for e in supported],
+                                    vcpu_index, vcpu_count)
     entries = _ensure_kvm_leaves(entries)
     if concrete == "conservative":
         entries = [_conservative_entry(e) for e in entries]
@@ -227,6 +228,26 @@ def _host_entry(e: CpuidEntry, apic_id: int, count: int) -> CpuidEntry:
     if e.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
         return _topology_entry(e, apic_id, count)
     return e
+
+
+TOPOLOGY_SUBLEAVES = 3
+"""Leaves 0xB / 0x1F describe SMT (subleaf 0), core (1), then an invalid level ending the list."""
+
+
+def _with_topology_levels(entries: list[CpuidEntry], apic_id: int, count: int) -> list[CpuidEntry]:
+    """Every subleaf of the topology leaves the host lists, whatever KVM gave for them.
+
+    KVM lists leaves 0xB and 0x1F with subleaf 0 only, and a guest that reads subleaf 1 then
+    gets zeros (an invalid level): it sees no core level, takes each CPU for a package of
+    its own, and numbers N packages instead of N cores in one.
+    """
+    present = {e.function: e for e in entries if e.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2)}
+    out = [e for e in entries if e.function not in present]
+    for first in present.values():
+        flags = first.flags | CPUID_FLAG_SIGNIFICANT_INDEX
+        out.extend(_topology_entry(replace(first, index=sub, flags=flags), apic_id, count)
+                   for sub in range(TOPOLOGY_SUBLEAVES))
+    return out
 
 
 def _topology_entry(e: CpuidEntry, apic_id: int, count: int) -> CpuidEntry:
