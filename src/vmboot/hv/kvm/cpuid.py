@@ -11,7 +11,9 @@ Two policies:
 ``conservative``
     ``host`` minus every feature whose instructions the PVM software hypervisor cannot
     emulate in guest ring 0 (it stops the VM with an emulation failure), and the features
-    that only make sense with them. Each bit is justified where it is cleared below.
+    that only make sense with them, and the KVM paravirtual features whose guest code makes
+    a hypercall, which PVM never completes (with several vCPUs the guest would hang). Each
+    bit is justified where it is cleared below.
 
 ``auto`` (the default) is ``conservative`` when the host KVM emulates guest ring 0
 (:func:`vmboot.hv.kvm.system.host_is_emulating`), else ``host``.
@@ -46,11 +48,14 @@ KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
 KVM_FEATURE_CLOCKSOURCE = 1 << 0
 KVM_FEATURE_NOP_IO_DELAY = 1 << 1
 KVM_FEATURE_CLOCKSOURCE2 = 1 << 3
-KVM_FEATURE_STEAL_TIME_BIT = 5
 KVM_FEATURE_PV_UNHALT_BIT = 7
-KVM_FEATURE_PV_TLB_FLUSH_BIT = 9
 KVM_FEATURE_PV_SEND_IPI_BIT = 11
 KVM_FEATURE_PV_SCHED_YIELD_BIT = 13
+"""Bits of leaf 0x40000001 EAX whose guest code makes a hypercall (see CONSERVATIVE_HIDDEN)."""
+KVM_HC_KICK_CPU = 5
+KVM_HC_SEND_IPI = 10
+KVM_HC_SCHED_YIELD = 11
+"""Hypercall numbers (include/uapi/linux/kvm_para.h) behind those features."""
 KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1 << 24
 KVM_CLOCK_FEATURES = (
     KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2
@@ -110,6 +115,7 @@ class HiddenFeature:
 
 
 _PVM = "the PVM emulator stops with an emulation failure on"
+_HYPERCALL = "a ring-0 VMCALL never returns under PVM (seen), and the kernel makes"
 
 CONSERVATIVE_HIDDEN: tuple[HiddenFeature, ...] = (
     # Leaf 1 ECX
@@ -162,10 +168,19 @@ CONSERVATIVE_HIDDEN: tuple[HiddenFeature, ...] = (
                   " not supported everywhere (QEMU runs this host with -arch-capabilities)"),
     # Leaf 0x80000001 ECX
     HiddenFeature(0x80000001, None, "ecx", 5, "abm", "LZCNT and, on AMD, implies POPCNT"),
-    # Leaf 0x40000001 EAX: KVM paravirtual features (arch/x86/include/uapi/asm/kvm_para.h)
+    # Leaf 0x40000001 EAX: KVM paravirtual features (arch/x86/include/uapi/asm/kvm_para.h).
+    # Under PVM a hypercall (VMCALL) from guest ring 0 never returns, whatever its number:
+    # hide each feature whose kernel code makes one. Steal time, PV TLB flush (it reads the
+    # steal-time page), PV EOI, async PF and poll control only use MSRs and shared memory.
     HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_SEND_IPI_BIT, "kvm_pv_send_ipi",
-                  "the KVM_HC_SEND_IPI hypercall never returns under PVM: a second CPU hangs in "
-                  "__send_ipi_mask while the boot CPU spins on a lock (seen with 2 vCPUs)"),
+                  f"{_HYPERCALL} KVM_HC_SEND_IPI: with 2 vCPUs the second hangs in __send_ipi_mask "
+                  "while the boot CPU spins on a lock (seen)"),
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_UNHALT_BIT, "kvm_pv_unhalt",
+                  f"{_HYPERCALL} KVM_HC_KICK_CPU, which paravirtual spinlocks make to wake a "
+                  "waiter that halted: a contended lock would hang its holder"),
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_SCHED_YIELD_BIT,
+                  "kvm_pv_sched_yield", f"{_HYPERCALL} KVM_HC_SCHED_YIELD, made when a call-"
+                  "function IPI targets a preempted vCPU"),
 )
 """Every feature bit the conservative policy clears, with the reason."""
 
