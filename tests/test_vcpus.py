@@ -233,3 +233,20 @@ def test_empty_set_refused() -> None:
 
     with pytest.raises(HypervisorError, match="at least the bootstrap"):
         VcpuSet([])
+
+
+def test_profile_counts_a_waiting_application_processor_as_waiting(baseline: None) -> None:
+    from vmboot.vmm.profile import WAITING_FOR_SIPI, GuestProfiler
+
+    rig = SmpRig(2, irqchip=True)
+    try:
+        rig.load(SPIN, "ud2")
+        with GuestProfiler(rig.set, hz=200) as profiler:
+            rig.set.run(timeout=0.5)
+        profile = profiler.profile()
+        split = {c.cpu: c for c in profile.per_cpu}
+        assert set(split) == {0, 1}, profile.render()
+        assert [f.name for f in split[1].functions] == [WAITING_FOR_SIPI]
+        assert WAITING_FOR_SIPI not in [f.name for f in split[0].functions]
+    finally:
+        rig.close()

@@ -38,12 +38,15 @@ from vmboot.errors import UsageError
 if TYPE_CHECKING:
     from vmboot.vmm.machine import Machine
     from vmboot.vmm.runner import Runner
+    from vmboot.vmm.vcpus import VcpuSet
 
 DEFAULT_HZ = 100
 MAX_HZ = 10_000
 """Above this the sampler's own round trips would dominate the guest."""
 USER_MODE = "[user mode]"
 """Where a sample taken at CPL 3 is counted: guest user space has no kernel symbol."""
+WAITING_FOR_SIPI = "[waiting for INIT/SIPI]"
+"""Where a sample of a vCPU the guest has not started yet is counted (its RIP means nothing)."""
 UNKNOWN_GRANULE = 1 << 16
 """Samples at addresses without a symbol are counted per 64 KiB block of addresses."""
 
@@ -56,6 +59,8 @@ class Sample:
     rip: int
     cpl: int
     cpu: int = 0
+    waiting: bool = False
+    """The vCPU had not been started yet (an application processor before its STARTUP IPI)."""
 
 
 Symbolizer = Callable[[int], "str | None"]
@@ -141,6 +146,8 @@ def function_of(sample: Sample, symbolize: Symbolizer | None,
     ``locate(address)`` may name what lies at an address without a symbol (e.g. Machine's
     "bzImage decompressor" for the kernel's load area before the kernel proper runs).
     """
+    if sample.waiting:
+        return WAITING_FOR_SIPI
     if sample.cpl == 3:
         return USER_MODE
     if cache is not None and sample.rip in cache:
@@ -198,13 +205,14 @@ def _per_cpu(samples: list[Sample], names: list[str]) -> list[CpuShare]:
 
 
 class GuestProfiler:
-    """Samples each vCPU of a machine (or a runner's one vCPU) ``hz`` times a second while it runs.
+    """Samples each vCPU of a machine or a :class:`VcpuSet` (or a runner's one vCPU) ``hz``
+    times a second while it runs.
 
     Use as a context manager around :meth:`Machine.run` (it may span several runs); the
     samples are in :attr:`samples`, :meth:`profile` sums them.
     """
 
-    def __init__(self, target: Machine | Runner, hz: float = DEFAULT_HZ) -> None:
+    def __init__(self, target: Machine | Runner | VcpuSet, hz: float = DEFAULT_HZ) -> None:
         if not 0 < hz <= MAX_HZ:
             raise UsageError(f"profile rate: {hz!r} Hz is outside 0 < hz <= {MAX_HZ}")
         self.hz = float(hz)
@@ -217,16 +225,19 @@ class GuestProfiler:
 
     def _resolve_runners(self) -> tuple[Runner, ...]:
         from vmboot.vmm.runner import Runner
+        from vmboot.vmm.vcpus import VcpuSet
 
         if isinstance(self._target, Runner):
             return (self._target,)
+        if isinstance(self._target, VcpuSet):
+            return self._target.runners
         vcpus = self._target.vcpu_set
         if vcpus is None:
             raise UsageError("GuestProfiler: the machine is not started; start it (with) first")
         return vcpus.runners
 
-    def _record(self, rip: int, cpl: int, cpu: int) -> None:
-        self.samples.append(Sample(time.monotonic() - self._t0, rip, cpl, cpu))
+    def _record(self, rip: int, cpl: int, cpu: int, waiting: bool) -> None:
+        self.samples.append(Sample(time.monotonic() - self._t0, rip, cpl, cpu, waiting))
 
     def start(self) -> None:
         if self._thread is not None:

@@ -55,8 +55,13 @@ _PortEntry = tuple[Callable[[int, int, int], None], Callable[[int, int], int], i
 Symbolizer = Callable[[int], "str | None"]
 """``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
 
-Sampler = Callable[[int, int, int], None]
-"""``sampler(rip, cpl, vcpu_index)``: one sample of the running vCPU (:meth:`Runner.request_sample`)."""
+Sampler = Callable[[int, int, int, bool], None]
+"""``sampler(rip, cpl, vcpu_index, waiting)``: one sample of the running vCPU
+(:meth:`Runner.request_sample`); ``waiting``: it has not been started yet (it waits in KVM for
+the INIT/STARTUP IPIs of an application processor, and its RIP is the reset vector's)."""
+
+WAITING_MP_STATES = frozenset({abi.KVM_MP_STATE_UNINITIALIZED, abi.KVM_MP_STATE_INIT_RECEIVED})
+"""KVM_GET_MP_STATE values of a vCPU that waits for a STARTUP IPI."""
 
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
@@ -141,7 +146,7 @@ class Runner:
         self._thread_id: int | None = None
         self._port_cache: dict[int, _PortEntry] = {}
         self.sampler: Sampler | None = None
-        """Called as ``sampler(rip, cpl, vcpu_index)`` for each :meth:`request_sample` (see vmm.profile)."""
+        """Called as ``sampler(rip, cpl, vcpu_index, waiting)`` per :meth:`request_sample` (vmm.profile)."""
         self._sample_wanted = False
 
     # -- stopping -----------------------------------------------------------------------------
@@ -197,10 +202,11 @@ class Runner:
         try:
             rip = self.vcpu.get_registers((Register.RIP,))[Register.RIP]
             cpl = self.vcpu.get_segment(SegmentRegister.CS).selector & CPL_MASK
+            waiting = self.vm.irqchip and self.vcpu.get_mp_state() in WAITING_MP_STATES
         except HypervisorError as e:
             log.debug("runner: no sample: %s", e)
             return
-        sampler(rip, cpl, self.vcpu.index)
+        sampler(rip, cpl, self.vcpu.index, waiting)
 
     def _vcpu_closing(self) -> None:
         """The vCPU is being closed by another thread while it runs: end the run."""
