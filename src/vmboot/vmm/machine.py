@@ -93,7 +93,8 @@ class RunResult:
     cpus: int = 1
     """vCPUs the machine ran."""
     cpuid_hidden: list[str] = field(default_factory=list)
-    """Host CPU features the CPUID policy hid from the guest (see vmboot.hv.kvm.cpuid)."""
+    """Host CPU features the CPUID policy left out of the table given to KVM (see
+    vmboot.hv.kvm.cpuid; PVM answers ring-0 leaves 1 and 7 from the host CPU regardless)."""
 
     @property
     def clean(self) -> bool:
