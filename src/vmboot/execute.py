@@ -330,6 +330,7 @@ def exec_command(
     cpuid_policy: str = "auto",
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
     entry: EntryChoice = "auto",
+    cpus: int = 1,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -341,15 +342,18 @@ def exec_command(
     ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
+    ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
     """
     import sys
 
     from vmboot.fetch import find_busybox
     from vmboot.initramfs.exec_image import exec_initramfs
     from vmboot.vmm.machine import Machine
+    from vmboot.x86.mptable import validate_cpus
 
     if timeout is not None and not timeout > 0:
         raise BootConfigError(f"timeout: {timeout!r} is not a positive number of seconds (or None)")
+    validate_cpus(cpus)
     t0 = time.monotonic()
     kernel_path = Path(kernel) if kernel is not None else find_kernel()
     busybox_path = Path(busybox) if busybox is not None else find_busybox()
@@ -371,7 +375,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry)
+                      on_panic=None, entry=entry, cpus=cpus)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

@@ -23,6 +23,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def cpu_count(text: str) -> int:
+    """A number of vCPUs for ``--cpus``: an integer in 1..MAX_CPUS."""
+    from vmboot.x86.mptable import MAX_CPUS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of vCPUs; give an integer in 1..{MAX_CPUS}") from None
+    if not 1 <= value <= MAX_CPUS:
+        raise argparse.ArgumentTypeError(f"{text!r} vCPUs is outside 1..{MAX_CPUS}")
+    return value
+
+
 def sample_rate(text: str) -> float:
     """A sampling rate in Hz for ``--profile-hz``: positive, finite, at most 10 kHz."""
     from vmboot.vmm.profile import MAX_HZ

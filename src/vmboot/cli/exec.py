@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from vmboot.cli.arguments import FAIL_ON_HELP, fail_on, seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, seconds
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -75,7 +75,7 @@ EXIT_ERROR = 1
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "exec",
-        usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--add HOST[:GUEST]]... [--env NAME=VALUE]... "
+        usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--cpus N] [--add HOST[:GUEST]]... [--env NAME=VALUE]... "
               "[--timeout SECONDS] [--console] [--json] -- CMD [ARGS...]",
         help="boot a kernel, run one command in it, exit with its status",
         description=DESCRIPTION,
@@ -86,6 +86,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="a bzImage (default: $VMBOOT_KERNEL, the cached kernel, /boot/vmlinuz-$(uname -r))")
     p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
                    help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
+    p.add_argument("--cpus", metavar="N", type=cpu_count, default=1,
+                   help="vCPUs (1-32; default: 1): one host thread each, announced to the "
+                        "guest by an MP table; the kernel starts them with INIT/SIPI")
     p.add_argument("--add", metavar="HOST[:GUEST]", action="append", default=[], type=add_spec,
                    help="copy a host file or directory into the guest at GUEST "
                         "(default: /<its name>); repeatable")
@@ -196,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         on_stderr=None if args.json else _binary_writer(sys.stderr),
         busybox=args.busybox,
         entry=args.entry,
+        cpus=args.cpus,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
     reading = result.read_console()

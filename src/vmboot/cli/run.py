@@ -7,7 +7,7 @@ import json
 import sys
 from typing import IO
 
-from vmboot.cli.arguments import FAIL_ON_HELP, fail_on, sample_rate, seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
@@ -36,11 +36,14 @@ examples:
       less memory and less console output: both make the boot faster
   vmboot run bzImage --initrd initramfs.cpio --profile
       after the run, where the guest spent its time: a sampled profile by kernel function
+  vmboot run bzImage --initrd initramfs.cpio --cpus 4
+      four vCPUs; the kernel prints "smp: Brought up 1 node, 4 CPUs"
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
        "timings": {"load": s, "first_instruction": s, "first_console_byte": s, "exit": s},
-       "console_bytes": n, "console_dropped": n, "verdict": "ok",
+       "console_bytes": n, "console_dropped": n, "vcpu": i, "cpus": n,
+       "cpuid_hidden": [features of this host the CPUID policy hides], "verdict": "ok",
        "reports": [{"type", "title", "first_line", "last_line", "frames"}, ...], ...}
   vmboot run bzImage --initrd initramfs.cpio --fail-on warning,oops,bug
       exit 1 when the kernel printed a WARNING, an oops or a BUG, even if it rebooted
@@ -80,6 +83,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help='the kernel command line (default: "console=ttyS0 reboot=k panic=-1")')
     p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
                    help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
+    p.add_argument("--cpus", metavar="N", type=cpu_count, default=1,
+                   help="vCPUs (1-32; default: 1): one host thread each, announced to the "
+                        "guest by an MP table; the kernel starts them with INIT/SIPI")
     p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (default: no limit)")
     p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
@@ -103,8 +109,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--system-map", metavar="FILE", help="a System.map for the same purpose")
     p.add_argument("--profile", action="store_true",
                    help="sample the guest's RIP while it runs and print, at the end, the "
-                        "functions it spent its time in and the busiest function in each "
-                        "second (symbols as for --trace; user mode is one bucket)")
+                        "functions it spent its time in, the split by vCPU and the busiest "
+                        "function in each second (symbols as for --trace; user mode is one "
+                        "bucket)")
     p.add_argument("--profile-hz", metavar="HZ", type=sample_rate, default=DEFAULT_PROFILE_HZ,
                    help=f"samples a second for --profile (default: {DEFAULT_PROFILE_HZ}; each "
                         "costs one exit from the guest)")
@@ -135,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
                  vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry) as machine, \
+                 entry=args.entry, cpus=args.cpus) as machine, \
             TerminalInput(machine.push_input):
         profiler = None
         if args.profile:

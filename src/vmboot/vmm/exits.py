@@ -43,6 +43,8 @@ class VmExit:
     """For an emulation failure: the bytes at RIP, when KVM or guest memory gave them."""
     symbol: str | None = None
     """For an emulation failure or a hang: ``function+0xoff`` of RIP, when symbols are known."""
+    vcpu: int = 0
+    """The vCPU (its index, = its APIC id) this exit and its registers come from."""
 
     @property
     def clean(self) -> bool:
@@ -55,6 +57,8 @@ class VmExit:
         if self.detail:
             parts.append(self.detail)
         rip = self.registers.get("rip")
+        if not self.clean:
+            parts.append(f"vCPU {self.vcpu}")
         if rip is not None and not self.clean:
             parts.append(f"rip={rip:#x}" + (f" <{self.symbol}>" if self.symbol else ""))
         if self.instruction_bytes:

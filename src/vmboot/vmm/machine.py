@@ -7,10 +7,12 @@
     print(result.exit.one_line(), result.timings.first_console_byte)
 
 Entering the context creates the VM (guest RAM, the in-kernel interrupt controllers and
-PIT), the vCPU with its CPUID, the devices of :class:`~vmboot.devices.pc.PcPlatform`
-plus ``extra_devices``, loads the kernel and initrd through :mod:`vmboot.linux` and
-programs the vCPU for the 64-bit entry. :meth:`Machine.run` runs the guest until it
-resets, powers off, fails, or the time limit passes.
+PIT), the vCPUs with their CPUID (``cpus`` of them, announced to the guest by an MP
+table), the devices of :class:`~vmboot.devices.pc.PcPlatform` plus ``extra_devices``,
+loads the kernel and initrd through :mod:`vmboot.linux` and programs vCPU 0 (the
+bootstrap processor) for the 64-bit entry; the others wait for the kernel's INIT/STARTUP
+IPIs. :meth:`Machine.run` runs every vCPU, one host thread each (:mod:`vmboot.vmm.vcpus`),
+until the guest resets, powers off, fails, or the time limit passes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
 from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
+from vmboot.x86.mptable import build_mp_table, place_mp_table, validate_cpus
 
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from vmboot.linux.options import EntryChoice
     from vmboot.report import Reading, Verdict
     from vmboot.vmm.runner import Runner
+    from vmboot.vmm.vcpus import VcpuSet
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
 DEFAULT_MEMORY = "256M"
@@ -87,6 +91,11 @@ class RunResult:
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
+    cpus: int = 1
+    """vCPUs the machine ran."""
+    cpuid_hidden: list[str] = field(default_factory=list)
+    """Host CPU features the CPUID policy left out of the table given to KVM (see
+    vmboot.hv.kvm.cpuid; PVM answers ring-0 leaves 1 and 7 from the host CPU regardless)."""
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
 
@@ -123,6 +132,9 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            "vcpu": self.exit.vcpu,
+            "cpus": self.cpus,
+            "cpuid_hidden": list(self.cpuid_hidden),
             **self.read_console().as_dict(),
         }
 
@@ -157,8 +169,10 @@ class Machine:
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
         entry: EntryChoice = "auto",
+        cpus: int = 1,
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
+        self.cpus = validate_cpus(cpus)
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
                 f"cpuid_policy: {cpuid_policy!r} is not one of {', '.join(CPUID_POLICIES)}"
@@ -189,6 +203,10 @@ class Machine:
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
         self.vcpu: KvmVCPU | None = None
+        """vCPU 0, the bootstrap processor."""
+        self.vcpus: tuple[KvmVCPU, ...] = ()
+        self._vcpu_set: VcpuSet | None = None
+        self.cpuid_hidden: list[str] = []
         self.kernel: LinuxKernel | None = None
         self.plan: BootPlan | None = None
         self._runner: Runner | None = None
@@ -213,8 +231,10 @@ class Machine:
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
         from vmboot.hv.kvm import KvmVM
+        from vmboot.hv.kvm.cpuid import CpuidEntry, hidden_features
         from vmboot.linux import BootOptions, ElfKernel, KernelImage, load_kernel
         from vmboot.vmm.runner import Runner
+        from vmboot.vmm.vcpus import VcpuSet
 
         self._t0 = time.monotonic()
         kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage | ElfKernel)
@@ -223,16 +243,26 @@ class Machine:
         self.platform.attach(self.port_bus)
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
+        mp_table = build_mp_table(self.cpus)
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
+                   vcpu_count=self.cpus)
         self.vm = vm
-        vcpu = vm.create_vcpu(0)
+        self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
+        vcpu = self.vcpus[0]
         self.vcpu = vcpu
+        self.cpuid_hidden = hidden_features(
+            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+             for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd,
                                                    entry=self.entry))
+        place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
-        self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
+        runners = [Runner(vm, cpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
+                   for cpu in self.vcpus]
+        self._runner = runners[0]
+        self._vcpu_set = VcpuSet(runners)
         if self._pending_stop is not None:
-            self._runner.stop(*self._pending_stop)
+            self._vcpu_set.stop(*self._pending_stop)
             self._pending_stop = None
         devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
         connect_devices(devices, vm.irq_line, self.request_stop)
@@ -242,22 +272,28 @@ class Machine:
         """Release the VM (idempotent)."""
         self.console.flush()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
+        self.vcpus, self._vcpu_set = (), None
         if vm is not None:
             vm.close()
 
     # -- running ------------------------------------------------------------------------------
     @property
     def runner(self) -> Runner | None:
-        """The run loop (None until :meth:`start`, and after :meth:`close`)."""
+        """vCPU 0's run loop (None until :meth:`start`, and after :meth:`close`)."""
         return self._runner
+
+    @property
+    def vcpu_set(self) -> VcpuSet | None:
+        """Every vCPU's run loop (None until :meth:`start`, and after :meth:`close`)."""
+        return self._vcpu_set
 
     def request_stop(self, reason: ExitReason = ExitReason.STOPPED, detail: str = "") -> None:
         """End the current run with ``reason`` (devices call this; so may another thread)."""
-        runner = self._runner
-        if runner is None:
+        vcpus = self._vcpu_set
+        if vcpus is None:
             self._pending_stop = (reason, detail)
             return
-        runner.stop(reason, detail)
+        vcpus.stop(reason, detail)
 
     def push_input(self, data: bytes) -> int:
         """Type ``data`` into the console UART (safe from another thread)."""
@@ -265,11 +301,11 @@ class Machine:
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds."""
-        if self._runner is None:
+        if self._vcpu_set is None:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
-        vm_exit = self._runner.run(timeout)
+        vm_exit = self._vcpu_set.run(timeout)
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -284,13 +320,16 @@ class Machine:
             ),
             console_dropped=self.console.dropped,
             console_total=self.console.total,
+            cpus=self.cpus,
+            cpuid_hidden=list(self.cpuid_hidden),
         )
         result.panic_message = self._panic.message
         if self._panic.message is not None and vm_exit.clean:
             # panic=-1: the kernel resets from inside panic() (emergency_restart) before its
             # end-of-panic line; the vCPU is stopped at that reset, still in the panic path.
             result.exit = VmExit(ExitReason.PANIC, f"{self._panic.message} (then "
-                                 f"{vm_exit.reason.value}: {vm_exit.detail})", vm_exit.registers)
+                                 f"{vm_exit.reason.value}: {vm_exit.detail})", vm_exit.registers,
+                                 vcpu=vm_exit.vcpu)
         if result.exit.reason is ExitReason.PANIC and self.on_panic == "trace":
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
@@ -357,19 +396,20 @@ class Machine:
         from vmboot import debug
         from vmboot.hv.registers import GENERAL_REGISTERS
 
-        if self.vcpu is None:
+        if not self.vcpus:
             result.notes.append(f"{why}: no stack trace: the machine is closed")
             return
+        vcpu = self.vcpus[result.exit.vcpu if result.exit.vcpu < len(self.vcpus) else 0]
         try:
             src = self._symbol_sources()
-            frames = debug.capture_stack_trace(self.vcpu, vmlinux=src["vmlinux"],
+            frames = debug.capture_stack_trace(vcpu, vmlinux=src["vmlinux"],
                                                system_map=src["system_map"], kernel=src["kernel"])
         except DebugError as e:  # the run's result stays usable; say why there is no trace
             result.notes.append(f"{why}: no stack trace: {e}")
             return
         result.stack_trace = frames
         result.stack_trace_text = debug.format_trace(
-            frames, self.vcpu.get_registers(GENERAL_REGISTERS))
+            frames, vcpu.get_registers(GENERAL_REGISTERS))
 
     def _handle_timeout(self, result: RunResult) -> None:
         """The hook for a run that timed out: a stack trace, or the user's callable."""

@@ -55,9 +55,13 @@ _PortEntry = tuple[Callable[[int, int, int], None], Callable[[int, int], int], i
 Symbolizer = Callable[[int], "str | None"]
 """``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
 
-Sampler = Callable[[int, int], None]
-"""``sampler(rip, cpl)``: receives one sample of the running vCPU (:meth:`Runner.request_sample`)."""
-"""``symbolizer(address) -> "function+0xoff"`` (or None when unknown)."""
+Sampler = Callable[[int, int, int, bool], None]
+"""``sampler(rip, cpl, vcpu_index, waiting)``: one sample of the running vCPU
+(:meth:`Runner.request_sample`); ``waiting``: it has not been started yet (it waits in KVM for
+the INIT/STARTUP IPIs of an application processor, and its RIP is the reset vector's)."""
+
+WAITING_MP_STATES = frozenset({abi.KVM_MP_STATE_UNINITIALIZED, abi.KVM_MP_STATE_INIT_RECEIVED})
+"""KVM_GET_MP_STATE values of a vCPU that waits for a STARTUP IPI."""
 
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
@@ -142,7 +146,7 @@ class Runner:
         self._thread_id: int | None = None
         self._port_cache: dict[int, _PortEntry] = {}
         self.sampler: Sampler | None = None
-        """Called as ``sampler(rip, cpl)`` for each :meth:`request_sample` (see vmm.profile)."""
+        """Called as ``sampler(rip, cpl, vcpu_index, waiting)`` per :meth:`request_sample` (vmm.profile)."""
         self._sample_wanted = False
 
     # -- stopping -----------------------------------------------------------------------------
@@ -161,12 +165,23 @@ class Runner:
         if target is not None and target != threading.get_ident():
             self._kick(target)
 
+    def discard_stop(self) -> None:
+        """Forget a stop that arrived after the last run had ended (the next run goes ahead)."""
+        with self._lock:
+            if self._thread_id is None:
+                self._pending = None
+
+    @property
+    def thread_id(self) -> int | None:
+        """The host thread running this vCPU's loop now (None between runs)."""
+        return self._thread_id
+
     def request_stop(self, detail: str = "stop requested") -> None:
         """Ask a run (in another thread) to end with :attr:`ExitReason.STOPPED`."""
         self.stop(ExitReason.STOPPED, detail)
 
     def request_sample(self) -> None:
-        """Have the running vCPU report its RIP and CPL to :attr:`sampler`, then go on.
+        """Have the running vCPU report its RIP, CPL and index to :attr:`sampler`, then go on.
 
         Any thread may call it; it does nothing when no run is in progress. The vCPU is
         kicked out of KVM_RUN as for a stop, the loop reads the two registers and re-enters.
@@ -187,10 +202,11 @@ class Runner:
         try:
             rip = self.vcpu.get_registers((Register.RIP,))[Register.RIP]
             cpl = self.vcpu.get_segment(SegmentRegister.CS).selector & CPL_MASK
+            waiting = self.vm.irqchip and self.vcpu.get_mp_state() in WAITING_MP_STATES
         except HypervisorError as e:
             log.debug("runner: no sample: %s", e)
             return
-        sampler(rip, cpl)
+        sampler(rip, cpl, self.vcpu.index, waiting)
 
     def _vcpu_closing(self) -> None:
         """The vCPU is being closed by another thread while it runs: end the run."""
@@ -467,4 +483,5 @@ class Runner:
                 symbol = self.symbolizer(rip)
             except VmbootError as e:
                 log.info("runner: cannot symbolise rip %#x: %s", rip, e)
-        return VmExit(reason=reason, detail=detail, registers=registers, symbol=symbol)
+        return VmExit(reason=reason, detail=detail, registers=registers, symbol=symbol,
+                      vcpu=self.vcpu.index)

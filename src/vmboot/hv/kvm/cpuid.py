@@ -11,7 +11,9 @@ Two policies:
 ``conservative``
     ``host`` minus every feature whose instructions the PVM software hypervisor cannot
     emulate in guest ring 0 (it stops the VM with an emulation failure), and the features
-    that only make sense with them. Each bit is justified where it is cleared below.
+    that only make sense with them, and the KVM paravirtual features whose guest code makes
+    a hypercall, which PVM never completes (with several vCPUs the guest would hang). Each
+    bit is justified where it is cleared below.
 
 ``auto`` (the default) is ``conservative`` when the host KVM emulates guest ring 0
 (:func:`vmboot.hv.kvm.system.host_is_emulating`), else ``host``.
@@ -46,6 +48,14 @@ KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
 KVM_FEATURE_CLOCKSOURCE = 1 << 0
 KVM_FEATURE_NOP_IO_DELAY = 1 << 1
 KVM_FEATURE_CLOCKSOURCE2 = 1 << 3
+KVM_FEATURE_PV_UNHALT_BIT = 7
+KVM_FEATURE_PV_SEND_IPI_BIT = 11
+KVM_FEATURE_PV_SCHED_YIELD_BIT = 13
+"""Bits of leaf 0x40000001 EAX whose guest code makes a hypercall (see CONSERVATIVE_HIDDEN)."""
+KVM_HC_KICK_CPU = 5
+KVM_HC_SEND_IPI = 10
+KVM_HC_SCHED_YIELD = 11
+"""Hypercall numbers (include/uapi/linux/kvm_para.h) behind those features."""
 KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1 << 24
 KVM_CLOCK_FEATURES = (
     KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2
@@ -105,6 +115,7 @@ class HiddenFeature:
 
 
 _PVM = "the PVM emulator stops with an emulation failure on"
+_HYPERCALL = "a ring-0 VMCALL never returns under PVM (seen), and the kernel makes"
 
 CONSERVATIVE_HIDDEN: tuple[HiddenFeature, ...] = (
     # Leaf 1 ECX
@@ -157,6 +168,19 @@ CONSERVATIVE_HIDDEN: tuple[HiddenFeature, ...] = (
                   " not supported everywhere (QEMU runs this host with -arch-capabilities)"),
     # Leaf 0x80000001 ECX
     HiddenFeature(0x80000001, None, "ecx", 5, "abm", "LZCNT and, on AMD, implies POPCNT"),
+    # Leaf 0x40000001 EAX: KVM paravirtual features (arch/x86/include/uapi/asm/kvm_para.h).
+    # Under PVM a hypercall (VMCALL) from guest ring 0 never returns, whatever its number:
+    # hide each feature whose kernel code makes one. Steal time, PV TLB flush (it reads the
+    # steal-time page), PV EOI, async PF and poll control only use MSRs and shared memory.
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_SEND_IPI_BIT, "kvm_pv_send_ipi",
+                  f"{_HYPERCALL} KVM_HC_SEND_IPI: with 2 vCPUs the second hangs in __send_ipi_mask "
+                  "while the boot CPU spins on a lock (seen)"),
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_UNHALT_BIT, "kvm_pv_unhalt",
+                  f"{_HYPERCALL} KVM_HC_KICK_CPU, which paravirtual spinlocks make to wake a "
+                  "waiter that halted: a contended lock would hang its holder"),
+    HiddenFeature(LEAF_KVM_FEATURES, None, "eax", KVM_FEATURE_PV_SCHED_YIELD_BIT,
+                  "kvm_pv_sched_yield", f"{_HYPERCALL} KVM_HC_SCHED_YIELD, made when a call-"
+                  "function IPI targets a preempted vCPU"),
 )
 """Every feature bit the conservative policy clears, with the reason."""
 
@@ -193,7 +217,8 @@ def build_cpuid(
     if not 0 <= vcpu_index < vcpu_count:
         raise HypervisorError(f"CPUID: vCPU index {vcpu_index} is outside 0..{vcpu_count - 1}")
     concrete = resolve_policy(policy, emulating)
-    entries = [_host_entry(e, vcpu_index, vcpu_count) for e in supported]
+    entries = _with_topology_levels([_host_entry(e, vcpu_index, vcpu_count) for e in supported],
+                                    vcpu_index, vcpu_count)
     entries = _ensure_kvm_leaves(entries)
     if concrete == "conservative":
         entries = [_conservative_entry(e) for e in entries]
@@ -218,6 +243,26 @@ def _host_entry(e: CpuidEntry, apic_id: int, count: int) -> CpuidEntry:
     if e.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
         return _topology_entry(e, apic_id, count)
     return e
+
+
+TOPOLOGY_SUBLEAVES = 3
+"""Leaves 0xB / 0x1F describe SMT (subleaf 0), core (1), then an invalid level ending the list."""
+
+
+def _with_topology_levels(entries: list[CpuidEntry], apic_id: int, count: int) -> list[CpuidEntry]:
+    """Every subleaf of the topology leaves the host lists, whatever KVM gave for them.
+
+    KVM lists leaves 0xB and 0x1F with subleaf 0 only, and a guest that reads subleaf 1 then
+    gets zeros (an invalid level): it sees no core level, takes each CPU for a package of
+    its own, and numbers N packages instead of N cores in one.
+    """
+    present = {e.function: e for e in entries if e.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2)}
+    out = [e for e in entries if e.function not in present]
+    for first in present.values():
+        flags = first.flags | CPUID_FLAG_SIGNIFICANT_INDEX
+        out.extend(_topology_entry(replace(first, index=sub, flags=flags), apic_id, count)
+                   for sub in range(TOPOLOGY_SUBLEAVES))
+    return out
 
 
 def _topology_entry(e: CpuidEntry, apic_id: int, count: int) -> CpuidEntry:
@@ -256,6 +301,19 @@ def _conservative_entry(e: CpuidEntry) -> CpuidEntry:
             regs[h.register] &= ~(1 << h.bit)
             changed = True
     return replace(e, **regs) if changed else e
+
+
+def hidden_features(supported: Iterable[CpuidEntry], table: Iterable[CpuidEntry]) -> list[str]:
+    """Names of the :data:`CONSERVATIVE_HIDDEN` features the host has but ``table`` hides."""
+    host, guest = list(supported), list(table)
+    names = []
+    for h in CONSERVATIVE_HIDDEN:
+        have = find(host, h.leaf, h.subleaf or 0)
+        shown = find(guest, h.leaf, h.subleaf or 0)
+        if have is not None and getattr(have, h.register) >> h.bit & 1 and (
+                shown is None or not getattr(shown, h.register) >> h.bit & 1):
+            names.append(h.name)
+    return names
 
 
 def find(entries: Iterable[CpuidEntry], function: int, index: int = 0) -> CpuidEntry | None:
