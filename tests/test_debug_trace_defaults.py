@@ -12,6 +12,7 @@ from debug_support import STACK_TOP, ElfBuilder, Section, Sym, make_guest, syste
 from vmboot.debug import StackFrame, capture_stack_trace, clear_symbol_cache, format_trace
 from vmboot.debug.symbol_sources import parse_system_map
 from vmboot.errors import StackWalkError
+from vmboot.hv.memory import MemoryVCPU
 
 T = 0xFFFF_FFFF_8100_0000
 FUNCS = [("func_a", 0x000), ("func_b", 0x100), ("func_c", 0x200), ("func_d", 0x300)]
@@ -70,7 +71,7 @@ IRQ_TOP = STACK_TOP + 0x10000
 IRQ_PHYS = 0x900000
 
 
-def irq_stack_guest(save_task_sp: bool) -> tuple[object, int]:
+def irq_stack_guest(save_task_sp: bool) -> tuple[MemoryVCPU, int]:
     g = make_guest()
     g.tables.map_range(IRQ_TOP - 0x4000, IRQ_PHYS, 0x4000)
 

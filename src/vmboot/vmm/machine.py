@@ -26,13 +26,15 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.errors import BootConfigError, DebugError, UsageError
+from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
+    from vmboot.debug.tasks import GuestTask
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -82,7 +84,9 @@ class RunResult:
     """With ``on_timeout="trace"`` / ``on_panic="trace"``: the frames
     :func:`vmboot.debug.capture_stack_trace` returned."""
     stack_trace_text: str | None = None
-    """The same trace rendered with the vCPU's registers, as the kernel prints an oops."""
+    """Every vCPU's trace rendered with its registers, as the kernel prints an oops."""
+    cpu_traces: list[CpuTrace] = field(default_factory=list)
+    """With a trace: one :class:`~vmboot.debug.cpus.CpuTrace` per vCPU."""
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
@@ -167,6 +171,7 @@ class Machine:
         self.console.line_watcher = self._panic
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
+        self._slide: int | None = None
         self.platform = PcPlatform(self.console)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
@@ -295,6 +300,16 @@ class Machine:
 
     def symbolize(self, address: int) -> str | None:
         """``function+0xoff/0xsize`` for a guest kernel address, or None (loads symbols once)."""
+        symbols = self._load_symbols()
+        if symbols is None:
+            return None
+        match = symbols.lookup(address - self.kaslr_slide())
+        if not match.known:
+            return None
+        return f"{match.name}+{match.offset:#x}/{match.size:#x}"
+
+    def _load_symbols(self) -> SymbolTable | None:
+        """The kernel's symbols at link-time addresses (loaded once; None if unavailable)."""
         from vmboot import debug
 
         if self._symbols is None and not self._symbols_failed:
@@ -302,10 +317,67 @@ class Machine:
                 self._symbols = debug.load_symbols(**self._symbol_sources())
             except DebugError:
                 self._symbols_failed = True
-        if self._symbols is None:
-            return None
-        text = str(self._symbols.lookup(address))
-        return None if text == "??" else text
+        return self._symbols
+
+    def kaslr_slide(self) -> int:
+        """How far KASLR moved the running kernel (0 without KASLR, or before the kernel has
+        its own page tables). Detected from vCPU 0's page tables once the kernel maps itself,
+        then kept for the rest of the boot."""
+        if self._slide is not None:
+            return self._slide
+        from vmboot.debug.kaslr import kaslr_slide
+        from vmboot.debug.page_walk import GuestAddressSpace
+        from vmboot.hv.registers import Register
+
+        symbols = self._load_symbols()
+        if symbols is None or self.vcpu is None:
+            return 0
+        try:
+            regs = self.vcpu.get_registers((Register.CR0, Register.CR3, Register.CR4))
+            space = GuestAddressSpace(self.vcpu.vm, regs[Register.CR3], regs[Register.CR4],
+                                      regs[Register.CR0])
+            self._slide = kaslr_slide(symbols, space)
+        except VmbootError:
+            return 0
+        return self._slide
+
+    def _all_vcpus(self) -> list[KvmVCPU]:
+        """The vCPUs to trace, in CPU order."""
+        return [] if self.vcpu is None else [self.vcpu]
+
+    def traces(self, max_frames: int = 16) -> list[CpuTrace]:
+        """A symbolised kernel stack trace of every vCPU (between runs, or after the last).
+
+        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        """
+        from vmboot.debug.cpus import trace_cpus
+
+        self._require_stopped("traces")
+        src = self._symbol_sources()
+        return trace_cpus(self._all_vcpus(), vmlinux=src["vmlinux"], system_map=src["system_map"],
+                          kernel=src["kernel"], slide=self.kaslr_slide(), max_frames=max_frames)
+
+    def tasks(self, max_frames: int = 16) -> list[GuestTask]:
+        """Every task of the guest kernel, walked from ``init_task``, with its kernel stack.
+
+        Structure layouts come from the kernel's BTF (in the vmlinux, else the image).
+        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        """
+        from vmboot.debug.tasks import list_tasks
+
+        self._require_stopped("tasks")
+        src = self._symbol_sources()
+        return list_tasks(self._all_vcpus(), vmlinux=src["vmlinux"], kernel=src["kernel"],
+                          system_map=src["system_map"], slide=self.kaslr_slide(),
+                          max_frames=max_frames)
+
+    def _require_stopped(self, what: str) -> None:
+        runner = self._runner
+        if self.vcpu is None or runner is None:
+            raise UsageError(f"Machine.{what}: the machine is not started or already closed")
+        if runner.running:
+            raise UsageError(f"Machine.{what}: run() is in progress in another thread; call it "
+                             f"after run() returns (e.g. run(timeout=...) in steps)")
 
     def locate(self, address: int) -> str | None:
         """What the boot layout put at a guest-physical ``address`` (for code without symbols).
@@ -326,22 +398,28 @@ class Machine:
         return None
 
     def _capture_trace(self, result: RunResult, why: str) -> None:
-        from vmboot import debug
-        from vmboot.hv.registers import GENERAL_REGISTERS
+        from vmboot.debug.cpus import render_cpu_traces
 
         if self.vcpu is None:
             result.notes.append(f"{why}: no stack trace: the machine is closed")
             return
         try:
-            src = self._symbol_sources()
-            frames = debug.capture_stack_trace(self.vcpu, vmlinux=src["vmlinux"],
-                                               system_map=src["system_map"], kernel=src["kernel"])
+            traces = self.traces()
         except DebugError as e:  # the run's result stays usable; say why there is no trace
             result.notes.append(f"{why}: no stack trace: {e}")
             return
-        result.stack_trace = frames
-        result.stack_trace_text = debug.format_trace(
-            frames, self.vcpu.get_registers(GENERAL_REGISTERS))
+        result.cpu_traces = traces
+        first = traces[0]
+        if first.error is not None:
+            result.notes.append(f"{why}: no stack trace: {first.error}")
+        else:
+            result.stack_trace = first.frames
+        if len(traces) == 1 and first.error is None and not first.user_mode:
+            from vmboot.debug.frames import format_trace
+
+            result.stack_trace_text = format_trace(first.frames, first.registers)
+        else:
+            result.stack_trace_text = render_cpu_traces(traces)
 
     def _handle_timeout(self, result: RunResult) -> None:
         """The hook for a run that timed out: a stack trace, or the user's callable."""
