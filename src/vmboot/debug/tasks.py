@@ -87,6 +87,8 @@ class GuestTask:
     frames: list[StackFrame] = field(default_factory=list)
     error: str | None = None
     """Why there are no (or only some) frames."""
+    switches: int = -1
+    """Context switches so far (``nvcsw + nivcsw``; -1 when unknown)."""
 
     @property
     def blocked(self) -> bool:
@@ -107,6 +109,7 @@ class GuestTask:
     def as_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "tgid": self.tgid, "comm": self.comm, "state": self.state,
                 "cpu": self.cpu, "running_on": self.running_on, "error": self.error,
+                "switches": self.switches,
                 "frames": [{"pc": f.pc, "symbol": f.symbol, "offset": f.offset, "size": f.size,
                             "reliable": f.reliable, "note": f.note} for f in self.frames]}
 
@@ -154,6 +157,8 @@ class TaskLayout:
     frame_size: int
     current_task_member: int | None
     """Offset of ``current_task`` in ``struct pcpu_hot`` (6.2+), else None."""
+    nvcsw: int | None
+    nivcsw: int | None
 
     @classmethod
     def from_btf(cls, btf: Btf) -> TaskLayout:
@@ -187,6 +192,7 @@ class TaskLayout:
             thread_sp=btf.offsetof("task_struct", "thread.sp"),
             frame_bp=frame_bp, frame_ret=frame_ret, frame_size=frame_size,
             current_task_member=opt("current_task", "pcpu_hot") if btf.has("pcpu_hot") else None,
+            nvcsw=opt("nvcsw"), nivcsw=opt("nivcsw"),
         )
 
 
@@ -305,6 +311,9 @@ def list_tasks(vcpus: Sequence[VirtualCPU], *, vmlinux: SymbolSource | None = No
             exit_state = reader.s32(task + layout.exit_state) & 0xFFFF_FFFF
             cpu = reader.uint(task + layout.cpu, 4) if layout.cpu is not None else 0
             sp = reader.u64(task + layout.thread_sp)
+            switches = -1
+            if layout.nvcsw is not None and layout.nivcsw is not None:
+                switches = reader.u64(task + layout.nvcsw) + reader.u64(task + layout.nivcsw)
         except VmbootError as exc:
             out.append(GuestTask(task, -1, -1, "?", "?", 0, -1, error=f"unreadable task_struct "
                                  f"at {task:#x}: {exc}"))
@@ -326,8 +335,15 @@ def list_tasks(vcpus: Sequence[VirtualCPU], *, vmlinux: SymbolSource | None = No
                 frames = [f for f in getattr(exc, "frames", []) if isinstance(f, StackFrame)]
                 error = f"stack at thread.sp={sp:#x}: {exc}"
         out.append(GuestTask(task, pid, tgid, name, letter, state | exit_state, cpu, on, frames,
-                             error))
+                             error, switches))
     return out
+
+
+def still_blocked(before: Sequence[GuestTask], after: Sequence[GuestTask]) -> list[GuestTask]:
+    """Tasks blocked (D, not idle) in both lists with no context switch in between."""
+    earlier = {(t.address, t.pid): t for t in before if t.blocked}
+    return [t for t in after if t.blocked and (old := earlier.get((t.address, t.pid))) is not None
+            and old.switches == t.switches]
 
 
 def render_tasks(tasks: Sequence[GuestTask], blocked_only: bool = False) -> str:

@@ -32,6 +32,7 @@ from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
     from vmboot.debug.cpus import CpuTrace
+    from vmboot.debug.hang import HangReport
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
@@ -89,6 +90,13 @@ class RunResult:
     """With a trace: one :class:`~vmboot.debug.cpus.CpuTrace` per vCPU."""
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
+    oopses: list[tuple[str, str]] = field(default_factory=list)
+    """With ``on_panic="trace"``: each oops the guest printed (``Oops:``/``BUG:`` line) and
+    the traces of every vCPU taken at its ``---[ end trace`` line, panicking or not."""
+    tasks: list[GuestTask] = field(default_factory=list)
+    """With ``trace_tasks=True``: the guest's tasks when the trace was taken."""
+    hang: HangReport | None = None
+    """With ``on_timeout="trace"``: whether the guest was idle, locked up or running."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -111,6 +119,10 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            "cpu_traces": [t.as_dict() for t in self.cpu_traces],
+            "oopses": [{"message": m, "trace": t} for m, t in self.oopses],
+            "tasks": [t.as_dict() for t in self.tasks],
+            "hang": self.hang.as_dict() if self.hang is not None else None,
         }
 
 
@@ -144,6 +156,7 @@ class Machine:
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
         entry: EntryChoice = "auto",
+        trace_tasks: bool = False,
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
@@ -163,6 +176,7 @@ class Machine:
         if on_panic not in ("trace", None):
             raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
         self.on_panic = on_panic
+        self.trace_tasks = trace_tasks
         self.entry = entry
         self.vmlinux = vmlinux
         self.system_map = system_map
@@ -274,6 +288,7 @@ class Machine:
             console_total=self.console.total,
         )
         result.panic_message = self._panic.message
+        result.oopses = list(self._panic.oopses)
         if self._panic.message is not None and vm_exit.clean:
             # panic=-1: the kernel resets from inside panic() (emergency_restart) before its
             # end-of-panic line; the vCPU is stopped at that reset, still in the panic path.
@@ -350,9 +365,13 @@ class Machine:
 
         Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
         """
+        self._require_stopped("traces")
+        return self._traces_now(max_frames)
+
+    def _traces_now(self, max_frames: int = 16) -> list[CpuTrace]:
+        """:meth:`traces` from the run-loop thread itself (e.g. a console watcher)."""
         from vmboot.debug.cpus import trace_cpus
 
-        self._require_stopped("traces")
         src = self._symbol_sources()
         return trace_cpus(self._all_vcpus(), vmlinux=src["vmlinux"], system_map=src["system_map"],
                           kernel=src["kernel"], slide=self.kaslr_slide(), max_frames=max_frames)
@@ -370,6 +389,38 @@ class Machine:
         return list_tasks(self._all_vcpus(), vmlinux=src["vmlinux"], kernel=src["kernel"],
                           system_map=src["system_map"], slide=self.kaslr_slide(),
                           max_frames=max_frames)
+
+    def hang_report(self, samples: int = 4, interval: float = 0.5) -> HangReport:
+        """Run the guest ``samples - 1`` more times for ``interval`` seconds, tracing every
+        vCPU after each, and judge whether it is idle, locked up or running (see
+        :mod:`vmboot.debug.hang`); tasks blocked throughout are listed. Between runs only."""
+        from vmboot.debug.hang import classify
+        from vmboot.debug.tasks import still_blocked
+
+        self._require_stopped("hang_report")
+        if samples < 1 or interval <= 0:
+            raise UsageError(f"hang_report: samples={samples} must be >= 1 and interval="
+                             f"{interval} > 0 s")
+        runner = self._runner
+        assert runner is not None
+        console_before = self.console.total
+        try:
+            tasks_before = self.tasks()
+        except DebugError:
+            tasks_before = []
+        rounds = [self.traces()]
+        for _ in range(samples - 1):
+            if runner.run(interval).reason is not ExitReason.TIMEOUT:
+                break
+            rounds.append(self.traces())
+        self.console.flush()
+        blocked = []
+        if tasks_before:
+            try:
+                blocked = still_blocked(tasks_before, self.tasks())
+            except DebugError:
+                blocked = []
+        return classify(rounds, self.console.total == console_before, blocked)
 
     def _require_stopped(self, what: str) -> None:
         runner = self._runner
@@ -420,6 +471,11 @@ class Machine:
             result.stack_trace_text = format_trace(first.frames, first.registers)
         else:
             result.stack_trace_text = render_cpu_traces(traces)
+        if self.trace_tasks:
+            try:
+                result.tasks = self.tasks()
+            except DebugError as e:
+                result.notes.append(f"{why}: no task list: {e}")
 
     def _handle_timeout(self, result: RunResult) -> None:
         """The hook for a run that timed out: a stack trace, or the user's callable."""
@@ -427,25 +483,55 @@ class Machine:
             self.on_timeout(self, result.exit)
             return
         self._capture_trace(result, "on_timeout='trace'")
+        try:
+            result.hang = self.hang_report()
+        except DebugError as e:
+            result.notes.append(f"on_timeout='trace': no hang verdict: {e}")
+
+    def _oops_traces(self) -> str:
+        """Every vCPU's trace now, rendered (called at an oops's last console line)."""
+        from vmboot.debug.cpus import render_cpu_traces
+
+        if self.vcpu is None or self.on_panic != "trace":
+            return ""
+        try:
+            return render_cpu_traces(self._traces_now())
+        except DebugError as e:
+            return f"no stack trace: {e}\n"
 
 
 PANIC_START = b"Kernel panic - not syncing"
 PANIC_END = b"---[ end Kernel panic"
+OOPS_STARTS = (b"Oops:", b"BUG:", b"general protection fault")
+OOPS_END = b"---[ end trace"
 
 
 class _PanicWatch:
-    """Spots a kernel panic on the console and ends the run at its last line.
+    """Spots a kernel panic on the console and ends the run at its last line; traces oopses.
 
     The run is stopped while the guest prints ``---[ end Kernel panic ...``, i.e. still
     inside ``panic()``, so a stack trace taken then shows the panic path, and a guest
-    booted with ``panic=-1`` has not rebooted yet.
+    booted with ``panic=-1`` has not rebooted yet. An oops (``Oops:``, ``BUG:``) is traced
+    at its ``---[ end trace`` line, still inside ``oops_end()``, whether or not a panic
+    follows (``panic_on_oops``); the guest then goes on.
     """
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.message: str | None = None
+        self.oops: str | None = None
+        self.oopses: list[tuple[str, str]] = []
 
     def __call__(self, line: bytes) -> None:
+        if self.oops is None:
+            for marker in OOPS_STARTS:
+                at = line.find(marker)
+                if at >= 0:
+                    self.oops = line[at:].decode("utf-8", "replace").strip()
+                    break
+        elif OOPS_END in line:
+            self.oopses.append((self.oops, self.machine._oops_traces()))
+            self.oops = None
         if self.message is None:
             at = line.find(PANIC_START)
             if at >= 0:
