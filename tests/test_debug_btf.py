@@ -142,3 +142,9 @@ def test_btf_of_the_debian_cloud_kernel_from_the_image_alone(tmp_path: Path) -> 
         assert btf.sizeof(struct) == size, struct
         for name in fields:
             assert btf.offsetof(struct, name) == members[name][0], (struct, name)
+
+
+def test_an_array_of_itself_is_a_format_error_not_a_recursion() -> None:
+    btf = Btf(build_btf([("array", "", 0, 0, [("", 1, 4)])]), "loop")  # type 1: int[4] of type 1
+    with pytest.raises(BtfFormatError, match=r"arrays nested deeper than 32"):
+        btf.sizeof(btf.type_by_id(1))

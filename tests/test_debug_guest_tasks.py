@@ -26,7 +26,8 @@ BOOT_LIMIT_S = 300
 STEP_S = 2.0
 LOCKUP_ATTEMPTS = 20
 SHELL_CMDLINE = "console=ttyS0 reboot=k panic=-1 vmboot.shell=1"
-PS_START, PS_END = b"PS-START", b"PS-END"
+PS_START, PS_END = b"PS-START-42", b"PS-END-42"
+"""Printed as ``PS-START-$((6*7))``: the terminal's echo of the command does not match."""
 _PROC_LINE = re.compile(rb"^P (\d+) (.+?)\r?$", re.M)
 _SHELL_PID = re.compile(rb"^SHELL=(\d+)\r?$", re.M)
 
@@ -59,9 +60,9 @@ def guest() -> Iterator[tuple[Machine, dict[int, str], int]]:
         m.push_input(b"sh\n")
         run_until(m, b"# ", after=mark + 4)
         mark = len(m.console.data)
-        m.push_input(b'echo SHELL=$$; echo PS-START; for d in /proc/[0-9]*; do read -r n < $d/comm;'
-                     b' echo "P ${d#/proc/} $n"; done; echo PS-END\n')
-        out = run_until(m, PS_END + b"\r\n", after=mark)
+        m.push_input(b'echo SHELL=$$; echo PS-START-$((6*7)); for d in /proc/[0-9]*; do '
+                     b'read -r n < $d/comm; echo "P ${d#/proc/} $n"; done; echo PS-END-$((6*7))\n')
+        out = run_until(m, PS_END, after=mark)
         out = out[out.rindex(PS_START):]
         procs = {int(p): n.decode() for p, n in _PROC_LINE.findall(out)}
         shell = _SHELL_PID.search(bytes(m.console.data[mark:]))

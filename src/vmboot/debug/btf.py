@@ -27,6 +27,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from vmboot.elf import ElfFile
 from vmboot.errors import DebugError, VmbootError
 
@@ -163,6 +165,7 @@ class Btf:
         self._offsets: list[int] = [0]  # type 0: void
         self._by_name: dict[str, list[int]] = {}
         self._decoded: dict[int, BtfType] = {}
+        self._pending_names: list[tuple[int, int]] = []
         self._index()
 
     # -- construction -------------------------------------------------------------------------
@@ -207,15 +210,16 @@ class Btf:
                  int(BtfKind.ENUM64), int(BtfKind.FWD), int(BtfKind.DATASEC), int(BtfKind.FLOAT)}
         pending: list[tuple[int, int]] = []
         end = len(data)
+        max_kind = int(max(BtfKind))
         while pos < end:
             if pos + TYPE_HEADER.size > end:
                 raise BtfFormatError(f"{self.name}: type {len(self._offsets)} header at type "
                                      f"section offset {pos} runs past its end ({end})")
             name_off, info, _ = unpack(data, pos)
             kind = (info >> 24) & 0x1F
-            if kind == 0 or kind > max(BtfKind):
+            if kind == 0 or kind > max_kind:
                 raise BtfFormatError(f"{self.name}: type {len(self._offsets)} has kind {kind}; "
-                                     f"known kinds are 1..{int(max(BtfKind))}")
+                                     f"known kinds are 1..{max_kind}")
             fixed, per = extra.get(kind, (0, 0))
             length = TYPE_HEADER.size + fixed + per * (info & 0xFFFF)
             if pos + length > end:
@@ -225,8 +229,28 @@ class Btf:
                 pending.append((name_off, len(self._offsets)))
             self._offsets.append(pos)
             pos += length
-        for name_off, type_id in pending:
-            self._by_name.setdefault(self._string(name_off), []).append(type_id)
+        self._pending_names = pending
+
+    def _name_index(self) -> dict[str, list[int]]:
+        """Type ids by name (struct, union, typedef, ...), built on the first lookup by name."""
+        if self._pending_names:
+            strings = self._strings
+            nuls = np.flatnonzero(np.frombuffer(strings, dtype=np.uint8) == 0)
+            offs = np.fromiter((o for o, _ in self._pending_names), dtype=np.int64,
+                               count=len(self._pending_names))
+            if offs.size and int(offs.max()) >= len(strings):
+                bad = int(offs.max())
+                raise BtfFormatError(f"{self.name}: name_off {bad} is past the "
+                                     f"{len(strings)}-byte string section")
+            at = np.searchsorted(nuls, offs)
+            ends = np.where(at < nuls.size, nuls[np.minimum(at, max(nuls.size - 1, 0))],
+                            len(strings)) if nuls.size else np.full(offs.size, len(strings))
+            by_name = self._by_name
+            for (start, type_id), stop in zip(self._pending_names, ends.tolist(), strict=True):
+                name = strings[start:stop].decode("utf-8", "replace")
+                by_name.setdefault(name, []).append(type_id)
+            self._pending_names = []
+        return self._by_name
 
     # -- types --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -276,7 +300,7 @@ class Btf:
     def find(self, name: str, kinds: tuple[BtfKind, ...] = (BtfKind.STRUCT, BtfKind.UNION,
                                                               BtfKind.TYPEDEF)) -> BtfType:
         """The first type called ``name`` of one of ``kinds`` (a complete struct first)."""
-        for type_id in self._by_name.get(name, ()):
+        for type_id in self._name_index().get(name, ()):
             t = self.type_by_id(type_id)
             if t.kind in kinds:
                 return t
@@ -303,12 +327,19 @@ class Btf:
     def sizeof(self, t: BtfType | str) -> int:
         """The size in bytes of a type (or of the struct/union/typedef called so)."""
         t = self.resolve(self.find(t) if isinstance(t, str) else t)
+        count = 1
+        for _ in range(MAX_RESOLVE_DEPTH):
+            if t.kind is not BtfKind.ARRAY or t.array is None:
+                break
+            count *= t.array.nelems
+            t = self.resolve(self.type_by_id(t.array.elem_type))
+        else:
+            raise BtfFormatError(f"{self.name}: type {t.id}: arrays nested deeper than "
+                                 f"{MAX_RESOLVE_DEPTH}")
         if t.kind is BtfKind.PTR:
-            return POINTER_SIZE
-        if t.kind is BtfKind.ARRAY and t.array is not None:
-            return t.array.nelems * self.sizeof(self.type_by_id(t.array.elem_type))
+            return count * POINTER_SIZE
         if t.kind in SIZED_KINDS:
-            return t.size
+            return count * t.size
         raise BtfLookupError(f"{self.name}: type {t.id} ({t.kind.name} {t.name!r}) has no size")
 
     def member(self, t: BtfType | str, name: str) -> tuple[int, BtfMember]:

@@ -96,6 +96,7 @@ class SymbolTable:
         self._starts_list: list[int] | None = None
         self._ends_list: list[int] = []
         self._name_cache: dict[int, str] = {}
+        self._slid: dict[int, SymbolTable] = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -252,7 +253,12 @@ class SymbolTable:
             return self
         if not -(1 << 64) < slide < 1 << 64:
             raise SymbolFileError(f"{self.source}: slide {slide:#x} does not fit in 64 bits")
+        hit = self._slid.get(slide)
+        if hit is not None:  # one KASLR slide per boot: trace after trace reuses the table
+            return hit
         # Modulo 2**64, as the CPU adds addresses: a slide of 2**64 - 1 moves down by one.
         moved = self.addresses + np.uint64(slide % (1 << 64))
-        return SymbolTable(moved, self.sizes, self._name_offsets, self._blob,
-                           f"{self.source} (slide {slide:+#x})")
+        table = SymbolTable(moved, self.sizes, self._name_offsets, self._blob,
+                            f"{self.source} (slide {slide:+#x})")
+        self._slid = {slide: table}
+        return table

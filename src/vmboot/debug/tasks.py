@@ -160,6 +160,14 @@ class TaskLayout:
     nvcsw: int | None
     nivcsw: int | None
 
+    @property
+    def span(self) -> int:
+        """Bytes from the start of a task_struct that hold every field read."""
+        ends = [self.pid + 4, self.tgid + 4, self.comm + TASK_COMM_LEN,
+                self.state + self.state_size, self.exit_state + 4, self.thread_sp + WORD]
+        ends += [off + WORD for off in (self.cpu, self.nvcsw, self.nivcsw) if off is not None]
+        return max(ends)
+
     @classmethod
     def from_btf(cls, btf: Btf) -> TaskLayout:
         def opt(path: str, struct: str = "task_struct") -> int | None:
@@ -196,6 +204,10 @@ class TaskLayout:
         )
 
 
+def _field(raw: bytes, offset: int, size: int, signed: bool = False) -> int:
+    return int.from_bytes(raw[offset:offset + size], "little", signed=signed)
+
+
 class _Reader:
     def __init__(self, space: GuestAddressSpace) -> None:
         self.space = space
@@ -203,11 +215,6 @@ class _Reader:
     def u64(self, va: int) -> int:
         return self.space.read_u64(va)
 
-    def uint(self, va: int, size: int) -> int:
-        return int.from_bytes(self.space.read(va, size), "little")
-
-    def s32(self, va: int) -> int:
-        return int.from_bytes(self.space.read(va, 4), "little", signed=True)
 
 
 def task_addresses(reader: _Reader, init_task: int, layout: TaskLayout) -> list[int]:
@@ -304,21 +311,22 @@ def list_tasks(vcpus: Sequence[VirtualCPU], *, vmlinux: SymbolSource | None = No
     out = []
     for task in tasks:
         try:
-            pid = reader.s32(task + layout.pid)
-            tgid = reader.s32(task + layout.tgid)
-            comm = space.read(task + layout.comm, TASK_COMM_LEN).split(b"\0", 1)[0]
-            state = reader.uint(task + layout.state, layout.state_size)
-            exit_state = reader.s32(task + layout.exit_state) & 0xFFFF_FFFF
-            cpu = reader.uint(task + layout.cpu, 4) if layout.cpu is not None else 0
-            sp = reader.u64(task + layout.thread_sp)
-            switches = -1
-            if layout.nvcsw is not None and layout.nivcsw is not None:
-                switches = reader.u64(task + layout.nvcsw) + reader.u64(task + layout.nivcsw)
+            raw = space.read(task, layout.span)  # one read of the fields, not one per field
         except VmbootError as exc:
             out.append(GuestTask(task, -1, -1, "?", "?", 0, -1, error=f"unreadable task_struct "
                                  f"at {task:#x}: {exc}"))
             continue
-        name = comm.decode("utf-8", "replace")
+        pid = _field(raw, layout.pid, 4, signed=True)
+        tgid = _field(raw, layout.tgid, 4, signed=True)
+        name = raw[layout.comm:layout.comm + TASK_COMM_LEN].split(b"\0", 1)[0].decode(
+            "utf-8", "replace")
+        state = _field(raw, layout.state, layout.state_size)
+        exit_state = _field(raw, layout.exit_state, 4)
+        cpu = _field(raw, layout.cpu, 4) if layout.cpu is not None else 0
+        sp = _field(raw, layout.thread_sp, WORD)
+        switches = -1
+        if layout.nvcsw is not None and layout.nivcsw is not None:
+            switches = _field(raw, layout.nvcsw, WORD) + _field(raw, layout.nivcsw, WORD)
         letter = task_state_letter(state, exit_state)
         on = running.get(task)
         frames: list[StackFrame] = []
