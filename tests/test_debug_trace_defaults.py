@@ -112,3 +112,26 @@ def test_addresses_past_etext_and_other_section_ends_are_unknown() -> None:
     assert str(table.lookup(T + 0x1000041)) == "init_fn+0x1/0x40"
     assert table.lookup(T + 0x1000080).name == "??"
     assert "_etext" not in table.names() and "__irqentry_text_end" not in table.names()
+
+
+def test_orc_follows_the_irq_stack_back_to_a_lower_task_stack() -> None:
+    """func_a runs on the IRQ stack (CFA = SP + 8); its caller func_b switched stacks, so
+    func_b's entry is SP_INDIRECT: the interrupted task's SP is the word at SP. func_c, on
+    the task stack (below the IRQ stack), ends the stack."""
+    sp_indirect, end_v1 = 9, 1 << 10
+    vmlinux = orc_v1_vmlinux([(T, 8, SP_REG), (T + 0x100, 8, sp_indirect),
+                              (T + 0x200, 8, SP_REG | end_v1)])
+    g = make_guest()
+    g.tables.map_range(IRQ_TOP - 0x4000, IRQ_PHYS, 0x4000)
+
+    def write_irq(va: int, value: int) -> None:
+        g.vm.write(IRQ_PHYS + va - (IRQ_TOP - 0x4000), struct.pack("<Q", value))
+
+    irq_sp = IRQ_TOP - 0x10
+    write_irq(irq_sp, T + 0x120)          # func_a returns into func_b
+    write_irq(irq_sp + 8, RSP)            # the task's SP, saved at the top of the IRQ stack
+    g.write_u64(RSP, T + 0x240)           # func_b returns into func_c on the task stack
+    frames = capture_stack_trace(g.vcpu(T + 0x10, irq_sp, 0), vmlinux=io.BytesIO(vmlinux),
+                                 unwinder="orc")
+    assert [(f.symbol, f.offset, f.reliable) for f in frames] == [
+        ("func_a", 0x10, True), ("func_b", 0x20, True), ("func_c", 0x40, True)]

@@ -324,7 +324,9 @@ def orc_step(table: OrcTable, space: GuestAddressSpace, state: UnwindState,
         raise StackWalkError(f"ORC step from {state.ip:#x}: {exc}") from exc
     if ip == 0:
         return None
-    if orc.type is OrcType.CALL and sp <= state.sp:
+    # SP_INDIRECT is how call_on_irqstack's caller finds the interrupted stack pointer: a
+    # switch to another stack, which may lie below this one.
+    if orc.type is OrcType.CALL and sp <= state.sp and orc.sp_reg != OrcReg.SP_INDIRECT:
         raise StackWalkError(f"ORC step from {state.ip:#x}: the stack goes the wrong way "
                              f"(SP {state.sp:#x} -> {sp:#x})")
     return UnwindState(ip, sp, bp, regs, signal)
