@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vmboot.debug.cpus import CpuTrace
 from vmboot.debug.frames import StackFrame
 from vmboot.debug.hang import LOCKUP_DEPTH, classify
 from vmboot.debug.tasks import GuestTask, still_blocked
+from vmboot.errors import UsageError
 from vmboot.vmm.machine import Machine
 
 IDLE = ["native_safe_halt", "default_idle_call", "do_idle", "cpu_startup_entry"]
@@ -67,3 +70,12 @@ def test_an_oops_without_a_panic_is_recorded_and_the_panic_watch_still_works() -
     assert m._panic.message is None
     watch(b"[ 3.0] Kernel panic - not syncing: Fatal exception")
     assert m._panic.message == "Kernel panic - not syncing: Fatal exception"
+
+
+def test_whole_guest_views_need_a_started_machine() -> None:
+    m = Machine(b"not started")
+    for call in (m.traces, m.tasks, m.hang_report):
+        with pytest.raises(UsageError, match=r"the machine is not started or already closed"):
+            call()
+    assert m.kaslr_slide() == 0  # nothing to detect from yet, and nothing cached
+    assert m._slide is None
