@@ -488,3 +488,65 @@ PACKERS: dict[str, Callable[[bytes], bytes]] = {
     "zstd": _zstd_of,
 }
 """One compressor per :data:`vmboot.decompress.FORMATS` entry (LZ4: the kernel's legacy frame)."""
+
+
+# -- BTF ------------------------------------------------------------------------------------
+BtfSpec = tuple[str, str, int, int, list[tuple[str, int, int]]]
+"""(kind, name, size_or_type, kind_flag, members as (name, type id, offset word))."""
+
+BTF_KINDS = {"int": 1, "ptr": 2, "array": 3, "struct": 4, "union": 5, "typedef": 8, "const": 10}
+
+
+def build_btf(types: list[BtfSpec]) -> bytes:
+    """A little-endian BTF blob: header, then the types (ids from 1), then the strings.
+
+    ``array`` types take ``members=[("", elem_type, nelems)]``; ``int`` gets a 4-byte
+    encoding word of ``size * 8`` bits.
+    """
+    strings = bytearray(b"\0")
+
+    def name_off(name: str) -> int:
+        if not name:
+            return 0
+        off = len(strings)
+        strings.extend(name.encode() + b"\0")
+        return off
+
+    body = bytearray()
+    for kind, name, size_or_type, kind_flag, members in types:
+        code = BTF_KINDS[kind]
+        vlen = len(members) if kind in ("struct", "union") else 0
+        info = (kind_flag << 31) | (code << 24) | vlen
+        body += struct.pack("<III", name_off(name), info, size_or_type)
+        if kind == "int":
+            body += struct.pack("<I", size_or_type * 8)
+        elif kind == "array":
+            _, elem, nelems = members[0]
+            body += struct.pack("<III", elem, 1, nelems)
+        elif kind in ("struct", "union"):
+            for m_name, m_type, m_off in members:
+                body += struct.pack("<III", name_off(m_name), m_type, m_off)
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(body), len(body), len(strings))
+    return header + bytes(body) + bytes(strings)
+
+
+BTF_SAMPLE: list[BtfSpec] = [
+    ("int", "int", 4, 0, []),                                                   # 1
+    ("int", "long unsigned int", 8, 0, []),                                     # 2
+    ("struct", "list_head", 16, 0, [("next", 4, 0), ("prev", 4, 64)]),          # 3
+    ("ptr", "", 3, 0, []),                                                      # 4
+    ("int", "char", 1, 0, []),                                                  # 5
+    ("array", "", 0, 0, [("", 5, 16)]),                                         # 6
+    ("struct", "thread_struct", 16, 0, [("es", 2, 0), ("sp", 2, 64)]),          # 7
+    ("union", "", 8, 0, [("state", 2, 0), ("__state", 1, 0)]),                  # 8
+    ("typedef", "pid_t", 1, 0, []),                                             # 9
+    ("const", "", 9, 0, []),                                                    # 10
+    ("struct", "task_struct", 80, 1, [("", 8, 0), ("tasks", 3, 64), ("pid", 10, 192),
+                                      ("flags", 1, (3 << 24) | 224), ("comm", 6, 256),
+                                      ("thread", 7, 384)]),                      # 11
+]
+"""A tiny kernel-like type graph: an anonymous union, a const typedef, a bitfield."""
+
+
+def btf_seeds() -> tuple[bytes, ...]:
+    return (build_btf(BTF_SAMPLE), build_btf(BTF_SAMPLE[:3]))

@@ -15,6 +15,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "system_map",
     "kallsyms",
     "orc",
+    "btf",
     "page_walk",
     "cpio",
     "decompress",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vmboot.hv import MemoryVM, Register
+from vmboot.hv.memory import MemoryVCPU
 from vmboot.x86.paging import PAGE_SIZE, PAGE_SIZE_1G, PAGE_SIZE_2M, PTE_PRESENT, PTE_PS, PTE_WRITABLE
 
 KERNEL_TEXT = 0xFFFF_FFFF_8100_0000
@@ -78,7 +79,7 @@ class GuestStack:
         self.write_u64(rbp + 8, ret)
 
     def vcpu(self, rip: int, rsp: int, rbp: int, cr4: int = 0, cr3_extra: int = 0,
-             **extra: int) -> object:
+             **extra: int) -> MemoryVCPU:
         cpu = self.vm.create_vcpu(len(self.vm.vcpus))
         regs = {Register.RIP: rip, Register.RSP: rsp, Register.RBP: rbp,
                 Register.CR3: self.tables.root | cr3_extra, Register.CR4: cr4,

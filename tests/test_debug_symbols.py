@@ -88,8 +88,7 @@ def test_system_map_types_and_inferred_sizes() -> None:
                        (T + 0xA0, "T", "_etext")])
     table = parse_system_map(data, "map")
     assert table.items() == [(T, "_text", 0x20), (T + 0x20, "local_fn", 0x20),
-                             (T + 0x40, "weak_fn", 0x40), (T + 0x80, "weak2", 0x20),
-                             (T + 0xA0, "_etext", 0)]
+                             (T + 0x40, "weak_fn", 0x40), (T + 0x80, "weak2", 0x20)]
     assert table.source == "map (System.map)"
 
 

@@ -35,6 +35,7 @@ CI_RUNS: dict[str, int] = {
     "system_map": 2000,
     "kallsyms": 1500,
     "orc": 2000,
+    "btf": 2000,
     "page_walk": 4000,
     "cpio": 1500,
     "decompress": 1500,

@@ -54,8 +54,13 @@ notes:
   (ttyS0), a key at a time; Ctrl-C stops vmboot (status 130) and restores the terminal.
   A kernel panic ends the run with status 1: with panic=-1 at the reset the panicking
   kernel asks for, with panic=0 at its last panic line. With --trace, vmboot then
-  prints the guest's registers and a symbolised stack trace (also on --timeout), using
-  --vmlinux or --system-map when given, else the kallsyms inside the kernel image.
+  prints every vCPU's registers and symbolised stack trace (also on --timeout, and at
+  each oops even when the kernel goes on), using --vmlinux or --system-map when given,
+  else the kallsyms inside the kernel image; the KASLR offset is found by itself. On
+  --timeout it also samples the vCPUs a few more times and says whether the guest is
+  idle, locked up on a CPU (with that CPU's trace) or running. --tasks adds the guest's
+  task list with each task's kernel stack, read from guest memory with the kernel's BTF
+  (SysRq-t from the host); --blocked shows only tasks in uninterruptible sleep (SysRq-w).
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
   gzip one, and 64-128 MiB of memory is cheapest.
 """
@@ -103,6 +108,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--trace", action="store_true",
                    help="on a kernel panic or --timeout, print the guest's registers and "
                         "symbolised kernel stack trace to stderr")
+    p.add_argument("--tasks", action="store_true",
+                   help="with --trace: also list the guest's tasks (PID, comm, state, CPU) "
+                        "with their kernel stacks, as SysRq-t")
+    p.add_argument("--blocked", action="store_true",
+                   help="with --tasks: only tasks in uninterruptible sleep, as SysRq-w")
     p.add_argument("--vmlinux", metavar="FILE",
                    help="symbols for --trace and emulation failures (default: the kernel "
                         "image's own kallsyms)")
@@ -137,12 +147,16 @@ def run(args: argparse.Namespace) -> int:
     cmdline = DEFAULT_CMDLINE if args.append is None else args.append
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
+    if args.tasks and not args.trace:
+        raise UsageError("--tasks: the task list is taken with the trace; add --trace")
+    if args.blocked and not args.tasks:
+        raise UsageError("--blocked: filters the task list; add --trace --tasks")
     with Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
                  cpuid_policy=args.cpuid, console=console,
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
                  vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry, cpus=args.cpus) as machine, \
+                 entry=args.entry, cpus=args.cpus, trace_tasks=args.tasks) as machine, \
             TerminalInput(machine.push_input):
         profiler = None
         if args.profile:
@@ -164,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         summary = result.as_dict()
         summary["exit_status"] = status
         summary["stack_trace"] = result.stack_trace_text
+        if args.blocked:
+            summary["tasks"] = [t.as_dict() for t in result.tasks if t.blocked]
         if profiler is not None:
             summary["profile"] = profile.as_dict()
         print(json.dumps(summary, sort_keys=True))
@@ -176,8 +192,16 @@ def run(args: argparse.Namespace) -> int:
         titles = [r.title for r in reading.reports]
         print(f"vmboot run: --fail-on {','.join(v.value for v in failed_on)}: "
               f"{'; '.join(titles) or reading.verdict.value}", file=sys.stderr)
+    for message, trace in result.oopses:
+        print(f"vmboot run: oops: {message}\n{trace}", file=sys.stderr, end="")
     if result.stack_trace_text:
         print(result.stack_trace_text, file=sys.stderr, end="")
+    if result.hang is not None:
+        print(result.hang.render(), file=sys.stderr, end="")
+    if args.tasks and result.tasks:
+        from vmboot.debug.tasks import render_tasks
+
+        print(render_tasks(result.tasks, blocked_only=args.blocked), file=sys.stderr, end="")
     for note in result.notes:
         print(f"vmboot run: {note}", file=sys.stderr)
     return status

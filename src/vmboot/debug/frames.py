@@ -27,6 +27,7 @@ class StackFrame:
 
     ``symbol`` is ``"??"`` for an address no symbol contains. ``reliable`` is False for
     frames guessed by the stack scan. ``size`` is the symbol's size (0 when unknown).
+    ``note`` says why the unwinder could not go on from this frame (empty when it could).
     """
 
     index: int
@@ -35,6 +36,7 @@ class StackFrame:
     offset: int
     reliable: bool = True
     size: int = 0
+    note: str = ""
 
     def describe(self) -> str:
         """``symbol+0xoff/0xsize`` (or ``??``)."""
@@ -59,4 +61,6 @@ def format_trace(frames: Sequence[StackFrame], registers: Mapping[Register, int]
     for f in frames:
         mark = f" {UNRELIABLE_MARK} " if not f.reliable else " "
         lines.append(f" #{f.index:<2d} {f.pc:016x}{mark}{f.describe()}")
+        if f.note:
+            lines.append(f"     ({f.note})")
     return "\n".join(lines) + "\n"

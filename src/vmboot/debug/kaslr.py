@@ -85,3 +85,15 @@ def kaslr_slide(symbols: SymbolTable, space: GuestAddressSpace | None = None,
                          f"link-time _text {link_text:#x} (early boot, before cleanup_highmap?); "
                          f"pass text_bytes= or a known symbol")
     return slide
+
+
+def detect_slide(symbols: SymbolTable, space: GuestAddressSpace) -> int:
+    """:func:`kaslr_slide` from the page tables, or 0 when they show no usable kernel mapping.
+
+    For the automatic traces: a kernel that has not yet set up its own mapping (early boot),
+    or a guest whose kernel area is not mapped, is traced at its link-time addresses.
+    """
+    try:
+        return kaslr_slide(symbols, space)
+    except DebugError:
+        return 0

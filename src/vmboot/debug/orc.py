@@ -53,6 +53,8 @@ IRET_SP = 3 * 8
 IRET_CS = 1 * 8
 """Offsets in the hardware IRET frame (ip cs flags sp ss) that REGS_PARTIAL points at."""
 USER_RPL_MASK = 3
+ENTRY_CACHE_LIMIT = 1 << 16
+"""Decoded entries kept by :meth:`OrcTable.find` (a few MB at most)."""
 WORD = 8
 
 _VERSION = re.compile(rb"Linux version (\d+)\.(\d+)")
@@ -155,6 +157,7 @@ class OrcTable:
         self.entries = entries[order]
         self.format = fmt
         self.source = source
+        self._entries: dict[int, OrcEntry] = {}
 
     def __len__(self) -> int:
         return int(self.ips.size)
@@ -226,7 +229,14 @@ class OrcTable:
     def find(self, ip: int) -> OrcEntry | None:
         """The entry covering ``ip``, or None if ``ip`` is below the first entry."""
         i = self.index_of(ip)
-        return self.entry(i) if i >= 0 else None
+        if i < 0:
+            return None
+        hit = self._entries.get(i)
+        if hit is None:  # stacks share their callers: decode each entry once
+            if len(self._entries) >= ENTRY_CACHE_LIMIT:
+                self._entries.clear()
+            hit = self._entries[i] = self.entry(i)
+        return hit
 
 
 def guess_orc_format(flags: np.ndarray[Any, Any]) -> OrcFormat:
@@ -314,7 +324,9 @@ def orc_step(table: OrcTable, space: GuestAddressSpace, state: UnwindState,
         raise StackWalkError(f"ORC step from {state.ip:#x}: {exc}") from exc
     if ip == 0:
         return None
-    if orc.type is OrcType.CALL and sp <= state.sp:
+    # SP_INDIRECT is how call_on_irqstack's caller finds the interrupted stack pointer: a
+    # switch to another stack, which may lie below this one.
+    if orc.type is OrcType.CALL and sp <= state.sp and orc.sp_reg != OrcReg.SP_INDIRECT:
         raise StackWalkError(f"ORC step from {state.ip:#x}: the stack goes the wrong way "
                              f"(SP {state.sp:#x} -> {sp:#x})")
     return UnwindState(ip, sp, bp, regs, signal)

@@ -17,6 +17,13 @@ Errors (:class:`StackWalkError`; ``.frames`` holds the frames collected so far):
   * the next frame pointer is more than 1 MiB above the current one (far beyond any
     kernel stack, so it is not the same stack).
 
+Interrupt stacks: Linux (``call_on_irqstack``) switches to the per-CPU IRQ stack after
+storing the interrupted stack pointer in the top word of that stack; the frame pointer
+chain then leads from the IRQ stack back to the task stack. So a next frame pointer that
+is not above the current one (or too far above) is followed when it lies in the 16 KiB
+stack area of the stack pointer saved at the top of the current stack area, at or above
+it, and that area was not visited yet.
+
 A frame pointer whose page is not mapped raises :class:`UnmappedFrameError`, which is both
 a :class:`PageWalkError` (its message names the paging level and the address) and a
 :class:`StackWalkError` (``.frames`` holds the frames collected so far).
@@ -45,6 +52,8 @@ MAX_FRAME_JUMP = 1 << 20
 WORD = 8
 STACK_SCAN_LIMIT = 16 << 10
 """The scan reads at most THREAD_SIZE (16 KiB on x86_64) from RSP."""
+STACK_AREA = 16 << 10
+"""THREAD_SIZE and IRQ_STACK_SIZE on x86_64: task and IRQ stacks are areas this size, aligned."""
 
 FrameMaker = Callable[[int, int, bool, bool], StackFrame]
 """``(index, pc, reliable, is_return_address) -> StackFrame``: symbolises a frame.
@@ -67,6 +76,7 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
     """The frame-pointer walk described in the module docstring."""
     limit = effective_max_frames(max_frames)
     frames = [make_frame(0, rip, True, False)]
+    visited = {rbp & ~(STACK_AREA - 1)}
     while len(frames) < limit:
         if rbp == 0:
             break
@@ -87,6 +97,11 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
         frames.append(make_frame(len(frames), ret, True, True))
         if next_rbp == 0:
             break
+        if not rbp < next_rbp <= rbp + MAX_FRAME_JUMP and _is_stack_switch(space, rbp, next_rbp,
+                                                                           visited):
+            visited.add(next_rbp & ~(STACK_AREA - 1))
+            rbp = next_rbp
+            continue
         if next_rbp <= rbp:
             raise StackWalkError(f"frame {len(frames) - 1}: next frame pointer {next_rbp:#x} at "
                                  f"[{rbp:#x}] does not increase (must be above {rbp:#x})",
@@ -97,6 +112,18 @@ def walk_frame_pointers(space: GuestAddressSpace, rip: int, rbp: int, max_frames
                                  f"{MAX_FRAME_JUMP:#x} allowed", _as_objects(frames))
         rbp = next_rbp
     return frames
+
+
+def _is_stack_switch(space: GuestAddressSpace, rbp: int, next_rbp: int, visited: set[int]) -> bool:
+    """True when ``next_rbp`` is on the stack that the top word of ``rbp``'s area points to."""
+    area = next_rbp & ~(STACK_AREA - 1)
+    if area in visited or not space.is_canonical(next_rbp):
+        return False
+    try:
+        saved_sp = space.read_u64((rbp & ~(STACK_AREA - 1)) + STACK_AREA - WORD)
+    except PageWalkError:
+        return False
+    return saved_sp & ~(STACK_AREA - 1) == area and next_rbp >= saved_sp
 
 
 def scan_stack(space: GuestAddressSpace, rip: int, rsp: int, symbols: SymbolTable, max_frames: int,

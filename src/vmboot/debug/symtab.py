@@ -10,11 +10,17 @@ a table whose sizes were inferred) contains only its own start address. Several 
 one address (aliases) are reduced to one: a strong (global/local) symbol wins over a weak
 one, then a name without a leading underscore wins, then the first in the source — the
 order the kernel's own ``scripts/kallsyms`` uses.
+
+Section-end markers (``_etext``, ``_einittext``, ``__*_text_end``, ...; see
+:data:`END_MARKER`) are not functions: a size inferred from the next symbol stops at
+them, and they are then dropped, so an address past the end of kernel text is ``??``
+rather than ``_etext+0x2db1ae``.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +36,11 @@ U64Array = np.ndarray[Any, np.dtype[np.uint64]]
 I64Array = np.ndarray[Any, np.dtype[np.int64]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
+
+END_MARKER = re.compile(
+    rb"(?<=\0)(?:_etext|_einittext|_end|__end_\w+|__\w+_text_end|__indirect_thunk_end)(?=\0)")
+"""Linker symbols that mark the end of a text section, matched in a NUL-separated name blob
+(a name at offset 0 is handled separately)."""
 
 ADDRESS_MAX = (1 << 64) - 1
 """The largest guest virtual address."""
@@ -58,6 +69,15 @@ class SymbolMatch(NamedTuple):
         return f"{self.name}+{self.offset:#x}/{self.size:#x}"
 
 
+def _end_marker_offsets(blob: bytes) -> I64Array:
+    """Offsets in ``blob`` of the names that match :data:`END_MARKER`."""
+    found = [m.start() for m in END_MARKER.finditer(blob)]
+    head = END_MARKER.match(b"\0" + blob, 1)
+    if head is not None:
+        found.append(0)
+    return np.asarray(found, dtype=np.int64)
+
+
 _new_match = tuple.__new__
 """Builds a :class:`SymbolMatch` from a tuple of its fields without its keyword handling."""
 
@@ -76,6 +96,7 @@ class SymbolTable:
         self._starts_list: list[int] | None = None
         self._ends_list: list[int] = []
         self._name_cache: dict[int, str] = {}
+        self._slid: dict[int, SymbolTable] = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -113,6 +134,10 @@ class SymbolTable:
             nxt[:-1] = addresses[1:]
             nxt[-1] = addresses[-1]
             sizes = np.where(missing, nxt - addresses, sizes)
+        marker = np.isin(name_offsets, _end_marker_offsets(names_blob))
+        if marker.any() and not marker.all():
+            keep = ~marker
+            addresses, sizes, name_offsets = addresses[keep], sizes[keep], name_offsets[keep]
         return cls(addresses, sizes, name_offsets, names_blob, source)
 
     @classmethod
@@ -228,7 +253,12 @@ class SymbolTable:
             return self
         if not -(1 << 64) < slide < 1 << 64:
             raise SymbolFileError(f"{self.source}: slide {slide:#x} does not fit in 64 bits")
+        hit = self._slid.get(slide)
+        if hit is not None:  # one KASLR slide per boot: trace after trace reuses the table
+            return hit
         # Modulo 2**64, as the CPU adds addresses: a slide of 2**64 - 1 moves down by one.
         moved = self.addresses + np.uint64(slide % (1 << 64))
-        return SymbolTable(moved, self.sizes, self._name_offsets, self._blob,
-                           f"{self.source} (slide {slide:+#x})")
+        table = SymbolTable(moved, self.sizes, self._name_offsets, self._blob,
+                            f"{self.source} (slide {slide:+#x})")
+        self._slid = {slide: table}
+        return table

@@ -4,8 +4,9 @@
 :func:`vmboot.debug.symbol_sources.load_symbols`), and unwinds:
 
 * ``unwinder="auto"`` (default): ORC when the vmlinux or kernel image has ORC tables
-  (kernels built without frame pointers); if the ORC walk breaks, the frame-pointer walk
-  is tried and used when it ends cleanly. Without ORC tables: the frame-pointer walk.
+  (kernels built without frame pointers). If ORC cannot go on from a frame, that frame's
+  ``note`` says why and the rest of the stack is scanned, every frame found so marked
+  unreliable (``?``), as the kernel prints it. Without ORC tables: the frame-pointer walk.
 * ``"frame-pointer"``, ``"orc"``: only that unwinder.
 * ``"scan"``: the heuristic stack scan; frames after RIP are ``reliable=False``.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from vmboot.debug.frames import StackFrame
-from vmboot.debug.kaslr import kaslr_slide
+from vmboot.debug.kaslr import detect_slide
 from vmboot.debug.orc import OrcTable, UnwindState, orc_step
 from vmboot.debug.page_walk import GuestAddressSpace
 from vmboot.debug.stack_walk import (
@@ -95,21 +96,59 @@ def _orc_from_image(image: bytes) -> OrcTable | None:
 def walk_orc(space: GuestAddressSpace, table: OrcTable, regs: dict[Register, int], max_frames: int,
              make_frame: FrameMaker, slide: int = 0) -> list[StackFrame]:
     """Unwind with ORC from the registers; errors carry the frames collected so far."""
-    limit = effective_max_frames(max_frames)
-    rip = regs[Register.RIP]
-    frames = [make_frame(0, rip, True, False)]
     known = {name: regs[r] for r, name in _ORC_REGS.items() if r in regs}
-    state: UnwindState | None = UnwindState(rip, regs[Register.RSP], regs[Register.RBP],
-                                            known, True)
-    while len(frames) < limit and state is not None:
+    start = UnwindState(regs[Register.RIP], regs[Register.RSP], regs[Register.RBP], known, True)
+    return walk_orc_from(space, table, start, max_frames, make_frame, slide)
+
+
+def walk_orc_from(space: GuestAddressSpace, table: OrcTable, start: UnwindState, max_frames: int,
+                  make_frame: FrameMaker, slide: int = 0) -> list[StackFrame]:
+    """Unwind with ORC from ``start`` (``signal=False``: its ip is a return address, as for a
+    sleeping task); errors carry the frames collected so far."""
+    limit = effective_max_frames(max_frames)
+    frames = [make_frame(0, start.ip, True, not start.signal)]
+    state = start
+    while len(frames) < limit:
         try:
-            state = orc_step(table, space, state, slide)
+            step = orc_step(table, space, state, slide)
         except StackWalkError as exc:
-            raise StackWalkError(f"ORC unwind, frame {len(frames)}: {exc}",
-                                 _as_objects(frames)) from exc
-        if state is not None:
-            frames.append(make_frame(len(frames), state.ip, True, not state.signal))
+            raise OrcStepError(f"ORC unwind, frame {len(frames)}: {exc}",
+                               _as_objects(frames), state) from exc
+        if step is None:
+            break
+        state = step
+        frames.append(make_frame(len(frames), state.ip, True, not state.signal))
     return frames
+
+
+class OrcStepError(StackWalkError):
+    """ORC could not step past a frame; ``state`` is where it stood (for the scan that follows)."""
+
+    def __init__(self, message: str, frames: list[object], state: UnwindState) -> None:
+        super().__init__(message, frames)
+        self.state = state
+
+
+def orc_then_scan(space: GuestAddressSpace, table: OrcTable, start: UnwindState, max_frames: int,
+                  symbols: SymbolTable, slide: int = 0) -> list[StackFrame]:
+    """ORC frames, and where ORC stops early, a note on that frame and the rest of the stack
+    scanned from its stack pointer, every scanned frame unreliable."""
+    make = frame_maker(symbols)
+    try:
+        return walk_orc_from(space, table, start, max_frames, make, slide)
+    except OrcStepError as exc:
+        got = [f for f in exc.frames if isinstance(f, StackFrame)]
+        last = got[-1]
+        got[-1] = StackFrame(last.index, last.pc, last.symbol, last.offset, last.reliable,
+                             last.size, f"ORC cannot unwind past this frame: {exc.__cause__}; "
+                             f"frames after it are from a stack scan")
+        limit = effective_max_frames(max_frames)
+        if len(got) >= limit:
+            return got
+        scanned = scan_stack(space, last.pc, exc.state.sp, symbols, limit - len(got) + 1, make)
+        for f in scanned[1:]:
+            got.append(StackFrame(len(got), f.pc, f.symbol, f.offset, False, f.size))
+        return got
 
 
 def capture_stack_trace(
@@ -119,13 +158,14 @@ def capture_stack_trace(
     max_frames: int = 16,
     *,
     kernel: SymbolSource | None = None,
-    slide: int | Literal["auto"] = 0,
+    slide: int | Literal["auto"] = "auto",
     unwinder: Unwinder = "auto",
 ) -> list[StackFrame]:
     """The symbolised call stack of ``vcpu`` (see the module docstring).
 
-    ``slide`` is the KASLR slide to apply to the symbols (``"auto"``: detect it from the
-    guest page tables, see :func:`vmboot.debug.kaslr.kaslr_slide`). ``max_frames <= 0``
+    ``slide`` is the KASLR slide to apply to the symbols; ``"auto"`` (default) detects it
+    from the guest page tables (:func:`vmboot.debug.kaslr.detect_slide`: 0 when they show
+    no kernel mapping yet). ``max_frames <= 0``
     means 16. Raises :class:`NoVcpuError`, :class:`SymbolSourceError`,
     :class:`PageWalkError` and :class:`StackWalkError` (with ``.frames``).
     """
@@ -138,7 +178,7 @@ def capture_stack_trace(
     regs = vcpu.get_registers(wanted)
     space = GuestAddressSpace(vcpu.vm, regs[Register.CR3], regs[Register.CR4], regs[Register.CR0])
     if slide == "auto":
-        slide = kaslr_slide(symbols, space)
+        slide = detect_slide(symbols, space)
     runtime_symbols = symbols.slid(slide)
     make = frame_maker(runtime_symbols)
     rip, rsp, rbp = regs[Register.RIP], regs[Register.RSP], regs[Register.RBP]
@@ -152,12 +192,8 @@ def capture_stack_trace(
             raise StackWalkError("unwinder='orc' but neither the vmlinux nor the kernel image "
                                  "has .orc_unwind/.orc_unwind_ip sections")
         return walk_frame_pointers(space, rip, rbp, max_frames, make)
-    try:
+    if unwinder == "orc":
         return walk_orc(space, orc, regs, max_frames, make, slide)
-    except StackWalkError as orc_error:
-        if unwinder == "orc":
-            raise
-        try:
-            return walk_frame_pointers(space, rip, rbp, max_frames, make)
-        except VmbootError:
-            raise orc_error from None
+    known = {name: regs[r] for r, name in _ORC_REGS.items() if r in regs}
+    return orc_then_scan(space, orc, UnwindState(rip, rsp, rbp, known, True), max_frames,
+                         runtime_symbols, slide)

@@ -18,6 +18,7 @@ until the guest resets, powers off, fails, or the time limit passes.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +29,17 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.errors import BootConfigError, DebugError, UsageError
+from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.x86.mptable import build_mp_table, place_mp_table, validate_cpus
 
 if TYPE_CHECKING:
+    from vmboot.debug.cpus import CpuTrace
+    from vmboot.debug.hang import HangReport
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
+    from vmboot.debug.tasks import GuestTask
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -87,9 +91,18 @@ class RunResult:
     """With ``on_timeout="trace"`` / ``on_panic="trace"``: the frames
     :func:`vmboot.debug.capture_stack_trace` returned."""
     stack_trace_text: str | None = None
-    """The same trace rendered with the vCPU's registers, as the kernel prints an oops."""
+    """Every vCPU's trace rendered with its registers, as the kernel prints an oops."""
+    cpu_traces: list[CpuTrace] = field(default_factory=list)
+    """With a trace: one :class:`~vmboot.debug.cpus.CpuTrace` per vCPU."""
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
+    oopses: list[tuple[str, str]] = field(default_factory=list)
+    """With ``on_panic="trace"``: each oops the guest printed (``Oops:``/``BUG:`` line) and
+    the traces of every vCPU taken at its ``---[ end trace`` line, panicking or not."""
+    tasks: list[GuestTask] = field(default_factory=list)
+    """With ``trace_tasks=True``: the guest's tasks when the trace was taken."""
+    hang: HangReport | None = None
+    """With ``on_timeout="trace"``: whether the guest was idle, locked up or running."""
     notes: list[str] = field(default_factory=list)
     cpus: int = 1
     """vCPUs the machine ran."""
@@ -135,6 +148,10 @@ class RunResult:
             "vcpu": self.exit.vcpu,
             "cpus": self.cpus,
             "cpuid_hidden": list(self.cpuid_hidden),
+            "cpu_traces": [t.as_dict() for t in self.cpu_traces],
+            "oopses": [{"message": m, "trace": t} for m, t in self.oopses],
+            "tasks": [t.as_dict() for t in self.tasks],
+            "hang": self.hang.as_dict() if self.hang is not None else None,
             **self.read_console().as_dict(),
         }
 
@@ -170,6 +187,7 @@ class Machine:
         on_panic: Literal["trace"] | None = "trace",
         entry: EntryChoice = "auto",
         cpus: int = 1,
+        trace_tasks: bool = False,
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         self.cpus = validate_cpus(cpus)
@@ -190,6 +208,7 @@ class Machine:
         if on_panic not in ("trace", None):
             raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
         self.on_panic = on_panic
+        self.trace_tasks = trace_tasks
         self.entry = entry
         self.vmlinux = vmlinux
         self.system_map = system_map
@@ -198,6 +217,9 @@ class Machine:
         self.console.line_watcher = self._panic
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
+        self._slide: int | None = None
+        self._paused_work: list[Callable[[], object]] = []
+        self._pause_lock = threading.Lock()
         self.platform = PcPlatform(self.console)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
@@ -305,7 +327,7 @@ class Machine:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
-        vm_exit = self._vcpu_set.run(timeout)
+        vm_exit = self._run_vcpus(timeout)
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -324,6 +346,7 @@ class Machine:
             cpuid_hidden=list(self.cpuid_hidden),
         )
         result.panic_message = self._panic.message
+        result.oopses = list(self._panic.oopses)
         if self._panic.message is not None and vm_exit.clean:
             # panic=-1: the kernel resets from inside panic() (emergency_restart) before its
             # end-of-panic line; the vCPU is stopped at that reset, still in the panic path.
@@ -347,6 +370,38 @@ class Machine:
         return read_console(result.console, result.exit.reason,
                             symbolize=lambda address: self.symbolize(address - slide))
 
+    def when_stopped(self, action: Callable[[], object]) -> None:
+        """Call ``action`` with every vCPU stopped, then let the run go on (any thread; a
+        device handler or console watcher on a vCPU thread included).
+
+        During :meth:`run` the vCPUs are stopped, ``action`` runs on the thread that called
+        run(), and the run resumes with what is left of its time limit; between runs
+        ``action`` is called at once. Vmcores on request and oops traces use it."""
+        vcpus = self._vcpu_set
+        if vcpus is None or not vcpus.running:
+            action()
+            return
+        with self._pause_lock:
+            self._paused_work.append(action)
+        vcpus.stop(ExitReason.STOPPED, PAUSE_DETAIL)
+
+    def _run_vcpus(self, timeout: float | None) -> VmExit:
+        """Run every vCPU; a stop made by :meth:`when_stopped` does its work and resumes."""
+        vcpus = self._vcpu_set
+        assert vcpus is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            vm_exit = vcpus.run(left)
+            while True:
+                with self._pause_lock:
+                    if not self._paused_work:
+                        break
+                    action = self._paused_work.pop(0)
+                action()
+            if not (vm_exit.reason is ExitReason.STOPPED and vm_exit.detail == PAUSE_DETAIL):
+                return vm_exit
+
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
@@ -362,6 +417,16 @@ class Machine:
 
     def symbolize(self, address: int) -> str | None:
         """``function+0xoff/0xsize`` for a guest kernel address, or None (loads symbols once)."""
+        symbols = self._load_symbols()
+        if symbols is None:
+            return None
+        match = symbols.lookup(address - self.kaslr_slide())
+        if not match.known:
+            return None
+        return f"{match.name}+{match.offset:#x}/{match.size:#x}"
+
+    def _load_symbols(self) -> SymbolTable | None:
+        """The kernel's symbols at link-time addresses (loaded once; None if unavailable)."""
         from vmboot import debug
 
         if self._symbols is None and not self._symbols_failed:
@@ -369,10 +434,101 @@ class Machine:
                 self._symbols = debug.load_symbols(**self._symbol_sources())
             except DebugError:
                 self._symbols_failed = True
-        if self._symbols is None:
-            return None
-        text = str(self._symbols.lookup(address))
-        return None if text == "??" else text
+        return self._symbols
+
+    def kaslr_slide(self) -> int:
+        """How far KASLR moved the running kernel (0 without KASLR, or before the kernel has
+        its own page tables). Detected from vCPU 0's page tables once the kernel maps itself,
+        then kept for the rest of the boot."""
+        if self._slide is not None:
+            return self._slide
+        from vmboot.debug.kaslr import kaslr_slide
+        from vmboot.debug.page_walk import GuestAddressSpace
+        from vmboot.hv.registers import Register
+
+        symbols = self._load_symbols()
+        if symbols is None or self.vcpu is None:
+            return 0
+        try:
+            regs = self.vcpu.get_registers((Register.CR0, Register.CR3, Register.CR4))
+            space = GuestAddressSpace(self.vcpu.vm, regs[Register.CR3], regs[Register.CR4],
+                                      regs[Register.CR0])
+            self._slide = kaslr_slide(symbols, space)
+        except VmbootError:
+            return 0
+        return self._slide
+
+    def _all_vcpus(self) -> list[KvmVCPU]:
+        """The vCPUs to trace, in CPU order."""
+        return list(self.vcpus)
+
+    def traces(self, max_frames: int = 16) -> list[CpuTrace]:
+        """A symbolised kernel stack trace of every vCPU (between runs, or after the last).
+
+        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        """
+        self._require_stopped("traces")
+        return self._traces_now(max_frames)
+
+    def _traces_now(self, max_frames: int = 16) -> list[CpuTrace]:
+        """:meth:`traces` from the run-loop thread itself (e.g. a console watcher)."""
+        from vmboot.debug.cpus import trace_cpus
+
+        src = self._symbol_sources()
+        return trace_cpus(self._all_vcpus(), vmlinux=src["vmlinux"], system_map=src["system_map"],
+                          kernel=src["kernel"], slide=self.kaslr_slide(), max_frames=max_frames)
+
+    def tasks(self, max_frames: int = 16) -> list[GuestTask]:
+        """Every task of the guest kernel, walked from ``init_task``, with its kernel stack.
+
+        Structure layouts come from the kernel's BTF (in the vmlinux, else the image).
+        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        """
+        from vmboot.debug.tasks import list_tasks
+
+        self._require_stopped("tasks")
+        src = self._symbol_sources()
+        return list_tasks(self._all_vcpus(), vmlinux=src["vmlinux"], kernel=src["kernel"],
+                          system_map=src["system_map"], slide=self.kaslr_slide(),
+                          max_frames=max_frames)
+
+    def hang_report(self, samples: int = 4, interval: float = 0.5) -> HangReport:
+        """Run the guest ``samples - 1`` more times for ``interval`` seconds, tracing every
+        vCPU after each, and judge whether it is idle, locked up or running (see
+        :mod:`vmboot.debug.hang`); tasks blocked throughout are listed. Between runs only."""
+        from vmboot.debug.hang import classify
+        from vmboot.debug.tasks import still_blocked
+
+        self._require_stopped("hang_report")
+        if samples < 1 or interval <= 0:
+            raise UsageError(f"hang_report: samples={samples} must be >= 1 and interval="
+                             f"{interval} > 0 s")
+        console_before = self.console.total
+        try:
+            tasks_before = self.tasks()
+        except DebugError:
+            tasks_before = []
+        rounds = [self.traces()]
+        for _ in range(samples - 1):
+            if self._run_vcpus(interval).reason is not ExitReason.TIMEOUT:
+                break
+            rounds.append(self.traces())
+        self.console.flush()
+        blocked = []
+        if tasks_before:
+            try:
+                blocked = still_blocked(tasks_before, self.tasks())
+            except DebugError:
+                blocked = []
+        return classify(rounds, self.console.total == console_before, blocked)
+
+    def _require_stopped(self, what: str) -> None:
+        vcpus = self._vcpu_set
+        if self.vcpu is None or vcpus is None:
+            raise UsageError(f"Machine.{what}: the machine is not started or already closed")
+        if vcpus.running:
+            raise UsageError(f"Machine.{what}: run() is in progress in another thread; call it "
+                             f"after run() returns (e.g. run(timeout=...) in steps)")
 
     def locate(self, address: int) -> str | None:
         """What the boot layout put at a guest-physical ``address`` (for code without symbols).
@@ -393,23 +549,34 @@ class Machine:
         return None
 
     def _capture_trace(self, result: RunResult, why: str) -> None:
-        from vmboot import debug
-        from vmboot.hv.registers import GENERAL_REGISTERS
+        from vmboot.debug.cpus import render_cpu_traces
 
         if not self.vcpus:
             result.notes.append(f"{why}: no stack trace: the machine is closed")
             return
         vcpu = self.vcpus[result.exit.vcpu if result.exit.vcpu < len(self.vcpus) else 0]
         try:
-            src = self._symbol_sources()
-            frames = debug.capture_stack_trace(vcpu, vmlinux=src["vmlinux"],
-                                               system_map=src["system_map"], kernel=src["kernel"])
+            traces = self.traces()
         except DebugError as e:  # the run's result stays usable; say why there is no trace
             result.notes.append(f"{why}: no stack trace: {e}")
             return
-        result.stack_trace = frames
-        result.stack_trace_text = debug.format_trace(
-            frames, vcpu.get_registers(GENERAL_REGISTERS))
+        result.cpu_traces = traces
+        named = next((t for t in traces if t.cpu == vcpu.index), traces[0])
+        if named.error is not None:
+            result.notes.append(f"{why}: no stack trace: {named.error}")
+        else:
+            result.stack_trace = named.frames
+        if len(traces) == 1 and named.error is None and not named.user_mode:
+            from vmboot.debug.frames import format_trace
+
+            result.stack_trace_text = format_trace(named.frames, named.registers)
+        else:
+            result.stack_trace_text = render_cpu_traces(traces)
+        if self.trace_tasks:
+            try:
+                result.tasks = self.tasks()
+            except DebugError as e:
+                result.notes.append(f"{why}: no task list: {e}")
 
     def _handle_timeout(self, result: RunResult) -> None:
         """The hook for a run that timed out: a stack trace, or the user's callable."""
@@ -417,25 +584,59 @@ class Machine:
             self.on_timeout(self, result.exit)
             return
         self._capture_trace(result, "on_timeout='trace'")
+        try:
+            result.hang = self.hang_report()
+        except DebugError as e:
+            result.notes.append(f"on_timeout='trace': no hang verdict: {e}")
+
+    def _oops_traces(self) -> str:
+        """Every vCPU's trace now, rendered (called at an oops's last console line)."""
+        from vmboot.debug.cpus import render_cpu_traces
+
+        if self.vcpu is None or self.on_panic != "trace":
+            return ""
+        try:
+            return render_cpu_traces(self._traces_now())
+        except DebugError as e:
+            return f"no stack trace: {e}\n"
 
 
+PAUSE_DETAIL = "paused: every vCPU stopped for Machine.when_stopped"
+"""The detail of the stop that lets :meth:`Machine.when_stopped` work run between two runs."""
 PANIC_START = b"Kernel panic - not syncing"
 PANIC_END = b"---[ end Kernel panic"
+OOPS_STARTS = (b"Oops:", b"BUG:", b"general protection fault")
+OOPS_END = b"---[ end trace"
 
 
 class _PanicWatch:
-    """Spots a kernel panic on the console and ends the run at its last line.
+    """Spots a kernel panic on the console and ends the run at its last line; traces oopses.
 
     The run is stopped while the guest prints ``---[ end Kernel panic ...``, i.e. still
     inside ``panic()``, so a stack trace taken then shows the panic path, and a guest
-    booted with ``panic=-1`` has not rebooted yet.
+    booted with ``panic=-1`` has not rebooted yet. An oops (``Oops:``, ``BUG:``) is traced
+    at its ``---[ end trace`` line, still inside ``oops_end()``, whether or not a panic
+    follows (``panic_on_oops``); the guest then goes on.
     """
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.message: str | None = None
+        self.oops: str | None = None
+        self.oopses: list[tuple[str, str]] = []
 
     def __call__(self, line: bytes) -> None:
+        if self.oops is None:
+            for marker in OOPS_STARTS:
+                at = line.find(marker)
+                if at >= 0:
+                    self.oops = line[at:].decode("utf-8", "replace").strip()
+                    break
+        elif OOPS_END in line:
+            message, self.oops = self.oops, None
+            # still inside oops_end(): trace every vCPU once they are all stopped
+            self.machine.when_stopped(
+                lambda: self.oopses.append((message, self.machine._oops_traces())))
         if self.message is None:
             at = line.find(PANIC_START)
             if at >= 0:

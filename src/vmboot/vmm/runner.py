@@ -149,6 +149,12 @@ class Runner:
         """Called as ``sampler(rip, cpl, vcpu_index, waiting)`` per :meth:`request_sample` (vmm.profile)."""
         self._sample_wanted = False
 
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` is in progress (in any thread)."""
+        with self._lock:
+            return self._thread_id is not None
+
     # -- stopping -----------------------------------------------------------------------------
     def stop(self, reason: ExitReason, detail: str = "") -> None:
         """End the current run with ``reason`` (devices call this; any thread may).

@@ -51,6 +51,12 @@ class VcpuSet:
     def bsp(self) -> Runner:
         return self.runners[0]
 
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` is in progress (in any thread)."""
+        with self._lock:
+            return self._running
+
     # -- stopping -----------------------------------------------------------------------------
     def stop(self, reason: ExitReason, detail: str = "") -> None:
         """End the run of every vCPU with ``reason`` (any thread may call it).
