@@ -48,6 +48,9 @@ notes:
   kernel asks for, with panic=0 at its last panic line. With --trace, vmboot then
   prints the guest's registers and a symbolised stack trace (also on --timeout), using
   --vmlinux or --system-map when given, else the kallsyms inside the kernel image.
+  --dump-on panic,oops,timeout --dump-dir DIR writes vmcores that crash and drgn open
+  (crash vmlinux DIR/vmcore.1.panic; drgn -c DIR/vmcore.1.panic -s vmlinux), and
+  `kill -USR2 PID` writes one on demand; `vmboot trace CORE --kernel IMAGE` reads one back.
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
   gzip one, and 64-128 MiB of memory is cheapest.
 """
@@ -103,6 +106,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--profile-hz", metavar="HZ", type=sample_rate, default=DEFAULT_PROFILE_HZ,
                    help=f"samples a second for --profile (default: {DEFAULT_PROFILE_HZ}; each "
                         "costs one exit from the guest)")
+    p.add_argument("--dump-on", metavar="TRIGGERS", default=None,
+                   help="write a vmcore (ELF, for crash and drgn) into --dump-dir on these "
+                        "comma-separated triggers: panic, oops, timeout")
+    p.add_argument("--dump-dir", metavar="DIR", default=None,
+                   help="where vmcores go (vmcore.N.TRIGGER); with it, SIGUSR2 to vmboot "
+                        "writes one (vmcore.N.demand) while the guest runs on")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -117,6 +126,7 @@ def exit_status(reason: ExitReason) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmboot.cli.dump_signal import dump_on_signal
     from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
@@ -128,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
                  vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry) as machine, \
-            TerminalInput(machine.push_input):
+                 entry=args.entry, dump_on=args.dump_on or (),
+                 dump_dir=args.dump_dir) as machine, \
+            TerminalInput(machine.push_input), dump_on_signal(machine):
         profiler = None
         if args.profile:
             from vmboot.vmm.profile import GuestProfiler

@@ -26,13 +26,15 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.errors import BootConfigError, DebugError, UsageError
+from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
+from vmboot.vmm.dumps import DEMAND, DUMP_REQUEST_DETAIL, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
+    from vmboot.debug.vmcore import VmcoreResult
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -86,6 +88,8 @@ class RunResult:
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
+    vmcores: list[Path] = field(default_factory=list)
+    """The vmcores written during the run (``dump_on`` triggers and requests), in order."""
 
     @property
     def clean(self) -> bool:
@@ -107,6 +111,7 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            "vmcores": [str(p) for p in self.vmcores],
         }
 
 
@@ -140,6 +145,8 @@ class Machine:
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
         entry: EntryChoice = "auto",
+        dump_on: str | Sequence[str] = (),
+        dump_dir: str | Path | None = None,
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
@@ -162,6 +169,10 @@ class Machine:
         self.entry = entry
         self.vmlinux = vmlinux
         self.system_map = system_map
+        self.dumps = DumpPolicy(dump_on, dump_dir)
+        self._dump_requests: list[str] = []
+        self._dumps_written: list[Path] = []
+        self._dump_notes: list[str] = []
         self.console = ConsoleOutput(_console_sink(console), capture_limit)
         self._panic = _PanicWatch(self)
         self.console.line_watcher = self._panic
@@ -252,7 +263,8 @@ class Machine:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
-        vm_exit = self._runner.run(timeout)
+        self._dumps_written = []
+        vm_exit = self._run_serving_dumps(timeout)
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -278,7 +290,60 @@ class Machine:
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
+        if result.exit.reason is ExitReason.PANIC and self.dumps.wants("panic"):
+            self._write_dump("panic")
+        if result.exit.reason is ExitReason.TIMEOUT and self.dumps.wants("timeout"):
+            self._write_dump("timeout")
+        result.vmcores = list(self._dumps_written)
+        result.notes.extend(self._dump_notes)
+        self._dump_notes = []
         return result
+
+    # -- vmcores ------------------------------------------------------------------------------
+    def dump(self, path: str | Path) -> VmcoreResult:
+        """Write a vmcore of the guest (RAM, every vCPU, VMCOREINFO) to ``path``.
+
+        Call it between runs (after :meth:`run` returned); while a run is in progress use
+        :meth:`request_dump`. See :mod:`vmboot.debug.vmcore`.
+        """
+        from vmboot.debug.vmcore import write_guest_vmcore
+
+        if self.vm is None or self.vcpu is None:
+            raise BootConfigError("Machine.dump: the machine is not started (or closed); "
+                                  "dump inside the with block")
+        src = self._symbol_sources()
+        return write_guest_vmcore(path, self.vm, self.vm.vcpus, vmlinux=src["vmlinux"],
+                                  system_map=src["system_map"], kernel=src["kernel"])
+
+    def request_dump(self, trigger: str = DEMAND) -> None:
+        """Have the running guest dumped into ``dump_dir`` as soon as its vCPU leaves the guest,
+        then continue the run (safe from another thread and from a signal handler)."""
+        self._dump_requests.append(trigger)
+        self.request_stop(ExitReason.STOPPED, DUMP_REQUEST_DETAIL)
+
+    def _run_serving_dumps(self, timeout: float | None) -> VmExit:
+        """Run; a stop made by :meth:`request_dump` writes the vmcore and resumes."""
+        assert self._runner is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            vm_exit = self._runner.run(left)
+            if not (vm_exit.reason is ExitReason.STOPPED and vm_exit.detail == DUMP_REQUEST_DETAIL):
+                return vm_exit
+            while self._dump_requests:
+                self._write_dump(self._dump_requests.pop(0))
+
+    def _write_dump(self, trigger: str) -> None:
+        """Write one vmcore into dump_dir; a failure becomes a note of the run's result."""
+        try:
+            path = self.dumps.next_path(trigger)
+            written = self.dump(path)
+        except VmbootError as e:
+            self._dump_notes.append(f"vmcore ({trigger}) not written: {e}")
+            return
+        self._dumps_written.append(path)
+        self._dump_notes.append(written.describe())
+        self._dump_notes.extend(f"vmcore {path}: {n}" for n in written.notes)
 
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
@@ -368,6 +433,8 @@ class _PanicWatch:
         self.message: str | None = None
 
     def __call__(self, line: bytes) -> None:
+        if self.machine.dumps.wants("oops") and any(m in line for m in OOPS_MARKERS):
+            self.machine.request_dump("oops")
         if self.message is None:
             at = line.find(PANIC_START)
             if at >= 0:
