@@ -21,6 +21,7 @@ VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.exec",
     "vmboot.cli.inspect",
     "vmboot.cli.symbolize",
+    "vmboot.cli.trace",
     "vmboot.cli.fetch",
 )
 """Verb modules, in the order ``--help`` lists them."""
