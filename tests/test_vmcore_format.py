@@ -138,7 +138,7 @@ def qemu_note(cr3: int) -> bytes:
     desc = QEMU_CPUSTATE_HEAD.pack(1, 0x1B8, *general)
     for _ in range(10):
         desc += QEMU_SEGMENT.pack(0x10, 0xFFFFFFFF, 0, 0, 0)
-    desc += struct.pack("<5Q", 0x8005_0033, 0, cr3, 0x20, 0) + bytes(8)
+    desc += struct.pack("<5Q", 0x8005_0033, 0, 0x7FFF_0000, cr3, 0x20) + bytes(8)  # cr[0..4]
     return pack_note(NOTE_OWNER_QEMU, 0, desc)
 
 

@@ -86,9 +86,10 @@ QEMU_CPUSTATE_GENERAL: tuple[Register, ...] = (
     Register.RSP, Register.RBP, Register.R8, Register.R9, Register.R10, Register.R11,
     Register.R12, Register.R13, Register.R14, Register.R15, Register.RIP, Register.RFLAGS,
 )
-QEMU_CPUSTATE_CRS: tuple[Register, ...] = (
-    Register.CR0, Register.CR2, Register.CR3, Register.CR4, Register.CR8,
+QEMU_CPUSTATE_CRS: tuple[Register | None, ...] = (
+    Register.CR0, None, Register.CR2, Register.CR3, Register.CR4,
 )
+"""``QEMUCPUState.cr[5]``, indexed by control-register number (CR1 does not exist)."""
 QEMU_CPUSTATE_MIN_SIZE = (QEMU_CPUSTATE_HEAD.size + len(QEMU_CPUSTATE_SEGMENTS) * QEMU_SEGMENT.size
                           + 8 * len(QEMU_CPUSTATE_CRS))
 
@@ -185,6 +186,7 @@ def unpack_qemu_cpustate(desc: bytes) -> tuple[dict[Register, int], dict[Segment
         if name in _SELECTOR_BY_NAME:
             selectors[_SELECTOR_BY_NAME[name]] = selector & 0xFFFF
     for reg in QEMU_CPUSTATE_CRS:
-        registers[reg] = struct.unpack_from("<Q", desc, pos)[0]
+        if reg is not None:
+            registers[reg] = struct.unpack_from("<Q", desc, pos)[0]
         pos += 8
     return registers, selectors, bases["fs"], bases["gs"]

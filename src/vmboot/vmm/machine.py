@@ -176,6 +176,8 @@ class Machine:
         self.console = ConsoleOutput(_console_sink(console), capture_limit)
         self._panic = _PanicWatch(self)
         self.console.line_watcher = self._panic
+        if self.dumps.wants("oops"):
+            self._panic.on_oops = lambda: self.request_dump("oops")
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
         self.platform = PcPlatform(self.console)
@@ -431,10 +433,12 @@ class _PanicWatch:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.message: str | None = None
+        self.on_oops: Callable[[], object] | None = None
+        """Called for each oops line (``dump_on`` with ``oops``)."""
 
     def __call__(self, line: bytes) -> None:
-        if self.machine.dumps.wants("oops") and any(m in line for m in OOPS_MARKERS):
-            self.machine.request_dump("oops")
+        if self.on_oops is not None and any(m in line for m in OOPS_MARKERS):
+            self.on_oops()
         if self.message is None:
             at = line.find(PANIC_START)
             if at >= 0:
