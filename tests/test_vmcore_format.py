@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``fuzz``)
+
+# isort: split
+from fuzz.fuzz_core import make_core
+
 from vmboot.debug.core_reader import read_core
 from vmboot.debug.elf_core import (
     ET_CORE,
@@ -140,22 +145,6 @@ def qemu_note(cr3: int) -> bytes:
         desc += QEMU_SEGMENT.pack(0x10, 0xFFFFFFFF, 0, 0, 0)
     desc += struct.pack("<5Q", 0x8005_0033, 0, 0x7FFF_0000, cr3, 0x20) + bytes(8)  # cr[0..4]
     return pack_note(NOTE_OWNER_QEMU, 0, desc)
-
-
-def make_core(notes: bytes, loads: list[tuple[int, int, bytes]], e_type: int = ET_CORE) -> bytes:
-    """A core with ``notes`` and ``(paddr, memsz, data)`` segments."""
-    phnum = 1 + len(loads)
-    header = struct.Struct("<16sHHIQQQIHHHHHH")
-    phdr = struct.Struct("<IIQQQQQQ")
-    offset = header.size + phnum * phdr.size
-    out = bytearray(header.pack(b"\x7fELF\x02\x01\x01" + bytes(9), e_type, 62, 1, 0,
-                                header.size, 0, 0, header.size, phdr.size, phnum, 0, 0, 0))
-    body = bytearray(notes)
-    out += phdr.pack(PT_NOTE, 0, offset, 0, 0, len(notes), len(notes), 4)
-    for paddr, memsz, data in loads:
-        out += phdr.pack(PT_LOAD, 7, offset + len(body), 0, paddr, len(data), memsz, 0)
-        body += data
-    return bytes(out + body)
 
 
 def prstatus_note(rip: int) -> bytes:
