@@ -27,6 +27,8 @@ DUMP_SIGNAL = signal.SIGUSR2
 """The signal that makes ``vmboot run`` write a vmcore into --dump-dir and continue
 (SIGUSR1 is the run loop's own vCPU kick)."""
 OOPS_MARKERS: tuple[bytes, ...] = (b"Oops: ", b"BUG: ", b"general protection fault")
+OOPS_END = b"---[ end trace"
+"""The kernel's last line of an oops report (``end_trace``); markers before it are one oops."""
 DUMP_REQUEST_DETAIL = "vmcore requested"
 """The detail of the stop that lets a requested vmcore be written between two runs."""
 

@@ -28,7 +28,7 @@ from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, Console
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
-from vmboot.vmm.dumps import DEMAND, DUMP_REQUEST_DETAIL, OOPS_MARKERS, DumpPolicy
+from vmboot.vmm.dumps import DEMAND, DUMP_REQUEST_DETAIL, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
@@ -434,11 +434,16 @@ class _PanicWatch:
         self.machine = machine
         self.message: str | None = None
         self.on_oops: Callable[[], object] | None = None
-        """Called for each oops line (``dump_on`` with ``oops``)."""
+        """Called once for each oops (``dump_on`` with ``oops``)."""
+        self._in_oops = False
 
     def __call__(self, line: bytes) -> None:
-        if self.on_oops is not None and any(m in line for m in OOPS_MARKERS):
-            self.on_oops()
+        if self.on_oops is not None:
+            if self._in_oops:
+                self._in_oops = OOPS_END not in line
+            elif any(m in line for m in OOPS_MARKERS):
+                self._in_oops = True  # one call per oops, however many marker lines it has
+                self.on_oops()
         if self.message is None:
             at = line.find(PANIC_START)
             if at >= 0:

@@ -1,0 +1,68 @@
+"""When a Machine writes vmcores: trigger parsing, validation, the oops watch, naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmboot.devices.console import ConsoleOutput
+from vmboot.errors import UsageError
+from vmboot.vmm.dumps import DUMP_TRIGGERS, DumpPolicy, parse_triggers
+from vmboot.vmm.machine import Machine, _PanicWatch
+
+
+def test_triggers_parse_from_text_and_lists() -> None:
+    assert parse_triggers("panic, oops,timeout") == frozenset(DUMP_TRIGGERS)
+    assert parse_triggers(["panic"]) == frozenset({"panic"})
+    assert parse_triggers("") == frozenset()
+
+
+def test_unknown_trigger_is_a_usage_error_naming_the_choices() -> None:
+    with pytest.raises(UsageError, match=r"'crash'.*panic, oops, timeout"):
+        parse_triggers("panic,crash")
+
+
+def test_triggers_need_a_directory() -> None:
+    with pytest.raises(UsageError, match="needs dump_dir"):
+        DumpPolicy("panic")
+
+
+def test_machine_validates_dump_options_before_building_anything(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a trigger"):
+        Machine(b"not a kernel", dump_on="reboot", dump_dir=tmp_path)
+    with pytest.raises(UsageError, match="needs dump_dir"):
+        Machine(b"not a kernel", dump_on="timeout")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paths_count_up_and_name_the_trigger(tmp_path: Path) -> None:
+    policy = DumpPolicy("timeout", tmp_path / "new")
+    assert policy.next_path("demand") == tmp_path / "new" / "vmcore.1.demand"
+    assert policy.next_path("timeout") == tmp_path / "new" / "vmcore.2.timeout"
+    assert (tmp_path / "new").is_dir()
+
+
+def test_a_directory_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="cannot create"):
+        DumpPolicy("panic", tmp_path / "file" / "sub").next_path("panic")
+
+
+class _Machine:
+    def request_stop(self, *args: object) -> None:
+        pass
+
+
+def test_each_oops_calls_the_hook_once() -> None:
+    seen: list[int] = []
+    watch = _PanicWatch(_Machine())  # type: ignore[arg-type]
+    watch.on_oops = lambda: seen.append(1)
+    console = ConsoleOutput()
+    console.line_watcher = watch
+    for b in (b"[ 1.0] BUG: kernel NULL pointer dereference, address: 0\n"
+              b"[ 1.1] #PF: supervisor write access in kernel mode\n"
+              b"[ 1.2] Oops: 0002 [#1] SMP\n[ 1.3] ---[ end trace 0000000000000000 ]---\n"
+              b"[ 2.0] an ordinary line\n[ 3.0] general protection fault, probably for\n"):
+        console.put(b)
+    assert seen == [1, 1]  # the BUG/Oops pair is one oops; the fault after its end another
