@@ -37,6 +37,7 @@ from vmboot.debug.elf_core import (
     unpack_qemu_cpustate,
     unpack_vmboot_cpu,
 )
+from vmboot.debug.page_scan import data_runs
 from vmboot.debug.vmcoreinfo import KERNEL_MAP_BASE, parse_vmcoreinfo
 from vmboot.elf import PT_LOAD, ElfFile
 from vmboot.errors import DebugError, HypervisorError, VmbootError
@@ -221,10 +222,19 @@ def _copy_segment(elf: ElfFile, fd: int | None, vm: MemoryVM, paddr: int, offset
             gpa = paddr + (pos - offset)
             chunk = elf.bytes_at("PT_LOAD data", pos, n)
             try:
-                if vm.memory.contains(gpa, n):
-                    vm.write(gpa, chunk)
-                else:
-                    _write_partial(vm, gpa, chunk, notes)
+                whole = n - n % PAGE_SIZE
+                runs = list(data_runs(chunk[:whole], None))
+                if whole < n:
+                    runs.append((whole, n))
+                for a, b in runs:  # all-zero pages stay untouched in the new guest's RAM
+                    piece = chunk[a:b]
+                    try:
+                        if vm.memory.contains(gpa + a, b - a):
+                            vm.write(gpa + a, piece)
+                        else:
+                            _write_partial(vm, gpa + a, piece, notes)
+                    finally:
+                        piece.release()
             finally:
                 chunk.release()
             pos += n
