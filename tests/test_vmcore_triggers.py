@@ -66,3 +66,29 @@ def test_each_oops_calls_the_hook_once() -> None:
               b"[ 2.0] an ordinary line\n[ 3.0] general protection fault, probably for\n"):
         console.put(b)
     assert seen == [1, 1]  # the BUG/Oops pair is one oops; the fault after its end another
+
+
+# -- the command line ----------------------------------------------------------------------
+def test_trace_needs_symbols(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import EXIT_ERROR, main
+
+    assert main(["trace", str(tmp_path / "core")]) == EXIT_ERROR
+    assert "--kernel IMAGE" in capsys.readouterr().err
+
+
+def test_trace_refuses_a_file_that_is_not_a_core(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import EXIT_ERROR, main
+
+    core = tmp_path / "core"
+    core.write_bytes(b"\x7fELF" + bytes(200))
+    assert main(["trace", str(core), "--system-map", str(core)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "vmboot trace: error:" in err and str(core) in err
+
+
+def test_run_dump_on_needs_dump_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import EXIT_ERROR, main
+
+    assert main(["run", "no-such-kernel", "--dump-on", "panic"]) == EXIT_ERROR
+    assert "needs dump_dir" in capsys.readouterr().err

@@ -52,8 +52,8 @@ class DumpPolicy:
         self.triggers = parse_triggers(triggers)
         self.directory = Path(directory) if directory is not None else None
         if self.triggers and self.directory is None:
-            raise UsageError(f"dump_on={','.join(sorted(self.triggers))} needs dump_dir (a "
-                             f"directory to write the vmcores into)")
+            raise UsageError(f"dump_on={','.join(sorted(self.triggers))} needs dump_dir "
+                             f"(--dump-dir DIR): the directory the vmcores are written into")
         self.count = 0
 
     def wants(self, trigger: str) -> bool:
