@@ -310,7 +310,7 @@ class Machine:
         """
         from vmboot.debug.vmcore import write_guest_vmcore
 
-        if self.vm is None or self.vcpu is None:
+        if self.vm is None:
             raise BootConfigError("Machine.dump: the machine is not started (or closed); "
                                   "dump inside the with block")
         src = self._symbol_sources()
