@@ -96,7 +96,8 @@ def cpu_state(vcpu: VirtualCPU) -> CpuState:
                     bases[SegmentRegister.GS], pid=vcpu.index + PRSTATUS_PID_CPU_BASE)
 
 
-def _host_address(view: memoryview) -> int | None:
+def host_address(view: memoryview) -> int | None:
+    """The host address of a writable view's first byte (None for a read-only buffer)."""
     try:
         anchor = ctypes.c_char.from_buffer(view)
     except TypeError:  # read-only buffer
@@ -156,7 +157,7 @@ def write_vmcore(path: str | os.PathLike[str], vm: VirtualMachine, cpus: Sequenc
         for gpa, size, offset in layout:
             view = vm.view(gpa, size)
             try:
-                base = _host_address(view)
+                base = host_address(view)
                 for start, stop in data_runs(view, base):
                     pos = start
                     while pos < stop:
