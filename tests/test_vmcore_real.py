@@ -105,10 +105,19 @@ def debug_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def drgn_program(core: Path, debug: Path) -> Any:
+    """drgn on ``core`` with the DWARF-only ``debug`` file.
+
+    drgn takes a file without a PROGBITS ``.init.text`` for something other than a vmlinux
+    and then spans the kernel's address range from its lowest segment, the per-CPU one at 0;
+    per-CPU offsets then fall inside the range and get the KASLR offset added. Starting the
+    range at ``_stext`` (as drgn does for a real vmlinux) puts them back outside.
+    """
     drgn = pytest.importorskip("drgn")
     prog = drgn.Program()
     prog.set_core_dump(str(core))
     prog.load_debug_info([str(debug)])
+    kernel = prog.main_module()
+    kernel.address_range = (prog.symbol("_stext").address, kernel.address_range[1])
     return prog
 
 
@@ -146,10 +155,12 @@ def test_drgn_opens_the_vmcore(panicked: Panicked, debug_file: Path) -> None:
     assert tasks[1] == b"init" and tasks[2] == b"kthreadd"
     crashing = CRASHING_TASK.search(panicked.result.console_text)
     assert crashing is not None
-    task = find_task(prog, int(crashing.group(2)))
-    assert task.comm.string_() == crashing.group(3).encode()
-    names = [frame.name for frame in prog.stack_trace(task)]
+    crashed = prog.crashed_thread()
+    assert crashed.tid == int(crashing.group(2))
+    assert crashed.object.comm.string_() == crashing.group(3).encode()
+    names = [frame.name for frame in crashed.stack_trace()]
     assert "panic" in names and "sysrq_handle_crash" in names, names
+    assert names == [frame.name for frame in prog.stack_trace(find_task(prog, crashed.tid))]
 
 
 def run_crash(core: Path, debug: Path, commands: list[str]) -> str:
