@@ -11,7 +11,6 @@ import struct
 from fuzz.harness import Target, atheris_main
 from vmboot.debug.core_reader import read_core
 from vmboot.debug.elf_core import (
-    ELF_HEADER,
     ET_CORE,
     NOTE_OWNER_CORE,
     NOTE_OWNER_QEMU,
@@ -21,7 +20,6 @@ from vmboot.debug.elf_core import (
     NT_QEMU_CPUSTATE,
     NT_VMBOOT_CPU,
     NT_VMCOREINFO,
-    PROGRAM_HEADER,
     QEMU_CPUSTATE_HEAD,
     QEMU_SEGMENT,
     CpuState,
@@ -30,7 +28,7 @@ from vmboot.debug.elf_core import (
     pack_vmboot_cpu,
 )
 from vmboot.debug.page_walk import GuestAddressSpace
-from vmboot.elf import EM_X86_64, PT_LOAD, PT_NOTE
+from vmboot.elf import ELF_HEADER, EM_X86_64, PROGRAM_HEADER, PT_LOAD, PT_NOTE
 from vmboot.errors import PageWalkError
 from vmboot.hv.registers import GENERAL_REGISTERS, Register
 

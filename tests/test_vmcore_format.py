@@ -16,7 +16,6 @@ from fuzz.fuzz_core import make_core
 from vmboot.debug.core_reader import read_core
 from vmboot.debug.elf_core import (
     ET_CORE,
-    NOTE_HEADER,
     NOTE_OWNER_CORE,
     NOTE_OWNER_QEMU,
     NOTE_OWNER_VMCOREINFO,
@@ -28,16 +27,16 @@ from vmboot.debug.elf_core import (
     pack_note,
     pack_prstatus,
 )
+from vmboot.debug.kaslr import KERNEL_MAP_BASE
 from vmboot.debug.page_walk import GuestAddressSpace
 from vmboot.debug.vmcore import cpu_state, write_vmcore
 from vmboot.debug.vmcoreinfo import (
-    KERNEL_MAP_BASE,
     SOURCE_MINIMAL,
     VmcoreInfo,
     minimal_vmcoreinfo_from,
     parse_vmcoreinfo,
 )
-from vmboot.elf import PT_LOAD, PT_NOTE, ElfFile
+from vmboot.elf import NOTE_HEADER, PT_LOAD, PT_NOTE, ElfFile
 from vmboot.errors import DebugError, VmbootError
 from vmboot.hv.memory import MemoryVM
 from vmboot.hv.memory_map import GiB, MiB

@@ -37,8 +37,9 @@ from vmboot.debug.elf_core import (
     unpack_qemu_cpustate,
     unpack_vmboot_cpu,
 )
+from vmboot.debug.kaslr import KERNEL_MAP_BASE
 from vmboot.debug.page_scan import data_runs
-from vmboot.debug.vmcoreinfo import KERNEL_MAP_BASE, parse_vmcoreinfo
+from vmboot.debug.vmcoreinfo import parse_vmcoreinfo
 from vmboot.elf import PT_LOAD, ElfFile
 from vmboot.errors import DebugError, HypervisorError, VmbootError
 from vmboot.hv.memory import MemoryVM

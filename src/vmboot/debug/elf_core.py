@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from vmboot.elf import NOTE_HEADER
 from vmboot.hv.registers import Register, SegmentRegister
 
 ET_CORE = 4
@@ -35,9 +36,6 @@ NT_VMBOOT_CPU = 0x564D4254
 (crash takes any note of type 1 for an ``NT_PRSTATUS``)."""
 NT_QEMU_CPUSTATE = 0
 
-ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
-PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
-NOTE_HEADER = struct.Struct("<III")
 
 USER_REGS_ORDER: tuple[str, ...] = (
     "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",

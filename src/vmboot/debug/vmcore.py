@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmboot.debug.elf_core import (
-    ELF_HEADER,
     ELFOSABI_NONE,
     ET_CORE,
     EV_CURRENT,
@@ -33,7 +31,6 @@ from vmboot.debug.elf_core import (
     NT_PRSTATUS,
     NT_VMBOOT_CPU,
     NT_VMCOREINFO,
-    PROGRAM_HEADER,
     PRSTATUS_PID_CPU_BASE,
     CpuState,
     pack_note,
@@ -48,10 +45,23 @@ from vmboot.debug.vmcoreinfo import (
     DEFAULT_PAGE_OFFSET,
     SOURCE_GUEST,
     SOURCE_MINIMAL,
+    VMCOREINFO_MAX,
     VmcoreInfo,
     minimal_vmcoreinfo_from,
 )
-from vmboot.elf import ELF_MAGIC, ELFCLASS64, ELFDATA2LSB, EM_X86_64, PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE
+from vmboot.elf import (
+    ELF_HEADER,
+    ELF_MAGIC,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    EM_X86_64,
+    PF_R,
+    PF_W,
+    PF_X,
+    PROGRAM_HEADER,
+    PT_LOAD,
+    PT_NOTE,
+)
 from vmboot.errors import DebugError, VmbootError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import GENERAL_REGISTERS, SPECIAL_REGISTERS, Register, SegmentRegister
@@ -216,25 +226,20 @@ def write_guest_vmcore(path: str | os.PathLike[str], vm: VirtualMachine,
     return result
 
 
-def _read_u64(space: GuestAddressSpace, address: int) -> int:
-    value: int = struct.unpack("<Q", space.read(address, 8))[0]
-    return value
-
-
 def _vmcoreinfo(space: GuestAddressSpace, variables: dict[str, int], slide: int,
                 notes: list[str]) -> tuple[VmcoreInfo, int]:
     page_offset = DEFAULT_PAGE_OFFSET
     try:
         if "page_offset_base" in variables:
-            page_offset = _read_u64(space, variables["page_offset_base"] + slide) or page_offset
+            page_offset = space.read_u64(variables["page_offset_base"] + slide) or page_offset
     except VmbootError as e:
         notes.append(f"page_offset_base unreadable ({e}); direct map assumed at "
                      f"{DEFAULT_PAGE_OFFSET:#x}")
     if "vmcoreinfo_data" in variables and "vmcoreinfo_size" in variables:
         try:
-            data = _read_u64(space, variables["vmcoreinfo_data"] + slide)
-            size = _read_u64(space, variables["vmcoreinfo_size"] + slide)
-            if data and 0 < size <= PAGE_SIZE:
+            data = space.read_u64(variables["vmcoreinfo_data"] + slide)
+            size = space.read_u64(variables["vmcoreinfo_size"] + slide)
+            if data and 0 < size <= VMCOREINFO_MAX:
                 return VmcoreInfo(space.read(data, size), SOURCE_GUEST), page_offset
             notes.append(f"the kernel's vmcoreinfo_data={data:#x}/vmcoreinfo_size={size} is "
                          f"not set up; VMCOREINFO written by vmboot")

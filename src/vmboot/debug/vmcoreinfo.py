@@ -10,7 +10,6 @@ without when a kernel has none.
 from __future__ import annotations
 
 import contextlib
-import struct
 from dataclasses import dataclass
 
 from vmboot.debug.page_walk import GuestAddressSpace
@@ -19,8 +18,6 @@ from vmboot.x86.paging import PAGE_SIZE
 
 VMCOREINFO_MAX = PAGE_SIZE
 """``VMCOREINFO_BYTES``: the kernel keeps its vmcoreinfo text in one page."""
-KERNEL_MAP_BASE = 0xFFFF_FFFF_8000_0000
-"""``__START_KERNEL_map``."""
 DEFAULT_PAGE_OFFSET = 0xFFFF_8880_0000_0000
 """x86_64 ``__PAGE_OFFSET_BASE_L4``: the direct map without memory randomisation."""
 SOURCE_GUEST = "the guest kernel's vmcoreinfo_data"
@@ -34,9 +31,6 @@ class VmcoreInfo:
     text: bytes
     source: str
 
-    def fields(self) -> dict[str, str]:
-        return parse_vmcoreinfo(self.text)
-
 
 def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
     """``KEY=value`` lines into a dict (later lines win; lines without ``=`` are skipped)."""
@@ -46,11 +40,6 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
         if sep and key:
             out[key] = value
     return out
-
-
-def _read_u64(space: GuestAddressSpace, address: int) -> int:
-    value: int = struct.unpack("<Q", space.read(address, 8))[0]
-    return value
 
 
 def kernel_release(space: GuestAddressSpace, banner_address: int) -> str | None:
@@ -82,7 +71,7 @@ def minimal_vmcoreinfo_from(space: GuestAddressSpace, variables: dict[str, int],
         lines.append(f"SYMBOL(swapper_pg_dir)={variables['init_top_pgt'] + slide:x}")
     if "phys_base" in variables:
         with contextlib.suppress(DebugError):
-            lines.append(f"NUMBER(phys_base)={_read_u64(space, variables['phys_base'] + slide)}")
+            lines.append(f"NUMBER(phys_base)={space.read_u64(variables['phys_base'] + slide)}")
     lines.append("NUMBER(pgtable_l5_enabled)=" + ("1" if space.five_level else "0"))
     lines.append(f"KERNELOFFSET={slide:x}")
     return ("\n".join(lines) + "\n").encode("ascii")
