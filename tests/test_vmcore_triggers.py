@@ -92,3 +92,12 @@ def test_run_dump_on_needs_dump_dir(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["run", "no-such-kernel", "--dump-on", "panic"]) == EXIT_ERROR
     assert "needs dump_dir" in capsys.readouterr().err
+
+
+def test_trace_of_a_missing_core_is_an_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import EXIT_ERROR, main
+
+    missing = tmp_path / "no-such-core"
+    assert main(["trace", str(missing), "--system-map", str(missing)]) == EXIT_ERROR
+    assert f"{missing}: cannot open the core" in capsys.readouterr().err

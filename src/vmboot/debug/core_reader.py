@@ -133,7 +133,10 @@ def read_core(path: str | os.PathLike[str] | bytes, *,
     """Read an ELF core (a path, or its bytes) into a :class:`GuestCore`; see the module
     docstring. Only :class:`~vmboot.errors.VmbootError` escapes for a corrupt core."""
     name = "<core>" if isinstance(path, bytes) else os.fspath(path)
-    elf = ElfFile(path, name) if isinstance(path, bytes) else ElfFile.open(path)
+    try:
+        elf = ElfFile(path, name) if isinstance(path, bytes) else ElfFile.open(path)
+    except OSError as e:
+        raise DebugError(f"{name}: cannot open the core: {e.strerror}") from None
     fd: int | None = None
     try:
         if not isinstance(path, bytes):
