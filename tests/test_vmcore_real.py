@@ -147,9 +147,9 @@ def test_vmboot_reads_its_vmcore_back_to_the_printed_trace(panicked: Panicked) -
 
 @requires_kvm
 def test_drgn_opens_the_vmcore(panicked: Panicked, debug_file: Path) -> None:
+    prog = drgn_program(panicked.vmcore, debug_file)
     from drgn.helpers.linux.pid import find_task, for_each_task
 
-    prog = drgn_program(panicked.vmcore, debug_file)
     assert prog["init_task"].comm.string_() == b"swapper/0"
     tasks = {t.pid.value_(): t.comm.string_() for t in for_each_task(prog)}
     assert tasks[1] == b"init" and tasks[2] == b"kthreadd"
@@ -229,6 +229,7 @@ def test_sigusr2_and_timeout_write_vmcores(idle_run: IdleRun) -> None:
 
 @requires_kvm
 def test_drgn_reads_the_timeout_vmcore(idle_run: IdleRun, debug_file: Path) -> None:
+    pytest.importorskip("drgn")
     from drgn.helpers.linux.pid import for_each_task
 
     for path in idle_run.dumps:
