@@ -2,7 +2,8 @@
 
 Three guests, each booted once per module: a panicked guest (``dump_on="panic"``) serves
 drgn, crash and ``vmboot trace``; an idle guest under ``vmboot run`` gets a SIGUSR2 dump and
-a timeout dump; a QEMU TCG guest is dumped with ``dump-guest-memory`` for the reader.
+a timeout dump; QEMU TCG guests (tiny-smp, and Debian's cloud kernel when it can be had) are dumped with
+``dump-guest-memory`` for the reader.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ def test_drgn_reads_the_timeout_vmcore(idle_run: IdleRun, debug_file: Path) -> N
 class QemuDump:
     core: Path
     console: str
+    kernel: Path
 
 
 def qmp(sock: socket.socket, command: str, **arguments: object) -> dict[str, Any]:
@@ -260,17 +262,31 @@ def qmp(sock: socket.socket, command: str, **arguments: object) -> dict[str, Any
             return reply
 
 
-@pytest.fixture(scope="module")
-def qemu_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuDump]:
+def qemu_kernel(name: str) -> Path:
+    """tiny-smp, or Debian's cloud kernel (a distribution kernel with no debug package)."""
+    if name == "tiny-smp":
+        return shared_kernel_file("tiny-smp-bzImage")
+    from debian_kernel import debian_kernel, skip_reason
+
+    path = debian_kernel()
+    if path is None:
+        pytest.skip(skip_reason())
+    return path
+
+
+@pytest.fixture(scope="module", params=["tiny-smp", "debian"])
+def qemu_dump(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuDump]:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         pytest.skip("qemu-system-x86_64 is not installed")
+    kernel = qemu_kernel(request.param)
     work = tmp_path_factory.mktemp("qemu")
     serial, sock_path, core = work / "serial.log", work / "qmp.sock", work / "qemu.core"
     proc = subprocess.Popen(
         [qemu, "-M", "microvm,acpi=off", "-accel", "tcg", "-smp", "2", "-m", "128",
          "-display", "none", "-monitor", "none", "-no-reboot",
-         "-kernel", str(shared_kernel_file("tiny-smp-bzImage")),
+         "-kernel", str(kernel),
          "-initrd", str(shared_kernel_file("tiny-initramfs.cpio")),
          "-append", "console=ttyS0 panic=0 vmboot.panic=1",
          "-qmp", f"unix:{sock_path},server=on,wait=off", "-serial", f"file:{serial}"])
@@ -287,7 +303,7 @@ def qemu_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuDump]:
             assert "return" in qmp(sock, "qmp_capabilities")
             reply = qmp(sock, "dump-guest-memory", paging=False, protocol=f"file:{core}")
             assert "return" in reply, reply
-        yield QemuDump(core, serial.read_text(errors="replace"))
+        yield QemuDump(core, serial.read_text(errors="replace"), kernel)
     finally:
         proc.kill()
         proc.wait()
@@ -298,7 +314,7 @@ def test_qemu_dump_reads_back_to_the_printed_trace(qemu_dump: QemuDump) -> None:
         assert core.writer == "qemu"
         assert len(core.vm.vcpus) == 2
         frames = capture_stack_trace(core.vm.vcpus[crashing_cpu(qemu_dump.console)],
-                                     kernel=shared_kernel_file("tiny-smp-bzImage"),
+                                     kernel=qemu_dump.kernel,
                                      slide="auto", max_frames=32)
     assert_same_trace([f.symbol for f in frames], printed_call_trace(qemu_dump.console))
 
@@ -306,7 +322,7 @@ def test_qemu_dump_reads_back_to_the_printed_trace(qemu_dump: QemuDump) -> None:
 def test_vmboot_trace_cli_on_a_qemu_dump(qemu_dump: QemuDump) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "vmboot", "trace", str(qemu_dump.core), "--kernel",
-         str(shared_kernel_file("tiny-smp-bzImage")), "--json"],
+         str(qemu_dump.kernel), "--json"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

@@ -58,6 +58,7 @@ def handler(args: argparse.Namespace) -> int:
     from vmboot.debug.frames import StackFrame
     from vmboot.errors import DebugError, StackWalkError
     from vmboot.hv.registers import GENERAL_REGISTERS, Register, SegmentRegister
+    from vmboot.x86.cr import CR0_PG
 
     results: list[dict[str, Any]] = []
     with read_core(args.core) as core:
@@ -65,6 +66,11 @@ def handler(args: argparse.Namespace) -> int:
         for vcpu in core.vm.vcpus:
             entry: dict[str, Any] = {"cpu": vcpu.index}
             regs = vcpu.get_registers(GENERAL_REGISTERS)
+            if not vcpu.get_register(Register.CR0) & CR0_PG:
+                entry["error"] = (f"paging is off (RIP {regs[Register.RIP]:#x}): the CPU was "
+                                  f"never started, or runs firmware or boot code")
+                results.append(entry)
+                continue
             if vcpu.get_segment(SegmentRegister.CS).selector & 3 == USER_MODE_CPL:
                 entry["error"] = f"in user mode at RIP {regs[Register.RIP]:#x} (no kernel stack)"
                 results.append(entry)
