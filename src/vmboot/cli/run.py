@@ -10,6 +10,7 @@ from typing import IO
 from vmboot.cli.arguments import sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
+from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
 
 DESCRIPTION = """\
@@ -108,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "costs one exit from the guest)")
     p.add_argument("--dump-on", metavar="TRIGGERS", default=None,
                    help="write a vmcore (ELF, for crash and drgn) into --dump-dir on these "
-                        "comma-separated triggers: panic, oops, timeout")
+                        f"comma-separated triggers: {', '.join(DUMP_TRIGGERS)}")
     p.add_argument("--dump-dir", metavar="DIR", default=None,
                    help="where vmcores go (vmcore.N.TRIGGER); with it, SIGUSR2 to vmboot "
                         "writes one (vmcore.N.demand) while the guest runs on")
