@@ -22,6 +22,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "sizes",
     "port_io",
     "report",
+    "core",
 )
 
 

@@ -42,6 +42,7 @@ CI_RUNS: dict[str, int] = {
     "sizes": 600,
     "port_io": 1500,
     "report": 1500,
+    "core": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

@@ -74,6 +74,8 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _NHDR = struct.Struct("<III")
+ELF_HEADER, PROGRAM_HEADER, NOTE_HEADER = _EHDR, _PHDR, _NHDR
+"""``Elf64_Ehdr``, ``Elf64_Phdr`` and ``Elf64_Nhdr`` (little-endian), for writers of ELF files."""
 EHDR_SIZE = _EHDR.size  # 64
 PHDR_SIZE = _PHDR.size  # 56
 SHDR_SIZE = _SHDR.size  # 64

@@ -10,6 +10,7 @@ from typing import IO
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
+from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
 
 DESCRIPTION = """\
@@ -61,6 +62,9 @@ notes:
   idle, locked up on a CPU (with that CPU's trace) or running. --tasks adds the guest's
   task list with each task's kernel stack, read from guest memory with the kernel's BTF
   (SysRq-t from the host); --blocked shows only tasks in uninterruptible sleep (SysRq-w).
+  --dump-on panic,oops,timeout --dump-dir DIR writes vmcores that crash and drgn open
+  (crash vmlinux DIR/vmcore.1.panic; drgn -c DIR/vmcore.1.panic -s vmlinux), and
+  `kill -USR2 PID` writes one on demand; `vmboot trace CORE --kernel IMAGE` reads one back.
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
   gzip one, and 64-128 MiB of memory is cheapest.
 """
@@ -127,6 +131,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "costs one exit from the guest)")
     p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
                    help=FAIL_ON_HELP)
+    p.add_argument("--dump-on", metavar="TRIGGERS", default=None,
+                   help="write a vmcore (ELF, for crash and drgn) into --dump-dir on these "
+                        f"comma-separated triggers: {', '.join(DUMP_TRIGGERS)}")
+    p.add_argument("--dump-dir", metavar="DIR", default=None,
+                   help="where vmcores go (vmcore.N.TRIGGER); with it, SIGUSR2 to vmboot "
+                        "writes one (vmcore.N.demand) while the guest runs on")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -141,6 +151,7 @@ def exit_status(reason: ExitReason) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmboot.cli.dump_signal import dump_on_signal
     from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
@@ -156,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
                  on_timeout="trace" if args.trace else None,
                  on_panic="trace" if args.trace else None,
                  vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry, cpus=args.cpus, trace_tasks=args.tasks) as machine, \
-            TerminalInput(machine.push_input):
+                 entry=args.entry, cpus=args.cpus, trace_tasks=args.tasks,
+                 dump_on=args.dump_on or (), dump_dir=args.dump_dir) as machine, \
+            TerminalInput(machine.push_input), dump_on_signal(machine):
         profiler = None
         if args.profile:
             from vmboot.vmm.profile import GuestProfiler

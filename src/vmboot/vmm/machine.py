@@ -18,8 +18,8 @@ until the guest resets, powers off, fails, or the time limit passes.
 from __future__ import annotations
 
 import io
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, Console
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
+from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.x86.mptable import build_mp_table, place_mp_table, validate_cpus
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
+    from vmboot.debug.vmcore import VmcoreResult
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -109,6 +111,8 @@ class RunResult:
     cpuid_hidden: list[str] = field(default_factory=list)
     """Host CPU features the CPUID policy left out of the table given to KVM (see
     vmboot.hv.kvm.cpuid; PVM answers ring-0 leaves 1 and 7 from the host CPU regardless)."""
+    vmcores: list[Path] = field(default_factory=list)
+    """The vmcores written during the run (``dump_on`` triggers and requests), in order."""
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
 
@@ -152,6 +156,7 @@ class RunResult:
             "oopses": [{"message": m, "trace": t} for m, t in self.oopses],
             "tasks": [t.as_dict() for t in self.tasks],
             "hang": self.hang.as_dict() if self.hang is not None else None,
+            "vmcores": [str(p) for p in self.vmcores],
             **self.read_console().as_dict(),
         }
 
@@ -188,6 +193,8 @@ class Machine:
         entry: EntryChoice = "auto",
         cpus: int = 1,
         trace_tasks: bool = False,
+        dump_on: str | Sequence[str] = (),
+        dump_dir: str | Path | None = None,
     ) -> None:
         self.memory_bytes = parse_size(memory, what="memory")
         self.cpus = validate_cpus(cpus)
@@ -212,14 +219,20 @@ class Machine:
         self.entry = entry
         self.vmlinux = vmlinux
         self.system_map = system_map
+        self.dumps = DumpPolicy(dump_on, dump_dir)
+        self._dumps_written: list[Path] = []
+        self._dump_notes: list[str] = []
         self.console = ConsoleOutput(_console_sink(console), capture_limit)
         self._panic = _PanicWatch(self)
         self.console.line_watcher = self._panic
+        if self.dumps.wants("oops"):
+            self._panic.on_oops = lambda: self.request_dump("oops")
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
         self._slide: int | None = None
-        self._paused_work: list[Callable[[], object]] = []
-        self._pause_lock = threading.Lock()
+        self._paused_work: deque[Callable[[], object]] = deque()
+        """Work for :meth:`when_stopped` (a deque: appended from signal handlers and other
+        threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
         self.platform = PcPlatform(self.console)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
@@ -327,6 +340,7 @@ class Machine:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
+        self._dumps_written = []
         vm_exit = self._run_vcpus(timeout)
         self.console.flush()
         t_exit = time.monotonic() - self._t0
@@ -357,6 +371,13 @@ class Machine:
             self._capture_trace(result, "on_panic='trace'")
         if vm_exit.reason is ExitReason.TIMEOUT and self.on_timeout is not None:
             self._handle_timeout(result)
+        if result.exit.reason is ExitReason.PANIC and self.dumps.wants("panic"):
+            self._write_dump("panic")
+        if result.exit.reason is ExitReason.TIMEOUT and self.dumps.wants("timeout"):
+            self._write_dump("timeout")
+        result.vmcores = list(self._dumps_written)
+        result.notes.extend(self._dump_notes)
+        self._dump_notes = []
         result.reading = self._read_console(result)
         return result
 
@@ -371,18 +392,18 @@ class Machine:
                             symbolize=lambda address: self.symbolize(address - slide))
 
     def when_stopped(self, action: Callable[[], object]) -> None:
-        """Call ``action`` with every vCPU stopped, then let the run go on (any thread; a
-        device handler or console watcher on a vCPU thread included).
+        """Call ``action`` with every vCPU stopped, then let the run go on (any thread, a
+        device handler or console watcher on a vCPU thread, or a signal handler).
 
-        During :meth:`run` the vCPUs are stopped, ``action`` runs on the thread that called
-        run(), and the run resumes with what is left of its time limit; between runs
-        ``action`` is called at once. Vmcores on request and oops traces use it."""
+        During :meth:`run` every vCPU is stopped, ``action`` runs on the thread that called
+        run(), and the run resumes with what is left of its time limit. Between runs it runs
+        as the next run starts; before :meth:`start` (nothing to stop) at once. Oops traces
+        and vmcores on request use it."""
         vcpus = self._vcpu_set
-        if vcpus is None or not vcpus.running:
+        if vcpus is None:
             action()
             return
-        with self._pause_lock:
-            self._paused_work.append(action)
+        self._paused_work.append(action)
         vcpus.stop(ExitReason.STOPPED, PAUSE_DETAIL)
 
     def _run_vcpus(self, timeout: float | None) -> VmExit:
@@ -393,14 +414,44 @@ class Machine:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             vm_exit = vcpus.run(left)
-            while True:
-                with self._pause_lock:
-                    if not self._paused_work:
-                        break
-                    action = self._paused_work.pop(0)
-                action()
+            while self._paused_work:
+                self._paused_work.popleft()()
             if not (vm_exit.reason is ExitReason.STOPPED and vm_exit.detail == PAUSE_DETAIL):
                 return vm_exit
+
+    # -- vmcores ------------------------------------------------------------------------------
+    def dump(self, path: str | Path) -> VmcoreResult:
+        """Write a vmcore of the guest (RAM, every vCPU, VMCOREINFO) to ``path``.
+
+        Call it between runs (after :meth:`run` returned); while a run is in progress use
+        :meth:`request_dump`. See :mod:`vmboot.debug.vmcore`.
+        """
+        from vmboot.debug.vmcore import write_guest_vmcore
+
+        if self.vm is None:
+            raise BootConfigError("Machine.dump: the machine is not started (or closed); "
+                                  "dump inside the with block")
+        src = self._symbol_sources()
+        return write_guest_vmcore(path, self.vm, self.vm.vcpus, vmlinux=src["vmlinux"],
+                                  system_map=src["system_map"], kernel=src["kernel"])
+
+    def request_dump(self, trigger: str = DEMAND) -> None:
+        """Have the running guest dumped into ``dump_dir`` as soon as every vCPU has left the
+        guest, then continue the run (safe from another thread and from a signal handler):
+        :meth:`when_stopped` does the stopping."""
+        self.when_stopped(lambda: self._write_dump(trigger))
+
+    def _write_dump(self, trigger: str) -> None:
+        """Write one vmcore into dump_dir; a failure becomes a note of the run's result."""
+        try:
+            path = self.dumps.next_path(trigger)
+            written = self.dump(path)
+        except VmbootError as e:
+            self._dump_notes.append(f"vmcore ({trigger}) not written: {e}")
+            return
+        self._dumps_written.append(path)
+        self._dump_notes.append(written.describe())
+        self._dump_notes.extend(f"vmcore {path}: {n}" for n in written.notes)
 
     # -- symbols and traces -------------------------------------------------------------------
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
@@ -605,8 +656,6 @@ PAUSE_DETAIL = "paused: every vCPU stopped for Machine.when_stopped"
 """The detail of the stop that lets :meth:`Machine.when_stopped` work run between two runs."""
 PANIC_START = b"Kernel panic - not syncing"
 PANIC_END = b"---[ end Kernel panic"
-OOPS_STARTS = (b"Oops:", b"BUG:", b"general protection fault")
-OOPS_END = b"---[ end trace"
 
 
 class _PanicWatch:
@@ -624,13 +673,17 @@ class _PanicWatch:
         self.message: str | None = None
         self.oops: str | None = None
         self.oopses: list[tuple[str, str]] = []
+        self.on_oops: Callable[[], object] | None = None
+        """Called once for each oops, at its first line (``dump_on`` with ``oops``)."""
 
     def __call__(self, line: bytes) -> None:
         if self.oops is None:
-            for marker in OOPS_STARTS:
+            for marker in OOPS_MARKERS:
                 at = line.find(marker)
-                if at >= 0:
+                if at >= 0:  # one oops however many marker lines it has, up to its end line
                     self.oops = line[at:].decode("utf-8", "replace").strip()
+                    if self.on_oops is not None:
+                        self.on_oops()
                     break
         elif OOPS_END in line:
             message, self.oops = self.oops, None
