@@ -14,7 +14,6 @@ The hv layer knows nothing of the file these go into: see :mod:`vmboot.snapshot`
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 from dataclasses import dataclass, field
 
@@ -29,7 +28,6 @@ LATE_MSRS = frozenset({msr.MSR_IA32_TSC_DEADLINE})
 """Written after the LAPIC: KVM ignores a deadline while the LVT timer is not in that mode."""
 
 _CPUID_ENTRY_SIZE = ctypes.sizeof(abi.KvmCpuidEntry2)
-_CPUID_MAX_ENTRIES = 256
 _IRQCHIP_IDS = (abi.KVM_IRQCHIP_PIC_MASTER, abi.KVM_IRQCHIP_PIC_SLAVE, abi.KVM_IRQCHIP_IOAPIC)
 
 STATE_CAPABILITIES: dict[str, int] = {
@@ -53,7 +51,7 @@ class VcpuState:
     sregs: bytes
     fpu: bytes
     cpuid: bytes
-    """``nent`` packed struct kvm_cpuid_entry2."""
+    """Packed struct kvm_cpuid_entry2: the table set with KVM_SET_CPUID2."""
     msrs: dict[int, int]
     mp_state: int
     events: bytes
@@ -195,19 +193,18 @@ def capabilities(vm: KvmVM) -> dict[str, int]:
     return {name: vm.kvm.check_extension(cap) for name, cap in STATE_CAPABILITIES.items()}
 
 
-def _get_cpuid(vcpu: KvmVCPU) -> bytes:
-    n = max(len(vcpu.cpuid), 1)
-    while True:
-        buf = abi.kvm_cpuid2_type(n)()
-        buf.nent = n
-        try:
-            fcntl.ioctl(vcpu.fd, abi.KVM_GET_CPUID2, buf)
-        except OSError as e:
-            if e.errno == errno.E2BIG and n < _CPUID_MAX_ENTRIES:
-                n *= 2
-                continue
-            raise HypervisorError(f"KVM vCPU {vcpu.index}: KVM_GET_CPUID2 failed: {e.strerror}") from None
-        return bytes(buf.entries)[: buf.nent * _CPUID_ENTRY_SIZE]
+def _pack_cpuid(entries: list[CpuidEntry]) -> bytes:
+    """The CPUID table vmboot gave the vCPU, as packed struct kvm_cpuid_entry2.
+
+    This, not KVM_GET_CPUID2, is what is saved: some hosts (PVM) report more feature bits
+    through KVM_GET_CPUID2 than were set, and setting those would expose instructions
+    the policy hid from the guest on purpose.
+    """
+    raw = (abi.KvmCpuidEntry2 * len(entries))()
+    for k, e in zip(raw, entries, strict=True):
+        k.function, k.index, k.flags = e.function, e.index, e.flags
+        k.eax, k.ebx, k.ecx, k.edx = e.eax, e.ebx, e.ecx, e.edx
+    return bytes(raw)
 
 
 def _set_cpuid(vcpu: KvmVCPU, raw: bytes) -> None:
@@ -252,7 +249,7 @@ def get_vcpu_state(vcpu: KvmVCPU, msr_indices: list[int], caps: dict[str, int]) 
         regs=_get(fd, abi.KVM_GET_REGS, abi.KvmRegs, tag + "KVM_GET_REGS"),
         sregs=_get(fd, abi.KVM_GET_SREGS, abi.KvmSregs, tag + "KVM_GET_SREGS"),
         fpu=_get(fd, abi.KVM_GET_FPU, abi.KvmFpu, tag + "KVM_GET_FPU"),
-        cpuid=_get_cpuid(vcpu),
+        cpuid=_pack_cpuid(vcpu.cpuid),
         msrs=readable_msrs(vcpu, msr_indices),
         mp_state=int(mp.mp_state),
         events=_get(fd, abi.KVM_GET_VCPU_EVENTS, abi.KvmVcpuEvents, tag + "KVM_GET_VCPU_EVENTS"),
