@@ -10,8 +10,10 @@ writes never reach the file.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from collections.abc import Iterable
+from pathlib import Path
 
 from vmboot.errors import GuestMemoryError
 from vmboot.hv.memory_map import MemoryRegion, ram_regions
@@ -73,6 +75,27 @@ class GuestMemory:
         if self._map is None:
             raise GuestMemoryError("guest memory: used after the VM was closed")
         return self._map
+
+    def host_usage(self) -> dict[str, int]:
+        """What the host spends on this mapping now, from ``/proc/self/smaps``, in bytes:
+        ``Rss`` (pages present), ``Private_Dirty`` (pages written: this guest's own) and
+        ``Shared_Clean`` / ``Private_Clean`` (file pages read, shared with the page cache)."""
+        anchor = ctypes.c_char.from_buffer(self.mapping)
+        try:
+            start = f"{ctypes.addressof(anchor):x}-"
+        finally:
+            del anchor
+        usage: dict[str, int] = {}
+        inside = False
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split(maxsplit=1)[0] if line else ""
+            if "-" in head and not head.endswith(":"):
+                if inside:
+                    break
+                inside = head.startswith(start)
+            elif inside and head.endswith(":") and line.endswith(" kB"):
+                usage[head[:-1]] = int(line.split()[1]) * 1024
+        return usage
 
     # -- address translation ------------------------------------------------------------------
     def offset_of(self, gpa: int, length: int) -> int:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.snapshot import SaveReport
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -183,7 +184,8 @@ class Machine:
     # -- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> Self:
         try:
-            self.start()
+            if self.vm is None:  # not already built by restore()
+                self.start()
         except BaseException:
             self.close()
             raise
@@ -220,6 +222,27 @@ class Machine:
         devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
         connect_devices(devices, vm.irq_line, self.request_stop)
         self._t_load = time.monotonic() - self._t0
+
+    def snapshot(self, path: str | Path) -> SaveReport:
+        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
+        from vmboot.vmm.snapshots import save_machine
+
+        return save_machine(self, path)
+
+    def restore(self, path: str | Path) -> Self:
+        """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
+
+        The machine must be made with the kernel, initrd, command line and memory the
+        snapshot was taken with; :meth:`run` then continues the guest where it was.
+        """
+        from vmboot.vmm.snapshots import restore_machine
+
+        try:
+            restore_machine(self, path)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def close(self) -> None:
         """Release the VM (idempotent)."""

@@ -1,0 +1,130 @@
+"""Snapshot and restore of a whole :class:`~vmboot.vmm.machine.Machine`.
+
+:func:`boot_facts` says what a machine was booted from (the identity a restore must
+match); :func:`save_machine` writes the machine's VM, vCPUs and devices with
+:mod:`vmboot.snapshot`; :func:`restore_machine` builds the machine from a snapshot file
+instead of booting: guest memory mapped copy-on-write from the file, the devices and
+the VM's state put back, ready for :meth:`Machine.run` to resume the guest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmboot.devices.pc import connect_devices
+from vmboot.devices.state import SavesState
+from vmboot.errors import BootConfigError
+from vmboot.hv.memory_map import ram_regions
+from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
+from vmboot.snapshot import save_snapshot as _save
+
+if TYPE_CHECKING:
+    from vmboot.vmm.machine import Machine
+
+RTC_NAME = "rtc"
+I8042_NAME = "i8042"
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, computed once per (path, inode, size, mtime) in this process."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
+    """(sha256, name) of a kernel or initrd given as a path or bytes (None: no file)."""
+    if source is None:
+        return None, "none"
+    if isinstance(source, bytes | bytearray | memoryview):
+        return hashlib.sha256(source).hexdigest(), f"<{what} bytes>"
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise BootConfigError(f"{what} {path}: cannot read it: {e.strerror}") from None
+        return _file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
+                            st.st_mtime_ns), path.name
+    data = getattr(source, "data", None)
+    if isinstance(data, bytes | bytearray):
+        return hashlib.sha256(data).hexdigest(), str(getattr(source, "name", f"<{what}>"))
+    raise BootConfigError(f"{what}: {type(source).__name__} is not a path, bytes or a loaded kernel")
+
+
+def boot_facts(machine: Machine) -> BootFacts:
+    """The identity of ``machine``'s boot: kernel and initrd hashes, command line, RAM."""
+    kernel_sha, kernel_name = _source_sha256(machine.kernel_source, "kernel")
+    initrd_sha, _ = _source_sha256(machine.initrd, "initrd")
+    assert kernel_sha is not None
+    return BootFacts(
+        kernel_sha256=kernel_sha, kernel_name=kernel_name, cmdline=machine.cmdline,
+        initrd_sha256=initrd_sha, memory_bytes=machine.memory_bytes,
+        memory_map=[[r.gpa, r.size] for r in ram_regions(machine.memory_bytes)],
+        symbols={"vmlinux": None if machine.vmlinux is None else str(machine.vmlinux),
+                 "system_map": None if machine.system_map is None else str(machine.system_map)},
+    )
+
+
+def machine_devices(machine: Machine) -> dict[str, SavesState]:
+    """Every device of ``machine`` whose state is saved, by a stable name."""
+    platform = machine.platform
+    devices: dict[str, SavesState] = dict(platform.serials)
+    devices[RTC_NAME] = platform.rtc
+    devices[I8042_NAME] = platform.i8042
+    for extra in machine.extra_devices:
+        if isinstance(extra.device, SavesState):
+            devices[extra.name] = extra.device
+    return devices
+
+
+def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
+    """Write ``machine`` (started, not running) to ``path``."""
+    if machine.vm is None:
+        raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
+    machine.console.flush()
+    return _save(path, machine.vm, machine_devices(machine), boot_facts(machine))
+
+
+def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
+    """Build ``machine`` from the snapshot at ``path`` instead of booting it.
+
+    Everything in the file is checked against ``machine`` (kernel, initrd, command line,
+    memory) and this host before a VM exists.
+    """
+    from vmboot.hv.kvm.state import set_vm_state
+    from vmboot.linux import ElfKernel, KernelImage, load_kernel
+    from vmboot.vmm.runner import Runner
+
+    if machine.vm is not None:
+        raise BootConfigError("Machine.restore: the machine is already started; restore into "
+                              "a new Machine instead of start()")
+    machine._t0 = time.monotonic()
+    snap, manifest = load_manifest(path, boot_facts(machine))
+    with snap:
+        vm = restore_vm(snap, manifest, machine.cpuid_policy)  # type: ignore[arg-type]
+    machine.vm, machine.vcpu = vm, vm.vcpus[0]
+    source = machine.kernel_source
+    machine.kernel = (source if isinstance(source, KernelImage | ElfKernel)
+                      else load_kernel(source))
+    machine.platform.attach(machine.port_bus)
+    for extra in machine.extra_devices:
+        extra.attach(machine.port_bus, machine.mmio_bus)
+    machine._runner = Runner(vm, machine.vcpu, machine.port_bus, machine.mmio_bus,
+                             symbolizer=machine.symbolize)
+    if machine._pending_stop is not None:
+        machine._runner.stop(*machine._pending_stop)
+        machine._pending_stop = None
+    devices = [*machine.platform.devices(), *(e.device for e in machine.extra_devices)]
+    connect_devices(devices, vm.irq_line, machine.request_stop)
+    restore_devices(machine_devices(machine), manifest.devices)
+    set_vm_state(vm, manifest.vm)
+    machine._t_load = time.monotonic() - machine._t0
