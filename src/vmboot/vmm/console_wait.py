@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from vmboot.devices.console import ConsoleSink
 from vmboot.errors import GuestError
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 class ConsoleWaiter:
     """A console sink that stops the machine's run once an awaited byte string appears."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: ConsoleSink | None = None) -> None:
+        """``echo``: also hand every chunk to this sink (e.g. the terminal)."""
+        self.echo = echo
         self.data = bytearray()
         self._lock = threading.Lock()
         self._machine: Machine | None = None
@@ -38,6 +41,8 @@ class ConsoleWaiter:
         self._machine = machine
 
     def __call__(self, chunk: bytes) -> None:
+        if self.echo is not None:
+            self.echo(chunk)
         with self._lock:
             self.data += chunk
             hit = self._marker is not None and self.data.find(
