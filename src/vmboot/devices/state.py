@@ -54,10 +54,11 @@ def field_bool(device: str, state: Mapping[str, object], name: str) -> bool:
 def field_bytes(device: str, state: Mapping[str, object], name: str, max_length: int) -> bytes:
     """A list of byte values (at most ``max_length``) as bytes."""
     value = state.get(name)
-    if (not isinstance(value, list) or len(value) > max_length
-            or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 0xFF
-                       for b in value)):
-        raise DeviceStateError(
-            f"{device} state: {name} is not a list of at most {max_length} byte values (0..255)"
-        )
-    return bytes(value)
+    if isinstance(value, list) and len(value) <= max_length:
+        try:
+            return bytes(value)  # checks each is an int in 0..255
+        except (TypeError, ValueError):
+            pass
+    raise DeviceStateError(
+        f"{device} state: {name} is not a list of at most {max_length} byte values (0..255)"
+    )

@@ -198,13 +198,11 @@ class Machine:
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
         from vmboot.hv.kvm import KvmVM
-        from vmboot.linux import BootOptions, ElfKernel, KernelImage, load_kernel
+        from vmboot.linux import BootOptions
         from vmboot.vmm.runner import Runner
 
         self._t0 = time.monotonic()
-        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage | ElfKernel)
-                  else load_kernel(self.kernel_source))
-        self.kernel = kernel
+        kernel = self.load_kernel()
         self.platform.attach(self.port_bus)
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
@@ -304,14 +302,24 @@ class Machine:
         return result
 
     # -- symbols and traces -------------------------------------------------------------------
+    def load_kernel(self) -> LinuxKernel:
+        """The kernel, loaded from ``kernel_source`` once (a restore loads it when first needed)."""
+        from vmboot.linux import ElfKernel, KernelImage, load_kernel
+
+        if self.kernel is None:
+            source = self.kernel_source
+            self.kernel = (source if isinstance(source, KernelImage | ElfKernel)
+                           else load_kernel(source))
+        return self.kernel
+
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
         or a bzImage's kallsyms."""
         from vmboot.linux import ElfKernel
 
-        kernel_bytes: bytes | None = getattr(self.kernel, "data", None)
         if self.vmlinux is not None or self.system_map is not None:
             return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
+        kernel_bytes: bytes | None = getattr(self.load_kernel(), "data", None)
         if isinstance(self.kernel, ElfKernel):
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
         return {"vmlinux": None, "system_map": None, "kernel": kernel_bytes}

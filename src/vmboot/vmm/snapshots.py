@@ -101,7 +101,6 @@ def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
     memory) and this host before a VM exists.
     """
     from vmboot.hv.kvm.state import set_vm_state
-    from vmboot.linux import ElfKernel, KernelImage, load_kernel
     from vmboot.vmm.runner import Runner
 
     if machine.vm is not None:
@@ -111,10 +110,7 @@ def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
         vm = restore_vm(snap, manifest, machine.cpuid_policy)  # type: ignore[arg-type]
-    machine.vm, machine.vcpu = vm, vm.vcpus[0]
-    source = machine.kernel_source
-    machine.kernel = (source if isinstance(source, KernelImage | ElfKernel)
-                      else load_kernel(source))
+    machine.vm, machine.vcpu = vm, vm.vcpus[0]  # the kernel is loaded when symbols are needed
     machine.platform.attach(machine.port_bus)
     for extra in machine.extra_devices:
         extra.attach(machine.port_bus, machine.mmio_bus)
