@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +19,7 @@ from conftest import requires_kvm
 from kvm_helpers import CODE_GPA, assemble, enter_long_mode
 from vmboot.devices.pc import PcPlatform
 from vmboot.devices.state import SavesState
-from vmboot.errors import SnapshotFormatError, SnapshotMismatchError
+from vmboot.errors import SnapshotError, SnapshotFormatError, SnapshotMismatchError
 from vmboot.hv import Register
 from vmboot.hv.kvm import KvmVM, abi
 from vmboot.hv.kvm.state import (
@@ -129,6 +131,35 @@ def test_zero_pages_are_holes_and_memory_is_page_aligned(snapshot: tuple[Path, t
         st = os.stat(path)
         assert st.st_size == snap.memory_offset + MEMORY
         assert st.st_blocks * 512 < MEMORY // 4  # the guest touched a few pages of 32 MiB
+
+
+def test_a_running_vcpu_is_not_saved(tmp_path: Path) -> None:
+    with KvmVM(MEMORY) as vm:
+        vcpu = vm.create_vcpu(0)
+        vm.write(CODE_GPA, assemble(COUNTER))
+        enter_long_mode(vm, vcpu)
+        runner = Runner(vm, vcpu)
+        results: list[ExitReason] = []
+        thread = threading.Thread(target=lambda: results.append(runner.run(timeout=30).reason))
+        thread.start()
+        try:
+            while _counts(vm)[1] == 0:  # wait until the guest runs
+                time.sleep(0.01)
+            with pytest.raises(SnapshotError, match="already running in another thread"):
+                save_snapshot(tmp_path / "busy.snap", vm, {}, _facts())
+        finally:
+            runner.request_stop()
+            thread.join()
+        assert results == [ExitReason.STOPPED]
+        assert not (tmp_path / "busy.snap").exists() and not list(tmp_path.iterdir())
+        save_snapshot(tmp_path / "idle.snap", vm, {}, _facts())  # once stopped, it can be
+
+
+def test_an_unwritable_path_is_refused(tmp_path: Path) -> None:
+    with KvmVM(MEMORY) as vm:
+        vm.create_vcpu(0)
+        with pytest.raises(SnapshotError, match="cannot create it"):
+            save_snapshot(tmp_path / "missing-dir" / "x.snap", vm, {}, _facts())
 
 
 # -- every state structure: set then get gives back what was set ---------------------------

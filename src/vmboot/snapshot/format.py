@@ -22,11 +22,12 @@ import json
 import mmap
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmboot.errors import SnapshotFormatError
+from vmboot.errors import SnapshotError, SnapshotFormatError
 from vmboot.hv.guest_memory import GuestMemory
 
 MAGIC = b"VMBOOTSN"
@@ -64,19 +65,28 @@ def write_snapshot_file(path: str | os.PathLike[str], manifest: dict[str, Any],
                                  memory_offset, memory.size)
     header = fields + state_checksum(fields, body)
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+    except OSError as e:
+        raise SnapshotError(f"snapshot {target}: cannot create it: {e.strerror}") from None
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)
         os.pwrite(fd, header + body, 0)
         written = _write_memory(fd, memory, memory_offset)
         os.ftruncate(fd, memory_offset + memory.size)
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except OSError as e:
+        raise SnapshotError(f"snapshot {target}: writing failed: {e.strerror}; nothing was "
+                            "replaced") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, target)
     return written
 
 
