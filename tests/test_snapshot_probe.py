@@ -123,6 +123,28 @@ def test_restores_and_runs_leave_the_file_unchanged(snapshot: tuple[Path, tuple[
     assert _sha256(path) == before
 
 
+def test_a_restored_guest_saved_over_its_own_file(snapshot: tuple[Path, tuple[int, int]],
+                                                  tmp_path: Path) -> None:
+    """Saving a restored guest to the file its memory is mapped from replaces the file
+    without disturbing the running mapping; the new file resumes at the later point."""
+    path = tmp_path / "chain.snap"
+    path.write_bytes(snapshot[0].read_bytes())
+    snap, manifest = load_manifest(path, _facts())
+    with snap:
+        vm = restore_vm(snap, manifest)
+    with vm:
+        set_vm_state(vm, manifest.vm)
+        Runner(vm, vm.vcpus[0]).run(timeout=RUN_SECONDS)
+        later = _counts(vm)
+        save_snapshot(path, vm, {}, _facts())
+        assert _counts(vm) == later  # the guest's own memory is unchanged by the save
+    snap, manifest = load_manifest(path, _facts())
+    with snap:
+        vm = restore_vm(snap, manifest)
+    with vm:
+        assert _counts(vm) == later and later[0] > snapshot[1][0]
+
+
 def test_zero_pages_are_holes_and_memory_is_page_aligned(snapshot: tuple[Path, tuple[int, int]]) -> None:
     path, _ = snapshot
     snap, _ = load_manifest(path)
