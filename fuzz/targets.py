@@ -20,6 +20,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "decompress",
     "sizes",
     "port_io",
+    "snapshot",
 )
 
 

@@ -40,6 +40,7 @@ CI_RUNS: dict[str, int] = {
     "decompress": 1500,
     "sizes": 600,
     "port_io": 1500,
+    "snapshot": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

@@ -13,10 +13,11 @@ import functools
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmboot.devices.pc import connect_devices
+from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
 from vmboot.devices.state import SavesState
 from vmboot.errors import BootConfigError
 from vmboot.hv.memory_map import ram_regions
@@ -74,16 +75,21 @@ def boot_facts(machine: Machine) -> BootFacts:
     )
 
 
-def machine_devices(machine: Machine) -> dict[str, SavesState]:
-    """Every device of ``machine`` whose state is saved, by a stable name."""
-    platform = machine.platform
+def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] = ()
+                     ) -> dict[str, SavesState]:
+    """Every device whose state is saved, by a stable name: the UARTs by port name, the
+    RTC, the i8042, and each extra device that has ``state()``/``restore()``."""
     devices: dict[str, SavesState] = dict(platform.serials)
     devices[RTC_NAME] = platform.rtc
     devices[I8042_NAME] = platform.i8042
-    for extra in machine.extra_devices:
+    for extra in extra_devices:
         if isinstance(extra.device, SavesState):
             devices[extra.name] = extra.device
     return devices
+
+
+def machine_devices(machine: Machine) -> dict[str, SavesState]:
+    return platform_devices(machine.platform, machine.extra_devices)
 
 
 def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
