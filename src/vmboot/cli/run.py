@@ -39,6 +39,12 @@ examples:
       less memory and less console output: both make the boot faster
   vmboot run bzImage --initrd initramfs.cpio --profile
       after the run, where the guest spent its time: a sampled profile by kernel function
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 vmboot.shell=1" \\
+      --snapshot shell.snap --snapshot-when "/ # "
+      boot once and save the guest at its shell prompt; then, in milliseconds:
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 vmboot.shell=1" \\
+      --restore shell.snap
+      the same guest, at that prompt (same kernel, initrd, command line and -m)
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
