@@ -15,6 +15,8 @@ from vmboot.hv.kvm.cpuid import CpuidEntry
 
 CPUID_OSXSAVE = 1 << 27
 """Leaf 1 ECX: mirrors the guest's CR4.OSXSAVE, not a host feature."""
+CPUID_OSPKE = 1 << 4
+"""Leaf 7.0 ECX: mirrors the guest's CR4.PKE."""
 
 FEATURE_LEAVES: tuple[tuple[int, int, tuple[str, ...]], ...] = (
     (0x1, 0, ("ecx", "edx")),
@@ -25,7 +27,10 @@ FEATURE_LEAVES: tuple[tuple[int, int, tuple[str, ...]], ...] = (
 )
 """(leaf, subleaf, registers) whose bits are CPU features a guest may depend on."""
 
-DYNAMIC_BITS: dict[tuple[int, int, str], int] = {(0x1, 0, "ecx"): CPUID_OSXSAVE}
+DYNAMIC_BITS: dict[tuple[int, int, str], int] = {
+    (0x1, 0, "ecx"): CPUID_OSXSAVE,
+    (0x7, 0, "ecx"): CPUID_OSPKE,
+}
 """Feature-register bits that reflect guest state rather than what the CPU offers."""
 
 
