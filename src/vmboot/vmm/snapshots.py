@@ -65,7 +65,8 @@ def boot_facts(machine: Machine) -> BootFacts:
     """The identity of ``machine``'s boot: kernel and initrd hashes, command line, RAM."""
     kernel_sha, kernel_name = _source_sha256(machine.kernel_source, "kernel")
     initrd_sha, _ = _source_sha256(machine.initrd, "initrd")
-    assert kernel_sha is not None
+    if kernel_sha is None:
+        raise BootConfigError("snapshot: the machine has no kernel to identify the snapshot by")
     return BootFacts(
         kernel_sha256=kernel_sha, kernel_name=kernel_name, cmdline=machine.cmdline,
         initrd_sha256=initrd_sha, memory_bytes=machine.memory_bytes,
