@@ -95,6 +95,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
+    p.add_argument("--warm", action="store_true",
+                   help="resume a guest saved ready for a command in the vmboot cache instead "
+                        "of booting (the first --warm run of a kernel boots once and saves "
+                        "it); not with --add")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -189,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         on_stderr=None if args.json else _binary_writer(sys.stderr),
         busybox=args.busybox,
         entry=args.entry,
+        warm=args.warm,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
     if args.json:
