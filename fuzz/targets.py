@@ -23,6 +23,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "port_io",
     "report",
     "core",
+    "snapshot",
 )
 
 

@@ -43,6 +43,7 @@ CI_RUNS: dict[str, int] = {
     "port_io": 1500,
     "report": 1500,
     "core": 1500,
+    "snapshot": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

@@ -29,7 +29,11 @@ Hierarchy::
     ├── UsageError                a command-line argument that is malformed
     ├── InitramfsError            a cpio entry or archive that cannot be written or read
     ├── DecompressionLimitError   compressed input that expands past its limit (a bomb?)
-    └── FetchError                a host tool or download (busybox, Debian kernel) failed
+    ├── FetchError                a host tool or download (busybox, Debian kernel) failed
+    └── SnapshotError             a snapshot that cannot be written or restored
+        ├── SnapshotFormatError   truncated, corrupted, or from another vmboot version
+        ├── SnapshotMismatchError another kernel, command line or host than the saved one
+        └── DeviceStateError      a device's saved state that does not fit the device
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "CmdlineError",
     "DebugError",
     "DecompressionLimitError",
+    "DeviceStateError",
     "ElfFormatError",
     "EmulationFailure",
     "FetchError",
@@ -52,6 +57,9 @@ __all__ = [
     "LayoutError",
     "NoVcpuError",
     "PageWalkError",
+    "SnapshotError",
+    "SnapshotFormatError",
+    "SnapshotMismatchError",
     "StackWalkError",
     "SymbolFileError",
     "SymbolSourceError",
@@ -155,3 +163,19 @@ class DecompressionLimitError(VmbootError):
 
 class FetchError(VmbootError):
     """Finding or downloading a host-side artefact (busybox, a Debian kernel) failed."""
+
+
+class SnapshotError(VmbootError):
+    """A snapshot of a running guest that cannot be written or restored."""
+
+
+class SnapshotFormatError(SnapshotError):
+    """A snapshot file that is truncated, corrupted, or written by another format version."""
+
+
+class SnapshotMismatchError(SnapshotError):
+    """A snapshot taken with another kernel, command line, vmboot version or host than now."""
+
+
+class DeviceStateError(SnapshotError):
+    """A device's saved state with a missing field or a value the device cannot hold."""

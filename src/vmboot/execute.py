@@ -331,6 +331,7 @@ def exec_command(
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
     entry: EntryChoice = "auto",
     cpus: int = 1,
+    warm: bool = False,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -343,6 +344,9 @@ def exec_command(
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
+    ``warm``: resume a guest saved, ready for a command, in the vmboot cache
+    (:mod:`vmboot.exec_warm`); the first warm run of a kernel boots and saves it. Not with
+    ``files`` (they would have to be in the saved guest).
     """
     import sys
 
@@ -358,7 +362,22 @@ def exec_command(
     kernel_path = Path(kernel) if kernel is not None else find_kernel()
     busybox_path = Path(busybox) if busybox is not None else find_busybox()
     pairs = [(Path(host), guest) for host, guest in files]
-    initrd = exec_initramfs(list(command), dict(env or {}), pairs, busybox_path, compression="none")
+    if warm:
+        from vmboot.vmm.snapshots import check_one_vcpu
+
+        check_one_vcpu("exec(warm=True)", cpus)
+    if warm and pairs:
+        raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
+                              "new files; run without warm to add files")
+    if warm:
+        from vmboot.exec_warm import warm_snapshot
+        from vmboot.initramfs.exec_image import warm_command_message, warm_initramfs
+
+        message = warm_command_message(list(command), dict(env or {}))  # validates first
+        initrd = warm_initramfs(busybox_path)
+    else:
+        initrd = exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
+                                compression="none")
     t_initramfs = time.monotonic() - t0
 
     console_target: Any
@@ -379,6 +398,11 @@ def exec_command(
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None
+    if warm:
+        snapshot = warm_snapshot(kernel_path, initrd, memory=memory, cpuid_policy=cpuid_policy,
+                                 entry=entry, timeout=timeout)
+        machine.restore(snapshot)
+        machine.platform.serials[COM4.name].push_input(message)
     with machine:
         kernel_entry = time.monotonic() - t0
         run = machine.run(timeout=timeout)

@@ -105,6 +105,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "bzImage: decompress it on the host, faster under emulation)")
     p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
                    help=FAIL_ON_HELP + f"; status {EXIT_FAIL_ON}")
+    p.add_argument("--warm", action="store_true",
+                   help="resume a guest saved ready for a command in the vmboot cache instead "
+                        "of booting (the first --warm run of a kernel boots once and saves "
+                        "it); not with --add")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -200,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         busybox=args.busybox,
         entry=args.entry,
         cpus=args.cpus,
+        warm=args.warm,
     )
     status = exit_status_for(result.reason.value, result.exit_status)
     reading = result.read_console()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
 from vmboot.errors import UsageError
 from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
+
+if TYPE_CHECKING:
+    from vmboot.vmm.console_wait import ConsoleWaiter
+    from vmboot.vmm.machine import Machine
 
 DESCRIPTION = """\
 Boot a Linux bzImage under KVM, straight into 64-bit mode (no firmware), with a PC's
@@ -39,6 +43,12 @@ examples:
       after the run, where the guest spent its time: a sampled profile by kernel function
   vmboot run bzImage --initrd initramfs.cpio --cpus 4
       four vCPUs; the kernel prints "smp: Brought up 1 node, 4 CPUs"
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 vmboot.shell=1" \\
+      --snapshot shell.snap --snapshot-when "/ # "
+      boot once and save the guest at its shell prompt; then, in milliseconds:
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 vmboot.shell=1" \\
+      --restore shell.snap
+      the same guest, at that prompt (same kernel, initrd, command line and -m)
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
@@ -73,6 +83,7 @@ EXIT_OK = 0
 EXIT_GUEST_FAILED = 1
 EXIT_TIMEOUT = 124
 DEFAULT_PROFILE_HZ = 100
+DEFAULT_SNAPSHOT_WHEN = "/ # "
 PROFILE_TOP = 25
 """Functions listed by --profile's text output (--json has them all)."""
 
@@ -137,6 +148,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--dump-dir", metavar="DIR", default=None,
                    help="where vmcores go (vmcore.N.TRIGGER); with it, SIGUSR2 to vmboot "
                         "writes one (vmcore.N.demand) while the guest runs on")
+    p.add_argument("--restore", metavar="SNAPSHOT",
+                   help="resume the guest saved in SNAPSHOT instead of booting; KERNEL, "
+                        "--initrd, --append and -m must be those it was taken with")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="save the running guest to FILE once --snapshot-when's text appears "
+                        "on its console, then stop (exit status 0)")
+    p.add_argument("--snapshot-when", metavar="TEXT", default=DEFAULT_SNAPSHOT_WHEN,
+                   help=f"console text that triggers --snapshot (default: {DEFAULT_SNAPSHOT_WHEN!r},"
+                        " a busybox root prompt)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
@@ -162,14 +182,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tasks: the task list is taken with the trace; add --trace")
     if args.blocked and not args.tasks:
         raise UsageError("--blocked: filters the task list; add --trace --tasks")
-    with Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
-                 cpuid_policy=args.cpuid, console=console,
-                 on_timeout="trace" if args.trace else None,
-                 on_panic="trace" if args.trace else None,
-                 vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry, cpus=args.cpus, trace_tasks=args.tasks,
-                 dump_on=args.dump_on or (), dump_dir=args.dump_dir) as machine, \
-            TerminalInput(machine.push_input), dump_on_signal(machine):
+    waiter = None
+    if args.snapshot is not None:
+        from vmboot.devices.console import stream_sink
+        from vmboot.vmm.console_wait import ConsoleWaiter
+
+        waiter = ConsoleWaiter(echo=stream_sink(sys.stderr if args.json else sys.stdout))
+    machine = Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
+                      cpuid_policy=args.cpuid, console=console if waiter is None else waiter,
+                      on_timeout="trace" if args.trace else None,
+                      on_panic="trace" if args.trace else None,
+                      vmlinux=args.vmlinux, system_map=args.system_map, entry=args.entry,
+                      cpus=args.cpus, trace_tasks=args.tasks,
+                      dump_on=args.dump_on or (), dump_dir=args.dump_dir)
+    if args.restore is not None:
+        machine.restore(args.restore)
+    with machine, TerminalInput(machine.push_input), dump_on_signal(machine):
+        if waiter is not None:
+            return _run_to_snapshot(machine, waiter, args)
         profiler = None
         if args.profile:
             from vmboot.vmm.profile import GuestProfiler
@@ -217,3 +247,17 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"vmboot run: {note}", file=sys.stderr)
     return status
+
+
+def _run_to_snapshot(machine: Machine, waiter: ConsoleWaiter, args: argparse.Namespace) -> int:
+    """--snapshot: run until the console shows --snapshot-when, then save the guest."""
+    waiter.attach(machine)
+    waiter.run_until(args.snapshot_when.encode(), args.timeout)
+    report = machine.snapshot(args.snapshot)
+    if args.json:
+        print(json.dumps({"snapshot": str(args.snapshot), "exit_status": EXIT_OK,
+                          "memory_bytes_written": report.memory_bytes_written}, sort_keys=True))
+    else:
+        print(f"\nvmboot run: saved the guest to {args.snapshot} "
+              f"({report.memory_bytes_written / 2**20:.1f} MiB of memory stored)", file=sys.stderr)
+    return EXIT_OK

@@ -12,6 +12,9 @@ keyboard or mouse behind the controller.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from vmboot.devices.state import DeviceState, field_bool, field_int, field_optional_int
 from vmboot.devices.wiring import StopHook
 from vmboot.vmm.exits import ExitReason
 
@@ -64,6 +67,20 @@ class I8042:
 
     def connect_stop(self, stop: StopHook) -> None:
         self._stop = stop
+
+    def state(self) -> DeviceState:
+        return {"config": self.config, "output_port": self.output_port, "output": self.output,
+                "last_was_command": self.last_was_command, "expecting": self.expecting}
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        name = "i8042"
+        config = field_int(name, state, "config", 0xFF)
+        output_port = field_int(name, state, "output_port", 0xFF)
+        output = field_optional_int(name, state, "output", 0xFF)
+        last_was_command = field_bool(name, state, "last_was_command")
+        expecting = field_optional_int(name, state, "expecting", 0xFF)
+        self.config, self.output_port, self.output = config, output_port, output
+        self.last_was_command, self.expecting = last_was_command, expecting
 
     def status(self) -> int:
         value = STATUS_SYSTEM

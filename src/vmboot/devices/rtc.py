@@ -16,7 +16,10 @@ Bit 7 of the index port is the NMI mask on a PC; it is accepted and ignored.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from vmboot.devices.state import DeviceState, field_bytes, field_int
+from vmboot.errors import DeviceStateError
 
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
@@ -74,6 +77,17 @@ class CmosRtc:
         self.ram[REG_A] = A_DEFAULT
         self.ram[REG_B] = B_DEFAULT
         self.ram[REG_D] = D_VALID_RAM
+
+    def state(self) -> DeviceState:
+        """The index register and CMOS RAM (the time is the host's clock, not state)."""
+        return {"index": self.index, "ram": list(self.ram)}
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        index = field_int("CMOS RTC", state, "index", INDEX_MASK)
+        ram = field_bytes("CMOS RTC", state, "ram", CMOS_SIZE)
+        if len(ram) != CMOS_SIZE:
+            raise DeviceStateError(f"CMOS RTC state: ram is {len(ram)} bytes; CMOS RAM is {CMOS_SIZE}")
+        self.index, self.ram = index, bytearray(ram)
 
     def port_read(self, offset: int, size: int) -> int:
         if offset == 0:

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vmboot.devices.console import ConsoleOutput
+from vmboot.devices.state import DeviceState, field_bool, field_bytes, field_int
 from vmboot.devices.wiring import IrqLine
 
 # Register offsets.
@@ -182,6 +184,34 @@ class Serial16550A:
             self.rx_dropped += len(data) - len(accepted)
             self._update_irq()
         return len(accepted)
+
+    # -- snapshot state ----------------------------------------------------------------------
+    def state(self) -> DeviceState:
+        """The registers and the receive queue (the output and IRQ wiring are not state)."""
+        with self._lock:
+            return {
+                "ier": self.ier, "lcr": self.lcr, "mcr": self.mcr, "fcr": self.fcr,
+                "scr": self.scr, "divisor": self.divisor, "lsr_errors": self.lsr_errors,
+                "msr_delta": self.msr_delta, "thr_pending": self.thr_pending,
+                "rx": list(self.rx),
+            }
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        """Take back :meth:`state` (all fields checked first) and drive the IRQ line to match."""
+        name = "16550A"
+        regs = {f: field_int(name, state, f, 0xFF) for f in (
+            "ier", "lcr", "mcr", "fcr", "scr", "lsr_errors", "msr_delta")}
+        divisor = field_int(name, state, "divisor", 0xFFFF)
+        thr_pending = field_bool(name, state, "thr_pending")
+        rx = field_bytes(name, state, "rx", RX_BACKLOG_LIMIT)
+        with self._lock:
+            self.ier, self.lcr, self.mcr = regs["ier"] & IER_MASK, regs["lcr"], regs["mcr"] & MCR_MASK
+            self.fcr, self.scr = regs["fcr"], regs["scr"]
+            self.lsr_errors, self.msr_delta = regs["lsr_errors"], regs["msr_delta"]
+            self.divisor, self.thr_pending = divisor, thr_pending
+            self.rx = deque(rx)
+            self.irq_level = False
+            self._update_irq()
 
     # -- guest side --------------------------------------------------------------------------
     def port_read(self, offset: int, size: int) -> int:

@@ -1,14 +1,19 @@
-"""Guest RAM backed by one anonymous ``mmap``, with bounds-checked access by guest-physical address.
+"""Guest RAM backed by one ``mmap``, with bounds-checked access by guest-physical address.
 
 Both the memory-only VM and the KVM VM use this class: KVM registers the same
 mapping with ``KVM_SET_USER_MEMORY_REGION``, so what the host writes here is
-what the guest sees.
+what the guest sees. The mapping is anonymous, or (:meth:`GuestMemory.from_file`, for
+a restored snapshot) a private copy-on-write mapping of a file: a page is read from the
+file when the guest first touches it, many guests share the page cache, and their
+writes never reach the file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from collections.abc import Iterable
+from pathlib import Path
 
 from vmboot.errors import GuestMemoryError
 from vmboot.hv.memory_map import MemoryRegion, ram_regions
@@ -20,13 +25,35 @@ _MADVISE_MIN = 256 << 10
 class GuestMemory:
     """Guest RAM: ``regions`` of guest-physical space mapped onto one host mapping."""
 
-    def __init__(self, memory_bytes: int) -> None:
+    def __init__(self, memory_bytes: int, *, _file: tuple[int, int] | None = None) -> None:
         self.regions: tuple[MemoryRegion, ...] = ram_regions(memory_bytes)
         self.size = memory_bytes
         # MAP_NORESERVE: a 4 GiB guest costs nothing until its pages are touched.
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self._map: mmap.mmap | None = mmap.mmap(-1, memory_bytes, flags=flags)
+        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0)
+        self.file_backed = _file is not None
+        """Pages come from a file (MADV_DONTNEED would bring back the file's bytes, not zeros)."""
+        if _file is None:
+            self._map: mmap.mmap | None = mmap.mmap(-1, memory_bytes, flags=flags | mmap.MAP_ANONYMOUS)
+        else:
+            fd, offset = _file
+            self._map = mmap.mmap(fd, memory_bytes, flags=flags, offset=offset,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._view: memoryview | None = memoryview(self._map)
+
+    @classmethod
+    def from_file(cls, fd: int, offset: int, memory_bytes: int) -> GuestMemory:
+        """RAM whose initial contents are ``memory_bytes`` of file ``fd`` from ``offset``.
+
+        The mapping is MAP_PRIVATE: the guest's writes are its own (copy-on-write) and the
+        file is never modified; ``fd`` may be read-only and may be closed afterwards.
+        ``offset`` must be a multiple of :data:`mmap.ALLOCATIONGRANULARITY`.
+        """
+        if offset % mmap.ALLOCATIONGRANULARITY:
+            raise GuestMemoryError(
+                f"guest memory: file offset {offset:#x} is not a multiple of the mapping "
+                f"granularity {mmap.ALLOCATIONGRANULARITY:#x}"
+            )
+        return cls(memory_bytes, _file=(fd, offset))
 
     # -- lifetime -----------------------------------------------------------------------------
     @property
@@ -48,6 +75,27 @@ class GuestMemory:
         if self._map is None:
             raise GuestMemoryError("guest memory: used after the VM was closed")
         return self._map
+
+    def host_usage(self) -> dict[str, int]:
+        """What the host spends on this mapping now, from ``/proc/self/smaps``, in bytes:
+        ``Rss`` (pages present), ``Private_Dirty`` (pages written: this guest's own) and
+        ``Shared_Clean`` / ``Private_Clean`` (file pages read, shared with the page cache)."""
+        anchor = ctypes.c_char.from_buffer(self.mapping)
+        try:
+            start = f"{ctypes.addressof(anchor):x}-"
+        finally:
+            del anchor
+        usage: dict[str, int] = {}
+        inside = False
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split(maxsplit=1)[0] if line else ""
+            if "-" in head and not head.endswith(":"):
+                if inside:
+                    break
+                inside = head.startswith(start)
+            elif inside and head.endswith(":") and line.endswith(" kB"):
+                usage[head[:-1]] = int(line.split()[1]) * 1024
+        return usage
 
     # -- address translation ------------------------------------------------------------------
     def offset_of(self, gpa: int, length: int) -> int:
@@ -107,7 +155,8 @@ class GuestMemory:
         mapping = self.mapping
         first_page = -(-off // mmap.PAGESIZE) * mmap.PAGESIZE
         last_page = end // mmap.PAGESIZE * mmap.PAGESIZE
-        if length >= _MADVISE_MIN and last_page > first_page and hasattr(mapping, "madvise"):
+        if (length >= _MADVISE_MIN and last_page > first_page and hasattr(mapping, "madvise")
+                and not self.file_backed):
             self._fill_zero(off, first_page)
             mapping.madvise(mmap.MADV_DONTNEED, first_page, last_page - first_page)
             self._fill_zero(last_page, end)

@@ -110,6 +110,8 @@ EXEC_KERNEL_ARGS = ("console=ttyS0", "8250.nr_uarts=4")
 STATUS_START = b"VMBOOT-START"
 STATUS_EXIT = b"VMBOOT-EXIT"
 STATUS_ERROR = b"VMBOOT-ERROR"
+STATUS_READY = b"VMBOOT-READY"
+"""A warm image (no command file) is ready for its command on the status channel."""
 EXIT_STATUS_MAX = 255
 
 # -- image layout ---------------------------------------------------------------------------
@@ -166,8 +168,9 @@ def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
     return COMMAND_HEADER + b"set -- " + b" ".join(shell_quote(w) for w in words) + b"\n"
 
 
-def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str]) -> list[Entry]:
-    return [
+def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str],
+                  warm: bool = False) -> list[Entry]:
+    entries = [
         *(Entry.directory(d) for d in MOUNT_POINTS),
         Entry.directory(TMP_DIR, TMP_MODE),
         Entry.char_device(CONSOLE_PATH, CONSOLE_MAJOR, CONSOLE_MINOR),
@@ -175,8 +178,10 @@ def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str])
         Entry.symlink(SHELL_PATH, "busybox"),
         Entry.file(INIT_PATH, guest_file(INIT_SCRIPT), DEFAULT_EXECUTABLE_MODE),
         Entry.file(RUN_PATH, guest_file(RUN_SCRIPT), DEFAULT_FILE_MODE),
-        Entry.file(COMMAND_PATH, command_file(command, env), DEFAULT_FILE_MODE),
     ]
+    if not warm:
+        entries.append(Entry.file(COMMAND_PATH, command_file(command, env), DEFAULT_FILE_MODE))
+    return entries
 
 
 def exec_entries(command: Sequence[str], env: Mapping[str, str],
@@ -201,6 +206,27 @@ def exec_entries(command: Sequence[str], env: Mapping[str, str],
                 f"{mine.kind.name.lower()} there (reserved: {', '.join(RESERVED_PATHS)})"
             )
     return complete_tree(merged)
+
+
+def warm_initramfs(busybox: Path, *, compression: str = "none") -> bytes:
+    """The exec image without a command: its init reports :data:`STATUS_READY` and then
+    reads the command from the status channel (:func:`warm_command_message`)."""
+    from vmboot.fetch import check_static_busybox
+
+    check_static_busybox(busybox)
+    return build_initramfs(complete_tree(_base_entries(busybox, (), {}, warm=True)),
+                           compression=compression)
+
+
+def warm_command_message(command: Sequence[str], env: Mapping[str, str]) -> bytes:
+    """What the host types into a warm guest's status channel: a terminator line that
+    occurs in no line of the command file, the command file, the terminator again."""
+    body = command_file(command, env)
+    lines = set(body.split(b"\n"))
+    terminator = b"VMBOOT-END-" + os.urandom(8).hex().encode()
+    while terminator in lines:
+        terminator = b"VMBOOT-END-" + os.urandom(8).hex().encode()
+    return terminator + b"\n" + body + terminator + b"\n"
 
 
 def exec_initramfs(command: list[str], env: dict[str, str], files: list[tuple[Path, str]],
@@ -240,6 +266,8 @@ def parse_status(data: bytes) -> ExecStatus:
         if not line:
             continue
         word, _, rest = line.partition(b" ")
+        if word == STATUS_READY:
+            continue
         if word == STATUS_START:
             started = True
         elif word == STATUS_EXIT and rest.isdigit() and int(rest) <= EXIT_STATUS_MAX:

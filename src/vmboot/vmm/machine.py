@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
     from vmboot.report import Reading, Verdict
+    from vmboot.snapshot import SaveReport
     from vmboot.vmm.runner import Runner
     from vmboot.vmm.vcpus import VcpuSet
 
@@ -253,7 +254,8 @@ class Machine:
     # -- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> Self:
         try:
-            self.start()
+            if self.vm is None:  # not already built by restore()
+                self.start()
         except BaseException:
             self.close()
             raise
@@ -267,17 +269,11 @@ class Machine:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
         from vmboot.hv.kvm import KvmVM
         from vmboot.hv.kvm.cpuid import CpuidEntry, hidden_features
-        from vmboot.linux import BootOptions, ElfKernel, KernelImage, load_kernel
-        from vmboot.vmm.runner import Runner
-        from vmboot.vmm.vcpus import VcpuSet
+        from vmboot.linux import BootOptions
 
         self._t0 = time.monotonic()
-        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage | ElfKernel)
-                  else load_kernel(self.kernel_source))
-        self.kernel = kernel
-        self.platform.attach(self.port_bus)
-        for extra in self.extra_devices:
-            extra.attach(self.port_bus, self.mmio_bus)
+        kernel = self.load_kernel()
+        self._attach_devices()
         mp_table = build_mp_table(self.cpus)
         vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
                    vcpu_count=self.cpus)
@@ -292,6 +288,25 @@ class Machine:
                                                    entry=self.entry))
         place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
+        self._connect(vm)
+        self._t_load = time.monotonic() - self._t0
+
+    def _attach_devices(self) -> None:
+        """Put the platform's and the extra devices on the buses (start() and restore)."""
+        self.platform.attach(self.port_bus)
+        for extra in self.extra_devices:
+            extra.attach(self.port_bus, self.mmio_bus)
+
+    def _connect(self, vm: KvmVM) -> None:
+        """Give every vCPU of ``vm`` its run loop (one VcpuSet), pass on a stop asked for
+        before, and connect the devices' interrupt lines and stop requests (start() and
+        restore)."""
+        from vmboot.vmm.runner import Runner
+        from vmboot.vmm.vcpus import VcpuSet
+
+        self.vm = vm
+        self.vcpus = tuple(vm.vcpus)
+        self.vcpu = self.vcpus[0]
         runners = [Runner(vm, cpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
                    for cpu in self.vcpus]
         self._runner = runners[0]
@@ -301,7 +316,33 @@ class Machine:
             self._pending_stop = None
         devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
         connect_devices(devices, vm.irq_line, self.request_stop)
-        self._t_load = time.monotonic() - self._t0
+
+    def snapshot(self, path: str | Path) -> SaveReport:
+        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
+        from vmboot.vmm.snapshots import save_machine
+
+        return save_machine(self, path)
+
+    def restore(self, path: str | Path) -> Self:
+        """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
+
+        The machine must be made with the kernel, initrd, command line and memory the
+        snapshot was taken with; :meth:`run` then continues the guest where it was.
+        """
+        from vmboot.vmm.snapshots import restore_machine
+
+        try:
+            restore_machine(self, path)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _restored(self, vm: KvmVM) -> None:
+        """Take ``vm``, made from a snapshot by :mod:`vmboot.vmm.snapshots`, as this machine's
+        VM: the devices and run loops are wired as :meth:`start` wires them."""
+        self._attach_devices()
+        self._connect(vm)
 
     def close(self) -> None:
         """Release the VM (idempotent)."""
@@ -454,14 +495,24 @@ class Machine:
         self._dump_notes.extend(f"vmcore {path}: {n}" for n in written.notes)
 
     # -- symbols and traces -------------------------------------------------------------------
+    def load_kernel(self) -> LinuxKernel:
+        """The kernel, loaded from ``kernel_source`` once (a restore loads it when first needed)."""
+        from vmboot.linux import ElfKernel, KernelImage, load_kernel
+
+        if self.kernel is None:
+            source = self.kernel_source
+            self.kernel = (source if isinstance(source, KernelImage | ElfKernel)
+                           else load_kernel(source))
+        return self.kernel
+
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
         or a bzImage's kallsyms."""
         from vmboot.linux import ElfKernel
 
-        kernel_bytes: bytes | None = getattr(self.kernel, "data", None)
         if self.vmlinux is not None or self.system_map is not None:
             return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
+        kernel_bytes: bytes | None = getattr(self.load_kernel(), "data", None)
         if isinstance(self.kernel, ElfKernel):
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
         return {"vmlinux": None, "system_map": None, "kernel": kernel_bytes}
@@ -497,8 +548,10 @@ class Machine:
         from vmboot.debug.page_walk import GuestAddressSpace
         from vmboot.hv.registers import Register
 
+        if self.vcpu is None:  # nothing to detect it from (and no kernel to load yet)
+            return 0
         symbols = self._load_symbols()
-        if symbols is None or self.vcpu is None:
+        if symbols is None:
             return 0
         try:
             regs = self.vcpu.get_registers((Register.CR0, Register.CR3, Register.CR4))

@@ -258,6 +258,156 @@ class KvmTranslation(ctypes.Structure):
     ]
 
 
+# -- state for snapshots (KVM_GET/SET_* of the VM and the vCPU) --------------------------------
+class KvmPicState(ctypes.Structure):
+    """struct kvm_pic_state: one 8259A of the in-kernel PIC."""
+
+    _fields_: ClassVar = [
+        (name, u8)
+        for name in (
+            "last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select",
+            "poll", "special_mask", "init_state", "auto_eoi", "rotate_on_auto_eoi",
+            "special_fully_nested_mode", "init4", "elcr", "elcr_mask",
+        )
+    ]
+
+
+KVM_IOAPIC_NUM_PINS = 24
+
+
+class KvmIoapicState(ctypes.Structure):
+    """struct kvm_ioapic_state (each redirection entry kept as its 64 raw bits)."""
+
+    _fields_: ClassVar = [
+        ("base_address", u64),
+        ("ioregsel", u32),
+        ("id", u32),
+        ("irr", u32),
+        ("pad", u32),
+        ("redirtbl", u64 * KVM_IOAPIC_NUM_PINS),
+    ]
+
+
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+KVM_NR_IRQCHIPS = 3
+IRQCHIP_UNION_SIZE = 512
+
+
+class KvmIrqchipUnion(ctypes.Union):
+    _fields_: ClassVar = [
+        ("dummy", ctypes.c_char * IRQCHIP_UNION_SIZE),
+        ("pic", KvmPicState),
+        ("ioapic", KvmIoapicState),
+    ]
+
+
+class KvmIrqchip(ctypes.Structure):
+    """struct kvm_irqchip (KVM_GET_IRQCHIP / KVM_SET_IRQCHIP): one of the PICs or the IOAPIC."""
+
+    _fields_: ClassVar = [("chip_id", u32), ("pad", u32), ("chip", KvmIrqchipUnion)]
+
+
+class KvmPitChannelState(ctypes.Structure):
+    """struct kvm_pit_channel_state: one 8254 counter."""
+
+    _fields_: ClassVar = [
+        ("count", u32),
+        ("latched_count", u16),
+        ("count_latched", u8),
+        ("status_latched", u8),
+        ("status", u8),
+        ("read_state", u8),
+        ("write_state", u8),
+        ("write_latch", u8),
+        ("rw_mode", u8),
+        ("mode", u8),
+        ("bcd", u8),
+        ("gate", u8),
+        ("count_load_time", ctypes.c_int64),
+    ]
+
+
+class KvmPitState2(ctypes.Structure):
+    """struct kvm_pit_state2 (KVM_GET_PIT2 / KVM_SET_PIT2)."""
+
+    _fields_: ClassVar = [
+        ("channels", KvmPitChannelState * 3), ("flags", u32), ("reserved", u32 * 9),
+    ]
+
+
+class KvmClockData(ctypes.Structure):
+    """struct kvm_clock_data (KVM_GET_CLOCK / KVM_SET_CLOCK): the guest's kvmclock in ns."""
+
+    _fields_: ClassVar = [
+        ("clock", u64), ("flags", u32), ("pad0", u32), ("realtime", u64), ("host_tsc", u64),
+        ("pad", u32 * 4),
+    ]
+
+
+KVM_CLOCK_TSC_STABLE = 2
+KVM_CLOCK_REALTIME = 1 << 2
+KVM_CLOCK_HOST_TSC = 1 << 3
+
+
+class KvmVcpuEvents(ctypes.Structure):
+    """struct kvm_vcpu_events: pending/injected exception, interrupt, NMI, SMI (raw groups)."""
+
+    _fields_: ClassVar = [
+        ("exception", u8 * 8),
+        ("interrupt", u8 * 4),
+        ("nmi", u8 * 4),
+        ("sipi_vector", u32),
+        ("flags", u32),
+        ("smi", u8 * 4),
+        ("triple_fault", u8 * 1),
+        ("reserved", u8 * 26),
+        ("exception_has_payload", u8),
+        ("exception_payload", u64),
+    ]
+
+
+KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x00000002
+KVM_VCPUEVENT_VALID_SHADOW = 0x00000004
+KVM_VCPUEVENT_VALID_SMM = 0x00000008
+
+
+class KvmDebugregs(ctypes.Structure):
+    """struct kvm_debugregs: DR0-DR3, DR6, DR7."""
+
+    _fields_: ClassVar = [
+        ("db", u64 * 4), ("dr6", u64), ("dr7", u64), ("flags", u64), ("reserved", u64 * 9),
+    ]
+
+
+XSAVE_REGION_WORDS = 1024
+
+
+class KvmXsave(ctypes.Structure):
+    """struct kvm_xsave: the 4 KiB XSAVE area (KVM_GET_XSAVE / KVM_SET_XSAVE)."""
+
+    _fields_: ClassVar = [("region", u32 * XSAVE_REGION_WORDS)]
+
+
+KVM_MAX_XCRS = 16
+
+
+class KvmXcr(ctypes.Structure):
+    """struct kvm_xcr: one extended control register (XCR0)."""
+
+    _fields_: ClassVar = [("xcr", u32), ("reserved", u32), ("value", u64)]
+
+
+class KvmXcrs(ctypes.Structure):
+    """struct kvm_xcrs (KVM_GET_XCRS / KVM_SET_XCRS)."""
+
+    _fields_: ClassVar = [
+        ("nr_xcrs", u32), ("flags", u32), ("xcrs", KvmXcr * KVM_MAX_XCRS), ("padding", u64 * 16),
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # struct kvm_run (the per-vCPU shared page). Defined field by field up to the exit union;
 # the run loop reads it with struct.unpack_from at these offsets (no ctypes per exit).
@@ -434,6 +584,11 @@ KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
 
 # ioctls on /dev/kvm
 KVM_GET_API_VERSION = _io(0x00)
@@ -451,6 +606,13 @@ KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, u64)
 KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, KvmIrqLevel)
 KVM_CREATE_PIT2 = _iow(0x77, KvmPitConfig)
+KVM_GET_IRQCHIP = _iowr(0x62, KvmIrqchip)
+KVM_SET_IRQCHIP = _ior(0x63, KvmIrqchip)
+"""(The header declares KVM_SET_IRQCHIP with _IOR; the number is what matters.)"""
+KVM_SET_CLOCK = _iow(0x7B, KvmClockData)
+KVM_GET_CLOCK = _ior(0x7C, KvmClockData)
+KVM_GET_PIT2 = _ior(0x9F, KvmPitState2)
+KVM_SET_PIT2 = _iow(0xA0, KvmPitState2)
 
 # ioctls on a vCPU fd
 KVM_RUN = _io(0x80)
@@ -469,6 +631,14 @@ KVM_SET_CPUID2 = _iow(0x90, KvmCpuid2)
 KVM_GET_CPUID2 = _iowr(0x91, KvmCpuid2)
 KVM_GET_MP_STATE = _ior(0x98, KvmMpState)
 KVM_SET_MP_STATE = _iow(0x99, KvmMpState)
+KVM_GET_VCPU_EVENTS = _ior(0x9F, KvmVcpuEvents)
+KVM_SET_VCPU_EVENTS = _iow(0xA0, KvmVcpuEvents)
+KVM_GET_DEBUGREGS = _ior(0xA1, KvmDebugregs)
+KVM_SET_DEBUGREGS = _iow(0xA2, KvmDebugregs)
+KVM_GET_XSAVE = _ior(0xA4, KvmXsave)
+KVM_SET_XSAVE = _iow(0xA5, KvmXsave)
+KVM_GET_XCRS = _ior(0xA6, KvmXcrs)
+KVM_SET_XCRS = _iow(0xA7, KvmXcrs)
 
 # Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1)
 APIC_REG_LVT_LINT0 = 0x350
@@ -496,4 +666,15 @@ CHECKED_STRUCTS: dict[str, type[ctypes._CData]] = {
     "kvm_irq_level": KvmIrqLevel,
     "kvm_mp_state": KvmMpState,
     "kvm_translation": KvmTranslation,
+    "kvm_pic_state": KvmPicState,
+    "kvm_ioapic_state": KvmIoapicState,
+    "kvm_irqchip": KvmIrqchip,
+    "kvm_pit_channel_state": KvmPitChannelState,
+    "kvm_pit_state2": KvmPitState2,
+    "kvm_clock_data": KvmClockData,
+    "kvm_vcpu_events": KvmVcpuEvents,
+    "kvm_debugregs": KvmDebugregs,
+    "kvm_xsave": KvmXsave,
+    "kvm_xcr": KvmXcr,
+    "kvm_xcrs": KvmXcrs,
 }

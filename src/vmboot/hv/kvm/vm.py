@@ -57,7 +57,8 @@ class KvmVM(VirtualMachine):
     ``/dev/kvm`` itself and closes it with the VM. ``irqchip``: create the in-kernel PIC,
     IOAPIC, LAPIC and PIT (a PC); without it, HLT exits to user space (KVM_EXIT_HLT).
     ``cpuid_policy``: see :mod:`vmboot.hv.kvm.cpuid`. ``vcpu_count``: the number of vCPUs
-    the CPUID topology leaves describe.
+    the CPUID topology leaves describe. ``memory``: guest RAM to use (e.g. mapped from a
+    snapshot file) instead of fresh zeroed RAM; the VM owns and closes it.
 
     Use as a context manager; :meth:`close` is idempotent and safe after any error.
     """
@@ -70,6 +71,7 @@ class KvmVM(VirtualMachine):
         irqchip: bool = True,
         cpuid_policy: CpuidPolicyName = "auto",
         vcpu_count: int = MAX_VCPUS_DEFAULT,
+        memory: GuestMemory | None = None,
     ) -> None:
         self._fd: int | None = None
         self._closing = False
@@ -77,7 +79,10 @@ class KvmVM(VirtualMachine):
         self._vcpus: dict[int, KvmVCPU] = {}
         self._own_kvm = kvm is None
         self._kvm: KVM | None = None
-        self.memory = GuestMemory(memory_bytes)
+        if memory is not None and memory.size != memory_bytes:
+            raise HypervisorError(f"KVM VM: memory_bytes {memory_bytes} differs from the given "
+                                  f"guest memory's size {memory.size}")
+        self.memory = memory if memory is not None else GuestMemory(memory_bytes)
         try:
             self._kvm = KVM() if kvm is None else kvm
             resolve_policy(cpuid_policy, host_is_emulating())  # validate early

@@ -1,0 +1,103 @@
+"""Warm `vmboot exec`: the first run boots and saves a guest ready for a command; later runs
+resume it from the cache and take their command over the status channel."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_kvm, shared_kernel_file
+from vmboot.errors import BootConfigError, FetchError, GuestError, InitramfsError
+from vmboot.execute import ExecReason, exec_command
+from vmboot.initramfs.exec_image import (
+    COMMAND_PATH,
+    INIT_PATH,
+    STATUS_READY,
+    command_file,
+    parse_status,
+    warm_command_message,
+    warm_initramfs,
+)
+from vmboot.initramfs.reader import read_cpio
+
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def busybox() -> Path:
+    from vmboot.fetch import find_busybox
+
+    try:
+        return find_busybox()
+    except FetchError as e:
+        pytest.skip(f"no static busybox for the guest: {e}")
+
+
+# -- without KVM ---------------------------------------------------------------------------
+def test_the_command_message_is_framed_by_a_terminator_line() -> None:
+    command, env = ["sh", "-c", "echo a\nVMBOOT-END-x"], {"PATH": "/bin"}
+    message = warm_command_message(command, env)
+    terminator, _, rest = message.partition(b"\n")
+    assert terminator.startswith(b"VMBOOT-END-")
+    assert rest == command_file(command, env) + terminator + b"\n"
+    assert terminator not in command_file(command, env).split(b"\n")
+    assert warm_command_message(command, env) != message  # a fresh terminator per run
+
+
+def test_the_command_message_validates_the_command() -> None:
+    with pytest.raises(InitramfsError, match="argv\\[0\\]"):
+        warm_command_message(["A=b"], {})
+
+
+def test_the_warm_image_has_no_command_file(busybox: Path) -> None:
+    paths = {e.path for e in read_cpio(warm_initramfs(busybox))}
+    assert INIT_PATH in paths and COMMAND_PATH not in paths
+    assert warm_initramfs(busybox) == warm_initramfs(busybox)  # reproducible: the cache key
+
+
+def test_ready_is_part_of_the_status_protocol() -> None:
+    assert parse_status(STATUS_READY + b"\nVMBOOT-START\nVMBOOT-EXIT 3\n").exit_status == 3
+    with pytest.raises(GuestError):
+        parse_status(b"VMBOOT-WHAT\n")
+
+
+def test_warm_with_files_is_refused(busybox: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(BootConfigError, match="warm exec resumes a saved guest"):
+        exec_command(["true"], kernel=tmp_path / "no-kernel", busybox=busybox, warm=True,
+                     files=[(tmp_path / "f", "/f")])
+
+
+# -- real Linux ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("warm-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VMBOOT_CACHE", str(path))
+        yield path
+
+
+@pytest.mark.slow
+@requires_kvm
+def test_warm_runs_share_one_saved_guest(cache: Path, busybox: Path) -> None:
+    kernel = shared_kernel_file("tiny-bzImage")
+    first = exec_command(["sh", "-c", "echo out; echo err >&2; exit 7"], kernel=kernel,
+                         busybox=busybox, warm=True, timeout=TIMEOUT_S)
+    assert (first.reason, first.exit_status, first.stdout, first.stderr) == \
+        (ExecReason.EXITED, 7, b"out\n", b"err\n"), first.detail
+    (snapshot,) = (cache / "snapshots").iterdir()
+    digest = hashlib.sha256(snapshot.read_bytes()).hexdigest()
+    second = exec_command(["sh", "-c", "echo first\necho 'sec ond'; ls /tmp/left 2>&1; touch /tmp/left"],
+                          kernel=kernel, busybox=busybox, warm=True, timeout=TIMEOUT_S)
+    assert second.reason is ExecReason.EXITED and second.exit_status == 0, second.detail
+    assert second.stdout == b"first\nsec ond\nls: /tmp/left: No such file or directory\n"
+    third = exec_command(["ls", "/tmp"], kernel=kernel, busybox=busybox, warm=True,
+                         env={"PATH": "/bin"}, timeout=TIMEOUT_S)
+    assert third.reason is ExecReason.EXITED and third.stdout == b"", third.detail  # fresh guest
+    assert [p.name for p in (cache / "snapshots").iterdir()] == [snapshot.name]
+    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == digest
+    print(f"\nwarm exec: first run (boot and save) {first.timings.total:.1f} s, then "
+          f"{second.timings.total:.2f} s and {third.timings.total:.2f} s")
