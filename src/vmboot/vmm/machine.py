@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
+from vmboot.devices.virtio.machine_devices import ConsoleChoice, VirtioChoices, build_virtio
 from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
@@ -33,12 +34,18 @@ from vmboot.vmm.exits import ExitReason, VmExit
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
+    from vmboot.devices.virtio.block import Disk
+    from vmboot.devices.virtio.console import ConsolePort
+    from vmboot.devices.virtio.device import VirtioDevice
+    from vmboot.devices.virtio.setup import NotificationChoice
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
+DEFAULT_VIRTIO_CMDLINE = "console=hvc0 reboot=k panic=-1"
+"""The default command line with ``console_device="virtio"``."""
 DEFAULT_MEMORY = "256M"
 CPUID_POLICIES = ("auto", "host", "conservative")
 OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
@@ -86,6 +93,8 @@ class RunResult:
     panic_message: str | None = None
     """The guest's ``Kernel panic - not syncing: ...`` line, when it printed one."""
     notes: list[str] = field(default_factory=list)
+    virtio: dict[str, Any] | None = None
+    """The virtio devices, their addresses and IRQs, the notification path, request counts."""
 
     @property
     def clean(self) -> bool:
@@ -107,6 +116,7 @@ class RunResult:
             "console_bytes": self.console_total,
             "console_dropped": self.console_dropped,
             "notes": list(self.notes),
+            **({"virtio": self.virtio} if self.virtio is not None else {}),
         }
 
 
@@ -140,7 +150,17 @@ class Machine:
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
         entry: EntryChoice = "auto",
+        disks: Sequence[Disk] = (),
+        console_device: ConsoleChoice = "serial",
+        console_ports: Sequence[ConsolePort] = (),
+        virtio_rng: bool = False,
+        virtio_devices: Sequence[VirtioDevice] = (),
+        virtio_notifications: NotificationChoice = "auto",
     ) -> None:
+        """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
+        ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
+        virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
+        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -168,6 +188,11 @@ class Machine:
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
         self.platform = PcPlatform(self.console)
+        self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
+                                                 virtio_devices, virtio_notifications),
+                                   self.console)
+        if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
+            self.cmdline = DEFAULT_VIRTIO_CMDLINE
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
@@ -206,11 +231,14 @@ class Machine:
         self.platform.attach(self.port_bus)
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
+        self.virtio.attach(self.mmio_bus)
         vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
         self.vm = vm
+        self.virtio.connect(vm)
         vcpu = vm.create_vcpu(0)
         self.vcpu = vcpu
-        self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd,
+        cmdline = self.virtio.extend_cmdline(self.cmdline)
+        self.plan = kernel.prepare(vm, BootOptions(cmdline=cmdline, initrd=self.initrd,
                                                    entry=self.entry))
         self.plan.configure_vcpu(vcpu)
         self._runner = Runner(vm, vcpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
@@ -224,6 +252,7 @@ class Machine:
     def close(self) -> None:
         """Release the VM (idempotent)."""
         self.console.flush()
+        self.virtio.close()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
         if vm is not None:
             vm.close()
@@ -243,8 +272,19 @@ class Machine:
         runner.stop(reason, detail)
 
     def push_input(self, data: bytes) -> int:
-        """Type ``data`` into the console UART (safe from another thread)."""
+        """Type ``data`` into the console: the UART, or hvc0 with ``console_device="virtio"``
+        (safe from another thread)."""
+        port = self.virtio_console_port
+        if port is not None:
+            pushed: int = port.push(data)
+            return pushed
         return self.platform.console_serial.push_input(data)
+
+    @property
+    def virtio_console_port(self) -> ConsolePort | None:
+        """Port 0 of the virtio console with ``console_device="virtio"``, else None."""
+        port: ConsolePort | None = self.virtio.console_port
+        return port
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds."""
@@ -253,6 +293,7 @@ class Machine:
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
         vm_exit = self._runner.run(timeout)
+        self.virtio.quiesce()
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -267,6 +308,7 @@ class Machine:
             ),
             console_dropped=self.console.dropped,
             console_total=self.console.total,
+            virtio=self.virtio.report() if self.virtio else None,
         )
         result.panic_message = self._panic.message
         if self._panic.message is not None and vm_exit.clean:
