@@ -20,6 +20,9 @@ TARGET_NAMES: tuple[str, ...] = (
     "decompress",
     "sizes",
     "port_io",
+    "virtio_block",
+    "virtio_console",
+    "virtio_rng",
 )
 
 

@@ -40,6 +40,9 @@ CI_RUNS: dict[str, int] = {
     "decompress": 1500,
     "sizes": 600,
     "port_io": 1500,
+    "virtio_block": 1500,
+    "virtio_console": 1500,
+    "virtio_rng": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 
