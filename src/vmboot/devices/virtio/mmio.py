@@ -54,6 +54,8 @@ class MmioTransport:
         """KVM signals :attr:`queue_fds` itself (QueueNotify writes never reach :meth:`mmio_write`)."""
         self.notifications = 0
         """Queue notifications handled."""
+        self.notify_exits = 0
+        """QueueNotify writes that reached vmboot as MMIO exits (0 when KVM's ioeventfds take them)."""
         self.interrupts = 0
         """Interrupts sent."""
         self.error: str | None = None
@@ -300,6 +302,7 @@ class MmioTransport:
 
     # -- notifications ----------------------------------------------------------------------
     def _notify_by_exit(self, value: int) -> None:
+        self.notify_exits += 1
         index = value & 0xFFFF  # without VIRTIO_F_NOTIFICATION_DATA, the queue index
         if index >= len(self.queue_fds):
             self._log_once(f"notify-{index}", f"QueueNotify for queue {index}, which does not "

@@ -186,6 +186,7 @@ class VirtioDevices:
                 {"name": t.name, "type": t.device.name, "device_id": int(t.device.device_id),
                  "base": f"{t.base:#x}", "size": spec.MMIO_SIZE, "irq": t.irq,
                  "requests": t.device.requests, "notifications": t.notifications,
+                 "notify_exits": t.notify_exits,
                  "interrupts": t.interrupts, "status": t.status, "error": t.error,
                  **_describe(t.device)}
                 for t in self.transports
