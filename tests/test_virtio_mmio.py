@@ -178,3 +178,26 @@ def test_connect_falls_back_to_exits_and_serves_a_request_on_the_io_thread() -> 
         assert devs.report()["devices"][0]["requests"] == 1
     finally:
         devs.close()
+
+
+class BrokenDevice(RngDevice):
+    def process_queue(self, index: int) -> bool:
+        raise ZeroDivisionError("a bug in the device")
+
+
+def test_a_device_bug_is_contained_to_that_device() -> None:
+    r = rig(BrokenDevice())
+    r.queues[0].add_chain([], [(DATA, 4)])
+    notify(r.transport, 0)
+    assert r.needs_reset and "ZeroDivisionError" in (r.transport.error or "")
+
+
+def test_verbose_listing() -> None:
+    from vmboot.cli.run import render_virtio
+
+    devs = VirtioDevices([RngDevice()])
+    devs.attach(MmioBus())
+    text = render_virtio(devs.report())
+    assert text.splitlines() == ["virtio: notifications through (not wired: the VM was never started)",
+                                 "  virtio-rng0      0xd0000000 irq 5  requests 0"]
+    devs.close()

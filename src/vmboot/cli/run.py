@@ -57,7 +57,8 @@ notes:
 
 def render_virtio(report: dict[str, Any]) -> str:
     """The ``-v`` listing of the virtio devices."""
-    lines = [f"virtio: notifications through {report['notification_path']}"]
+    path = report["notification_path"] or "(not wired: the VM was never started)"
+    lines = [f"virtio: notifications through {path}"]
     for d in report["devices"]:
         what = d.get("path") or ",".join(d.get("ports", [])) or ""
         lines.append(f"  {d['name']:<16} {d['base']} irq {d['irq']:<2} requests {d['requests']}"

@@ -341,6 +341,9 @@ class MmioTransport:
                     self._raise_interrupt(spec.INTERRUPT_USED_BUFFER)
             except (QueueError, GuestMemoryError) as e:
                 self.needs_reset(f"queue {index}: {e}")
+            except Exception as e:  # a device bug: contain it to this device, keep the VM
+                log.exception("%s: queue %d: the device failed", self.name, index)
+                self.needs_reset(f"queue {index}: device error {type(e).__name__}: {e}")
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
