@@ -38,6 +38,10 @@ examples:
       less memory and less console output: both make the boot faster
   vmboot run bzImage --initrd initramfs.cpio --profile
       after the run, where the guest spent its time: a sampled profile by kernel function
+  vmboot run bzImage --disk rootfs.ext4 --append "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw"
+      boot a root file system image (a raw ext4 file) as virtio-blk /dev/vda
+  vmboot run bzImage --initrd initramfs.cpio --disk data.img,ro --disk scratch.img,throwaway --rng -v
+      a read-only disk, a disk whose writes are thrown away, /dev/hwrng; -v lists the devices
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
