@@ -167,13 +167,26 @@ def test_report_lists_devices_and_counts(disk_boot: DiskBoot) -> None:
     assert [d["irq"] for d in report["devices"]] == [5, 6, 7, 9, 10, 11]
 
 
+SHELL_PROMPT = b"/ # "
+TYPED = b"echo HVC-INPUT-$((6*7)); reboot -f\n"
+
+
 @pytest.fixture(scope="module")
 def hvc_boot() -> RunResult:
+    """The busybox shell on hvc0; a command is typed when its prompt appears."""
     kernel = shared_kernel_file("tiny-bzImage")
     initrd = shared_kernel_file("tiny-initramfs.cpio")
-    with Machine(kernel, initrd=initrd, memory="64M", console_device="virtio",
-                 virtio_notifications="exits") as m:
-        assert "console=hvc0" in m.cmdline
+    machines: list[Machine] = []
+
+    def sink(chunk: bytes) -> None:
+        if SHELL_PROMPT in chunk and machines:
+            machines.pop().push_input(TYPED)
+
+    m = Machine(kernel, initrd=initrd, memory="64M", console_device="virtio", console=sink,
+                cmdline="console=hvc0 reboot=k panic=-1 vmboot.shell=1",
+                virtio_notifications="exits")
+    machines.append(m)
+    with m:
         return m.run(timeout=BOOT_TIMEOUT)
 
 
@@ -183,3 +196,8 @@ def test_console_on_hvc0_through_exits(hvc_boot: RunResult) -> None:
     report = hvc_boot.virtio
     assert report is not None and report["notification_path"] == "exits"
     assert report["devices"][0]["type"] == "console" and report["devices"][0]["requests"] > 0
+    assert report["devices"][0]["notify_exits"] > 0
+
+
+def test_typed_input_reaches_the_shell_on_hvc0(hvc_boot: RunResult) -> None:
+    assert "HVC-INPUT-42" in hvc_boot.console_text, hvc_boot.console_text[-2000:]

@@ -201,3 +201,27 @@ def test_verbose_listing() -> None:
     assert text.splitlines() == ["virtio: notifications through (not wired: the VM was never started)",
                                  "  virtio-rng0      0xd0000000 irq 5  requests 0"]
     devs.close()
+
+
+def test_machine_virtio_console_default_cmdline_and_parameters() -> None:
+    from vmboot.vmm.machine import DEFAULT_VIRTIO_CMDLINE, Machine
+
+    m = Machine(b"", console_device="virtio", virtio_rng=True)
+    try:
+        assert m.cmdline == DEFAULT_VIRTIO_CMDLINE
+        assert m.virtio.extend_cmdline(m.cmdline) == (
+            f"{DEFAULT_VIRTIO_CMDLINE} virtio_mmio.device=0x200@{MMIO_BASE:#x}:{IRQS[0]} "
+            f"virtio_mmio.device=0x200@{MMIO_BASE + 0x1000:#x}:{IRQS[1]}")
+        assert m.virtio_console_port is not None
+    finally:
+        m.close()
+
+
+def test_machine_refuses_an_unknown_console_device() -> None:
+    import pytest
+
+    from vmboot.errors import BootConfigError
+    from vmboot.vmm.machine import Machine
+
+    with pytest.raises(BootConfigError, match="console_device"):
+        Machine(b"", console_device="parallel")  # type: ignore[arg-type]
