@@ -124,8 +124,11 @@ class VirtioDevices:
             mmio_bus.attach_device(base, spec.MMIO_SIZE, t, name)
             self.transports.append(t)
 
-    def connect(self, vm: NotificationHost) -> NotificationPath:
-        """Give the transports guest RAM, wire notifications, start the I/O thread."""
+    def connect(self, vm: NotificationHost) -> NotificationPath | None:
+        """Give the transports guest RAM, wire notifications, start the I/O thread
+        (nothing at all, and None, for a machine without virtio devices)."""
+        if not self.transports:
+            return None
         supported = vm.notification_fds_supported()
         if self.choice == "ioeventfd" and not supported:
             raise BootConfigError("virtio notifications 'ioeventfd': this KVM lacks "
@@ -148,8 +151,7 @@ class VirtioDevices:
             else:
                 t.interrupt = _pulse(vm.irq_line, t.irq)
         self.path = NotificationPath.IOEVENTFD if use_fds else NotificationPath.EXITS
-        if self.transports:
-            io.start()
+        io.start()
         log.info("virtio: %d devices, notifications through %s", len(self.transports),
                  self.path.value)
         return self.path
