@@ -24,6 +24,9 @@ TARGET_NAMES: tuple[str, ...] = (
     "report",
     "core",
     "snapshot",
+    "virtio_block",
+    "virtio_console",
+    "virtio_rng",
 )
 
 

@@ -44,6 +44,9 @@ CI_RUNS: dict[str, int] = {
     "report": 1500,
     "core": 1500,
     "snapshot": 1500,
+    "virtio_block": 1500,
+    "virtio_console": 1500,
+    "virtio_rng": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

@@ -95,3 +95,26 @@ def test_non_finite_or_non_positive_timeouts_are_usage_errors(
                  else ["exec", "--timeout", value, *verb[1:]])
         assert info.value.code == 2
         assert "seconds" in capsys.readouterr().err
+
+
+@requires_kvm
+def test_run_json_lists_virtio_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    assert main(["run", write_kernel(tmp_path, HELLO_AND_RESET), "-m", "32M", "--json",
+                 "--disk", f"{disk},ro,serial=abc", "--disk", f"{disk},throwaway", "--rng"]) == 0
+    virtio = json.loads(capsys.readouterr().out)["virtio"]
+    assert virtio["notification_path"] in ("ioeventfd/irqfd", "exits")
+    assert [(d["name"], d["base"], d["irq"]) for d in virtio["devices"]] == [
+        ("virtio-block0", "0xd0000000", 5), ("virtio-block1", "0xd0001000", 6),
+        ("virtio-rng0", "0xd0002000", 7)]
+    assert virtio["devices"][0]["read_only"] and virtio["devices"][0]["serial"] == "abc"
+    assert virtio["devices"][1]["throwaway"]
+    assert all(d["requests"] == 0 for d in virtio["devices"])  # this guest has no driver
+
+
+def test_bad_disk_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "k", "--disk", "x.img,fast"])
+    assert info.value.code == 2
+    assert "unknown option 'fast'" in capsys.readouterr().err

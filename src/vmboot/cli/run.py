@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
-from vmboot.errors import UsageError
+from vmboot.devices.virtio.block import Disk
+from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
+from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
+from vmboot.errors import BootConfigError, UsageError
 from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
 
@@ -49,6 +52,10 @@ examples:
   vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 vmboot.shell=1" \\
       --restore shell.snap
       the same guest, at that prompt (same kernel, initrd, command line and -m)
+  vmboot run bzImage --disk rootfs.ext4 --append "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw"
+      boot a root file system image (a raw ext4 file) as virtio-blk /dev/vda
+  vmboot run bzImage --initrd initramfs.cpio --disk data.img,ro --disk scratch.img,throwaway --rng -v
+      a read-only disk, a disk whose writes are thrown away, /dev/hwrng; -v lists the devices
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
@@ -78,6 +85,17 @@ notes:
   Under a nested or emulated KVM, an uncompressed initramfs boots much faster than a
   gzip one, and 64-128 MiB of memory is cheapest.
 """
+
+def render_virtio(report: dict[str, Any]) -> str:
+    """The ``-v`` listing of the virtio devices."""
+    path = report["notification_path"] or "(not wired: the VM was never started)"
+    lines = [f"virtio: notifications through {path}"]
+    for d in report["devices"]:
+        what = d.get("path") or ",".join(d.get("ports", [])) or ""
+        lines.append(f"  {d['name']:<16} {d['base']} irq {d['irq']:<2} requests {d['requests']}"
+                     f"{'  ' + what if what else ''}{'  ERROR: ' + d['error'] if d['error'] else ''}")
+    return "\n".join(lines) + "\n"
+
 
 EXIT_OK = 0
 EXIT_GUEST_FAILED = 1
@@ -157,9 +175,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--snapshot-when", metavar="TEXT", default=DEFAULT_SNAPSHOT_WHEN,
                    help=f"console text that triggers --snapshot (default: {DEFAULT_SNAPSHOT_WHEN!r},"
                         " a busybox root prompt)")
+    p.add_argument("--disk", metavar="PATH[,ro][,throwaway][,serial=ID]", action="append",
+                   default=[], type=_disk,
+                   help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
+                        "ro: read-only; throwaway: writes go to a private overlay and the "
+                        "file is never modified; serial=ID: the disk's serial (20 bytes max)")
+    p.add_argument("--console", choices=CONSOLE_CHOICES, default="serial",
+                   help="the console device: serial (ttyS0, the default) or virtio (hvc0; "
+                        'the default command line becomes "console=hvc0 reboot=k panic=-1")')
+    p.add_argument("--rng", action="store_true",
+                   help="a virtio-rng device (/dev/hwrng) fed from the host's getrandom")
+    p.add_argument("--virtio-notify", choices=NOTIFICATION_CHOICES, default="auto",
+                   help="how virtio queue notifications and interrupts travel: ioeventfd "
+                        "(KVM ioeventfd and irqfd, no exit to vmboot), exits (an MMIO exit "
+                        "each), or auto (ioeventfd when KVM has it; the default)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="after the run, list the virtio devices and the notification path")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
+
+
+def _disk(text: str) -> Disk:
+    try:
+        return Disk.parse(text)
+    except BootConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def exit_status(reason: ExitReason) -> int:
@@ -172,10 +213,12 @@ def exit_status(reason: ExitReason) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vmboot.cli.dump_signal import dump_on_signal
-    from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
+    from vmboot.vmm.machine import DEFAULT_CMDLINE, DEFAULT_VIRTIO_CMDLINE, Machine
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
     cmdline = DEFAULT_CMDLINE if args.append is None else args.append
+    if args.append is None and args.console == "virtio":
+        cmdline = DEFAULT_VIRTIO_CMDLINE
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
     if args.tasks and not args.trace:
@@ -194,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
                       on_panic="trace" if args.trace else None,
                       vmlinux=args.vmlinux, system_map=args.system_map, entry=args.entry,
                       cpus=args.cpus, trace_tasks=args.tasks,
-                      dump_on=args.dump_on or (), dump_dir=args.dump_dir)
+                      dump_on=args.dump_on or (), dump_dir=args.dump_dir,
+                      disks=args.disk, console_device=args.console, virtio_rng=args.rng,
+                      virtio_notifications=args.virtio_notify)
     if args.restore is not None:
         machine.restore(args.restore)
     with machine, TerminalInput(machine.push_input), dump_on_signal(machine):
@@ -226,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
             summary["profile"] = profile.as_dict()
         print(json.dumps(summary, sort_keys=True))
         return status
+    if args.verbose and result.virtio is not None:
+        print(render_virtio(result.virtio), file=sys.stderr, end="")
     if profiler is not None:
         print(profile.render(PROFILE_TOP), file=sys.stderr, end="")
     if status != EXIT_OK:

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
+from vmboot.devices.virtio.machine_devices import ConsoleChoice, VirtioChoices, build_virtio
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.units import parse_size
 from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
     from vmboot.debug.vmcore import VmcoreResult
+    from vmboot.devices.virtio.block import Disk
+    from vmboot.devices.virtio.console import ConsolePort
+    from vmboot.devices.virtio.device import VirtioDevice
+    from vmboot.devices.virtio.setup import NotificationChoice
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
     from vmboot.vmm.vcpus import VcpuSet
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
+DEFAULT_VIRTIO_CMDLINE = "console=hvc0 reboot=k panic=-1"
+"""The default command line with ``console_device="virtio"``."""
 DEFAULT_MEMORY = "256M"
 CPUID_POLICIES = ("auto", "host", "conservative")
 OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
@@ -114,6 +121,8 @@ class RunResult:
     vmboot.hv.kvm.cpuid; PVM answers ring-0 leaves 1 and 7 from the host CPU regardless)."""
     vmcores: list[Path] = field(default_factory=list)
     """The vmcores written during the run (``dump_on`` triggers and requests), in order."""
+    virtio: dict[str, Any] | None = None
+    """The virtio devices, their addresses and IRQs, the notification path, request counts."""
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
 
@@ -158,6 +167,7 @@ class RunResult:
             "tasks": [t.as_dict() for t in self.tasks],
             "hang": self.hang.as_dict() if self.hang is not None else None,
             "vmcores": [str(p) for p in self.vmcores],
+            **({"virtio": self.virtio} if self.virtio is not None else {}),
             **self.read_console().as_dict(),
         }
 
@@ -196,7 +206,17 @@ class Machine:
         trace_tasks: bool = False,
         dump_on: str | Sequence[str] = (),
         dump_dir: str | Path | None = None,
+        disks: Sequence[Disk] = (),
+        console_device: ConsoleChoice = "serial",
+        console_ports: Sequence[ConsolePort] = (),
+        virtio_rng: bool = False,
+        virtio_devices: Sequence[VirtioDevice] = (),
+        virtio_notifications: NotificationChoice = "auto",
     ) -> None:
+        """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
+        ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
+        virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
+        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
         self.memory_bytes = parse_size(memory, what="memory")
         self.cpus = validate_cpus(cpus)
         if cpuid_policy not in CPUID_POLICIES:
@@ -235,6 +255,11 @@ class Machine:
         """Work for :meth:`when_stopped` (a deque: appended from signal handlers and other
         threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
         self.platform = PcPlatform(self.console)
+        self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
+                                                 virtio_devices, virtio_notifications),
+                                   self.console)
+        if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
+            self.cmdline = DEFAULT_VIRTIO_CMDLINE
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
@@ -274,17 +299,20 @@ class Machine:
         self._t0 = time.monotonic()
         kernel = self.load_kernel()
         self._attach_devices()
+        self.virtio.attach(self.mmio_bus)
         mp_table = build_mp_table(self.cpus)
         vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
                    vcpu_count=self.cpus)
         self.vm = vm
+        self.virtio.connect(vm)
         self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
         vcpu = self.vcpus[0]
         self.vcpu = vcpu
         self.cpuid_hidden = hidden_features(
             (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
              for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
-        self.plan = kernel.prepare(vm, BootOptions(cmdline=self.cmdline, initrd=self.initrd,
+        cmdline = self.virtio.extend_cmdline(self.cmdline)
+        self.plan = kernel.prepare(vm, BootOptions(cmdline=cmdline, initrd=self.initrd,
                                                    entry=self.entry))
         place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
@@ -347,6 +375,7 @@ class Machine:
     def close(self) -> None:
         """Release the VM (idempotent)."""
         self.console.flush()
+        self.virtio.close()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
         self.vcpus, self._vcpu_set = (), None
         if vm is not None:
@@ -372,8 +401,19 @@ class Machine:
         vcpus.stop(reason, detail)
 
     def push_input(self, data: bytes) -> int:
-        """Type ``data`` into the console UART (safe from another thread)."""
+        """Type ``data`` into the console: the UART, or hvc0 with ``console_device="virtio"``
+        (safe from another thread)."""
+        port = self.virtio_console_port
+        if port is not None:
+            pushed: int = port.push(data)
+            return pushed
         return self.platform.console_serial.push_input(data)
+
+    @property
+    def virtio_console_port(self) -> ConsolePort | None:
+        """Port 0 of the virtio console with ``console_device="virtio"``, else None."""
+        port: ConsolePort | None = self.virtio.console_port
+        return port
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds."""
@@ -383,6 +423,7 @@ class Machine:
             self._t_first_run = time.monotonic() - self._t0
         self._dumps_written = []
         vm_exit = self._run_vcpus(timeout)
+        self.virtio.quiesce()
         self.console.flush()
         t_exit = time.monotonic() - self._t0
         first = self.console.first_byte_at
@@ -399,6 +440,7 @@ class Machine:
             console_total=self.console.total,
             cpus=self.cpus,
             cpuid_hidden=list(self.cpuid_hidden),
+            virtio=self.virtio.report() if self.virtio else None,
         )
         result.panic_message = self._panic.message
         result.oopses = list(self._panic.oopses)

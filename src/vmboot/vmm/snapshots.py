@@ -107,11 +107,22 @@ def check_one_vcpu(what: str, cpus: int) -> None:
                               f"or restore")
 
 
+def check_no_virtio(what: str, machine: Machine) -> None:
+    """Refuse a snapshot or restore of a machine with virtio devices: their queues (and the
+    I/O thread serving them) are not part of a snapshot."""
+    if machine.virtio:
+        names = ", ".join(d["name"] for d in machine.virtio.report()["devices"])
+        raise BootConfigError(f"{what}: the machine has virtio devices ({names}), which "
+                              f"snapshots do not hold; snapshot a machine without disks, "
+                              f"console_device='virtio', console_ports or virtio_rng")
+
+
 def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
     """Write ``machine`` (started, not running) to ``path``."""
     if machine.vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
     check_one_vcpu("Machine.snapshot", len(machine.vcpus))
+    check_no_virtio("Machine.snapshot", machine)
     machine.console.flush()
     return _save(path, machine.vm, machine_devices(machine), boot_facts(machine))
 
@@ -128,6 +139,7 @@ def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
         raise BootConfigError("Machine.restore: the machine is already started; restore into "
                               "a new Machine instead of start()")
     check_one_vcpu("Machine.restore", machine.cpus)
+    check_no_virtio("Machine.restore", machine)
     machine._t0 = time.monotonic()
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:

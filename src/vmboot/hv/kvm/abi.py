@@ -239,6 +239,39 @@ class KvmIrqLevel(ctypes.Structure):
     _fields_: ClassVar = [("irq", u32), ("level", u32)]
 
 
+class KvmIoeventfd(ctypes.Structure):
+    """struct kvm_ioeventfd (KVM_IOEVENTFD): signal ``fd`` on a guest write to ``addr``."""
+
+    _fields_: ClassVar = [
+        ("datamatch", u64),
+        ("addr", u64),
+        ("len", u32),
+        ("fd", s32),
+        ("flags", u32),
+        ("pad", u8 * 36),
+    ]
+
+
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+
+class KvmIrqfd(ctypes.Structure):
+    """struct kvm_irqfd (KVM_IRQFD): a write to ``fd`` raises (edge) interrupt ``gsi``."""
+
+    _fields_: ClassVar = [
+        ("fd", u32),
+        ("gsi", u32),
+        ("flags", u32),
+        ("resamplefd", u32),
+        ("pad", u8 * 16),
+    ]
+
+
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+
+
 class KvmMpState(ctypes.Structure):
     """struct kvm_mp_state."""
 
@@ -578,7 +611,9 @@ KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_PIT = 11
 KVM_CAP_MP_STATE = 14
 KVM_CAP_SYNC_MMU = 16
+KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_MAX_VCPUS = 66
@@ -605,6 +640,7 @@ KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, u64)
 KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_IRQ_LINE = _iow(0x61, KvmIrqLevel)
+KVM_IRQFD = _iow(0x76, KvmIrqfd)
 KVM_CREATE_PIT2 = _iow(0x77, KvmPitConfig)
 KVM_GET_IRQCHIP = _iowr(0x62, KvmIrqchip)
 KVM_SET_IRQCHIP = _ior(0x63, KvmIrqchip)
@@ -613,6 +649,7 @@ KVM_SET_CLOCK = _iow(0x7B, KvmClockData)
 KVM_GET_CLOCK = _ior(0x7C, KvmClockData)
 KVM_GET_PIT2 = _ior(0x9F, KvmPitState2)
 KVM_SET_PIT2 = _iow(0xA0, KvmPitState2)
+KVM_IOEVENTFD = _iow(0x79, KvmIoeventfd)
 
 # ioctls on a vCPU fd
 KVM_RUN = _io(0x80)
@@ -664,6 +701,8 @@ CHECKED_STRUCTS: dict[str, type[ctypes._CData]] = {
     "kvm_lapic_state": KvmLapicState,
     "kvm_pit_config": KvmPitConfig,
     "kvm_irq_level": KvmIrqLevel,
+    "kvm_ioeventfd": KvmIoeventfd,
+    "kvm_irqfd": KvmIrqfd,
     "kvm_mp_state": KvmMpState,
     "kvm_translation": KvmTranslation,
     "kvm_pic_state": KvmPicState,

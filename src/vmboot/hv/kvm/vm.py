@@ -152,6 +152,26 @@ class KvmVM(VirtualMachine):
         except struct.error:
             raise HypervisorError(f"KVM VM: irq {irq!r} is not an interrupt line number") from None
 
+    def notification_fds_supported(self) -> bool:
+        """True when this KVM has both KVM_CAP_IOEVENTFD and KVM_CAP_IRQFD (and an irqchip)."""
+        return (self.irqchip and self.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) > 0
+                and self.kvm.check_extension(abi.KVM_CAP_IRQFD) > 0)
+
+    def register_ioeventfd(self, address: int, length: int, fd: int,
+                           datamatch: int | None = None) -> None:
+        """Have a guest MMIO write of ``length`` bytes to ``address`` (with value ``datamatch``
+        if given) signal eventfd ``fd`` inside KVM, without an exit to user space."""
+        flags = 0 if datamatch is None else abi.KVM_IOEVENTFD_FLAG_DATAMATCH
+        desc = abi.KvmIoeventfd(datamatch=datamatch or 0, addr=address, len=length, fd=fd,
+                                flags=flags)
+        self._ioctl(abi.KVM_IOEVENTFD, bytes(desc),
+                    f"KVM_IOEVENTFD (address {address:#x}, length {length}, datamatch {datamatch})")
+
+    def register_irqfd(self, fd: int, gsi: int) -> None:
+        """Have a write to eventfd ``fd`` raise interrupt ``gsi`` (an edge) inside KVM."""
+        self._ioctl(abi.KVM_IRQFD, bytes(abi.KvmIrqfd(fd=fd, gsi=gsi)),
+                    f"KVM_IRQFD (gsi {gsi})")
+
     # -- vCPUs --------------------------------------------------------------------------------
     def create_vcpu(self, index: int = 0) -> KvmVCPU:
         """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""

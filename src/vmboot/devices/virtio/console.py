@@ -1,0 +1,230 @@
+"""virtio-console (virtio 1.2 section 5.3) with ``VIRTIO_CONSOLE_F_MULTIPORT``.
+
+Port 0 is the console (``hvc0``: ``console=hvc0`` on the kernel command line); ports 1
+and up are named ports for programs (``/dev/vportNpM``, ``/sys/class/virtio-ports/*/name``).
+A :class:`ConsolePort` is a name, a host-side byte sink (what the guest writes) and a
+source (:meth:`ConsolePort.push` queues bytes for the guest to read).
+
+Queues (5.3.2): 0/1 receive/transmit of port 0, 2/3 the control receive/transmit queues,
+then 4/5 for port 1, 6/7 for port 2, and so on. The control protocol (5.3.6.2): the
+driver sends DEVICE_READY; the device announces each port (DEVICE_ADD); the driver answers
+PORT_READY; the device then names the port (PORT_NAME), marks port 0 as the console
+(CONSOLE_PORT) and opens the host end (PORT_OPEN).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.device import VirtioDevice
+from vmboot.devices.virtio.queue import gather, scatter
+from vmboot.errors import BootConfigError
+
+log = logging.getLogger("vmboot.devices.virtio")
+
+QUEUE_SIZE = 64
+MAX_PORTS = 16
+MAX_PENDING_INPUT = 1 << 20
+"""Bytes of host input kept for a port the guest is not reading (more are dropped, counted)."""
+_CONTROL = struct.Struct("<IHH")
+RX, TX, CONTROL_RX, CONTROL_TX = 0, 1, 2, 3
+
+ByteSink = Callable[[bytes], object]
+
+
+@dataclass
+class ConsolePort:
+    """A port: ``name`` (empty for the console, port 0), where the guest's output goes
+    (``sink``), and input waiting for the guest."""
+
+    name: str
+    sink: ByteSink | None = None
+    pending: collections.deque[bytes] = field(default_factory=collections.deque)
+    pending_bytes: int = 0
+    dropped: int = 0
+    guest_open: bool = False
+    kick: Callable[[], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def push(self, data: bytes) -> int:
+        """Queue ``data`` for the guest to read (any thread); the bytes accepted."""
+        with self.lock:
+            room = MAX_PENDING_INPUT - self.pending_bytes
+            taken = data[:max(room, 0)]
+            self.dropped += len(data) - len(taken)
+            if taken:
+                self.pending.append(bytes(taken))
+                self.pending_bytes += len(taken)
+        if taken and self.kick is not None:
+            self.kick()
+        return len(taken)
+
+    def take(self, limit: int) -> bytes:
+        with self.lock:
+            out = bytearray()
+            while self.pending and len(out) < limit:
+                chunk = self.pending.popleft()
+                n = limit - len(out)
+                out += chunk[:n]
+                if len(chunk) > n:
+                    self.pending.appendleft(chunk[n:])
+            self.pending_bytes -= len(out)
+            return bytes(out)
+
+
+def rx_queue(port: int) -> int:
+    return RX if port == 0 else 2 * port + 2
+
+
+def port_of_queue(index: int) -> tuple[int, bool]:
+    """(port, is_transmit) of a data queue index (not the control queues 2 and 3)."""
+    if index < 2:
+        return 0, index == TX
+    return index // 2 - 1, index % 2 == 1
+
+
+class ConsoleDevice(VirtioDevice):
+    device_id: ClassVar[spec.DeviceId] = spec.DeviceId.CONSOLE
+    name: ClassVar[str] = "console"
+
+    def __init__(self, ports: Sequence[ConsolePort]) -> None:
+        if not ports:
+            raise BootConfigError("virtio-console: no ports; port 0 (the console) is needed")
+        if len(ports) > MAX_PORTS:
+            raise BootConfigError(f"virtio-console: {len(ports)} ports; at most {MAX_PORTS}")
+        names = [p.name for p in ports[1:]]
+        if len(set(names)) != len(names) or not all(names):
+            raise BootConfigError(f"virtio-console: port names {names} must be non-empty and "
+                                  "different from each other")
+        self.ports = list(ports)
+        super().__init__((QUEUE_SIZE,) * (2 * len(ports) + 2), 1 << spec.CONSOLE_F_MULTIPORT)
+        self._control_out: collections.deque[bytes] = collections.deque()
+        for i, port in enumerate(self.ports):
+            port.kick = self._kicker(rx_queue(i))
+
+    def _kicker(self, queue: int) -> Callable[[], None]:
+        def kick() -> None:
+            notify = self._notify
+            if notify is not None:
+                notify(queue)
+        return kick
+
+    def describe(self) -> dict[str, Any]:
+        return {"ports": [p.name or "console" for p in self.ports]}
+
+    def config_bytes(self) -> bytes:
+        return struct.pack("<HHII", 0, 0, len(self.ports), 0)
+
+    def reset(self) -> None:
+        super().reset()
+        self._control_out.clear()
+        for p in self.ports:
+            p.guest_open = False
+
+    def _control(self, port: int, event: int, value: int, extra: bytes = b"") -> None:
+        self._control_out.append(_CONTROL.pack(port, event, value) + extra)
+
+    # -- queues -----------------------------------------------------------------------------
+    def process_queue(self, index: int) -> bool:
+        memory = self.memory
+        if memory is None:
+            return False
+        if index == CONTROL_TX:
+            used = self._drain(index, self._on_control)
+            return self._flush_control() or used
+        if index == CONTROL_RX:
+            return self._flush_control()
+        port, transmit = port_of_queue(index)
+        if transmit:
+            sink = self.ports[port].sink
+            return self._drain(index, lambda data: sink(data) if sink is not None else None)
+        return self._fill_rx(index, self.ports[port])
+
+    def _drain(self, index: int, handle: Callable[[bytes], object]) -> bool:
+        memory = self.memory
+        assert memory is not None
+        q = self.queues[index]
+        used = False
+        while True:
+            chain = q.pop(memory)
+            if chain is None:
+                if q.drained(memory):
+                    return used
+                continue
+            handle(gather(memory, chain.readable))
+            q.add_used(memory, chain.head, 0)
+            self.requests += 1
+            used = True
+
+    def _fill_rx(self, index: int, port: ConsolePort) -> bool:
+        memory = self.memory
+        assert memory is not None
+        q = self.queues[index]
+        used = False
+        while port.pending_bytes:
+            chain = q.pop(memory)
+            if chain is None:
+                if q.drained(memory):
+                    break
+                continue
+            data = port.take(chain.writable_bytes)
+            q.add_used(memory, chain.head, scatter(memory, chain.writable, data))
+            self.requests += 1
+            used = True
+        return used
+
+    def _flush_control(self) -> bool:
+        memory = self.memory
+        assert memory is not None
+        q = self.queues[CONTROL_RX]
+        used = False
+        while self._control_out:
+            chain = q.pop(memory)
+            if chain is None:
+                if q.drained(memory):
+                    break
+                continue
+            message = self._control_out.popleft()
+            q.add_used(memory, chain.head, scatter(memory, chain.writable, message))
+            used = True
+        return used
+
+    def _on_control(self, message: bytes) -> None:
+        if len(message) < _CONTROL.size:
+            log.warning("virtio-console: a %d-byte control message ignored", len(message))
+            return
+        port, event, value = _CONTROL.unpack_from(message)
+        if event == spec.CONSOLE_DEVICE_READY:
+            if value == 1:
+                for i in range(len(self.ports)):
+                    self._control(i, spec.CONSOLE_DEVICE_ADD, 1)
+            return
+        if port >= len(self.ports):
+            log.warning("virtio-console: control event %d for port %d, which does not exist",
+                        event, port)
+            return
+        if event == spec.CONSOLE_PORT_READY and value == 1:
+            if port == 0:
+                self._control(0, spec.CONSOLE_CONSOLE_PORT, 1)
+            else:
+                self._control(port, spec.CONSOLE_PORT_NAME, 1, self.ports[port].name.encode())
+            self._control(port, spec.CONSOLE_PORT_OPEN, 1)
+        elif event == spec.CONSOLE_PORT_OPEN:
+            self.ports[port].guest_open = bool(value)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "control_out": [m.hex() for m in self._control_out],
+                "guest_open": [p.guest_open for p in self.ports]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._control_out = collections.deque(bytes.fromhex(m) for m in state.get("control_out", []))
+        for p, is_open in zip(self.ports, state.get("guest_open", []), strict=False):
+            p.guest_open = bool(is_open)

@@ -1,0 +1,93 @@
+"""What a virtio device is, independent of its transport.
+
+A device is a small class: its :class:`~.spec.DeviceId`, the features it offers, its
+configuration space, the maximum size of each of its queues, and what it does when the
+driver makes buffers available (:meth:`VirtioDevice.process_queue`). The transport owns
+the common state (status, negotiated features, the queues' addresses and indices) and
+calls :meth:`activate` at ``DRIVER_OK`` and :meth:`reset` when the driver resets it.
+
+A device tells the transport that it used buffers by returning True from
+:meth:`process_queue` (the transport decides whether to interrupt), or, for work started
+on the host side (console input), through the ``notify`` callable it is given at
+activation. It never imports the VMM.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.queue import GuestRam, Virtqueue
+
+QueueNotify = Callable[[int], None]
+"""``notify(queue_index)``: the device added used buffers to this queue from host-side work."""
+
+
+class VirtioDevice:
+    """Base class of vmboot's virtio devices."""
+
+    device_id: ClassVar[spec.DeviceId]
+    name: ClassVar[str]
+    """A short kind name for listings ("block", "console", "rng")."""
+
+    def __init__(self, queue_sizes: tuple[int, ...], features: int = 0) -> None:
+        self.avail_features = spec.TRANSPORT_FEATURES | features
+        self.acked_features = 0
+        self.queues = [Virtqueue(size) for size in queue_sizes]
+        self.memory: GuestRam | None = None
+        self._notify: QueueNotify | None = None
+        self.requests = 0
+        """Requests (chains) completed since the machine started (kept across resets)."""
+
+    # -- configuration space ----------------------------------------------------------------
+    def config_bytes(self) -> bytes:
+        """The device-specific configuration space, as the driver reads it."""
+        return b""
+
+    def read_config(self, offset: int, size: int) -> int:
+        data = self.config_bytes()
+        chunk = data[offset:offset + size] if 0 <= offset < len(data) else b""
+        return int.from_bytes(chunk.ljust(size, b"\0"), "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Writes to read-only fields are ignored (the default)."""
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.acked_features >> bit & 1)
+
+    def activate(self, memory: GuestRam, notify: QueueNotify) -> None:
+        """The driver set ``DRIVER_OK``: the queues are checked and live."""
+        self.memory = memory
+        self._notify = notify
+
+    def reset(self) -> None:
+        """Back to the state before the driver found the device (requests keeps counting)."""
+        self.memory = None
+        self._notify = None
+        self.acked_features = 0
+        for q in self.queues:
+            q.reset()
+
+    def process_queue(self, index: int) -> bool:
+        """The driver notified queue ``index``: handle what it made available.
+
+        Returns True if used buffers were added (the transport may then interrupt). May raise
+        :class:`~.queue.QueueError` (the device then needs a reset).
+        """
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Device-specific state as plain data (the transport adds the common state)."""
+        return {"requests": self.requests}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.requests = int(state.get("requests", 0))
+
+
+def le_fields(fmt: str, *values: int) -> bytes:
+    """Pack a little-endian configuration-space layout."""
+    return struct.pack("<" + fmt, *values)

@@ -1,0 +1,384 @@
+"""The virtio-mmio transport, register layout version 2 (virtio 1.2 section 4.2).
+
+:class:`MmioTransport` is an MMIO bus device: the driver's register reads and writes arrive
+from the vCPU thread (:meth:`mmio_read`/:meth:`mmio_write`). Queue notifications are
+eventfds, one a queue (:attr:`queue_fds`): KVM signals them itself when they are
+registered as ioeventfds, or the transport signals them on a ``QueueNotify`` exit; either
+way the device's work runs on the I/O thread (:meth:`on_queue_event`). Interrupts go out
+through :attr:`interrupt` (an irqfd write, or a pulse on the interrupt line).
+
+Status handling follows 2.1 and 3.1: writing 0 resets the device; the driver may only add
+status bits; ``FEATURES_OK`` is refused (stays clear) when the driver accepted features the
+device did not offer or did not accept ``VIRTIO_F_VERSION_1``; at ``DRIVER_OK`` each ready
+queue is checked against guest RAM. A broken driver (a bad queue, a malformed chain) sets
+``DEVICE_NEEDS_RESET`` with a configuration-change interrupt, is logged once, and the
+device does nothing more until it is reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.device import VirtioDevice
+from vmboot.devices.virtio.io_thread import drain_eventfd, new_eventfd
+from vmboot.devices.virtio.queue import GuestRam, QueueError, QueueState
+from vmboot.errors import GuestMemoryError
+
+log = logging.getLogger("vmboot.devices.virtio")
+
+_U32 = 0xFFFFFFFF
+_REGISTER_SIZE = 4
+Interrupt = Callable[[], None]
+"""Deliver one interrupt edge to the guest."""
+
+
+class MmioTransport:
+    """One virtio device behind virtio-mmio registers at ``base`` with interrupt ``irq``."""
+
+    def __init__(self, device: VirtioDevice, memory: GuestRam | None, base: int, irq: int,
+                 name: str) -> None:
+        self.device = device
+        self.memory = memory
+        self.base = base
+        self.irq = irq
+        self.name = name
+        self.lock = threading.RLock()
+        self.queue_fds = [new_eventfd() for _ in device.queues]
+        self.interrupt: Interrupt = lambda: None
+        self.ioeventfd = False
+        """KVM signals :attr:`queue_fds` itself (QueueNotify writes never reach :meth:`mmio_write`)."""
+        self.notifications = 0
+        """Queue notifications handled."""
+        self.notify_exits = 0
+        """QueueNotify writes that reached vmboot as MMIO exits (0 when KVM's ioeventfds take them)."""
+        self.interrupts = 0
+        """Interrupts sent."""
+        self.error: str | None = None
+        """Why the device needs a reset (None while it is healthy)."""
+        self._logged: set[str] = set()
+        self._reset_registers()
+
+    def _reset_registers(self) -> None:
+        self.status = 0
+        self.device_features_sel = 0
+        self.driver_features_sel = 0
+        self.driver_features = 0
+        self.queue_sel = 0
+        self.interrupt_status = 0
+        self.config_generation = 0
+
+    def close(self) -> None:
+        for fd in self.queue_fds:
+            os.close(fd)
+        self.queue_fds = []
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("%s: %s (logged once)", self.name, message)
+
+    def _queue(self) -> Any:
+        if 0 <= self.queue_sel < len(self.device.queues):
+            return self.device.queues[self.queue_sel]
+        return None
+
+    @property
+    def live(self) -> bool:
+        return bool(self.status & spec.STATUS_DRIVER_OK) and not (
+            self.status & spec.STATUS_DEVICE_NEEDS_RESET)
+
+    def _raise_interrupt(self, bit: int) -> None:
+        self.interrupt_status |= bit
+        self.interrupts += 1
+        self.interrupt()
+
+    def needs_reset(self, why: str) -> None:
+        """The driver broke the contract: set DEVICE_NEEDS_RESET and tell it (4.2.3.4)."""
+        with self.lock:
+            self.error = why
+            self._log_once("needs-reset", f"device needs reset: {why}")
+            if self.status & spec.STATUS_DRIVER_OK:
+                self.status |= spec.STATUS_DEVICE_NEEDS_RESET
+                self._raise_interrupt(spec.INTERRUPT_CONFIG_CHANGE)
+            else:
+                self.status |= spec.STATUS_DEVICE_NEEDS_RESET
+
+    # -- registers --------------------------------------------------------------------------
+    def mmio_read(self, offset: int, size: int) -> int:
+        with self.lock:
+            if offset >= spec.MmioReg.CONFIG:
+                return self.device.read_config(offset - spec.MmioReg.CONFIG, size)
+            if size != _REGISTER_SIZE or offset % _REGISTER_SIZE:
+                self._log_once(f"read-size-{offset}", f"{size}-byte read of register {offset:#x}"
+                               " (registers are 32-bit)")
+                return 0
+            return self._read_register(offset)
+
+    def _read_register(self, offset: int) -> int:
+        R = spec.MmioReg
+        q = self._queue()
+        if offset == R.MAGIC_VALUE:
+            return spec.MMIO_MAGIC
+        if offset == R.VERSION:
+            return spec.MMIO_VERSION
+        if offset == R.DEVICE_ID:
+            return int(self.device.device_id)
+        if offset == R.VENDOR_ID:
+            return spec.MMIO_VENDOR_ID
+        if offset == R.DEVICE_FEATURES:
+            if self.device_features_sel > 1:
+                return 0
+            return (self.device.avail_features >> (32 * self.device_features_sel)) & _U32
+        if offset == R.QUEUE_NUM_MAX:
+            return 0 if q is None else int(q.max_size)
+        if offset == R.QUEUE_READY:
+            return 0 if q is None else int(q.ready)
+        if offset == R.INTERRUPT_STATUS:
+            return self.interrupt_status
+        if offset == R.STATUS:
+            return self.status
+        if offset == R.CONFIG_GENERATION:
+            return self.config_generation
+        if offset in (R.SHM_LEN_LOW, R.SHM_LEN_HIGH):
+            return _U32  # no shared memory regions (4.2.2: length -1)
+        if q is not None:
+            pairs = {R.QUEUE_DESC_LOW: q.desc_table, R.QUEUE_DRIVER_LOW: q.avail_ring,
+                     R.QUEUE_DEVICE_LOW: q.used_ring}
+            for low, value in pairs.items():
+                if offset == low:
+                    return int(value) & _U32
+                if offset == low + 4:
+                    return int(value) >> 32
+        return 0
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        with self.lock:
+            if offset >= spec.MmioReg.CONFIG:
+                if self.status & spec.STATUS_DRIVER:
+                    self.device.write_config(offset - spec.MmioReg.CONFIG, size, value)
+                return
+            if size != _REGISTER_SIZE or offset % _REGISTER_SIZE:
+                self._log_once(f"write-size-{offset}", f"{size}-byte write of register "
+                               f"{offset:#x} ignored (registers are 32-bit)")
+                return
+            self._write_register(offset, value & _U32)
+
+    def _write_register(self, offset: int, value: int) -> None:
+        R = spec.MmioReg
+        if offset == R.QUEUE_NOTIFY:
+            self._notify_by_exit(value)
+        elif offset == R.STATUS:
+            self._write_status(value)
+        elif offset == R.INTERRUPT_ACK:
+            self.interrupt_status &= ~value
+        elif offset == R.DEVICE_FEATURES_SEL:
+            self.device_features_sel = value
+        elif offset == R.DRIVER_FEATURES_SEL:
+            self.driver_features_sel = value
+        elif offset == R.DRIVER_FEATURES:
+            self._write_driver_features(value)
+        elif offset == R.QUEUE_SEL:
+            self.queue_sel = value
+        elif offset in (R.QUEUE_NUM, R.QUEUE_READY, R.QUEUE_DESC_LOW, R.QUEUE_DESC_HIGH,
+                        R.QUEUE_DRIVER_LOW, R.QUEUE_DRIVER_HIGH, R.QUEUE_DEVICE_LOW,
+                        R.QUEUE_DEVICE_HIGH):
+            self._write_queue(offset, value)
+        else:
+            self._log_once(f"write-{offset}", f"write {value:#x} to read-only or unknown "
+                           f"register {offset:#x} ignored")
+
+    def _write_driver_features(self, value: int) -> None:
+        if not self.status & spec.STATUS_DRIVER or self.status & spec.STATUS_FEATURES_OK:
+            self._log_once("features-late", "DriverFeatures written outside feature "
+                           "negotiation (before DRIVER or after FEATURES_OK): ignored")
+            return
+        if self.driver_features_sel > 1:
+            return
+        shift = 32 * self.driver_features_sel
+        self.driver_features = (self.driver_features & ~(_U32 << shift)) | (value << shift)
+
+    def _write_queue(self, offset: int, value: int) -> None:
+        R = spec.MmioReg
+        q = self._queue()
+        if q is None:
+            self._log_once(f"queue-sel-{self.queue_sel}", f"QueueSel {self.queue_sel} is not "
+                           f"a queue (the device has {len(self.device.queues)}): write ignored")
+            return
+        if self.status & spec.STATUS_DRIVER_OK and offset != R.QUEUE_READY:
+            self._log_once("queue-live", "queue register written after DRIVER_OK: ignored")
+            return
+        if offset == R.QUEUE_READY:
+            q.ready = bool(value & 1)
+            return
+        if q.ready:
+            self._log_once("queue-ready", "queue register written while QueueReady=1: ignored")
+            return
+        if offset == R.QUEUE_NUM:
+            q.size = value
+            return
+        attr = {R.QUEUE_DESC_LOW: "desc_table", R.QUEUE_DESC_HIGH: "desc_table",
+                R.QUEUE_DRIVER_LOW: "avail_ring", R.QUEUE_DRIVER_HIGH: "avail_ring",
+                R.QUEUE_DEVICE_LOW: "used_ring", R.QUEUE_DEVICE_HIGH: "used_ring"}[
+            spec.MmioReg(offset)]
+        old = int(getattr(q, attr))
+        high = offset in (R.QUEUE_DESC_HIGH, R.QUEUE_DRIVER_HIGH, R.QUEUE_DEVICE_HIGH)
+        new = (old & _U32) | (value << 32) if high else (old & ~_U32) | value
+        setattr(q, attr, new)
+
+    def _write_status(self, value: int) -> None:
+        if value == 0:
+            self.reset()
+            return
+        if value & ~self.status & spec.STATUS_DEVICE_NEEDS_RESET:
+            value &= ~spec.STATUS_DEVICE_NEEDS_RESET  # only the device sets it
+        if self.status & ~value & ~spec.STATUS_DEVICE_NEEDS_RESET:
+            self._log_once("status-clear", f"status {value:#x} clears bits of {self.status:#x} "
+                           "without a reset: ignored")
+            return
+        added = value & ~self.status
+        if added & spec.STATUS_FEATURES_OK and not self._accept_features():
+            value &= ~spec.STATUS_FEATURES_OK
+            added &= ~spec.STATUS_FEATURES_OK
+        if added & spec.STATUS_DRIVER_OK:
+            if not self.status & spec.STATUS_FEATURES_OK and not value & spec.STATUS_FEATURES_OK:
+                self._log_once("driver-ok-early", "DRIVER_OK without FEATURES_OK: ignored")
+                return
+            self.status = value | (self.status & spec.STATUS_DEVICE_NEEDS_RESET)
+            self._activate()
+            return
+        self.status = value | (self.status & spec.STATUS_DEVICE_NEEDS_RESET)
+
+    def _accept_features(self) -> bool:
+        extra = self.driver_features & ~self.device.avail_features
+        if extra:
+            self._log_once("features-extra", f"driver accepted features {extra:#x} the device "
+                           "does not offer: FEATURES_OK refused")
+            return False
+        if not self.driver_features >> spec.F_VERSION_1 & 1:
+            self._log_once("features-legacy", "driver did not accept VIRTIO_F_VERSION_1 "
+                           "(legacy drivers are not supported): FEATURES_OK refused")
+            return False
+        self.device.acked_features = self.driver_features
+        return True
+
+    @property
+    def ram(self) -> GuestRam:
+        if self.memory is None:
+            raise QueueError(f"{self.name}: guest RAM is not connected yet")
+        return self.memory
+
+    def _activate(self) -> None:
+        event_idx = self.device.has_feature(spec.F_EVENT_IDX)
+        try:
+            for i, q in enumerate(self.device.queues):
+                q.event_idx = event_idx
+                if q.ready:
+                    try:
+                        q.check_layout(self.ram)
+                    except QueueError as e:
+                        raise QueueError(f"queue {i}: {e}") from None
+            self.device.activate(self.ram, self.kick)
+        except QueueError as e:
+            self.needs_reset(str(e))
+            return
+        for i, q in enumerate(self.device.queues):
+            if q.ready:
+                self.kick(i)  # buffers made available before DRIVER_OK are served now
+
+    def reset(self) -> None:
+        """Device reset (status 0): back to the state at power-on, the queues forgotten."""
+        with self.lock:
+            self.device.reset()
+            self._reset_registers()
+            self.error = None
+            for fd in self.queue_fds:
+                drain_eventfd(fd)
+
+    # -- notifications ----------------------------------------------------------------------
+    def _notify_by_exit(self, value: int) -> None:
+        self.notify_exits += 1
+        index = value & 0xFFFF  # without VIRTIO_F_NOTIFICATION_DATA, the queue index
+        if index >= len(self.queue_fds):
+            self._log_once(f"notify-{index}", f"QueueNotify for queue {index}, which does not "
+                           f"exist (the device has {len(self.queue_fds)}): ignored")
+            return
+        os.eventfd_write(self.queue_fds[index], 1)
+
+    def kick(self, index: int) -> None:
+        """Have the I/O thread run queue ``index`` (host-side work, e.g. console input)."""
+        if 0 <= index < len(self.queue_fds):
+            os.eventfd_write(self.queue_fds[index], 1)
+
+    def on_queue_event(self, index: int) -> None:
+        """I/O thread: queue ``index``'s eventfd fired."""
+        if not drain_eventfd(self.queue_fds[index]):
+            return
+        self.process(index)
+
+    def process(self, index: int) -> None:
+        """Run the device on queue ``index`` and interrupt the driver if it wants one."""
+        with self.lock:
+            self.notifications += 1
+            if not self.live:
+                if not self.status & spec.STATUS_DEVICE_NEEDS_RESET:
+                    self._log_once("notify-early", f"notification of queue {index} before "
+                                   "DRIVER_OK: ignored")
+                return
+            q = self.device.queues[index]
+            if not q.ready:
+                self._log_once(f"notify-not-ready-{index}", f"notification of queue {index}, "
+                               "which is not ready: ignored")
+                return
+            try:
+                used = self.device.process_queue(index)
+                if used and q.needs_interrupt(self.ram):
+                    self._raise_interrupt(spec.INTERRUPT_USED_BUFFER)
+            except (QueueError, GuestMemoryError) as e:
+                self.needs_reset(f"queue {index}: {e}")
+            except Exception as e:  # a device bug: contain it to this device, keep the VM
+                log.exception("%s: queue %d: the device failed", self.name, index)
+                self.needs_reset(f"queue {index}: device error {type(e).__name__}: {e}")
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Transport, queue and device state as plain data (JSON-ready)."""
+        with self.lock:
+            return {
+                "status": self.status,
+                "device_features_sel": self.device_features_sel,
+                "driver_features_sel": self.driver_features_sel,
+                "driver_features": self.driver_features,
+                "acked_features": self.device.acked_features,
+                "queue_sel": self.queue_sel,
+                "interrupt_status": self.interrupt_status,
+                "config_generation": self.config_generation,
+                "queues": [vars(q.state()) for q in self.device.queues],
+                "device": self.device.state(),
+            }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state`; the device is re-activated if the driver had it running."""
+        with self.lock:
+            queues = state["queues"]
+            if len(queues) != len(self.device.queues):
+                raise QueueError(f"{self.name}: restore: {len(queues)} queues in the state, "
+                                 f"the device has {len(self.device.queues)}")
+            self.reset()
+            for q, qs in zip(self.device.queues, queues, strict=True):
+                q.restore(QueueState(**qs))
+            for key in ("status", "device_features_sel", "driver_features_sel",
+                        "driver_features", "queue_sel", "interrupt_status", "config_generation"):
+                setattr(self, key, int(state[key]))
+            self.device.acked_features = int(state["acked_features"])
+            self.device.restore(state["device"])
+            if self.live:
+                event_idx = self.device.has_feature(spec.F_EVENT_IDX)
+                for q in self.device.queues:
+                    q.event_idx = event_idx
+                self.device.activate(self.ram, self.kick)

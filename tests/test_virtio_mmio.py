@@ -1,0 +1,227 @@
+"""The virtio-mmio transport's registers, feature negotiation, status rules and state."""
+
+from __future__ import annotations
+
+import json
+
+from virtio_support import DATA, rig
+from vmboot.devices.bus import MmioBus
+from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.driver import driver_ok, negotiate, notify, read_reg, write_reg
+from vmboot.devices.virtio.mmio import MmioTransport
+from vmboot.devices.virtio.rng import RngDevice
+from vmboot.devices.virtio.setup import IRQS, MMIO_BASE, NotificationPath, VirtioDevices
+from vmboot.hv import MemoryVM
+
+R = spec.MmioReg
+
+
+def test_identification_registers() -> None:
+    r = rig(RngDevice(), start=False)
+    t = r.transport
+    assert read_reg(t, R.MAGIC_VALUE) == 0x74726976
+    assert read_reg(t, R.VERSION) == 2
+    assert read_reg(t, R.DEVICE_ID) == 4
+    write_reg(t, R.DEVICE_FEATURES_SEL, 1)
+    assert read_reg(t, R.DEVICE_FEATURES) & 1  # VIRTIO_F_VERSION_1 is bit 32
+    write_reg(t, R.DEVICE_FEATURES_SEL, 7)
+    assert read_reg(t, R.DEVICE_FEATURES) == 0
+    write_reg(t, R.QUEUE_SEL, 0)
+    assert read_reg(t, R.QUEUE_NUM_MAX) == 256
+    write_reg(t, R.QUEUE_SEL, 1)
+    assert read_reg(t, R.QUEUE_NUM_MAX) == 0  # no such queue
+
+
+def test_odd_sized_register_access_is_ignored() -> None:
+    t = rig(RngDevice(), start=False).transport
+    assert t.mmio_read(R.MAGIC_VALUE, 1) == 0
+    t.mmio_write(R.STATUS, 2, spec.STATUS_ACKNOWLEDGE)
+    assert t.status == 0
+
+
+def test_features_without_version_1_are_refused() -> None:
+    t = rig(RngDevice(), start=False).transport
+    status = negotiate(t, 1 << spec.F_EVENT_IDX)
+    assert not status & spec.STATUS_FEATURES_OK
+    driver_ok(t)
+    assert not t.status & spec.STATUS_DRIVER_OK
+
+
+def test_features_the_device_does_not_offer_are_refused() -> None:
+    t = rig(RngDevice(), start=False).transport
+    assert not negotiate(t, (1 << spec.F_VERSION_1) | (1 << 3)) & spec.STATUS_FEATURES_OK
+
+
+def test_negotiated_features_are_what_the_driver_accepted() -> None:
+    r = rig(RngDevice(), features=1 << spec.F_VERSION_1)
+    assert r.device.acked_features == 1 << spec.F_VERSION_1
+    assert not r.device.queues[0].event_idx
+
+
+def test_status_bits_cannot_be_cleared_without_reset() -> None:
+    r = rig(RngDevice())
+    before = r.status
+    write_reg(r.transport, R.STATUS, spec.STATUS_ACKNOWLEDGE)
+    assert r.status == before
+
+
+def test_driver_cannot_set_needs_reset() -> None:
+    r = rig(RngDevice())
+    write_reg(r.transport, R.STATUS, r.status | spec.STATUS_DEVICE_NEEDS_RESET)
+    assert not r.needs_reset
+
+
+def test_queue_registers_locked_after_driver_ok() -> None:
+    r = rig(RngDevice())
+    q = r.device.queues[0]
+    desc = q.desc_table
+    write_reg(r.transport, R.QUEUE_SEL, 0)
+    write_reg(r.transport, R.QUEUE_DESC_LOW, 0x1234000)
+    assert q.desc_table == desc
+
+
+def test_interrupt_ack_clears_bits() -> None:
+    r = rig(RngDevice())
+    r.queues[0].add_chain([], [(DATA, 4)])
+    notify(r.transport, 0)
+    assert read_reg(r.transport, R.INTERRUPT_STATUS) == spec.INTERRUPT_USED_BUFFER
+    write_reg(r.transport, R.INTERRUPT_ACK, spec.INTERRUPT_USED_BUFFER)
+    assert read_reg(r.transport, R.INTERRUPT_STATUS) == 0
+
+
+def test_state_round_trips_through_json_into_a_new_transport() -> None:
+    r = rig(RngDevice())
+    for _ in range(3):
+        r.queues[0].add_chain([], [(DATA, 4)])
+        notify(r.transport, 0)
+    state = json.loads(json.dumps(r.transport.state()))
+    fresh = MmioTransport(RngDevice(), r.vm.memory, 0xD0000000, 5, "restored")
+    fresh.restore(state)
+    assert fresh.state() == state
+    assert fresh.live and fresh.device.queues[0].next_used == 3
+    head = r.queues[0].add_chain([], [(DATA, 4)])
+    fresh.process(0)
+    assert r.queues[0].take_used()[-1] == (head, 4)
+
+
+class FakeVm:
+    """What VirtioDevices.connect needs from a VM, recording the calls."""
+
+    def __init__(self, fds: bool) -> None:
+        self.memory = MemoryVM(16 << 20).memory
+        self.fds = fds
+        self.ioeventfds: list[tuple[int, int, int | None]] = []
+        self.irqfds: list[int] = []
+        self.lines: list[tuple[int, bool]] = []
+
+    def notification_fds_supported(self) -> bool:
+        return self.fds
+
+    def register_ioeventfd(self, address: int, length: int, fd: int,
+                           datamatch: int | None = None) -> None:
+        self.ioeventfds.append((address, length, datamatch))
+
+    def register_irqfd(self, fd: int, gsi: int) -> None:
+        self.irqfds.append(gsi)
+
+    def irq_line(self, irq: int, level: bool | int) -> None:
+        self.lines.append((irq, bool(level)))
+
+
+def test_placement_and_cmdline() -> None:
+    devs = VirtioDevices([RngDevice(), RngDevice()])
+    assert devs.placement() == [(MMIO_BASE, IRQS[0]), (MMIO_BASE + 0x1000, IRQS[1])]
+    assert devs.cmdline_parameters() == (
+        f"virtio_mmio.device=0x200@{MMIO_BASE:#x}:{IRQS[0]} "
+        f"virtio_mmio.device=0x200@{MMIO_BASE + 0x1000:#x}:{IRQS[1]}")
+    assert devs.names == ["virtio-rng0", "virtio-rng1"]
+
+
+def test_connect_with_ioeventfd_registers_every_queue_and_an_irqfd() -> None:
+    devs = VirtioDevices([RngDevice()])
+    bus = MmioBus()
+    devs.attach(bus)
+    vm = FakeVm(fds=True)
+    try:
+        assert devs.connect(vm) is NotificationPath.IOEVENTFD
+        assert vm.ioeventfds == [(MMIO_BASE + R.QUEUE_NOTIFY, 4, 0)]
+        assert vm.irqfds == [IRQS[0]]
+        assert devs.report()["notification_path"] == "ioeventfd/irqfd"
+    finally:
+        devs.close()
+
+
+def test_connect_falls_back_to_exits_and_serves_a_request_on_the_io_thread() -> None:
+    import time
+
+    devs = VirtioDevices([RngDevice()])
+    bus = MmioBus()
+    devs.attach(bus)
+    vm = FakeVm(fds=False)
+    try:
+        assert devs.connect(vm) is NotificationPath.EXITS
+        t = devs.transports[0]
+        from vmboot.devices.virtio.driver import DriverQueue
+
+        q = DriverQueue(vm.memory, 0x100000, 8)
+        negotiate(t)
+        q.program(t, 0)
+        driver_ok(t)
+        head = q.add_chain([], [(DATA, 32)])
+        bus.write(MMIO_BASE + R.QUEUE_NOTIFY, 4, 0)  # an MMIO exit, as the vCPU loop delivers it
+        for _ in range(1000):  # wait (bounded) for the I/O thread's pulse on the line
+            if len(vm.lines) >= 2:
+                break
+            time.sleep(0.01)
+        assert vm.lines[:2] == [(IRQS[0], True), (IRQS[0], False)]
+        assert q.take_used() == [(head, 32)]
+        assert devs.report()["devices"][0]["requests"] == 1
+    finally:
+        devs.close()
+
+
+class BrokenDevice(RngDevice):
+    def process_queue(self, index: int) -> bool:
+        raise ZeroDivisionError("a bug in the device")
+
+
+def test_a_device_bug_is_contained_to_that_device() -> None:
+    r = rig(BrokenDevice())
+    r.queues[0].add_chain([], [(DATA, 4)])
+    notify(r.transport, 0)
+    assert r.needs_reset and "ZeroDivisionError" in (r.transport.error or "")
+
+
+def test_verbose_listing() -> None:
+    from vmboot.cli.run import render_virtio
+
+    devs = VirtioDevices([RngDevice()])
+    devs.attach(MmioBus())
+    text = render_virtio(devs.report())
+    assert text.splitlines() == ["virtio: notifications through (not wired: the VM was never started)",
+                                 "  virtio-rng0      0xd0000000 irq 5  requests 0"]
+    devs.close()
+
+
+def test_machine_virtio_console_default_cmdline_and_parameters() -> None:
+    from vmboot.vmm.machine import DEFAULT_VIRTIO_CMDLINE, Machine
+
+    m = Machine(b"", console_device="virtio", virtio_rng=True)
+    try:
+        assert m.cmdline == DEFAULT_VIRTIO_CMDLINE
+        assert m.virtio.extend_cmdline(m.cmdline) == (
+            f"{DEFAULT_VIRTIO_CMDLINE} virtio_mmio.device=0x200@{MMIO_BASE:#x}:{IRQS[0]} "
+            f"virtio_mmio.device=0x200@{MMIO_BASE + 0x1000:#x}:{IRQS[1]}")
+        assert m.virtio_console_port is not None
+    finally:
+        m.close()
+
+
+def test_machine_refuses_an_unknown_console_device() -> None:
+    import pytest
+
+    from vmboot.errors import BootConfigError
+    from vmboot.vmm.machine import Machine
+
+    with pytest.raises(BootConfigError, match="console_device"):
+        Machine(b"", console_device="parallel")  # type: ignore[arg-type]
