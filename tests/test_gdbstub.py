@@ -65,6 +65,7 @@ class FakeTarget:
         self.running = False
         self.offset: int | None = 0x1E00_0000
         self.hit_on_resume = False
+        self.watchpoints = True
 
     @property
     def vcpus(self) -> Sequence[VirtualCPU]:

@@ -381,6 +381,8 @@ class GdbSession:
         if kind == 3:
             return b""  # x86 debug registers cannot trap reads alone
         watch = _WATCH_KIND.get(kind)
+        if watch is not None and not self.target.watchpoints:
+            return b""
         # Software breakpoints (Z0) are served with a debug register as well: writing INT3
         # into guest code needs the host to intercept #BP, which not every host can.
         if insert:

@@ -46,6 +46,9 @@ class StopEvent:
 class GdbTarget(Protocol):
     """A paused-or-running guest seen by the stub."""
 
+    watchpoints: bool
+    """Whether data breakpoints (gdb's ``watch``/``awatch``) fire on this host."""
+
     @property
     def vcpus(self) -> Sequence[VirtualCPU]:
         """Every vCPU; gdb thread ``n`` is ``vcpus[n - 1]``."""
