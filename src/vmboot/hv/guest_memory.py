@@ -2,16 +2,19 @@
 
 Both the memory-only VM and the KVM VM use this class: KVM registers the same
 mapping with ``KVM_SET_USER_MEMORY_REGION``, so what the host writes here is
-what the guest sees. The mapping is anonymous, or (:meth:`GuestMemory.from_file`, for
-a restored snapshot) a private copy-on-write mapping of a file: a page is read from the
-file when the guest first touches it, many guests share the page cache, and their
-writes never reach the file.
+what the guest sees. The mapping is anonymous and private by default; ``shared=True``
+backs it with a memfd mapped ``MAP_SHARED``, so another process (a vhost-user device
+backend such as virtiofsd) can map the same pages from :attr:`GuestMemory.fd`; and
+(:meth:`GuestMemory.from_file`, for a restored snapshot) it can be a private copy-on-write
+mapping of a file: a page is read from the file when the guest first touches it, many
+guests share the page cache, and their writes never reach the file.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,19 +28,34 @@ _MADVISE_MIN = 256 << 10
 class GuestMemory:
     """Guest RAM: ``regions`` of guest-physical space mapped onto one host mapping."""
 
-    def __init__(self, memory_bytes: int, *, _file: tuple[int, int] | None = None) -> None:
+    def __init__(self, memory_bytes: int, shared: bool = False, *,
+                 _file: tuple[int, int] | None = None) -> None:
         self.regions: tuple[MemoryRegion, ...] = ram_regions(memory_bytes)
         self.size = memory_bytes
+        self._fd: int | None = None
         # MAP_NORESERVE: a 4 GiB guest costs nothing until its pages are touched.
-        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0)
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0)
+        if shared and _file is not None:
+            raise GuestMemoryError("guest memory: shared=True makes a memfd, and a snapshot's "
+                                   "RAM is a private mapping of its file; use one or the other")
         self.file_backed = _file is not None
         """Pages come from a file (MADV_DONTNEED would bring back the file's bytes, not zeros)."""
-        if _file is None:
-            self._map: mmap.mmap | None = mmap.mmap(-1, memory_bytes, flags=flags | mmap.MAP_ANONYMOUS)
+        if shared:
+            self._fd = os.memfd_create("vmboot-guest-ram", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self._fd, memory_bytes)
+                self._map: mmap.mmap | None = mmap.mmap(self._fd, memory_bytes,
+                                                        flags=mmap.MAP_SHARED | noreserve)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        elif _file is None:
+            self._map = mmap.mmap(-1, memory_bytes,
+                                  flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | noreserve)
         else:
             fd, offset = _file
-            self._map = mmap.mmap(fd, memory_bytes, flags=flags, offset=offset,
-                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            self._map = mmap.mmap(fd, memory_bytes, flags=mmap.MAP_PRIVATE | noreserve,
+                                  offset=offset, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._view: memoryview | None = memoryview(self._map)
 
     @classmethod
@@ -55,6 +73,28 @@ class GuestMemory:
             )
         return cls(memory_bytes, _file=(fd, offset))
 
+    @property
+    def shared(self) -> bool:
+        """True when the RAM is a memfd other processes can map (:attr:`fd`)."""
+        return self._fd is not None
+
+    @property
+    def fd(self) -> int:
+        """The memfd behind shared RAM (its offsets are the host offsets of :meth:`offset_of`)."""
+        if self._fd is None:
+            raise GuestMemoryError("guest memory: this RAM is private (made without shared=True), "
+                                   "so no other process can map it")
+        return self._fd
+
+    @property
+    def host_address(self) -> int:
+        """This process's virtual address of the mapping's first byte."""
+        anchor = ctypes.c_char.from_buffer(self.mapping)
+        try:
+            return ctypes.addressof(anchor)
+        finally:
+            del anchor  # release the buffer export so the mapping can be closed later
+
     # -- lifetime -----------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
@@ -68,6 +108,9 @@ class GuestMemory:
         if self._map is not None:
             self._map.close()
             self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def mapping(self) -> mmap.mmap:
@@ -148,7 +191,8 @@ class GuestMemory:
         Whole pages are dropped with ``madvise(MADV_DONTNEED)``: the kernel gives a private
         anonymous mapping fresh zero pages on the next touch, so zeroing a large kernel's
         ``init_size`` costs no page faults and no memset (KVM follows through its MMU
-        notifiers, as it does for QEMU's RAM discard).
+        notifiers, as it does for QEMU's RAM discard). Shared RAM uses ``MADV_REMOVE``,
+        which frees the memfd's pages themselves (DONTNEED would only unmap them).
         """
         off = self.offset_of(gpa, length)
         end = off + length
@@ -158,7 +202,8 @@ class GuestMemory:
         if (length >= _MADVISE_MIN and last_page > first_page and hasattr(mapping, "madvise")
                 and not self.file_backed):
             self._fill_zero(off, first_page)
-            mapping.madvise(mmap.MADV_DONTNEED, first_page, last_page - first_page)
+            advice = mmap.MADV_REMOVE if self._fd is not None else mmap.MADV_DONTNEED
+            mapping.madvise(advice, first_page, last_page - first_page)
             self._fill_zero(last_page, end)
         else:
             self._fill_zero(off, end)

@@ -482,6 +482,24 @@ class KvmRunEx(ctypes.Structure):
     _fields_: ClassVar = [("exception", u32), ("error_code", u32)]
 
 
+class KvmDebugExitArch(ctypes.Structure):
+    """struct kvm_debug_exit_arch (x86): the exception, where, and DR6/DR7 at the stop."""
+
+    _fields_: ClassVar = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
+class KvmGuestDebugArch(ctypes.Structure):
+    """struct kvm_guest_debug_arch (x86): DR0-DR7 as the host wants them while debugging."""
+
+    _fields_: ClassVar = [("debugreg", u64 * 8)]
+
+
+class KvmGuestDebug(ctypes.Structure):
+    """struct kvm_guest_debug (KVM_SET_GUEST_DEBUG)."""
+
+    _fields_: ClassVar = [("control", u32), ("pad", u32), ("arch", KvmGuestDebugArch)]
+
+
 RUN_EXIT_UNION_SIZE = 256
 
 
@@ -493,6 +511,7 @@ class KvmRunExit(ctypes.Union):
         ("fail_entry", KvmRunFailEntry),
         ("ex", KvmRunEx),
         ("io", KvmRunIo),
+        ("debug", KvmDebugExitArch),
         ("mmio", KvmRunMmio),
         ("internal", KvmRunInternal),
         ("emulation_failure", KvmRunEmulationFailure),
@@ -543,6 +562,9 @@ RUN_INTERNAL_DATA = RUN_EXIT_UNION + _offset(KvmRunInternal, "data")
 RUN_EMULATION_INSN = RUN_EXIT_UNION + _offset(KvmRunEmulationFailure, "insn_size")
 RUN_FAIL_ENTRY = RUN_EXIT_UNION
 RUN_SYSTEM_EVENT = RUN_EXIT_UNION
+RUN_DEBUG = RUN_EXIT_UNION
+RUN_DEBUG_FORMAT = "<I4xQQQ"
+"""exception, pc, dr6, dr7."""
 
 # --------------------------------------------------------------------------------------------
 # Constants
@@ -676,6 +698,14 @@ KVM_GET_XSAVE = _ior(0xA4, KvmXsave)
 KVM_SET_XSAVE = _iow(0xA5, KvmXsave)
 KVM_GET_XCRS = _ior(0xA6, KvmXcrs)
 KVM_SET_XCRS = _iow(0xA7, KvmXcrs)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, KvmGuestDebug)
+
+# KVM_SET_GUEST_DEBUG control bits (asm/kvm.h, linux/kvm.h)
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_CAP_SET_GUEST_DEBUG = 23
 
 # Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1)
 APIC_REG_LVT_LINT0 = 0x350
@@ -716,4 +746,7 @@ CHECKED_STRUCTS: dict[str, type[ctypes._CData]] = {
     "kvm_xsave": KvmXsave,
     "kvm_xcr": KvmXcr,
     "kvm_xcrs": KvmXcrs,
+    "kvm_debug_exit_arch": KvmDebugExitArch,
+    "kvm_guest_debug_arch": KvmGuestDebugArch,
+    "kvm_guest_debug": KvmGuestDebug,
 }
