@@ -18,7 +18,7 @@ from vmboot.debug.kernel_payload import uncompressed_kernel
 from vmboot.errors import VmbootError
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, default_e820_map, load_kernel
-from vmboot.linux.setup_header import SetupHeader
+from vmboot.linux.loader.setup_header import SetupHeader
 
 VM_BYTES = 64 << 20
 INITRD = b"070701" + bytes(4090)

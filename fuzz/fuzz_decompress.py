@@ -21,7 +21,7 @@ from fuzz.seeds import PACKERS
 from vmboot.decompress import FORMATS, MiB, decompress
 from vmboot.errors import KernelFormatError, VmbootError
 from vmboot.initramfs import decompress as decompress_initramfs
-from vmboot.linux.payload import decompress_payload
+from vmboot.linux.loader.payload import decompress_payload
 
 STRICT_BIT = 0x80
 SMALL_LIMIT_BIT = 0x40

@@ -22,7 +22,7 @@ from vmboot.errors import DecompressionLimitError, LayoutError, UnsupportedKerne
 from vmboot.hv import MemoryVM, Register
 from vmboot.linux import BootOptions, KernelImage, PvhBootPlan, load_kernel
 from vmboot.linux import bootparam as bp
-from vmboot.linux.payload import decompress_payload
+from vmboot.linux.loader.payload import decompress_payload
 
 MiB = 1 << 20
 MEM = 64 * MiB

@@ -17,7 +17,7 @@ from vmboot.decompress import CHUNK, FORMATS, ZSTD_INPUT_STEP, decompress
 from vmboot.errors import DecompressionLimitError, InitramfsError, KernelFormatError
 from vmboot.initramfs import compress
 from vmboot.initramfs import decompress as decompress_initramfs
-from vmboot.linux.payload import decompress_payload
+from vmboot.linux.loader.payload import decompress_payload
 
 MiB = 1 << 20
 BOMB_SIZE = 64 * MiB

@@ -41,14 +41,14 @@ from vmboot.linux import (
     load_kernel,
 )
 from vmboot.linux import bootparam as bp
-from vmboot.linux.elf_kernel import elf_kernel_summary
-from vmboot.linux.gdt import boot_gdt
-from vmboot.linux.start_info import (
+from vmboot.linux.configurator.gdt import boot_gdt
+from vmboot.linux.configurator.start_info import (
     XEN_HVM_START_MAGIC_VALUE,
     HvmMemmapEntry,
     HvmModlistEntry,
     HvmStartInfo,
 )
+from vmboot.linux.loader.elf_kernel import elf_kernel_summary
 from vmboot.x86 import cr
 
 MEM = 64 << 20

@@ -11,7 +11,7 @@ import pytest
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
 from vmboot.errors import KernelImageError, UsageError
-from vmboot.execute import (
+from vmboot.execute.api import (
     EXEC_CMDLINE,
     ExecReason,
     _StatusWatch,
@@ -242,7 +242,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> object:
-    from vmboot.execute import ExecResult, ExecTimings
+    from vmboot.execute.api import ExecResult, ExecTimings
 
     timings = ExecTimings(0.0, 0.1, None, 1.0, 2.0, 2.5)
     return ExecResult(stdout=b"o\n", stderr=b"e\n", exit_status=status, reason=reason,
@@ -251,7 +251,7 @@ def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> obj
 
 def test_cli_passes_options_through_and_returns_the_status(
         monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import vmboot.execute
+    import vmboot.execute.api
     from vmboot.cli.main import main
 
     seen: dict[str, object] = {}
@@ -264,7 +264,7 @@ def test_cli_passes_options_through_and_returns_the_status(
             callback(b"streamed " + name.encode() + b"\n")
         return fake_result(ExecReason.EXITED, 7)
 
-    monkeypatch.setattr(vmboot.execute, "exec_command", fake)
+    monkeypatch.setattr(vmboot.execute.api, "exec_command", fake)
     status = main(["exec", "--kernel", "k", "-m", "64M", "--add", "h:/g", "--env", "A=1",
                    "--timeout", "30", "--", "sh", "-c", "exit 7"])
     out = capsysbinary.readouterr()
@@ -284,10 +284,10 @@ def test_cli_reports_non_exits_in_one_line_and_json(monkeypatch: pytest.MonkeyPa
                                                     reason: ExecReason, code: int) -> None:
     import json
 
-    import vmboot.execute
+    import vmboot.execute.api
     from vmboot.cli.main import main
 
-    monkeypatch.setattr(vmboot.execute, "exec_command",
+    monkeypatch.setattr(vmboot.execute.api, "exec_command",
                         lambda command, **kw: fake_result(reason, None, "why it ended"))
     assert main(["exec", "--", "true"]) == code
     err = capsys.readouterr().err
@@ -303,7 +303,7 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
     import sys
 
     import vmboot
-    from vmboot.execute import exec_command
+    from vmboot.execute.api import exec_command
 
     assert vmboot.exec is exec_command
     # `import vmboot` stays cheap: nothing of the VMM is imported until a name is used

@@ -128,7 +128,7 @@ def add_spec(text: str) -> tuple[str, str]:
 
 def env_spec(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` -> (name, value); NAME as a shell variable name."""
-    from vmboot.initramfs.exec_image import ENV_NAME_RE
+    from vmboot.execute.image import ENV_NAME_RE
 
     name, eq, value = text.partition("=")
     if not eq:
@@ -141,7 +141,7 @@ def env_spec(text: str) -> tuple[str, str]:
 
 def exit_status_for(result_reason: str, exit_status: int | None) -> int:
     """Our exit status for an exec result (see the epilog)."""
-    from vmboot.execute import ExecReason
+    from vmboot.execute.api import ExecReason
 
     reason = ExecReason(result_reason)
     if reason is ExecReason.EXITED and exit_status is not None:
@@ -171,7 +171,7 @@ def command_words(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.execute import exec_command
+    from vmboot.execute.api import exec_command
 
     command = command_words(args)
     env: dict[str, str] = {}

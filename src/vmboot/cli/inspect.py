@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from vmboot.linux import bootparam as bp
-from vmboot.linux.bzimage import ENTRY_BZIMAGE64, KernelImage
-from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary, entry_lines
-from vmboot.linux.loader import load_kernel
+from vmboot.linux.loader.bzimage import ENTRY_BZIMAGE64, KernelImage
+from vmboot.linux.loader.detect import load_kernel
+from vmboot.linux.loader.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary, entry_lines
 
 DESCRIPTION = """\
 Decode a kernel image without running it: every field of the boot protocol's setup

@@ -1,6 +1,6 @@
 """The uncompressed kernel inside a bzImage, for symbol lookups (kallsyms, ORC).
 
-Decompression itself lives in :mod:`vmboot.linux.payload` (bounded, see
+Decompression itself lives in :mod:`vmboot.linux.loader.payload` (bounded, see
 :mod:`vmboot.decompress`); this module finds the payload of a bzImage or passes a vmlinux
 through.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from vmboot.decompress import LZ4_LEGACY_MAGIC
 from vmboot.elf import ELF_MAGIC
 from vmboot.errors import KernelFormatError
-from vmboot.linux.bzimage import KernelImage
-from vmboot.linux.payload import decompress_payload
+from vmboot.linux.loader.bzimage import KernelImage
+from vmboot.linux.loader.payload import decompress_payload
 
 __all__ = ["LZ4_LEGACY_MAGIC", "decompress_payload", "uncompressed_kernel"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from vmboot.errors import BootConfigError, CmdlineError
-from vmboot.linux import layout
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.e820 import E820Entry
 
 InitrdSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 EntryMode = Literal["bzimage64", "elf64", "pvh"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator.e820 import E820Entry
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 """ELF note (name "Xen") holding the 32-bit physical entry point of a PVH kernel."""

@@ -10,8 +10,8 @@ from typing import Any
 from vmboot.devices.bus import PortBus
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.linux import BootOptions, BootPlan, load_kernel
-from vmboot.linux.bzimage import KernelImage
-from vmboot.linux.pvh import PvhBootPlan
+from vmboot.linux.configurator.pvh import PvhBootPlan
+from vmboot.linux.loader.bzimage import KernelImage
 from vmboot.probes.device import ProbeDevice
 from vmboot.probes.images import ProbeKind, probe_image
 from vmboot.probes.protocol import EntryKind

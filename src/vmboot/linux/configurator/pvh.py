@@ -21,9 +21,9 @@ from vmboot.elf import ElfFile
 from vmboot.errors import KernelFormatError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import Register
-from vmboot.linux.gdt import boot_gdt
-from vmboot.linux.plan import BootPlan, load_boot_segments
-from vmboot.linux.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
+from vmboot.linux.configurator.gdt import boot_gdt
+from vmboot.linux.configurator.plan import BootPlan, load_boot_segments
+from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 from vmboot.x86 import cr
 
 XEN_ELFNOTE_NAME = "Xen"

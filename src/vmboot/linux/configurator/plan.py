@@ -1,7 +1,7 @@
 """A boot plan: where everything went, and how to program a vCPU to enter the kernel.
 
 This is the "configurator" half (as in rust-vmm linux-loader): the loader
-(:mod:`vmboot.linux.bzimage`) decides and writes guest memory; the plan then sets
+(:mod:`vmboot.linux.loader.bzimage`) decides and writes guest memory; the plan then sets
 up the vCPU for the 64-bit boot protocol (boot.rst, "64-bit BOOT PROTOCOL"):
 
 - long mode with paging, the first ``address_space_gib`` GiB identity-mapped
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import DescriptorTable, Register, SegmentRegister
-from vmboot.linux import layout
-from vmboot.linux.e820 import E820Entry
-from vmboot.linux.gdt import boot_gdt, boot_segments
-from vmboot.linux.layout import Region
+from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.e820 import E820Entry
+from vmboot.linux.configurator.gdt import boot_gdt, boot_segments
+from vmboot.linux.configurator.layout import Region
+from vmboot.linux.configurator.page_tables import identity_map_tables
 from vmboot.linux.options import EntryMode
-from vmboot.linux.page_tables import identity_map_tables
 from vmboot.x86 import cr
 
 # CR0 as Linux itself runs with it (arch/x86/include/asm/processor-flags.h, CR0_STATE), so
@@ -57,7 +57,7 @@ class BootPlan:
     regions: tuple[Region, ...] = field(default=())
     entry_mode: EntryMode = "bzimage64"
     """Which entry this plan enters: ``"bzimage64"``, ``"elf64"`` (both 64-bit with a zero
-    page, programmed by this class) or ``"pvh"`` (:class:`~vmboot.linux.pvh.PvhBootPlan`)."""
+    page, programmed by this class) or ``"pvh"`` (:class:`~vmboot.linux.configurator.pvh.PvhBootPlan`)."""
 
     @property
     def page_tables_size(self) -> int:

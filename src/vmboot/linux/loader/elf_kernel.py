@@ -5,8 +5,8 @@ The loader half (as rust-vmm linux-loader's ELF loader): every PT_LOAD segment i
 to its ``p_paddr`` and zero-filled up to ``p_memsz``. Two entries exist:
 
 - ``"pvh"``: the Xen PVH entry named by the ``XEN_ELFNOTE_PHYS32_ENTRY`` note, entered in
-  32-bit protected mode with EBX = ``struct hvm_start_info`` (:mod:`vmboot.linux.pvh`,
-  :mod:`vmboot.linux.start_info`); the initrd is module 0, the E820 map is the memmap.
+  32-bit protected mode with EBX = ``struct hvm_start_info`` (:mod:`vmboot.linux.configurator.pvh`,
+  :mod:`vmboot.linux.configurator.start_info`); the initrd is module 0, the E820 map is the memmap.
 - ``"elf64"``: ``e_entry`` (for Linux, ``phys_startup_64``, a physical address) entered
   exactly as a bzImage's 64-bit entry (long mode, identity map, boot GDT, RSI = a zero page
   whose setup-header fields are filled in as Firecracker does for a vmlinux).
@@ -33,21 +33,21 @@ from vmboot.errors import (
 from vmboot.hv.base import VirtualMachine
 from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
-from vmboot.linux import layout
-from vmboot.linux.bzimage import KernelSource, read_source
-from vmboot.linux.e820 import E820Entry, default_e820_map, validate_e820
-from vmboot.linux.layout import Region
-from vmboot.linux.options import BootOptions, EntryMode
-from vmboot.linux.plan import BootPlan
-from vmboot.linux.pvh import PvhBootPlan, PvhNote, find_pvh_note
-from vmboot.linux.start_info import (
+from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, validate_e820
+from vmboot.linux.configurator.layout import Region
+from vmboot.linux.configurator.plan import BootPlan
+from vmboot.linux.configurator.pvh import PvhBootPlan, PvhNote, find_pvh_note
+from vmboot.linux.configurator.start_info import (
     HvmMemmapEntry,
     HvmModlistEntry,
     HvmStartInfo,
     pack_memmap,
     pack_modlist,
 )
-from vmboot.linux.zero_page import put_e820, put_split
+from vmboot.linux.configurator.zero_page import put_e820, put_split
+from vmboot.linux.loader.bzimage import KernelSource, read_source
+from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.x86.paging import PAGE_SIZE
 
 LINUX_COMMAND_LINE_SIZE = 2048
@@ -86,9 +86,10 @@ class ElfEntry:
 class ElfKernel:
     """An ELF64 x86-64 vmlinux: its loadable segments, its entries, and how to boot it.
 
-    A peer of :class:`~vmboot.linux.bzimage.KernelImage`: ``plan(vm, options)`` checks and
+    A peer of :class:`~vmboot.linux.loader.bzimage.KernelImage`: ``plan(vm, options)`` checks and
     decides, ``prepare(vm, options)`` also writes guest memory; both return a
-    :class:`~vmboot.linux.plan.BootPlan` (a :class:`~vmboot.linux.pvh.PvhBootPlan` for PVH).
+    :class:`~vmboot.linux.configurator.plan.BootPlan` (a
+    :class:`~vmboot.linux.configurator.pvh.PvhBootPlan` for PVH).
     """
 
     format = "ELF vmlinux"

@@ -2,7 +2,7 @@
 
 Both come from the Debian archive through the host's own apt: ``apt-get download``
 fetches the .deb into a temporary directory (no root needed, nothing is installed) and
-``dpkg-deb`` unpacks the one file wanted into the cache (:mod:`vmboot.cache`).
+``dpkg-deb`` unpacks the one file wanted into the cache (:mod:`vmboot.execute.cache`).
 
 - :func:`find_busybox`: a static x86-64 busybox already on this host: ``busybox`` on
   ``$PATH``, ``/bin/busybox``, ``/usr/bin/busybox``, then the cache. "Static" is read
@@ -26,9 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmboot.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir, cache_subdir
 from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
 from vmboot.errors import ElfFormatError, FetchError
+from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir, cache_subdir
 
 BUSYBOX_PACKAGE = "busybox-static"
 BUSYBOX_NAME = "busybox"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from vmboot.decompress import FORMATS, GiB, decompress
 from vmboot.errors import KernelFormatError
-from vmboot.linux.compression import detect_compression
+from vmboot.linux.loader.compression import detect_compression
 
 PAYLOAD_LIMIT = 1 * GiB
 """Default output limit for a kernel payload. Real ``vmlinux.bin`` files are tens of MiB
@@ -20,7 +20,7 @@ PAYLOAD_LIMIT = 1 * GiB
 kernel, while a payload crafted to expand without end stops there instead of exhausting
 the host's memory."""
 ELF_PAYLOAD = "none (ELF)"
-""":func:`~vmboot.linux.compression.detect_compression`'s name for an uncompressed ELF."""
+""":func:`~vmboot.linux.loader.compression.detect_compression`'s name for an uncompressed ELF."""
 
 
 def decompress_payload(payload: bytes | memoryview, name: str = "<payload>",
@@ -35,4 +35,4 @@ def decompress_payload(payload: bytes | memoryview, name: str = "<payload>",
                                 f"supported: {', '.join(FORMATS)}")
     return decompress(payload, kind, limit=limit, name=name, what="payload",
                       error=KernelFormatError,
-                      raise_hint="pass limit= to vmboot.linux.payload.decompress_payload")
+                      raise_hint="pass limit= to vmboot.linux.loader.payload.decompress_payload")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from vmboot.errors import LayoutError
 from vmboot.linux import bootparam as bp
-from vmboot.linux.e820 import E820Entry, pack_table, validate_e820
+from vmboot.linux.configurator.e820 import E820Entry, pack_table, validate_e820
 
 U32_LIMIT = 1 << 32
 

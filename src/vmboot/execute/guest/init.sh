@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of a vmboot exec image (busybox ash as PID 1). See vmboot.initramfs.exec_image
+# /init of a vmboot exec image (busybox ash as PID 1). See vmboot.execute.image
 # for the host side of the protocol. Every exec of busybox is expensive under an
 # emulating hypervisor, so this uses as few as it can.
 bb=/bin/busybox

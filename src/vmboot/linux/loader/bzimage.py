@@ -1,6 +1,6 @@
 """bzImage kernels: read the setup header, plan the layout, write the guest, build the zero page.
 
-The loader half of the boot (the configurator half is :class:`~vmboot.linux.plan.BootPlan`).
+The loader half of the boot (the configurator half is :class:`~vmboot.linux.configurator.plan.BootPlan`).
 Everything is validated before the first byte is written to guest memory, so a refused
 boot leaves the guest untouched.
 """
@@ -26,17 +26,17 @@ from vmboot.errors import (
 from vmboot.hv.base import VirtualMachine
 from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
-from vmboot.linux import layout
-from vmboot.linux.compression import detect_compression
-from vmboot.linux.e820 import E820Entry, default_e820_map, pack_table, validate_e820
-from vmboot.linux.layout import Region
+from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, pack_table, validate_e820
+from vmboot.linux.configurator.layout import Region
+from vmboot.linux.configurator.plan import BootPlan
+from vmboot.linux.configurator.zero_page import U32_LIMIT, put_e820, put_split
+from vmboot.linux.loader.compression import detect_compression
+from vmboot.linux.loader.setup_header import SetupHeader
 from vmboot.linux.options import BootOptions, EntryMode
-from vmboot.linux.plan import BootPlan
-from vmboot.linux.setup_header import SetupHeader
-from vmboot.linux.zero_page import U32_LIMIT, put_e820, put_split
 
 if TYPE_CHECKING:
-    from vmboot.linux.elf_kernel import ElfEntry, ElfKernel
+    from vmboot.linux.loader.elf_kernel import ElfEntry, ElfKernel
 
 KernelSource = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview
 KERNEL_VERSION_MAX = 256
@@ -81,7 +81,7 @@ class KernelImage:
       kernel's own decompressor runs in the guest, then relocates and enters the kernel.
     - ``"elf64"`` and ``"pvh"``: the payload (the compressed ``vmlinux.bin``, an ELF file) is
       decompressed on the host (:meth:`vmlinux`) and booted as an
-      :class:`~vmboot.linux.elf_kernel.ElfKernel`: its PT_LOAD segments go to their
+      :class:`~vmboot.linux.loader.elf_kernel.ElfKernel`: its PT_LOAD segments go to their
       ``p_paddr``, the link-time physical addresses, so no relocation is processed and there
       is no KASLR, exactly as when booting the vmlinux itself. Under an emulating hypervisor
       this skips seconds of in-guest decompression. For ``"elf64"`` the zero page carries
@@ -178,8 +178,8 @@ class KernelImage:
         not an ELF vmlinux. Nothing is written anywhere, so a refusal leaves guest RAM as is.
         """
         if self._vmlinux is None:
-            from vmboot.linux.elf_kernel import ElfKernel
-            from vmboot.linux.payload import decompress_payload
+            from vmboot.linux.loader.elf_kernel import ElfKernel
+            from vmboot.linux.loader.payload import decompress_payload
 
             payload = self.compressed_payload()
             if payload is None:
@@ -213,7 +213,7 @@ class KernelImage:
     def entries(self) -> dict[str, ElfEntry]:
         """Every entry this bzImage offers: ``"bzimage64"`` and, through :meth:`vmlinux`,
         ``"elf64"`` and ``"pvh"``, usable or not (this decompresses the payload)."""
-        from vmboot.linux.elf_kernel import ElfEntry
+        from vmboot.linux.loader.elf_kernel import ElfEntry
 
         check = self.check_64bit_entry()
         load = self.default_load_address()

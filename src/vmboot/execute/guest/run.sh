@@ -4,7 +4,7 @@
 #
 # Settings (environment variables; the defaults are the guest's):
 #   VMBOOT_COMMAND  sh fragment that sets "$@" to: NAME=value... then argv
-#                   (default /vmboot/command, written by vmboot.initramfs.exec_image)
+#                   (default /vmboot/command, written by vmboot.execute.image)
 #   VMBOOT_STDIN    the command's stdin   (default /dev/null)
 #   VMBOOT_STDOUT   the command's stdout  (default /dev/ttyS1)
 #   VMBOOT_STDERR   the command's stderr  (default /dev/ttyS2)

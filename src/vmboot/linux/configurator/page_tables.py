@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 
-from vmboot.linux.layout import page_table_bytes
+from vmboot.linux.configurator.layout import page_table_bytes
 from vmboot.x86.paging import (
     ENTRIES_PER_TABLE,
     PAGE_SIZE_2M,

@@ -4,7 +4,7 @@
   ``reboot -f``;
 - ``run.sh`` becomes ``/vmboot/run.sh``: runs the command and reports its exit status.
 
-The protocol both implement is documented in :mod:`vmboot.initramfs.exec_image`.
+The protocol both implement is documented in :mod:`vmboot.execute.image`.
 """
 
 from __future__ import annotations

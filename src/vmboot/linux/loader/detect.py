@@ -5,9 +5,9 @@ from __future__ import annotations
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
-from vmboot.linux.bzimage import KernelImage, KernelSource, read_source
-from vmboot.linux.compression import PAYLOAD_MAGICS
-from vmboot.linux.elf_kernel import ElfKernel
+from vmboot.linux.loader.bzimage import KernelImage, KernelSource, read_source
+from vmboot.linux.loader.compression import PAYLOAD_MAGICS
+from vmboot.linux.loader.elf_kernel import ElfKernel
 
 LinuxKernel = KernelImage | ElfKernel
 """What :func:`load_kernel` returns: both have ``plan(vm, options)`` and ``prepare(vm, options)``."""
@@ -41,7 +41,7 @@ def load_kernel(source: KernelSource) -> LinuxKernel:
 
     bzImages are recognised by the boot protocol magic "HdrS" at 0x202
     (:class:`KernelImage`); ELF64 little-endian x86-64 files are vmlinux kernels
-    (:class:`~vmboot.linux.elf_kernel.ElfKernel`), as is a file that starts with the ELF
+    (:class:`~vmboot.linux.loader.elf_kernel.ElfKernel`), as is a file that starts with the ELF
     magic but is too short to say more (it is refused as a truncated ELF file).
     """
     data, name = read_source(source)

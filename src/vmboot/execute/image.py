@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmboot.errors import GuestError, InitramfsError
-from vmboot.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
+from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
 from vmboot.initramfs.builders import build_initramfs, complete_tree, entries_from_files
 from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, DEFAULT_FILE_MODE, Entry, EntryKind
 
@@ -207,9 +207,9 @@ def exec_initramfs(command: list[str], env: dict[str, str], files: list[tuple[Pa
                    busybox: Path, *, compression: str = "none") -> bytes:
     """The ``vmboot exec`` initramfs for ``command`` (uncompressed by default: fastest to boot).
 
-    ``busybox`` must be a static x86-64 busybox (:func:`vmboot.fetch.find_busybox`).
+    ``busybox`` must be a static x86-64 busybox (:func:`vmboot.execute.fetch.find_busybox`).
     """
-    from vmboot.fetch import check_static_busybox  # fetch imports nothing from here
+    from vmboot.execute.fetch import check_static_busybox  # fetch imports nothing from here
 
     check_static_busybox(busybox)
     return build_initramfs(exec_entries(command, env, files, busybox), compression=compression)

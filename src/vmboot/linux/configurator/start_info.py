@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vmboot.errors import BootConfigError
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator.e820 import E820Entry
 
 XEN_HVM_START_MAGIC_VALUE = 0x336EC578
 """``hvm_start_info.magic``: "xEn3" with the 0x80 bit of the "E" set."""

@@ -5,10 +5,10 @@
     result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"], kernel="tiny-bzImage")
     result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
 
-The guest is the initramfs of :func:`vmboot.initramfs.exec_image.exec_initramfs`
+The guest is the initramfs of :func:`vmboot.execute.image.exec_initramfs`
 (busybox, ``/init``, the command, the user's files; uncompressed), booted with
 ``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1 quiet``. The host emulates four
-16550A UARTs (see :mod:`vmboot.initramfs.exec_image` for the protocol): COM1 is the kernel
+16550A UARTs (see :mod:`vmboot.execute.image` for the protocol): COM1 is the kernel
 console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel. Output is
 handed to the ``on_stdout`` / ``on_stderr`` callbacks as it arrives (a line at a time, or
 whatever the guest sent when its transmit burst ended). The run ends as soon as the status
@@ -57,7 +57,7 @@ from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, Console
 from vmboot.devices.pc import PcPlatform
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError, KernelImageError
-from vmboot.initramfs.exec_image import (
+from vmboot.execute.image import (
     EXEC_KERNEL_ARGS,
     STATUS_ERROR,
     STATUS_EXIT,
@@ -180,7 +180,7 @@ def _version_key(name: str) -> tuple[tuple[int, int | str], ...]:
 
 def cached_kernels(cache: Path | None = None) -> list[Path]:
     """The kernels ``vmboot fetch kernel`` stored in the cache, newest first."""
-    from vmboot.cache import KERNELS_SUBDIR, cache_dir
+    from vmboot.execute.cache import KERNELS_SUBDIR, cache_dir
 
     root = (cache_dir() if cache is None else cache) / KERNELS_SUBDIR
     found = [p for p in root.glob("*/boot/vmlinuz-*") if p.is_file()]
@@ -205,7 +205,7 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
             )
         return path
     if cache is None:
-        from vmboot.cache import cache_dir
+        from vmboot.execute.cache import cache_dir
 
         cache = cache_dir(env)
     tried = [f"${KERNEL_ENV} (unset)"]
@@ -318,14 +318,14 @@ def exec_command(
     even PATH: busybox applets need none). ``console``: True streams the kernel console to
     stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
-    ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
+    ``busybox``: a static x86-64 busybox (default :func:`vmboot.execute.fetch.find_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     """
     import sys
 
-    from vmboot.fetch import find_busybox
-    from vmboot.initramfs.exec_image import exec_initramfs
+    from vmboot.execute.fetch import find_busybox
+    from vmboot.execute.image import exec_initramfs
     from vmboot.vmm.machine import Machine
 
     if timeout is not None and not timeout > 0:

@@ -1,0 +1,15 @@
+"""Reading kernel files: what a kernel file is and what it holds.
+
+- :mod:`~vmboot.linux.loader.detect`: :func:`load_kernel`, format detection;
+- :mod:`~vmboot.linux.loader.bzimage`: the bzImage (setup header, payload, 64-bit entry);
+- :mod:`~vmboot.linux.loader.elf_kernel`: an ELF ``vmlinux`` (segments, notes, entries);
+- :mod:`~vmboot.linux.loader.setup_header`: the boot protocol header, field by field;
+- :mod:`~vmboot.linux.loader.payload`: the compressed ``vmlinux`` inside a bzImage;
+- :mod:`~vmboot.linux.loader.compression`: which compressor made a payload.
+
+How a guest is set up to enter a kernel is :mod:`vmboot.linux.configurator`.
+"""
+
+from vmboot.linux.loader.detect import LinuxKernel, load_kernel
+
+__all__ = ["LinuxKernel", "load_kernel"]
