@@ -14,7 +14,7 @@ Two policies:
     that only make sense with them. Each bit is justified where it is cleared below.
 
 ``auto`` (the default) is ``conservative`` when the host KVM emulates guest ring 0
-(:func:`vmboot.hv.kvm.system.host_is_emulating`), else ``host``.
+(:func:`vmboot.hv.kvm.host.host_is_emulating`), else ``host``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ from vmboot.errors import HypervisorError
 from vmboot.hv.base import VirtualMachine
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.cpuid import CpuidPolicyName, resolve_policy
-from vmboot.hv.kvm.system import KVM, host_is_emulating
+from vmboot.hv.kvm.boot_msrs import boot_msrs
+from vmboot.hv.kvm.cpuid import CpuidEntry, CpuidPolicyName, build_cpuid, resolve_policy
+from vmboot.hv.kvm.host import host_is_emulating
+from vmboot.hv.kvm.system import KVM
 from vmboot.hv.kvm.vcpu import KvmVCPU
 
 log = logging.getLogger("vmboot.hv.kvm")
@@ -163,7 +165,21 @@ class KvmVM(VirtualMachine):
                 f"KVM VM: vCPU index {index} is outside 0..{self.vcpu_count - 1} "
                 f"(vcpu_count={self.vcpu_count})"
             )
-        vcpu = KvmVCPU(self, index)
+        vcpu = KvmVCPU(self, self.fd, index, self.kvm.vcpu_mmap_size)
+        try:
+            vcpu.set_cpuid(build_cpuid(
+                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                 for e in self.kvm.supported_cpuid()),
+                self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
+                vcpu_count=self.vcpu_count,
+            ))
+            vcpu.set_msrs(boot_msrs())
+            vcpu.init_fpu()
+            if self.irqchip:
+                vcpu.init_lapic()
+        except BaseException:
+            vcpu.close()
+            raise
         self._vcpus[index] = vcpu
         return vcpu
 

@@ -7,12 +7,10 @@ boot leaves the guest untouched.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vmboot.elf import ELF_MAGIC
 from vmboot.errors import (
@@ -33,35 +31,16 @@ from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.configurator.zero_page import U32_LIMIT, put_e820, put_split
 from vmboot.linux.loader.compression import detect_compression
 from vmboot.linux.loader.setup_header import SetupHeader
+from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
 
 if TYPE_CHECKING:
     from vmboot.linux.loader.elf_kernel import ElfEntry, ElfKernel
 
-KernelSource = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview
-KERNEL_VERSION_MAX = 256
-"""Longest kernel version string read from the image."""
 ENTRY_BZIMAGE64 = "bzimage64"
 HOST_DECOMPRESSED_ENTRIES: tuple[EntryMode, ...] = ("elf64", "pvh")
 """Entries a bzImage offers through its payload decompressed on the host (see
 :meth:`KernelImage.vmlinux`)."""
-
-
-def read_source(source: KernelSource) -> tuple[bytes, str]:
-    """The bytes of a kernel given as a path, a binary file object or bytes, and a name for errors."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source), "<bytes>"
-    if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            return path.read_bytes(), str(path)
-        except OSError as e:
-            raise KernelFormatError(f"{path}: cannot read the kernel: {e.strerror or e}") from e
-    name = str(getattr(source, "name", "<file object>"))
-    data = source.read()
-    if not isinstance(data, bytes):
-        raise KernelFormatError(f"{name}: the file object must be opened in binary mode ('rb')")
-    return data, name
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
-from vmboot.linux.loader.bzimage import KernelImage, KernelSource, read_source
+from vmboot.linux.loader.bzimage import KernelImage
 from vmboot.linux.loader.compression import PAYLOAD_MAGICS
 from vmboot.linux.loader.elf_kernel import ElfKernel
+from vmboot.linux.loader.source import KernelSource, read_source
 
 LinuxKernel = KernelImage | ElfKernel
 """What :func:`load_kernel` returns: both have ``plan(vm, options)`` and ``prepare(vm, options)``."""

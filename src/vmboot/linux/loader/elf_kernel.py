@@ -46,7 +46,7 @@ from vmboot.linux.configurator.start_info import (
     pack_modlist,
 )
 from vmboot.linux.configurator.zero_page import put_e820, put_split
-from vmboot.linux.loader.bzimage import KernelSource, read_source
+from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.x86.paging import PAGE_SIZE
 
@@ -66,7 +66,6 @@ MODLIST_ALIGN = 64
 as in Firecracker)."""
 LINUX_BANNER = b"Linux version "
 """The start of ``linux_banner`` (init/version.c)."""
-KERNEL_VERSION_MAX = 256
 U64_LIMIT = 1 << 64
 
 ENTRY_PVH: EntryMode = "pvh"
