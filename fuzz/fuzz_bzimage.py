@@ -87,7 +87,7 @@ def one_input(data: bytes) -> None:
 
 
 TARGET = Target("bzimage", one_input, lambda: list(bzimage_seeds()), bzimage_offsets, max_len=1 << 15,
-                description="load_kernel/KernelImage: properties, zero page, prepare, payload")
+                description="load_kernel/BzImage: properties, zero page, prepare, payload")
 
 if __name__ == "__main__":
     atheris_main(TARGET)

@@ -21,6 +21,7 @@ from elf_builder import (
     pvh_note,
     simple_kernel,
 )
+from vmboot.cli.inspect import describe_elf_kernel, elf_kernel_summary
 from vmboot.errors import (
     BootConfigError,
     CmdlineError,
@@ -37,7 +38,6 @@ from vmboot.linux import (
     ElfKernel,
     PvhBootPlan,
     default_e820_map,
-    describe_elf_kernel,
     load_kernel,
 )
 from vmboot.linux import bootparam as bp
@@ -48,7 +48,6 @@ from vmboot.linux.configurator.start_info import (
     HvmModlistEntry,
     HvmStartInfo,
 )
-from vmboot.linux.loader.elf_kernel import elf_kernel_summary
 from vmboot.x86 import cr
 
 MEM = 64 << 20

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from vmboot.cli.arguments import seconds
+from vmboot.config import DEFAULT_ENTRY, DEFAULT_MEMORY, ENTRIES
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -79,8 +80,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--kernel", metavar="KERNEL", default=None,
                    help="a bzImage (default: $VMBOOT_KERNEL, the cached kernel, /boot/vmlinuz-$(uname -r))")
-    p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
-                   help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
+    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
+                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
     p.add_argument("--add", metavar="HOST[:GUEST]", action="append", default=[], type=add_spec,
                    help="copy a host file or directory into the guest at GUEST "
                         "(default: /<its name>); repeatable")
@@ -92,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also stream the kernel's console (boot messages) to stderr")
     p.add_argument("--busybox", metavar="FILE", default=None,
                    help="a static x86-64 busybox for the guest (default: found on this host)")
-    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+    p.add_argument("--entry", choices=ENTRIES, default=DEFAULT_ENTRY,
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
     p.add_argument("--json", action="store_true",

@@ -9,6 +9,15 @@ from typing import IO
 
 from vmboot.cli.arguments import sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
+from vmboot.config import (
+    CPUID_POLICIES,
+    DEFAULT_CMDLINE,
+    DEFAULT_CPUID_POLICY,
+    DEFAULT_ENTRY,
+    DEFAULT_MEMORY,
+    ENTRIES,
+    MachineConfig,
+)
 from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
 
@@ -71,16 +80,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("kernel", metavar="KERNEL",
                    help="a bzImage (arch/x86/boot/bzImage) or an ELF vmlinux (booted via PVH)")
     p.add_argument("--initrd", metavar="FILE", help="an initramfs (cpio; uncompressed is fastest)")
-    p.add_argument("--append", metavar="CMDLINE", default=None,
-                   help='the kernel command line (default: "console=ttyS0 reboot=k panic=-1")')
-    p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
-                   help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
+    p.add_argument("--append", metavar="CMDLINE", default=DEFAULT_CMDLINE,
+                   help=f'the kernel command line (default: "{DEFAULT_CMDLINE}")')
+    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
+                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
     p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (default: no limit)")
-    p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
+    p.add_argument("--cpuid", choices=CPUID_POLICIES, default=DEFAULT_CPUID_POLICY,
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
                         "subset, or auto (host minus what this KVM cannot run; default)")
-    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+    p.add_argument("--entry", choices=ENTRIES, default=DEFAULT_ENTRY,
                    help="how to enter the kernel. bzimage64: a bzImage's 64-bit boot "
                         "protocol entry; the kernel decompresses itself in the guest. elf64: "
                         "the ELF e_entry (startup_64) in 64-bit mode with a zero page in RSI. "
@@ -117,18 +126,18 @@ def exit_status(reason: ExitReason) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.vmm.machine import DEFAULT_CMDLINE, Machine
+    from vmboot.vmm.machine import Machine
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
-    cmdline = DEFAULT_CMDLINE if args.append is None else args.append
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
-    with Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
-                 cpuid_policy=args.cpuid, console=console,
-                 on_timeout="trace" if args.trace else None,
-                 on_panic="trace" if args.trace else None,
-                 vmlinux=args.vmlinux, system_map=args.system_map,
-                 entry=args.entry) as machine, \
+    config = MachineConfig(args.kernel, initrd=args.initrd, cmdline=args.append,
+                           memory=args.memory, cpuid_policy=args.cpuid, entry=args.entry,
+                           timeout=args.timeout, vmlinux=args.vmlinux,
+                           system_map=args.system_map)
+    with Machine.from_config(config, console=console,
+                             on_timeout="trace" if args.trace else None,
+                             on_panic="trace" if args.trace else None) as machine, \
             TerminalInput(machine.push_input):
         profiler = None
         if args.profile:
@@ -136,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
 
             profiler = GuestProfiler(machine, args.profile_hz)
         if profiler is None:
-            result = machine.run(timeout=args.timeout)
+            result = machine.run()
         else:
             with profiler:
-                result = machine.run(timeout=args.timeout)
+                result = machine.run()
             profile = profiler.profile(machine.symbolize)
     status = exit_status(result.exit.reason)
     if args.json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from vmboot.decompress import LZ4_LEGACY_MAGIC
 from vmboot.elf import ELF_MAGIC
 from vmboot.errors import KernelFormatError
-from vmboot.linux.loader.bzimage import KernelImage
+from vmboot.linux.loader.bzimage import BzImage
 from vmboot.linux.loader.payload import decompress_payload
 
 __all__ = ["LZ4_LEGACY_MAGIC", "decompress_payload", "uncompressed_kernel"]
@@ -20,7 +20,7 @@ def uncompressed_kernel(image: bytes, name: str = "<kernel>") -> bytes:
     """The vmlinux (ELF) inside a bzImage, or ``image`` itself if it already is ELF."""
     if image[:4] == ELF_MAGIC:
         return image
-    kernel = KernelImage(image, name)
+    kernel = BzImage(image, name)
     payload = kernel.compressed_payload()
     if payload is None:
         raise KernelFormatError(f"{name}: the setup header has no payload_offset/payload_length "

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MachineConfig
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
-from vmboot.devices.pc import PcPlatform
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError, KernelImageError
 from vmboot.execute.image import (
@@ -67,14 +67,16 @@ from vmboot.execute.image import (
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.hv.kvm.cpuid import CpuidPolicyName
     from vmboot.linux.options import EntryChoice
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
                          "reboot=k", "panic=-1", "quiet"))
 """The kernel command line of an exec boot."""
-DEFAULT_EXEC_MEMORY = "256M"
 PANIC_MARKER = b"Kernel panic"
+EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
+"""COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
 BOOT_DIR = Path("/boot")
 
 HOW_TO_GET_A_KERNEL = (
@@ -299,7 +301,7 @@ def exec_command(
     command: Sequence[str],
     *,
     kernel: str | Path | None = None,
-    memory: str | int = DEFAULT_EXEC_MEMORY,
+    memory: str | int = DEFAULT_MEMORY,
     files: Iterable[tuple[str | Path, str]] = (),
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
@@ -307,9 +309,9 @@ def exec_command(
     on_stdout: OutputCallback | None = None,
     on_stderr: OutputCallback | None = None,
     busybox: str | Path | None = None,
-    cpuid_policy: str = "auto",
+    cpuid_policy: CpuidPolicyName = DEFAULT_CPUID_POLICY,
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
-    entry: EntryChoice = "auto",
+    entry: EntryChoice = DEFAULT_ENTRY,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -349,15 +351,16 @@ def exec_command(
     status = _StatusWatch(t0)
     status_out = ConsoleOutput(status)
 
-    machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
-                      cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry)
-    machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
+    config = MachineConfig(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
+                           cpuid_policy=cpuid_policy, entry=entry, serial_ports=EXEC_SERIAL_PORTS,
+                           capture_limit=capture_limit, timeout=timeout)
+    machine = Machine.from_config(config, console=console_target, on_panic=None, serial_outputs={
+        COM2.name: stdout, COM3.name: stderr, COM4.name: status_out})
     status.stop = machine.request_stop
     kernel_entry: float | None = None
     with machine:
         kernel_entry = time.monotonic() - t0
-        run = machine.run(timeout=timeout)
+        run = machine.run()
     for out in (stdout, stderr, status_out):
         out.flush()
     vm_exit = run.exit
@@ -382,10 +385,3 @@ def exec_command(
         vm_exit=vm_exit,
         dropped={"stdout": stdout.dropped, "stderr": stderr.dropped, "console": run.console_dropped},
     )
-
-
-def exec_platform(console: ConsoleOutput, stdout: ConsoleOutput, stderr: ConsoleOutput,
-                  status: ConsoleOutput) -> PcPlatform:
-    """The PC platform of an exec guest: COM1 console, COM2 stdout, COM3 stderr, COM4 status."""
-    return PcPlatform(console, serial_ports=(COM1, COM2, COM3, COM4),
-                      serial_outputs={COM2.name: stdout, COM3.name: stderr, COM4.name: status})

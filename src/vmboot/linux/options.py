@@ -27,7 +27,7 @@ START_INFO_ALIGN = 8
 
 @dataclass(frozen=True)
 class BootOptions:
-    """Choices for :meth:`KernelImage.prepare`. ``None`` means "vmboot decides".
+    """Choices for :meth:`BzImage.prepare`. ``None`` means "vmboot decides".
 
     - ``cmdline``: the kernel command line (str is UTF-8 encoded; no NUL bytes).
     - ``load_addr``: protected-mode load address (default: ``default_load_address()``

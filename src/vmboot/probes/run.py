@@ -11,7 +11,7 @@ from vmboot.devices.bus import PortBus
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.linux import BootOptions, BootPlan, load_kernel
 from vmboot.linux.configurator.pvh import PvhBootPlan
-from vmboot.linux.loader.bzimage import KernelImage
+from vmboot.linux.loader.bzimage import BzImage
 from vmboot.probes.device import ProbeDevice
 from vmboot.probes.images import ProbeKind, probe_image
 from vmboot.probes.protocol import EntryKind
@@ -138,7 +138,7 @@ def run_probe(
         checks = verify_pvh(device.report, expectation_from_plan(plan, options),
                             exit_detail=exit_.one_line())
     else:
-        header_version = kernel.setup_header.version if isinstance(kernel, KernelImage) else None
+        header_version = kernel.setup_header.version if isinstance(kernel, BzImage) else None
         checks = verify(device.report, plan, options, initrd, header_version=header_version,
                         kind=entry, exit_detail=exit_.one_line())
     t3 = time.perf_counter()

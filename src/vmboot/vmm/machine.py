@@ -17,30 +17,36 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
+from vmboot.config import (
+    DEFAULT_CMDLINE,
+    DEFAULT_CPUID_POLICY,
+    DEFAULT_ENTRY,
+    DEFAULT_MEMORY,
+    MIN_CPUS,
+    InitrdInput,
+    KernelInput,
+    MachineConfig,
+)
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
 from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
 from vmboot.errors import BootConfigError, DebugError, UsageError
-from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.hv.kvm import KvmVCPU, KvmVM
-    from vmboot.linux import BootPlan, LinuxKernel
+    from vmboot.linux import BootPlan, Kernel
     from vmboot.linux.options import EntryChoice
     from vmboot.vmm.runner import Runner
 
-DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
-DEFAULT_MEMORY = "256M"
-CPUID_POLICIES = ("auto", "host", "conservative")
 OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
 ConsoleTarget = ConsoleSink | IO[bytes] | IO[str] | None
 
@@ -127,11 +133,11 @@ class Machine:
 
     def __init__(
         self,
-        kernel: str | Path | bytes | LinuxKernel,
-        initrd: str | Path | bytes | None = None,
+        kernel: KernelInput | Kernel,
+        initrd: InitrdInput = None,
         cmdline: str = DEFAULT_CMDLINE,
         memory: str | int = DEFAULT_MEMORY,
-        cpuid_policy: str = "auto",
+        cpuid_policy: str = DEFAULT_CPUID_POLICY,
         console: ConsoleTarget = None,
         extra_devices: Sequence[ExtraDevice] = (),
         capture_limit: int = DEFAULT_CAPTURE_LIMIT,
@@ -139,40 +145,71 @@ class Machine:
         vmlinux: str | Path | None = None,
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
-        entry: EntryChoice = "auto",
+        entry: EntryChoice = DEFAULT_ENTRY,
+        cpus: int = MIN_CPUS,
+        serial_outputs: Mapping[str, ConsoleOutput] | None = None,
     ) -> None:
-        self.memory_bytes = parse_size(memory, what="memory")
-        if cpuid_policy not in CPUID_POLICIES:
-            raise UsageError(
-                f"cpuid_policy: {cpuid_policy!r} is not one of {', '.join(CPUID_POLICIES)}"
-            )
+        """A machine from keywords (they make its :class:`~vmboot.config.MachineConfig`)."""
+        config = MachineConfig(
+            kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus,
+            cpuid_policy=cpuid_policy,  # type: ignore[arg-type]  # validated by MachineConfig
+            entry=entry, extra_devices=tuple(extra_devices), capture_limit=capture_limit,
+            vmlinux=vmlinux, system_map=system_map,
+        )
+        self._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
+                    serial_outputs=serial_outputs)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: MachineConfig,
+        *,
+        console: ConsoleTarget = None,
+        on_timeout: OnTimeout = None,
+        on_panic: Literal["trace"] | None = "trace",
+        serial_outputs: Mapping[str, ConsoleOutput] | None = None,
+    ) -> Machine:
+        """A machine built from ``config``; the keywords say where its output goes and what
+        happens on a panic or a timeout. ``serial_outputs`` maps a serial port's name
+        (``config.serial_ports``) other than the console's to where its output goes."""
+        machine = cls.__new__(cls)
+        machine._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
+                       serial_outputs=serial_outputs)
+        return machine
+
+    def _setup(self, config: MachineConfig, *, console: ConsoleTarget, on_timeout: OnTimeout,
+               on_panic: Literal["trace"] | None,
+               serial_outputs: Mapping[str, ConsoleOutput] | None) -> None:
         if on_timeout is not None and on_timeout != "trace" and not callable(on_timeout):
             raise UsageError(
                 f"on_timeout: {on_timeout!r} is not None, 'trace' or a callable(machine, exit)"
             )
-        self.kernel_source = kernel
-        self.initrd = initrd
-        self.cmdline = cmdline
-        self.cpuid_policy = cpuid_policy
-        self.extra_devices = tuple(extra_devices)
-        self.on_timeout = on_timeout
         if on_panic not in ("trace", None):
             raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
+        self.config = config
+        self.memory_bytes = config.memory_bytes
+        self.kernel_source = config.kernel
+        self.initrd = config.initrd
+        self.cmdline = config.cmdline
+        self.cpuid_policy = config.cpuid_policy
+        self.extra_devices = config.extra_devices
+        self.entry = config.entry
+        self.vmlinux = config.vmlinux
+        self.system_map = config.system_map
+        self.on_timeout = on_timeout
         self.on_panic = on_panic
-        self.entry = entry
-        self.vmlinux = vmlinux
-        self.system_map = system_map
-        self.console = ConsoleOutput(_console_sink(console), capture_limit)
+        self.console = ConsoleOutput(_console_sink(console), config.capture_limit)
         self._panic = _PanicWatch(self)
         self.console.line_watcher = self._panic
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
-        self.platform = PcPlatform(self.console)
+        self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
+                                   serial_outputs=serial_outputs)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
         self.vcpu: KvmVCPU | None = None
-        self.kernel: LinuxKernel | None = None
+        self.kernel: Kernel | None = None
         self.plan: BootPlan | None = None
         self._runner: Runner | None = None
         self._t0 = 0.0
@@ -196,17 +233,20 @@ class Machine:
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
         from vmboot.hv.kvm import KvmVM
-        from vmboot.linux import BootOptions, ElfKernel, KernelImage, load_kernel
+        from vmboot.linux import BootOptions, Kernel, load_kernel
         from vmboot.vmm.runner import Runner
 
+        if self.config.cpus != MIN_CPUS:
+            raise BootConfigError(f"cpus: {self.config.cpus}; this version runs a machine with "
+                                  f"{MIN_CPUS} vCPU only: use cpus={MIN_CPUS}")
         self._t0 = time.monotonic()
-        kernel = (self.kernel_source if isinstance(self.kernel_source, KernelImage | ElfKernel)
+        kernel = (self.kernel_source if isinstance(self.kernel_source, Kernel)
                   else load_kernel(self.kernel_source))
         self.kernel = kernel
         self.platform.attach(self.port_bus)
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)
         self.vm = vm
         vcpu = vm.create_vcpu(0)
         self.vcpu = vcpu
@@ -247,7 +287,10 @@ class Machine:
         return self.platform.console_serial.push_input(data)
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run the guest until it stops, or for at most ``timeout`` seconds."""
+        """Run the guest until it stops, or for at most ``timeout`` seconds
+        (default: the configuration's ``timeout``)."""
+        if timeout is None:
+            timeout = self.config.timeout
         if self._runner is None:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
@@ -284,12 +327,12 @@ class Machine:
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
         or a bzImage's kallsyms."""
-        from vmboot.linux import ElfKernel
+        from vmboot.linux import KernelFormat
 
-        kernel_bytes: bytes | None = getattr(self.kernel, "data", None)
+        kernel_bytes = None if self.kernel is None else self.kernel.data
         if self.vmlinux is not None or self.system_map is not None:
             return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
-        if isinstance(self.kernel, ElfKernel):
+        if self.kernel is not None and self.kernel.format is KernelFormat.VMLINUX:
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
         return {"vmlinux": None, "system_map": None, "kernel": kernel_bytes}
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from vmboot.errors import HypervisorError
 
 CpuidPolicyName = Literal["auto", "host", "conservative"]
-POLICY_NAMES: tuple[str, ...] = ("auto", "host", "conservative")
+POLICY_NAMES: tuple[str, ...] = get_args(CpuidPolicyName)
 
 # Leaves
 LEAF_FEATURES = 0x1

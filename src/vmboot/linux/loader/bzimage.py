@@ -29,6 +29,7 @@ from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, pack_tab
 from vmboot.linux.configurator.layout import Region
 from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.configurator.zero_page import U32_LIMIT, put_e820, put_split
+from vmboot.linux.kernel import KernelFormat
 from vmboot.linux.loader.compression import detect_compression
 from vmboot.linux.loader.setup_header import SetupHeader
 from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 ENTRY_BZIMAGE64 = "bzimage64"
 HOST_DECOMPRESSED_ENTRIES: tuple[EntryMode, ...] = ("elf64", "pvh")
 """Entries a bzImage offers through its payload decompressed on the host (see
-:meth:`KernelImage.vmlinux`)."""
+:meth:`BzImage.vmlinux`)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class EntryCheck:
     reason: str
 
 
-class KernelImage:
+class BzImage:
     """A bzImage kernel: its setup header, its protected-mode payload, and how to boot it.
 
     Entries (``BootOptions.entry``):
@@ -68,7 +69,7 @@ class KernelImage:
       decompressor) with the loader's fields filled in.
     """
 
-    format = "bzImage"
+    format = KernelFormat.BZIMAGE
 
     def __init__(self, data: bytes, name: str = "<bytes>") -> None:
         self.data = data
@@ -304,7 +305,7 @@ class KernelImage:
         return plan
 
     def __repr__(self) -> str:
-        return (f"KernelImage({self.name!r}, protocol {self.setup_header.version_string}, "
+        return (f"BzImage({self.name!r}, protocol {self.setup_header.version_string}, "
                 f"version {self.kernel_version!r})")
 
 
@@ -387,7 +388,7 @@ def _alignment_to_report(h: SetupHeader, load: int) -> int | None:
     return load & -load
 
 
-def _check_load_address(kernel: KernelImage, load: int | None) -> int:
+def _check_load_address(kernel: BzImage, load: int | None) -> int:
     h = kernel.setup_header
     default = kernel.default_load_address()
     if load is None:
@@ -411,7 +412,7 @@ def _check_load_address(kernel: KernelImage, load: int | None) -> int:
     return load
 
 
-def _plan(kernel: KernelImage, vm: VirtualMachine, options: BootOptions) -> BootPlan:
+def _plan(kernel: BzImage, vm: VirtualMachine, options: BootOptions) -> BootPlan:
     h = kernel.setup_header
     if options.entry not in ("auto", ENTRY_BZIMAGE64):
         raise UnsupportedKernelError(
@@ -506,7 +507,11 @@ def _e820_ext_setup_data(entries: Sequence[E820Entry]) -> bytes:
     return struct.pack("<QII", 0, bp.SETUP_E820_EXT, len(body)) + body
 
 
-def load_bzimage(source: KernelSource) -> KernelImage:
+def load_bzimage(source: KernelSource) -> BzImage:
     """Read a bzImage from a path, a binary file object or bytes."""
     data, name = read_source(source)
-    return KernelImage(data, name)
+    return BzImage(data, name)
+
+
+KernelImage = BzImage
+"""The name :class:`BzImage` had before; kept so that existing imports work."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
-from vmboot.linux.loader.bzimage import KernelImage
+from vmboot.linux.loader.bzimage import BzImage
 from vmboot.linux.loader.compression import PAYLOAD_MAGICS
 from vmboot.linux.loader.elf_kernel import ElfKernel
 from vmboot.linux.loader.source import KernelSource, read_source
 
-LinuxKernel = KernelImage | ElfKernel
+LinuxKernel = BzImage | ElfKernel
 """What :func:`load_kernel` returns: both have ``plan(vm, options)`` and ``prepare(vm, options)``."""
 ELF64_X86_64 = "ELF 64-bit little-endian x86-64"
 
@@ -41,14 +41,14 @@ def load_kernel(source: KernelSource) -> LinuxKernel:
     """Load a kernel from a path, a binary file object or bytes, whatever its format.
 
     bzImages are recognised by the boot protocol magic "HdrS" at 0x202
-    (:class:`KernelImage`); ELF64 little-endian x86-64 files are vmlinux kernels
+    (:class:`BzImage`); ELF64 little-endian x86-64 files are vmlinux kernels
     (:class:`~vmboot.linux.loader.elf_kernel.ElfKernel`), as is a file that starts with the ELF
     magic but is too short to say more (it is refused as a truncated ELF file).
     """
     data, name = read_source(source)
     end = bp.SETUP_HEADER_JUMP_END + len(bp.HEADER_MAGIC)
     if data[bp.SETUP_HEADER_JUMP_END:end] == bp.HEADER_MAGIC:
-        return KernelImage(data, name)
+        return BzImage(data, name)
     elf = describe_elf_ident(data[:64])
     if (elf is not None and elf.startswith(ELF64_X86_64)) or (
             elf is None and data.startswith(ELF_MAGIC)):

@@ -20,9 +20,8 @@ import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from vmboot.elf import ET_EXEC, PT_LOAD, ElfFile, ProgramHeader, describe_elf_ident
+from vmboot.elf import ET_EXEC, PT_LOAD, ElfFile, ProgramHeader
 from vmboot.errors import (
     BootConfigError,
     CmdlineError,
@@ -46,6 +45,7 @@ from vmboot.linux.configurator.start_info import (
     pack_modlist,
 )
 from vmboot.linux.configurator.zero_page import put_e820, put_split
+from vmboot.linux.kernel import KernelFormat
 from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.x86.paging import PAGE_SIZE
@@ -85,13 +85,13 @@ class ElfEntry:
 class ElfKernel:
     """An ELF64 x86-64 vmlinux: its loadable segments, its entries, and how to boot it.
 
-    A peer of :class:`~vmboot.linux.loader.bzimage.KernelImage`: ``plan(vm, options)`` checks and
+    A peer of :class:`~vmboot.linux.loader.bzimage.BzImage`: ``plan(vm, options)`` checks and
     decides, ``prepare(vm, options)`` also writes guest memory; both return a
     :class:`~vmboot.linux.configurator.plan.BootPlan` (a
     :class:`~vmboot.linux.configurator.pvh.PvhBootPlan` for PVH).
     """
 
-    format = "ELF vmlinux"
+    format = KernelFormat.VMLINUX
 
     def __init__(self, data: bytes, name: str = "<bytes>",
                  setup_header: bytes | None = None) -> None:
@@ -450,83 +450,3 @@ def load_elf_kernel(source: KernelSource) -> ElfKernel:
     """Read an ELF vmlinux from a path, a binary file object or bytes."""
     data, name = read_source(source)
     return ElfKernel(data, name)
-
-
-_FLAG_LETTERS = ((4, "R"), (2, "W"), (1, "E"))
-_SEGMENT_TYPES = {0: "NULL", 1: "LOAD", 2: "DYNAMIC", 3: "INTERP", 4: "NOTE", 6: "PHDR", 7: "TLS",
-                  0x6474E550: "GNU_EH_FRAME", 0x6474E551: "GNU_STACK", 0x6474E552: "GNU_RELRO",
-                  0x6474E553: "GNU_PROPERTY"}
-
-
-def describe_elf_kernel(kernel: ElfKernel) -> dict[str, Any]:
-    """A JSON-ready description of an ELF vmlinux (for ``vmboot inspect``)."""
-    elf = kernel.elf
-    entries = kernel.entries()
-    return {
-        "file": kernel.name,
-        "format": kernel.format,
-        "size": len(kernel.data),
-        "elf": describe_elf_ident(bytes(kernel.data[:64])),
-        "e_type": int(elf.e_type),
-        "e_entry": kernel.entry_point,
-        "pvh_entry": kernel.pvh_entry,
-        "pvh_note": None if kernel.pvh_note is None else {
-            "desc_size": kernel.pvh_note.desc_size, "source": kernel.pvh_note.source},
-        "kernel_version": kernel.kernel_version,
-        "load": {"start": kernel.load_start, "end": kernel.load_end},
-        "segments": [
-            {
-                "index": s.index,
-                "type": _SEGMENT_TYPES.get(s.type, f"{s.type:#x}"),
-                "offset": s.offset,
-                "vaddr": s.vaddr,
-                "paddr": s.paddr,
-                "filesz": s.filesz,
-                "memsz": s.memsz,
-                "flags": "".join(ch if s.flags & bit else " " for bit, ch in _FLAG_LETTERS).rstrip(),
-                "align": s.align,
-            }
-            for s in elf.segments
-        ],
-        "notes": [{"name": n.name, "type": n.type, "desc_size": len(n.desc), "source": n.source}
-                  for n in elf.notes()],
-        "entries": {mode: {"address": e.address, "usable": e.usable, "reason": e.reason}
-                    for mode, e in entries.items()},
-        "default_entry": kernel.default_entry,
-    }
-
-
-def entry_lines(entries: dict[str, dict[str, Any]], default_entry: str) -> list[str]:
-    """One text line per entry (``vmboot inspect``): mode, address, usable, default, why."""
-    lines = []
-    for mode, e in entries.items():
-        where = "-" if e["address"] is None else f"{e['address']:#x}"
-        default = " (default)" if mode == default_entry else ""
-        lines.append(f"  {mode:<9} {where:<12} {'usable' if e['usable'] else 'unusable'}{default}: "
-                     f"{e['reason']}")
-    return lines
-
-
-def elf_kernel_summary(kernel: ElfKernel) -> list[str]:
-    """Human-readable lines describing an ELF vmlinux (the text form of ``vmboot inspect``)."""
-    info = describe_elf_kernel(kernel)
-    lines = [
-        f"{info['file']}: {info['format']} ({info['elf']}, {info['size']} bytes)",
-        f"kernel version: {info['kernel_version'] or '(no linux_banner found)'}",
-        f"e_entry: {info['e_entry']:#x}",
-        "PVH entry: " + ("none" if info["pvh_entry"] is None else f"{info['pvh_entry']:#x}"),
-        f"loaded at: [{info['load']['start']:#x}, {info['load']['end']:#x})",
-        "entries:",
-    ]
-    lines += entry_lines(info["entries"], info["default_entry"])
-    lines.append("program headers:")
-    lines.append(f"  {'type':<12} {'offset':>10} {'vaddr':>18} {'paddr':>12} {'filesz':>10} "
-                 f"{'memsz':>10} flags")
-    for s in info["segments"]:
-        lines.append(f"  {s['type']:<12} {s['offset']:#10x} {s['vaddr']:#18x} {s['paddr']:#12x} "
-                     f"{s['filesz']:#10x} {s['memsz']:#10x} {s['flags']}")
-    lines.append("notes:")
-    for n in info["notes"]:
-        lines.append(f"  {n['name']:<8} type {n['type']:<5} {n['desc_size']:>3}-byte descriptor "
-                     f"({n['source']})")
-    return lines
