@@ -26,7 +26,8 @@ LIMIT = 600
 
 @pytest.fixture(scope="module")
 def busybox() -> Path:
-    from vmboot.execute.fetch import fetch_busybox, find_busybox
+    from vmboot.execute.discovery import find_busybox
+    from vmboot.execute.fetch import fetch_busybox
 
     try:
         return find_busybox()

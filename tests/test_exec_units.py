@@ -11,14 +11,8 @@ import pytest
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
 from vmboot.errors import KernelImageError, UsageError
-from vmboot.execute.api import (
-    EXEC_CMDLINE,
-    ExecReason,
-    _StatusWatch,
-    cached_kernels,
-    classify,
-    find_kernel,
-)
+from vmboot.execute.api import EXEC_CMDLINE, ExecReason, _StatusWatch, classify
+from vmboot.execute.discovery import cached_kernels, find_kernel
 from vmboot.vmm.exits import ExitReason
 
 # -- classification -------------------------------------------------------------------------

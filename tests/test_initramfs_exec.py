@@ -30,7 +30,8 @@ from vmboot.initramfs import EntryKind, read_cpio
 @pytest.fixture(scope="module")
 def busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A static busybox: one on this host, else fetched with apt into a temporary cache."""
-    from vmboot.execute.fetch import fetch_busybox, find_busybox
+    from vmboot.execute.discovery import find_busybox
+    from vmboot.execute.fetch import fetch_busybox
 
     try:
         yield find_busybox()

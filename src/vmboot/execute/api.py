@@ -26,7 +26,7 @@ How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
 ``lost``          the command started but the guest stopped before it reported an exit
                   status (e.g. the command rebooted or powered off the guest)
 
-The kernel (``kernel=None``, :func:`find_kernel`), in this order:
+The kernel (``kernel=None``, :func:`vmboot.execute.discovery.find_kernel`), in this order:
 
 1. ``$VMBOOT_KERNEL``;
 2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
@@ -44,8 +44,6 @@ second on hardware KVM.
 from __future__ import annotations
 
 import enum
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MachineConfig
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
-from vmboot.errors import BootConfigError, GuestError, KernelImageError
+from vmboot.errors import BootConfigError, GuestError
+from vmboot.execute.discovery import find_kernel
 from vmboot.execute.image import (
     EXEC_KERNEL_ARGS,
     STATUS_ERROR,
@@ -70,22 +69,12 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm.cpuid import CpuidPolicyName
     from vmboot.linux.options import EntryChoice
 
-KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
                          "reboot=k", "panic=-1", "quiet"))
 """The kernel command line of an exec boot."""
 PANIC_MARKER = b"Kernel panic"
 EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
 """COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
-BOOT_DIR = Path("/boot")
-
-HOW_TO_GET_A_KERNEL = (
-    f"pass kernel= (--kernel), set ${KERNEL_ENV} to a bzImage, or run `vmboot fetch kernel` "
-    "(a Debian cloud kernel into the vmboot cache); on a host whose /dev/kvm is the PVM "
-    "software hypervisor only a kernel built for it boots, such as "
-    f"../shared/kernels/tiny-bzImage (set ${KERNEL_ENV} to it)"
-)
-
 OutputCallback = Callable[[bytes], object]
 
 
@@ -168,58 +157,6 @@ class ExecResult:
             "timings": self.timings.as_dict(),
             "dropped": dict(self.dropped),
         }
-
-
-# -- the kernel -----------------------------------------------------------------------------
-
-_VERSION_PART = re.compile(r"\d+|\D+")
-
-
-def _version_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural sort key: runs of digits compare as numbers (6.1.0-10 after 6.1.0-9)."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _VERSION_PART.findall(name))
-
-
-def cached_kernels(cache: Path | None = None) -> list[Path]:
-    """The kernels ``vmboot fetch kernel`` stored in the cache, newest first."""
-    from vmboot.execute.cache import KERNELS_SUBDIR, cache_dir
-
-    root = (cache_dir() if cache is None else cache) / KERNELS_SUBDIR
-    found = [p for p in root.glob("*/boot/vmlinuz-*") if p.is_file()]
-    return sorted(found, key=lambda p: _version_key(p.name), reverse=True)
-
-
-def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None = None,
-                boot_dir: Path = BOOT_DIR, release: str | None = None) -> Path:
-    """The kernel to boot when none is given (see the module docstring for the order).
-
-    ``environ``, ``cache``, ``boot_dir`` and ``release`` (``uname -r``) default to this
-    host's; tests pass their own.
-    """
-    env = os.environ if environ is None else environ
-    from_env = env.get(KERNEL_ENV)
-    if from_env:
-        path = Path(from_env)
-        if not path.is_file():
-            raise KernelImageError(
-                f"${KERNEL_ENV}={from_env!r}: no such file (valid: the path of a bzImage; "
-                f"unset it to use the cached or the host's kernel)"
-            )
-        return path
-    if cache is None:
-        from vmboot.execute.cache import cache_dir
-
-        cache = cache_dir(env)
-    tried = [f"${KERNEL_ENV} (unset)"]
-    cached = cached_kernels(cache)
-    if cached:
-        return cached[0]
-    tried.append(f"{cache}/debian-kernels/*/boot/vmlinuz-* (none)")
-    host = boot_dir / f"vmlinuz-{os.uname().release if release is None else release}"
-    if host.is_file() and os.access(host, os.R_OK):
-        return host
-    tried.append(f"{host} ({'not readable' if host.exists() else 'missing'})")
-    raise KernelImageError(f"no kernel to boot; looked at {', '.join(tried)}; {HOW_TO_GET_A_KERNEL}")
 
 
 # -- classification -------------------------------------------------------------------------
@@ -320,13 +257,13 @@ def exec_command(
     even PATH: busybox applets need none). ``console``: True streams the kernel console to
     stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
-    ``busybox``: a static x86-64 busybox (default :func:`vmboot.execute.fetch.find_busybox`).
+    ``busybox``: a static x86-64 busybox (default :func:`vmboot.execute.discovery.find_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     """
     import sys
 
-    from vmboot.execute.fetch import find_busybox
+    from vmboot.execute.discovery import find_busybox
     from vmboot.execute.image import exec_initramfs
     from vmboot.vmm.machine import Machine
 

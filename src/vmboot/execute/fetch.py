@@ -1,13 +1,9 @@
-"""Host-side artefacts ``vmboot exec`` needs: a static busybox and (optionally) a Debian kernel.
+"""Downloads ``vmboot exec`` may need: a static busybox and (optionally) a Debian kernel.
 
 Both come from the Debian archive through the host's own apt: ``apt-get download``
 fetches the .deb into a temporary directory (no root needed, nothing is installed) and
 ``dpkg-deb`` unpacks the one file wanted into the cache (:mod:`vmboot.execute.cache`).
 
-- :func:`find_busybox`: a static x86-64 busybox already on this host: ``busybox`` on
-  ``$PATH``, ``/bin/busybox``, ``/usr/bin/busybox``, then the cache. "Static" is read
-  from the ELF program headers: no ``PT_INTERP`` (so no dynamic loader is needed in the
-  guest).
 - :func:`fetch_busybox`: Debian's ``busybox-static`` into ``<cache>/busybox/busybox``.
 - :func:`fetch_debian_kernel`: the newest versioned ``linux-image-<ABI>-cloud-amd64``
   (the ``-unsigned`` variant when apt has it) into
@@ -26,13 +22,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
-from vmboot.errors import ElfFormatError, FetchError
-from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir, cache_subdir
+from vmboot.errors import FetchError
+from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_subdir
+from vmboot.execute.discovery import cached_busybox, check_static_busybox, static_elf_problem
 
 BUSYBOX_PACKAGE = "busybox-static"
-BUSYBOX_NAME = "busybox"
-BUSYBOX_SYSTEM_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 BUSYBOX_IN_DEB = ("bin/busybox", "usr/bin/busybox")
 """Where busybox-static puts the binary (bookworm: /bin; later releases: /usr/bin)."""
 SOURCE_RECORD = "SOURCE"
@@ -45,62 +39,6 @@ KERNEL_PACKAGE_RE = re.compile(
 APT_TIMEOUT = 600
 """Seconds one apt-get/dpkg-deb run may take."""
 EXECUTABLE_MODE = 0o755
-
-HOW_TO_GET_BUSYBOX = (
-    "get one with `vmboot fetch busybox` (downloads Debian's busybox-static into the vmboot cache "
-    "through apt-get; run `apt-get update` first on a fresh machine), or install it system-wide "
-    "with `apt-get install busybox-static`"
-)
-
-
-# -- static ELF check -----------------------------------------------------------------------
-
-def static_elf_problem(path: Path) -> str | None:
-    """Why ``path`` is not a static x86-64 executable, or ``None`` if it is one."""
-    try:
-        with ElfFile.open(path) as elf:
-            if elf.e_type not in (ET_EXEC, ET_DYN):
-                return f"ELF type {elf.e_type} is not an executable (valid: ET_EXEC or ET_DYN)"
-            if any(seg.type == PT_INTERP for seg in elf.segments):
-                return "it is dynamically linked (has a PT_INTERP program header)"
-    except ElfFormatError as e:
-        return str(e)
-    except OSError as e:
-        return f"cannot read it: {e.strerror}"
-    return None
-
-
-def check_static_busybox(path: Path) -> Path:
-    """``path`` if it is a static x86-64 ELF executable, else :class:`FetchError` saying why."""
-    problem = static_elf_problem(path)
-    if problem is not None:
-        raise FetchError(f"busybox {path}: not usable in the guest: {problem}; {HOW_TO_GET_BUSYBOX}")
-    return path
-
-
-def cached_busybox() -> Path:
-    """Where :func:`fetch_busybox` stores busybox (it may not exist)."""
-    return cache_dir() / BUSYBOX_SUBDIR / BUSYBOX_NAME
-
-
-def find_busybox() -> Path:
-    """A static x86-64 busybox on this host (see the module docstring for the search order)."""
-    candidates: list[Path] = []
-    on_path = shutil.which(BUSYBOX_NAME)
-    if on_path:
-        candidates.append(Path(on_path))
-    candidates += [*BUSYBOX_SYSTEM_PATHS, cached_busybox()]
-    rejected: list[str] = []
-    for candidate in candidates:
-        if not candidate.is_file():
-            continue
-        problem = static_elf_problem(candidate)
-        if problem is None:
-            return candidate
-        rejected.append(f"{candidate}: {problem}")
-    tried = ", ".join(str(c) for c in candidates)
-    detail = f" (rejected: {'; '.join(rejected)})" if rejected else ""
-    raise FetchError(f"no static x86-64 busybox found; looked at {tried}{detail}; {HOW_TO_GET_BUSYBOX}")
 
 
 # -- apt helpers ----------------------------------------------------------------------------

@@ -207,9 +207,9 @@ def exec_initramfs(command: list[str], env: dict[str, str], files: list[tuple[Pa
                    busybox: Path, *, compression: str = "none") -> bytes:
     """The ``vmboot exec`` initramfs for ``command`` (uncompressed by default: fastest to boot).
 
-    ``busybox`` must be a static x86-64 busybox (:func:`vmboot.execute.fetch.find_busybox`).
+    ``busybox`` must be a static x86-64 busybox (:func:`vmboot.execute.discovery.find_busybox`).
     """
-    from vmboot.execute.fetch import check_static_busybox  # fetch imports nothing from here
+    from vmboot.execute.discovery import check_static_busybox
 
     check_static_busybox(busybox)
     return build_initramfs(exec_entries(command, env, files, busybox), compression=compression)
