@@ -5,7 +5,7 @@ arch/x86/include/uapi/asm/bootparam.h (offsets in :mod:`vmboot.linux.bootparam`)
 """
 
 from vmboot.linux.configurator.e820 import E820Entry, E820Type, default_e820_map
-from vmboot.linux.configurator.plan import BootPlan
+from vmboot.linux.configurator.plan import BootPlan, EntryPlan
 from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.kernel import Kernel, KernelFormat
 from vmboot.linux.loader.bzimage import BzImage, KernelImage, load_bzimage
@@ -21,6 +21,7 @@ __all__ = [
     "E820Entry",
     "E820Type",
     "ElfKernel",
+    "EntryPlan",
     "Kernel",
     "KernelFormat",
     "KernelImage",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from vmboot.hv.base import VirtualMachine
-    from vmboot.linux.configurator.plan import BootPlan
+    from vmboot.linux.configurator.plan import EntryPlan
     from vmboot.linux.options import BootOptions
 
 
@@ -45,8 +45,8 @@ class Kernel(Protocol):
     def entries(self) -> dict[Any, Any]:
         """Every entry the kernel offers (name -> what it is and whether it can be used)."""
 
-    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> EntryPlan:
         """Check ``options`` against the kernel and ``vm`` and decide the layout; write nothing."""
 
-    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> EntryPlan:
         """:meth:`plan`, then write the kernel and its boot structures into guest memory."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmboot.devices.bus import PortBus
 from vmboot.hv.base import VirtualCPU, VirtualMachine
-from vmboot.linux import BootOptions, BootPlan, load_kernel
+from vmboot.linux import BootOptions, BootPlan, EntryPlan, load_kernel
 from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.loader.bzimage import BzImage
 from vmboot.probes.device import ProbeDevice
@@ -24,7 +24,7 @@ DEFAULT_MEMORY = 64 << 20
 DEFAULT_TIMEOUT = 60.0
 """Seconds; a probe normally finishes in well under one (even on an emulating KVM)."""
 
-Tamper = Callable[[VirtualMachine, VirtualCPU, BootPlan], object]
+Tamper = Callable[[VirtualMachine, VirtualCPU, EntryPlan], object]
 """Called after ``prepare`` and ``configure_vcpu``, before the first instruction: tests use
 it to break the boot contract on purpose (negative controls)."""
 
@@ -57,7 +57,7 @@ class ProbeResult:
     checks: list[Check]
     exit: VmExit
     report: ProbeReport
-    plan: BootPlan
+    plan: EntryPlan
     timings: ProbeTimings
     exit_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -85,12 +85,18 @@ class ProbeResult:
             "checks": [c.as_dict() for c in self.checks],
             "timings": self.timings.as_dict(),
             "exits": self.exit_count,
-            "plan": {"load_addr": self.plan.load_addr, "entry_gpa": self.plan.entry_gpa,
-                     "zero_page_gpa": self.plan.zero_page_gpa, "cmdline_gpa": self.plan.cmdline_gpa,
-                     "stack_top_gpa": self.plan.stack_top_gpa, "paging_base": self.plan.paging_base,
-                     "address_space_gib": self.plan.address_space_gib,
-                     "initrd_gpa": self.plan.initrd_gpa, "initrd_size": self.plan.initrd_size},
+            "plan": self._plan_dict(),
         }
+
+    def _plan_dict(self) -> dict[str, Any]:
+        plan = self.plan
+        out: dict[str, Any] = {"load_addr": plan.load_addr, "entry_gpa": plan.entry_gpa,
+                               "cmdline_gpa": plan.cmdline_gpa, "initrd_gpa": plan.initrd_gpa,
+                               "initrd_size": plan.initrd_size}
+        if isinstance(plan, BootPlan):
+            out.update(zero_page_gpa=plan.zero_page_gpa, stack_top_gpa=plan.stack_top_gpa,
+                       paging_base=plan.paging_base, address_space_gib=plan.address_space_gib)
+        return out
 
 
 def run_probe(

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.hv.kvm import KvmVCPU, KvmVM
-    from vmboot.linux import BootPlan, Kernel
+    from vmboot.linux import EntryPlan, Kernel
     from vmboot.linux.options import EntryChoice
     from vmboot.vmm.runner import Runner
 
@@ -210,7 +210,7 @@ class Machine:
         self.vm: KvmVM | None = None
         self.vcpu: KvmVCPU | None = None
         self.kernel: Kernel | None = None
-        self.plan: BootPlan | None = None
+        self.plan: EntryPlan | None = None
         self._runner: Runner | None = None
         self._t0 = 0.0
         self._t_load = 0.0

@@ -1,8 +1,9 @@
 """A boot plan: where everything went, and how to program a vCPU to enter the kernel.
 
 This is the "configurator" half (as in rust-vmm linux-loader): the loader
-(:mod:`vmboot.linux.loader.bzimage`) decides and writes guest memory; the plan then sets
-up the vCPU for the 64-bit boot protocol (boot.rst, "64-bit BOOT PROTOCOL"):
+(:mod:`vmboot.linux.loader`) decides and writes guest memory; the plan then sets up the
+vCPU. :class:`EntryPlan` is what every entry has; :class:`BootPlan` is the 64-bit boot
+protocol (boot.rst, "64-bit BOOT PROTOCOL"):
 
 - long mode with paging, the first ``address_space_gib`` GiB identity-mapped
   (2 MiB pages) by tables at ``paging_base``;
@@ -14,6 +15,7 @@ up the vCPU for the 64-bit boot protocol (boot.rst, "64-bit BOOT PROTOCOL"):
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 from vmboot.hv.base import VirtualCPU, VirtualMachine
@@ -35,37 +37,54 @@ BOOT_RFLAGS = cr.RFLAGS_RESERVED_1
 """Interrupts off (IF = 0); bit 1 always reads as 1."""
 
 
-@dataclass(frozen=True)
-class BootPlan:
-    """Where a kernel and its boot data were placed, and how the vCPU enters it."""
+@dataclass(frozen=True, kw_only=True)
+class EntryPlan(abc.ABC):
+    """Where a kernel and its boot data were placed, and how a vCPU enters it: what every
+    entry has. :class:`BootPlan` (the 64-bit entries) and
+    :class:`~vmboot.linux.configurator.pvh.PvhBootPlan` (PVH) add what is theirs."""
 
     load_addr: int
     entry_gpa: int
-    zero_page_gpa: int
     cmdline_gpa: int
-    stack_top_gpa: int
-    paging_base: int
-    address_space_gib: int
     initrd_gpa: int | None = None
     initrd_size: int = 0
     kernel_end: int = 0
     """One past the last byte the kernel may use at boot (load + max(init_size, payload))."""
     cmdline: bytes = b""
     e820: tuple[E820Entry, ...] = ()
-    setup_data_gpa: int | None = None
     gdt_gpa: int = layout.GDT_GPA
     regions: tuple[Region, ...] = field(default=())
     entry_mode: EntryMode = "bzimage64"
-    """Which entry this plan enters: ``"bzimage64"``, ``"elf64"`` (both 64-bit with a zero
-    page, programmed by this class) or ``"pvh"`` (:class:`~vmboot.linux.configurator.pvh.PvhBootPlan`)."""
-
-    @property
-    def page_tables_size(self) -> int:
-        return layout.page_table_bytes(self.address_space_gib)
+    """Which entry this plan enters: ``"bzimage64"``, ``"elf64"`` (:class:`BootPlan`) or
+    ``"pvh"`` (:class:`~vmboot.linux.configurator.pvh.PvhBootPlan`)."""
 
     def describe(self) -> list[str]:
         """One line per region, in address order, for humans."""
         return [r.describe() for r in sorted(self.regions, key=lambda r: r.start)]
+
+    @abc.abstractmethod
+    def write_cpu_tables(self, vm: VirtualMachine) -> None:
+        """Write the descriptor (and page) tables the entry needs into guest memory."""
+
+    @abc.abstractmethod
+    def configure_vcpu(self, vcpu: VirtualCPU) -> None:
+        """Program ``vcpu`` to enter the kernel (writes the tables of :meth:`write_cpu_tables`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BootPlan(EntryPlan):
+    """A boot through a 64-bit entry (``"bzimage64"`` or ``"elf64"``): zero page, identity
+    map and stack."""
+
+    zero_page_gpa: int
+    stack_top_gpa: int
+    paging_base: int
+    address_space_gib: int
+    setup_data_gpa: int | None = None
+
+    @property
+    def page_tables_size(self) -> int:
+        return layout.page_table_bytes(self.address_space_gib)
 
     def write_cpu_tables(self, vm: VirtualMachine) -> None:
         """Write the identity-map page tables and the boot GDT into guest memory."""

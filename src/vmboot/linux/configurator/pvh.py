@@ -22,7 +22,7 @@ from vmboot.errors import KernelFormatError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import Register
 from vmboot.linux.configurator.gdt import boot_gdt
-from vmboot.linux.configurator.plan import BootPlan, load_boot_segments
+from vmboot.linux.configurator.plan import EntryPlan, load_boot_segments
 from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 from vmboot.x86 import cr
 
@@ -78,12 +78,11 @@ def find_pvh_note(elf: ElfFile) -> PvhNote | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PvhBootPlan(BootPlan):
+class PvhBootPlan(EntryPlan):
     """A boot through the PVH entry: where ``hvm_start_info`` and its tables went.
 
-    The 64-bit-only fields of :class:`BootPlan` do not apply and are 0: ``zero_page_gpa``
-    (the kernel builds its own boot_params from the start info), ``paging_base`` and
-    ``address_space_gib`` (paging is off), ``stack_top_gpa`` (PVH defines no stack).
+    No zero page (the kernel builds its own boot_params from the start info), no page
+    tables (paging is off) and no stack (PVH defines none).
     """
 
     start_info_gpa: int
@@ -92,10 +91,6 @@ class PvhBootPlan(BootPlan):
     modules: tuple[HvmModlistEntry, ...] = ()
     memmap_gpa: int = 0
     memmap: tuple[HvmMemmapEntry, ...] = field(default=())
-
-    @property
-    def page_tables_size(self) -> int:
-        return 0
 
     def write_cpu_tables(self, vm: VirtualMachine) -> None:
         """Write the boot GDT (no page tables: the PVH entry runs with paging off)."""

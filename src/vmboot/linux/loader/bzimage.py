@@ -22,12 +22,13 @@ from vmboot.errors import (
     UnsupportedKernelError,
 )
 from vmboot.hv.base import VirtualMachine
-from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
 from vmboot.linux.configurator import layout
 from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, pack_table, validate_e820
 from vmboot.linux.configurator.layout import Region
+from vmboot.linux.configurator.long_mode import KernelPlacement, cmdline_address, plan_long_mode
 from vmboot.linux.configurator.plan import BootPlan
+from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.configurator.zero_page import U32_LIMIT, put_e820, put_split
 from vmboot.linux.kernel import KernelFormat
 from vmboot.linux.loader.compression import detect_compression
@@ -38,7 +39,7 @@ from vmboot.linux.options import BootOptions, EntryMode
 if TYPE_CHECKING:
     from vmboot.linux.loader.elf_kernel import ElfEntry, ElfKernel
 
-ENTRY_BZIMAGE64 = "bzimage64"
+ENTRY_BZIMAGE64: EntryMode = "bzimage64"
 HOST_DECOMPRESSED_ENTRIES: tuple[EntryMode, ...] = ("elf64", "pvh")
 """Entries a bzImage offers through its payload decompressed on the host (see
 :meth:`BzImage.vmlinux`)."""
@@ -268,19 +269,19 @@ class BzImage:
         return bytes(zp)
 
     # -- planning and preparing --------------------------------------------------------------
-    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan | PvhBootPlan:
         """Decide where everything goes and check it all, writing nothing."""
         options = options or BootOptions()
         if options.entry in HOST_DECOMPRESSED_ENTRIES:
             return self.vmlinux(options.entry).plan(vm, options)
         return _plan(self, vm, options)
 
-    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan | PvhBootPlan:
         """Plan, then write the kernel, zero page, command line, initrd and setup_data."""
         options = options or BootOptions()
         if options.entry in HOST_DECOMPRESSED_ENTRIES:
             return self.vmlinux(options.entry).prepare(vm, options)
-        plan = self.plan(vm, options)
+        plan = _plan(self, vm, options)
         initrd = options.initrd_bytes() if plan.initrd_size else None
         if initrd is not None and len(initrd) != plan.initrd_size:
             raise BootConfigError(
@@ -424,7 +425,6 @@ def _plan(kernel: BzImage, vm: VirtualMachine, options: BootOptions) -> BootPlan
         raise UnsupportedKernelError(f"{kernel.name}: cannot use the 64-bit entry: {entry.reason}")
     options.check_scalars()
     ram = list(vm.memory.ram_ranges())
-    mapped = options.address_space_gib * GiB
     above_4g_ok = bool(h.effective_xloadflags & bp.XLF_CAN_BE_LOADED_ABOVE_4G)
 
     cmdline = options.cmdline_bytes()
@@ -436,17 +436,8 @@ def _plan(kernel: BzImage, vm: VirtualMachine, options: BootOptions) -> BootPlan
         )
 
     load = _check_load_address(kernel, options.load_addr)
-    zero_page = options.zero_page_gpa
-    cmdline_gpa = (zero_page + layout.CMDLINE_OFFSET_FROM_ZERO_PAGE
-                   if options.cmdline_gpa is None else options.cmdline_gpa)
-    low_ram_end = min(ram[0][1], mapped)
-    stack_top = (layout.align_down(low_ram_end - layout.STACK_TOP_GAP, layout.STACK_ALIGN)
-                 if options.stack_top_gpa is None else options.stack_top_gpa)
-    if stack_top < layout.STACK_RESERVE:
-        raise LayoutError(f"stack_top_gpa {stack_top:#x} leaves no room for the "
-                          f"{layout.STACK_RESERVE:#x}-byte stack below it")
-
-    for what, gpa in (("zero_page_gpa", zero_page), ("cmdline_gpa", cmdline_gpa)):
+    for what, gpa in (("zero_page_gpa", options.zero_page_gpa),
+                      ("cmdline_gpa", cmdline_address(options))):
         if gpa + bp.BOOT_PARAMS_SIZE > U32_LIMIT and not above_4g_ok:
             raise LayoutError(
                 f"{what} {gpa:#x} is above 4 GiB, but {kernel.name} lacks "
@@ -455,45 +446,17 @@ def _plan(kernel: BzImage, vm: VirtualMachine, options: BootOptions) -> BootPlan
 
     e820 = list(options.e820) if options.e820 is not None else _e820_for_ram(ram)
     validate_e820(e820)
-
-    regions = [
-        Region("kernel", load, kernel.init_size, identity_mapped=True),
-        Region("zero page", zero_page, bp.BOOT_PARAMS_SIZE, identity_mapped=True),
-        Region("command line", cmdline_gpa, len(cmdline) + 1, identity_mapped=True),
-        Region("page tables", options.paging_base, layout.page_table_bytes(options.address_space_gib)),
-        Region("GDT", layout.GDT_GPA, layout.GDT_ENTRIES * 8, identity_mapped=True),
-        Region("stack", stack_top - layout.STACK_RESERVE, layout.STACK_RESERVE, identity_mapped=True),
-    ]
-    setup_data_gpa = None
-    ext = e820[bp.E820_MAX_ENTRIES_ZEROPAGE :]
-    if ext:
-        setup_data_gpa = layout.align_up(cmdline_gpa + len(cmdline) + 1, 8)
-        size = bp.SETUP_DATA_HEADER_SIZE + len(ext) * bp.E820_ENTRY_SIZE
-        regions.append(Region("setup_data (SETUP_E820_EXT)", setup_data_gpa, size,
-                              identity_mapped=True))
-    layout.check_regions(regions, ram, mapped)
-
-    initrd_gpa, initrd_size = layout.place_initrd(
-        options.initrd_size(), options.initrd_gpa, h.effective_initrd_addr_max + 1,
-        f"initrd_addr_max {h.effective_initrd_addr_max:#x}", regions, ram, mapped,
-        explicit_may_exceed=above_4g_ok)
-
-    return BootPlan(
+    placement = KernelPlacement(
+        regions=(Region("kernel", load, kernel.init_size, identity_mapped=True),),
         load_addr=load,
         entry_gpa=kernel.entry_point(load),
-        zero_page_gpa=zero_page,
-        cmdline_gpa=cmdline_gpa,
-        stack_top_gpa=stack_top,
-        paging_base=options.paging_base,
-        address_space_gib=options.address_space_gib,
-        initrd_gpa=initrd_gpa,
-        initrd_size=initrd_size,
         kernel_end=load + kernel.init_size,
-        cmdline=cmdline,
-        e820=tuple(e820),
-        setup_data_gpa=setup_data_gpa,
-        regions=tuple(regions),
+        entry_mode=ENTRY_BZIMAGE64,
+        initrd_limit=h.effective_initrd_addr_max + 1,
+        initrd_limit_name=f"initrd_addr_max {h.effective_initrd_addr_max:#x}",
+        initrd_may_exceed_limit=above_4g_ok,
     )
+    return plan_long_mode(placement, options, ram, cmdline, e820)
 
 
 def _e820_for_ram(ram: Sequence[tuple[int, int]]) -> list[E820Entry]:

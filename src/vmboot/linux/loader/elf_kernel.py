@@ -26,7 +26,6 @@ from vmboot.errors import (
     BootConfigError,
     CmdlineError,
     KernelFormatError,
-    LayoutError,
     UnsupportedKernelError,
 )
 from vmboot.hv.base import VirtualMachine
@@ -35,6 +34,7 @@ from vmboot.linux import bootparam as bp
 from vmboot.linux.configurator import layout
 from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, validate_e820
 from vmboot.linux.configurator.layout import Region
+from vmboot.linux.configurator.long_mode import KernelPlacement, cmdline_address, plan_long_mode
 from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.configurator.pvh import PvhBootPlan, PvhNote, find_pvh_note
 from vmboot.linux.configurator.start_info import (
@@ -246,7 +246,7 @@ class ElfKernel:
         return bytes(zp)
 
     # -- planning and preparing --------------------------------------------------------------
-    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def plan(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan | PvhBootPlan:
         """Decide where everything goes and check it all, writing nothing."""
         options = options or BootOptions()
         options.check_scalars()
@@ -266,57 +266,28 @@ class ElfKernel:
         e820 = list(options.e820) if options.e820 is not None else default_e820_map(
             0, sum(end - start for start, end in ram))
         validate_e820(e820)
-        cmdline_gpa = (options.zero_page_gpa + layout.CMDLINE_OFFSET_FROM_ZERO_PAGE
-                       if options.cmdline_gpa is None else options.cmdline_gpa)
         if mode == ENTRY_PVH:
-            return self._plan_pvh(options, ram, cmdline, cmdline_gpa, e820)
-        return self._plan_elf64(options, ram, cmdline, cmdline_gpa, e820)
+            return self._plan_pvh(options, ram, cmdline, cmdline_address(options), e820)
+        return self._plan_elf64(options, ram, cmdline, e820)
 
     def _plan_elf64(self, options: BootOptions, ram: list[tuple[int, int]], cmdline: bytes,
-                    cmdline_gpa: int, e820: list[E820Entry]) -> BootPlan:
+                    e820: list[E820Entry]) -> BootPlan:
         if len(e820) > bp.E820_MAX_ENTRIES_ZEROPAGE:
             raise BootConfigError(
                 f"e820: {len(e820)} entries; the zero page holds at most "
                 f"{bp.E820_MAX_ENTRIES_ZEROPAGE} and vmboot passes no SETUP_E820_EXT to an ELF kernel"
             )
-        mapped = options.address_space_gib * GiB
-        zero_page = options.zero_page_gpa
-        low_ram_end = min(ram[0][1], mapped)
-        stack_top = (layout.align_down(low_ram_end - layout.STACK_TOP_GAP, layout.STACK_ALIGN)
-                     if options.stack_top_gpa is None else options.stack_top_gpa)
-        if stack_top < layout.STACK_RESERVE:
-            raise LayoutError(f"stack_top_gpa {stack_top:#x} leaves no room for the "
-                              f"{layout.STACK_RESERVE:#x}-byte stack below it")
-        regions = [
-            *self.segment_regions(identity_mapped=True),
-            Region("zero page", zero_page, bp.BOOT_PARAMS_SIZE, identity_mapped=True),
-            Region("command line", cmdline_gpa, len(cmdline) + 1, identity_mapped=True),
-            Region("page tables", options.paging_base,
-                   layout.page_table_bytes(options.address_space_gib)),
-            Region("GDT", layout.GDT_GPA, layout.GDT_ENTRIES * 8, identity_mapped=True),
-            Region("stack", stack_top - layout.STACK_RESERVE, layout.STACK_RESERVE,
-                   identity_mapped=True),
-        ]
-        layout.check_regions(regions, ram, mapped)
-        initrd_gpa, initrd_size = layout.place_initrd(
-            options.initrd_size(), options.initrd_gpa, ADDRESS_LIMIT_32, "4 GiB", regions, ram,
-            mapped, explicit_may_exceed=True)
-        return BootPlan(
+        placement = KernelPlacement(
+            regions=tuple(self.segment_regions(identity_mapped=True)),
             load_addr=self.load_start,
             entry_gpa=self.entry_point,
-            zero_page_gpa=zero_page,
-            cmdline_gpa=cmdline_gpa,
-            stack_top_gpa=stack_top,
-            paging_base=options.paging_base,
-            address_space_gib=options.address_space_gib,
-            initrd_gpa=initrd_gpa,
-            initrd_size=initrd_size,
             kernel_end=self.load_end,
-            cmdline=cmdline,
-            e820=tuple(e820),
-            regions=tuple(regions),
             entry_mode=ENTRY_ELF64,
+            initrd_limit=ADDRESS_LIMIT_32,
+            initrd_limit_name="4 GiB",
+            initrd_may_exceed_limit=True,
         )
+        return plan_long_mode(placement, options, ram, cmdline, e820)
 
     def _plan_pvh(self, options: BootOptions, ram: list[tuple[int, int]], cmdline: bytes,
                   cmdline_gpa: int, e820: list[E820Entry]) -> PvhBootPlan:
@@ -352,11 +323,7 @@ class ElfKernel:
         return PvhBootPlan(
             load_addr=self.load_start,
             entry_gpa=self.pvh_note.entry,
-            zero_page_gpa=0,
             cmdline_gpa=cmdline_gpa,
-            stack_top_gpa=0,
-            paging_base=0,
-            address_space_gib=0,
             initrd_gpa=initrd_gpa,
             initrd_size=initrd_size,
             kernel_end=self.load_end,
@@ -372,7 +339,7 @@ class ElfKernel:
             memmap=memmap,
         )
 
-    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan:
+    def prepare(self, vm: VirtualMachine, options: BootOptions | None = None) -> BootPlan | PvhBootPlan:
         """Plan, then write the segments, the boot data (zero page or start info), the
         command line and the initrd."""
         options = options or BootOptions()
