@@ -35,9 +35,10 @@ from vmboot.config import (
 )
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
-from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
+from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.vmm.exits import ExitReason, VmExit
+from vmboot.vmm.wiring import connect_devices
 
 if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource

@@ -126,6 +126,11 @@ class KvmVCPU(VirtualCPU):
         return self._fd
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has unmapped kvm_run (the vCPU can no longer run)."""
+        return self._run is None
+
+    @property
     def run_page(self) -> mmap.mmap:
         """The shared ``struct kvm_run`` mapping (offsets in :mod:`vmboot.hv.kvm.abi`)."""
         if self._run is None:
