@@ -47,17 +47,44 @@ CHUNK = 4 * MiB
 SMALL_PIECE = 256 * 1024
 """Decompressor outputs shorter than this are gathered in one buffer before joining."""
 GZIP_WBITS = 16 + zlib.MAX_WBITS
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_INPUT_STEP = 128
 """Input bytes fed to the zstd decompressor per step: its API has no output limit, but a zstd
 block holds at most 128 KiB and takes at least 4 bytes (an RLE block), so one step yields at
 most 4 MiB and the limit is overshot by no more than that."""
-LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK_MAX = 8 * MiB
 """Each block of an LZ4 legacy frame decompresses to at most 8 MiB
 (``LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE`` in the kernel)."""
 _U32 = struct.Struct("<I")
+
+# -- magic numbers: the one table of them in vmboot --------------------------------------------
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_LEGACY_MAGIC = 0x184C2102
+"""The little-endian magic of an LZ4 legacy frame (``lz4 -l``)."""
+LZ4_LEGACY_MAGIC_BYTES = _U32.pack(LZ4_LEGACY_MAGIC)
+MAGICS: Final[tuple[tuple[str, bytes], ...]] = (
+    ("gzip", GZIP_MAGIC),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("bzip2", b"BZh"),
+    ("lzma", b"\x5d\x00\x00"),
+    ("lzo", b"\x89LZO\x00\r\n\x1a\n"),
+    ("lz4", LZ4_LEGACY_MAGIC_BYTES),
+    ("lz4-frame", b"\x04\x22\x4d\x18"),
+    ("zstd", ZSTD_MAGIC),
+)
+"""(name, magic) of every compressed format vmboot recognises, as the kernel's decompressors
+and scripts/extract-vmlinux do; the names of those it decompresses are :data:`FORMATS`."""
+
+
+def detect_format(data: bytes | bytearray | memoryview) -> str | None:
+    """The name in :data:`MAGICS` whose magic ``data`` starts with, or None."""
+    head = bytes(data[:16])
+    for name, magic in MAGICS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
 EXTRA_HINT = "pip install 'vmboot[compression]'"
 
 

@@ -21,18 +21,14 @@ import struct
 from types import ModuleType
 from typing import Final, Literal, Protocol, get_args
 
-from vmboot.decompress import LZ4_LEGACY_MAGIC as DECOMPRESS_LZ4_MAGIC
-from vmboot.decompress import GiB
+from vmboot.decompress import LZ4_LEGACY_MAGIC_BYTES, GiB, detect_format
 from vmboot.decompress import decompress as bounded_decompress
 from vmboot.errors import InitramfsError
 
 Compression = Literal["none", "gzip", "lz4", "zstd"]
 COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LZ4_LEGACY_MAGIC_VALUE = DECOMPRESS_LZ4_MAGIC
-LZ4_LEGACY_MAGIC = struct.pack("<I", LZ4_LEGACY_MAGIC_VALUE)
+LZ4_LEGACY_MAGIC = LZ4_LEGACY_MAGIC_BYTES
 LZ4_LEGACY_BLOCK = 8 << 20
 """Input bytes per legacy block (LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE in the kernel)."""
 LZ4_BLOCK_SIZE = struct.Struct("<I")
@@ -170,13 +166,10 @@ def compress(data: bytes, method: str) -> bytes:
 
 def detect_compression(data: bytes | bytearray | memoryview) -> Compression:
     """Which of :data:`COMPRESSIONS` ``data`` starts with (``none`` for anything else)."""
-    head = bytes(data[:4])
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head == LZ4_LEGACY_MAGIC:
-        return "lz4"
-    if head == ZSTD_MAGIC:
-        return "zstd"
+    fmt = detect_format(data)
+    for method in COMPRESSIONS:
+        if method == fmt:
+            return check_compression(method)
     return "none"
 
 

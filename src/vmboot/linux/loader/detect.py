@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from vmboot.decompress import MAGICS
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
 from vmboot.linux.loader.bzimage import BzImage
-from vmboot.linux.loader.compression import PAYLOAD_MAGICS
 from vmboot.linux.loader.elf_kernel import ElfKernel
 from vmboot.linux.loader.source import KernelSource, read_source
 
@@ -24,7 +24,7 @@ def describe_file(data: bytes) -> str:
     elf = describe_elf_ident(data[:64])
     if elf is not None:
         return f"an {elf} file"
-    for name, magic in PAYLOAD_MAGICS:
+    for name, magic in MAGICS:
         if data.startswith(magic):
             return f"{name}-compressed data (a compressed kernel or initramfs? decompress it first)"
     if data[:2] == b"MZ":

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from vmboot.decompress import FORMATS, GiB, decompress
 from vmboot.errors import KernelFormatError
-from vmboot.linux.loader.compression import detect_compression
+from vmboot.linux.loader.compression import ELF_PAYLOAD, detect_compression
 
 PAYLOAD_LIMIT = 1 * GiB
 """Default output limit for a kernel payload. Real ``vmlinux.bin`` files are tens of MiB
 (a distro kernel's ``init_size`` is around 50-100 MiB), so 1 GiB never refuses a genuine
 kernel, while a payload crafted to expand without end stops there instead of exhausting
 the host's memory."""
-ELF_PAYLOAD = "none (ELF)"
-""":func:`~vmboot.linux.loader.compression.detect_compression`'s name for an uncompressed ELF."""
 
 
 def decompress_payload(payload: bytes | memoryview, name: str = "<payload>",

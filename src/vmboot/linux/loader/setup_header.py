@@ -127,18 +127,10 @@ class SetupHeader:
         return bool(self.loadflags & bp.LOADED_HIGH)
 
     def loadflag_names(self) -> list[str]:
-        return _flag_names(self.loadflags, bp.LOADFLAG_NAMES)
+        return bp.flag_names(self.loadflags, bp.LoadFlag)
 
     def xloadflag_names(self) -> list[str]:
-        return _flag_names(self.effective_xloadflags, bp.XLOADFLAG_NAMES)
+        return bp.flag_names(self.effective_xloadflags, bp.XLoadFlag)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in bp.SETUP_HEADER_FIELDS}
-
-
-def _flag_names(value: int, names: dict[int, str]) -> list[str]:
-    out = [name for bit, name in names.items() if value & bit]
-    unknown = value & ~sum(names)
-    if unknown:
-        out.append(f"{unknown:#x}")
-    return out
