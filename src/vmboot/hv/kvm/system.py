@@ -12,6 +12,7 @@ from typing import Self
 from vmboot.errors import HypervisorError, KvmUnavailableError
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.host import host_is_emulating
+from vmboot.hv.kvm.ioctl import kvm_ioctl
 
 DEFAULT_DEVICE = "/dev/kvm"
 
@@ -96,10 +97,7 @@ class KVM:
         return self._fd
 
     def _ioctl(self, request: int, arg: int, what: str) -> int:
-        try:
-            return fcntl.ioctl(self.fd, request, arg)
-        except OSError as e:
-            raise HypervisorError(f"{self.device}: {what} failed: {e.strerror}") from None
+        return int(kvm_ioctl(self.fd, request, arg, who=str(self.device), what=what))
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 when ``cap`` is missing, else a positive (cap-specific) value."""
@@ -156,10 +154,7 @@ class KVM:
         return list(buf.indices[: buf.nmsrs])
 
     def _ioctl_buf(self, request: int, buf: ctypes.Structure, what: str) -> None:
-        try:
-            fcntl.ioctl(self.fd, request, buf)
-        except OSError as e:
-            raise HypervisorError(f"{self.device}: {what} failed: {e.strerror}") from None
+        kvm_ioctl(self.fd, request, buf, who=str(self.device), what=what)
 
     # -- VMs ----------------------------------------------------------------------------------
     def create_vm_fd(self) -> int:

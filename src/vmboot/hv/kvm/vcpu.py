@@ -20,6 +20,7 @@ from vmboot.errors import HypervisorError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.cpuid import CpuidEntry
+from vmboot.hv.kvm.ioctl import kvm_ioctl
 from vmboot.hv.registers import (
     GENERAL_REGISTERS,
     DescriptorTable,
@@ -215,12 +216,7 @@ class KvmVCPU(VirtualCPU):
             callback()
 
     def _ioctl(self, request: int, arg: ctypes.Structure | int | bytes, what: str) -> int:
-        try:
-            result = fcntl.ioctl(self.fd, request, arg)
-        except OSError as e:
-            raise HypervisorError(
-                f"KVM vCPU {self._index}: {what} failed: {e.strerror} (errno {e.errno})"
-            ) from None
+        result = kvm_ioctl(self.fd, request, arg, who=f"KVM vCPU {self._index}", what=what)
         return result if isinstance(result, int) else 0
 
     # -- general and control registers --------------------------------------------------------
