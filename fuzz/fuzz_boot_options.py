@@ -15,9 +15,9 @@ from fuzz.fuzz_bzimage import RecordingVM
 from fuzz.harness import Bytes, Target, atheris_main
 from fuzz.seeds import synthetic_bzimage
 from vmboot.errors import VmbootError
-from vmboot.hv.memory_map import GiB, MiB
-from vmboot.linux import BootOptions, E820Entry, BzImage
+from vmboot.linux import BootOptions, BzImage, E820Entry
 from vmboot.linux import bootparam as bp
+from vmboot.units import GiB, MiB
 
 SMALL = 32 * MiB
 HOLE = 3 * GiB + 32 * MiB

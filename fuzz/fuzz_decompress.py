@@ -18,10 +18,11 @@ from functools import cache
 
 from fuzz.harness import Target, atheris_main
 from fuzz.seeds import PACKERS
-from vmboot.decompress import FORMATS, MiB, decompress
+from vmboot.decompress import FORMATS, decompress
 from vmboot.errors import KernelFormatError, VmbootError
 from vmboot.initramfs import decompress as decompress_initramfs
 from vmboot.linux.loader.payload import decompress_payload
+from vmboot.units import MiB
 
 STRICT_BIT = 0x80
 SMALL_LIMIT_BIT = 0x40

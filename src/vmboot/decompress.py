@@ -33,6 +33,7 @@ import zlib
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from vmboot.errors import DecompressionLimitError, VmbootError
+from vmboot.units import MiB
 
 if TYPE_CHECKING:
     import zstandard
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 Format = Literal["gzip", "xz", "lzma", "bzip2", "lz4", "zstd"]
 FORMATS: Final[tuple[str, ...]] = get_args(Format)
 
-MiB = 1 << 20
-GiB = 1 << 30
 CHUNK = 4 * MiB
 """Output produced per step of a streaming decompressor (bounds the overshoot of the limit)."""
 SMALL_PIECE = 256 * 1024

@@ -21,9 +21,10 @@ import struct
 from types import ModuleType
 from typing import Final, Literal, Protocol, get_args
 
-from vmboot.decompress import LZ4_LEGACY_MAGIC_BYTES, GiB, detect_format
+from vmboot.decompress import LZ4_LEGACY_MAGIC_BYTES, detect_format
 from vmboot.decompress import decompress as bounded_decompress
 from vmboot.errors import InitramfsError
+from vmboot.units import GiB
 
 Compression = Literal["none", "gzip", "lz4", "zstd"]
 COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmboot.errors import BootConfigError
-from vmboot.hv.memory_map import MMIO_GAP_END, MMIO_GAP_START, MiB
+from vmboot.hv.memory_map import MMIO_GAP_END, MMIO_GAP_START
 from vmboot.linux import bootparam as bp
+from vmboot.units import MiB
 
 _ENTRY = struct.Struct("<QQI")
 assert _ENTRY.size == bp.E820_ENTRY_SIZE

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmboot.errors import BootConfigError, LayoutError
-from vmboot.hv.memory_map import GiB, KiB
+from vmboot.units import GiB, KiB
 from vmboot.x86.paging import PAGE_SIZE, TABLE_SIZE
 
 ZERO_PAGE_GPA = 0x90000

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmboot.errors import LayoutError
-from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
 from vmboot.linux.configurator import layout
 from vmboot.linux.configurator.e820 import E820Entry
 from vmboot.linux.configurator.layout import Region
 from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.options import BootOptions, EntryMode
+from vmboot.units import GiB
 
 
 @dataclass(frozen=True)

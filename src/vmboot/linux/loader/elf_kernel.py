@@ -29,7 +29,6 @@ from vmboot.errors import (
     UnsupportedKernelError,
 )
 from vmboot.hv.base import VirtualMachine
-from vmboot.hv.memory_map import GiB
 from vmboot.linux import bootparam as bp
 from vmboot.linux.configurator import layout
 from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, validate_e820
@@ -48,6 +47,7 @@ from vmboot.linux.configurator.zero_page import put_e820, put_split
 from vmboot.linux.kernel import KernelFormat
 from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
+from vmboot.units import GiB
 from vmboot.x86.paging import PAGE_SIZE
 
 LINUX_COMMAND_LINE_SIZE = 2048

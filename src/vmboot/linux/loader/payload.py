@@ -10,9 +10,10 @@ kernel never writes LZ4 frames; LZO has no maintained Python binding).
 
 from __future__ import annotations
 
-from vmboot.decompress import FORMATS, GiB, decompress
+from vmboot.decompress import FORMATS, decompress
 from vmboot.errors import KernelFormatError
 from vmboot.linux.loader.compression import ELF_PAYLOAD, detect_compression
+from vmboot.units import GiB
 
 PAYLOAD_LIMIT = 1 * GiB
 """Default output limit for a kernel payload. Real ``vmlinux.bin`` files are tens of MiB
