@@ -18,11 +18,11 @@ import pytest
 from bzimage_builder import BzImageSpec, build_bzimage
 from conftest import requires_kvm, shared_kernel_file
 from vmboot.cli.inspect import describe_bzimage, render_text
+from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.errors import DecompressionLimitError, LayoutError, UnsupportedKernelError, VmbootError
 from vmboot.hv import MemoryVM, Register
 from vmboot.linux import BootOptions, BzImage, PvhBootPlan, load_kernel
 from vmboot.linux import bootparam as bp
-from vmboot.linux.loader.payload import decompress_payload
 
 MiB = 1 << 20
 MEM = 64 * MiB

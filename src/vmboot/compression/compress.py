@@ -17,34 +17,23 @@ from __future__ import annotations
 
 import gzip
 import io
-import struct
 from types import ModuleType
-from typing import Final, Literal, Protocol, get_args
+from typing import Protocol
 
-from vmboot.decompress import LZ4_LEGACY_MAGIC_BYTES, detect_format
-from vmboot.decompress import decompress as bounded_decompress
+from vmboot.compression.formats import (
+    COMPRESSIONS,
+    EXTRA_HINT,
+    LZ4_BLOCK_SIZE,
+    LZ4_LEGACY_BLOCK,
+    LZ4_LEGACY_MAGIC_BYTES,
+    Compression,
+)
 from vmboot.errors import InitramfsError
-from vmboot.units import GiB
 
-Compression = Literal["none", "gzip", "lz4", "zstd"]
-COMPRESSIONS: Final[tuple[str, ...]] = get_args(Compression)
-
-LZ4_LEGACY_MAGIC = LZ4_LEGACY_MAGIC_BYTES
-LZ4_LEGACY_BLOCK = 8 << 20
-"""Input bytes per legacy block (LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE in the kernel)."""
-LZ4_BLOCK_SIZE = struct.Struct("<I")
 GZIP_LEVEL = 9
 ZSTD_LEVEL = 19
 LZ4_HC_LEVEL = 9
 """``lz4 -l -9``'s level; any level decodes the same."""
-
-INITRAMFS_LIMIT = 2 * GiB
-"""Default output limit when vmboot reads a compressed initramfs. The kernel unpacks an
-initramfs into guest RAM, so a genuine one is smaller than any guest vmboot would boot it
-in; 2 GiB leaves room for large ones and still stops a decompression bomb before it takes
-the host's memory."""
-EXTRA_HINT = "install the compression extra: pip install 'vmboot[compression]'"
-
 
 class ByteSink(Protocol):
     def write(self, data: bytes, /) -> object: ...
@@ -109,7 +98,7 @@ class Lz4LegacyWriter:
         self._block = _import("lz4.block", "lz4")
         self._out = out
         self._pending = bytearray()
-        self._out.write(LZ4_LEGACY_MAGIC)
+        self._out.write(LZ4_LEGACY_MAGIC_BYTES)
 
     def _emit(self, chunk: bytes) -> None:
         packed: bytes = self._block.compress(
@@ -163,25 +152,3 @@ def compress(data: bytes, method: str) -> bytes:
     comp.write(data)
     comp.close()
     return out.getvalue()
-
-
-def detect_compression(data: bytes | bytearray | memoryview) -> Compression:
-    """Which of :data:`COMPRESSIONS` ``data`` starts with (``none`` for anything else)."""
-    fmt = detect_format(data)
-    for method in COMPRESSIONS:
-        if method == fmt:
-            return check_compression(method)
-    return "none"
-
-
-def decompress(data: bytes | bytearray | memoryview, name: str = "<initramfs>",
-               limit: int = INITRAMFS_LIMIT) -> bytes:
-    """The archive inside a gzip, LZ4-legacy or zstd compressed ``data`` (as is if
-    uncompressed), at most ``limit`` bytes of it (:mod:`vmboot.decompress`): more raises
-    :class:`~vmboot.errors.DecompressionLimitError`, corrupt data :class:`InitramfsError`."""
-    method = detect_compression(data)
-    if method == "none":
-        return bytes(data)
-    return bounded_decompress(data, method, limit=limit, name=name, what="initramfs",
-                              error=InitramfsError, strict_end=True,
-                              raise_hint="pass limit= to vmboot.initramfs.decompress")

@@ -1,4 +1,4 @@
-"""One bounded decompressor for everything vmboot unpacks on the host.
+"""The one bounded decompressor for everything vmboot unpacks on the host.
 
 Kernel payloads (a bzImage's compressed ``vmlinux.bin``) and initramfs archives come from
 files a user hands to vmboot, so they are untrusted: a few kilobytes of gzip can expand to
@@ -8,7 +8,7 @@ way with a hard limit on the output, checked as it grows:
 - gzip: :func:`zlib.decompressobj` with ``max_length``;
 - xz, lzma, bzip2: the standard library decompressors with ``max_length``;
 - zstd: a ``zstandard`` decompressobj fed 128 bytes of input at a time, which bounds each step's
-  output (``pip install 'vmboot[compression]'``);
+  output (the ``compression`` extra);
 - LZ4 legacy frames (``lz4 -l``, what the kernel's ``lib/decompress_unlz4.c`` reads):
   blocks of at most 8 MiB of output each, with a running total (python-lz4).
 
@@ -28,18 +28,23 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import struct
 import zlib
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import TYPE_CHECKING
 
+from vmboot.compression.formats import (
+    EXTRA_HINT,
+    FORMATS,
+    GZIP_MAGIC,
+    LZ4_BLOCK_SIZE,
+    LZ4_LEGACY_BLOCK,
+    LZ4_LEGACY_MAGIC,
+    ZSTD_MAGIC,
+)
 from vmboot.errors import DecompressionLimitError, VmbootError
 from vmboot.units import MiB
 
 if TYPE_CHECKING:
     import zstandard
-
-Format = Literal["gzip", "xz", "lzma", "bzip2", "lz4", "zstd"]
-FORMATS: Final[tuple[str, ...]] = get_args(Format)
 
 CHUNK = 4 * MiB
 """Output produced per step of a streaming decompressor (bounds the overshoot of the limit)."""
@@ -50,41 +55,7 @@ ZSTD_INPUT_STEP = 128
 """Input bytes fed to the zstd decompressor per step: its API has no output limit, but a zstd
 block holds at most 128 KiB and takes at least 4 bytes (an RLE block), so one step yields at
 most 4 MiB and the limit is overshot by no more than that."""
-LZ4_LEGACY_BLOCK_MAX = 8 * MiB
-"""Each block of an LZ4 legacy frame decompresses to at most 8 MiB
-(``LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE`` in the kernel)."""
-_U32 = struct.Struct("<I")
-
-# -- magic numbers: the one table of them in vmboot --------------------------------------------
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LZ4_LEGACY_MAGIC = 0x184C2102
-"""The little-endian magic of an LZ4 legacy frame (``lz4 -l``)."""
-LZ4_LEGACY_MAGIC_BYTES = _U32.pack(LZ4_LEGACY_MAGIC)
-MAGICS: Final[tuple[tuple[str, bytes], ...]] = (
-    ("gzip", GZIP_MAGIC),
-    ("xz", b"\xfd7zXZ\x00"),
-    ("bzip2", b"BZh"),
-    ("lzma", b"\x5d\x00\x00"),
-    ("lzo", b"\x89LZO\x00\r\n\x1a\n"),
-    ("lz4", LZ4_LEGACY_MAGIC_BYTES),
-    ("lz4-frame", b"\x04\x22\x4d\x18"),
-    ("zstd", ZSTD_MAGIC),
-)
-"""(name, magic) of every compressed format vmboot recognises, as the kernel's decompressors
-and scripts/extract-vmlinux do; the names of those it decompresses are :data:`FORMATS`."""
-
-
-def detect_format(data: bytes | bytearray | memoryview) -> str | None:
-    """The name in :data:`MAGICS` whose magic ``data`` starts with, or None."""
-    head = bytes(data[:16])
-    for name, magic in MAGICS:
-        if head.startswith(magic):
-            return name
-    return None
-
-
-EXTRA_HINT = "pip install 'vmboot[compression]'"
+_U32 = LZ4_BLOCK_SIZE
 
 
 def decompress(
@@ -277,7 +248,7 @@ def _lz4_legacy(data: bytes, job: _Job, strict_end: bool) -> bytes:
         block = view[pos + _U32.size : pos + _U32.size + size]
         # A block decodes to at most 8 MiB, so the running total overshoots by at most that.
         try:
-            job.add(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_MAX))
+            job.add(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK))
         except DecompressionLimitError:
             raise
         except Exception as exc:  # lz4 raises LZ4BlockError, a bare Exception subclass

@@ -1,5 +1,6 @@
 """Initramfs images: a pure-Python newc cpio writer and reader, and compression the kernel
-can unpack. (The image ``vmboot exec`` boots is built in :mod:`vmboot.execute.image`.)
+can unpack (the compressors are :mod:`vmboot.compression`). (The image ``vmboot exec``
+boots is built in :mod:`vmboot.execute.image`.)
 
 Modules:
 
@@ -9,7 +10,6 @@ Modules:
   reproducibility rules (order, mtime, inode numbers, nlink, device numbers);
 - :mod:`~vmboot.initramfs.builders`: entries from a directory tree, from host→guest
   pairs, from memory; :func:`build_initramfs` with compression;
-- :mod:`~vmboot.initramfs.compression`: none / gzip / lz4 (legacy frame) / zstd;
 - :mod:`~vmboot.initramfs.reader`: :func:`read_cpio`, concatenated archives included.
 
 Merging files into an existing initramfs needs no rewrite: the kernel unpacks
@@ -19,6 +19,9 @@ concatenated archives in order, a later member replacing an earlier one, so
 
 from __future__ import annotations
 
+from vmboot.compression.compress import compress
+from vmboot.compression.formats import COMPRESSIONS, Compression
+from vmboot.compression.initramfs import decompress, detect_compression
 from vmboot.initramfs.builders import (
     build_initramfs,
     complete_tree,
@@ -27,7 +30,6 @@ from vmboot.initramfs.builders import (
     entries_from_tree,
     write_initramfs,
 )
-from vmboot.initramfs.compression import COMPRESSIONS, Compression, compress, decompress, detect_compression
 from vmboot.initramfs.entry import Entry, EntryKind, normalize_guest_path
 from vmboot.initramfs.newc import NewcHeader
 from vmboot.initramfs.reader import read_cpio

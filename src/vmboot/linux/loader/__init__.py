@@ -4,8 +4,8 @@
 - :mod:`~vmboot.linux.loader.bzimage`: the bzImage (setup header, payload, 64-bit entry);
 - :mod:`~vmboot.linux.loader.elf_kernel`: an ELF ``vmlinux`` (segments, notes, entries);
 - :mod:`~vmboot.linux.loader.setup_header`: the boot protocol header, field by field;
-- :mod:`~vmboot.linux.loader.payload`: the compressed ``vmlinux`` inside a bzImage;
-- :mod:`~vmboot.linux.loader.compression`: which compressor made a payload.
+- :mod:`~vmboot.linux.loader.vmlinux`: the uncompressed ``vmlinux`` inside a bzImage
+  (its payload's compression is :mod:`vmboot.compression.kernel_payload`).
 
 How a guest is set up to enter a kernel is :mod:`vmboot.linux.configurator`.
 """

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from vmboot.compression.kernel_payload import detect_compression
 from vmboot.elf import ELF_MAGIC
 from vmboot.errors import (
     BootConfigError,
@@ -31,7 +32,6 @@ from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.configurator.zero_page import U32_LIMIT, put_e820, put_split
 from vmboot.linux.kernel import KernelFormat
-from vmboot.linux.loader.compression import detect_compression
 from vmboot.linux.loader.setup_header import SetupHeader
 from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
@@ -159,8 +159,8 @@ class BzImage:
         not an ELF vmlinux. Nothing is written anywhere, so a refusal leaves guest RAM as is.
         """
         if self._vmlinux is None:
+            from vmboot.compression.kernel_payload import decompress_payload
             from vmboot.linux.loader.elf_kernel import ElfKernel
-            from vmboot.linux.loader.payload import decompress_payload
 
             payload = self.compressed_payload()
             if payload is None:

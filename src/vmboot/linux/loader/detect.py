@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmboot.decompress import MAGICS
+from vmboot.compression.formats import MAGICS
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
