@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
 
 from vmboot.elf import describe_elf_ident
 from vmboot.linux import bootparam as bp
+from vmboot.linux.kernel import Kernel, KernelFormat
 from vmboot.linux.loader.bzimage import ENTRY_BZIMAGE64, BzImage
 from vmboot.linux.loader.detect import load_kernel
 from vmboot.linux.loader.elf_kernel import ElfKernel
@@ -94,6 +97,12 @@ def _annotation(kernel: BzImage, name: str) -> str:
 
 
 def render_text(kernel: BzImage) -> str:
+    """The text form of ``vmboot inspect`` for a bzImage."""
+    return "\n".join(render_lines(kernel))
+
+
+def render_lines(kernel: BzImage) -> list[str]:
+    """Human-readable lines describing a bzImage: its header, entries and every field."""
     info = describe_bzimage(kernel)
     h = kernel.setup_header
     lines = [
@@ -118,7 +127,7 @@ def render_text(kernel: BzImage) -> str:
         else:
             note = _annotation(kernel, f.name)
         lines.append(f"  {f.offset:#05x} {f.name:<22} {text:<20} {note}".rstrip())
-    return "\n".join(lines)
+    return lines
 
 
 _FLAG_LETTERS = ((4, "R"), (2, "W"), (1, "E"))
@@ -201,16 +210,45 @@ def elf_kernel_summary(kernel: ElfKernel) -> list[str]:
     return lines
 
 
+K = TypeVar("K", BzImage, ElfKernel)
+
+
+@dataclass(frozen=True)
+class Describer(Generic[K]):
+    """How ``inspect`` shows one kernel format: a JSON-ready object and the text lines."""
+
+    as_json: Callable[[K], dict[str, Any]]
+    as_text: Callable[[K], list[str]]
+
+    def json(self, kernel: Kernel) -> dict[str, Any]:
+        return self.as_json(cast(K, kernel))
+
+    def text(self, kernel: Kernel) -> list[str]:
+        return self.as_text(cast(K, kernel))
+
+
+DESCRIBERS: Final[dict[KernelFormat, Describer[Any]]] = {
+    KernelFormat.BZIMAGE: Describer(describe_bzimage, render_lines),
+    KernelFormat.VMLINUX: Describer(describe_elf_kernel, elf_kernel_summary),
+}
+"""The display of each :class:`~vmboot.linux.kernel.KernelFormat`, keyed by the format a
+loaded kernel reports (its ``format`` property)."""
+
+
+def describe_kernel(kernel: Kernel) -> dict[str, Any]:
+    """Everything ``inspect --json`` reports about ``kernel``, whatever its format."""
+    return DESCRIBERS[kernel.format].json(kernel)
+
+
+def kernel_summary(kernel: Kernel) -> list[str]:
+    """The text form of ``vmboot inspect`` for ``kernel``, whatever its format."""
+    return DESCRIBERS[kernel.format].text(kernel)
+
+
 def run(args: argparse.Namespace) -> int:
     kernel = load_kernel(args.kernel)
-    if isinstance(kernel, ElfKernel):
-        if args.json:
-            print(json.dumps(describe_elf_kernel(kernel), indent=2))
-        else:
-            print("\n".join(elf_kernel_summary(kernel)))
-        return 0
     if args.json:
-        print(json.dumps(describe_bzimage(kernel), indent=2))
+        print(json.dumps(describe_kernel(kernel), indent=2))
     else:
-        print(render_text(kernel))
+        print("\n".join(kernel_summary(kernel)))
     return 0

@@ -143,10 +143,13 @@ def run_probe(
     if isinstance(plan, PvhBootPlan):
         checks = verify_pvh(device.report, expectation_from_plan(plan, options),
                             exit_detail=exit_.one_line())
-    else:
+    elif isinstance(plan, BootPlan):
         header_version = kernel.setup_header.version if isinstance(kernel, BzImage) else None
         checks = verify(device.report, plan, options, initrd, header_version=header_version,
                         kind=entry, exit_detail=exit_.one_line())
+    else:
+        raise TypeError(f"probe {kind!r}: {type(plan).__name__} is neither a 64-bit nor a PVH "
+                        f"boot plan; verify has no checks for it")
     t3 = time.perf_counter()
     return ProbeResult(kind=kind, checks=checks, exit=exit_, report=device.report, plan=plan,
                        timings=ProbeTimings(setup=t1 - t0, run=t2 - t1, verify=t3 - t2),

@@ -6,12 +6,14 @@ from vmboot.compression.formats import MAGICS
 from vmboot.elf import ELF_MAGIC, describe_elf_ident
 from vmboot.errors import KernelFormatError
 from vmboot.linux import bootparam as bp
+from vmboot.linux.kernel import Kernel
 from vmboot.linux.loader.bzimage import BzImage
 from vmboot.linux.loader.elf_kernel import ElfKernel
 from vmboot.linux.loader.source import KernelSource, read_source
 
 LinuxKernel = BzImage | ElfKernel
-"""What :func:`load_kernel` returns: both have ``plan(vm, options)`` and ``prepare(vm, options)``."""
+"""The concrete kernel types :func:`load_kernel` makes, for code that needs one of them;
+everything else uses the :class:`~vmboot.linux.kernel.Kernel` protocol it returns."""
 ELF64_X86_64 = "ELF 64-bit little-endian x86-64"
 
 ACCEPTED = "a bzImage (boot protocol header 'HdrS' at 0x202) or an ELF64 x86-64 vmlinux"
@@ -37,7 +39,7 @@ def describe_file(data: bytes) -> str:
     return f"unrecognised data starting with {data[:8].hex(' ')}"
 
 
-def load_kernel(source: KernelSource) -> LinuxKernel:
+def load_kernel(source: KernelSource) -> Kernel:
     """Load a kernel from a path, a binary file object or bytes, whatever its format.
 
     bzImages are recognised by the boot protocol magic "HdrS" at 0x202
