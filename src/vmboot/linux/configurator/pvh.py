@@ -1,4 +1,5 @@
-"""The PVH entry: find it in an ELF kernel's notes, and program a vCPU to enter it.
+"""The PVH entry: program a vCPU to enter it (the note that names it is read by
+:mod:`vmboot.linux.loader.pvh_note`).
 
 A PVH kernel (Xen ``docs/misc/pvh.pandoc``; Linux ``arch/x86/platform/pvh/head.S``)
 declares its 32-bit physical entry point in an ELF note named "Xen" of type
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vmboot.elf import ElfFile
-from vmboot.errors import KernelFormatError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import Register
 from vmboot.linux.configurator.gdt import boot_gdt
@@ -26,55 +25,11 @@ from vmboot.linux.configurator.plan import EntryPlan, load_boot_segments
 from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 from vmboot.x86 import cr
 
-XEN_ELFNOTE_NAME = "Xen"
-XEN_ELFNOTE_PHYS32_ENTRY = 18
-"""Xen ``public/elfnote.h``: "Physical entry point into the kernel" (32-bit protected mode)."""
-PVH_NOTE_DESC_SIZES = (4, 8)
-"""Numeric Xen notes are 4 or 8 bytes (elfnote.h); Linux uses 8 (``_ASM_PTR``)."""
-PVH_ENTRY_LIMIT = 1 << 32
-"""The PVH entry is reached in 32-bit mode: it must lie below 4 GiB."""
-
 PVH_CR0 = cr.CR0_PE | cr.CR0_ET
 PVH_CR4 = 0
 PVH_EFER = 0
 PVH_EFLAGS = cr.RFLAGS_RESERVED_1
 """Interrupts off (IF = 0), TF = 0, VM = 0; bit 1 always reads as 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class PvhNote:
-    """The XEN_ELFNOTE_PHYS32_ENTRY note: the entry address and where it was found."""
-
-    entry: int
-    desc_size: int
-    source: str
-
-
-def find_pvh_note(elf: ElfFile) -> PvhNote | None:
-    """The PVH entry note of ``elf``, or None if it has none.
-
-    Notes of other owners or types (GNU build ID, Linux, other Xen notes) are skipped. A
-    PHYS32_ENTRY note whose descriptor is not 4 or 8 bytes, or whose address is not a
-    32-bit one, raises :class:`~vmboot.errors.KernelFormatError`.
-    """
-    for note in elf.notes():
-        if note.name != XEN_ELFNOTE_NAME or note.type != XEN_ELFNOTE_PHYS32_ENTRY:
-            continue
-        size = len(note.desc)
-        if size not in PVH_NOTE_DESC_SIZES:
-            raise KernelFormatError(
-                f"{elf.name}: PVH note (name {XEN_ELFNOTE_NAME!r}, type "
-                f"{XEN_ELFNOTE_PHYS32_ENTRY}) in {note.source} has a {size}-byte descriptor; "
-                f"the entry address must be 4 or 8 bytes"
-            )
-        entry = int.from_bytes(note.desc, "little")
-        if entry >= PVH_ENTRY_LIMIT:
-            raise KernelFormatError(
-                f"{elf.name}: PVH entry {entry:#x} (note in {note.source}) is not below 4 GiB; "
-                f"the PVH entry runs in 32-bit mode"
-            )
-        return PvhNote(entry, size, note.source)
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)

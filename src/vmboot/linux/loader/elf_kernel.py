@@ -35,7 +35,7 @@ from vmboot.linux.configurator.e820 import E820Entry, default_e820_map, validate
 from vmboot.linux.configurator.layout import Region
 from vmboot.linux.configurator.long_mode import KernelPlacement, cmdline_address, plan_long_mode
 from vmboot.linux.configurator.plan import BootPlan
-from vmboot.linux.configurator.pvh import PvhBootPlan, PvhNote, find_pvh_note
+from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.configurator.start_info import (
     HvmMemmapEntry,
     HvmModlistEntry,
@@ -45,6 +45,7 @@ from vmboot.linux.configurator.start_info import (
 )
 from vmboot.linux.configurator.zero_page import put_e820, put_split
 from vmboot.linux.kernel import KernelFormat
+from vmboot.linux.loader.pvh_note import PvhNote, find_pvh_note
 from vmboot.linux.loader.source import KERNEL_VERSION_MAX, KernelSource, read_source
 from vmboot.linux.options import BootOptions, EntryMode
 from vmboot.units import GiB
