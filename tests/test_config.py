@@ -21,7 +21,7 @@ from vmboot.config import (
     MachineConfig,
 )
 from vmboot.devices.serial import COM1, COM2
-from vmboot.errors import BootConfigError, UsageError
+from vmboot.errors import BootConfigError, UsageError, VmbootError
 from vmboot.linux import BzImage, ElfKernel, Kernel, KernelFormat, KernelImage, load_kernel
 from vmboot.units import parse_size
 from vmboot.vmm.machine import Machine
@@ -125,3 +125,14 @@ def test_both_kernel_kinds_satisfy_the_kernel_protocol() -> None:
 
 def test_old_bzimage_name_is_an_alias() -> None:
     assert KernelImage is BzImage
+
+
+@pytest.mark.parametrize(("field", "value", "prefix"), [
+    ("memory", "1M", "memory size: "), ("memory", 0x200400, "memory size: "),
+    ("cmdline", "console=ttyS0\0quiet", "cmdline: "),
+])
+def test_memory_range_and_cmdline_are_validated_when_made(field: str, value: object,
+                                                           prefix: str) -> None:
+    with pytest.raises(VmbootError) as info:
+        MachineConfig("bzImage", **{field: value})  # type: ignore[arg-type]
+    assert str(info.value).startswith(prefix)

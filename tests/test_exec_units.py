@@ -10,7 +10,7 @@ import pytest
 
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
-from vmboot.errors import KernelImageError, UsageError
+from vmboot.errors import KernelFormatError, KernelImageError, UsageError, VmbootError
 from vmboot.execute.api import EXEC_CMDLINE, ExecReason, _StatusWatch, classify
 from vmboot.execute.discovery import cached_kernels, find_kernel
 from vmboot.vmm.exits import ExitReason
@@ -305,3 +305,62 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
                           "print(sorted(m for m in sys.modules if m.startswith('vmboot.')))"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- validation before anything is built ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "field"), [
+    ("memory", "lots", "memory"), ("memory", "1M", "memory size"),
+    ("cpuid_policy", "fastest", "cpuid_policy"), ("entry", "bios", "entry"),
+    ("capture_limit", -1, "capture_limit"), ("timeout", 0, "timeout"),
+])
+def test_exec_refuses_a_bad_option_before_building_the_initramfs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, value: object,
+        field: str) -> None:
+    from bzimage_builder import build_bzimage
+    from vmboot.execute import api, image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the configuration was validated")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    with pytest.raises(VmbootError) as info:
+        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox",
+                         **{option: value})  # type: ignore[arg-type]
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_exec_refuses_a_file_that_is_no_kernel_before_building_the_initramfs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vmboot.execute import api, image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the kernel was read")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a kernel\n")
+    with pytest.raises(KernelFormatError, match="is a text file"):
+        api.exec_command(["true"], kernel=text, busybox=tmp_path / "busybox")
+
+
+def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The guard above is not vacuous: with valid options the builder is reached."""
+    from bzimage_builder import build_bzimage
+    from vmboot.execute import api, image
+
+    class Built(Exception):
+        pass
+
+    def builder(*args: object, **kwargs: object) -> bytes:
+        raise Built
+
+    monkeypatch.setattr(image, "exec_initramfs", builder)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    with pytest.raises(Built):
+        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox", memory="64M")

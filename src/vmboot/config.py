@@ -19,7 +19,8 @@ from vmboot.devices.pc import ExtraDevice
 from vmboot.devices.serial import COM1, SerialPort
 from vmboot.errors import UsageError
 from vmboot.hv.kvm.cpuid import POLICY_NAMES, CpuidPolicyName
-from vmboot.linux.options import ENTRY_CHOICES, EntryChoice
+from vmboot.hv.memory_map import ram_regions
+from vmboot.linux.options import ENTRY_CHOICES, BootOptions, EntryChoice
 from vmboot.units import parse_size
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class MachineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
+        ram_regions(self.memory_bytes)  # the range and alignment guest RAM must have
+        BootOptions(cmdline=self.cmdline).cmdline_bytes()  # UTF-8, no NUL byte
         object.__setattr__(self, "serial_ports", tuple(self.serial_ports))
         object.__setattr__(self, "extra_devices", tuple(self.extra_devices))
         if isinstance(self.cpus, bool) or not isinstance(self.cpus, int) \

@@ -43,6 +43,7 @@ second on hardware KVM.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 import time
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MachineConfig
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
-from vmboot.errors import BootConfigError, GuestError
+from vmboot.errors import GuestError
 from vmboot.execute.discovery import find_kernel
 from vmboot.execute.image import (
     EXEC_KERNEL_ARGS,
@@ -263,17 +264,25 @@ def exec_command(
     """
     import sys
 
+    from vmboot.execute import image
     from vmboot.execute.discovery import find_busybox
-    from vmboot.execute.image import exec_initramfs
+    from vmboot.linux.loader.detect import load_kernel
     from vmboot.vmm.machine import Machine
 
-    if timeout is not None and not timeout > 0:
-        raise BootConfigError(f"timeout: {timeout!r} is not a positive number of seconds (or None)")
     t0 = time.monotonic()
+    # Everything is checked before the initramfs is built: the machine's configuration
+    # (memory, CPUID policy, entry, capture limit, timeout, command line), then the kernel file.
     kernel_path = Path(kernel) if kernel is not None else find_kernel()
+    config = MachineConfig(kernel_path, initrd=None,
+                           cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
+                           entry=entry, serial_ports=EXEC_SERIAL_PORTS,
+                           capture_limit=capture_limit, timeout=timeout)
+    loaded = load_kernel(kernel_path)
     busybox_path = Path(busybox) if busybox is not None else find_busybox()
     pairs = [(Path(host), guest) for host, guest in files]
-    initrd = exec_initramfs(list(command), dict(env or {}), pairs, busybox_path, compression="none")
+    initrd = image.exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
+                                  compression="none")
+    config = dataclasses.replace(config, kernel=loaded, initrd=initrd)
     t_initramfs = time.monotonic() - t0
 
     console_target: Any
@@ -288,9 +297,6 @@ def exec_command(
     status = _StatusWatch(t0)
     status_out = ConsoleOutput(status)
 
-    config = MachineConfig(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
-                           cpuid_policy=cpuid_policy, entry=entry, serial_ports=EXEC_SERIAL_PORTS,
-                           capture_limit=capture_limit, timeout=timeout)
     machine = Machine.from_config(config, console=console_target, on_panic=None, serial_outputs={
         COM2.name: stdout, COM3.name: stderr, COM4.name: status_out})
     status.stop = machine.request_stop
