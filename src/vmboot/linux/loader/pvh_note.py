@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from vmboot.elf import ElfFile
 from vmboot.errors import KernelFormatError
+from vmboot.units import GiB
 
 XEN_ELFNOTE_NAME = "Xen"
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 """Xen ``public/elfnote.h``: "Physical entry point into the kernel" (32-bit protected mode)."""
 PVH_NOTE_DESC_SIZES = (4, 8)
 """Numeric Xen notes are 4 or 8 bytes (elfnote.h); Linux uses 8 (``_ASM_PTR``)."""
-PVH_ENTRY_LIMIT = 1 << 32
+PVH_ENTRY_LIMIT = 4 * GiB
 """The PVH entry is reached in 32-bit mode: it must lie below 4 GiB."""
 
 
