@@ -39,7 +39,7 @@ DECOMPRESSORS = {
     "zstd": ["zstd", "-dc"],
     "bzip2": ["bzip2", "-dc"],
 }
-"""Payload format (as :func:`vmboot.linux.compression.detect_compression` names it) -> the
+"""Payload format (as :func:`vmboot.compression.kernel_payload.detect_compression` names it) -> the
 command-line tool that decompresses it (the kallsyms peer)."""
 SIZE_TRAILER = 4
 
@@ -62,8 +62,8 @@ def find(explicit: str | None, what: str) -> Path | None:
 
 def decompress_command(kernel: Path, scratch: Path) -> list[str] | None:
     """The CLI that decompresses ``kernel``'s payload (written to ``scratch``), if installed."""
+    from vmboot.compression.kernel_payload import detect_compression
     from vmboot.linux import load_bzimage
-    from vmboot.linux.compression import detect_compression
 
     view = load_bzimage(kernel).compressed_payload()
     if view is None:

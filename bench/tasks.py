@@ -68,8 +68,8 @@ def bench_tasks(kernels: Path, runs: int, wanted: int) -> tuple[int, Timing, Tim
 
 def bench_btf(runs: int) -> tuple[str, int, Timing, Timing] | None:
     from debian_kernel import debian_kernel
-    from vmboot.debug.kernel_payload import uncompressed_kernel
     from vmboot.elf import ElfFile
+    from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
     image = debian_kernel()
     if image is None or shutil.which("pahole") is None:

@@ -15,14 +15,14 @@ from fuzz.fuzz_bzimage import RecordingVM
 from fuzz.harness import Bytes, Target, atheris_main
 from fuzz.seeds import synthetic_bzimage
 from vmboot.errors import VmbootError
-from vmboot.hv.memory_map import GiB, MiB
-from vmboot.linux import BootOptions, E820Entry, KernelImage
+from vmboot.linux import BootOptions, BzImage, E820Entry
 from vmboot.linux import bootparam as bp
+from vmboot.units import GiB, MiB
 
 SMALL = 32 * MiB
 HOLE = 3 * GiB + 32 * MiB
 _vms: dict[int, RecordingVM] = {}
-_kernels: list[KernelImage] = []
+_kernels: list[BzImage] = []
 
 
 def _vm(size: int) -> RecordingVM:
@@ -31,11 +31,11 @@ def _vm(size: int) -> RecordingVM:
     return _vms[size]
 
 
-def _kernel_choices() -> list[KernelImage]:
+def _kernel_choices() -> list[BzImage]:
     if not _kernels:
         for kw in ({}, {"relocatable": 0, "pref_address": 0}, {"version": 0x020C},
                    {"xloadflags": bp.XLF_KERNEL_64}, {"init_size": 0x2000000}):
-            _kernels.append(KernelImage(synthetic_bzimage(**kw)))  # type: ignore[arg-type]
+            _kernels.append(BzImage(synthetic_bzimage(**kw)))  # type: ignore[arg-type]
     return _kernels
 
 

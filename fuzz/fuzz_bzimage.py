@@ -14,11 +14,11 @@ import contextlib
 from fuzz.harness import Target, atheris_main
 from fuzz.seeds import bzimage_offsets, bzimage_seeds
 from vmboot.cli.inspect import describe_bzimage, render_text
-from vmboot.debug.kernel_payload import uncompressed_kernel
 from vmboot.errors import VmbootError
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, default_e820_map, load_kernel
-from vmboot.linux.setup_header import SetupHeader
+from vmboot.linux.loader.setup_header import SetupHeader
+from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
 VM_BYTES = 64 << 20
 INITRD = b"070701" + bytes(4090)
@@ -87,7 +87,7 @@ def one_input(data: bytes) -> None:
 
 
 TARGET = Target("bzimage", one_input, lambda: list(bzimage_seeds()), bzimage_offsets, max_len=1 << 15,
-                description="load_kernel/KernelImage: properties, zero page, prepare, payload")
+                description="load_kernel/BzImage: properties, zero page, prepare, payload")
 
 if __name__ == "__main__":
     atheris_main(TARGET)

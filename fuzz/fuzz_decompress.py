@@ -18,10 +18,12 @@ from functools import cache
 
 from fuzz.harness import Target, atheris_main
 from fuzz.seeds import PACKERS
-from vmboot.decompress import FORMATS, MiB, decompress
+from vmboot.compression.decompress import decompress
+from vmboot.compression.formats import FORMATS
+from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.errors import KernelFormatError, VmbootError
 from vmboot.initramfs import decompress as decompress_initramfs
-from vmboot.linux.payload import decompress_payload
+from vmboot.units import MiB
 
 STRICT_BIT = 0x80
 SMALL_LIMIT_BIT = 0x40
@@ -75,7 +77,7 @@ def one_input(data: bytes) -> None:
 
 TARGET = Target("decompress", one_input, lambda: list(_seeds()), lambda: (0, 1, 2, 3, 4, 5, 8, 12),
                 max_len=1 << 14,
-                description="vmboot.decompress in every format and end rule, and the sniffing "
+                description="vmboot.compression.decompress in every format and end rule, and the sniffing "
                             "entry points for payloads and initramfs archives")
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from fuzz.seeds import elf_offsets, elf_seeds
 from vmboot.debug.orc import OrcTable
 from vmboot.elf import ElfFile, describe_elf_ident
 from vmboot.errors import VmbootError
-from vmboot.linux.loader import describe_file, load_kernel
+from vmboot.linux.loader.detect import describe_file, load_kernel
 
 
 def _seed_offsets() -> list[int]:

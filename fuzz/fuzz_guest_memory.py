@@ -16,7 +16,7 @@ import hashlib
 from fuzz.harness import Bytes, Target, atheris_main
 from vmboot.errors import GuestMemoryError
 from vmboot.hv import MemoryVM
-from vmboot.hv.memory_map import GiB, MiB
+from vmboot.units import GiB, MiB
 
 SMALL = 2 * MiB
 HOLE = 3 * GiB + 8 * MiB

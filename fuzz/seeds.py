@@ -487,7 +487,7 @@ PACKERS: dict[str, Callable[[bytes], bytes]] = {
     "lz4": _lz4_legacy_of,
     "zstd": _zstd_of,
 }
-"""One compressor per :data:`vmboot.decompress.FORMATS` entry (LZ4: the kernel's legacy frame)."""
+"""One compressor per :data:`vmboot.compression.formats.FORMATS` entry (LZ4: the kernel's legacy frame)."""
 
 
 # -- BTF ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.driver import DriverQueue, driver_ok, negotiate, notify, write_reg
 from vmboot.devices.virtio.mmio import MmioTransport
 from vmboot.hv import MemoryVM
-from vmboot.hv.memory_map import MiB
+from vmboot.units import MiB
 
 MEMORY = 4 * MiB
 QUEUE_SIZE = 8

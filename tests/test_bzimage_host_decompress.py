@@ -18,11 +18,11 @@ import pytest
 from bzimage_builder import BzImageSpec, build_bzimage
 from conftest import requires_kvm, shared_kernel_file
 from vmboot.cli.inspect import describe_bzimage, render_text
+from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.errors import DecompressionLimitError, LayoutError, UnsupportedKernelError, VmbootError
 from vmboot.hv import MemoryVM, Register
-from vmboot.linux import BootOptions, KernelImage, PvhBootPlan, load_kernel
+from vmboot.linux import BootOptions, BzImage, PvhBootPlan, load_kernel
 from vmboot.linux import bootparam as bp
-from vmboot.linux.payload import decompress_payload
 
 MiB = 1 << 20
 MEM = 64 * MiB
@@ -51,9 +51,9 @@ def vmlinux() -> bytes:
 
 
 @pytest.fixture(scope="module", params=BZIMAGES)
-def bzimage(request: pytest.FixtureRequest) -> KernelImage:
+def bzimage(request: pytest.FixtureRequest) -> BzImage:
     kernel = load_kernel(shared_kernel_file(request.param))
-    assert isinstance(kernel, KernelImage)
+    assert isinstance(kernel, BzImage)
     return kernel
 
 
@@ -63,7 +63,7 @@ def initrd() -> bytes:
 
 
 @pytest.mark.parametrize("entry", ["elf64", "pvh"])
-def test_segments_at_paddr_match_the_vmlinux(bzimage: KernelImage, vmlinux: bytes, initrd: bytes,
+def test_segments_at_paddr_match_the_vmlinux(bzimage: BzImage, vmlinux: bytes, initrd: bytes,
                                              entry: str) -> None:
     loads = [p for p in program_headers(vmlinux) if p[0] == PT_LOAD]
     assert loads
@@ -81,7 +81,7 @@ def test_segments_at_paddr_match_the_vmlinux(bzimage: KernelImage, vmlinux: byte
         assert vm.read(plan.cmdline_gpa, len(CMDLINE) + 1) == CMDLINE.encode() + b"\0"
 
 
-def test_elf64_registers_as_for_the_vmlinux(bzimage: KernelImage, vmlinux: bytes) -> None:
+def test_elf64_registers_as_for_the_vmlinux(bzimage: BzImage, vmlinux: bytes) -> None:
     options = BootOptions(cmdline=CMDLINE, entry="elf64")
     seen = []
     for kernel in (bzimage, load_kernel(vmlinux)):
@@ -97,16 +97,16 @@ def test_elf64_registers_as_for_the_vmlinux(bzimage: KernelImage, vmlinux: bytes
     assert seen[0][0] == 0x1000000  # phys startup_64, not the bzImage's load + 0x200
 
 
-def test_pvh_entry_is_the_vmlinux_note(bzimage: KernelImage, vmlinux: bytes) -> None:
+def test_pvh_entry_is_the_vmlinux_note(bzimage: BzImage, vmlinux: bytes) -> None:
     with MemoryVM(MEM) as vm:
         plan = bzimage.prepare(vm, BootOptions(entry="pvh"))
     assert isinstance(plan, PvhBootPlan)
     elf = load_kernel(vmlinux)
-    assert not isinstance(elf, KernelImage)
+    assert not isinstance(elf, BzImage)
     assert plan.entry_gpa == elf.pvh_entry
 
 
-def test_elf64_zero_page_carries_the_bzimage_header(bzimage: KernelImage) -> None:
+def test_elf64_zero_page_carries_the_bzimage_header(bzimage: BzImage) -> None:
     initrd = b"\x07" * 4096
     with MemoryVM(MEM) as vm:
         plan = bzimage.prepare(vm, BootOptions(cmdline=CMDLINE, entry="elf64", initrd=initrd))
@@ -121,7 +121,7 @@ def test_elf64_zero_page_carries_the_bzimage_header(bzimage: KernelImage) -> Non
     assert zp[0x1EF] == 0  # sentinel clear: the kernel keeps every field
 
 
-def test_auto_stays_the_bzimage_entry(bzimage: KernelImage) -> None:
+def test_auto_stays_the_bzimage_entry(bzimage: BzImage) -> None:
     with MemoryVM(MEM) as vm:
         plan = bzimage.prepare(vm, BootOptions())
         assert plan.entry_mode == "bzimage64"
@@ -131,13 +131,13 @@ def test_auto_stays_the_bzimage_entry(bzimage: KernelImage) -> None:
 
 def test_decompression_is_memoised_and_the_same_for_both_images(vmlinux: bytes) -> None:
     a, b = (load_kernel(shared_kernel_file(name)) for name in BZIMAGES)
-    assert isinstance(a, KernelImage) and isinstance(b, KernelImage)
+    assert isinstance(a, BzImage) and isinstance(b, BzImage)
     assert a.vmlinux() is a.vmlinux()
     assert a.vmlinux().data == b.vmlinux().data
     assert a.vmlinux().entry_point == load_kernel(vmlinux).entry_point
 
 
-def test_inspect_lists_the_entries(bzimage: KernelImage) -> None:
+def test_inspect_lists_the_entries(bzimage: BzImage) -> None:
     info = describe_bzimage(bzimage)
     assert info["default_entry"] == "bzimage64"
     entries = info["entries"]
@@ -152,7 +152,7 @@ def test_inspect_lists_the_entries(bzimage: KernelImage) -> None:
 # -- refusals: each leaves guest RAM all zero ------------------------------------------------------
 
 
-def refuse(kernel: KernelImage, options: BootOptions, exc: type[VmbootError], match: str,
+def refuse(kernel: BzImage, options: BootOptions, exc: type[VmbootError], match: str,
            memory: int = MEM) -> None:
     with MemoryVM(memory) as vm:
         with pytest.raises(exc, match=match):
@@ -162,14 +162,14 @@ def refuse(kernel: KernelImage, options: BootOptions, exc: type[VmbootError], ma
 
 @pytest.mark.parametrize("entry", ["elf64", "pvh"])
 def test_refuses_a_payload_that_is_not_elf(entry: str) -> None:
-    kernel = KernelImage(build_bzimage(), "synthetic-bzImage")  # an LZ4 frame of nothing
+    kernel = BzImage(build_bzimage(), "synthetic-bzImage")  # an LZ4 frame of nothing
     refuse(kernel, BootOptions(entry=entry), UnsupportedKernelError,  # type: ignore[arg-type]
            rf"synthetic-bzImage: entry '{entry}' .* not an ELF file .*usable entries: bzimage64")
     assert describe_bzimage(kernel)["entries"][entry]["usable"] is False
 
 
 def test_refuses_lzo() -> None:
-    kernel = KernelImage(build_bzimage(BzImageSpec(payload=LZO_MAGIC + bytes(64))), "lzo-bzImage")
+    kernel = BzImage(build_bzimage(BzImageSpec(payload=LZO_MAGIC + bytes(64))), "lzo-bzImage")
     refuse(kernel, BootOptions(entry="elf64"), UnsupportedKernelError,
            r"lzo-bzImage: entry 'elf64' .*compression 'lzo' is not supported.*usable entries: "
            r"bzimage64")
@@ -177,7 +177,7 @@ def test_refuses_lzo() -> None:
 
 def test_refuses_segments_outside_guest_ram() -> None:
     kernel = load_kernel(shared_kernel_file("tiny-bzImage"))
-    assert isinstance(kernel, KernelImage)
+    assert isinstance(kernel, BzImage)
     for entry in ("elf64", "pvh"):
         # the kernel is linked at 16 MiB: 16 MiB of RAM cannot hold it
         refuse(kernel, BootOptions(entry=entry), LayoutError, r"kernel segment",  # type: ignore[arg-type]

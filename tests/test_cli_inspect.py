@@ -68,3 +68,26 @@ def test_inspect_elf_vmlinux() -> None:
     assert loads[0]["paddr"] == 0x1000000 and loads[0]["vaddr"] == 0xFFFFFFFF81000000
     text = _vmboot("inspect", str(path))
     assert text.returncode == 0 and "pvh" in text.stdout.lower()
+
+
+def test_every_kernel_format_has_a_display() -> None:
+    from vmboot.cli.inspect import DESCRIBERS
+    from vmboot.linux.kernel import KernelFormat
+
+    assert set(DESCRIBERS) == set(KernelFormat)
+
+
+def test_inspect_dispatches_on_the_kernel_format() -> None:
+    from elf_builder import simple_kernel
+    from vmboot.cli.inspect import describe_kernel, kernel_summary
+    from vmboot.linux.kernel import KernelFormat
+    from vmboot.linux.loader.detect import load_kernel
+
+    bz = load_kernel(build_bzimage())
+    elf = load_kernel(simple_kernel())
+    assert bz.format is KernelFormat.BZIMAGE and elf.format is KernelFormat.VMLINUX
+    bz_info, elf_info = describe_kernel(bz), describe_kernel(elf)
+    assert bz_info["format"] == KernelFormat.BZIMAGE and "setup_header" in bz_info
+    assert elf_info["format"] == KernelFormat.VMLINUX and "segments" in elf_info
+    assert kernel_summary(bz)[1].startswith("format:               bzImage")
+    assert "program headers:" in kernel_summary(elf)

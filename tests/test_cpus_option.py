@@ -11,7 +11,7 @@ import pytest
 from conftest import requires_kvm
 from test_machine import COM1, JMP_SELF, guest_program, mov_dx, out_dx_bytes, out_imm
 from vmboot.cli.main import main
-from vmboot.errors import BootConfigError
+from vmboot.errors import UsageError
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.machine import Machine
 from vmboot.vmm.profile import Sample, build_profile
@@ -40,14 +40,14 @@ def test_cli_refuses_naming_value_and_range(verb: str, text: str,
 
 @pytest.mark.parametrize("cpus", [0, MAX_CPUS + 1, "2", None])
 def test_machine_refuses_before_reading_the_kernel(cpus: object) -> None:
-    with pytest.raises(BootConfigError, match=rf"cpus: .* 1\.\.{MAX_CPUS}"):
+    with pytest.raises(UsageError, match=rf"cpus: .* 1\.\.{MAX_CPUS}"):
         Machine("/nonexistent/bzImage", cpus=cpus)  # type: ignore[arg-type]
 
 
 def test_exec_refuses_before_building_anything() -> None:
     from vmboot.execute import exec_command
 
-    with pytest.raises(BootConfigError, match="cpus: 0"):
+    with pytest.raises(UsageError, match="cpus: 0"):
         exec_command(["true"], kernel="/nonexistent/bzImage", busybox="/nonexistent/busybox", cpus=0)
 
 

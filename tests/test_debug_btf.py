@@ -122,7 +122,7 @@ def test_tiny_smp_btf_agrees_with_its_dwarf(tiny_smp_dwarf: Path) -> None:
 @pytest.mark.slow
 def test_btf_of_the_debian_cloud_kernel_from_the_image_alone(tmp_path: Path) -> None:
     from debian_kernel import debian_kernel, skip_reason
-    from vmboot.debug.kernel_payload import uncompressed_kernel
+    from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
     image = debian_kernel()
     if image is None:

@@ -11,8 +11,9 @@ import struct
 import pytest
 
 import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``fuzz``)
+from vmboot.compression.formats import LZ4_LEGACY_MAGIC
+from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.debug.kallsyms import decode_kallsyms
-from vmboot.debug.kernel_payload import LZ4_LEGACY_MAGIC, decompress_payload
 from vmboot.errors import KernelFormatError, SymbolSourceError
 
 TEXT = 0xFFFF_FFFF_8100_0000

@@ -15,9 +15,9 @@ import pytest
 from debian_kernel import debian_kernel, debian_system_map, debian_vmlinux_dbg, skip_reason
 from vmboot.debug import clear_symbol_cache, load_kernel_symbols, load_symbols, load_vmlinux_symbols
 from vmboot.debug.kallsyms import decode_kallsyms
-from vmboot.debug.kernel_payload import uncompressed_kernel
 from vmboot.debug.orc import OrcFormat, OrcTable
 from vmboot.elf import STT_FUNC, ElfFile
+from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
 KERNELS = Path("/work/shared/kernels")
 TINY_VMLINUX = KERNELS / "tiny-vmlinux"

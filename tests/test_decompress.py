@@ -1,4 +1,4 @@
-"""vmboot.decompress: every format round-trips, a decompression bomb stops at the limit
+"""vmboot.compression: every format round-trips, a decompression bomb stops at the limit
 without the whole output ever being held, and corrupt data keeps its callers' error types."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``f
 # isort: split
 from fuzz.seeds import PACKERS
 
-from vmboot.decompress import CHUNK, FORMATS, ZSTD_INPUT_STEP, decompress
+from vmboot.compression.decompress import CHUNK, ZSTD_INPUT_STEP, decompress
+from vmboot.compression.formats import FORMATS
+from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.errors import DecompressionLimitError, InitramfsError, KernelFormatError
 from vmboot.initramfs import compress
 from vmboot.initramfs import decompress as decompress_initramfs
-from vmboot.linux.payload import decompress_payload
 
 MiB = 1 << 20
 BOMB_SIZE = 64 * MiB

@@ -5,12 +5,11 @@ from __future__ import annotations
 from vmboot.devices import i8042 as k
 from vmboot.devices.bus import PortBus
 from vmboot.devices.i8042 import I8042
-from vmboot.vmm.exits import ExitReason
 
 
-def make() -> tuple[I8042, PortBus, list[tuple[ExitReason, str]]]:
-    stops: list[tuple[ExitReason, str]] = []
-    dev = I8042(stop=lambda reason, detail: stops.append((reason, detail)))
+def make() -> tuple[I8042, PortBus, list[str]]:
+    stops: list[str] = []
+    dev = I8042(on_reset=stops.append)
     bus = PortBus()
     bus.attach(k.DATA_PORT, 1, dev.data, "data")
     bus.attach(k.COMMAND_PORT, 1, dev.command, "command")
@@ -26,8 +25,8 @@ def test_linux_reboot_k_sequence_stops_with_reset() -> None:
             break
     assert polls == 1
     bus.write(k.COMMAND_PORT, 1, k.CMD_RESET_CPU)
-    assert [r for r, _ in stops] == [ExitReason.RESET]
-    assert "0xfe" in stops[0][1]
+    assert len(stops) == 1
+    assert "0xfe" in stops[0]
 
 
 def test_reset_through_output_port() -> None:
@@ -37,7 +36,7 @@ def test_reset_through_output_port() -> None:
     assert bus.read(k.DATA_PORT, 1) == k.OUTPUT_PORT_DEFAULT
     bus.write(k.COMMAND_PORT, 1, k.CMD_WRITE_OUTPUT_PORT)
     bus.write(k.DATA_PORT, 1, 0x02)  # reset line low
-    assert [r for r, _ in stops] == [ExitReason.RESET]
+    assert len(stops) == 1 and "reset line low" in stops[0]
     assert dev.resets == 1
 
 
@@ -54,7 +53,7 @@ def test_config_byte_round_trip_and_self_test() -> None:
     assert stops == []
 
 
-def test_reset_without_a_stop_hook_is_counted() -> None:
+def test_reset_without_a_reset_hook_is_counted() -> None:
     dev = I8042()
     dev.write_command(k.CMD_RESET_CPU)
     assert dev.resets == 1

@@ -8,10 +8,11 @@ import pytest
 
 from vmboot.devices import misc
 from vmboot.devices.bus import MmioBus, PortBus
-from vmboot.devices.pc import BusKind, ExtraDevice, PcPlatform, connect_devices
+from vmboot.devices.pc import BusKind, ExtraDevice, PcPlatform
 from vmboot.devices.serial import COM1, COM2
 from vmboot.errors import BootConfigError
 from vmboot.vmm.exits import ExitReason
+from vmboot.vmm.wiring import connect_devices
 
 
 def test_platform_ports(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from vmboot.devices.bus import PortBus
 from vmboot.devices.console import ConsoleOutput
-from vmboot.devices.pc import PcPlatform, connect_devices
+from vmboot.devices.pc import PcPlatform
 from vmboot.devices.serial import (
     COM1,
     COM2,
@@ -21,6 +21,7 @@ from vmboot.devices.serial import (
 )
 from vmboot.devices.wiring import SharedIrqLines
 from vmboot.errors import BootConfigError
+from vmboot.vmm.wiring import connect_devices
 
 THRI = 0x02
 

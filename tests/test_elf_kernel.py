@@ -21,6 +21,7 @@ from elf_builder import (
     pvh_note,
     simple_kernel,
 )
+from vmboot.cli.inspect import describe_elf_kernel, elf_kernel_summary
 from vmboot.errors import (
     BootConfigError,
     CmdlineError,
@@ -37,13 +38,11 @@ from vmboot.linux import (
     ElfKernel,
     PvhBootPlan,
     default_e820_map,
-    describe_elf_kernel,
     load_kernel,
 )
 from vmboot.linux import bootparam as bp
-from vmboot.linux.elf_kernel import elf_kernel_summary
-from vmboot.linux.gdt import boot_gdt
-from vmboot.linux.start_info import (
+from vmboot.linux.configurator.gdt import boot_gdt
+from vmboot.linux.configurator.start_info import (
     XEN_HVM_START_MAGIC_VALUE,
     HvmMemmapEntry,
     HvmModlistEntry,

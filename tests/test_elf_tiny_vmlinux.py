@@ -14,7 +14,7 @@ import pytest
 from conftest import shared_kernel_file
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, ElfKernel, PvhBootPlan, default_e820_map, load_kernel
-from vmboot.linux.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
+from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 
 MEM = 64 << 20
 START_KERNEL_MAP = 0xFFFFFFFF80000000

@@ -26,7 +26,8 @@ LIMIT = 600
 
 @pytest.fixture(scope="module")
 def busybox() -> Path:
-    from vmboot.fetch import fetch_busybox, find_busybox
+    from vmboot.execute.discovery import find_busybox
+    from vmboot.execute.fetch import fetch_busybox
 
     try:
         return find_busybox()
@@ -60,7 +61,7 @@ def test_cli_separates_stdout_stderr_and_returns_the_exit_status(exec_env: dict[
 
 
 def test_added_file_reaches_the_guest_byte_for_byte(busybox: Path, tmp_path: Path) -> None:
-    from vmboot.execute import ExecReason, exec_command
+    from vmboot.execute.api import ExecReason, exec_command
 
     kernel = shared_kernel_file("tiny-bzImage")
     data = bytes(range(256)) * 64 + os.urandom(4096) + b"\r\n\x00end"

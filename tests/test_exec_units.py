@@ -10,15 +10,9 @@ import pytest
 
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
-from vmboot.errors import KernelImageError, UsageError
-from vmboot.execute import (
-    EXEC_CMDLINE,
-    ExecReason,
-    _StatusWatch,
-    cached_kernels,
-    classify,
-    find_kernel,
-)
+from vmboot.errors import KernelFormatError, KernelImageError, UsageError, VmbootError
+from vmboot.execute.api import EXEC_CMDLINE, ExecReason, _StatusWatch, classify
+from vmboot.execute.discovery import cached_kernels, find_kernel
 from vmboot.vmm.exits import ExitReason
 
 # -- classification -------------------------------------------------------------------------
@@ -242,7 +236,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> object:
-    from vmboot.execute import ExecResult, ExecTimings
+    from vmboot.execute.api import ExecResult, ExecTimings
 
     timings = ExecTimings(0.0, 0.1, None, 1.0, 2.0, 2.5)
     return ExecResult(stdout=b"o\n", stderr=b"e\n", exit_status=status, reason=reason,
@@ -251,7 +245,7 @@ def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> obj
 
 def test_cli_passes_options_through_and_returns_the_status(
         monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import vmboot.execute
+    import vmboot.execute.api
     from vmboot.cli.main import main
 
     seen: dict[str, object] = {}
@@ -264,7 +258,7 @@ def test_cli_passes_options_through_and_returns_the_status(
             callback(b"streamed " + name.encode() + b"\n")
         return fake_result(ExecReason.EXITED, 7)
 
-    monkeypatch.setattr(vmboot.execute, "exec_command", fake)
+    monkeypatch.setattr(vmboot.execute.api, "exec_command", fake)
     status = main(["exec", "--kernel", "k", "-m", "64M", "--add", "h:/g", "--env", "A=1",
                    "--timeout", "30", "--", "sh", "-c", "exit 7"])
     out = capsysbinary.readouterr()
@@ -284,10 +278,10 @@ def test_cli_reports_non_exits_in_one_line_and_json(monkeypatch: pytest.MonkeyPa
                                                     reason: ExecReason, code: int) -> None:
     import json
 
-    import vmboot.execute
+    import vmboot.execute.api
     from vmboot.cli.main import main
 
-    monkeypatch.setattr(vmboot.execute, "exec_command",
+    monkeypatch.setattr(vmboot.execute.api, "exec_command",
                         lambda command, **kw: fake_result(reason, None, "why it ended"))
     assert main(["exec", "--", "true"]) == code
     err = capsys.readouterr().err
@@ -303,7 +297,7 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
     import sys
 
     import vmboot
-    from vmboot.execute import exec_command
+    from vmboot.execute.api import exec_command
 
     assert vmboot.exec is exec_command
     # `import vmboot` stays cheap: nothing of the VMM is imported until a name is used
@@ -311,3 +305,62 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
                           "print(sorted(m for m in sys.modules if m.startswith('vmboot.')))"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- validation before anything is built ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "field"), [
+    ("memory", "lots", "memory"), ("memory", "1M", "memory size"),
+    ("cpuid_policy", "fastest", "cpuid_policy"), ("entry", "bios", "entry"),
+    ("capture_limit", -1, "capture_limit"), ("timeout", 0, "timeout"),
+])
+def test_exec_refuses_a_bad_option_before_building_the_initramfs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, value: object,
+        field: str) -> None:
+    from bzimage_builder import build_bzimage
+    from vmboot.execute import api, image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the configuration was validated")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    with pytest.raises(VmbootError) as info:
+        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox",
+                         **{option: value})  # type: ignore[arg-type]
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_exec_refuses_a_file_that_is_no_kernel_before_building_the_initramfs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vmboot.execute import api, image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the kernel was read")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a kernel\n")
+    with pytest.raises(KernelFormatError, match="is a text file"):
+        api.exec_command(["true"], kernel=text, busybox=tmp_path / "busybox")
+
+
+def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The guard above is not vacuous: with valid options the builder is reached."""
+    from bzimage_builder import build_bzimage
+    from vmboot.execute import api, image
+
+    class Built(Exception):
+        pass
+
+    def builder(*args: object, **kwargs: object) -> bytes:
+        raise Built
+
+    monkeypatch.setattr(image, "exec_initramfs", builder)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    with pytest.raises(Built):
+        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox", memory="64M")

@@ -12,7 +12,7 @@ import pytest
 from conftest import requires_kvm, shared_kernel_file
 from vmboot.errors import BootConfigError, FetchError, GuestError, InitramfsError
 from vmboot.execute import ExecReason, exec_command
-from vmboot.initramfs.exec_image import (
+from vmboot.execute.image import (
     COMMAND_PATH,
     INIT_PATH,
     STATUS_READY,
@@ -28,7 +28,7 @@ TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def busybox() -> Path:
-    from vmboot.fetch import find_busybox
+    from vmboot.execute.discovery import find_busybox
 
     try:
         return find_busybox()

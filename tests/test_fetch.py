@@ -1,4 +1,4 @@
-"""vmboot.cache, vmboot.fetch and the `vmboot fetch` verb."""
+"""vmboot.execute.cache, vmboot.execute.fetch and the `vmboot fetch` verb."""
 
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.cache import cache_dir
 from vmboot.cli.main import main
 from vmboot.elf import PT_INTERP, ElfFile
 from vmboot.errors import FetchError
-from vmboot.fetch import (
-    cached_busybox,
-    fetch_busybox,
-    fetch_debian_kernel,
-    find_busybox,
-    parse_kernel_packages,
-    static_elf_problem,
-)
+from vmboot.execute.cache import cache_dir
+from vmboot.execute.discovery import cached_busybox, find_busybox, static_elf_problem
+from vmboot.execute.fetch import fetch_busybox, fetch_debian_kernel, parse_kernel_packages
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -48,7 +42,7 @@ def test_find_busybox_explains_how_to_get_one(monkeypatch: pytest.MonkeyPatch, t
     (tmp_path / "bin").mkdir()
     fake = tmp_path / "bin" / "busybox"
     shutil.copy(shutil.which("ls", path="/usr/bin:/bin") or "/bin/ls", fake)  # a dynamic ELF named busybox
-    monkeypatch.setattr("vmboot.fetch.BUSYBOX_SYSTEM_PATHS", ())
+    monkeypatch.setattr("vmboot.execute.discovery.BUSYBOX_SYSTEM_PATHS", ())
     with pytest.raises(FetchError, match=r"no static x86-64 busybox.*dynamically linked.*fetch busybox"):
         find_busybox()
 
@@ -89,7 +83,7 @@ def test_fetch_busybox_for_real(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     assert main(["fetch", "busybox", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == {"what": "busybox", "path": str(path), "cache": str(tmp_path)}
-    monkeypatch.setattr("vmboot.fetch.BUSYBOX_SYSTEM_PATHS", ())
+    monkeypatch.setattr("vmboot.execute.discovery.BUSYBOX_SYSTEM_PATHS", ())
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     assert find_busybox() == path
     assert os.access(path, os.X_OK)

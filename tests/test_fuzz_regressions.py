@@ -33,7 +33,7 @@ from vmboot.errors import (
 )
 from vmboot.hv import MemoryVM
 from vmboot.initramfs import read_cpio
-from vmboot.linux import BootOptions, E820Entry, KernelImage
+from vmboot.linux import BootOptions, BzImage, E820Entry
 from vmboot.units import parse_size
 
 
@@ -53,7 +53,7 @@ def test_parse_size_takes_ascii_digits_only(text: str) -> None:
 # -- vmboot.linux ------------------------------------------------------------------------------
 @pytest.mark.parametrize("cmdline", ["console=ttyS0 \udcff", "a\ud800"])
 def test_cmdline_with_lone_surrogate_is_a_cmdline_error(cmdline: str) -> None:
-    kernel = KernelImage(synthetic_bzimage())
+    kernel = BzImage(synthetic_bzimage())
     with MemoryVM(32 << 20) as vm:
         with pytest.raises(BootConfigError):
             kernel.prepare(vm, BootOptions(cmdline=cmdline))
@@ -70,7 +70,7 @@ def test_cmdline_with_lone_surrogate_is_a_cmdline_error(cmdline: str) -> None:
 ], ids=["cmdline-neg", "initrd-neg", "setup-data-neg", "setup-data-2**64", "alignment-2**32",
         "e820-neg"])
 def test_build_zero_page_refuses_out_of_range_values(kwargs: dict[str, object]) -> None:
-    kernel = KernelImage(synthetic_bzimage())
+    kernel = BzImage(synthetic_bzimage())
     try:
         kernel.build_zero_page(**kwargs)  # type: ignore[arg-type]
     except VmbootError:

@@ -23,13 +23,13 @@ from conftest import requires_kvm
 from kvm_helpers import CODE_GPA, assemble, assemble_with_symbols, enter_long_mode, need_binutils
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import ConsoleOutput
-from vmboot.devices.pc import PcPlatform, connect_devices
-from vmboot.devices.wiring import StopHook
+from vmboot.devices.pc import PcPlatform
 from vmboot.hv.kvm import KvmVM
 from vmboot.hv.registers import GENERAL_REGISTERS
 from vmboot.probes import run_probe
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.runner import Runner
+from vmboot.vmm.wiring import StopHook, connect_devices
 
 pytestmark = [requires_kvm, pytest.mark.kvm]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-NOT_AT_START = {"vmboot.fetch", "tarfile", "vmboot.vmm.profile", "vmboot.debug"}
+NOT_AT_START = {"vmboot.execute.fetch", "tarfile", "vmboot.vmm.profile", "vmboot.debug"}
 
 
 def test_the_boot_path_does_not_import_numpy() -> None:

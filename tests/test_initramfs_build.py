@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmboot.compression.formats import LZ4_LEGACY_BLOCK, LZ4_LEGACY_MAGIC_BYTES
 from vmboot.errors import InitramfsError, VmbootError
 from vmboot.initramfs import (
     Entry,
@@ -31,7 +32,6 @@ from vmboot.initramfs import (
     read_cpio,
     write_cpio,
 )
-from vmboot.initramfs.compression import LZ4_LEGACY_BLOCK, LZ4_LEGACY_MAGIC
 from vmboot.initramfs.newc import HEADER_SIZE, TRAILER_HEADER
 
 # -- the wire header ------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_gzip_output_is_reproducible() -> None:
 def test_lz4_legacy_frame_layout_and_block_limit() -> None:
     data = os.urandom(1000) * (LZ4_LEGACY_BLOCK // 1000 + 300)  # a bit more than one block
     packed = compress(data, "lz4")
-    assert packed[:4] == LZ4_LEGACY_MAGIC == b"\x02\x21\x4c\x18"
+    assert packed[:4] == LZ4_LEGACY_MAGIC_BYTES == b"\x02\x21\x4c\x18"
     sizes = []
     offset = 4
     while offset < len(packed):

@@ -1,6 +1,6 @@
 """The vmboot exec image: its layout, the command file, and the guest scripts run on the host.
 
-The guest's command runner (``vmboot/guest/run.sh``) honours VMBOOT_COMMAND, VMBOOT_STDOUT,
+The guest's command runner (``vmboot/execute/guest/run.sh``) honours VMBOOT_COMMAND, VMBOOT_STDOUT,
 VMBOOT_STDERR, VMBOOT_STATUS and VMBOOT_BUSYBOX, so it runs here under a real static busybox
 with the serial ports replaced by files.
 """
@@ -16,20 +16,22 @@ from pathlib import Path
 import pytest
 
 from vmboot.errors import FetchError, GuestError, InitramfsError
-from vmboot.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
-from vmboot.initramfs import EntryKind, exec_initramfs, read_cpio
-from vmboot.initramfs.exec_image import (
+from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
+from vmboot.execute.image import (
     EXEC_CHANNELS,
     EXEC_KERNEL_ARGS,
     command_file,
+    exec_initramfs,
     parse_status,
 )
+from vmboot.initramfs import EntryKind, read_cpio
 
 
 @pytest.fixture(scope="module")
 def busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A static busybox: one on this host, else fetched with apt into a temporary cache."""
-    from vmboot.fetch import fetch_busybox, find_busybox
+    from vmboot.execute.discovery import find_busybox
+    from vmboot.execute.fetch import fetch_busybox
 
     try:
         yield find_busybox()

@@ -88,7 +88,7 @@ def test_shared_kvm_outlives_its_vms() -> None:
     with KVM() as kvm:
         fds = _fd_count()
         for _ in range(3):
-            with kvm.create_vm(2 << 20) as vm:
+            with KvmVM(2 << 20, kvm=kvm) as vm:
                 vm.create_vcpu(0)
         assert _fd_count() == fds
         assert kvm.fd >= 0

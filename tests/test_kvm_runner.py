@@ -372,7 +372,7 @@ def test_runner_refuses_foreign_vcpu() -> None:
 
 def test_boot_plan_programs_the_kvm_vcpu_unchanged() -> None:
     """The boot code's configure_vcpu (written against VirtualCPU) yields a running 64-bit vCPU."""
-    from vmboot.linux.plan import BootPlan
+    from vmboot.linux.configurator.plan import BootPlan
 
     with KvmVM(64 << 20) as vm:
         vcpu = vm.create_vcpu(0)

@@ -9,7 +9,7 @@ from bzimage_builder import BzImageSpec, build_bzimage
 from vmboot.errors import LayoutError, VmbootError
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, load_bzimage, load_kernel
-from vmboot.linux.layout import Region, check_regions, highest_free_spot
+from vmboot.linux.configurator.layout import Region, check_regions, highest_free_spot
 
 MiB = 1 << 20
 PAGE = 4096

@@ -16,7 +16,7 @@ from vmboot.errors import (
     VmbootError,
 )
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, E820Entry, KernelImage, load_bzimage, load_kernel
+from vmboot.linux import BootOptions, BzImage, E820Entry, load_bzimage, load_kernel
 from vmboot.linux import bootparam as bp
 
 MiB = 1 << 20
@@ -85,7 +85,7 @@ def test_setup_sects_zero_means_four() -> None:
 # -- refusals: each leaves guest memory untouched ------------------------------------------------
 
 
-def _refuse(k: KernelImage, opts: BootOptions, exc: type[VmbootError], match: str,
+def _refuse(k: BzImage, opts: BootOptions, exc: type[VmbootError], match: str,
             memory: int = 64 * MiB) -> None:
     with MemoryVM(memory) as vm:
         before = _digest(vm)

@@ -11,8 +11,8 @@ from bzimage_builder import build_bzimage
 from vmboot.errors import BootConfigError, LayoutError
 from vmboot.hv import MemoryVM
 from vmboot.linux import BootOptions, load_kernel
-from vmboot.linux.e820 import E820Type
-from vmboot.linux.layout import Region
+from vmboot.linux.configurator.e820 import E820Type
+from vmboot.linux.configurator.layout import Region
 from vmboot.x86.mptable import (
     MAX_CPUS,
     MP_TABLE_AREA_SIZE,

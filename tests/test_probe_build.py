@@ -13,7 +13,7 @@ import pytest
 from vmboot.elf import ElfFile
 from vmboot.linux import BootOptions, load_kernel
 from vmboot.linux import bootparam as bp
-from vmboot.linux.plan import BootPlan
+from vmboot.linux.configurator.plan import BootPlan
 from vmboot.probes import (
     PROBE_FILES,
     EntryKind,

@@ -21,8 +21,9 @@ from vmboot.elf import ElfFile
 from vmboot.errors import UnsupportedKernelError
 from vmboot.hv import DescriptorTable, Register, SegmentRegister
 from vmboot.hv.kvm import KvmVCPU, KvmVM
-from vmboot.linux import BootOptions, default_e820_map, layout, load_kernel
-from vmboot.linux import gdt as boot_gdt
+from vmboot.linux import BootOptions, default_e820_map, load_kernel
+from vmboot.linux.configurator import gdt as boot_gdt
+from vmboot.linux.configurator import layout
 from vmboot.probes import (
     Check,
     EntryKind,

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.hv.memory_map import MiB
-from vmboot.linux.e820 import E820Type, default_e820_map
+from vmboot.linux.configurator.e820 import E820Type, default_e820_map
+from vmboot.units import MiB
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.machine import Machine
 

@@ -311,7 +311,7 @@ def test_run_fail_on_turns_a_clean_reset_into_a_failure(
 
 def test_exec_fail_on_turns_status_0_into_121(monkeypatch: pytest.MonkeyPatch,
                                                capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import vmboot.execute
+    import vmboot.execute.api
     from vmboot.cli.exec import EXIT_FAIL_ON
     from vmboot.execute import ExecReason, ExecResult, ExecTimings
 
@@ -321,7 +321,7 @@ def test_exec_fail_on_turns_status_0_into_121(monkeypatch: pytest.MonkeyPatch,
                           console=log("debian-6.1.0-57-bug.log").encode(),
                           vm_exit=VmExit(ExitReason.STOPPED))
 
-    monkeypatch.setattr(vmboot.execute, "exec_command", fake)
+    monkeypatch.setattr(vmboot.execute.api, "exec_command", fake)
     assert main(["exec", "--kernel", "k", "--", "true"]) == 0
     assert main(["exec", "--kernel", "k", "--fail-on", "warning", "--", "true"]) == 0
     capsysbinary.readouterr()

@@ -80,7 +80,7 @@ def test_profile_samples_every_vcpu(booted: tuple[int, RunResult, Profile]) -> N
 
 @pytest.fixture(scope="module")
 def busybox() -> Path:
-    from vmboot.fetch import find_busybox
+    from vmboot.execute.discovery import find_busybox
 
     try:
         return find_busybox()

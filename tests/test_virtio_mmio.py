@@ -220,8 +220,8 @@ def test_machine_virtio_console_default_cmdline_and_parameters() -> None:
 def test_machine_refuses_an_unknown_console_device() -> None:
     import pytest
 
-    from vmboot.errors import BootConfigError
+    from vmboot.errors import UsageError
     from vmboot.vmm.machine import Machine
 
-    with pytest.raises(BootConfigError, match="console_device"):
+    with pytest.raises(UsageError, match="console_device: 'parallel' is not one of serial, virtio"):
         Machine(b"", console_device="parallel")  # type: ignore[arg-type]

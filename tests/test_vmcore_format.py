@@ -39,8 +39,8 @@ from vmboot.debug.vmcoreinfo import (
 from vmboot.elf import NOTE_HEADER, PT_LOAD, PT_NOTE, ElfFile
 from vmboot.errors import DebugError, VmbootError
 from vmboot.hv.memory import MemoryVM
-from vmboot.hv.memory_map import GiB, MiB
 from vmboot.hv.registers import Register, Segment, SegmentRegister
+from vmboot.units import GiB, MiB
 from vmboot.x86.paging import PAGE_SIZE
 
 PAGE_OFFSET = 0xFFFF_8880_0000_0000

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.config import DEFAULT_CMDLINE, DEFAULT_MEMORY
 from vmboot.errors import UsageError
 from vmboot.vmm.console_wait import ConsoleWaiter
 from vmboot.vmm.guest_shell import BUSYBOX_PROMPT, GuestShell
 from vmboot.vmm.machine import Machine
 
-SHELL_CMDLINE = "console=ttyS0 reboot=k panic=-1 vmboot.shell=1"
-DEFAULT_MEMORY = "256M"
+SHELL_CMDLINE = f"{DEFAULT_CMDLINE} vmboot.shell=1"
 DEFAULT_BOOT_TIMEOUT = 600.0
 KERNEL_ENV = "VMBOOT_KERNEL"
 

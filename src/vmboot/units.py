@@ -13,7 +13,12 @@ from fractions import Fraction
 
 from vmboot.errors import UsageError
 
-UNITS: dict[str, int] = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+"""Binary size units: every size vmboot writes down is a multiple of these."""
+UNITS: dict[str, int] = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 ACCEPTED_FORMS = "a byte count (4096, 0x1000) or a number with K, M, G or T (256M, 1G, 64MiB, 1.5G)"
 
 _SIZE_RE = re.compile(
@@ -57,7 +62,7 @@ def parse_size(text: str | int, what: str = "size") -> int:
 
 def format_size(n: int) -> str:
     """The largest binary unit that divides ``n`` exactly: 268435456 -> "256 MiB"."""
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
         if n and n % unit == 0:
             return f"{n // unit} {name}"
     return f"{n} bytes"

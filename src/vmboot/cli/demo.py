@@ -91,7 +91,7 @@ def _ms(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.linux import BootOptions
+    from vmboot.linux import BootOptions, BootPlan
     from vmboot.probes import probe_path, run_probe
 
     initrd = sample_initrd()
@@ -114,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
 
     plan = result.plan
     print(f"vmboot demo: booted {probe_path('bzimage').name} (the bundled probe kernel) under KVM")
-    print(f"  memory {SAMPLE_MEMORY >> 20} MiB; kernel at {plan.load_addr:#x}, entry {plan.entry_gpa:#x}; "
-          f"zero page {plan.zero_page_gpa:#x}; page tables {plan.paging_base:#x} "
-          f"({plan.address_space_gib} GiB identity-mapped)")
+    tables = (f"; zero page {plan.zero_page_gpa:#x}; page tables {plan.paging_base:#x} "
+              f"({plan.address_space_gib} GiB identity-mapped)" if isinstance(plan, BootPlan) else "")
+    print(f"  memory {SAMPLE_MEMORY >> 20} MiB; kernel at {plan.load_addr:#x}, "
+          f"entry {plan.entry_gpa:#x}{tables}")
     print(f"  cmdline {SAMPLE_CMDLINE!r} at {plan.cmdline_gpa:#x}; initrd {len(initrd)} bytes "
           f"(newc cpio) at {(plan.initrd_gpa or 0):#x}")
     print()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, seconds
+from vmboot.config import DEFAULT_ENTRY, DEFAULT_MEMORY, ENTRIES, MAX_CPUS, MIN_CPUS
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -84,11 +85,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--kernel", metavar="KERNEL", default=None,
                    help="a bzImage (default: $VMBOOT_KERNEL, the cached kernel, /boot/vmlinuz-$(uname -r))")
-    p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
-                   help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
-    p.add_argument("--cpus", metavar="N", type=cpu_count, default=1,
-                   help="vCPUs (1-32; default: 1): one host thread each, announced to the "
-                        "guest by an MP table; the kernel starts them with INIT/SIPI")
+    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
+                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
+    p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
+                   help=f"vCPUs ({MIN_CPUS}-{MAX_CPUS}; default: {MIN_CPUS}): one host thread "
+                        "each, announced to the guest by an MP table; the kernel starts them "
+                        "with INIT/SIPI")
     p.add_argument("--add", metavar="HOST[:GUEST]", action="append", default=[], type=add_spec,
                    help="copy a host file or directory into the guest at GUEST "
                         "(default: /<its name>); repeatable")
@@ -100,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also stream the kernel's console (boot messages) to stderr")
     p.add_argument("--busybox", metavar="FILE", default=None,
                    help="a static x86-64 busybox for the guest (default: found on this host)")
-    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+    p.add_argument("--entry", choices=ENTRIES, default=DEFAULT_ENTRY,
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
     p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
@@ -142,7 +144,7 @@ def add_spec(text: str) -> tuple[str, str]:
 
 def env_spec(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` -> (name, value); NAME as a shell variable name."""
-    from vmboot.initramfs.exec_image import ENV_NAME_RE
+    from vmboot.execute.image import ENV_NAME_RE
 
     name, eq, value = text.partition("=")
     if not eq:
@@ -155,7 +157,7 @@ def env_spec(text: str) -> tuple[str, str]:
 
 def exit_status_for(result_reason: str, exit_status: int | None) -> int:
     """Our exit status for an exec result (see the epilog)."""
-    from vmboot.execute import ExecReason
+    from vmboot.execute.api import ExecReason
 
     reason = ExecReason(result_reason)
     if reason is ExecReason.EXITED and exit_status is not None:
@@ -185,7 +187,7 @@ def command_words(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.execute import exec_command
+    from vmboot.execute.api import exec_command
 
     command = command_words(args)
     env: dict[str, str] = {}

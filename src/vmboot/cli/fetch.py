@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmboot.cache import cache_dir  # imported here: every verb's parser is built at start-up
-    from vmboot.fetch import fetch_busybox, fetch_debian_kernel
+    from vmboot.execute.cache import cache_dir  # imported here: every verb's parser is built at start-up
+    from vmboot.execute.fetch import fetch_busybox, fetch_debian_kernel
 
     fetch = fetch_busybox if args.what == "busybox" else fetch_debian_kernel
     path: Path = fetch(force=args.force)

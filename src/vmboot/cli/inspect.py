@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
 
+from vmboot.elf import describe_elf_ident
 from vmboot.linux import bootparam as bp
-from vmboot.linux.bzimage import ENTRY_BZIMAGE64, KernelImage
-from vmboot.linux.elf_kernel import ElfKernel, describe_elf_kernel, elf_kernel_summary, entry_lines
-from vmboot.linux.loader import load_kernel
+from vmboot.linux.kernel import Kernel, KernelFormat
+from vmboot.linux.loader.bzimage import ENTRY_BZIMAGE64, BzImage
+from vmboot.linux.loader.detect import load_kernel
+from vmboot.linux.loader.elf_kernel import ElfKernel
 
 DESCRIPTION = """\
 Decode a kernel image without running it: every field of the boot protocol's setup
@@ -45,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def describe_bzimage(kernel: KernelImage) -> dict[str, Any]:
+def describe_bzimage(kernel: BzImage) -> dict[str, Any]:
     """Everything ``inspect`` reports about a bzImage, JSON-ready."""
     h = kernel.setup_header
     load = kernel.default_load_address()
@@ -71,7 +75,7 @@ def describe_bzimage(kernel: KernelImage) -> dict[str, Any]:
     }
 
 
-def _annotation(kernel: KernelImage, name: str) -> str:
+def _annotation(kernel: BzImage, name: str) -> str:
     h = kernel.setup_header
     notes = {
         "setup_sects": f"real-mode part {h.setup_size:#x} bytes" + (" (0 means 4)" if not
@@ -92,7 +96,13 @@ def _annotation(kernel: KernelImage, name: str) -> str:
     return notes.get(name, "")
 
 
-def render_text(kernel: KernelImage) -> str:
+def render_text(kernel: BzImage) -> str:
+    """The text form of ``vmboot inspect`` for a bzImage."""
+    return "\n".join(render_lines(kernel))
+
+
+def render_lines(kernel: BzImage) -> list[str]:
+    """Human-readable lines describing a bzImage: its header, entries and every field."""
     info = describe_bzimage(kernel)
     h = kernel.setup_header
     lines = [
@@ -117,19 +127,128 @@ def render_text(kernel: KernelImage) -> str:
         else:
             note = _annotation(kernel, f.name)
         lines.append(f"  {f.offset:#05x} {f.name:<22} {text:<20} {note}".rstrip())
-    return "\n".join(lines)
+    return lines
+
+
+_FLAG_LETTERS = ((4, "R"), (2, "W"), (1, "E"))
+_SEGMENT_TYPES = {0: "NULL", 1: "LOAD", 2: "DYNAMIC", 3: "INTERP", 4: "NOTE", 6: "PHDR", 7: "TLS",
+                  0x6474E550: "GNU_EH_FRAME", 0x6474E551: "GNU_STACK", 0x6474E552: "GNU_RELRO",
+                  0x6474E553: "GNU_PROPERTY"}
+
+
+def describe_elf_kernel(kernel: ElfKernel) -> dict[str, Any]:
+    """A JSON-ready description of an ELF vmlinux (for ``vmboot inspect``)."""
+    elf = kernel.elf
+    entries = kernel.entries()
+    return {
+        "file": kernel.name,
+        "format": kernel.format,
+        "size": len(kernel.data),
+        "elf": describe_elf_ident(bytes(kernel.data[:64])),
+        "e_type": int(elf.e_type),
+        "e_entry": kernel.entry_point,
+        "pvh_entry": kernel.pvh_entry,
+        "pvh_note": None if kernel.pvh_note is None else {
+            "desc_size": kernel.pvh_note.desc_size, "source": kernel.pvh_note.source},
+        "kernel_version": kernel.kernel_version,
+        "load": {"start": kernel.load_start, "end": kernel.load_end},
+        "segments": [
+            {
+                "index": s.index,
+                "type": _SEGMENT_TYPES.get(s.type, f"{s.type:#x}"),
+                "offset": s.offset,
+                "vaddr": s.vaddr,
+                "paddr": s.paddr,
+                "filesz": s.filesz,
+                "memsz": s.memsz,
+                "flags": "".join(ch if s.flags & bit else " " for bit, ch in _FLAG_LETTERS).rstrip(),
+                "align": s.align,
+            }
+            for s in elf.segments
+        ],
+        "notes": [{"name": n.name, "type": n.type, "desc_size": len(n.desc), "source": n.source}
+                  for n in elf.notes()],
+        "entries": {mode: {"address": e.address, "usable": e.usable, "reason": e.reason}
+                    for mode, e in entries.items()},
+        "default_entry": kernel.default_entry,
+    }
+
+
+def entry_lines(entries: dict[str, dict[str, Any]], default_entry: str) -> list[str]:
+    """One text line per entry (``vmboot inspect``): mode, address, usable, default, why."""
+    lines = []
+    for mode, e in entries.items():
+        where = "-" if e["address"] is None else f"{e['address']:#x}"
+        default = " (default)" if mode == default_entry else ""
+        lines.append(f"  {mode:<9} {where:<12} {'usable' if e['usable'] else 'unusable'}{default}: "
+                     f"{e['reason']}")
+    return lines
+
+
+def elf_kernel_summary(kernel: ElfKernel) -> list[str]:
+    """Human-readable lines describing an ELF vmlinux (the text form of ``vmboot inspect``)."""
+    info = describe_elf_kernel(kernel)
+    lines = [
+        f"{info['file']}: {info['format']} ({info['elf']}, {info['size']} bytes)",
+        f"kernel version: {info['kernel_version'] or '(no linux_banner found)'}",
+        f"e_entry: {info['e_entry']:#x}",
+        "PVH entry: " + ("none" if info["pvh_entry"] is None else f"{info['pvh_entry']:#x}"),
+        f"loaded at: [{info['load']['start']:#x}, {info['load']['end']:#x})",
+        "entries:",
+    ]
+    lines += entry_lines(info["entries"], info["default_entry"])
+    lines.append("program headers:")
+    lines.append(f"  {'type':<12} {'offset':>10} {'vaddr':>18} {'paddr':>12} {'filesz':>10} "
+                 f"{'memsz':>10} flags")
+    for s in info["segments"]:
+        lines.append(f"  {s['type']:<12} {s['offset']:#10x} {s['vaddr']:#18x} {s['paddr']:#12x} "
+                     f"{s['filesz']:#10x} {s['memsz']:#10x} {s['flags']}")
+    lines.append("notes:")
+    for n in info["notes"]:
+        lines.append(f"  {n['name']:<8} type {n['type']:<5} {n['desc_size']:>3}-byte descriptor "
+                     f"({n['source']})")
+    return lines
+
+
+K = TypeVar("K", BzImage, ElfKernel)
+
+
+@dataclass(frozen=True)
+class Describer(Generic[K]):
+    """How ``inspect`` shows one kernel format: a JSON-ready object and the text lines."""
+
+    as_json: Callable[[K], dict[str, Any]]
+    as_text: Callable[[K], list[str]]
+
+    def json(self, kernel: Kernel) -> dict[str, Any]:
+        return self.as_json(cast(K, kernel))
+
+    def text(self, kernel: Kernel) -> list[str]:
+        return self.as_text(cast(K, kernel))
+
+
+DESCRIBERS: Final[dict[KernelFormat, Describer[Any]]] = {
+    KernelFormat.BZIMAGE: Describer(describe_bzimage, render_lines),
+    KernelFormat.VMLINUX: Describer(describe_elf_kernel, elf_kernel_summary),
+}
+"""The display of each :class:`~vmboot.linux.kernel.KernelFormat`, keyed by the format a
+loaded kernel reports (its ``format`` property)."""
+
+
+def describe_kernel(kernel: Kernel) -> dict[str, Any]:
+    """Everything ``inspect --json`` reports about ``kernel``, whatever its format."""
+    return DESCRIBERS[kernel.format].json(kernel)
+
+
+def kernel_summary(kernel: Kernel) -> list[str]:
+    """The text form of ``vmboot inspect`` for ``kernel``, whatever its format."""
+    return DESCRIBERS[kernel.format].text(kernel)
 
 
 def run(args: argparse.Namespace) -> int:
     kernel = load_kernel(args.kernel)
-    if isinstance(kernel, ElfKernel):
-        if args.json:
-            print(json.dumps(describe_elf_kernel(kernel), indent=2))
-        else:
-            print("\n".join(elf_kernel_summary(kernel)))
-        return 0
     if args.json:
-        print(json.dumps(describe_bzimage(kernel), indent=2))
+        print(json.dumps(describe_kernel(kernel), indent=2))
     else:
-        print(render_text(kernel))
+        print("\n".join(kernel_summary(kernel)))
     return 0

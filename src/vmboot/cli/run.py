@@ -9,6 +9,20 @@ from typing import IO, TYPE_CHECKING, Any
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
 from vmboot.cli.terminal import TerminalInput
+from vmboot.config import (
+    CPUID_POLICIES,
+    DEFAULT_CMDLINE,
+    DEFAULT_CONSOLE_DEVICE,
+    DEFAULT_CPUID_POLICY,
+    DEFAULT_ENTRY,
+    DEFAULT_MEMORY,
+    DEFAULT_VIRTIO_CMDLINE,
+    DEFAULT_VIRTIO_NOTIFICATIONS,
+    ENTRIES,
+    MAX_CPUS,
+    MIN_CPUS,
+    MachineConfig,
+)
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
@@ -117,19 +131,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("kernel", metavar="KERNEL",
                    help="a bzImage (arch/x86/boot/bzImage) or an ELF vmlinux (booted via PVH)")
     p.add_argument("--initrd", metavar="FILE", help="an initramfs (cpio; uncompressed is fastest)")
-    p.add_argument("--append", metavar="CMDLINE", default=None,
-                   help='the kernel command line (default: "console=ttyS0 reboot=k panic=-1")')
-    p.add_argument("-m", "--memory", metavar="SIZE", default="256M",
-                   help="guest RAM: 64M, 1G, 512MiB, or bytes (default: 256M)")
-    p.add_argument("--cpus", metavar="N", type=cpu_count, default=1,
-                   help="vCPUs (1-32; default: 1): one host thread each, announced to the "
-                        "guest by an MP table; the kernel starts them with INIT/SIPI")
+    p.add_argument("--append", metavar="CMDLINE", default=DEFAULT_CMDLINE,
+                   help=f'the kernel command line (default: "{DEFAULT_CMDLINE}")')
+    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
+                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
+    p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
+                   help=f"vCPUs ({MIN_CPUS}-{MAX_CPUS}; default: {MIN_CPUS}): one host thread "
+                        "each, announced to the guest by an MP table; the kernel starts them "
+                        "with INIT/SIPI")
     p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (default: no limit)")
-    p.add_argument("--cpuid", choices=("auto", "host", "conservative"), default="auto",
+    p.add_argument("--cpuid", choices=CPUID_POLICIES, default=DEFAULT_CPUID_POLICY,
                    help="CPUID the guest sees: what KVM supports (host), a conservative "
                         "subset, or auto (host minus what this KVM cannot run; default)")
-    p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
+    p.add_argument("--entry", choices=ENTRIES, default=DEFAULT_ENTRY,
                    help="how to enter the kernel. bzimage64: a bzImage's 64-bit boot "
                         "protocol entry; the kernel decompresses itself in the guest. elf64: "
                         "the ELF e_entry (startup_64) in 64-bit mode with a zero page in RSI. "
@@ -180,12 +195,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
                         "ro: read-only; throwaway: writes go to a private overlay and the "
                         "file is never modified; serial=ID: the disk's serial (20 bytes max)")
-    p.add_argument("--console", choices=CONSOLE_CHOICES, default="serial",
-                   help="the console device: serial (ttyS0, the default) or virtio (hvc0; "
-                        'the default command line becomes "console=hvc0 reboot=k panic=-1")')
+    p.add_argument("--console", choices=CONSOLE_CHOICES, default=DEFAULT_CONSOLE_DEVICE,
+                   help=f"the console device: serial (ttyS0, the default) or virtio (hvc0; "
+                        f'the default command line becomes "{DEFAULT_VIRTIO_CMDLINE}")')
     p.add_argument("--rng", action="store_true",
                    help="a virtio-rng device (/dev/hwrng) fed from the host's getrandom")
-    p.add_argument("--virtio-notify", choices=NOTIFICATION_CHOICES, default="auto",
+    p.add_argument("--virtio-notify", choices=NOTIFICATION_CHOICES,
+                   default=DEFAULT_VIRTIO_NOTIFICATIONS,
                    help="how virtio queue notifications and interrupts travel: ioeventfd "
                         "(KVM ioeventfd and irqfd, no exit to vmboot), exits (an MMIO exit "
                         "each), or auto (ioeventfd when KVM has it; the default)")
@@ -213,33 +229,32 @@ def exit_status(reason: ExitReason) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vmboot.cli.dump_signal import dump_on_signal
-    from vmboot.vmm.machine import DEFAULT_CMDLINE, DEFAULT_VIRTIO_CMDLINE, Machine
+    from vmboot.vmm.machine import Machine
 
     console: IO[str] = sys.stderr if args.json else sys.stdout
-    cmdline = DEFAULT_CMDLINE if args.append is None else args.append
-    if args.append is None and args.console == "virtio":
-        cmdline = DEFAULT_VIRTIO_CMDLINE
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout} is not a positive number of seconds")
     if args.tasks and not args.trace:
         raise UsageError("--tasks: the task list is taken with the trace; add --trace")
     if args.blocked and not args.tasks:
         raise UsageError("--blocked: filters the task list; add --trace --tasks")
+    config = MachineConfig(args.kernel, initrd=args.initrd, cmdline=args.append,
+                           memory=args.memory, cpus=args.cpus, cpuid_policy=args.cpuid,
+                           entry=args.entry, timeout=args.timeout, vmlinux=args.vmlinux,
+                           system_map=args.system_map, dump_on=args.dump_on or (),
+                           dump_dir=args.dump_dir, disks=tuple(args.disk),
+                           console_device=args.console, virtio_rng=args.rng,
+                           virtio_notifications=args.virtio_notify)
     waiter = None
     if args.snapshot is not None:
         from vmboot.devices.console import stream_sink
         from vmboot.vmm.console_wait import ConsoleWaiter
 
         waiter = ConsoleWaiter(echo=stream_sink(sys.stderr if args.json else sys.stdout))
-    machine = Machine(args.kernel, initrd=args.initrd, cmdline=cmdline, memory=args.memory,
-                      cpuid_policy=args.cpuid, console=console if waiter is None else waiter,
-                      on_timeout="trace" if args.trace else None,
-                      on_panic="trace" if args.trace else None,
-                      vmlinux=args.vmlinux, system_map=args.system_map, entry=args.entry,
-                      cpus=args.cpus, trace_tasks=args.tasks,
-                      dump_on=args.dump_on or (), dump_dir=args.dump_dir,
-                      disks=args.disk, console_device=args.console, virtio_rng=args.rng,
-                      virtio_notifications=args.virtio_notify)
+    machine = Machine.from_config(config, console=console if waiter is None else waiter,
+                                  on_timeout="trace" if args.trace else None,
+                                  on_panic="trace" if args.trace else None,
+                                  trace_tasks=args.tasks)
     if args.restore is not None:
         machine.restore(args.restore)
     with machine, TerminalInput(machine.push_input), dump_on_signal(machine):
@@ -251,10 +266,10 @@ def run(args: argparse.Namespace) -> int:
 
             profiler = GuestProfiler(machine, args.profile_hz)
         if profiler is None:
-            result = machine.run(timeout=args.timeout)
+            result = machine.run()
         else:
             with profiler:
-                result = machine.run(timeout=args.timeout)
+                result = machine.run()
             profile = profiler.profile(machine.symbolize)
     status = exit_status(result.exit.reason)
     reading = result.read_console()

@@ -181,7 +181,7 @@ class Btf:
     @classmethod
     def from_kernel_image(cls, image: bytes, name: str = "<kernel>") -> Btf:
         """The BTF of a bzImage (decompressed on the host) or of a vmlinux."""
-        from vmboot.debug.kernel_payload import uncompressed_kernel
+        from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
         try:
             data = uncompressed_kernel(image, name)

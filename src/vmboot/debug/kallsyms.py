@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from vmboot.debug.kernel_payload import uncompressed_kernel
 from vmboot.debug.symtab import SymbolTable
 from vmboot.elf import ElfFile
 from vmboot.errors import SymbolSourceError, VmbootError
+from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
 TOKEN_COUNT = 256
 DIGIT_TOKENS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")

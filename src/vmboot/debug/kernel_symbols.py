@@ -47,7 +47,7 @@ def _from_system_map(source: SymbolSource) -> dict[str, int]:
 
 def _from_kallsyms(source: SymbolSource) -> dict[str, int]:
     from vmboot.debug.kallsyms import _rodata, decode_kallsyms
-    from vmboot.debug.kernel_payload import uncompressed_kernel
+    from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
     name = source_name(source)
     data = uncompressed_kernel(read_all(source), name)

@@ -50,7 +50,7 @@ def _from_elf(source: SymbolSource) -> dict[str, int]:
 
 def _from_kallsyms(source: SymbolSource) -> dict[str, int]:
     from vmboot.debug.kallsyms import _rodata, decode_kallsyms
-    from vmboot.debug.kernel_payload import uncompressed_kernel
+    from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
     data = uncompressed_kernel(read_all(source))
     rodata = _rodata(data, "<kernel>")

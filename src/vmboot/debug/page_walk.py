@@ -1,47 +1,31 @@
-"""Guest virtual -> guest physical translation by walking the guest's own page tables.
+"""Reading a stopped guest's memory by virtual address, through its own page tables.
 
-Supports 4-level and 5-level (CR4.LA57) paging, 1 GiB and 2 MiB pages, and strips the
-PCID / no-flush bits from CR3. With paging off (CR0.PG clear) addresses are physical.
+The walk itself is :func:`vmboot.x86.page_walk.walk_long_mode` (4- and 5-level paging, 1 GiB
+and 2 MiB pages, PCID bits of CR3 ignored), the one walker the run loop uses too; this adds
+the canonical-address check and a per-page cache. With paging off addresses are physical.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from vmboot.errors import GuestMemoryError, PageWalkError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import Register
 from vmboot.x86.cr import CR0_PG, CR3_ADDR_MASK, CR4_LA57
+from vmboot.x86.page_walk import Translation, walk_long_mode
 from vmboot.x86.paging import (
     ENTRY_SIZE,
     LEVEL_NAMES_4,
     LEVEL_NAMES_5,
     PAGE_SHIFT,
     PAGE_SIZE,
-    PTE_ADDR_MASK,
-    PTE_PRESENT,
-    PTE_PS,
     is_canonical,
 )
 
-INDEX_BITS = 9
-INDEX_MASK = (1 << INDEX_BITS) - 1
 VA_BITS_4LEVEL = 48
 VA_BITS_5LEVEL = 57
-LARGE_PAGE_LEVELS = frozenset({"PDPT", "PD"})
-"""Levels whose entries may map a page directly (PS bit): 1 GiB and 2 MiB."""
-
 _U64 = struct.Struct("<Q")
-
-
-@dataclass(frozen=True, slots=True)
-class Translation:
-    """Where a virtual address lands: ``physical`` address and the mapping ``page_size``."""
-
-    virtual: int
-    physical: int
-    page_size: int
 
 
 class GuestAddressSpace:
@@ -77,32 +61,12 @@ class GuestAddressSpace:
         if not self.is_canonical(va):
             raise PageWalkError(f"virtual address {va:#x} is not canonical for {self.va_bits}-bit "
                                 f"addresses ({len(self.levels)}-level paging)")
-        table = self.root
-        for depth, level in enumerate(self.levels):
-            shift = PAGE_SHIFT + INDEX_BITS * (len(self.levels) - 1 - depth)
-            index = (va >> shift) & INDEX_MASK
-            entry_gpa = table + index * ENTRY_SIZE
-            try:
-                entry = _U64.unpack(self.vm.read(entry_gpa, ENTRY_SIZE))[0]
-            except GuestMemoryError as exc:
-                raise PageWalkError(
-                    f"{level} table at {table:#x} (entry {index}) is outside guest RAM while "
-                    f"translating {va:#x} (CR3={self.cr3:#x})"
-                ) from exc
-            if not entry & PTE_PRESENT:
-                raise PageWalkError(
-                    f"{level} entry {index} at {entry_gpa:#x} is not present (value {entry:#x}) "
-                    f"while translating {va:#x} (CR3={self.cr3:#x})"
-                )
-            last = depth == len(self.levels) - 1
-            if last or (level in LARGE_PAGE_LEVELS and entry & PTE_PS):
-                size = 1 << shift
-                base = (entry & PTE_ADDR_MASK) & ~(size - 1)
-                self._pages[page] = (base + ((page << PAGE_SHIFT) & (size - 1) & ~(PAGE_SIZE - 1)),
-                                     PAGE_SIZE)
-                return Translation(va, base + (va & (size - 1)), size)
-            table = entry & PTE_ADDR_MASK
-        raise AssertionError("unreachable: the last level always returns")
+        walked = walk_long_mode(self.vm.read, self.cr3, va, five_level=self.five_level)
+        size = walked.page_size
+        base = walked.physical - (va & (size - 1))
+        self._pages[page] = (base + ((page << PAGE_SHIFT) & (size - 1) & ~(PAGE_SIZE - 1)),
+                             PAGE_SIZE)
+        return walked
 
     def read(self, va: int, n: int) -> bytes:
         """``n`` bytes at virtual ``va``, page by page."""

@@ -43,11 +43,12 @@ from vmboot.debug.frames import StackFrame
 from vmboot.debug.page_walk import GuestAddressSpace
 from vmboot.debug.symtab import SymbolTable
 from vmboot.errors import PageWalkError, StackWalkError
+from vmboot.units import MiB
 
 DEFAULT_MAX_FRAMES = 16
 RETURN_ADDRESS_OFFSET = 8
 """``[rbp + 8]`` holds the return address pushed by ``call``."""
-MAX_FRAME_JUMP = 1 << 20
+MAX_FRAME_JUMP = MiB
 """The largest step from one frame pointer to the next (1 MiB)."""
 WORD = 8
 STACK_SCAN_LIMIT = 16 << 10

@@ -83,7 +83,7 @@ def _orc_from_elf_source(source: SymbolSource) -> OrcTable | None:
 
 
 def _orc_from_image(image: bytes) -> OrcTable | None:
-    from vmboot.debug.kernel_payload import uncompressed_kernel
+    from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
     data = uncompressed_kernel(image)
     table = OrcTable.from_elf(ElfFile(data, "<uncompressed kernel>"))

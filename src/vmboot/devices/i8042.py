@@ -3,7 +3,8 @@
 Ports: 0x60 (data) and 0x64 (status on read, command on write). Linux's ``reboot=k``
 polls the status register until the input buffer is empty (bit 1 = 0), then writes
 command 0xFE, "pulse the CPU reset line". Here the input buffer is always empty, so the
-poll ends at its first read, and a reset pulse ends the run with ``ExitReason.RESET``.
+poll ends at its first read, and a reset pulse calls the reset hook the VMM connected
+(which ends the run with ``ExitReason.RESET``).
 
 The few controller commands a kernel or firmware may issue get their documented answer
 (read/write the configuration byte and the output port, self-tests); there is no
@@ -15,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vmboot.devices.state import DeviceState, field_bool, field_int, field_optional_int
-from vmboot.devices.wiring import StopHook
-from vmboot.vmm.exits import ExitReason
+from vmboot.devices.wiring import ResetHook
 
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64
@@ -53,8 +53,8 @@ CONFIG_DEFAULT = 0x00
 class I8042:
     """The controller. Attach :attr:`data` at 0x60 and :attr:`command` at 0x64 (1 port each)."""
 
-    def __init__(self, stop: StopHook | None = None) -> None:
-        self._stop = stop
+    def __init__(self, on_reset: ResetHook | None = None) -> None:
+        self._on_reset = on_reset
         self.config = CONFIG_DEFAULT
         self.output_port = OUTPUT_PORT_DEFAULT
         self.output: int | None = None
@@ -65,8 +65,8 @@ class I8042:
         self.data = _DataPort(self)
         self.command = _CommandPort(self)
 
-    def connect_stop(self, stop: StopHook) -> None:
-        self._stop = stop
+    def connect_reset(self, on_reset: ResetHook) -> None:
+        self._on_reset = on_reset
 
     def state(self) -> DeviceState:
         return {"config": self.config, "output_port": self.output_port, "output": self.output,
@@ -124,8 +124,8 @@ class I8042:
 
     def _reset(self, detail: str) -> None:
         self.resets += 1
-        if self._stop is not None:
-            self._stop(ExitReason.RESET, detail)
+        if self._on_reset is not None:
+            self._on_reset(detail)
 
 
 class _DataPort:

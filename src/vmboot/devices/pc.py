@@ -4,7 +4,7 @@ Port map (the interrupt controllers and the PIT are KVM's in-kernel ones, not he
 
     0x060        i8042 data
     0x061        system control port B (KVM serves it itself when the in-kernel PIT is on)
-    0x064        i8042 status / command  (0xFE: reset -> ExitReason.RESET)
+    0x064        i8042 status / command  (0xFE: pulses the reset line)
     0x070-0x071  CMOS RTC
     0x080        POST code
     0x3F8-0x3FF  COM1, 16550A, IRQ 4  (the console; more ports via ``serial_ports``)
@@ -27,7 +27,6 @@ from vmboot.devices.i8042 import I8042
 from vmboot.devices.misc import PciConfigAbsent, PostCode, SystemControlB
 from vmboot.devices.rtc import Clock, CmosRtc
 from vmboot.devices.serial import COM1, Serial16550A, SerialPort
-from vmboot.devices.wiring import IrqLine, RaisesIrq, SharedIrqLines, StopHook, StopsRun
 from vmboot.errors import BootConfigError
 
 
@@ -40,9 +39,9 @@ class BusKind(enum.Enum):
 class ExtraDevice:
     """A device to add to a machine: ``length`` addresses from ``start`` on ``bus``.
 
-    If ``device`` has ``connect_stop(stop)`` (:class:`~vmboot.devices.wiring.StopsRun`) it
-    is given the run's stop hook; if it has ``connect_irq(irq_line)`` it gets the VM's
-    interrupt line.
+    The VMM wires it as the platform's own devices
+    (:func:`vmboot.vmm.wiring.connect_devices`): ``connect_irq``, ``connect_reset`` and
+    ``connect_stop``, whichever it has.
     """
 
     name: str
@@ -124,18 +123,3 @@ class PcPlatform:
     def devices(self) -> Iterable[object]:
         yield from self.serials.values()
         yield from (self.i8042, self.rtc, self.post, self.pci, self.port_b)
-
-
-def connect_devices(devices: Iterable[object], irq_line: IrqLine | None,
-                    stop: StopHook | None) -> None:
-    """Give every device that wants them the VM's interrupt line and the run's stop hook.
-
-    Each device gets its own source of one :class:`~vmboot.devices.wiring.SharedIrqLines`,
-    so devices on the same ISA line (COM1 and COM3 on IRQ 4) drive it as the OR of theirs.
-    """
-    shared = SharedIrqLines(irq_line) if irq_line is not None else None
-    for dev in devices:
-        if shared is not None and isinstance(dev, RaisesIrq):
-            dev.connect_irq(shared.source())
-        if stop is not None and isinstance(dev, StopsRun):
-            dev.connect_stop(stop)

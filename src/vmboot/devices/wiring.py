@@ -1,7 +1,10 @@
-"""How a device reaches the rest of the machine: interrupt lines and requests to end the run.
+"""How a device reaches the rest of the machine: interrupt lines and a reset signal.
 
 A device gets these as plain callables, so it can be unit-tested with a list-appending
-lambda and wired to KVM (``vm.irq_line``) and the run loop by :class:`vmboot.vmm.machine.Machine`.
+lambda and wired to KVM (``vm.irq_line``) and the run loop by the VMM
+(:func:`vmboot.vmm.wiring.connect_devices`). Devices know nothing of the VMM: a reset is
+a signal the device raises (as Firecracker's i8042 writes its ``reset_evt``), and the VMM
+decides that it ends the run.
 """
 
 from __future__ import annotations
@@ -10,20 +13,18 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from vmboot.vmm.exits import ExitReason
-
 IrqLine = Callable[[int, bool], object]
 """``irq_line(irq, level)``: drive an interrupt line of the in-kernel interrupt controller."""
 
-StopHook = Callable[[ExitReason, str], object]
-"""``stop(reason, detail)``: end the current run with this reason (e.g. RESET after 0xFE)."""
+ResetHook = Callable[[str], object]
+"""``on_reset(detail)``: the device pulsed the CPU reset line (``detail`` says how)."""
 
 
 @runtime_checkable
-class StopsRun(Protocol):
-    """A device that may end the run; the machine hands it its stop hook before the run."""
+class SignalsReset(Protocol):
+    """A device that can reset the machine; the VMM hands it what to call before the run."""
 
-    def connect_stop(self, stop: StopHook) -> None: ...
+    def connect_reset(self, on_reset: ResetHook) -> None: ...
 
 
 @runtime_checkable

@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmboot.errors import BootConfigError
-
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
+from vmboot.units import GiB, KiB, MiB
 
 PAGE_SIZE = 4 * KiB
 MMIO_GAP_START = 3 * GiB

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from vmboot.x86.segment import DescriptorTable, Segment
+
+__all__ = ["DescriptorTable", "Register", "Segment", "SegmentRegister"]
 
 
 class Register(enum.Enum):
@@ -65,29 +68,3 @@ class SegmentRegister(enum.Enum):
     SS = "ss"
     TR = "tr"
     LDTR = "ldt"
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A segment register with its hidden descriptor cache (as ``struct kvm_segment``)."""
-
-    base: int = 0
-    limit: int = 0
-    selector: int = 0
-    type: int = 0
-    present: bool = False
-    dpl: int = 0
-    db: bool = False
-    s: bool = False
-    l: bool = False  # noqa: E741 - the architectural name of the 64-bit code flag
-    g: bool = False
-    avl: bool = False
-    unusable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DescriptorTable:
-    """GDTR or IDTR: a linear base and a limit (size - 1)."""
-
-    base: int = 0
-    limit: int = 0

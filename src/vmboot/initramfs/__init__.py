@@ -1,5 +1,6 @@
-"""Initramfs images: a pure-Python newc cpio writer and reader, compression the kernel
-can unpack, and the image ``vmboot exec`` boots.
+"""Initramfs images: a pure-Python newc cpio writer and reader, and compression the kernel
+can unpack (the compressors are :mod:`vmboot.compression`). (The image ``vmboot exec``
+boots is built in :mod:`vmboot.execute.image`.)
 
 Modules:
 
@@ -9,10 +10,7 @@ Modules:
   reproducibility rules (order, mtime, inode numbers, nlink, device numbers);
 - :mod:`~vmboot.initramfs.builders`: entries from a directory tree, from host→guest
   pairs, from memory; :func:`build_initramfs` with compression;
-- :mod:`~vmboot.initramfs.compression`: none / gzip / lz4 (legacy frame) / zstd;
-- :mod:`~vmboot.initramfs.reader`: :func:`read_cpio`, concatenated archives included;
-- :mod:`~vmboot.initramfs.exec_image`: the ``vmboot exec`` image and its host/guest
-  protocol (:func:`exec_initramfs`).
+- :mod:`~vmboot.initramfs.reader`: :func:`read_cpio`, concatenated archives included.
 
 Merging files into an existing initramfs needs no rewrite: the kernel unpacks
 concatenated archives in order, a later member replacing an earlier one, so
@@ -21,6 +19,9 @@ concatenated archives in order, a later member replacing an earlier one, so
 
 from __future__ import annotations
 
+from vmboot.compression.compress import compress
+from vmboot.compression.formats import COMPRESSIONS, Compression
+from vmboot.compression.initramfs import decompress, detect_compression
 from vmboot.initramfs.builders import (
     build_initramfs,
     complete_tree,
@@ -29,9 +30,7 @@ from vmboot.initramfs.builders import (
     entries_from_tree,
     write_initramfs,
 )
-from vmboot.initramfs.compression import COMPRESSIONS, Compression, compress, decompress, detect_compression
 from vmboot.initramfs.entry import Entry, EntryKind, normalize_guest_path
-from vmboot.initramfs.exec_image import ExecChannels, exec_entries, exec_initramfs
 from vmboot.initramfs.newc import NewcHeader
 from vmboot.initramfs.reader import read_cpio
 from vmboot.initramfs.writer import CpioWriter, cpio_bytes, default_mtime, write_cpio
@@ -42,7 +41,6 @@ __all__ = [
     "CpioWriter",
     "Entry",
     "EntryKind",
-    "ExecChannels",
     "NewcHeader",
     "build_initramfs",
     "complete_tree",
@@ -54,8 +52,6 @@ __all__ = [
     "entries_from_files",
     "entries_from_memory",
     "entries_from_tree",
-    "exec_entries",
-    "exec_initramfs",
     "normalize_guest_path",
     "read_cpio",
     "write_cpio",

@@ -18,8 +18,8 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from vmboot.compression.compress import open_compressor
 from vmboot.errors import InitramfsError
-from vmboot.initramfs.compression import open_compressor
 from vmboot.initramfs.entry import (
     DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,

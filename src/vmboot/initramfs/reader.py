@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
+from vmboot.compression.initramfs import decompress, detect_compression
 from vmboot.errors import InitramfsError
-from vmboot.initramfs.compression import decompress, detect_compression
 from vmboot.initramfs.entry import PERMISSION_BITS, Entry, EntryKind
 from vmboot.initramfs.newc import HEADER_SIZE, TRAILER_NAME, NewcHeader, padding
 

@@ -43,9 +43,10 @@ from vmboot.initramfs.newc import (
     NewcHeader,
     padding,
 )
+from vmboot.units import MiB
 
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
-COPY_CHUNK = 1 << 20
+COPY_CHUNK = MiB
 """Host files are copied into the archive this many bytes at a time."""
 DIRECTORY_BASE_NLINK = 2
 """A directory's own name plus its ``.``; each subdirectory's ``..`` adds one."""

@@ -9,6 +9,7 @@ are given from the start of the kernel image (which is also their offset inside
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 # --- the image -----------------------------------------------------------------------------
@@ -107,35 +108,51 @@ SETUP_HEADER_SIZE = 0x26C - SETUP_HEADER_OFFSET
 """``sizeof(struct setup_header)`` as of protocol 2.15 (123 bytes)."""
 
 # --- loadflags / xloadflags -------------------------------------------------------------------
-LOADED_HIGH = 1 << 0
-KASLR_FLAG = 1 << 1
-QUIET_FLAG = 1 << 5
-KEEP_SEGMENTS = 1 << 6
-CAN_USE_HEAP = 1 << 7
-LOADFLAG_NAMES = {
-    LOADED_HIGH: "LOADED_HIGH",
-    KASLR_FLAG: "KASLR_FLAG",
-    QUIET_FLAG: "QUIET_FLAG",
-    KEEP_SEGMENTS: "KEEP_SEGMENTS",
-    CAN_USE_HEAP: "CAN_USE_HEAP",
-}
+class LoadFlag(enum.IntFlag):
+    """``setup_header.loadflags`` (boot.rst)."""
 
-XLF_KERNEL_64 = 1 << 0
-XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
-XLF_EFI_HANDOVER_32 = 1 << 2
-XLF_EFI_HANDOVER_64 = 1 << 3
-XLF_EFI_KEXEC = 1 << 4
-XLF_5LEVEL = 1 << 5
-XLF_5LEVEL_ENABLED = 1 << 6
-XLOADFLAG_NAMES = {
-    XLF_KERNEL_64: "XLF_KERNEL_64",
-    XLF_CAN_BE_LOADED_ABOVE_4G: "XLF_CAN_BE_LOADED_ABOVE_4G",
-    XLF_EFI_HANDOVER_32: "XLF_EFI_HANDOVER_32",
-    XLF_EFI_HANDOVER_64: "XLF_EFI_HANDOVER_64",
-    XLF_EFI_KEXEC: "XLF_EFI_KEXEC",
-    XLF_5LEVEL: "XLF_5LEVEL",
-    XLF_5LEVEL_ENABLED: "XLF_5LEVEL_ENABLED",
-}
+    LOADED_HIGH = 1 << 0
+    KASLR_FLAG = 1 << 1
+    QUIET_FLAG = 1 << 5
+    KEEP_SEGMENTS = 1 << 6
+    CAN_USE_HEAP = 1 << 7
+
+
+class XLoadFlag(enum.IntFlag):
+    """``setup_header.xloadflags`` (protocol 2.12+; boot.rst)."""
+
+    XLF_KERNEL_64 = 1 << 0
+    XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
+    XLF_EFI_HANDOVER_32 = 1 << 2
+    XLF_EFI_HANDOVER_64 = 1 << 3
+    XLF_EFI_KEXEC = 1 << 4
+    XLF_5LEVEL = 1 << 5
+    XLF_5LEVEL_ENABLED = 1 << 6
+
+
+# The kernel's own names, as bootparam.h spells them.
+LOADED_HIGH = LoadFlag.LOADED_HIGH
+KASLR_FLAG = LoadFlag.KASLR_FLAG
+QUIET_FLAG = LoadFlag.QUIET_FLAG
+KEEP_SEGMENTS = LoadFlag.KEEP_SEGMENTS
+CAN_USE_HEAP = LoadFlag.CAN_USE_HEAP
+XLF_KERNEL_64 = XLoadFlag.XLF_KERNEL_64
+XLF_CAN_BE_LOADED_ABOVE_4G = XLoadFlag.XLF_CAN_BE_LOADED_ABOVE_4G
+XLF_EFI_HANDOVER_32 = XLoadFlag.XLF_EFI_HANDOVER_32
+XLF_EFI_HANDOVER_64 = XLoadFlag.XLF_EFI_HANDOVER_64
+XLF_EFI_KEXEC = XLoadFlag.XLF_EFI_KEXEC
+XLF_5LEVEL = XLoadFlag.XLF_5LEVEL
+XLF_5LEVEL_ENABLED = XLoadFlag.XLF_5LEVEL_ENABLED
+
+
+def flag_names(value: int, flags: type[enum.IntFlag]) -> list[str]:
+    """The names of the ``flags`` set in ``value``, then any unknown bits in hex."""
+    out = [f.name for f in flags if f.name is not None and value & f]
+    unknown = value & ~sum(f.value for f in flags)
+    if unknown:
+        out.append(f"{unknown:#x}")
+    return out
+
 
 LOW_LOAD_ADDRESS = 0x10000
 """Where a zImage (not LOADED_HIGH) kernel's protected-mode part goes: 64 KiB."""

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from vmboot.errors import BootConfigError, CmdlineError
-from vmboot.linux import layout
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.e820 import E820Entry
 
 InitrdSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 EntryMode = Literal["bzimage64", "elf64", "pvh"]
@@ -27,7 +27,7 @@ START_INFO_ALIGN = 8
 
 @dataclass(frozen=True)
 class BootOptions:
-    """Choices for :meth:`KernelImage.prepare`. ``None`` means "vmboot decides".
+    """Choices for :meth:`BzImage.prepare`. ``None`` means "vmboot decides".
 
     - ``cmdline``: the kernel command line (str is UTF-8 encoded; no NUL bytes).
     - ``load_addr``: protected-mode load address (default: ``default_load_address()``

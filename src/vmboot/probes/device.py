@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from vmboot.devices.wiring import StopHook
 from vmboot.probes.protocol import PORT_BASE, PORT_COUNT, PORT_DATA, PORT_KEY, WORD_SIZE, Key
 from vmboot.probes.report import ProbeReport
 from vmboot.vmm.exits import ExitReason
+from vmboot.vmm.wiring import StopHook
 
 _KEY_OFFSET = PORT_KEY - PORT_BASE
 _DATA_OFFSET = PORT_DATA - PORT_BASE

@@ -10,11 +10,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator.e820 import E820Entry
+from vmboot.linux.loader import pvh_note
 
-XEN_ELFNOTE_PHYS32_ENTRY = 18
+XEN_ELFNOTE_PHYS32_ENTRY = pvh_note.XEN_ELFNOTE_PHYS32_ENTRY
 """ELF note (name "Xen") holding the 32-bit physical entry point of a PVH kernel."""
-XEN_ELFNOTE_NAME = b"Xen"
+XEN_ELFNOTE_NAME = pvh_note.XEN_ELFNOTE_NAME.encode()
 HVM_START_MAGIC = 0x336EC578
 """``XEN_HVM_START_MAGIC_VALUE``: "xEn3" with the 0x80 bit of the "E" set."""
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from vmboot.devices.bus import PortBus
 from vmboot.hv.base import VirtualCPU, VirtualMachine
-from vmboot.linux import BootOptions, BootPlan, load_kernel
-from vmboot.linux.bzimage import KernelImage
-from vmboot.linux.pvh import PvhBootPlan
+from vmboot.linux import BootOptions, BootPlan, EntryPlan, load_kernel
+from vmboot.linux.configurator.pvh import PvhBootPlan
+from vmboot.linux.loader.bzimage import BzImage
 from vmboot.probes.device import ProbeDevice
 from vmboot.probes.images import ProbeKind, probe_image
 from vmboot.probes.protocol import EntryKind
@@ -24,7 +24,7 @@ DEFAULT_MEMORY = 64 << 20
 DEFAULT_TIMEOUT = 60.0
 """Seconds; a probe normally finishes in well under one (even on an emulating KVM)."""
 
-Tamper = Callable[[VirtualMachine, VirtualCPU, BootPlan], object]
+Tamper = Callable[[VirtualMachine, VirtualCPU, EntryPlan], object]
 """Called after ``prepare`` and ``configure_vcpu``, before the first instruction: tests use
 it to break the boot contract on purpose (negative controls)."""
 
@@ -57,7 +57,7 @@ class ProbeResult:
     checks: list[Check]
     exit: VmExit
     report: ProbeReport
-    plan: BootPlan
+    plan: EntryPlan
     timings: ProbeTimings
     exit_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -85,12 +85,18 @@ class ProbeResult:
             "checks": [c.as_dict() for c in self.checks],
             "timings": self.timings.as_dict(),
             "exits": self.exit_count,
-            "plan": {"load_addr": self.plan.load_addr, "entry_gpa": self.plan.entry_gpa,
-                     "zero_page_gpa": self.plan.zero_page_gpa, "cmdline_gpa": self.plan.cmdline_gpa,
-                     "stack_top_gpa": self.plan.stack_top_gpa, "paging_base": self.plan.paging_base,
-                     "address_space_gib": self.plan.address_space_gib,
-                     "initrd_gpa": self.plan.initrd_gpa, "initrd_size": self.plan.initrd_size},
+            "plan": self._plan_dict(),
         }
+
+    def _plan_dict(self) -> dict[str, Any]:
+        plan = self.plan
+        out: dict[str, Any] = {"load_addr": plan.load_addr, "entry_gpa": plan.entry_gpa,
+                               "cmdline_gpa": plan.cmdline_gpa, "initrd_gpa": plan.initrd_gpa,
+                               "initrd_size": plan.initrd_size}
+        if isinstance(plan, BootPlan):
+            out.update(zero_page_gpa=plan.zero_page_gpa, stack_top_gpa=plan.stack_top_gpa,
+                       paging_base=plan.paging_base, address_space_gib=plan.address_space_gib)
+        return out
 
 
 def run_probe(
@@ -137,10 +143,13 @@ def run_probe(
     if isinstance(plan, PvhBootPlan):
         checks = verify_pvh(device.report, expectation_from_plan(plan, options),
                             exit_detail=exit_.one_line())
-    else:
-        header_version = kernel.setup_header.version if isinstance(kernel, KernelImage) else None
+    elif isinstance(plan, BootPlan):
+        header_version = kernel.setup_header.version if isinstance(kernel, BzImage) else None
         checks = verify(device.report, plan, options, initrd, header_version=header_version,
                         kind=entry, exit_detail=exit_.one_line())
+    else:
+        raise TypeError(f"probe {kind!r}: {type(plan).__name__} is neither a 64-bit nor a PVH "
+                        f"boot plan; verify has no checks for it")
     t3 = time.perf_counter()
     return ProbeResult(kind=kind, checks=checks, exit=exit_, report=device.report, plan=plan,
                        timings=ProbeTimings(setup=t1 - t0, run=t2 - t1, verify=t3 - t2),

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from vmboot.linux import bootparam as bp
-from vmboot.linux.e820 import E820Entry, E820Type, pack_table
+from vmboot.linux.configurator.e820 import E820Entry, E820Type, pack_table
+from vmboot.linux.configurator.plan import BootPlan
 from vmboot.linux.options import BootOptions
-from vmboot.linux.plan import BootPlan
 from vmboot.probes.checksum import fnv1a64_words
 from vmboot.probes.protocol import MAP_SAMPLE_OFFSET, PROBE_MAGIC, PROTOCOL_VERSION, EntryKind, Key
 from vmboot.probes.report import ProbeReport

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vmboot.linux.e820 import E820Entry
+from vmboot.linux.configurator.e820 import E820Entry
+from vmboot.linux.configurator.pvh import PvhBootPlan
 from vmboot.linux.options import BootOptions
-from vmboot.linux.pvh import PvhBootPlan
 from vmboot.probes.checksum import fnv1a64_words
 from vmboot.probes.protocol import MAX_PVH_MODULES, SELECTOR_INDEX_MASK, EntryKind, Key
 from vmboot.probes.pvh_abi import HVM_START_MAGIC, pack_memmap

@@ -18,9 +18,10 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmboot.config import DUMP_TRIGGERS as DUMP_TRIGGERS
+from vmboot.config import parse_triggers as parse_triggers
 from vmboot.errors import UsageError
 
-DUMP_TRIGGERS: tuple[str, ...] = ("panic", "oops", "timeout")
 DEMAND = "demand"
 """The trigger name of a dump asked for while the guest runs."""
 DUMP_SIGNAL = signal.SIGUSR2
@@ -30,17 +31,6 @@ OOPS_MARKERS: tuple[bytes, ...] = (b"Oops: ", b"BUG: ", b"general protection fau
 OOPS_END = b"---[ end trace"
 """The kernel's last line of an oops report (``end_trace``); markers before it are one oops.
 The machine's console watcher uses both for vmcores on oops and for oops traces."""
-
-
-def parse_triggers(value: str | Iterable[str]) -> frozenset[str]:
-    """``"panic,oops"`` or ``["panic", "oops"]`` -> the set; unknown names raise UsageError."""
-    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
-    names = [n for n in names if n]
-    unknown = [n for n in names if n not in DUMP_TRIGGERS]
-    if unknown:
-        raise UsageError(f"dump_on: {', '.join(map(repr, unknown))} is not a trigger; valid: "
-                         f"{', '.join(DUMP_TRIGGERS)} (comma-separated)")
-    return frozenset(names)
 
 
 class DumpPolicy:

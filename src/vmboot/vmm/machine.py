@@ -20,21 +20,34 @@ from __future__ import annotations
 import io
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Self
 
+from vmboot.config import (
+    DEFAULT_CMDLINE,
+    DEFAULT_CONSOLE_DEVICE,
+    DEFAULT_CPUID_POLICY,
+    DEFAULT_ENTRY,
+    DEFAULT_MEMORY,
+    DEFAULT_VIRTIO_CMDLINE,
+    DEFAULT_VIRTIO_NOTIFICATIONS,
+    MIN_CPUS,
+    InitrdInput,
+    KernelInput,
+    MachineConfig,
+)
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink, stream_sink
-from vmboot.devices.pc import ExtraDevice, PcPlatform, connect_devices
-from vmboot.devices.virtio.machine_devices import ConsoleChoice, VirtioChoices, build_virtio
+from vmboot.devices.pc import ExtraDevice, PcPlatform
+from vmboot.devices.virtio.machine_devices import VirtioChoices, build_virtio
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
-from vmboot.units import parse_size
 from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
-from vmboot.x86.mptable import build_mp_table, place_mp_table, validate_cpus
+from vmboot.vmm.wiring import connect_devices
+from vmboot.x86.mptable import build_mp_table, place_mp_table
 
 if TYPE_CHECKING:
     from vmboot.debug.cpus import CpuTrace
@@ -46,20 +59,16 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.console import ConsolePort
     from vmboot.devices.virtio.device import VirtioDevice
+    from vmboot.devices.virtio.machine_devices import ConsoleChoice
     from vmboot.devices.virtio.setup import NotificationChoice
     from vmboot.hv.kvm import KvmVCPU, KvmVM
-    from vmboot.linux import BootPlan, LinuxKernel
+    from vmboot.linux import EntryPlan, Kernel
     from vmboot.linux.options import EntryChoice
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
     from vmboot.vmm.runner import Runner
     from vmboot.vmm.vcpus import VcpuSet
 
-DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
-DEFAULT_VIRTIO_CMDLINE = "console=hvc0 reboot=k panic=-1"
-"""The default command line with ``console_device="virtio"``."""
-DEFAULT_MEMORY = "256M"
-CPUID_POLICIES = ("auto", "host", "conservative")
 OnTimeout = Literal["trace"] | Callable[["Machine", VmExit], object] | None
 ConsoleTarget = ConsoleSink | IO[bytes] | IO[str] | None
 
@@ -189,11 +198,11 @@ class Machine:
 
     def __init__(
         self,
-        kernel: str | Path | bytes | LinuxKernel,
-        initrd: str | Path | bytes | None = None,
+        kernel: KernelInput | Kernel,
+        initrd: InitrdInput = None,
         cmdline: str = DEFAULT_CMDLINE,
         memory: str | int = DEFAULT_MEMORY,
-        cpuid_policy: str = "auto",
+        cpuid_policy: str = DEFAULT_CPUID_POLICY,
         console: ConsoleTarget = None,
         extra_devices: Sequence[ExtraDevice] = (),
         capture_limit: int = DEFAULT_CAPTURE_LIMIT,
@@ -201,49 +210,82 @@ class Machine:
         vmlinux: str | Path | None = None,
         system_map: str | Path | None = None,
         on_panic: Literal["trace"] | None = "trace",
-        entry: EntryChoice = "auto",
-        cpus: int = 1,
+        entry: EntryChoice = DEFAULT_ENTRY,
+        cpus: int = MIN_CPUS,
+        serial_outputs: Mapping[str, ConsoleOutput] | None = None,
         trace_tasks: bool = False,
         dump_on: str | Sequence[str] = (),
         dump_dir: str | Path | None = None,
         disks: Sequence[Disk] = (),
-        console_device: ConsoleChoice = "serial",
+        console_device: ConsoleChoice = DEFAULT_CONSOLE_DEVICE,
         console_ports: Sequence[ConsolePort] = (),
         virtio_rng: bool = False,
         virtio_devices: Sequence[VirtioDevice] = (),
-        virtio_notifications: NotificationChoice = "auto",
+        virtio_notifications: NotificationChoice = DEFAULT_VIRTIO_NOTIFICATIONS,
     ) -> None:
-        """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
-        ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
-        virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
-        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
-        self.memory_bytes = parse_size(memory, what="memory")
-        self.cpus = validate_cpus(cpus)
-        if cpuid_policy not in CPUID_POLICIES:
-            raise UsageError(
-                f"cpuid_policy: {cpuid_policy!r} is not one of {', '.join(CPUID_POLICIES)}"
-            )
+        """A machine from keywords (they make its :class:`~vmboot.config.MachineConfig`;
+        ``trace_tasks`` is as for :meth:`from_config`)."""
+        config = MachineConfig(
+            kernel, initrd=initrd, cmdline=cmdline, memory=memory, cpus=cpus,
+            cpuid_policy=cpuid_policy,  # type: ignore[arg-type]  # validated by MachineConfig
+            entry=entry, extra_devices=tuple(extra_devices), capture_limit=capture_limit,
+            vmlinux=vmlinux, system_map=system_map,
+            dump_on=dump_on,  # type: ignore[arg-type]  # normalised by MachineConfig
+            dump_dir=dump_dir, disks=tuple(disks), console_device=console_device,
+            console_ports=tuple(console_ports), virtio_rng=virtio_rng,
+            virtio_devices=tuple(virtio_devices), virtio_notifications=virtio_notifications,
+        )
+        self._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
+                    serial_outputs=serial_outputs, trace_tasks=trace_tasks)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: MachineConfig,
+        *,
+        console: ConsoleTarget = None,
+        on_timeout: OnTimeout = None,
+        on_panic: Literal["trace"] | None = "trace",
+        serial_outputs: Mapping[str, ConsoleOutput] | None = None,
+        trace_tasks: bool = False,
+    ) -> Machine:
+        """A machine built from ``config``; the keywords say where its output goes and what
+        happens on a panic or a timeout. ``serial_outputs`` maps a serial port's name
+        (``config.serial_ports``) other than the console's to where its output goes.
+        ``trace_tasks``: a trace (``on_panic``/``on_timeout="trace"``) also lists the guest's
+        tasks (:attr:`RunResult.tasks`)."""
+        machine = cls.__new__(cls)
+        machine._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
+                       serial_outputs=serial_outputs, trace_tasks=trace_tasks)
+        return machine
+
+    def _setup(self, config: MachineConfig, *, console: ConsoleTarget, on_timeout: OnTimeout,
+               on_panic: Literal["trace"] | None,
+               serial_outputs: Mapping[str, ConsoleOutput] | None, trace_tasks: bool) -> None:
         if on_timeout is not None and on_timeout != "trace" and not callable(on_timeout):
             raise UsageError(
                 f"on_timeout: {on_timeout!r} is not None, 'trace' or a callable(machine, exit)"
             )
-        self.kernel_source = kernel
-        self.initrd = initrd
-        self.cmdline = cmdline
-        self.cpuid_policy = cpuid_policy
-        self.extra_devices = tuple(extra_devices)
-        self.on_timeout = on_timeout
         if on_panic not in ("trace", None):
             raise UsageError(f"on_panic: {on_panic!r} is not 'trace' or None")
+        self.config = config
+        self.memory_bytes = config.memory_bytes
+        self.cpus = config.cpus
+        self.kernel_source = config.kernel
+        self.initrd = config.initrd
+        self.cmdline = config.cmdline
+        self.cpuid_policy = config.cpuid_policy
+        self.extra_devices = config.extra_devices
+        self.entry = config.entry
+        self.vmlinux = config.vmlinux
+        self.system_map = config.system_map
+        self.on_timeout = on_timeout
         self.on_panic = on_panic
         self.trace_tasks = trace_tasks
-        self.entry = entry
-        self.vmlinux = vmlinux
-        self.system_map = system_map
-        self.dumps = DumpPolicy(dump_on, dump_dir)
+        self.dumps = DumpPolicy(config.dump_on, config.dump_dir)
         self._dumps_written: list[Path] = []
         self._dump_notes: list[str] = []
-        self.console = ConsoleOutput(_console_sink(console), capture_limit)
+        self.console = ConsoleOutput(_console_sink(console), config.capture_limit)
         self._panic = _PanicWatch(self)
         self.console.line_watcher = self._panic
         if self.dumps.wants("oops"):
@@ -254,11 +296,13 @@ class Machine:
         self._paused_work: deque[Callable[[], object]] = deque()
         """Work for :meth:`when_stopped` (a deque: appended from signal handlers and other
         threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
-        self.platform = PcPlatform(self.console)
-        self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
-                                                 virtio_devices, virtio_notifications),
-                                   self.console)
-        if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
+        self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
+                                   serial_outputs=serial_outputs)
+        self.virtio = build_virtio(VirtioChoices(config.disks, config.console_device,
+                                                 config.console_ports, config.virtio_rng,
+                                                 config.virtio_devices,
+                                                 config.virtio_notifications), self.console)
+        if config.console_device == "virtio" and config.cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
@@ -268,8 +312,8 @@ class Machine:
         self.vcpus: tuple[KvmVCPU, ...] = ()
         self._vcpu_set: VcpuSet | None = None
         self.cpuid_hidden: list[str] = []
-        self.kernel: LinuxKernel | None = None
-        self.plan: BootPlan | None = None
+        self.kernel: Kernel | None = None
+        self.plan: EntryPlan | None = None
         self._runner: Runner | None = None
         self._t0 = 0.0
         self._t_load = 0.0
@@ -301,8 +345,7 @@ class Machine:
         self._attach_devices()
         self.virtio.attach(self.mmio_bus)
         mp_table = build_mp_table(self.cpus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
-                   vcpu_count=self.cpus)
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy, vcpu_count=self.cpus)
         self.vm = vm
         self.virtio.connect(vm)
         self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
@@ -416,7 +459,10 @@ class Machine:
         return port
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run the guest until it stops, or for at most ``timeout`` seconds."""
+        """Run the guest until it stops, or for at most ``timeout`` seconds
+        (default: the configuration's ``timeout``)."""
+        if timeout is None:
+            timeout = self.config.timeout
         if self._vcpu_set is None:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
         if self._t_first_run is None:
@@ -537,25 +583,24 @@ class Machine:
         self._dump_notes.extend(f"vmcore {path}: {n}" for n in written.notes)
 
     # -- symbols and traces -------------------------------------------------------------------
-    def load_kernel(self) -> LinuxKernel:
+    def load_kernel(self) -> Kernel:
         """The kernel, loaded from ``kernel_source`` once (a restore loads it when first needed)."""
-        from vmboot.linux import ElfKernel, KernelImage, load_kernel
+        from vmboot.linux import Kernel, load_kernel
 
         if self.kernel is None:
             source = self.kernel_source
-            self.kernel = (source if isinstance(source, KernelImage | ElfKernel)
-                           else load_kernel(source))
+            self.kernel = source if isinstance(source, Kernel) else load_kernel(source)
         return self.kernel
 
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
         or a bzImage's kallsyms."""
-        from vmboot.linux import ElfKernel
+        from vmboot.linux import KernelFormat
 
         if self.vmlinux is not None or self.system_map is not None:
             return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
-        kernel_bytes: bytes | None = getattr(self.load_kernel(), "data", None)
-        if isinstance(self.kernel, ElfKernel):
+        kernel_bytes = self.load_kernel().data
+        if self.kernel is not None and self.kernel.format is KernelFormat.VMLINUX:
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
         return {"vmlinux": None, "system_map": None, "kernel": kernel_bytes}
 

@@ -272,9 +272,8 @@ class Runner:
             with self._lock:
                 self._thread_id = None
                 self._pending = None
-            run = self.vcpu._run
-            if run is not None:
-                run[abi.RUN_IMMEDIATE_EXIT] = 0
+            if not self.vcpu.closed:
+                self.vcpu.run_page[abi.RUN_IMMEDIATE_EXIT] = 0
             self.vcpu.end_run()
         return result
 

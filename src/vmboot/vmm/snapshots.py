@@ -144,7 +144,7 @@ def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
         check_one_vcpu(f"snapshot {path}", len(manifest.vcpus))
-        vm = restore_vm(snap, manifest, machine.cpuid_policy)  # type: ignore[arg-type]
+        vm = restore_vm(snap, manifest, machine.cpuid_policy)
     machine._restored(vm)  # the kernel is loaded when symbols are needed
     restore_devices(machine_devices(machine), manifest.devices)
     set_vm_state(vm, manifest.vm)

@@ -119,6 +119,8 @@ class VcpuSet:
         finally:
             if timer is not None:
                 timer.cancel()
+                if timer.ident is not None:  # started: it is one of the threads joined here
+                    timer.join()
             for t in threads:
                 t.join()
             for runner in self.runners:  # stops sent to loops that had already ended

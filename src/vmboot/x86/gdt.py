@@ -6,7 +6,7 @@ limit[19:16], AVL, L, D/B, G, base[31:24].
 
 from __future__ import annotations
 
-from vmboot.hv.registers import Segment
+from vmboot.x86.segment import Segment
 
 # Descriptor type field values for code/data segments (S = 1).
 TYPE_DATA_RW_ACCESSED = 0x3

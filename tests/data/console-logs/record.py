@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
-from vmboot.fetch import find_busybox  # noqa: E402
+from vmboot.execute.discovery import find_busybox  # noqa: E402
 from vmboot.initramfs.builders import build_initramfs, complete_tree  # noqa: E402
 from vmboot.initramfs.entry import Entry  # noqa: E402
 

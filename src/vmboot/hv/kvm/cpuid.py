@@ -16,19 +16,19 @@ Two policies:
     bit is justified where it is cleared below.
 
 ``auto`` (the default) is ``conservative`` when the host KVM emulates guest ring 0
-(:func:`vmboot.hv.kvm.system.host_is_emulating`), else ``host``.
+(:func:`vmboot.hv.kvm.host.host_is_emulating`), else ``host``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from vmboot.errors import HypervisorError
 
 CpuidPolicyName = Literal["auto", "host", "conservative"]
-POLICY_NAMES: tuple[str, ...] = ("auto", "host", "conservative")
+POLICY_NAMES: tuple[str, ...] = get_args(CpuidPolicyName)
 
 # Leaves
 LEAF_FEATURES = 0x1

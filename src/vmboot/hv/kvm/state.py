@@ -259,17 +259,23 @@ def get_vcpu_state(vcpu: KvmVCPU, msr_indices: list[int], caps: dict[str, int]) 
                if caps.get("xsave") else None),
         xcrs=(_get(fd, abi.KVM_GET_XCRS, abi.KvmXcrs, tag + "KVM_GET_XCRS")
               if caps.get("xcrs") else None),
-        lapic=vcpu.get_lapic() if vcpu.vm.irqchip else None,
+        lapic=vcpu.get_lapic() if _has_irqchip(vcpu) else None,
     )
+
+
+def _has_irqchip(vcpu: KvmVCPU) -> bool:
+    """Whether the vCPU's VM has the in-kernel irqchip (and so each vCPU a LAPIC)."""
+    vm = vcpu.vm
+    return isinstance(vm, KvmVM) and vm.irqchip
 
 
 def set_vcpu_state(vcpu: KvmVCPU, state: VcpuState) -> None:
     """Put ``state`` into ``vcpu`` (created, never run) in the order KVM requires."""
     fd, tag = vcpu.fd, f"vCPU {vcpu.index}: "
-    if (state.lapic is None) == bool(vcpu.vm.irqchip):
+    if (state.lapic is None) == _has_irqchip(vcpu):
         raise HypervisorError(
             f"{tag}the saved state {'has no' if state.lapic is None else 'has a'} LAPIC but the "
-            f"VM was created {'with' if vcpu.vm.irqchip else 'without'} the in-kernel irqchip; "
+            f"VM was created {'with' if _has_irqchip(vcpu) else 'without'} the in-kernel irqchip; "
             "create it with irqchip matching the saved VM"
         )
     _set_cpuid(vcpu, state.cpuid)

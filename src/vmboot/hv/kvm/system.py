@@ -6,20 +6,15 @@ import ctypes
 import errno
 import fcntl
 import os
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from vmboot.errors import HypervisorError, KvmUnavailableError
 from vmboot.hv.kvm import abi
-
-if TYPE_CHECKING:
-    from vmboot.hv.kvm.cpuid import CpuidPolicyName
-    from vmboot.hv.kvm.vm import KvmVM
+from vmboot.hv.kvm.host import host_is_emulating
+from vmboot.hv.kvm.ioctl import kvm_ioctl
 
 DEFAULT_DEVICE = "/dev/kvm"
-EMULATING_HOST_MODULE = Path("/sys/module/kvm_pvm")
-"""Present when the host's KVM is the PVM software hypervisor (emulates guest ring 0)."""
 
 REQUIRED_CAPS: dict[int, str] = {
     abi.KVM_CAP_USER_MEMORY: "KVM_CAP_USER_MEMORY",
@@ -102,10 +97,7 @@ class KVM:
         return self._fd
 
     def _ioctl(self, request: int, arg: int, what: str) -> int:
-        try:
-            return fcntl.ioctl(self.fd, request, arg)
-        except OSError as e:
-            raise HypervisorError(f"{self.device}: {what} failed: {e.strerror}") from None
+        return int(kvm_ioctl(self.fd, request, arg, who=str(self.device), what=what))
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 when ``cap`` is missing, else a positive (cap-specific) value."""
@@ -162,24 +154,9 @@ class KVM:
         return list(buf.indices[: buf.nmsrs])
 
     def _ioctl_buf(self, request: int, buf: ctypes.Structure, what: str) -> None:
-        try:
-            fcntl.ioctl(self.fd, request, buf)
-        except OSError as e:
-            raise HypervisorError(f"{self.device}: {what} failed: {e.strerror}") from None
+        kvm_ioctl(self.fd, request, buf, who=str(self.device), what=what)
 
     # -- VMs ----------------------------------------------------------------------------------
-    def create_vm(
-        self,
-        memory_bytes: int,
-        *,
-        irqchip: bool = True,
-        cpuid_policy: CpuidPolicyName = "auto",
-    ) -> KvmVM:
-        """A new VM with ``memory_bytes`` of RAM (see :class:`vmboot.hv.kvm.vm.KvmVM`)."""
-        from vmboot.hv.kvm.vm import KvmVM
-
-        return KvmVM(memory_bytes, kvm=self, irqchip=irqchip, cpuid_policy=cpuid_policy)
-
     def create_vm_fd(self) -> int:
         """KVM_CREATE_VM: a raw VM file descriptor (the caller owns it)."""
         try:
@@ -210,11 +187,6 @@ class KVM:
 
     def __del__(self) -> None:
         self.close()
-
-
-def host_is_emulating() -> bool:
-    """True when the host KVM is PVM (module ``kvm_pvm``): ring-0 guest code is emulated."""
-    return EMULATING_HOST_MODULE.exists()
 
 
 def _copy_entry(e: abi.KvmCpuidEntry2) -> abi.KvmCpuidEntry2:

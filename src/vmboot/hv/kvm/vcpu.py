@@ -1,8 +1,8 @@
 """A KVM vCPU: registers through KVM_GET/SET_(S)REGS and MSRs, plus the mmapped ``kvm_run`` page.
 
-Creating one also gives it what firmware would: a CPUID table from the VM's policy, the
-boot MSRs (as Firecracker's msr.rs), an initialised FPU (FCW 0x37F, MXCSR 0x1F80) and,
-with the in-kernel irqchip, LAPIC LINT0 = ExtINT and LINT1 = NMI as on a PC.
+A new vCPU is in KVM's reset state; :meth:`KvmVCPU.set_cpuid`, :meth:`KvmVCPU.set_msrs`,
+:meth:`KvmVCPU.init_fpu` (FCW 0x37F, MXCSR 0x1F80) and :meth:`KvmVCPU.init_lapic` (LINT0 =
+ExtINT, LINT1 = NMI as on a PC) give it what firmware would (``KvmVM.create_vcpu`` calls them).
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from vmboot.errors import HypervisorError
-from vmboot.hv.base import VirtualCPU
+from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.boot_msrs import boot_msrs
-from vmboot.hv.kvm.cpuid import CpuidEntry, build_cpuid
-from vmboot.hv.kvm.system import host_is_emulating
+from vmboot.hv.kvm.cpuid import CpuidEntry
+from vmboot.hv.kvm.ioctl import kvm_ioctl
 from vmboot.hv.registers import (
     GENERAL_REGISTERS,
     DescriptorTable,
@@ -30,9 +28,6 @@ from vmboot.hv.registers import (
     Segment,
     SegmentRegister,
 )
-
-if TYPE_CHECKING:
-    from vmboot.hv.kvm.vm import KvmVM
 
 _MASK64 = (1 << 64) - 1
 _MASK16 = 0xFFFF
@@ -83,9 +78,15 @@ def segment_to_kvm(name: str, seg: Segment, out: abi.KvmSegment) -> None:
 
 
 class KvmVCPU(VirtualCPU):
-    """vCPU ``index`` of a :class:`~vmboot.hv.kvm.vm.KvmVM` (create it with ``vm.create_vcpu``)."""
+    """vCPU ``index`` of a KVM VM (create it with :meth:`vmboot.hv.kvm.vm.KvmVM.create_vcpu`)."""
 
-    def __init__(self, vm: KvmVM, index: int) -> None:
+    def __init__(self, vm: VirtualMachine, vm_fd: int, index: int, run_page_size: int) -> None:
+        """Create vCPU ``index`` in the VM whose fd is ``vm_fd`` (``vm`` is the object that owns it).
+
+        The vCPU starts in KVM's reset state: the state a boot needs (CPUID, MSRs, FPU, LAPIC)
+        is given through :meth:`set_cpuid`, :meth:`set_msrs`, :meth:`init_fpu` and
+        :meth:`init_lapic` (``KvmVM.create_vcpu`` does it).
+        """
         self._vm = vm
         self._index = index
         self._fd: int | None = None
@@ -95,34 +96,24 @@ class KvmVCPU(VirtualCPU):
         self._on_close: Callable[[], object] | None = None
         self._close_when_run_ends = False
         self._after_close: list[Callable[[], object]] = []
+        self.cpuid: list[CpuidEntry] = []
         try:
-            self._fd = fcntl.ioctl(vm.fd, abi.KVM_CREATE_VCPU, index)
+            self._fd = fcntl.ioctl(vm_fd, abi.KVM_CREATE_VCPU, index)
         except OSError as e:
             raise HypervisorError(f"KVM vCPU {index}: KVM_CREATE_VCPU failed: {e.strerror}") from None
         try:
-            self._run = mmap.mmap(self._fd, vm.kvm.vcpu_mmap_size, flags=mmap.MAP_SHARED,
+            self._run = mmap.mmap(self._fd, run_page_size, flags=mmap.MAP_SHARED,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            self._regs = abi.KvmRegs()
-            self._sregs = abi.KvmSregs()
-            self._sregs_dirty = False
-            self.cpuid: list[CpuidEntry] = []
-            self.set_cpuid(build_cpuid(
-                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-                 for e in vm.kvm.supported_cpuid()),
-                vm.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
-                vcpu_count=vm.vcpu_count,
-            ))
-            self.set_msrs(boot_msrs())
-            self.init_fpu()
-            if vm.irqchip:
-                self.init_lapic()
         except BaseException:
             self.close()
             raise
+        self._regs = abi.KvmRegs()
+        self._sregs = abi.KvmSregs()
+        self._sregs_dirty = False
 
     # -- identity, fds ------------------------------------------------------------------------
     @property
-    def vm(self) -> KvmVM:
+    def vm(self) -> VirtualMachine:
         return self._vm
 
     @property
@@ -134,6 +125,11 @@ class KvmVCPU(VirtualCPU):
         if self._fd is None:
             raise HypervisorError(f"KVM vCPU {self._index}: used after close()")
         return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has unmapped kvm_run (the vCPU can no longer run)."""
+        return self._run is None
 
     @property
     def run_page(self) -> mmap.mmap:
@@ -220,12 +216,7 @@ class KvmVCPU(VirtualCPU):
             callback()
 
     def _ioctl(self, request: int, arg: ctypes.Structure | int | bytes, what: str) -> int:
-        try:
-            result = fcntl.ioctl(self.fd, request, arg)
-        except OSError as e:
-            raise HypervisorError(
-                f"KVM vCPU {self._index}: {what} failed: {e.strerror} (errno {e.errno})"
-            ) from None
+        result = kvm_ioctl(self.fd, request, arg, who=f"KVM vCPU {self._index}", what=what)
         return result if isinstance(result, int) else 0
 
     # -- general and control registers --------------------------------------------------------

@@ -13,8 +13,11 @@ from vmboot.errors import HypervisorError
 from vmboot.hv.base import VirtualMachine
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.cpuid import CpuidPolicyName, resolve_policy
-from vmboot.hv.kvm.system import KVM, host_is_emulating
+from vmboot.hv.kvm.boot_msrs import boot_msrs
+from vmboot.hv.kvm.cpuid import CpuidEntry, CpuidPolicyName, build_cpuid, resolve_policy
+from vmboot.hv.kvm.host import host_is_emulating
+from vmboot.hv.kvm.ioctl import ioctl_ulong, kvm_ioctl
+from vmboot.hv.kvm.system import KVM
 from vmboot.hv.kvm.vcpu import KvmVCPU
 
 log = logging.getLogger("vmboot.hv.kvm")
@@ -28,18 +31,6 @@ MAX_VCPUS_DEFAULT = 1
 """vCPUs the CPUID topology describes unless ``vcpu_count`` says otherwise."""
 
 _IRQ_LEVEL = struct.Struct("<II")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
-_libc.ioctl.restype = ctypes.c_int
-
-
-def ioctl_ulong(fd: int, request: int, value: int) -> None:
-    """An ioctl whose argument is an unsigned long by value (fcntl.ioctl only passes a C int)."""
-    if _libc.ioctl(fd, request, value) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
 
 def host_address(mapping: mmap.mmap) -> int:
     """The host virtual address of ``mapping``'s first byte (for KVM_SET_USER_MEMORY_REGION)."""
@@ -134,10 +125,7 @@ class KvmVM(VirtualMachine):
         return self._fd is None or self._closing
 
     def _ioctl(self, request: int, arg: int | bytes, what: str) -> int | bytes:
-        try:
-            return fcntl.ioctl(self.fd, request, arg)
-        except OSError as e:
-            raise HypervisorError(f"KVM VM: {what} failed: {e.strerror} (errno {e.errno})") from None
+        return kvm_ioctl(self.fd, request, arg, who="KVM VM", what=what)
 
     # -- devices ------------------------------------------------------------------------------
     def irq_line(self, irq: int, level: bool | int) -> None:
@@ -188,7 +176,21 @@ class KvmVM(VirtualMachine):
                 f"KVM VM: vCPU index {index} is outside 0..{self.vcpu_count - 1} "
                 f"(vcpu_count={self.vcpu_count})"
             )
-        vcpu = KvmVCPU(self, index)
+        vcpu = KvmVCPU(self, self.fd, index, self.kvm.vcpu_mmap_size)
+        try:
+            vcpu.set_cpuid(build_cpuid(
+                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                 for e in self.kvm.supported_cpuid()),
+                self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
+                vcpu_count=self.vcpu_count,
+            ))
+            vcpu.set_msrs(boot_msrs())
+            vcpu.init_fpu()
+            if self.irqchip:
+                vcpu.init_lapic()
+        except BaseException:
+            vcpu.close()
+            raise
         self._vcpus[index] = vcpu
         return vcpu
 

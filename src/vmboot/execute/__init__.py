@@ -1,0 +1,31 @@
+"""Run one command in a fresh guest: ``vmboot.exec()`` and everything it needs.
+
+- :mod:`~vmboot.execute.api`: :func:`exec_command` (``vmboot.exec``), :class:`ExecResult`,
+  how a run ended (:class:`ExecReason`);
+- :mod:`~vmboot.execute.image`: the initramfs it boots and the host/guest protocol;
+- :mod:`~vmboot.execute.guest`: the guest's ``/init`` scripts, shipped as package data;
+- :mod:`~vmboot.execute.discovery`: which kernel and which busybox it uses on this host;
+- :mod:`~vmboot.execute.fetch`: busybox-static and Debian kernels with apt, into the cache;
+- :mod:`~vmboot.execute.cache`: where the cache is.
+"""
+
+from vmboot.execute.api import (
+    EXEC_CMDLINE,
+    ExecReason,
+    ExecResult,
+    ExecTimings,
+    classify,
+    exec_command,
+)
+from vmboot.execute.discovery import cached_kernels, find_kernel
+
+__all__ = [
+    "EXEC_CMDLINE",
+    "ExecReason",
+    "ExecResult",
+    "ExecTimings",
+    "cached_kernels",
+    "classify",
+    "exec_command",
+    "find_kernel",
+]

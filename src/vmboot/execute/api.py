@@ -1,0 +1,386 @@
+"""``vmboot.exec_command``: boot a kernel, run one command in it, give back its output and status.
+
+::
+
+    result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"], kernel="tiny-bzImage")
+    result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
+
+The guest is the initramfs of :func:`vmboot.execute.image.exec_initramfs`
+(busybox, ``/init``, the command, the user's files; uncompressed), booted with
+``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1 quiet``. The host emulates four
+16550A UARTs (see :mod:`vmboot.execute.image` for the protocol): COM1 is the kernel
+console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel. Output is
+handed to the ``on_stdout`` / ``on_stderr`` callbacks as it arrives (a line at a time, or
+whatever the guest sent when its transmit burst ended). The run ends as soon as the status
+channel says ``VMBOOT-EXIT <n>`` (the guest's own reboot is not waited for).
+
+How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
+
+``exited``        the command ran and exited; ``exit_status`` is its status (0-255)
+``panic``         the guest kernel panicked (its console shows "Kernel panic")
+``timeout``       ``timeout`` seconds passed before the command exited
+``boot-failure``  the guest never started the command (no ``VMBOOT-START``): the kernel
+                  failed or stopped before it, or the VM itself failed; see ``console``
+``guest-error``   the guest's init could not run the command (``VMBOOT-ERROR``) or spoke
+                  something that is not the exec protocol
+``lost``          the command started but the guest stopped before it reported an exit
+                  status (e.g. the command rebooted or powered off the guest)
+
+The kernel (``kernel=None``, :func:`vmboot.execute.discovery.find_kernel`), in this order:
+
+1. ``$VMBOOT_KERNEL``;
+2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
+   ``vmboot fetch kernel`` stored;
+3. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
+
+On a host whose ``/dev/kvm`` emulates guest ring-0 code (the "PVM" software hypervisor)
+only a kernel built for it boots, such as ``../shared/kernels/tiny-bzImage``: set
+``VMBOOT_KERNEL`` to it. There a run takes about 30-60 s with 256 MiB (the command started
+26-58 s after the call in our runs, the slow end with other jobs on the two cores;
+../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well under a
+second on hardware KVM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MIN_CPUS, MachineConfig
+from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
+from vmboot.devices.serial import COM1, COM2, COM3, COM4
+from vmboot.errors import BootConfigError, GuestError
+from vmboot.execute.discovery import find_kernel
+from vmboot.execute.image import (
+    EXEC_KERNEL_ARGS,
+    STATUS_ERROR,
+    STATUS_EXIT,
+    STATUS_START,
+    parse_status,
+)
+from vmboot.vmm.exits import ExitReason, VmExit
+
+if TYPE_CHECKING:
+    from vmboot.hv.kvm.cpuid import CpuidPolicyName
+    from vmboot.linux.options import EntryChoice
+    from vmboot.report import Reading, Verdict
+
+EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
+                         "reboot=k", "panic=-1", "quiet"))
+"""The kernel command line of an exec boot."""
+PANIC_MARKER = b"Kernel panic"
+EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
+"""COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
+OutputCallback = Callable[[bytes], object]
+
+
+class ExecReason(enum.StrEnum):
+    """How an exec run ended (see the module docstring)."""
+
+    EXITED = "exited"
+    PANIC = "panic"
+    TIMEOUT = "timeout"
+    BOOT_FAILURE = "boot-failure"
+    GUEST_ERROR = "guest-error"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class ExecTimings:
+    """Wall-clock seconds since :func:`exec_command` was called (None: not reached)."""
+
+    initramfs: float
+    """The initramfs was built."""
+    kernel_entry: float | None
+    """The vCPU was about to enter the kernel (VM built, kernel loaded)."""
+    first_console_byte: float | None
+    command_start: float | None
+    """``VMBOOT-START`` arrived: the guest booted and is starting the command."""
+    command_exit: float | None
+    """``VMBOOT-EXIT`` arrived."""
+    total: float
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "initramfs": self.initramfs,
+            "kernel_entry": self.kernel_entry,
+            "first_console_byte": self.first_console_byte,
+            "command_start": self.command_start,
+            "command_exit": self.command_exit,
+            "total": self.total,
+        }
+
+
+@dataclass
+class ExecResult:
+    """What the command wrote and how the run ended."""
+
+    stdout: bytes
+    stderr: bytes
+    exit_status: int | None
+    """The command's exit status (0-255) when ``reason`` is ``exited``, else None."""
+    reason: ExecReason
+    timings: ExecTimings
+    console: bytes
+    """The guest's kernel console (ttyS0)."""
+    detail: str = ""
+    """One line saying why, for every reason but ``exited``."""
+    vm_exit: VmExit | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Bytes beyond the capture limit per channel (``stdout``, ``stderr``, ``console``)."""
+    reading: Reading | None = None
+    """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
+
+    def read_console(self) -> Reading:
+        """:attr:`reading`, made from the console, the VM's exit and the command's status
+        when not set yet."""
+        if self.reading is None:
+            from vmboot.report import read_console
+
+            self.reading = read_console(self.console, None if self.vm_exit is None
+                                        else self.vm_exit.reason, command_failed=not self.ok)
+        return self.reading
+
+    @property
+    def verdict(self) -> Verdict:
+        """``ok`` when the command exited 0 and the kernel reported nothing, else the most
+        severe of the kernel's reports, the VM's end, and ``command-failed``."""
+        return self.read_console().verdict
+
+    @property
+    def ok(self) -> bool:
+        """The command exited with status 0."""
+        return self.reason is ExecReason.EXITED and self.exit_status == 0
+
+    def one_line(self) -> str:
+        if self.reason is ExecReason.EXITED:
+            return f"the command exited with status {self.exit_status}"
+        return f"{self.reason.value}: {self.detail}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary; the outputs are decoded as UTF-8 (undecodable bytes replaced)."""
+        return {
+            "reason": self.reason.value,
+            "exit_status": self.exit_status,
+            "detail": self.detail,
+            "summary": self.one_line(),
+            "stdout": self.stdout.decode("utf-8", "replace"),
+            "stderr": self.stderr.decode("utf-8", "replace"),
+            "console_bytes": len(self.console),
+            "vm_exit": None if self.vm_exit is None else self.vm_exit.reason.value,
+            "timings": self.timings.as_dict(),
+            "dropped": dict(self.dropped),
+            **self.read_console().as_dict(),
+        }
+
+
+# -- classification -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: ExecReason
+    exit_status: int | None
+    detail: str
+
+
+def classify(vm_exit: ExitReason, vm_detail: str, status: bytes, console: bytes,
+             timeout: float | None = None) -> Outcome:
+    """How an exec run ended, from why the VM stopped, the status channel and the console."""
+    try:
+        parsed = parse_status(status)
+    except GuestError as e:
+        return Outcome(ExecReason.GUEST_ERROR, None, str(e))
+    if parsed.exit_status is not None:
+        return Outcome(ExecReason.EXITED, parsed.exit_status, "")
+    panic_at = console.find(PANIC_MARKER)
+    if vm_exit is ExitReason.PANIC or panic_at >= 0:
+        line = console[panic_at:].split(b"\n", 1)[0].decode("utf-8", "replace").strip() \
+            if panic_at >= 0 else vm_detail
+        return Outcome(ExecReason.PANIC, None, f"the guest kernel panicked: {line}")
+    stage = "while the command ran" if parsed.started else "before the command started"
+    if vm_exit is ExitReason.TIMEOUT:
+        limit = "" if timeout is None else f" of {timeout:g} s"
+        return Outcome(ExecReason.TIMEOUT, None, f"the time limit{limit} passed {stage}")
+    how = vm_exit.value + (f" ({vm_detail})" if vm_detail else "")
+    if not parsed.started:
+        hint = _last_init_note(console)
+        return Outcome(ExecReason.BOOT_FAILURE, None,
+                       f"the guest stopped ({how}) before starting the command{hint}")
+    return Outcome(ExecReason.LOST, None,
+                   f"the guest stopped ({how}) while the command ran, before it reported an exit status")
+
+
+def _last_init_note(console: bytes) -> str:
+    notes = [line for line in console.splitlines() if line.startswith(b"vmboot-init:")]
+    return f"; last init note: {notes[-1].decode('utf-8', 'replace')}" if notes else ""
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class _StatusWatch:
+    """The status channel's sink: notes when each line arrives, ends the run at VMBOOT-EXIT."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.data = bytearray()
+        self.started_at: float | None = None
+        self.exited_at: float | None = None
+        self.stop: Callable[[ExitReason, str], object] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, chunk: bytes) -> None:
+        with self._lock:
+            self.data += chunk
+            now = time.monotonic() - self.t0
+            lines = bytes(self.data).split(b"\n")[:-1]  # complete lines only
+            words = {line.strip().partition(b" ")[0] for line in lines}
+        if STATUS_START in words and self.started_at is None:
+            self.started_at = now
+        if (STATUS_EXIT in words or STATUS_ERROR in words) and self.exited_at is None:
+            self.exited_at = now
+            if self.stop is not None:
+                self.stop(ExitReason.STOPPED, "the command reported its exit status")
+
+
+def _channel(callback: OutputCallback | None, capture_limit: int) -> ConsoleOutput:
+    sink: ConsoleSink | None = callback
+    return ConsoleOutput(sink, capture_limit)
+
+
+def exec_command(
+    command: Sequence[str],
+    *,
+    kernel: str | Path | None = None,
+    memory: str | int = DEFAULT_MEMORY,
+    files: Iterable[tuple[str | Path, str]] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    console: bool | OutputCallback = False,
+    on_stdout: OutputCallback | None = None,
+    on_stderr: OutputCallback | None = None,
+    busybox: str | Path | None = None,
+    cpuid_policy: CpuidPolicyName = DEFAULT_CPUID_POLICY,
+    capture_limit: int = DEFAULT_CAPTURE_LIMIT,
+    entry: EntryChoice = DEFAULT_ENTRY,
+    cpus: int = MIN_CPUS,
+    warm: bool = False,
+) -> ExecResult:
+    """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
+
+    ``files``: (host path, guest path) pairs copied into the initramfs (a host directory
+    brings its tree). ``env``: the command's whole environment (nothing else is set, not
+    even PATH: busybox applets need none). ``console``: True streams the kernel console to
+    stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
+    way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
+    ``busybox``: a static x86-64 busybox (default :func:`vmboot.execute.discovery.find_busybox`).
+    ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
+    payload decompressed on the host, skipping the in-guest decompressor).
+    ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
+    ``warm``: resume a guest saved, ready for a command, in the vmboot cache
+    (:mod:`vmboot.execute.warm`); the first warm run of a kernel boots and saves it. Not with
+    ``files`` (they would have to be in the saved guest).
+    """
+    import sys
+
+    from vmboot.execute import image
+    from vmboot.execute.discovery import find_busybox
+    from vmboot.linux.loader.detect import load_kernel
+    from vmboot.vmm.machine import Machine
+
+    t0 = time.monotonic()
+    # Everything is checked before the initramfs is built: the machine's configuration
+    # (memory, CPUID policy, entry, capture limit, timeout, command line), then the kernel file.
+    kernel_path = Path(kernel) if kernel is not None else find_kernel()
+    config = MachineConfig(kernel_path, initrd=None,
+                           cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
+                           entry=entry, cpus=cpus, serial_ports=EXEC_SERIAL_PORTS,
+                           capture_limit=capture_limit, timeout=timeout)
+    pairs = [(Path(host), guest) for host, guest in files]
+    if warm:
+        from vmboot.vmm.snapshots import check_one_vcpu
+
+        check_one_vcpu("exec(warm=True)", cpus)
+        if pairs:
+            raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
+                                  "new files; run without warm to add files")
+    loaded = load_kernel(kernel_path)
+    busybox_path = Path(busybox) if busybox is not None else find_busybox()
+    if warm:
+        from vmboot.execute.warm import warm_snapshot
+
+        message = image.warm_command_message(list(command), dict(env or {}))  # validates first
+        initrd = image.warm_initramfs(busybox_path)
+    else:
+        initrd = image.exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
+                                      compression="none")
+    config = dataclasses.replace(config, kernel=loaded, initrd=initrd)
+    t_initramfs = time.monotonic() - t0
+
+    console_target: Any
+    if console is True:
+        console_target = sys.stderr
+    elif console is False:
+        console_target = None
+    else:
+        console_target = console
+    stdout = _channel(on_stdout, capture_limit)
+    stderr = _channel(on_stderr, capture_limit)
+    status = _StatusWatch(t0)
+    status_out = ConsoleOutput(status)
+
+    machine = Machine.from_config(config, console=console_target, on_panic=None, serial_outputs={
+        COM2.name: stdout, COM3.name: stderr, COM4.name: status_out})
+    status.stop = machine.request_stop
+    kernel_entry: float | None = None
+    if warm:
+        snapshot = warm_snapshot(kernel_path, initrd, memory=memory, cpuid_policy=cpuid_policy,
+                                 entry=entry, timeout=timeout)
+        machine.restore(snapshot)
+        machine.platform.serials[COM4.name].push_input(message)
+    with machine:
+        kernel_entry = time.monotonic() - t0
+        run = machine.run()
+    for out in (stdout, stderr, status_out):
+        out.flush()
+    vm_exit = run.exit
+    outcome = classify(vm_exit.reason, vm_exit.detail, bytes(status.data), run.console, timeout)
+    first = machine.console.first_byte_at
+    timings = ExecTimings(
+        initramfs=t_initramfs,
+        kernel_entry=kernel_entry,
+        first_console_byte=None if first is None else first - t0,
+        command_start=status.started_at,
+        command_exit=status.exited_at,
+        total=time.monotonic() - t0,
+    )
+    return ExecResult(
+        stdout=bytes(stdout.data),
+        stderr=bytes(stderr.data),
+        exit_status=outcome.exit_status,
+        reason=outcome.reason,
+        timings=timings,
+        console=run.console,
+        detail=outcome.detail,
+        vm_exit=vm_exit,
+        dropped={"stdout": stdout.dropped, "stderr": stderr.dropped, "console": run.console_dropped},
+        reading=_reading(run.reading, vm_exit.reason, outcome),
+    )
+
+
+def _reading(run_reading: Reading | None, vm_exit: ExitReason, outcome: Outcome) -> Reading | None:
+    """The run's kernel reports, judged with the command's outcome."""
+    from vmboot.report import Reading, decide
+
+    if run_reading is None:
+        return None
+    failed = not (outcome.reason is ExecReason.EXITED and outcome.exit_status == 0)
+    return Reading(decide(run_reading.reports, vm_exit, command_failed=failed), run_reading.reports)
+
