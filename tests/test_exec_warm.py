@@ -71,6 +71,24 @@ def test_warm_with_files_is_refused(busybox: Path, tmp_path: Path) -> None:
                      files=[(tmp_path / "f", "/f")])
 
 
+def test_warm_with_several_vcpus_is_refused_before_reading_the_kernel(busybox: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(BootConfigError, match=r"exec\(warm=True\): cpus=2, but snapshots hold "
+                                              r"at most 1 vCPU; use cpus=1"):
+        exec_command(["true"], kernel=tmp_path / "no-kernel", busybox=busybox, warm=True, cpus=2)
+
+
+def test_snapshot_and_restore_of_virtio_devices_are_refused_before_anything_is_built(
+        tmp_path: Path) -> None:
+    from vmboot.vmm.machine import Machine
+
+    machine = Machine(b"not read", virtio_rng=True)
+    with pytest.raises(BootConfigError, match=r"Machine.restore: the machine has virtio devices "
+                                              r"\(.*\), which snapshots do not hold"):
+        machine.restore(tmp_path / "no.snap")
+    assert machine.vm is None and machine.kernel is None
+
+
 # -- real Linux ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
