@@ -135,6 +135,9 @@ class VirtioDevices:
         self.io_thread = io
         for t in self.transports:
             t.memory = vm.memory
+            attach_io_thread = getattr(t.device, "attach_io_thread", None)
+            if attach_io_thread is not None:  # a device with host fds of its own (vsock)
+                attach_io_thread(io)
             for i, fd in enumerate(t.queue_fds):
                 if use_fds:
                     vm.register_ioeventfd(t.base + spec.MmioReg.QUEUE_NOTIFY, 4, fd, datamatch=i)
