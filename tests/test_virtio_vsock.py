@@ -4,6 +4,7 @@ and the transport-reset event."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.driver import read_reg
 from vmboot.devices.virtio.vsock import BUF_ALLOC, FIRST_HOST_PORT, VsockDevice
 from vmboot.devices.virtio.vsock_host import VsockConfig, VsockError, parse_connect
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, UsageError
 from vsock_support import GUEST_CID, Guest, Packet, guest
 
 GUEST_PORT = 40000
@@ -414,3 +416,21 @@ def test_driver_reset_closes_connections() -> None:
     g.r.transport.reset()
     assert host.recv(1) == b"" and not g.device._conns
 
+
+
+# -- the command line ------------------------------------------------------------------------
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_vsock_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_cli_vsock_arguments(tmp_path: Path) -> None:
+    path = str(tmp_path / "v.sock")
+    assert vsock_config(_parse([])) is None
+    assert vsock_config(_parse(["--vsock", path])) == VsockConfig(vp.DEFAULT_GUEST_CID, path)
+    assert vsock_config(_parse(["--vsock", path, "--vsock-cid", "42"])) == VsockConfig(42, path)
+    with pytest.raises(UsageError, match="--vsock-cid: no --vsock PATH"):
+        vsock_config(_parse(["--vsock-cid", "42"]))
+    with pytest.raises(BootConfigError, match="vsock cid: 2 is outside"):
+        vsock_config(_parse(["--vsock", path, "--vsock-cid", "2"]))
