@@ -17,6 +17,7 @@ from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.driver import read_reg
+from vmboot.devices.virtio.setup import VirtioDevices
 from vmboot.devices.virtio.vsock import BUF_ALLOC, FIRST_HOST_PORT, VsockDevice
 from vmboot.devices.virtio.vsock_host import VsockConfig, VsockError, parse_connect
 from vmboot.errors import BootConfigError, UsageError
@@ -434,3 +435,10 @@ def test_cli_vsock_arguments(tmp_path: Path) -> None:
         vsock_config(_parse(["--vsock-cid", "42"]))
     with pytest.raises(BootConfigError, match="vsock cid: 2 is outside"):
         vsock_config(_parse(["--vsock", path, "--vsock-cid", "2"]))
+
+
+def test_virtio_parameters_go_before_init_arguments() -> None:
+    devices = VirtioDevices([VsockDevice()])
+    params = devices.cmdline_parameters()
+    assert devices.extend_cmdline("console=ttyS0 -- xfer 5 6") == f"console=ttyS0 {params} -- xfer 5 6"
+    assert devices.extend_cmdline("console=ttyS0") == f"console=ttyS0 {params}"

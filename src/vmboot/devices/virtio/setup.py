@@ -113,8 +113,16 @@ class VirtioDevices:
                         for base, irq in self.placement())
 
     def extend_cmdline(self, cmdline: str) -> str:
+        """``cmdline`` with the devices' parameters, before any ``--`` (what follows it
+        is init's arguments, which the kernel does not parse)."""
         params = self.cmdline_parameters()
-        return f"{cmdline} {params}".strip() if params else cmdline
+        if not params:
+            return cmdline
+        words = cmdline.split(" ")
+        if "--" in words:
+            at = words.index("--")
+            return " ".join([*words[:at], params, *words[at:]]).strip()
+        return f"{cmdline} {params}".strip()
 
     def attach(self, mmio_bus: MmioBus, memory: GuestRam | None = None) -> None:
         """Make the transports and put them on ``mmio_bus`` (guest RAM may come later)."""
