@@ -15,6 +15,7 @@ import pytest
 
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import spec
+from vmboot.devices.virtio import vsock as vsock_module
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.driver import read_reg
 from vmboot.devices.virtio.setup import VirtioDevices
@@ -98,12 +99,13 @@ def test_uds_path_checks(tmp_path: Path) -> None:
         VsockConfig(uds_path=str(taken)).validate()
 
 
-@pytest.mark.parametrize(("line", "port"), [(b"CONNECT 52", 52), (b"CONNECT 4294967295 ", 0xFFFFFFFF)])
+@pytest.mark.parametrize(("line", "port"), [(b"CONNECT 52", 52), (b"connect 7", 7),
+                                            (b"CONNECT 4294967295 ", 0xFFFFFFFF)])
 def test_parse_connect(line: bytes, port: int) -> None:
     assert parse_connect(line) == port
 
 
-@pytest.mark.parametrize("line", [b"", b"CONNECT", b"connect 5", b"CONNECT -1", b"CONNECT 4294967296",
+@pytest.mark.parametrize("line", [b"", b"CONNECT", b"CONNECT x", b"CONNECT -1", b"CONNECT 4294967296",
                                   b"CONNECT 5 6", b"LISTEN 5"])
 def test_parse_connect_refuses(line: bytes) -> None:
     with pytest.raises(ValueError):
@@ -127,6 +129,15 @@ def test_packets_for_unknown_connections_are_reset(op: vp.Op) -> None:
     g = guest()
     g.send(op, GUEST_PORT, 77, b"data" if op == vp.Op.RW else b"")
     assert _ops(g.take()) == [vp.Op.RST]
+
+
+def test_connections_past_the_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vsock_module, "MAX_CONNECTIONS", 2)
+    g = guest()
+    g.device.listen(HOST_PORT)
+    for port in (1, 2, 3):
+        g.send(vp.Op.REQUEST, port, HOST_PORT)
+    assert _ops(g.take()) == [vp.Op.RESPONSE, vp.Op.RESPONSE, vp.Op.RST]
 
 
 def test_rst_for_an_unknown_connection_gets_no_answer() -> None:

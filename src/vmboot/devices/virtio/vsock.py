@@ -61,6 +61,8 @@ CREDIT_UPDATE_THRESHOLD = BUF_ALLOC // 4
 """Forwarded bytes after which the device tells the guest of its new credit unasked."""
 MAX_PENDING_CONTROL = 1024
 """Control packets (RST, RESPONSE...) waiting for rx buffers; more are dropped, counted."""
+MAX_CONNECTIONS = 1024
+"""Open connections per device; more requests are refused (RST, or the host stream closed)."""
 FIRST_HOST_PORT = 1 << 30
 """Host ports for connections the host starts are allocated from here up."""
 RECV_CHUNK = vp.MAX_PAYLOAD
@@ -266,8 +268,8 @@ class VsockDevice(VirtioDevice):
                 log.info("vsock: host stream closed: %s", e)
                 p.sock.close()
                 return
-            if self.memory is None:
-                p.sock.close()  # the guest driver is not up: refuse
+            if self.memory is None or len(self._conns) >= MAX_CONNECTIONS:
+                p.sock.close()  # the guest driver is not up, or too many connections: refuse
                 return
             local = self._allocate_host_port(port)
             c = Connection(local, port, p.sock, ConnState.CONNECTING)
@@ -477,7 +479,9 @@ class VsockDevice(VirtioDevice):
         port = h.dst_port
         listener = self._listeners.get(port)
         sock: socket.socket | None = None
-        if listener is not None and not listener.closed:
+        if len(self._conns) >= MAX_CONNECTIONS:
+            pass
+        elif listener is not None and not listener.closed:
             sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.deliver(theirs)
         elif self.config.uds_path is not None:

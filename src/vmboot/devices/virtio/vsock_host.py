@@ -79,9 +79,10 @@ def port_socket_path(uds_path: str, port: int) -> str:
 
 
 def parse_connect(line: bytes) -> int:
-    """The port of a ``CONNECT <port>`` line (without its newline); ValueError otherwise."""
+    """The port of a ``CONNECT <port>`` line (without its newline; the word in any case, as
+    Firecracker accepts it); ValueError otherwise."""
     words = line.strip().split()
-    if len(words) != 2 or words[0] != CONNECT_WORD or not words[1].isdigit():
+    if len(words) != 2 or words[0].upper() != CONNECT_WORD or not words[1].isdigit():
         raise ValueError(f"not 'CONNECT <port>': {line[:MAX_COMMAND]!r}")
     port = int(words[1])
     if port > PORT_LIMIT:
