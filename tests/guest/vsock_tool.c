@@ -11,6 +11,8 @@
  *   listen-echo PORT   listen on guest PORT, accept one connection, echo it to EOF
  *   readclose PORT K   connect, read K bytes, close with the host still sending
  *   many PORT COUNT    COUNT times: connect, send one byte, read its echo to EOF, close
+ *   mountdev           mount devtmpfs on /dev (for the write step)
+ *   write PATH N       write N pattern bytes to the file PATH (a virtio-console port)
  *
  * Pattern byte i is ((i * 131) ^ (i >> 9)) & 0xff.
  */
@@ -225,6 +227,30 @@ static int step_many(unsigned int port, unsigned long count)
 	return 0;
 }
 
+static int step_write(const char *path, unsigned long n)
+{
+	unsigned long sent = 0, k;
+	int fd = open(path, O_WRONLY, 0);
+
+	if (fd < 0) {
+		printf("VSOCK write %s open-failed %d\n", path, fd);
+		return 1;
+	}
+	while (sent < n) {
+		unsigned long want = n - sent > CHUNK ? CHUNK : n - sent;
+		long w;
+		for (k = 0; k < want; k++)
+			out[k] = pattern(sent + k);
+		w = write(fd, out, want);
+		if (w <= 0)
+			break;
+		sent += w;
+	}
+	close(fd);
+	printf("VSOCK write %s sent=%lu\n", path, sent);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int i = 1;
@@ -246,6 +272,14 @@ int main(int argc, char **argv)
 			i += 2;
 		} else if (!strcmp(s, "readclose")) {
 			step_readclose(port, n);
+			i += 3;
+		} else if (!strcmp(s, "mountdev")) {
+			mkdir("/dev", 0755);
+			if (mount("devtmpfs", "/dev", "devtmpfs", 0, 0) < 0)
+				printf("VSOCK mountdev failed\n");
+			i += 1;
+		} else if (!strcmp(s, "write")) {
+			step_write(argv[i + 1], n);
 			i += 3;
 		} else if (!strcmp(s, "many")) {
 			step_many(port, n);
