@@ -387,6 +387,18 @@ def test_in_process_connect_through_the_io_thread() -> None:
         io.stop()
 
 
+def test_close_after_the_io_thread_stopped_closes_open_streams() -> None:
+    from vmboot.devices.virtio.io_thread import IoThread
+
+    g = guest()
+    io = IoThread()
+    g.device.attach_io_thread(io)
+    host = _established(g)
+    io.stop()  # the order VirtioDevices.close uses
+    g.device.close()
+    assert host.recv(1) == b"" and not g.device._conns
+
+
 # -- malformed traffic, events, state --------------------------------------------------------
 def test_malformed_tx_chains_are_counted_and_dropped() -> None:
     g = guest()

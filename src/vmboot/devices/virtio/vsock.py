@@ -202,7 +202,8 @@ class VsockDevice(VirtioDevice):
         elif new:
             io.add(sock.fileno(), callback, new)
         else:
-            io.remove(sock.fileno())
+            with contextlib.suppress(KeyError):  # the I/O thread already stopped
+                io.remove(sock.fileno())
         return new
 
     def _watch(self, c: Connection) -> None:
