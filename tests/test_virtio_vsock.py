@@ -5,11 +5,13 @@ and the transport-reset event."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -397,6 +399,49 @@ def test_close_after_the_io_thread_stopped_closes_open_streams() -> None:
     io.stop()  # the order VirtioDevices.close uses
     g.device.close()
     assert host.recv(1) == b"" and not g.device._conns
+
+
+def test_a_guest_that_reads_nothing_does_not_busy_the_io_thread() -> None:
+    """Host data the guest does not take: the socket is marked once and left alone
+    (no busy loop), and another fd on the same I/O thread is still served."""
+    from vmboot.devices.virtio.io_thread import IoThread, new_eventfd
+
+    g = guest()
+    io = IoThread()
+    calls: list[int] = []
+    on_host = g.device._on_host
+
+    def counting(c: Any) -> None:
+        calls.append(1)
+        on_host(c)
+
+    g.device._on_host = counting  # type: ignore[method-assign]
+    g.device.attach_io_thread(io)
+    other = new_eventfd()
+    served = threading.Event()
+
+    def serve_other() -> None:
+        os.eventfd_read(other)
+        served.set()
+
+    io.add(other, serve_other)
+    io.start()
+    try:
+        host = _established(g)
+        calls.clear()  # from here on the rx queue is never served: the guest takes nothing
+        host.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                host.send(bytes(65536))
+        threading.Event().wait(0.5)  # let the loop run: it must not spin on the socket
+        os.eventfd_write(other, 1)
+        assert served.wait(10)
+        assert len(calls) == 1, f"{len(calls)} callbacks for one readable socket"
+        assert g.device._conns[(HOST_PORT, GUEST_PORT)].host_readable
+    finally:
+        g.device.close()
+        io.stop()
+        os.close(other)
 
 
 # -- malformed traffic, events, state --------------------------------------------------------
