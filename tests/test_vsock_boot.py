@@ -1,4 +1,5 @@
-"""virtio-vsock with real Linux (slow: one boot of tiny-bzImage serves every check).
+"""virtio-vsock with real Linux (slow: one boot per kernel, tiny-bzImage and the SMP
+tiny-smp-bzImage, serves every check).
 
 The guest's /init is ``tests/guest/vsock_tool.c`` (built here against nolibc); it runs the
 steps on its command line in order and prints one ``VSOCK`` line each. The host side runs
@@ -143,9 +144,10 @@ def _api_connect(device: VsockDevice, port: int, deadline: float) -> socket.sock
     raise TimeoutError(f"guest port {port} never accepted")
 
 
-@pytest.fixture(scope="module")
-def vsock_boot(tmp_path_factory: pytest.TempPathFactory) -> VsockBoot:
-    kernel = shared_kernel_file("tiny-bzImage")
+@pytest.fixture(scope="module", params=["tiny-bzImage", "tiny-smp-bzImage"])
+def vsock_boot(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> VsockBoot:
+    kernel = shared_kernel_file(request.param)
     if not BUSYBOX.exists():
         pytest.skip("needs /bin/busybox (busybox-static)")
     tmp = tmp_path_factory.mktemp("vsock")
