@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from vmboot.cli.main import EXIT_ERROR, main
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock as vsock_module
@@ -510,3 +511,15 @@ def test_virtio_parameters_go_before_init_arguments() -> None:
     params = devices.cmdline_parameters()
     assert devices.extend_cmdline("console=ttyS0 -- xfer 5 6") == f"console=ttyS0 {params} -- xfer 5 6"
     assert devices.extend_cmdline("console=ttyS0") == f"console=ttyS0 {params}"
+
+
+@pytest.mark.parametrize("verb", [["run", "no-such-kernel"], ["exec", "--kernel", "no-such-kernel"]])
+def test_cli_refuses_a_taken_vsock_path_before_booting(verb: list[str], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "v.sock"
+    taken.write_bytes(b"keep me")
+    tail = ["--", "true"] if verb[0] == "exec" else []
+    assert main([*verb, "--vsock", str(taken), *tail]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "vsock path" in err and "already exists as a file" in err, err
+    assert taken.read_bytes() == b"keep me"
