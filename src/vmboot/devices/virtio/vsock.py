@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
 import errno
 import logging
 import os
 import selectors
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vmboot.devices.virtio import spec
@@ -41,8 +40,10 @@ from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.io_thread import IoThread
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
+from vmboot.devices.virtio.vsock_connection import U32_MASK, Connection, ConnState, PendingStream
 from vmboot.devices.virtio.vsock_host import (
     MAX_COMMAND,
+    PORT_LIMIT,
     VsockConfig,
     VsockError,
     VsockListener,
@@ -66,57 +67,6 @@ MAX_CONNECTIONS = 1024
 FIRST_HOST_PORT = 1 << 30
 """Host ports for connections the host starts are allocated from here up."""
 RECV_CHUNK = vp.MAX_PAYLOAD
-
-
-class ConnState(enum.Enum):
-    CONNECTING = "connecting"
-    """The host asked (REQUEST sent); waiting for the guest's RESPONSE."""
-    ESTABLISHED = "established"
-
-
-@dataclass(eq=False)
-class Connection:
-    """One stream: ``local_port`` on the host (CID 2), ``peer_port`` in the guest."""
-
-    local_port: int
-    peer_port: int
-    sock: socket.socket
-    state: ConnState
-    peer_buf_alloc: int = 0
-    peer_fwd_cnt: int = 0
-    tx_cnt: int = 0
-    """Payload bytes sent to the guest."""
-    fwd_cnt: int = 0
-    """Payload bytes from the guest handed to the host peer."""
-    last_fwd_cnt_sent: int = 0
-    out: bytearray = field(default_factory=bytearray)
-    """Bytes for the host peer that it has not taken yet."""
-    uncounted: int = 0
-    """Leading bytes of ``out`` that are not guest payload (the ``OK`` line)."""
-    peer_shutdown: int = 0
-    host_readable: bool = False
-    host_eof: bool = False
-    host_write_shut: bool = False
-    events: int = 0
-    """What the I/O thread watches this socket for (0: not registered)."""
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.local_port, self.peer_port
-
-    def peer_credit(self) -> int:
-        return self.peer_buf_alloc - ((self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF)
-
-    def buffered(self) -> int:
-        return len(self.out) - self.uncounted
-
-
-@dataclass(eq=False)
-class PendingStream:
-    """A host stream that has not sent its ``CONNECT <port>`` line yet."""
-
-    sock: socket.socket
-    events: int = 0
 
 
 @dataclass(frozen=True)
@@ -280,7 +230,7 @@ class VsockDevice(VirtioDevice):
     def _allocate_host_port(self, peer_port: int) -> int:
         while True:
             port = self._next_host_port
-            self._next_host_port = port + 1 if port < 0xFFFFFFFE else FIRST_HOST_PORT
+            self._next_host_port = port + 1 if port < PORT_LIMIT - 1 else FIRST_HOST_PORT
             if (port, peer_port) not in self._conns and port not in self._listeners:
                 return port
 
@@ -288,8 +238,9 @@ class VsockDevice(VirtioDevice):
     def connect(self, port: int, timeout: float | None = 30.0) -> socket.socket:
         """A blocking stream socket connected to guest port ``port`` (any thread but the
         I/O thread); :class:`VsockError` if the guest refuses or does not answer."""
-        if not 0 <= port <= 0xFFFFFFFF:
-            raise VsockError(f"vsock connect: port {port} is outside 0..{0xFFFFFFFF}")
+        if not 0 <= port <= PORT_LIMIT:
+            raise VsockError(f"vsock connect: port {port} is outside 0..{PORT_LIMIT}; "
+                             "vsock ports are 32-bit")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mine.sendall(b"CONNECT %d\n" % port)
         self.adopt_host_stream(theirs)
@@ -530,9 +481,9 @@ class VsockDevice(VirtioDevice):
             counted = max(0, n - c.uncounted)
             c.uncounted -= n - counted
             del c.out[:n]
-            c.fwd_cnt = (c.fwd_cnt + counted) & 0xFFFFFFFF
+            c.fwd_cnt = (c.fwd_cnt + counted) & U32_MASK
             self.bytes_to_host += counted
-        if ((c.fwd_cnt - c.last_fwd_cnt_sent) & 0xFFFFFFFF) >= CREDIT_UPDATE_THRESHOLD:
+        if ((c.fwd_cnt - c.last_fwd_cnt_sent) & U32_MASK) >= CREDIT_UPDATE_THRESHOLD:
             c.last_fwd_cnt_sent = c.fwd_cnt
             self._queue_control(_Control(vp.Op.CREDIT_UPDATE, c.local_port, c.peer_port))
         if not c.out and c.peer_shutdown & vp.SHUTDOWN_SEND:
@@ -665,7 +616,7 @@ class VsockDevice(VirtioDevice):
                 self._put(chain, self._header(vp.Op.SHUTDOWN, c.local_port, c.peer_port,
                                               flags=vp.SHUTDOWN_SEND))
                 return True
-            c.tx_cnt = (c.tx_cnt + len(data)) & 0xFFFFFFFF
+            c.tx_cnt = (c.tx_cnt + len(data)) & U32_MASK
             self.bytes_to_guest += len(data)
             self._put(chain, self._header(vp.Op.RW, c.local_port, c.peer_port, len(data)) + data)
             return True
