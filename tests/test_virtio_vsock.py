@@ -523,3 +523,16 @@ def test_cli_refuses_a_taken_vsock_path_before_booting(verb: list[str], tmp_path
     err = capsys.readouterr().err
     assert "vsock path" in err and "already exists as a file" in err, err
     assert taken.read_bytes() == b"keep me"
+
+
+def test_machine_vsock_is_the_device_and_is_announced() -> None:
+    from vmboot.vmm.machine import Machine
+
+    m = Machine("kernel-not-loaded-until-start", vsock=VsockConfig(cid=9))
+    try:
+        assert isinstance(m.vsock, VsockDevice) and m.vsock.guest_cid == 9
+        assert m.virtio.devices == [m.vsock]
+        assert "virtio_mmio.device=0x200@0xd0000000:5" in m.virtio.extend_cmdline(m.cmdline)
+    finally:
+        m.close()
+    assert Machine("kernel-not-loaded-until-start").vsock is None
