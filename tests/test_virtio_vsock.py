@@ -358,6 +358,17 @@ def test_hybrid_host_connect_handshake(tmp_path: Path) -> None:
     assert not os.path.exists(path)
 
 
+def test_silent_host_streams_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vsock_module, "MAX_PENDING_STREAMS", 2)
+    g = guest()
+    pairs = [socket.socketpair() for _ in range(3)]
+    for _, theirs in pairs:
+        g.device.adopt_host_stream(theirs)  # none sends its CONNECT line
+    assert len(g.device._pending_streams) == 2
+    pairs[2][0].settimeout(5)
+    assert pairs[2][0].recv(1) == b""  # the third was closed
+
+
 def test_in_process_connect_through_the_io_thread() -> None:
     from vmboot.devices.virtio.io_thread import IoThread
 

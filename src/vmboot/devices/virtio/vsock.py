@@ -64,6 +64,8 @@ MAX_PENDING_CONTROL = 1024
 """Control packets (RST, RESPONSE...) waiting for rx buffers; more are dropped, counted."""
 MAX_CONNECTIONS = 1024
 """Open connections per device; more requests are refused (RST, or the host stream closed)."""
+MAX_PENDING_STREAMS = 64
+"""Host streams that have not sent their CONNECT line yet; more are closed at once."""
 FIRST_HOST_PORT = 1 << 30
 """Host ports for connections the host starts are allocated from here up."""
 RECV_CHUNK = vp.MAX_PAYLOAD
@@ -186,6 +188,11 @@ class VsockDevice(VirtioDevice):
         """A host stream that will send ``CONNECT <port>\\n`` (any thread)."""
         sock.setblocking(False)
         with self._lock:
+            if len(self._pending_streams) >= MAX_PENDING_STREAMS:
+                log.warning("vsock: %d host streams have not sent CONNECT yet: one more closed",
+                            MAX_PENDING_STREAMS)
+                sock.close()
+                return
             p = PendingStream(sock)
             self._pending_streams[sock.fileno()] = p
             self._watch_pending(p)
