@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.console import ConsolePort
     from vmboot.devices.virtio.device import VirtioDevice
     from vmboot.devices.virtio.setup import NotificationChoice
+    from vmboot.devices.virtio.vsock import VsockDevice
+    from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -156,11 +158,14 @@ class Machine:
         virtio_rng: bool = False,
         virtio_devices: Sequence[VirtioDevice] = (),
         virtio_notifications: NotificationChoice = "auto",
+        vsock: VsockConfig | None = None,
     ) -> None:
         """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
         ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
         virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
-        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
+        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits.
+        ``vsock``: a virtio-vsock device (its guest CID, and optionally the hybrid UNIX socket
+        path); :attr:`vsock` then connects to and listens for the guest."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -188,6 +193,13 @@ class Machine:
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
         self.platform = PcPlatform(self.console)
+        self.vsock: VsockDevice | None = None
+        """The virtio-vsock device (``connect(port)``, ``listen(port)``) when ``vsock`` is given."""
+        if vsock is not None:
+            from vmboot.devices.virtio.vsock import VsockDevice
+
+            self.vsock = VsockDevice(vsock)
+            virtio_devices = (*virtio_devices, self.vsock)
         self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
                                                  virtio_devices, virtio_notifications),
                                    self.console)

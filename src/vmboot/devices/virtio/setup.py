@@ -113,8 +113,16 @@ class VirtioDevices:
                         for base, irq in self.placement())
 
     def extend_cmdline(self, cmdline: str) -> str:
+        """``cmdline`` with the devices' parameters, before any ``--`` (what follows it
+        is init's arguments, which the kernel does not parse)."""
         params = self.cmdline_parameters()
-        return f"{cmdline} {params}".strip() if params else cmdline
+        if not params:
+            return cmdline
+        words = cmdline.split(" ")
+        if "--" in words:
+            at = words.index("--")
+            return " ".join([*words[:at], params, *words[at:]]).strip()
+        return f"{cmdline} {params}".strip()
 
     def attach(self, mmio_bus: MmioBus, memory: GuestRam | None = None) -> None:
         """Make the transports and put them on ``mmio_bus`` (guest RAM may come later)."""
@@ -138,6 +146,9 @@ class VirtioDevices:
         self.io_thread = io
         for t in self.transports:
             t.memory = vm.memory
+            attach_io_thread = getattr(t.device, "attach_io_thread", None)
+            if attach_io_thread is not None:  # a device with host fds of its own (vsock)
+                attach_io_thread(io)
             for i, fd in enumerate(t.queue_fds):
                 if use_fds:
                     vm.register_ioeventfd(t.base + spec.MmioReg.QUEUE_NOTIFY, 4, fd, datamatch=i)
