@@ -44,6 +44,10 @@ KVM_RUN_FIELDS: dict[str, int] = {
     "emulation_failure.insn_bytes": abi.RUN_EMULATION_INSN + 1,
     "system_event.type": abi.RUN_SYSTEM_EVENT,
     "system_event.ndata": abi.RUN_SYSTEM_EVENT + abi.KvmRunSystemEvent.ndata.offset,
+    "debug.arch.exception": abi.RUN_DEBUG,
+    "debug.arch.pc": abi.RUN_DEBUG + abi.KvmDebugExitArch.pc.offset,
+    "debug.arch.dr6": abi.RUN_DEBUG + abi.KvmDebugExitArch.dr6.offset,
+    "debug.arch.dr7": abi.RUN_DEBUG + abi.KvmDebugExitArch.dr7.offset,
     "kvm_valid_regs": abi.KvmRun.kvm_valid_regs.offset,
 }
 

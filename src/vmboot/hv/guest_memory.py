@@ -1,13 +1,17 @@
-"""Guest RAM backed by one anonymous ``mmap``, with bounds-checked access by guest-physical address.
+"""Guest RAM backed by one ``mmap``, with bounds-checked access by guest-physical address.
 
 Both the memory-only VM and the KVM VM use this class: KVM registers the same
 mapping with ``KVM_SET_USER_MEMORY_REGION``, so what the host writes here is
-what the guest sees.
+what the guest sees. By default the mapping is private and anonymous; ``shared=True``
+backs it with a memfd mapped ``MAP_SHARED``, so another process (a vhost-user device
+backend such as virtiofsd) can map the same pages from :attr:`GuestMemory.fd`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 from collections.abc import Iterable
 
 from vmboot.errors import GuestMemoryError
@@ -20,13 +24,46 @@ _MADVISE_MIN = 256 << 10
 class GuestMemory:
     """Guest RAM: ``regions`` of guest-physical space mapped onto one host mapping."""
 
-    def __init__(self, memory_bytes: int) -> None:
+    def __init__(self, memory_bytes: int, shared: bool = False) -> None:
         self.regions: tuple[MemoryRegion, ...] = ram_regions(memory_bytes)
         self.size = memory_bytes
+        self._fd: int | None = None
         # MAP_NORESERVE: a 4 GiB guest costs nothing until its pages are touched.
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self._map: mmap.mmap | None = mmap.mmap(-1, memory_bytes, flags=flags)
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0)
+        if shared:
+            self._fd = os.memfd_create("vmboot-guest-ram", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self._fd, memory_bytes)
+                self._map: mmap.mmap | None = mmap.mmap(self._fd, memory_bytes,
+                                                        flags=mmap.MAP_SHARED | noreserve)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        else:
+            self._map = mmap.mmap(-1, memory_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | noreserve)
         self._view: memoryview | None = memoryview(self._map)
+
+    @property
+    def shared(self) -> bool:
+        """True when the RAM is a memfd other processes can map (:attr:`fd`)."""
+        return self._fd is not None
+
+    @property
+    def fd(self) -> int:
+        """The memfd behind shared RAM (its offsets are the host offsets of :meth:`offset_of`)."""
+        if self._fd is None:
+            raise GuestMemoryError("guest memory: this RAM is private (made without shared=True), "
+                                   "so no other process can map it")
+        return self._fd
+
+    @property
+    def host_address(self) -> int:
+        """This process's virtual address of the mapping's first byte."""
+        anchor = ctypes.c_char.from_buffer(self.mapping)
+        try:
+            return ctypes.addressof(anchor)
+        finally:
+            del anchor  # release the buffer export so the mapping can be closed later
 
     # -- lifetime -----------------------------------------------------------------------------
     @property
@@ -41,6 +78,9 @@ class GuestMemory:
         if self._map is not None:
             self._map.close()
             self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def mapping(self) -> mmap.mmap:
@@ -100,7 +140,8 @@ class GuestMemory:
         Whole pages are dropped with ``madvise(MADV_DONTNEED)``: the kernel gives a private
         anonymous mapping fresh zero pages on the next touch, so zeroing a large kernel's
         ``init_size`` costs no page faults and no memset (KVM follows through its MMU
-        notifiers, as it does for QEMU's RAM discard).
+        notifiers, as it does for QEMU's RAM discard). Shared RAM uses ``MADV_REMOVE``,
+        which frees the memfd's pages themselves (DONTNEED would only unmap them).
         """
         off = self.offset_of(gpa, length)
         end = off + length
@@ -109,7 +150,8 @@ class GuestMemory:
         last_page = end // mmap.PAGESIZE * mmap.PAGESIZE
         if length >= _MADVISE_MIN and last_page > first_page and hasattr(mapping, "madvise"):
             self._fill_zero(off, first_page)
-            mapping.madvise(mmap.MADV_DONTNEED, first_page, last_page - first_page)
+            advice = mmap.MADV_REMOVE if self._fd is not None else mmap.MADV_DONTNEED
+            mapping.madvise(advice, first_page, last_page - first_page)
             self._fill_zero(last_page, end)
         else:
             self._fill_zero(off, end)

@@ -29,6 +29,9 @@ class ExitReason(enum.Enum):
     """The guest kernel reported a panic (on the console, or through pvpanic)."""
     ERROR = "error"
     """vmboot itself failed while running the guest."""
+    DEBUG = "debug"
+    """A debug exception the host asked for (KVM_SET_GUEST_DEBUG): a hardware breakpoint or
+    watchpoint hit, or a single step done. ``VmExit.dr6`` says which."""
 
 
 @dataclass
@@ -43,6 +46,8 @@ class VmExit:
     """For an emulation failure: the bytes at RIP, when KVM or guest memory gave them."""
     symbol: str | None = None
     """For an emulation failure or a hang: ``function+0xoff`` of RIP, when symbols are known."""
+    dr6: int | None = None
+    """For a debug exit: DR6 (bits 0-3: which breakpoint slot fired; bit 14: single step)."""
 
     @property
     def clean(self) -> bool:

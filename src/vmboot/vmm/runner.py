@@ -66,6 +66,7 @@ _FAIL_ENTRY = struct.Struct("<QI")
 _INTERNAL_HEAD = struct.Struct("<II")
 _EMULATION_FLAGS = struct.Struct("<Q")
 _SYSTEM_EVENT_HEAD = struct.Struct("<II")
+_DEBUG_EXIT = struct.Struct(abi.RUN_DEBUG_FORMAT)
 _INTERNAL_DATA_MAX = 16
 CPL_MASK = 0x3
 """The requested privilege level bits of a selector; CS's are the CPU's current level."""
@@ -382,6 +383,12 @@ class Runner:
             )
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             return self._internal_error()
+        if reason == abi.KVM_EXIT_DEBUG:
+            exception, pc, dr6, _dr7 = _DEBUG_EXIT.unpack_from(run, abi.RUN_DEBUG)
+            result = self._make_exit(ExitReason.DEBUG, f"debug exception (vector {exception}) at "
+                                                       f"{pc:#x}, DR6={dr6:#x}")
+            result.dr6 = dr6
+            return result
         if reason == abi.KVM_EXIT_SYSTEM_EVENT:
             event, _ndata = _SYSTEM_EVENT_HEAD.unpack_from(run, base)
             kind, detail = _SYSTEM_EVENTS.get(event, (ExitReason.ERROR, f"unknown system event {event}"))

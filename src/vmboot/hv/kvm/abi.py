@@ -332,6 +332,24 @@ class KvmRunEx(ctypes.Structure):
     _fields_: ClassVar = [("exception", u32), ("error_code", u32)]
 
 
+class KvmDebugExitArch(ctypes.Structure):
+    """struct kvm_debug_exit_arch (x86): the exception, where, and DR6/DR7 at the stop."""
+
+    _fields_: ClassVar = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
+class KvmGuestDebugArch(ctypes.Structure):
+    """struct kvm_guest_debug_arch (x86): DR0-DR7 as the host wants them while debugging."""
+
+    _fields_: ClassVar = [("debugreg", u64 * 8)]
+
+
+class KvmGuestDebug(ctypes.Structure):
+    """struct kvm_guest_debug (KVM_SET_GUEST_DEBUG)."""
+
+    _fields_: ClassVar = [("control", u32), ("pad", u32), ("arch", KvmGuestDebugArch)]
+
+
 RUN_EXIT_UNION_SIZE = 256
 
 
@@ -343,6 +361,7 @@ class KvmRunExit(ctypes.Union):
         ("fail_entry", KvmRunFailEntry),
         ("ex", KvmRunEx),
         ("io", KvmRunIo),
+        ("debug", KvmDebugExitArch),
         ("mmio", KvmRunMmio),
         ("internal", KvmRunInternal),
         ("emulation_failure", KvmRunEmulationFailure),
@@ -393,6 +412,9 @@ RUN_INTERNAL_DATA = RUN_EXIT_UNION + _offset(KvmRunInternal, "data")
 RUN_EMULATION_INSN = RUN_EXIT_UNION + _offset(KvmRunEmulationFailure, "insn_size")
 RUN_FAIL_ENTRY = RUN_EXIT_UNION
 RUN_SYSTEM_EVENT = RUN_EXIT_UNION
+RUN_DEBUG = RUN_EXIT_UNION
+RUN_DEBUG_FORMAT = "<I4xQQQ"
+"""exception, pc, dr6, dr7."""
 
 # --------------------------------------------------------------------------------------------
 # Constants
@@ -506,6 +528,14 @@ KVM_SET_CPUID2 = _iow(0x90, KvmCpuid2)
 KVM_GET_CPUID2 = _iowr(0x91, KvmCpuid2)
 KVM_GET_MP_STATE = _ior(0x98, KvmMpState)
 KVM_SET_MP_STATE = _iow(0x99, KvmMpState)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, KvmGuestDebug)
+
+# KVM_SET_GUEST_DEBUG control bits (asm/kvm.h, linux/kvm.h)
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_CAP_SET_GUEST_DEBUG = 23
 
 # Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1)
 APIC_REG_LVT_LINT0 = 0x350
@@ -535,4 +565,7 @@ CHECKED_STRUCTS: dict[str, type[ctypes._CData]] = {
     "kvm_irqfd": KvmIrqfd,
     "kvm_mp_state": KvmMpState,
     "kvm_translation": KvmTranslation,
+    "kvm_debug_exit_arch": KvmDebugExitArch,
+    "kvm_guest_debug_arch": KvmGuestDebugArch,
+    "kvm_guest_debug": KvmGuestDebug,
 }

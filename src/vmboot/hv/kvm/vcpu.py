@@ -420,6 +420,21 @@ class KvmVCPU(VirtualCPU):
             struct.pack_into("<I", page, reg, value)
         self.set_lapic(bytes(page))
 
+    def set_guest_debug(self, control: int, debugregs: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: ``control`` is KVM_GUESTDBG_* bits; ``debugregs`` DR0-DR7.
+
+        With ``KVM_GUESTDBG_USE_HW_BP``, DR0-DR3 and DR7 are the host's, and a hit ends
+        KVM_RUN with KVM_EXIT_DEBUG instead of raising #DB in the guest.
+        """
+        if len(debugregs) > 8:
+            raise HypervisorError(f"KVM_SET_GUEST_DEBUG: {len(debugregs)} debug registers given, "
+                                  f"at most 8 (DR0-DR7)")
+        arg = abi.KvmGuestDebug()
+        arg.control = control
+        for i, value in enumerate(debugregs):
+            arg.arch.debugreg[i] = _check_u64(f"DR{i}", value)
+        self._ioctl(abi.KVM_SET_GUEST_DEBUG, arg, "KVM_SET_GUEST_DEBUG")
+
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: RUNNABLE (0), HALTED (3), ... (see abi.KVM_MP_STATE_*)."""
         state = abi.KvmMpState()

@@ -1,0 +1,17 @@
+"""The guest agent: a static program that runs commands in the guest for the host.
+
+``vmboot-agent`` (built from ``vmboot-agent.c`` by :mod:`vmboot.agent.build`) runs as the guest's
+init or under one, and serves :class:`~vmboot.agent.client.AgentClient` over one byte stream: a
+virtio-console port, a vsock connection, or any stream socket. :mod:`~vmboot.agent.protocol`
+is the wire format both sides share.
+"""
+
+from importlib import resources
+from pathlib import Path
+
+BINARY_NAME = "vmboot-agent"
+
+
+def agent_binary() -> Path:
+    """The committed agent binary shipped in this package."""
+    return Path(str(resources.files(__package__).joinpath(BINARY_NAME)))

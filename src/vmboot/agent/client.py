@@ -1,0 +1,150 @@
+"""The host's side of the guest agent: run a command, stream its output, get its status.
+
+The agent runs one command at a time; :meth:`AgentClient.run` can be called any number of
+times on one connection. A command that outlives its ``timeout`` is killed (SIGKILL to its
+process group) and reported with ``timed_out``; the agent, and the guest, stay usable.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vmboot.agent import protocol as p
+from vmboot.errors import VmbootError
+
+OutputSink = Callable[[bytes], object]
+CLOSED = "agent: the guest closed the connection (the agent exited, or the guest stopped)"
+
+
+class AgentError(VmbootError):
+    """The agent could not run the command, or the connection to it failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """How a command ended, and what it wrote (unless streamed elsewhere)."""
+
+    exit_status: int | None
+    """The status it exited with (None if a signal ended it)."""
+    signal: int | None
+    """The signal that ended it (None if it exited)."""
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+    @property
+    def returncode(self) -> int:
+        """As subprocess: the exit status, or minus the signal number."""
+        return self.exit_status if self.exit_status is not None else -(self.signal or 0)
+
+
+class AgentClient:
+    """Talks to one agent over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = p.FrameReader()
+        self.version: str | None = None
+        self._pending: list[p.Message] = []
+
+    def _read(self, deadline: float | None) -> p.Message | None:
+        """The next message, or None when ``deadline`` passes first."""
+        while not self._pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                continue
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError as exc:
+                raise AgentError(f"agent: connection failed: {exc.strerror or exc}") from None
+            if not data:
+                raise AgentError(CLOSED)
+            self._pending.extend(self.reader.feed(data))
+        return self._pending.pop(0)
+
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """Wait for the agent's greeting; returns its version text."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.version is None:
+            msg = self._read(deadline)
+            if msg is None:
+                raise AgentError(f"agent: no greeting within {timeout:g} s")
+            if msg.kind is p.Frame.READY:
+                self.version = msg.payload.decode(errors="replace")
+        return self.version
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
+            stdin: bytes | None = None, on_stdout: OutputSink | None = None,
+            on_stderr: OutputSink | None = None, timeout: float | None = None) -> CommandResult:
+        """Run ``argv`` (``argv[0]`` is a path in the guest) and wait for it to end.
+
+        Output goes to ``on_stdout``/``on_stderr`` as it arrives when given, else is collected
+        in the result. ``stdin``: bytes fed to the command, then end of file (None: end of
+        file at once).
+        """
+        if self.version is None:
+            self.wait_ready(timeout)
+        self._send(p.exec_frame(argv, env or {}, cwd))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        data = memoryview(stdin or b"")
+        sent = in_flight = 0
+        started = killed = ended_input = False
+        while True:
+            if started and not killed and not ended_input:
+                # Credit-based: keep at most STDIN_WINDOW bytes the agent has not taken yet.
+                while sent < len(data) and in_flight < p.STDIN_WINDOW:
+                    n = min(p.DATA_MAX, len(data) - sent, p.STDIN_WINDOW - in_flight)
+                    self._send(p.frame(p.Frame.STDIN, bytes(data[sent:sent + n])))
+                    sent += n
+                    in_flight += n
+                if sent == len(data):
+                    self._send(p.frame(p.Frame.STDIN_END))
+                    ended_input = True
+            msg = self._read(deadline)
+            if msg is None:  # the time limit passed: end the command, keep the agent
+                self.signal(signal.SIGKILL)
+                killed = True
+                deadline = None
+                continue
+            if msg.kind is p.Frame.STARTED:
+                started = True
+            elif msg.kind is p.Frame.STDIN_TAKEN:
+                in_flight = max(0, in_flight - p.U32.unpack_from(msg.payload)[0])
+            elif msg.kind is p.Frame.FAILED:
+                errno_value = p.U32.unpack_from(msg.payload)[0] if len(msg.payload) >= 4 else 0
+                raise AgentError(f"agent: cannot run {argv[0]!r} in the guest: "
+                                 f"{os.strerror(errno_value)} (errno {errno_value})")
+            elif msg.kind is p.Frame.STDOUT:
+                (on_stdout or out.extend)(msg.payload)
+            elif msg.kind is p.Frame.STDERR:
+                (on_stderr or err.extend)(msg.payload)
+            elif msg.kind is p.Frame.EXITED:
+                kind, value = p.U32_PAIR.unpack(msg.payload[:8])
+                return CommandResult(exit_status=value if kind == 0 else None,
+                                     signal=value if kind == 1 else None,
+                                     stdout=bytes(out), stderr=bytes(err), timed_out=killed)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise AgentError(CLOSED) from None
+        except OSError as exc:
+            raise AgentError(f"agent: connection failed: {exc.strerror or exc}") from None
+
+    def signal(self, signo: int) -> None:
+        """Send ``signo`` to the running command's process group (as Ctrl-C does at a terminal)."""
+        self._send(p.signal_frame(int(signo)))
+
+    def close(self) -> None:
+        self.sock.close()

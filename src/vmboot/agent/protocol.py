@@ -1,0 +1,108 @@
+"""The agent's wire format: ``u32 length | u8 type | payload`` frames, little endian.
+
+The length counts the type byte and the payload. ``vmboot-agent.c`` is the other half; the
+type letters and layouts below are the ones it uses.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from vmboot.errors import VmbootError
+
+LENGTH = struct.Struct("<I")
+U32 = struct.Struct("<I")
+U32_PAIR = struct.Struct("<II")
+FRAME_MAX = 64 * 1024
+"""The largest frame either side sends (the agent's receive buffer)."""
+DATA_MAX = FRAME_MAX - 1
+"""The most stdin bytes one frame carries."""
+STDIN_WINDOW = 128 * 1024
+"""Stdin bytes the host may send before the agent acknowledges them (the agent buffers 256 KiB)."""
+ARGS_MAX = 256
+"""At most this many arguments, and this many environment entries, per command."""
+
+
+class AgentProtocolError(VmbootError):
+    """The agent sent something that is not a frame of this protocol."""
+
+
+class Frame(bytes, enum.Enum):
+    # host -> agent
+    EXEC = b"E"
+    STDIN = b"I"
+    STDIN_END = b"i"
+    SIGNAL = b"K"
+    # agent -> host
+    READY = b"R"
+    STARTED = b"P"
+    FAILED = b"F"
+    STDOUT = b"O"
+    STDERR = b"e"
+    STDIN_TAKEN = b"A"
+    EXITED = b"X"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: Frame
+    payload: bytes
+
+
+def frame(kind: Frame, payload: bytes = b"") -> bytes:
+    if len(payload) + 1 > FRAME_MAX:
+        raise AgentProtocolError(f"agent frame {kind.name}: {len(payload)} payload bytes, more than "
+                                 f"{FRAME_MAX - 1}")
+    return LENGTH.pack(len(payload) + 1) + kind.value + payload
+
+
+def exec_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str = "") -> bytes:
+    """EXEC: argc, envc, cwd, then each argument and each ``NAME=value``, NUL-terminated."""
+    if not argv:
+        raise AgentProtocolError("command: argv is empty; name the program to run")
+    if len(argv) > ARGS_MAX or len(env) > ARGS_MAX:
+        raise AgentProtocolError(f"command: {len(argv)} arguments and {len(env)} environment entries; "
+                                 f"at most {ARGS_MAX} of each")
+    fields = [cwd, *argv, *(f"{k}={v}" for k, v in env.items())]
+    for text in fields:
+        if "\0" in text:
+            raise AgentProtocolError(f"command: {text!r} contains a NUL byte, which cannot be passed")
+    body = U32_PAIR.pack(len(argv), len(env)) + b"".join(f.encode() + b"\0" for f in fields)
+    return frame(Frame.EXEC, body)
+
+
+def stdin_frames(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), DATA_MAX):
+        yield frame(Frame.STDIN, data[start:start + DATA_MAX])
+
+
+def signal_frame(signo: int) -> bytes:
+    return frame(Frame.SIGNAL, U32.pack(signo))
+
+
+class FrameReader:
+    """Cuts a byte stream from the agent into :class:`Message` objects."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[Message]:
+        self._buffer += data
+        while len(self._buffer) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self._buffer)
+            if not 1 <= length <= FRAME_MAX:
+                raise AgentProtocolError(f"agent: frame length {length} is outside 1..{FRAME_MAX} "
+                                         f"(not an agent on the other end, or the stream is corrupt)")
+            if len(self._buffer) < LENGTH.size + length:
+                return
+            kind_byte = bytes(self._buffer[LENGTH.size:LENGTH.size + 1])
+            payload = bytes(self._buffer[LENGTH.size + 1:LENGTH.size + length])
+            del self._buffer[:LENGTH.size + length]
+            try:
+                kind = Frame(kind_byte)
+            except ValueError:
+                raise AgentProtocolError(f"agent: unknown frame type {kind_byte!r}") from None
+            yield Message(kind, payload)

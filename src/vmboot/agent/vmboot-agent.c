@@ -1,0 +1,534 @@
+/*
+ * vmboot-agent: runs commands in a guest for the host, one after another, over one byte
+ * stream (a virtio-console port, a vsock connection, or an inherited fd).
+ *
+ * Built static against the Linux kernel's tools/include/nolibc (no libc): see build.py.
+ * Wire format (protocol.py is its other half): every frame is
+ *     u32 length (little endian, of what follows) | u8 type | payload
+ * host -> agent:  'E' exec  (u32 argc, u32 envc, cwd\0, argv\0..., env\0...)
+ *                 'I' stdin data, 'i' stdin end, 'K' signal (u32 signo)
+ * agent -> host:  'R' ready (version text), 'P' started (u32 pid), 'F' failed (u32 errno, text),
+ *                 'O' stdout data, 'e' stderr data, 'A' stdin consumed (u32 bytes),
+ *                 'X' exited (u32 kind: 0 status, 1 signal; u32 value)
+ * Stdin is credit-based: the host keeps at most STDIN_WINDOW bytes unacknowledged, so the agent
+ * can always read the channel (a signal is never stuck behind stdin the command does not read).
+ *
+ * As PID 1 it mounts /proc, /sys, /dev and /tmp first and takes its channel from the kernel
+ * command line (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
+ */
+
+#define AGENT_VERSION "vmboot-agent 1"
+
+#define FRAME_MAX   (64 * 1024)
+#define PIPE_CHUNK  (32 * 1024)
+#define STDIN_MAX   (256 * 1024)
+#define ARGS_MAX    256
+
+#define __NR_pipe2_      293
+#define __NR_signalfd4_  289
+#define __NR_rt_sigprocmask_ 14
+#define __NR_socket_     41
+#define __NR_connect_    42
+#define __NR_nanosleep_  35
+#define __NR_fcntl_      72
+#define F_SETFD_ 2
+#define F_SETFL_ 4
+#define FD_CLOEXEC_ 1
+#define LINUX_REBOOT_CMD_POWER_OFF_ 0x4321fedc
+#define O_NONBLOCK_  04000
+#define O_CLOEXEC_   02000000
+#define SFD_NONBLOCK_ 04000
+#define SFD_CLOEXEC_  02000000
+#define SIGCHLD_ 17
+#define SIGPIPE_ 13
+#define SIG_BLOCK_ 0
+#define SIG_UNBLOCK_ 1
+#define AF_VSOCK_ 40
+#define SOCK_STREAM_ 1
+#define VMADDR_CID_HOST_ 2
+#define EAGAIN_ 11
+#define EINTR_ 4
+
+struct sockaddr_vm_ {
+	unsigned short svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_flags;
+	unsigned char svm_zero[3];
+};
+
+struct timespec_ { long tv_sec; long tv_nsec; };
+
+static int chan = -1;
+static unsigned char inbuf[FRAME_MAX + 8];
+static unsigned int inlen;
+static unsigned char outbuf[PIPE_CHUNK + 16];
+static unsigned char stdin_buf[STDIN_MAX];
+static unsigned int stdin_len;
+static int stdin_end_wanted;
+static char *exec_argv[ARGS_MAX + 1];
+static char *exec_envp[ARGS_MAX + 1];
+
+static long sys_pipe2_(int *fds, int flags) { return my_syscall2(__NR_pipe2_, fds, flags); }
+static long sigmask_(int how, unsigned long *set) { return my_syscall4(__NR_rt_sigprocmask_, how, set, 0, 8); }
+static long fcntl_(int fd, int cmd, long arg) { return my_syscall3(__NR_fcntl_, fd, cmd, arg); }
+static long signalfd_(unsigned long *mask) { return my_syscall4(__NR_signalfd4_, -1, mask, 8, SFD_NONBLOCK_ | SFD_CLOEXEC_); }
+
+static void put_u32(unsigned char *p, unsigned int v)
+{
+	p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24;
+}
+
+static unsigned int get_u32(const unsigned char *p)
+{
+	return p[0] | (p[1] << 8) | (p[2] << 16) | ((unsigned int)p[3] << 24);
+}
+
+static int write_all(int fd, const void *buf, unsigned int n)
+{
+	const char *p = buf;
+
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR_)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= w;
+	}
+	return 0;
+}
+
+static void send_frame(char type, const void *payload, unsigned int n)
+{
+	unsigned char head[5];
+
+	put_u32(head, n + 1);
+	head[4] = type;
+	if (write_all(chan, head, 5) || (n && write_all(chan, payload, n)))
+		exit(3);  /* the host is gone: nothing more to do */
+}
+
+static void send_u32s(char type, unsigned int a, unsigned int b, int two)
+{
+	unsigned char p[8];
+
+	put_u32(p, a);
+	put_u32(p + 4, b);
+	send_frame(type, p, two ? 8 : 4);
+}
+
+static void append(char *dst, const char *src)
+{
+	strcpy(dst + strlen(dst), src);
+}
+
+static int has_prefix(const char *s, const char *prefix)
+{
+	return !strncmp(s, prefix, strlen(prefix));
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec_ ts = { ms / 1000, (ms % 1000) * 1000000L };
+	my_syscall2(__NR_nanosleep_, &ts, 0);
+}
+
+/* /sys/class/virtio-ports/vportNpM/name holds a port's name; its device is /dev/vportNpM. */
+static int open_named_port(const char *name)
+{
+	static char path[128], dev[64], got[64];
+	char entries[2048];
+	int dir = open("/sys/class/virtio-ports", 0x10000 /* O_DIRECTORY */, 0);
+	int n, off;
+
+	if (dir < 0)
+		return -1;
+	n = getdents64(dir, (void *)entries, sizeof(entries));
+	close(dir);
+	for (off = 0; off < n;) {
+		struct linux_dirent64 *d = (void *)(entries + off);
+		off += d->d_reclen;
+		if (d->d_name[0] == '.')
+			continue;
+		strcpy(path, "/sys/class/virtio-ports/");
+		append(path, d->d_name);
+		append(path, "/name");
+		int fd = open(path, O_RDONLY, 0);
+		if (fd < 0)
+			continue;
+		int len = read(fd, got, sizeof(got) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		got[len] = 0;
+		if (got[len - 1] == '\n')
+			got[len - 1] = 0;
+		if (!strcmp(got, name)) {
+			strcpy(dev, "/dev/");
+			append(dev, d->d_name);
+			return open(dev, O_RDWR, 0);
+		}
+	}
+	return -1;
+}
+
+static int open_vsock(unsigned int port)
+{
+	struct sockaddr_vm_ addr;
+	long fd = my_syscall3(__NR_socket_, AF_VSOCK_, SOCK_STREAM_, 0);
+
+	if (fd < 0)
+		return -1;
+	memset(&addr, 0, sizeof(addr));
+	addr.svm_family = AF_VSOCK_;
+	addr.svm_port = port;
+	addr.svm_cid = VMADDR_CID_HOST_;
+	if (my_syscall3(__NR_connect_, fd, &addr, sizeof(addr)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int open_channel(const char *spec)
+{
+	int tries;
+
+	for (tries = 0; tries < 100; tries++) {  /* devices may still be probing: up to ~10 s */
+		int fd;
+		if (has_prefix(spec, "port:"))
+			fd = open_named_port(spec + 5);
+		else if (has_prefix(spec, "vsock:"))
+			fd = open_vsock(atoi(spec + 6));
+		else
+			fd = open(spec, O_RDWR, 0);
+		if (fd >= 0)
+			return fd;
+		sleep_ms(100);
+	}
+	return -1;
+}
+
+static const char *cmdline_value(const char *key)
+{
+	static char cmdline[4096];
+	int fd = open("/proc/cmdline", O_RDONLY, 0);
+	int n, i;
+	size_t k = strlen(key);
+
+	if (fd < 0)
+		return 0;
+	n = read(fd, cmdline, sizeof(cmdline) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	cmdline[n] = 0;
+	for (i = 0; i < n; i++) {
+		if ((i == 0 || cmdline[i - 1] == ' ') && !strncmp(cmdline + i, key, k)) {
+			char *v = cmdline + i + k;
+			char *e = v;
+			while (*e && *e != ' ' && *e != '\n')
+				e++;
+			*e = 0;
+			return v;
+		}
+	}
+	return 0;
+}
+
+static void as_init(void)
+{
+	mkdir("/proc", 0555);
+	mkdir("/sys", 0555);
+	mkdir("/dev", 0755);
+	mkdir("/tmp", 01777);
+	mount("proc", "/proc", "proc", 0, 0);
+	mount("sysfs", "/sys", "sysfs", 0, 0);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
+	mount("tmpfs", "/tmp", "tmpfs", 0, 0);
+}
+
+/* ---------------------------------------------------------------- one command */
+struct child {
+	int pid;
+	int in, out, err;  /* our ends; -1 when closed */
+};
+
+static void start(struct child *c, const unsigned char *p, unsigned int n)
+{
+	unsigned int argc, envc, i, pos = 8;
+	int in[2], out[2], err[2], fail[2];
+	const char *cwd;
+
+	if (n < 8)
+		goto bad;
+	argc = get_u32(p);
+	envc = get_u32(p + 4);
+	if (argc == 0 || argc > ARGS_MAX || envc > ARGS_MAX)
+		goto bad;
+	cwd = (const char *)p + pos;
+	while (pos < n && p[pos]) pos++;
+	pos++;
+	for (i = 0; i < argc + envc; i++) {
+		if (pos >= n)
+			goto bad;
+		if (i < argc)
+			exec_argv[i] = (char *)p + pos;
+		else
+			exec_envp[i - argc] = (char *)p + pos;
+		while (pos < n && p[pos]) pos++;
+		pos++;
+	}
+	if (pos > n)
+		goto bad;
+	exec_argv[argc] = 0;
+	exec_envp[envc] = 0;
+
+	if (sys_pipe2_(in, O_CLOEXEC_) || sys_pipe2_(out, O_CLOEXEC_) ||
+	    sys_pipe2_(err, O_CLOEXEC_) || sys_pipe2_(fail, O_CLOEXEC_)) {
+		send_u32s('F', errno, 0, 0);
+		return;
+	}
+	/* only our ends are non-blocking: the command's stdout and stderr block as usual */
+	fcntl_(in[1], F_SETFL_, O_NONBLOCK_);
+	fcntl_(out[0], F_SETFL_, O_NONBLOCK_);
+	fcntl_(err[0], F_SETFL_, O_NONBLOCK_);
+	c->pid = fork();
+	if (c->pid == 0) {
+		unsigned long blocked = (1UL << (SIGCHLD_ - 1)) | (1UL << (SIGPIPE_ - 1));
+		sigmask_(SIG_UNBLOCK_, &blocked);
+		setsid();
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		dup2(err[1], 2);
+		if (*cwd && chdir(cwd)) {
+			int e = errno;
+			write(fail[1], &e, sizeof(e));
+			exit(127);
+		}
+		execve(exec_argv[0], exec_argv, exec_envp);
+		{
+			int e = errno;
+			write(fail[1], &e, sizeof(e));
+		}
+		exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	close(fail[1]);
+	if (c->pid < 0) {
+		send_u32s('F', errno, 0, 0);
+		close(in[1]); close(out[0]); close(err[0]); close(fail[0]);
+		c->pid = 0;
+		return;
+	}
+	{
+		int e = 0;
+		if (read(fail[0], &e, sizeof(e)) == sizeof(e)) {
+			int status;
+			close(fail[0]);
+			wait4(c->pid, &status, 0, 0);
+			c->pid = 0;
+			close(in[1]); close(out[0]); close(err[0]);
+			send_u32s('F', e, 0, 0);
+			return;
+		}
+	}
+	close(fail[0]);
+	c->in = in[1];
+	c->out = out[0];
+	c->err = err[0];
+	stdin_len = 0;
+	stdin_end_wanted = 0;
+	send_u32s('P', c->pid, 0, 0);
+	return;
+bad:
+	send_u32s('F', 22 /* EINVAL */, 0, 0);
+}
+
+static void pump(int *fd, char type)
+{
+	for (;;) {
+		ssize_t r = read(*fd, outbuf, PIPE_CHUNK);
+		if (r > 0) {
+			send_frame(type, outbuf, r);
+			continue;
+		}
+		if (r == 0 || (errno != EAGAIN_ && errno != EINTR_)) {
+			close(*fd);
+			*fd = -1;
+		}
+		return;
+	}
+}
+
+static void flush_stdin(struct child *c)
+{
+	while (c->in >= 0 && stdin_len) {
+		ssize_t w = write(c->in, stdin_buf, stdin_len);
+		if (w <= 0) {
+			if (w < 0 && errno == EINTR_)
+				continue;
+			if (w < 0 && errno == EAGAIN_)
+				return;  /* the pipe is full: poll says when it takes more */
+			/* the command closed its stdin: drop what it will never read */
+			send_u32s('A', stdin_len, 0, 0);
+			stdin_len = 0;
+			close(c->in);
+			c->in = -1;
+			return;
+		}
+		memmove(stdin_buf, stdin_buf + w, stdin_len - w);
+		stdin_len -= w;
+		send_u32s('A', w, 0, 0);
+	}
+	if (c->in >= 0 && !stdin_len && stdin_end_wanted) {
+		close(c->in);
+		c->in = -1;
+	}
+}
+
+static void handle_frame(struct child *c, unsigned char type, const unsigned char *p, unsigned int n)
+{
+	switch (type) {
+	case 'E':
+		if (c->pid)
+			send_u32s('F', 16 /* EBUSY */, 0, 0);
+		else
+			start(c, p, n);
+		break;
+	case 'I':
+		if (c->pid && c->in >= 0 && stdin_len + n <= STDIN_MAX) {
+			memcpy(stdin_buf + stdin_len, p, n);
+			stdin_len += n;
+			flush_stdin(c);
+		} else {
+			send_u32s('A', n, 0, 0);  /* nobody to take it: acknowledged, dropped */
+		}
+		break;
+	case 'i':
+		stdin_end_wanted = 1;
+		flush_stdin(c);
+		break;
+	case 'K':
+		if (c->pid && n >= 4)
+			kill(-c->pid, get_u32(p));
+		break;
+	}
+}
+
+static void reap(struct child *c)
+{
+	int status, pid;
+
+	while ((pid = wait4(-1, &status, WNOHANG, 0)) > 0) {
+		if (pid != c->pid)
+			continue;  /* an orphan that PID 1 inherited */
+		/* what the command wrote before it ended is still in the pipes */
+		if (c->out >= 0) pump(&c->out, 'O');
+		if (c->err >= 0) pump(&c->err, 'e');
+		if (c->out >= 0) { close(c->out); c->out = -1; }
+		if (c->err >= 0) { close(c->err); c->err = -1; }
+		if (c->in >= 0) { close(c->in); c->in = -1; }
+		stdin_len = 0;
+		stdin_end_wanted = 0;
+		if ((status & 0x7f) == 0)
+			send_u32s('X', 0, (status >> 8) & 0xff, 1);
+		else
+			send_u32s('X', 1, status & 0x7f, 1);
+		c->pid = 0;
+	}
+}
+
+int main(int argc, char **argv, char **envp)
+{
+	struct child c = { 0, -1, -1, -1 };
+	unsigned long chld = 1UL << (SIGCHLD_ - 1);
+	int sfd;
+	const char *spec = 0;
+
+	(void)envp;
+	if (getpid() == 1) {
+		as_init();
+		spec = cmdline_value("vmboot.agent=");
+	}
+	if (argc >= 3 && !strcmp(argv[1], "--fd"))
+		chan = atoi(argv[2]);
+	else if (argc >= 2)
+		spec = argv[1];
+	if (chan < 0) {
+		if (!spec)
+			spec = "port:vmboot.agent";
+		chan = open_channel(spec);
+	}
+	if (chan < 0) {
+		write(2, "vmboot-agent: no channel to the host\n", 37);
+		if (getpid() == 1)
+			reboot(LINUX_REBOOT_CMD_POWER_OFF_);
+		return 2;
+	}
+	fcntl_(chan, F_SETFD_, FD_CLOEXEC_);  /* commands must not inherit the channel */
+	/* SIGPIPE stays blocked: a command that closes its stdin gives EPIPE, not our death */
+	chld |= 1UL << (SIGPIPE_ - 1);
+	sigmask_(SIG_BLOCK_, &chld);
+	chld = 1UL << (SIGCHLD_ - 1);
+	sfd = signalfd_(&chld);
+	send_frame('R', AGENT_VERSION, sizeof(AGENT_VERSION) - 1);
+
+	for (;;) {
+		struct pollfd fds[5];
+		int nfds = 0, i_chan = -1, i_sig, i_out = -1, i_err = -1, i_in = -1;
+
+		i_chan = nfds;
+		fds[nfds].fd = chan; fds[nfds].events = POLLIN; nfds++;
+		i_sig = nfds;
+		fds[nfds].fd = sfd; fds[nfds].events = POLLIN; nfds++;
+		if (c.out >= 0) { i_out = nfds; fds[nfds].fd = c.out; fds[nfds].events = POLLIN; nfds++; }
+		if (c.err >= 0) { i_err = nfds; fds[nfds].fd = c.err; fds[nfds].events = POLLIN; nfds++; }
+		if (c.in >= 0 && stdin_len) { i_in = nfds; fds[nfds].fd = c.in; fds[nfds].events = POLLOUT; nfds++; }
+		if (poll(fds, nfds, -1) < 0)
+			continue;
+		if (i_out >= 0 && fds[i_out].revents) pump(&c.out, 'O');
+		if (i_err >= 0 && fds[i_err].revents) pump(&c.err, 'e');
+		if (i_in >= 0 && fds[i_in].revents) flush_stdin(&c);
+		if (fds[i_sig].revents) {
+			unsigned char info[128];
+			while (read(sfd, info, sizeof(info)) > 0)
+				;
+			reap(&c);
+		}
+		if (i_chan >= 0 && fds[i_chan].revents) {
+			ssize_t r = read(chan, inbuf + inlen, sizeof(inbuf) - inlen);
+			if (r <= 0) {
+				if (r < 0 && (errno == EINTR_ || errno == EAGAIN_))
+					continue;
+				if (c.pid)
+					kill(-c.pid, 9);
+				if (getpid() == 1)
+					reboot(LINUX_REBOOT_CMD_POWER_OFF_);
+				return 0;
+			}
+			inlen += r;
+			for (;;) {
+				unsigned int len;
+				if (inlen < 5)
+					break;
+				len = get_u32(inbuf);
+				if (len == 0 || len > FRAME_MAX) {
+					write(2, "vmboot-agent: bad frame from the host\n", 38);
+					return 4;
+				}
+				if (inlen < 4 + len)
+					break;
+				handle_frame(&c, inbuf[4], inbuf + 5, len - 1);
+				memmove(inbuf, inbuf + 4 + len, inlen - 4 - len);
+				inlen -= 4 + len;
+			}
+		}
+	}
+}

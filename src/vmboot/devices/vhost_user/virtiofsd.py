@@ -1,0 +1,126 @@
+"""virtiofsd, the virtio-fs back end: found on the host, started per share, stopped with the VM.
+
+vmboot makes the listening socket itself and hands it to virtiofsd with ``--fd``, so there
+is no window in which vmboot could connect before virtiofsd listens (the race that makes
+other tools wait for a socket file to appear): the connection is queued on a socket that
+already listens. Both virtiofsd implementations take ``--fd``: the C one shipped with QEMU up
+to 7.2 (``-o source=DIR``) and the Rust one (``--shared-dir DIR``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmboot.errors import UsageError
+
+log = logging.getLogger("vmboot.virtiofsd")
+
+ENV_VAR = "VMBOOT_VIRTIOFSD"
+KNOWN_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd")
+"""Where Fedora and the standalone package, Debian/Ubuntu's QEMU 7.x, and others put it."""
+PACKAGE_HINT = ("install virtiofsd (Debian 12 and Ubuntu 22.04: package qemu-system-common; "
+                "newer Debian and Ubuntu, Fedora: package virtiofsd), or set $VMBOOT_VIRTIOFSD")
+STOP_SECONDS = 5.0
+
+
+class VirtiofsdMissing(UsageError):
+    """No virtiofsd binary was found."""
+
+
+def find_virtiofsd() -> Path:
+    """``$VMBOOT_VIRTIOFSD``, then the known install paths, then ``$PATH``."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        path = Path(override)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise VirtiofsdMissing(f"${ENV_VAR}={override}: not an executable file")
+        return path
+    for candidate in KNOWN_PATHS:
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    found = shutil.which("virtiofsd")
+    if found:
+        return Path(found)
+    raise VirtiofsdMissing(f"virtiofsd not found (looked in {', '.join(KNOWN_PATHS)} and $PATH): "
+                           f"{PACKAGE_HINT}")
+
+
+def _is_rust(binary: Path) -> bool:
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=10,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--shared-dir" in out.stdout + out.stderr
+
+
+@dataclass
+class Virtiofsd:
+    """A running virtiofsd serving ``source`` on a socket vmboot listens on."""
+
+    process: subprocess.Popen[bytes]
+    socket_path: str
+    source: Path
+    _tmpdir: tempfile.TemporaryDirectory[str]
+
+    @classmethod
+    def start(cls, source: Path, binary: Path | None = None, cache: str = "auto",
+              extra_args: tuple[str, ...] = ()) -> Virtiofsd:
+        if not source.is_dir():
+            raise UsageError(f"share {source}: not a directory")
+        exe = binary or find_virtiofsd()
+        tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
+        path = os.path.join(tmpdir.name, "vhost-user.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(1)
+            fd = listener.fileno()
+            if _is_rust(exe):
+                args = [str(exe), f"--fd={fd}", f"--shared-dir={source}", f"--cache={cache}",
+                        "--sandbox=none"]
+            else:
+                args = [str(exe), f"--fd={fd}", "-o", f"source={source}", "-o", f"cache={cache}",
+                        "-o", "sandbox=chroot" if os.geteuid() == 0 else "sandbox=namespace"]
+            args += list(extra_args)
+            log.info("starting %s", " ".join(args))
+            process = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as exc:
+            tmpdir.cleanup()
+            raise UsageError(f"cannot start virtiofsd ({exe}): {exc.strerror or exc}") from None
+        finally:
+            listener.close()  # virtiofsd holds its own copy of the listening socket
+        return cls(process, path, source, tmpdir)
+
+    def failure(self) -> str | None:
+        """One line naming why virtiofsd ended, if it has."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        err = b""
+        if self.process.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                err = self.process.stderr.read() or b""
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        return f"virtiofsd for {self.source} exited with status {code}: {last[0]}".rstrip(": ")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        self._tmpdir.cleanup()

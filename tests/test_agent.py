@@ -1,0 +1,164 @@
+"""The guest agent, run here on the host over a socket pair: the same binary a guest runs,
+the same protocol, with the host's /bin/sh and coreutils as the commands."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmboot.agent import agent_binary
+from vmboot.agent import protocol as p
+from vmboot.agent.build import LINUX_SOURCE_TARBALL, build
+from vmboot.agent.client import AgentClient, AgentError
+
+ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+
+
+@pytest.fixture
+def agent() -> Iterator[AgentClient]:
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen([str(agent_binary()), "--fd", str(theirs.fileno())],
+                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+    theirs.close()
+    client = AgentClient(ours)
+    try:
+        yield client
+    finally:
+        client.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_greets_with_its_version(agent: AgentClient) -> None:
+    assert agent.wait_ready(10) == "vmboot-agent 1"
+
+
+def test_fifty_commands_in_one_session_each_status_right(agent: AgentClient) -> None:
+    for n in range(50):
+        result = agent.run(["/bin/sh", "-c", f"echo run {n}; exit {n % 7}"], ENV, timeout=30)
+        assert (result.exit_status, result.stdout) == (n % 7, f"run {n}\n".encode())
+
+
+def test_stdout_and_stderr_stay_separate(agent: AgentClient) -> None:
+    result = agent.run(["/bin/sh", "-c", "echo out; echo err >&2; echo out2"], ENV, timeout=30)
+    assert result.stdout == b"out\nout2\n" and result.stderr == b"err\n"
+
+
+def test_streaming_sinks_get_the_output_as_it_comes(agent: AgentClient) -> None:
+    got: list[bytes] = []
+    result = agent.run(["/bin/sh", "-c", "head -c 300000 /dev/zero"], ENV, on_stdout=got.append,
+                       timeout=60)
+    assert result.stdout == b"" and sum(map(len, got)) == 300000 and len(got) > 1
+
+
+def test_stdin_reaches_the_command_and_large_input_is_flow_controlled(agent: AgentClient) -> None:
+    assert agent.run(["/bin/cat"], ENV, stdin=b"hello\n", timeout=30).stdout == b"hello\n"
+    data = os.urandom(3 << 20)  # well past the agent's 256 KiB buffer
+    result = agent.run(["/usr/bin/sha256sum"], ENV, stdin=data, timeout=60)
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_command_that_writes_before_it_reads_does_not_deadlock(agent: AgentClient) -> None:
+    data = os.urandom(1 << 20)
+    result = agent.run(["/bin/sh", "-c", "head -c 2000000 /dev/zero; wc -c"], ENV, stdin=data,
+                       timeout=60)
+    assert result.stdout[:2000000] == bytes(2000000)
+    assert result.stdout[2000000:].strip() == str(len(data)).encode()
+
+
+def test_unread_stdin_is_dropped_and_the_next_command_is_clean(agent: AgentClient) -> None:
+    result = agent.run(["/bin/true"], ENV, stdin=os.urandom(1 << 20), timeout=30)
+    assert result.exit_status == 0
+    assert agent.run(["/bin/cat"], ENV, stdin=b"next", timeout=30).stdout == b"next"
+
+
+def test_cwd_and_exactly_the_given_environment(agent: AgentClient, tmp_path: Path) -> None:
+    assert agent.run(["/bin/pwd"], ENV, cwd=str(tmp_path), timeout=30).stdout == f"{tmp_path}\n".encode()
+    env = agent.run(["/usr/bin/env"], {"A": "1", "B": "two words"}, timeout=30).stdout
+    assert sorted(env.decode().splitlines()) == ["A=1", "B=two words"]
+    with pytest.raises(AgentError, match="No such file"):
+        agent.run(["/bin/pwd"], ENV, cwd=str(tmp_path / "absent"), timeout=30)
+
+
+def test_a_program_that_does_not_exist(agent: AgentClient) -> None:
+    with pytest.raises(AgentError, match=r"cannot run '/no/such/program'.*No such file"):
+        agent.run(["/no/such/program"], ENV, timeout=30)
+    assert agent.run(["/bin/true"], ENV, timeout=30).exit_status == 0
+
+
+def test_timeout_kills_the_command_and_the_agent_stays_usable(agent: AgentClient) -> None:
+    result = agent.run(["/bin/sh", "-c", "sleep 1000"], ENV, timeout=1)
+    assert result.timed_out and result.signal == signal.SIGKILL and result.returncode == -9
+    assert agent.run(["/bin/echo", "alive"], ENV, timeout=30).stdout == b"alive\n"
+
+
+def test_signals_reach_the_command(agent: AgentClient) -> None:
+    def on_stdout(data: bytes) -> None:
+        if b"ready" in data:
+            agent.signal(signal.SIGINT)
+
+    result = agent.run(["/bin/sh", "-c", 'trap "exit 42" INT; echo ready; while :; do sleep 0.1; done'],
+                       ENV, on_stdout=on_stdout, timeout=60)
+    assert result.exit_status == 42 and not result.timed_out
+
+
+def test_death_by_signal_is_reported_as_such(agent: AgentClient) -> None:
+    result = agent.run(["/bin/sh", "-c", "kill -TERM $$"], ENV, timeout=30)
+    assert (result.exit_status, result.signal) == (None, signal.SIGTERM)
+
+
+def test_protocol_refuses_what_cannot_be_sent() -> None:
+    with pytest.raises(p.AgentProtocolError, match="argv is empty"):
+        p.exec_frame([], {})
+    with pytest.raises(p.AgentProtocolError, match="NUL"):
+        p.exec_frame(["/bin/echo", "a\0b"], {})
+    with pytest.raises(p.AgentProtocolError, match="at most 256"):
+        p.exec_frame(["x"] * 300, {})
+    reader = p.FrameReader()
+    with pytest.raises(p.AgentProtocolError, match="frame length"):
+        list(reader.feed(b"\xff\xff\xff\xff"))
+    with pytest.raises(p.AgentProtocolError, match="unknown frame type"):
+        list(p.FrameReader().feed(p.LENGTH.pack(1) + b"?"))
+    frames = list(p.FrameReader().feed(p.frame(p.Frame.READY, b"v") + p.frame(p.Frame.STDOUT, b"x")[:3]))
+    assert [f.kind for f in frames] == [p.Frame.READY]
+
+
+def test_the_guest_closing_the_connection_is_one_line(agent: AgentClient) -> None:
+    agent.wait_ready(10)
+    agent.signal(signal.SIGINT)  # no command: ignored
+    agent.sock.shutdown(socket.SHUT_WR)  # the agent sees end of file and exits
+    with pytest.raises(AgentError, match="closed the connection"):
+        agent.run(["/bin/true"], ENV, timeout=30)
+
+
+def test_committed_agent_rebuilds_byte_identical(tmp_path: Path) -> None:
+    if not LINUX_SOURCE_TARBALL.is_file():
+        message = f"{LINUX_SOURCE_TARBALL} is missing (Debian package linux-source-6.1)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    rebuilt = build(tmp_path)
+    assert rebuilt.read_bytes() == agent_binary().read_bytes()
+
+
+def test_many_connections_in_turn() -> None:
+    for _ in range(20):
+        ours, theirs = socket.socketpair()
+        proc = subprocess.Popen([str(agent_binary()), "--fd", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),))
+        theirs.close()
+        client = AgentClient(ours)
+        assert client.run(["/bin/true"], ENV, timeout=30).exit_status == 0
+        client.close()
+        assert proc.wait(timeout=10) == 0
+
