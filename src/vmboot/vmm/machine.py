@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.console import ConsolePort
     from vmboot.devices.virtio.device import VirtioDevice
     from vmboot.devices.virtio.setup import NotificationChoice
+    from vmboot.devices.virtio.share import Share
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
@@ -156,11 +157,14 @@ class Machine:
         virtio_rng: bool = False,
         virtio_devices: Sequence[VirtioDevice] = (),
         virtio_notifications: NotificationChoice = "auto",
+        shares: Sequence[Share] = (),
     ) -> None:
         """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
         ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
         virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
-        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
+        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits.
+        ``shares``: host directories over virtio-fs (each served by a virtiofsd; the guest
+        mounts one with ``mount -t virtiofs TAG DIR``), checked before anything starts."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -189,7 +193,8 @@ class Machine:
         self._symbols_failed = False
         self.platform = PcPlatform(self.console)
         self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
-                                                 virtio_devices, virtio_notifications),
+                                                 virtio_devices, virtio_notifications,
+                                                 tuple(shares)),
                                    self.console)
         if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
@@ -232,7 +237,8 @@ class Machine:
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
         self.virtio.attach(self.mmio_bus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
+                   shared_memory=self.virtio.needs_shared_memory)
         self.vm = vm
         self.virtio.connect(vm)
         vcpu = vm.create_vcpu(0)
