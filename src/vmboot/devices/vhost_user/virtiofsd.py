@@ -33,10 +33,15 @@ STOP_SECONDS = 5.0
 LOG_NAME = "virtiofsd.log"
 LOG_TAIL_BYTES = 4096
 READ_ONLY_WRAPPER = (
-    'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"')
-"""Run by ``sh -c`` in a private mount namespace: the shared directory becomes a read-only
-bind mount of itself, seen only by virtiofsd, so no write of the guest can reach the host
-tree (the C virtiofsd has no read-only option); then virtiofsd replaces the shell."""
+    'set -e; mount --rbind "$0" "$1"; '
+    'findmnt -R -n -r -o TARGET "$1" | while read -r m; do mount -o remount,bind,ro "$m"; done; '
+    'shift; exec "$@"')
+"""Run by ``sh -c SCRIPT SOURCE MOUNTPOINT VIRTIOFSD...`` in a private mount namespace: the
+shared tree, with the file systems mounted below it, is bind-mounted at MOUNTPOINT and each
+of those mounts made read-only, seen only by virtiofsd, which then replaces the shell and
+serves MOUNTPOINT: no write of the guest can reach the host tree (the C virtiofsd has no
+read-only option). Any step that fails stops the start (``set -e``)."""
+RO_MOUNTPOINT = "source"
 
 
 class VirtiofsdMissing(UsageError):
@@ -95,22 +100,27 @@ class Virtiofsd:
         if not source.is_dir():
             raise UsageError(f"share {source}: not a directory")
         exe = binary or find_virtiofsd()
+        wrapper = _private_namespace() if read_only else []
         tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
         path = os.path.join(tmpdir.name, "vhost-user.sock")
+        served = source
+        if read_only:
+            served = Path(tmpdir.name, RO_MOUNTPOINT)
+            served.mkdir()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)
             listener.listen(1)
             fd = listener.fileno()
             if _is_rust(exe):
-                args = [str(exe), f"--fd={fd}", f"--shared-dir={source}", f"--cache={cache}",
+                args = [str(exe), f"--fd={fd}", f"--shared-dir={served}", f"--cache={cache}",
                         "--sandbox=none"]
             else:
-                args = [str(exe), f"--fd={fd}", "-o", f"source={source}", "-o", f"cache={cache}",
+                args = [str(exe), f"--fd={fd}", "-o", f"source={served}", "-o", f"cache={cache}",
                         "-o", "sandbox=chroot" if os.geteuid() == 0 else "sandbox=namespace"]
             args += list(extra_args)
             if read_only:
-                args = [*_private_namespace(), "sh", "-c", READ_ONLY_WRAPPER, str(source), *args]
+                args = [*wrapper, "sh", "-c", READ_ONLY_WRAPPER, str(source), str(served), *args]
             log.info("starting %s", " ".join(args))
             # A file, not a pipe: nobody reads virtiofsd's log while it runs, and a full
             # pipe would stall it.
