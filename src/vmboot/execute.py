@@ -67,6 +67,7 @@ from vmboot.initramfs.exec_image import (
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.devices.virtio.share import Share
     from vmboot.linux.options import EntryChoice
 
 KERNEL_ENV = "VMBOOT_KERNEL"
@@ -310,6 +311,7 @@ def exec_command(
     cpuid_policy: str = "auto",
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
     entry: EntryChoice = "auto",
+    shares: Sequence[Share] = (),
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -321,6 +323,8 @@ def exec_command(
     ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
+    ``shares``: host directories over virtio-fs (the command mounts one with
+    ``mount -t virtiofs TAG DIR``).
     """
     import sys
 
@@ -351,7 +355,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry)
+                      on_panic=None, entry=entry, shares=shares)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

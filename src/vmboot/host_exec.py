@@ -1,0 +1,108 @@
+"""``vmboot exec --rootfs / -- CMD``: run a host program in a guest booted on the host's root.
+
+The guest's root is the host's ``/``, read-only over virtio-fs (:mod:`vmboot.vmm.host_root`),
+and the guest agent is its init. ``CMD`` is looked up in the host's ``PATH`` (the guest sees
+the same files at the same paths), runs in the host's current directory with the host's
+environment (plus ``--env``), reads the bytes given as ``stdin``, and its status, output and
+timings come back as an :class:`~vmboot.execute.ExecResult`, like the initramfs path's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmboot.agent.client import AgentError
+from vmboot.errors import BootConfigError
+from vmboot.execute import ExecReason, ExecResult, ExecTimings, find_kernel
+from vmboot.vmm.guest_agent import READY_TIMEOUT
+
+if TYPE_CHECKING:
+    from vmboot.devices.virtio.share import Share
+    from vmboot.linux.options import EntryChoice
+
+OutputCallback = Callable[[bytes], object]
+EXIT_NOT_FOUND = 127
+SIGNAL_STATUS_BASE = 128
+"""A command killed by signal N reports 128+N, as a shell does."""
+HOST_ROOT_MEMORY = "512M"
+
+
+def exec_on_host_root(
+    command: Sequence[str],
+    *,
+    kernel: str | Path | None = None,
+    memory: str | int = HOST_ROOT_MEMORY,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    console: OutputCallback | None = None,
+    on_stdout: OutputCallback | None = None,
+    on_stderr: OutputCallback | None = None,
+    shares: Sequence[Share] = (),
+    entry: EntryChoice = "auto",
+) -> ExecResult:
+    """Boot ``kernel`` on the host's root and run ``command`` there through the agent.
+
+    ``env``: the command's whole environment (default: this process's). ``cwd``: its
+    directory (default: this process's). ``timeout``: seconds for the boot and the command
+    together; the command is then killed and the result says ``timeout``.
+    """
+    from vmboot.vmm.machine import Machine
+
+    if timeout is not None and not timeout > 0:
+        raise BootConfigError(f"timeout: {timeout!r} is not a positive number of seconds (or None)")
+    t0 = time.monotonic()
+    environment = dict(os.environ if env is None else env)
+    directory = os.getcwd() if cwd is None else cwd
+    kernel_path = Path(kernel) if kernel is not None else find_kernel()
+    argv = list(command)
+    program = shutil.which(argv[0], path=environment.get("PATH", os.defpath))
+    if program is None:
+        message = f"vmboot exec: {argv[0]}: command not found in the host's PATH\n".encode()
+        return _result(ExecReason.EXITED, EXIT_NOT_FOUND, b"", message, t0, None, None)
+    argv[0] = program
+    console_bytes = bytearray()
+
+    def on_console(data: bytes) -> None:
+        console_bytes.extend(data)
+        if console is not None:
+            console(data)
+
+    with Machine(kernel_path, memory=memory, rootfs="/", shares=shares, console=on_console,
+                 on_panic=None, entry=entry) as machine:
+        entered = time.monotonic() - t0
+        left = None if timeout is None else max(timeout - entered, 0.001)
+        try:
+            outcome = machine.exec(argv, environment, directory, stdin, timeout=left,
+                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   ready_timeout=READY_TIMEOUT if left is None else left)
+        except AgentError as e:
+            reason = ExecReason.BOOT_FAILURE
+            if "no greeting" in str(e) and timeout is not None:
+                reason = ExecReason.TIMEOUT
+            return _result(reason, None, b"", b"", t0, entered, None, str(e), bytes(console_bytes))
+    if outcome.timed_out:
+        return _result(ExecReason.TIMEOUT, None, outcome.stdout, outcome.stderr, t0, entered,
+                       None, f"the command ran past the {timeout:g} s time limit and was killed",
+                       bytes(console_bytes))
+    status = (outcome.exit_status if outcome.exit_status is not None
+              else SIGNAL_STATUS_BASE + (outcome.signal or 0))
+    detail = "" if outcome.signal is None else f"killed by {signal.Signals(outcome.signal).name}"
+    return _result(ExecReason.EXITED, status, outcome.stdout, outcome.stderr, t0, entered,
+                   time.monotonic() - t0, detail, bytes(console_bytes))
+
+
+def _result(reason: ExecReason, status: int | None, stdout: bytes, stderr: bytes, t0: float,
+            entered: float | None, exited: float | None, detail: str = "",
+            console: bytes = b"") -> ExecResult:
+    timings = ExecTimings(initramfs=0.0, kernel_entry=entered, first_console_byte=None,
+                          command_start=None, command_exit=exited, total=time.monotonic() - t0)
+    return ExecResult(stdout=stdout, stderr=stderr, exit_status=status, reason=reason,
+                      timings=timings, console=console, detail=detail)
