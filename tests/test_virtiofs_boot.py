@@ -88,8 +88,8 @@ def share_boot(tmp_path_factory: pytest.TempPathFactory) -> ShareBoot:
     initrd = tmp / "initrd.cpio"
     entries = [*entries_from_files([(BUSYBOX, "bin/busybox")]),
                *entries_from_memory({"init": INIT}, mode=0o755)]
-    for d in ("proc", "sys", "dev", "mnt"):
-        entries += entries_from_memory({f"{d}/.keep": b""})
+    for name in ("proc", "sys", "dev", "mnt"):
+        entries += entries_from_memory({f"{name}/.keep": b""})
     initrd.write_bytes(build_initramfs(complete_tree(entries)))
 
     shares = [Share(dirs["data"], "data"), Share(dirs["rw"], "rw"),
