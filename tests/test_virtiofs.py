@@ -180,3 +180,10 @@ def test_the_back_ends_call_sets_the_used_buffer_bit_then_interrupts(tmp_path: P
         t.close()
     finally:
         devices.close()
+
+
+def test_a_working_directory_the_guest_hides_is_refused_before_boot() -> None:
+    from vmboot.host_exec import exec_on_host_root
+
+    with pytest.raises(UsageError, match=r"/tmp/work is under /tmp, which the guest replaces"):
+        exec_on_host_root(["true"], kernel="no-kernel-needed", cwd="/tmp/work")

@@ -9,6 +9,7 @@ timings come back as an :class:`~vmboot.execute.ExecResult`, like the initramfs 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -17,10 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmboot.agent.client import AgentError
-from vmboot.errors import BootConfigError
+from vmboot.agent.client import AgentError, CommandNotStarted
+from vmboot.errors import BootConfigError, UsageError
 from vmboot.execute import ExecReason, ExecResult, ExecTimings, find_kernel
 from vmboot.vmm.guest_agent import READY_TIMEOUT
+from vmboot.vmm.host_root import hidden_in_guest
 
 if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 OutputCallback = Callable[[bytes], object]
 EXIT_NOT_FOUND = 127
+EXIT_CANNOT_RUN = 126
 SIGNAL_STATUS_BASE = 128
 """A command killed by signal N reports 128+N, as a shell does."""
 HOST_ROOT_MEMORY = "512M"
@@ -61,11 +64,18 @@ def exec_on_host_root(
     t0 = time.monotonic()
     environment = dict(os.environ if env is None else env)
     directory = os.getcwd() if cwd is None else cwd
+    hidden = hidden_in_guest(directory)
+    if hidden is not None:
+        raise UsageError(f"the working directory {directory} is under {hidden}, which the guest "
+                         "replaces with an empty tmpfs; run vmboot exec --rootfs / from a "
+                         "directory elsewhere")
     kernel_path = Path(kernel) if kernel is not None else find_kernel()
     argv = list(command)
     program = shutil.which(argv[0], path=environment.get("PATH", os.defpath))
     if program is None:
         message = f"vmboot exec: {argv[0]}: command not found in the host's PATH\n".encode()
+        if on_stderr is not None:
+            on_stderr(message)
         return _result(ExecReason.EXITED, EXIT_NOT_FOUND, b"", message, t0, None, None)
     argv[0] = program
     console_bytes = bytearray()
@@ -83,6 +93,13 @@ def exec_on_host_root(
             outcome = machine.exec(argv, environment, directory, stdin, timeout=left,
                                    on_stdout=on_stdout, on_stderr=on_stderr,
                                    ready_timeout=READY_TIMEOUT if left is None else left)
+        except CommandNotStarted as e:
+            status = EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_CANNOT_RUN
+            message = f"vmboot exec: {e}\n".encode()
+            if on_stderr is not None:
+                on_stderr(message)
+            return _result(ExecReason.EXITED, status, b"", message, t0,
+                           entered, time.monotonic() - t0, str(e), bytes(console_bytes))
         except AgentError as e:
             reason = ExecReason.BOOT_FAILURE
             if "no greeting" in str(e) and timeout is not None:

@@ -19,6 +19,17 @@ from vmboot.errors import UsageError
 HOST_ROOT = Path("/")
 TMPFS_DIRS = ("/run", "/var/tmp")
 """Writable (tmpfs, empty) in the guest besides /tmp, which the agent always mounts."""
+GUEST_TMPFS = ("/tmp", *TMPFS_DIRS)
+"""Every directory the guest replaces with an empty tmpfs."""
+
+
+def hidden_in_guest(path: str) -> str | None:
+    """The tmpfs directory that hides ``path`` in the guest, if one does."""
+    real = os.path.realpath(path)
+    for top in GUEST_TMPFS:
+        if real == top or real.startswith(top + "/"):
+            return top
+    return None
 
 
 def host_root_share(rootfs: str | Path, initrd: object) -> Share:
