@@ -48,7 +48,8 @@ echo "RO-WRITE: $( { echo x > /mnt/ro/new.txt; } 2>&1 )"
 echo "RO-RM: $($B rm /mnt/ro/keep.txt 2>&1)"
 echo "KILL_MARKER"
 $B sleep 3
-echo "DOOMED-READ: $($B cat /mnt/doomed/unread.txt 2>&1 >/dev/null) rc=$?"
+out=$($B cat /mnt/doomed/unread.txt 2>&1 >/dev/null)
+echo "DOOMED-READ: $out rc=$?"
 echo "VIRTIOFS-DONE"
 $B reboot -f
 """.replace("GUEST_TEXT", GUEST_TEXT.strip()).replace("KILL_MARKER", KILL_MARKER)
