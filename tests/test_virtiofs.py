@@ -4,22 +4,28 @@ wiring of a back end's call eventfd to the transport's InterruptStatus."""
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from test_vhost_user import QueueDriver, _fuse, virtiofsd_or_skip
+from vmboot.devices.bus import MmioBus
 from vmboot.devices.console import ConsoleOutput
 from vmboot.devices.vhost_user import messages as m
 from vmboot.devices.vhost_user.frontend import VhostUserFrontend
 from vmboot.devices.vhost_user.virtiofsd import ENV_VAR, Virtiofsd, VirtiofsdMissing
 from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.driver import DriverQueue, driver_ok, negotiate, write_reg
 from vmboot.devices.virtio.fs import FsDevice
 from vmboot.devices.virtio.machine_devices import VirtioChoices, build_virtio
 from vmboot.devices.virtio.mmio import MmioTransport
+from vmboot.devices.virtio.setup import VirtioDevices
 from vmboot.devices.virtio.share import TAG_BYTES, Share, check_shares, parse_share
 from vmboot.errors import UsageError
 from vmboot.hv.guest_memory import GuestMemory
@@ -187,3 +193,130 @@ def test_a_working_directory_the_guest_hides_is_refused_before_boot() -> None:
 
     with pytest.raises(UsageError, match=r"/tmp/work is under /tmp, which the guest replaces"):
         exec_on_host_root(["true"], kernel="no-kernel-needed", cwd="/tmp/work")
+
+
+# -- the whole device on its transport, with the real virtiofsd and no guest ------------------
+FUSE_LOOKUP = 1
+QUEUE_BASE, QUEUE_STRIDE, REQUEST_GPA, REPLY_GPA = 0x100000, 0x10000, 0x400000, 0x500000
+WAIT_SECONDS = 10.0
+
+
+class _Host:
+    """The little of a VM the virtio set-up needs: shared RAM, and interrupt lines."""
+
+    def __init__(self, memory: GuestMemory) -> None:
+        self.memory = memory
+        self.pulses: list[tuple[int, bool]] = []
+
+    def notification_fds_supported(self) -> bool:
+        return False  # the fallback: QueueNotify exits signal the kick eventfds
+
+    def register_ioeventfd(self, address: int, length: int, fd: int,
+                           datamatch: int | None = None) -> None:
+        raise AssertionError("not used on the exits path")
+
+    def register_irqfd(self, fd: int, gsi: int) -> None:
+        raise AssertionError("not used on the exits path")
+
+    def irq_line(self, irq: int, level: bool | int) -> None:
+        self.pulses.append((irq, bool(level)))
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {WAIT_SECONDS} s"
+        time.sleep(0.01)
+
+
+class _Guest:
+    """A FUSE client on the request queue, as the guest's virtio-fs driver is."""
+
+    def __init__(self, devices: VirtioDevices, memory: GuestMemory) -> None:
+        self.t = devices.transports[0]
+        self.memory = memory
+        self.unique = 0
+        self.start()
+
+    def start(self) -> None:
+        assert negotiate(self.t) & spec.STATUS_FEATURES_OK
+        self.queues = [DriverQueue(self.memory, QUEUE_BASE + i * QUEUE_STRIDE, 16)
+                       for i in range(2)]
+        for i, q in enumerate(self.queues):
+            q.program(self.t, i)
+        driver_ok(self.t)
+        assert self.t.live
+
+    def request(self, opcode: int, nodeid: int, body: bytes) -> tuple[int, bytes]:
+        self.unique += 1
+        payload = _fuse(opcode, self.unique, nodeid, body)
+        self.memory.write(REQUEST_GPA, payload)
+        q = self.queues[1]
+        q.add_chain([(REQUEST_GPA, len(payload))], [(REPLY_GPA, 4096)])
+        write_reg(self.t, spec.MmioReg.QUEUE_NOTIFY, 1)
+        used: list[tuple[int, int]] = []
+
+        def replied() -> bool:
+            used.extend(q.take_used())
+            return bool(used)
+        _wait(replied, "reply")
+        reply = self.memory.read(REPLY_GPA, used[0][1])
+        _, error, unique = OUT_HEADER.unpack_from(reply)
+        assert unique == self.unique
+        return error, reply
+
+
+@pytest.fixture
+def fs_rig(tmp_path: Path) -> Iterator[tuple[VirtioDevices, _Guest, _Host]]:
+    virtiofsd_or_skip()
+    (tmp_path / "hello.txt").write_text("hello\n")
+    memory = GuestMemory(16 << 20, shared=True)
+    host = _Host(memory)
+    devices = VirtioDevices([FsDevice(Share(tmp_path, "t"))], "exits")
+    try:
+        devices.attach(MmioBus())
+        devices.connect(host)
+        yield devices, _Guest(devices, memory), host
+    finally:
+        devices.close()
+        memory.close()
+
+
+def test_requests_reach_virtiofsd_and_its_call_is_an_interrupt(
+        fs_rig: tuple[VirtioDevices, _Guest, _Host]) -> None:
+    _, guest, host = fs_rig
+    error, _ = guest.request(FUSE_INIT, 0, struct.pack("<IIII", 7, 31, 0, 0))
+    assert error == 0
+    error, entry = guest.request(FUSE_LOOKUP, 1, b"hello.txt\0")
+    assert error == 0 and len(entry) > OUT_HEADER.size
+    _wait(lambda: (5, True) in host.pulses, "interrupt")
+    assert guest.t.interrupt_status & spec.INTERRUPT_USED_BUFFER
+    assert guest.t.notify_exits >= 2
+
+
+def test_reset_stops_the_queues_and_the_driver_can_start_again(
+        fs_rig: tuple[VirtioDevices, _Guest, _Host]) -> None:
+    devices, guest, _ = fs_rig
+    assert guest.request(FUSE_INIT, 0, struct.pack("<IIII", 7, 31, 0, 0))[0] == 0
+    device = devices.devices[0]
+    assert isinstance(device, FsDevice) and device.started == [0, 1]
+    write_reg(guest.t, spec.MmioReg.STATUS, 0)  # reset: GET_VRING_BASE for each queue
+    assert device.started == [] and not guest.t.live
+    guest.start()
+    assert device.started == [0, 1]
+    assert guest.request(FUSE_LOOKUP, 1, b"hello.txt\0")[0] == 0
+
+
+def test_a_dead_virtiofsd_turns_into_eio_replies_and_one_log_line(
+        fs_rig: tuple[VirtioDevices, _Guest, _Host], caplog: pytest.LogCaptureFixture) -> None:
+    devices, guest, _ = fs_rig
+    assert guest.request(FUSE_INIT, 0, struct.pack("<IIII", 7, 31, 0, 0))[0] == 0
+    device = devices.devices[0]
+    assert isinstance(device, FsDevice)
+    device.daemon.process.kill()
+    _wait(lambda: device.failure is not None, "notice of virtiofsd's death")
+    assert guest.request(FUSE_LOOKUP, 1, b"hello.txt\0")[0] == -errno.EIO
+    assert guest.request(FUSE_LOOKUP, 1, b"other\0")[0] == -errno.EIO
+    died = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(died) == 1 and "killed by SIGKILL" in died[0] and "\n" not in died[0]
+    assert device.failed_requests == 2
