@@ -320,3 +320,19 @@ def test_a_dead_virtiofsd_turns_into_eio_replies_and_one_log_line(
     died = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(died) == 1 and "killed by SIGKILL" in died[0] and "\n" not in died[0]
     assert device.failed_requests == 2
+
+
+def test_run_lists_shares_and_refuses_a_missing_one(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import main
+    from vmboot.cli.run import render_virtio
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "no-kernel", "--share", f"{tmp_path / 'absent'}:t"])
+    assert stop.value.code == 2
+    assert "absent: does not exist" in capsys.readouterr().err
+    listing = render_virtio({"notification_path": "ioeventfd/irqfd", "devices": [
+        {"name": "virtio-fs0", "base": "0xd0000000", "irq": 5, "requests": 0, "error": None,
+         "tag": "src", "source": str(tmp_path), "read_only": True,
+         "backend_error": "virtiofsd for x exited with status 1"}]})
+    assert f"src={tmp_path},ro" in listing and "ERROR: virtiofsd for x exited" in listing

@@ -68,10 +68,18 @@ def render_virtio(report: dict[str, Any]) -> str:
     path = report["notification_path"] or "(not wired: the VM was never started)"
     lines = [f"virtio: notifications through {path}"]
     for d in report["devices"]:
-        what = d.get("path") or ",".join(d.get("ports", [])) or ""
+        what = d.get("path") or ",".join(d.get("ports", [])) or _share_text(d)
+        error = d["error"] or d.get("backend_error")
         lines.append(f"  {d['name']:<16} {d['base']} irq {d['irq']:<2} requests {d['requests']}"
-                     f"{'  ' + what if what else ''}{'  ERROR: ' + d['error'] if d['error'] else ''}")
+                     f"{'  ' + what if what else ''}{'  ERROR: ' + error if error else ''}")
     return "\n".join(lines) + "\n"
+
+
+def _share_text(device: dict[str, Any]) -> str:
+    """``TAG=SOURCE[,ro]`` of a virtio-fs device (empty for other devices)."""
+    if "tag" not in device:
+        return ""
+    return f"{device['tag']}={device['source']}{',ro' if device['read_only'] else ''}"
 
 
 EXIT_OK = 0
