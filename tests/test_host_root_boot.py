@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,16 @@ def test_timeout_kills_the_command_and_the_guest_stays_usable(machine: Machine) 
     assert stuck.timed_out and stuck.signal == signal.SIGKILL
     after = machine.exec(["/bin/echo", "still here"], ENV, timeout=COMMAND_SECONDS)
     assert (after.exit_status, after.stdout) == (0, b"still here\n")
+
+
+def test_a_signal_from_the_host_reaches_the_command(machine: Machine) -> None:
+    timer = threading.Timer(3.0, machine.exec_signal, (signal.SIGINT,))
+    timer.start()
+    try:
+        result = machine.exec(["/bin/sleep", "1000"], ENV, timeout=COMMAND_SECONDS)
+    finally:
+        timer.cancel()
+    assert (result.signal, result.timed_out) == (signal.SIGINT, False)
 
 
 def test_death_by_signal(machine: Machine) -> None:

@@ -13,13 +13,14 @@ import errno
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmboot.agent.client import AgentError, CommandNotStarted
-from vmboot.errors import BootConfigError, UsageError
+from vmboot.errors import BootConfigError, UsageError, VmbootError
 from vmboot.execute import ExecReason, ExecResult, ExecTimings, find_kernel
 from vmboot.vmm.guest_agent import READY_TIMEOUT
 from vmboot.vmm.host_root import hidden_in_guest
@@ -27,6 +28,7 @@ from vmboot.vmm.host_root import hidden_in_guest
 if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
     from vmboot.linux.options import EntryChoice
+    from vmboot.vmm.machine import Machine
 
 OutputCallback = Callable[[bytes], object]
 EXIT_NOT_FOUND = 127
@@ -89,6 +91,7 @@ def exec_on_host_root(
                  on_panic=None, entry=entry) as machine:
         entered = time.monotonic() - t0
         left = None if timeout is None else max(timeout - entered, 0.001)
+        forwarding = _forward_signals(machine)
         try:
             outcome = machine.exec(argv, environment, directory, stdin, timeout=left,
                                    on_stdout=on_stdout, on_stderr=on_stderr,
@@ -105,6 +108,8 @@ def exec_on_host_root(
             if "no greeting" in str(e) and timeout is not None:
                 reason = ExecReason.TIMEOUT
             return _result(reason, None, b"", b"", t0, entered, None, str(e), bytes(console_bytes))
+        finally:
+            _restore_signals(forwarding)
     if outcome.timed_out:
         return _result(ExecReason.TIMEOUT, None, outcome.stdout, outcome.stderr, t0, entered,
                        None, f"the command ran past the {timeout:g} s time limit and was killed",
@@ -114,6 +119,31 @@ def exec_on_host_root(
     detail = "" if outcome.signal is None else f"killed by {signal.Signals(outcome.signal).name}"
     return _result(ExecReason.EXITED, status, outcome.stdout, outcome.stderr, t0, entered,
                    time.monotonic() - t0, detail, bytes(console_bytes))
+
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""Signals vmboot passes on to the command in the guest (Ctrl-C, Ctrl-\\, kill, hang-up)."""
+Handlers = dict[signal.Signals, Any]
+
+
+def _forward_signals(machine: Machine) -> Handlers:
+    """While the command runs, these signals go to it instead of ending vmboot."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def forward(signo: int, _frame: object) -> None:
+        try:
+            machine.exec_signal(signo)
+        except VmbootError:  # still booting: the signal ends vmboot, as it would have
+            if signo == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise SystemExit(SIGNAL_STATUS_BASE + signo) from None
+    return {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+
+
+def _restore_signals(previous: Handlers) -> None:
+    for signo, handler in previous.items():
+        signal.signal(signo, handler)
 
 
 def _result(reason: ExecReason, status: int | None, stdout: bytes, stderr: bytes, t0: float,

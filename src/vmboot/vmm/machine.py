@@ -341,6 +341,14 @@ class Machine:
         self._guest_agent.start(READY_TIMEOUT if ready_timeout is None else ready_timeout)
         return self._guest_agent.client.run(argv, env, cwd, stdin, on_stdout, on_stderr, timeout)
 
+    def exec_signal(self, signo: int) -> None:
+        """Send ``signo`` to the process group of the command :meth:`exec` is running (from
+        another thread, or a signal handler: Ctrl-C forwarded to the guest)."""
+        if self._guest_agent is None or self._guest_agent.client.version is None:
+            raise UsageError("Machine.exec_signal: no command is running (exec has not "
+                             "started one; the guest may still be booting)")
+        self._guest_agent.client.signal(signo)
+
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds."""
         if self._runner is None:
