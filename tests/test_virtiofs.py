@@ -336,3 +336,13 @@ def test_run_lists_shares_and_refuses_a_missing_one(tmp_path: Path,
          "tag": "src", "source": str(tmp_path), "read_only": True,
          "backend_error": "virtiofsd for x exited with status 1"}]})
     assert f"src={tmp_path},ro" in listing and "ERROR: virtiofsd for x exited" in listing
+
+
+def test_virtiofsd_is_out_of_reach_of_a_terminals_ctrl_c(tmp_path: Path) -> None:
+    virtiofsd_or_skip()
+    daemon = Virtiofsd.start(tmp_path)
+    try:
+        assert os.getpgid(daemon.process.pid) != os.getpgid(0)
+        assert os.getsid(daemon.process.pid) == daemon.process.pid
+    finally:
+        daemon.stop()

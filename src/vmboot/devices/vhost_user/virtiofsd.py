@@ -123,10 +123,12 @@ class Virtiofsd:
                 args = [*wrapper, "sh", "-c", READ_ONLY_WRAPPER, str(source), str(served), *args]
             log.info("starting %s", " ".join(args))
             # A file, not a pipe: nobody reads virtiofsd's log while it runs, and a full
-            # pipe would stall it.
+            # pipe would stall it. Its own session: a Ctrl-C at the terminal is for the
+            # command in the guest, not for the file server under it (vmboot stops it).
             with open(os.path.join(tmpdir.name, LOG_NAME), "wb") as log_file:
                 process = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=log_file)
+                                           stdout=subprocess.DEVNULL, stderr=log_file,
+                                           start_new_session=True)
         except OSError as exc:
             tmpdir.cleanup()
             raise UsageError(f"cannot start virtiofsd ({exe}): {exc.strerror or exc}") from None
