@@ -67,6 +67,7 @@ from vmboot.initramfs.exec_image import (
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.linux.options import EntryChoice
 
@@ -312,6 +313,7 @@ def exec_command(
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
     entry: EntryChoice = "auto",
     vsock: VsockConfig | None = None,
+    shares: Sequence[Share] = (),
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -324,6 +326,8 @@ def exec_command(
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
+    ``shares``: host directories over virtio-fs (the command mounts one with
+    ``mount -t virtiofs TAG DIR``).
     """
     import sys
 
@@ -354,7 +358,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry, vsock=vsock)
+                      on_panic=None, entry=entry, vsock=vsock, shares=shares)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

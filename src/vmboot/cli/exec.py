@@ -8,11 +8,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vmboot.cli.arguments import seconds
+from vmboot.cli.run import share_argument
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmboot.execute import ExecResult
 
 DESCRIPTION = """\
 Boot a Linux kernel under KVM with a small busybox initramfs that runs CMD, and behave
@@ -52,6 +56,11 @@ examples:
        "timings": {...}, ...}   reasons: exited, panic, timeout, boot-failure, guest-error, lost
   vmboot exec --console -- dmesg
       the kernel's console (boot messages) on stderr as well
+  vmboot exec --kernel bzImage --rootfs / -- python3 -c 'print(6*7)'
+      the host's own root as the guest's (read-only), the command from the host's PATH,
+      run in the current directory; stdin is piped in: `echo hi | vmboot exec ... -- cat`
+  vmboot exec --share ./data:data -- sh -c 'mount -t virtiofs data /mnt && ls /mnt'
+      a host directory over virtio-fs
 
 notes:
   On a host whose /dev/kvm is the "PVM" software hypervisor (ring-0 code emulated at about
@@ -72,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "exec",
         usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--add HOST[:GUEST]]... [--env NAME=VALUE]... "
-              "[--timeout SECONDS] [--console] [--json] -- CMD [ARGS...]",
+              "[--timeout SECONDS] [--console] [--json] [--rootfs /] [--share HOST_DIR[:TAG][,ro]]... "
+              "-- CMD [ARGS...]",
         help="boot a kernel, run one command in it, exit with its status",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -99,6 +109,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_vsock_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
+    p.add_argument("--rootfs", metavar="DIR", default=None,
+                   help="only '/': boot on the host's own root (read-only over virtio-fs, "
+                        "tmpfs on /tmp /run /var/tmp) and run CMD from the host's PATH in the "
+                        "current directory with this environment (plus --env), its stdin "
+                        "piped in, through the guest agent; needs virtiofsd")
+    p.add_argument("--share", metavar="HOST_DIR[:TAG][,ro]", action="append", default=[],
+                   type=share_argument,
+                   help="share a host directory over virtio-fs (repeatable); in the guest: "
+                        "mount -t virtiofs TAG DIR")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
                    help="the command and its arguments (after --)")
     p.set_defaults(func=run)
@@ -172,6 +191,21 @@ def command_words(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _host_root(args: argparse.Namespace, command: list[str]) -> ExecResult:
+    from vmboot.host_exec import exec_on_host_root
+
+    env = dict(os.environ)
+    env.update(dict(args.env))
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    return exec_on_host_root(
+        command, kernel=args.kernel, memory=args.memory, env=env, stdin=stdin,
+        timeout=args.timeout,
+        console=_binary_writer(sys.stderr) if args.console else None,
+        on_stdout=None if args.json else _binary_writer(sys.stdout),
+        on_stderr=None if args.json else _binary_writer(sys.stderr),
+        shares=args.share, entry=args.entry)
+
+
 def run(args: argparse.Namespace) -> int:
     from vmboot.execute import exec_command
 
@@ -179,20 +213,27 @@ def run(args: argparse.Namespace) -> int:
     env: dict[str, str] = {}
     for name, value in args.env:
         env[name] = value
-    result = exec_command(
-        command,
-        kernel=args.kernel,
-        memory=args.memory,
-        files=list(args.add),
-        env=env,
-        timeout=args.timeout,
-        console=_binary_writer(sys.stderr) if args.console else False,
-        on_stdout=None if args.json else _binary_writer(sys.stdout),
-        on_stderr=None if args.json else _binary_writer(sys.stderr),
-        busybox=args.busybox,
-        entry=args.entry,
-        vsock=vsock_config(args),
-    )
+    if args.rootfs is not None:
+        if args.add:
+            raise UsageError("--add cannot be used with --rootfs (the guest sees the host's "
+                             "files already)")
+        result = _host_root(args, command)
+    else:
+        result = exec_command(
+            command,
+            kernel=args.kernel,
+            memory=args.memory,
+            files=list(args.add),
+            env=env,
+            timeout=args.timeout,
+            console=_binary_writer(sys.stderr) if args.console else False,
+            on_stdout=None if args.json else _binary_writer(sys.stdout),
+            on_stderr=None if args.json else _binary_writer(sys.stderr),
+            busybox=args.busybox,
+            entry=args.entry,
+            shares=args.share,
+            vsock=vsock_config(args),
+        )
     status = exit_status_for(result.reason.value, result.exit_status)
     if args.json:
         summary = result.as_dict()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,19 +30,23 @@ from vmboot.devices.virtio.machine_devices import ConsoleChoice, VirtioChoices, 
 from vmboot.errors import BootConfigError, DebugError, UsageError
 from vmboot.units import parse_size
 from vmboot.vmm.exits import ExitReason, VmExit
+from vmboot.vmm.host_root import host_root_cmdline, host_root_share
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import CommandResult, OutputSink
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.console import ConsolePort
     from vmboot.devices.virtio.device import VirtioDevice
     from vmboot.devices.virtio.setup import NotificationChoice
+    from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock import VsockDevice
     from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -159,13 +163,21 @@ class Machine:
         virtio_devices: Sequence[VirtioDevice] = (),
         virtio_notifications: NotificationChoice = "auto",
         vsock: VsockConfig | None = None,
+        shares: Sequence[Share] = (),
+        agent: bool = False,
+        rootfs: str | Path | None = None,
     ) -> None:
         """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
         ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
         virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
         announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits.
         ``vsock``: a virtio-vsock device (its guest CID, and optionally the hybrid UNIX socket
-        path); :attr:`vsock` then connects to and listens for the guest."""
+        path); :attr:`vsock` then connects to and listens for the guest.
+        ``shares``: host directories over virtio-fs (each served by a virtiofsd; the guest
+        mounts one with ``mount -t virtiofs TAG DIR``), checked before anything starts.
+        ``agent``: a virtio-console port for the guest agent (``vmboot-agent``), which
+        :meth:`exec` talks to. ``rootfs="/"``: the host's root file system, read-only over
+        virtio-fs, is the guest's root and the agent its init (no initrd; implies ``agent``)."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -200,8 +212,20 @@ class Machine:
 
             self.vsock = VsockDevice(vsock)
             virtio_devices = (*virtio_devices, self.vsock)
+        self._agent_bridge: AgentBridge | None = None
+        self._guest_agent: GuestAgent | None = None
+        if rootfs is not None:
+            shares = [*shares, host_root_share(rootfs, initrd)]
+            cmdline = f"{cmdline} {host_root_cmdline()}"
+            self.cmdline = cmdline
+        if agent or rootfs is not None:
+            from vmboot.vmm.guest_agent import AgentBridge
+
+            self._agent_bridge = AgentBridge()
+            console_ports = [*console_ports, self._agent_bridge.port]
         self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
-                                                 virtio_devices, virtio_notifications),
+                                                 virtio_devices, virtio_notifications,
+                                                 tuple(shares)),
                                    self.console)
         if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
@@ -244,7 +268,8 @@ class Machine:
         for extra in self.extra_devices:
             extra.attach(self.port_bus, self.mmio_bus)
         self.virtio.attach(self.mmio_bus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy)  # type: ignore[arg-type]
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy,  # type: ignore[arg-type]
+                   shared_memory=self.virtio.needs_shared_memory)
         self.vm = vm
         self.virtio.connect(vm)
         vcpu = vm.create_vcpu(0)
@@ -263,6 +288,11 @@ class Machine:
 
     def close(self) -> None:
         """Release the VM (idempotent)."""
+        if self._guest_agent is not None:
+            self._guest_agent.stop()
+            self._guest_agent = None
+        if self._agent_bridge is not None:
+            self._agent_bridge.close()
         self.console.flush()
         self.virtio.close()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
@@ -297,6 +327,39 @@ class Machine:
         """Port 0 of the virtio console with ``console_device="virtio"``, else None."""
         port: ConsolePort | None = self.virtio.console_port
         return port
+
+    def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
+             stdin: bytes | None = None, timeout: float | None = None,
+             on_stdout: OutputSink | None = None, on_stderr: OutputSink | None = None,
+             ready_timeout: float | None = None) -> CommandResult:
+        """Run ``argv`` in the guest through the agent; call it any number of times.
+
+        The first call starts the guest on a background thread and waits (at most
+        ``ready_timeout`` seconds) for the agent. ``argv[0]`` is a path in the guest; ``env``
+        is the command's whole environment; ``cwd`` its directory (empty: the agent's).
+        ``timeout``: the command is killed after that many seconds (``timed_out`` in the
+        result) and the guest stays usable. Needs ``agent=True`` or ``rootfs``.
+        """
+        from vmboot.vmm.guest_agent import READY_TIMEOUT, GuestAgent
+
+        if self._agent_bridge is None:
+            raise UsageError("Machine.exec: the machine has no agent channel; make it with "
+                             "Machine(..., agent=True) (and an initrd whose init is vmboot-agent) "
+                             "or Machine(..., rootfs='/')")
+        if self._runner is None:
+            raise BootConfigError("Machine.exec: the machine is not started; use it in a with block")
+        if self._guest_agent is None:
+            self._guest_agent = GuestAgent(self, self._agent_bridge)
+        self._guest_agent.start(READY_TIMEOUT if ready_timeout is None else ready_timeout)
+        return self._guest_agent.client.run(argv, env, cwd, stdin, on_stdout, on_stderr, timeout)
+
+    def exec_signal(self, signo: int) -> None:
+        """Send ``signo`` to the process group of the command :meth:`exec` is running (from
+        another thread, or a signal handler: Ctrl-C forwarded to the guest)."""
+        if self._guest_agent is None or self._guest_agent.client.version is None:
+            raise UsageError("Machine.exec_signal: no command is running (exec has not "
+                             "started one; the guest may still be booting)")
+        self._guest_agent.client.signal(signo)
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds."""

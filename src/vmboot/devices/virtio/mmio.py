@@ -315,6 +315,13 @@ class MmioTransport:
         if 0 <= index < len(self.queue_fds):
             os.eventfd_write(self.queue_fds[index], 1)
 
+    def backend_used(self) -> None:
+        """A back end in another process used buffers (its call eventfd fired): set the
+        used-buffer bit the driver's interrupt handler checks, then interrupt."""
+        with self.lock:
+            if self.live:
+                self._raise_interrupt(spec.INTERRUPT_USED_BUFFER)
+
     def on_queue_event(self, index: int) -> None:
         """I/O thread: queue ``index``'s eventfd fired."""
         if not drain_eventfd(self.queue_fds[index]):

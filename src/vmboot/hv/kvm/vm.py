@@ -70,6 +70,7 @@ class KvmVM(VirtualMachine):
         irqchip: bool = True,
         cpuid_policy: CpuidPolicyName = "auto",
         vcpu_count: int = MAX_VCPUS_DEFAULT,
+        shared_memory: bool = False,
     ) -> None:
         self._fd: int | None = None
         self._closing = False
@@ -77,7 +78,7 @@ class KvmVM(VirtualMachine):
         self._vcpus: dict[int, KvmVCPU] = {}
         self._own_kvm = kvm is None
         self._kvm: KVM | None = None
-        self.memory = GuestMemory(memory_bytes)
+        self.memory = GuestMemory(memory_bytes, shared=shared_memory)
         try:
             self._kvm = KVM() if kvm is None else kvm
             resolve_policy(cpuid_policy, host_is_emulating())  # validate early
