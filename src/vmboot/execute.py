@@ -68,6 +68,7 @@ from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
@@ -310,6 +311,7 @@ def exec_command(
     cpuid_policy: str = "auto",
     capture_limit: int = DEFAULT_CAPTURE_LIMIT,
     entry: EntryChoice = "auto",
+    net: NetConfig | None = None,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -320,7 +322,8 @@ def exec_command(
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
     ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
-    payload decompressed on the host, skipping the in-guest decompressor).
+    payload decompressed on the host, skipping the in-guest decompressor). ``net``: a
+    virtio-net device (eth0); with ``kernel_dhcp`` the kernel configures it by DHCP.
     """
     import sys
 
@@ -351,7 +354,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry)
+                      on_panic=None, entry=entry, net=net)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

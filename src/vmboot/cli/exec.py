@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from vmboot.cli.arguments import seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.errors import UsageError
 
 DESCRIPTION = """\
@@ -95,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--entry", choices=("auto", "bzimage64", "elf64", "pvh"), default="auto",
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
+    add_net_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -189,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         on_stderr=None if args.json else _binary_writer(sys.stderr),
         busybox=args.busybox,
         entry=args.entry,
+        net=net_config(args),
     )
     status = exit_status_for(result.reason.value, result.exit_status)
     if args.json:

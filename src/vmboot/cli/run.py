@@ -8,6 +8,7 @@ import sys
 from typing import IO, Any
 
 from vmboot.cli.arguments import sample_rate, seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
@@ -135,6 +136,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="how virtio queue notifications and interrupts travel: ioeventfd "
                         "(KVM ioeventfd and irqfd, no exit to vmboot), exits (an MMIO exit "
                         "each), or auto (ioeventfd when KVM has it; the default)")
+    add_net_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="after the run, list the virtio devices and the notification path")
     p.add_argument("--json", action="store_true",
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
                  on_panic="trace" if args.trace else None,
                  vmlinux=args.vmlinux, system_map=args.system_map,
                  entry=args.entry, disks=args.disk, console_device=args.console,
-                 virtio_rng=args.rng, virtio_notifications=args.virtio_notify) as machine, \
+                 virtio_rng=args.rng, virtio_notifications=args.virtio_notify,
+                 net=net_config(args)) as machine, \
             TerminalInput(machine.push_input):
         profiler = None
         if args.profile:

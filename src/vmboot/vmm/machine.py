@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
     from vmboot.vmm.runner import Runner
 
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
@@ -156,11 +157,13 @@ class Machine:
         virtio_rng: bool = False,
         virtio_devices: Sequence[VirtioDevice] = (),
         virtio_notifications: NotificationChoice = "auto",
+        net: NetConfig | None = None,
     ) -> None:
         """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
         ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
         virtio-console ports), ``virtio_rng``, and any other ``virtio_devices``; each is
-        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits."""
+        announced on the command line. ``virtio_notifications``: auto, ioeventfd or exits.
+        ``net``: a virtio-net device (:class:`vmboot.net.config.NetConfig`: passt or TAP)."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -188,11 +191,17 @@ class Machine:
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
         self.platform = PcPlatform(self.console)
+        if net is not None:
+            from vmboot.vmm.network import build_net_device, net_cmdline
+
+            virtio_devices = [*virtio_devices, build_net_device(net)]
         self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
                                                  virtio_devices, virtio_notifications),
                                    self.console)
         if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
+        if net is not None:
+            self.cmdline = net_cmdline(self.cmdline, net)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
