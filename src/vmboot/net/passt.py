@@ -27,8 +27,11 @@ from vmboot.net.backend import Chunk, FrameDropped, NetBackendDown, NetBackendEr
 
 PASST_PACKAGE = "passt"
 NOBODY = 65534
-PASST_MTU = 65520
-"""The MTU passt announces by DHCP (its default)."""
+USER_MTU = 1500
+"""The MTU the device announces with passt. passt offers 65520 by DHCP, but a guest whose
+kernel runs slowly (an emulating hypervisor) took 10 s per 64 KiB segment spread over
+mergeable buffers and passt reset the connection; with VIRTIO_NET_F_MTU at 1500 the
+guest keeps 1500 and passt sends segments of the guest's MSS."""
 START_TIMEOUT = 10.0
 """Seconds passt may take to open its socket."""
 SEND_TIMEOUT = 5.0
@@ -81,7 +84,7 @@ class PasstBackend:
     kind = "user"
     vnet_hdr = False
     offload_features = 0
-    mtu = PASST_MTU
+    mtu = USER_MTU
 
     def __init__(self, publish: Sequence[PortForward] = (), passt: str | None = None) -> None:
         binary = passt or shutil.which("passt")

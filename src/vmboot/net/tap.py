@@ -11,15 +11,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 
 from vmboot.devices.virtio import spec
 from vmboot.net.backend import Chunk, FrameDropped, NetBackendError
 
 TUN_DEVICE = "/dev/net/tun"
-SYS_CLASS_NET = Path("/sys/class/net")
 IFNAMSIZ = 16
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -46,22 +45,18 @@ _GUEST_OFFLOADS = ((spec.NET_F_GUEST_CSUM, TUN_F_CSUM), (spec.NET_F_GUEST_TSO4, 
                    (spec.NET_F_GUEST_TSO6, TUN_F_TSO6))
 
 
-def tun_flags(name: str, sys_class_net: Path = SYS_CLASS_NET) -> int:
-    """The ``tun_flags`` of interface ``name``; a :class:`NetBackendError` if it does not
-    exist or is not a TUN/TAP interface."""
+def check_interface(name: str) -> None:
+    """A :class:`NetBackendError` unless interface ``name`` exists in this network namespace
+    (TUNSETIFF would create a missing one; vmboot only opens what the user made)."""
     if not name or len(name.encode()) >= IFNAMSIZ or "/" in name:
         raise NetBackendError(f"--net tap={name}: {name!r} is not an interface name "
                               f"(1 to {IFNAMSIZ - 1} bytes, no '/')")
-    where = sys_class_net / name
-    if not where.exists():
-        raise NetBackendError(f"--net tap={name}: there is no interface {name!r} (in this "
-                              f"network namespace); create it first: vmboot net tap-create {name}")
     try:
-        return int((where / "tun_flags").read_text().strip(), 16)
-    except FileNotFoundError:
-        raise NetBackendError(f"--net tap={name}: interface {name!r} is not a TAP device "
-                              f"(it has no tun_flags); make one: vmboot net tap-create "
-                              "NAME") from None
+        socket.if_nametoindex(name)
+    except OSError:
+        raise NetBackendError(f"--net tap={name}: there is no interface {name!r} (in this "
+                              f"network namespace); create it first: vmboot net tap-create "
+                              f"{name}") from None
 
 
 class TapBackend:
@@ -69,13 +64,8 @@ class TapBackend:
     vnet_hdr = True
     offload_features = OFFLOAD_FEATURES
 
-    def __init__(self, name: str, mtu: int = spec.NET_DEFAULT_MTU,
-                 sys_class_net: Path = SYS_CLASS_NET) -> None:
-        flags = tun_flags(name, sys_class_net)
-        if flags & IFF_TUN or not flags & IFF_TAP:
-            raise NetBackendError(f"--net tap={name}: {name!r} is a TUN (layer 3) device "
-                                  f"(tun_flags {flags:#x}); virtio-net needs a TAP device "
-                                  "(ip tuntap add mode tap)")
+    def __init__(self, name: str, mtu: int = spec.NET_DEFAULT_MTU) -> None:
+        check_interface(name)
         self.name = name
         self.mtu = mtu
         try:
@@ -99,8 +89,10 @@ class TapBackend:
         try:
             fcntl.ioctl(self._fd, TUNSETIFF, _IFREQ.pack(name.encode(), _FLAGS))
         except OSError as e:
-            hint = ("it is busy or its owner is another user"
-                    if e.errno in (errno.EBUSY, errno.EPERM) else "")
+            hint = {errno.EBUSY: "it is busy or its owner is another user",
+                    errno.EPERM: "its owner is another user",
+                    errno.EINVAL: "it is not a TAP device (a TUN, layer 3, device or another "
+                                  "kind); make one: vmboot net tap-create NAME"}.get(e.errno or 0, "")
             raise NetBackendError(f"--net tap={name}: TUNSETIFF failed: {e.strerror}"
                                   f"{'; ' + hint if hint else ''}") from None
         got = _IFREQ.unpack(fcntl.ioctl(self._fd, TUNGETIFF, _IFREQ.pack(b"", 0)))[1]

@@ -44,6 +44,11 @@ _U16 = struct.Struct("<H")
 _HOST_GSO = (1 << spec.NET_F_HOST_TSO4) | (1 << spec.NET_F_HOST_TSO6) | (1 << spec.NET_F_HOST_UFO)
 _GUEST_GSO = (1 << spec.NET_F_GUEST_TSO4) | (1 << spec.NET_F_GUEST_TSO6) | (
     1 << spec.NET_F_GUEST_UFO)
+BATCH_FRAMES = 32
+"""Frames moved in one direction per turn of the I/O thread. The guest gets its interrupt
+at the end of a turn, and the other queue and devices get theirs: a backend that never
+stops sending (passt retransmitting to a slow guest) must not starve the guest's
+acknowledgements on the transmit queue."""
 LOCAL_MAC_PREFIX = 0x02
 """First octet of a derived MAC address: locally administered, unicast."""
 
@@ -171,7 +176,7 @@ class NetDevice(VirtioDevice):
         used = False
         limit = self.max_frame(_HOST_GSO)
         strip = 0 if self.backend.vnet_hdr else self.header_size
-        while True:
+        for _ in range(BATCH_FRAMES):
             chain = self._pop_checked(memory, q)
             if chain is False:
                 used = True
@@ -185,6 +190,9 @@ class NetDevice(VirtioDevice):
             q.add_used(memory, chain.head, 0)
             self.requests += 1
             used = True
+        if self._notify is not None:
+            self._notify(TX)  # more may be waiting: another turn
+        return used
 
     def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> None:
         size = chain.readable_bytes
@@ -231,7 +239,7 @@ class NetDevice(VirtioDevice):
         q = self.queues[RX]
         used = False
         limit = self.header_size + self.max_frame(_GUEST_GSO)
-        while True:
+        for _ in range(BATCH_FRAMES):
             frame = self._next_frame()
             if frame is None:
                 self._watch(True)
@@ -247,6 +255,7 @@ class NetDevice(VirtioDevice):
                     return used
                 continue
             used = used or result
+        return used  # the fd stays watched: the loop comes back after the others' turns
 
     def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
         """Put ``frame`` (header first) in receive buffers: True when done, False when it
