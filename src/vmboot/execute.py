@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
@@ -314,6 +315,7 @@ def exec_command(
     entry: EntryChoice = "auto",
     vsock: VsockConfig | None = None,
     shares: Sequence[Share] = (),
+    net: NetConfig | None = None,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -328,6 +330,7 @@ def exec_command(
     ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
     ``shares``: host directories over virtio-fs (the command mounts one with
     ``mount -t virtiofs TAG DIR``).
+    ``net``: a virtio-net device (eth0); with ``kernel_dhcp`` the kernel configures it by DHCP.
     """
     import sys
 
@@ -358,7 +361,7 @@ def exec_command(
 
     machine = Machine(kernel_path, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
                       cpuid_policy=cpuid_policy, console=console_target, capture_limit=capture_limit,
-                      on_panic=None, entry=entry, vsock=vsock, shares=shares)
+                      on_panic=None, entry=entry, vsock=vsock, shares=shares, net=net)
     machine.platform = exec_platform(machine.console, stdout, stderr, status_out)
     status.stop = machine.request_stop
     kernel_entry: float | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from vmboot.cli.arguments import seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.run import share_argument
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.errors import UsageError
@@ -107,6 +108,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")
     add_vsock_arguments(p)
+    add_net_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("--rootfs", metavar="DIR", default=None,
@@ -233,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
             entry=args.entry,
             shares=args.share,
             vsock=vsock_config(args),
+            net=net_config(args),
         )
     status = exit_status_for(result.reason.value, result.exit_status)
     if args.json:

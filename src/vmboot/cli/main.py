@@ -22,6 +22,7 @@ VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.inspect",
     "vmboot.cli.symbolize",
     "vmboot.cli.fetch",
+    "vmboot.cli.net",
 )
 """Verb modules, in the order ``--help`` lists them."""
 

@@ -8,6 +8,7 @@ import sys
 from typing import IO, Any
 
 from vmboot.cli.arguments import sample_rate, seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio.block import Disk
@@ -154,6 +155,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "(KVM ioeventfd and irqfd, no exit to vmboot), exits (an MMIO exit "
                         "each), or auto (ioeventfd when KVM has it; the default)")
     add_vsock_arguments(p)
+    add_net_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="after the run, list the virtio devices and the notification path")
     p.add_argument("--json", action="store_true",
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                  vmlinux=args.vmlinux, system_map=args.system_map,
                  entry=args.entry, disks=args.disk, console_device=args.console,
                  virtio_rng=args.rng, virtio_notifications=args.virtio_notify,
-                 vsock=vsock_config(args), shares=args.share) as machine, \
+                 vsock=vsock_config(args), shares=args.share, net=net_config(args)) as machine, \
             TerminalInput(machine.push_input):
         profiler = None
         if args.profile:

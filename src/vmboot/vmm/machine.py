@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import BootPlan, LinuxKernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
     from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
     from vmboot.vmm.runner import Runner
 
@@ -166,6 +167,7 @@ class Machine:
         shares: Sequence[Share] = (),
         agent: bool = False,
         rootfs: str | Path | None = None,
+        net: NetConfig | None = None,
     ) -> None:
         """Virtio devices (see :mod:`vmboot.devices.virtio`): ``disks`` (``vda``, ``vdb``...),
         ``console_device="virtio"`` (the console on ``hvc0``), ``console_ports`` (named
@@ -177,7 +179,8 @@ class Machine:
         mounts one with ``mount -t virtiofs TAG DIR``), checked before anything starts.
         ``agent``: a virtio-console port for the guest agent (``vmboot-agent``), which
         :meth:`exec` talks to. ``rootfs="/"``: the host's root file system, read-only over
-        virtio-fs, is the guest's root and the agent its init (no initrd; implies ``agent``)."""
+        virtio-fs, is the guest's root and the agent its init (no initrd; implies ``agent``).
+        ``net``: a virtio-net device (:class:`vmboot.net.config.NetConfig`: passt or TAP)."""
         self.memory_bytes = parse_size(memory, what="memory")
         if cpuid_policy not in CPUID_POLICIES:
             raise UsageError(
@@ -223,12 +226,18 @@ class Machine:
 
             self._agent_bridge = AgentBridge()
             console_ports = [*console_ports, self._agent_bridge.port]
+        if net is not None:
+            from vmboot.vmm.network import build_net_device, net_cmdline
+
+            virtio_devices = [*virtio_devices, build_net_device(net)]
         self.virtio = build_virtio(VirtioChoices(disks, console_device, console_ports, virtio_rng,
                                                  virtio_devices, virtio_notifications,
                                                  tuple(shares)),
                                    self.console)
         if console_device == "virtio" and cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
+        if net is not None:
+            self.cmdline = net_cmdline(self.cmdline, net)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
