@@ -27,6 +27,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "virtio_block",
     "virtio_console",
     "virtio_rng",
+    "virtio_vsock",
 )
 
 

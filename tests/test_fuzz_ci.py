@@ -47,6 +47,7 @@ CI_RUNS: dict[str, int] = {
     "virtio_block": 1500,
     "virtio_console": 1500,
     "virtio_rng": 1500,
+    "virtio_vsock": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

@@ -23,6 +23,8 @@ from vmboot.devices.virtio.console import ConsolePort
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES, ConsoleChoice
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES, NotificationChoice
+from vmboot.devices.virtio.share import Share, check_shares
+from vmboot.devices.virtio.vsock_host import VsockConfig
 from vmboot.errors import UsageError
 from vmboot.hv.kvm.cpuid import POLICY_NAMES, CpuidPolicyName
 from vmboot.hv.memory_map import ram_regions
@@ -32,6 +34,7 @@ from vmboot.x86.mptable import MAX_CPUS as MAX_CPUS
 
 if TYPE_CHECKING:
     from vmboot.linux.kernel import Kernel
+    from vmboot.net.config import NetConfig
 
 KernelInput = str | Path | bytes
 """A kernel as a file path or its bytes (or, where accepted, an already loaded ``Kernel``)."""
@@ -107,6 +110,20 @@ class MachineConfig:
     """Triggers that write a vmcore into ``dump_dir`` (:data:`vmboot.vmm.dumps.DUMP_TRIGGERS`);
     a comma-separated string is accepted."""
     dump_dir: str | Path | None = None
+    vsock: VsockConfig | None = None
+    """A virtio-vsock device (its guest CID, and optionally the hybrid UNIX socket path);
+    ``Machine.vsock`` then connects to and listens for the guest."""
+    shares: tuple[Share, ...] = ()
+    """Host directories over virtio-fs, each served by a virtiofsd (the guest mounts one with
+    ``mount -t virtiofs TAG DIR``)."""
+    agent: bool = False
+    """A virtio-console port for the guest agent (``vmboot-agent``), which ``Machine.exec``
+    talks to."""
+    rootfs: str | Path | None = None
+    """``"/"``: the host's root file system, read-only over virtio-fs, is the guest's root and
+    the agent its init (no initrd; implies ``agent``; :mod:`vmboot.vmm.host_root`)."""
+    net: NetConfig | None = None
+    """A virtio-net device (:class:`vmboot.net.config.NetConfig`: passt or TAP)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
@@ -129,8 +146,13 @@ class MachineConfig:
         if isinstance(self.capture_limit, bool) or not isinstance(self.capture_limit, int) \
                 or self.capture_limit < 0:
             raise UsageError(f"capture_limit: {self.capture_limit!r} is not a byte count >= 0")
-        for name in ("disks", "console_ports", "virtio_devices"):
+        for name in ("disks", "console_ports", "virtio_devices", "shares"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_shares(self.shares)
+        if self.rootfs is not None:
+            from vmboot.vmm.host_root import host_root_share
+
+            check_shares((*self.shares, host_root_share(self.rootfs, self.initrd)))
         if self.console_device not in CONSOLE_CHOICES:
             raise UsageError(f"console_device: {self.console_device!r} is not one of "
                              f"{', '.join(CONSOLE_CHOICES)}")

@@ -54,27 +54,37 @@ def find_nolibc(explicit: Path | None, scratch: Path) -> Path:
     return _extract_nolibc(scratch)
 
 
-def build(out_dir: Path, nolibc: Path | None = None) -> Path:
-    """Compile the agent into ``out_dir``; returns the binary's path."""
+def compile_static(source: Path, output: Path, nolibc: Path | None = None,
+                   extra_flags: Sequence[str] = ()) -> Path:
+    """Compile one C file into a static x86_64 program against nolibc; returns ``output``.
+
+    The compile runs in a scratch directory under relative names only, so nothing of this
+    machine's paths can reach the binary.
+    """
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise FetchError("building the agent needs gcc (Debian package gcc)")
-    with tempfile.TemporaryDirectory(prefix="vmboot-agent-build-") as tmp:
+        raise FetchError(f"building {source.name} needs gcc (Debian package gcc)")
+    with tempfile.TemporaryDirectory(prefix="vmboot-nolibc-build-") as tmp:
         work = Path(tmp)
         headers = find_nolibc(nolibc, work)
-        # Relative names only, from inside the scratch directory: nothing of this machine's
-        # paths can reach the binary.
-        (work / SOURCE_NAME).write_bytes(resources.files(__package__).joinpath(SOURCE_NAME).read_bytes())
+        (work / source.name).write_bytes(source.read_bytes())
         include = os.path.relpath(headers / "nolibc.h", work)
-        cmd = [gcc, *CFLAGS, "-include", include, "-o", BINARY_NAME, SOURCE_NAME, "-lgcc"]
+        cmd = [gcc, *CFLAGS, *extra_flags, "-include", include, "-o", output.name, source.name, "-lgcc"]
         proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise FetchError(f"building the agent failed ({' '.join(cmd)}):\n{proc.stderr}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / BINARY_NAME
-        shutil.copy(work / BINARY_NAME, target)
-        target.chmod(0o755)
-        return target
+            raise FetchError(f"building {source.name} failed ({' '.join(cmd)}):\n{proc.stderr}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(work / output.name, output)
+        output.chmod(0o755)
+        return output
+
+
+def build(out_dir: Path, nolibc: Path | None = None) -> Path:
+    """Compile the agent into ``out_dir``; returns the binary's path."""
+    with tempfile.TemporaryDirectory(prefix="vmboot-agent-src-") as tmp:
+        source = Path(tmp) / SOURCE_NAME
+        source.write_bytes(resources.files(__package__).joinpath(SOURCE_NAME).read_bytes())
+        return compile_static(source, out_dir / BINARY_NAME, nolibc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,14 @@ class AgentError(VmbootError):
     """The agent could not run the command, or the connection to it failed."""
 
 
+class CommandNotStarted(AgentError):
+    """The agent could not start the command (``errno`` says why: ENOENT, EACCES...)."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 @dataclass(frozen=True, slots=True)
 class CommandResult:
     """How a command ended, and what it wrote (unless streamed elsewhere)."""
@@ -122,8 +130,9 @@ class AgentClient:
                 in_flight = max(0, in_flight - p.U32.unpack_from(msg.payload)[0])
             elif msg.kind is p.Frame.FAILED:
                 errno_value = p.U32.unpack_from(msg.payload)[0] if len(msg.payload) >= 4 else 0
-                raise AgentError(f"agent: cannot run {argv[0]!r} in the guest: "
-                                 f"{os.strerror(errno_value)} (errno {errno_value})")
+                raise CommandNotStarted(f"agent: cannot run {argv[0]!r} in the guest: "
+                                        f"{os.strerror(errno_value)} (errno {errno_value})",
+                                        errno_value)
             elif msg.kind is p.Frame.STDOUT:
                 (on_stdout or out.extend)(msg.payload)
             elif msg.kind is p.Frame.STDERR:

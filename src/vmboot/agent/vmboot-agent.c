@@ -13,8 +13,10 @@
  * Stdin is credit-based: the host keeps at most STDIN_WINDOW bytes unacknowledged, so the agent
  * can always read the channel (a signal is never stuck behind stdin the command does not read).
  *
- * As PID 1 it mounts /proc, /sys, /dev and /tmp first and takes its channel from the kernel
- * command line (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
+ * As PID 1 it mounts /proc, /sys, /dev and /tmp first, then a tmpfs on each directory of
+ * vmboot.agent.tmpfs=DIR,DIR... (the writable places when the root is read-only, such as the
+ * host's own root over virtio-fs), and takes its channel from the kernel command line
+ * (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
  */
 
 #define AGENT_VERSION "vmboot-agent 1"
@@ -240,6 +242,27 @@ static const char *cmdline_value(const char *key)
 	return 0;
 }
 
+static void mount_tmpfs_list(void)
+{
+	const char *v = cmdline_value("vmboot.agent.tmpfs=");
+	char dir[256];
+
+	while (v && *v) {
+		unsigned int n = 0;
+
+		while (v[n] && v[n] != ',')
+			n++;
+		if (n > 0 && n < sizeof(dir)) {
+			memcpy(dir, v, n);
+			dir[n] = 0;
+			mount("tmpfs", dir, "tmpfs", 0, "mode=1777");
+		}
+		v += n;
+		if (*v == ',')
+			v++;
+	}
+}
+
 static void as_init(void)
 {
 	mkdir("/proc", 0555);
@@ -250,6 +273,7 @@ static void as_init(void)
 	mount("sysfs", "/sys", "sysfs", 0, 0);
 	mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
 	mount("tmpfs", "/tmp", "tmpfs", 0, 0);
+	mount_tmpfs_list();
 }
 
 /* ---------------------------------------------------------------- one command */

@@ -8,11 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
+from vmboot.cli.run import share_argument
+from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.config import DEFAULT_ENTRY, DEFAULT_MEMORY, ENTRIES, MAX_CPUS, MIN_CPUS
 from vmboot.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmboot.execute import ExecResult
 
 DESCRIPTION = """\
 Boot a Linux kernel under KVM with a small busybox initramfs that runs CMD, and behave
@@ -56,6 +62,11 @@ examples:
       or a BUG (--json has "verdict" and the kernel's "reports" either way)
   vmboot exec --console -- dmesg
       the kernel's console (boot messages) on stderr as well
+  vmboot exec --kernel bzImage --rootfs / -- python3 -c 'print(6*7)'
+      the host's own root as the guest's (read-only), the command from the host's PATH,
+      run in the current directory; stdin is piped in: `echo hi | vmboot exec ... -- cat`
+  vmboot exec --share ./data:data -- sh -c 'mount -t virtiofs data /mnt && ls /mnt'
+      a host directory over virtio-fs
 
 notes:
   On a host whose /dev/kvm is the "PVM" software hypervisor (ring-0 code emulated at about
@@ -76,8 +87,9 @@ EXIT_ERROR = 1
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "exec",
-        usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--cpus N] [--add HOST[:GUEST]]... [--env NAME=VALUE]... "
-              "[--timeout SECONDS] [--console] [--json] -- CMD [ARGS...]",
+        usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--cpus N] [--add HOST[:GUEST]]... "
+              "[--env NAME=VALUE]... [--timeout SECONDS] [--console] [--json] [--rootfs /] "
+              "[--share HOST_DIR[:TAG][,ro]]... -- CMD [ARGS...]",
         help="boot a kernel, run one command in it, exit with its status",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -110,9 +122,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--warm", action="store_true",
                    help="resume a guest saved ready for a command in the vmboot cache instead "
                         "of booting (the first --warm run of a kernel boots once and saves "
-                        "it); not with --add")
+                        "it); not with --add, --rootfs, --share, --vsock or --net")
+    add_vsock_arguments(p)
+    add_net_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
+    p.add_argument("--rootfs", metavar="DIR", default=None,
+                   help="only '/': boot on the host's own root (read-only over virtio-fs, "
+                        "tmpfs on /tmp /run /var/tmp) and run CMD from the host's PATH in the "
+                        "current directory with this environment (plus --env), its stdin "
+                        "piped in, through the guest agent; needs virtiofsd")
+    p.add_argument("--share", metavar="HOST_DIR[:TAG][,ro]", action="append", default=[],
+                   type=share_argument,
+                   help="share a host directory over virtio-fs (repeatable); in the guest: "
+                        "mount -t virtiofs TAG DIR")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER,
                    help="the command and its arguments (after --)")
     p.set_defaults(func=run)
@@ -186,6 +209,21 @@ def command_words(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _host_root(args: argparse.Namespace, command: list[str]) -> ExecResult:
+    from vmboot.execute.host_exec import exec_on_host_root
+
+    env = dict(os.environ)
+    env.update(dict(args.env))
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    return exec_on_host_root(
+        command, kernel=args.kernel, memory=args.memory, env=env, stdin=stdin,
+        timeout=args.timeout,
+        console=_binary_writer(sys.stderr) if args.console else None,
+        on_stdout=None if args.json else _binary_writer(sys.stdout),
+        on_stderr=None if args.json else _binary_writer(sys.stderr),
+        shares=args.share, entry=args.entry, cpus=args.cpus)
+
+
 def run(args: argparse.Namespace) -> int:
     from vmboot.execute.api import exec_command
 
@@ -193,21 +231,33 @@ def run(args: argparse.Namespace) -> int:
     env: dict[str, str] = {}
     for name, value in args.env:
         env[name] = value
-    result = exec_command(
-        command,
-        kernel=args.kernel,
-        memory=args.memory,
-        files=list(args.add),
-        env=env,
-        timeout=args.timeout,
-        console=_binary_writer(sys.stderr) if args.console else False,
-        on_stdout=None if args.json else _binary_writer(sys.stdout),
-        on_stderr=None if args.json else _binary_writer(sys.stderr),
-        busybox=args.busybox,
-        entry=args.entry,
-        cpus=args.cpus,
-        warm=args.warm,
-    )
+    if args.rootfs is not None:
+        if args.add:
+            raise UsageError("--add cannot be used with --rootfs (the guest sees the host's "
+                             "files already)")
+        if args.warm:
+            raise UsageError("--warm cannot be used with --rootfs (the guest boots on the "
+                             "host's root; there is no saved guest to resume)")
+        result = _host_root(args, command)
+    else:
+        result = exec_command(
+            command,
+            kernel=args.kernel,
+            memory=args.memory,
+            files=list(args.add),
+            env=env,
+            timeout=args.timeout,
+            console=_binary_writer(sys.stderr) if args.console else False,
+            on_stdout=None if args.json else _binary_writer(sys.stdout),
+            on_stderr=None if args.json else _binary_writer(sys.stderr),
+            busybox=args.busybox,
+            entry=args.entry,
+            cpus=args.cpus,
+            warm=args.warm,
+            shares=args.share,
+            vsock=vsock_config(args),
+            net=net_config(args),
+        )
     status = exit_status_for(result.reason.value, result.exit_status)
     reading = result.read_console()
     failed_on = reading.triggered(args.fail_on)

@@ -24,6 +24,7 @@ VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.report",
     "vmboot.cli.trace",
     "vmboot.cli.fetch",
+    "vmboot.cli.net",
 )
 """Verb modules, in the order ``--help`` lists them."""
 

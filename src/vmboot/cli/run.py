@@ -8,7 +8,9 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
+from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
+from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.config import (
     CPUID_POLICIES,
     DEFAULT_CMDLINE,
@@ -26,6 +28,7 @@ from vmboot.config import (
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
+from vmboot.devices.virtio.share import Share, parse_share
 from vmboot.errors import BootConfigError, UsageError
 from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
@@ -70,6 +73,9 @@ examples:
       boot a root file system image (a raw ext4 file) as virtio-blk /dev/vda
   vmboot run bzImage --initrd initramfs.cpio --disk data.img,ro --disk scratch.img,throwaway --rng -v
       a read-only disk, a disk whose writes are thrown away, /dev/hwrng; -v lists the devices
+  vmboot run bzImage --initrd initramfs.cpio --share ./src:src --share /usr/share/doc:doc,ro
+      two host directories over virtio-fs (needs virtiofsd); in the guest:
+      mount -t virtiofs src /mnt
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
@@ -105,10 +111,18 @@ def render_virtio(report: dict[str, Any]) -> str:
     path = report["notification_path"] or "(not wired: the VM was never started)"
     lines = [f"virtio: notifications through {path}"]
     for d in report["devices"]:
-        what = d.get("path") or ",".join(d.get("ports", [])) or ""
+        what = d.get("path") or ",".join(d.get("ports", [])) or _share_text(d)
+        error = d["error"] or d.get("backend_error")
         lines.append(f"  {d['name']:<16} {d['base']} irq {d['irq']:<2} requests {d['requests']}"
-                     f"{'  ' + what if what else ''}{'  ERROR: ' + d['error'] if d['error'] else ''}")
+                     f"{'  ' + what if what else ''}{'  ERROR: ' + error if error else ''}")
     return "\n".join(lines) + "\n"
+
+
+def _share_text(device: dict[str, Any]) -> str:
+    """``TAG=SOURCE[,ro]`` of a virtio-fs device (empty for other devices)."""
+    if "tag" not in device:
+        return ""
+    return f"{device['tag']}={device['source']}{',ro' if device['read_only'] else ''}"
 
 
 EXIT_OK = 0
@@ -195,6 +209,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
                         "ro: read-only; throwaway: writes go to a private overlay and the "
                         "file is never modified; serial=ID: the disk's serial (20 bytes max)")
+    p.add_argument("--share", metavar="HOST_DIR[:TAG][,ro]", action="append", default=[],
+                   type=share_argument,
+                   help="share a host directory over virtio-fs, served by the host's virtiofsd "
+                        "(repeatable); the guest mounts it with `mount -t virtiofs TAG DIR`. "
+                        "TAG defaults to the directory's name; ro: the guest cannot write")
     p.add_argument("--console", choices=CONSOLE_CHOICES, default=DEFAULT_CONSOLE_DEVICE,
                    help=f"the console device: serial (ttyS0, the default) or virtio (hvc0; "
                         f'the default command line becomes "{DEFAULT_VIRTIO_CMDLINE}")')
@@ -205,11 +224,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="how virtio queue notifications and interrupts travel: ioeventfd "
                         "(KVM ioeventfd and irqfd, no exit to vmboot), exits (an MMIO exit "
                         "each), or auto (ioeventfd when KVM has it; the default)")
+    add_vsock_arguments(p)
+    add_net_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="after the run, list the virtio devices and the notification path")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
+
+
+def share_argument(text: str) -> Share:
+    try:
+        return parse_share(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _disk(text: str) -> Disk:
@@ -244,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
                            system_map=args.system_map, dump_on=args.dump_on or (),
                            dump_dir=args.dump_dir, disks=tuple(args.disk),
                            console_device=args.console, virtio_rng=args.rng,
-                           virtio_notifications=args.virtio_notify)
+                           virtio_notifications=args.virtio_notify,
+                           vsock=vsock_config(args), shares=tuple(args.share),
+                           net=net_config(args))
     waiter = None
     if args.snapshot is not None:
         from vmboot.devices.console import stream_sink

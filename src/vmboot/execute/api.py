@@ -67,8 +67,11 @@ from vmboot.execute.image import (
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.devices.virtio.share import Share
+    from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.hv.kvm.cpuid import CpuidPolicyName
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
 
 EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
@@ -272,6 +275,9 @@ def exec_command(
     entry: EntryChoice = DEFAULT_ENTRY,
     cpus: int = MIN_CPUS,
     warm: bool = False,
+    vsock: VsockConfig | None = None,
+    shares: Sequence[Share] = (),
+    net: NetConfig | None = None,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -286,7 +292,11 @@ def exec_command(
     ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
     ``warm``: resume a guest saved, ready for a command, in the vmboot cache
     (:mod:`vmboot.execute.warm`); the first warm run of a kernel boots and saves it. Not with
-    ``files`` (they would have to be in the saved guest).
+    ``files`` (they would have to be in the saved guest) nor with virtio devices.
+    ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
+    ``shares``: host directories over virtio-fs (the command mounts one with
+    ``mount -t virtiofs TAG DIR``).
+    ``net``: a virtio-net device (eth0); with ``kernel_dhcp`` the kernel configures it by DHCP.
     """
     import sys
 
@@ -302,7 +312,8 @@ def exec_command(
     config = MachineConfig(kernel_path, initrd=None,
                            cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
                            entry=entry, cpus=cpus, serial_ports=EXEC_SERIAL_PORTS,
-                           capture_limit=capture_limit, timeout=timeout)
+                           capture_limit=capture_limit, timeout=timeout,
+                           vsock=vsock, shares=tuple(shares), net=net)
     pairs = [(Path(host), guest) for host, guest in files]
     if warm:
         from vmboot.vmm.snapshots import check_one_vcpu
@@ -311,6 +322,13 @@ def exec_command(
         if pairs:
             raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
                                   "new files; run without warm to add files")
+        devices = [name for name, given in (("vsock", vsock is not None),
+                                            ("shares", bool(shares)), ("net", net is not None))
+                   if given]
+        if devices:
+            raise BootConfigError(f"{', '.join(devices)}: a warm exec resumes a saved guest, "
+                                  "and a guest with virtio devices cannot be saved; run "
+                                  "without warm to use them")
     loaded = load_kernel(kernel_path)
     busybox_path = Path(busybox) if busybox is not None else find_busybox()
     if warm:

@@ -46,10 +46,12 @@ from vmboot.devices.virtio.machine_devices import VirtioChoices, build_virtio
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
+from vmboot.vmm.host_root import host_root_cmdline, host_root_share
 from vmboot.vmm.wiring import connect_devices
 from vmboot.x86.mptable import build_mp_table, place_mp_table
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import CommandResult, OutputSink
     from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.hang import HangReport
     from vmboot.debug.symbol_sources import SymbolSource
@@ -61,11 +63,16 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.device import VirtioDevice
     from vmboot.devices.virtio.machine_devices import ConsoleChoice
     from vmboot.devices.virtio.setup import NotificationChoice
+    from vmboot.devices.virtio.share import Share
+    from vmboot.devices.virtio.vsock import VsockDevice
+    from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import EntryPlan, Kernel
     from vmboot.linux.options import EntryChoice
+    from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
+    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
     from vmboot.vmm.runner import Runner
     from vmboot.vmm.vcpus import VcpuSet
 
@@ -222,6 +229,11 @@ class Machine:
         virtio_rng: bool = False,
         virtio_devices: Sequence[VirtioDevice] = (),
         virtio_notifications: NotificationChoice = DEFAULT_VIRTIO_NOTIFICATIONS,
+        vsock: VsockConfig | None = None,
+        shares: Sequence[Share] = (),
+        agent: bool = False,
+        rootfs: str | Path | None = None,
+        net: NetConfig | None = None,
     ) -> None:
         """A machine from keywords (they make its :class:`~vmboot.config.MachineConfig`;
         ``trace_tasks`` is as for :meth:`from_config`)."""
@@ -234,6 +246,7 @@ class Machine:
             dump_dir=dump_dir, disks=tuple(disks), console_device=console_device,
             console_ports=tuple(console_ports), virtio_rng=virtio_rng,
             virtio_devices=tuple(virtio_devices), virtio_notifications=virtio_notifications,
+            vsock=vsock, shares=tuple(shares), agent=agent, rootfs=rootfs, net=net,
         )
         self._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
                     serial_outputs=serial_outputs, trace_tasks=trace_tasks)
@@ -298,12 +311,40 @@ class Machine:
         threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
         self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
                                    serial_outputs=serial_outputs)
+        virtio_devices: tuple[VirtioDevice, ...] = config.virtio_devices
+        console_ports: tuple[ConsolePort, ...] = config.console_ports
+        shares: tuple[Share, ...] = config.shares
+        self.vsock: VsockDevice | None = None
+        """The virtio-vsock device (``connect(port)``, ``listen(port)``) when ``vsock`` is given."""
+        if config.vsock is not None:
+            from vmboot.devices.virtio.vsock import VsockDevice
+
+            self.vsock = VsockDevice(config.vsock)
+            virtio_devices = (*virtio_devices, self.vsock)
+        self._agent_bridge: AgentBridge | None = None
+        self._guest_agent: GuestAgent | None = None
+        if config.rootfs is not None:
+            shares = (*shares, host_root_share(config.rootfs, config.initrd))
+            self.cmdline = f"{self.cmdline} {host_root_cmdline()}"
+        if config.agent or config.rootfs is not None:
+            from vmboot.vmm.guest_agent import AgentBridge
+
+            self._agent_bridge = AgentBridge()
+            console_ports = (*console_ports, self._agent_bridge.port)
+        if config.net is not None:
+            from vmboot.vmm.network import build_net_device
+
+            virtio_devices = (*virtio_devices, build_net_device(config.net))
         self.virtio = build_virtio(VirtioChoices(config.disks, config.console_device,
-                                                 config.console_ports, config.virtio_rng,
-                                                 config.virtio_devices,
-                                                 config.virtio_notifications), self.console)
+                                                 console_ports, config.virtio_rng,
+                                                 virtio_devices, config.virtio_notifications,
+                                                 shares), self.console)
         if config.console_device == "virtio" and config.cmdline == DEFAULT_CMDLINE:
             self.cmdline = DEFAULT_VIRTIO_CMDLINE
+        if config.net is not None:
+            from vmboot.vmm.network import net_cmdline
+
+            self.cmdline = net_cmdline(self.cmdline, config.net)
         self.port_bus = PortBus()
         self.mmio_bus = MmioBus()
         self.vm: KvmVM | None = None
@@ -345,7 +386,8 @@ class Machine:
         self._attach_devices()
         self.virtio.attach(self.mmio_bus)
         mp_table = build_mp_table(self.cpus)
-        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy, vcpu_count=self.cpus)
+        vm = KvmVM(self.memory_bytes, cpuid_policy=self.cpuid_policy, vcpu_count=self.cpus,
+                   shared_memory=self.virtio.needs_shared_memory)
         self.vm = vm
         self.virtio.connect(vm)
         self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
@@ -417,6 +459,11 @@ class Machine:
 
     def close(self) -> None:
         """Release the VM (idempotent)."""
+        if self._guest_agent is not None:
+            self._guest_agent.stop()
+            self._guest_agent = None
+        if self._agent_bridge is not None:
+            self._agent_bridge.close()
         self.console.flush()
         self.virtio.close()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
@@ -457,6 +504,39 @@ class Machine:
         """Port 0 of the virtio console with ``console_device="virtio"``, else None."""
         port: ConsolePort | None = self.virtio.console_port
         return port
+
+    def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
+             stdin: bytes | None = None, timeout: float | None = None,
+             on_stdout: OutputSink | None = None, on_stderr: OutputSink | None = None,
+             ready_timeout: float | None = None) -> CommandResult:
+        """Run ``argv`` in the guest through the agent; call it any number of times.
+
+        The first call starts the guest on a background thread and waits (at most
+        ``ready_timeout`` seconds) for the agent. ``argv[0]`` is a path in the guest; ``env``
+        is the command's whole environment; ``cwd`` its directory (empty: the agent's).
+        ``timeout``: the command is killed after that many seconds (``timed_out`` in the
+        result) and the guest stays usable. Needs ``agent=True`` or ``rootfs``.
+        """
+        from vmboot.vmm.guest_agent import READY_TIMEOUT, GuestAgent
+
+        if self._agent_bridge is None:
+            raise UsageError("Machine.exec: the machine has no agent channel; make it with "
+                             "Machine(..., agent=True) (and an initrd whose init is vmboot-agent) "
+                             "or Machine(..., rootfs='/')")
+        if self._runner is None:
+            raise BootConfigError("Machine.exec: the machine is not started; use it in a with block")
+        if self._guest_agent is None:
+            self._guest_agent = GuestAgent(self, self._agent_bridge)
+        self._guest_agent.start(READY_TIMEOUT if ready_timeout is None else ready_timeout)
+        return self._guest_agent.client.run(argv, env, cwd, stdin, on_stdout, on_stderr, timeout)
+
+    def exec_signal(self, signo: int) -> None:
+        """Send ``signo`` to the process group of the command :meth:`exec` is running (from
+        another thread, or a signal handler: Ctrl-C forwarded to the guest)."""
+        if self._guest_agent is None or self._guest_agent.client.version is None:
+            raise UsageError("Machine.exec_signal: no command is running (exec has not "
+                             "started one; the guest may still be booting)")
+        self._guest_agent.client.signal(signo)
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +30,18 @@ KNOWN_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/vi
 PACKAGE_HINT = ("install virtiofsd (Debian 12 and Ubuntu 22.04: package qemu-system-common; "
                 "newer Debian and Ubuntu, Fedora: package virtiofsd), or set $VMBOOT_VIRTIOFSD")
 STOP_SECONDS = 5.0
+LOG_NAME = "virtiofsd.log"
+LOG_TAIL_BYTES = 4096
+READ_ONLY_WRAPPER = (
+    'set -e; mount --rbind "$0" "$1"; '
+    'findmnt -R -n -r -o TARGET "$1" | while read -r m; do mount -o remount,bind,ro "$m"; done; '
+    'shift; exec "$@"')
+"""Run by ``sh -c SCRIPT SOURCE MOUNTPOINT VIRTIOFSD...`` in a private mount namespace: the
+shared tree, with the file systems mounted below it, is bind-mounted at MOUNTPOINT and each
+of those mounts made read-only, seen only by virtiofsd, which then replaces the shell and
+serves MOUNTPOINT: no write of the guest can reach the host tree (the C virtiofsd has no
+read-only option). Any step that fails stops the start (``set -e``)."""
+RO_MOUNTPOINT = "source"
 
 
 class VirtiofsdMissing(UsageError):
@@ -62,6 +75,16 @@ def _is_rust(binary: Path) -> bool:
     return "--shared-dir" in out.stdout + out.stderr
 
 
+def _private_namespace() -> list[str]:
+    """``unshare`` into a private mount namespace (as root; else in a new user namespace)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise UsageError("a read-only share needs unshare(1) (package util-linux) to make a "
+                         "private read-only mount for virtiofsd; install it or drop ',ro'")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return [unshare, *user, "--mount", "--propagation", "private"]
+
+
 @dataclass
 class Virtiofsd:
     """A running virtiofsd serving ``source`` on a socket vmboot listens on."""
@@ -73,27 +96,39 @@ class Virtiofsd:
 
     @classmethod
     def start(cls, source: Path, binary: Path | None = None, cache: str = "auto",
-              extra_args: tuple[str, ...] = ()) -> Virtiofsd:
+              extra_args: tuple[str, ...] = (), read_only: bool = False) -> Virtiofsd:
         if not source.is_dir():
             raise UsageError(f"share {source}: not a directory")
         exe = binary or find_virtiofsd()
+        wrapper = _private_namespace() if read_only else []
         tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
         path = os.path.join(tmpdir.name, "vhost-user.sock")
+        served = source
+        if read_only:
+            served = Path(tmpdir.name, RO_MOUNTPOINT)
+            served.mkdir()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)
             listener.listen(1)
             fd = listener.fileno()
             if _is_rust(exe):
-                args = [str(exe), f"--fd={fd}", f"--shared-dir={source}", f"--cache={cache}",
+                args = [str(exe), f"--fd={fd}", f"--shared-dir={served}", f"--cache={cache}",
                         "--sandbox=none"]
             else:
-                args = [str(exe), f"--fd={fd}", "-o", f"source={source}", "-o", f"cache={cache}",
+                args = [str(exe), f"--fd={fd}", "-o", f"source={served}", "-o", f"cache={cache}",
                         "-o", "sandbox=chroot" if os.geteuid() == 0 else "sandbox=namespace"]
             args += list(extra_args)
+            if read_only:
+                args = [*wrapper, "sh", "-c", READ_ONLY_WRAPPER, str(source), str(served), *args]
             log.info("starting %s", " ".join(args))
-            process = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # A file, not a pipe: nobody reads virtiofsd's log while it runs, and a full
+            # pipe would stall it. Its own session: a Ctrl-C at the terminal is for the
+            # command in the guest, not for the file server under it (vmboot stops it).
+            with open(os.path.join(tmpdir.name, LOG_NAME), "wb") as log_file:
+                process = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=log_file,
+                                           start_new_session=True)
         except OSError as exc:
             tmpdir.cleanup()
             raise UsageError(f"cannot start virtiofsd ({exe}): {exc.strerror or exc}") from None
@@ -106,10 +141,13 @@ class Virtiofsd:
         code = self.process.poll()
         if code is None:
             return None
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return (f"virtiofsd for {self.source} exited with status {code} "
+                        f"(killed by {signal.Signals(-code).name})")
         err = b""
-        if self.process.stderr is not None:
-            with contextlib.suppress(OSError, ValueError):
-                err = self.process.stderr.read() or b""
+        with contextlib.suppress(OSError):
+            err = Path(self._tmpdir.name, LOG_NAME).read_bytes()[-LOG_TAIL_BYTES:]
         last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
         return f"virtiofsd for {self.source} exited with status {code}: {last[0]}".rstrip(": ")
 
@@ -121,6 +159,4 @@ class Virtiofsd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stderr is not None:
-            self.process.stderr.close()
         self._tmpdir.cleanup()

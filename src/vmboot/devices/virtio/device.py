@@ -23,6 +23,8 @@ from vmboot.devices.virtio.queue import GuestRam, Virtqueue
 
 QueueNotify = Callable[[int], None]
 """``notify(queue_index)``: the device added used buffers to this queue from host-side work."""
+HostFdWatch = Callable[[int, bool], None]
+"""``watch(fd, on)``: start or stop serving one of the device's :meth:`~VirtioDevice.host_fds`."""
 
 
 class VirtioDevice:
@@ -40,6 +42,11 @@ class VirtioDevice:
         self._notify: QueueNotify | None = None
         self.requests = 0
         """Requests (chains) completed since the machine started (kept across resets)."""
+        self.on_config_change: Callable[[], None] = lambda: None
+        """Set by the transport: the configuration space changed (e.g. a network link went
+        down); the driver gets a configuration-change interrupt."""
+        self.watch_host_fd: HostFdWatch = lambda fd, on: None
+        """Set by the wiring when the device has :meth:`host_fds`; none is watched at first."""
 
     # -- configuration space ----------------------------------------------------------------
     def config_bytes(self) -> bytes:
@@ -53,6 +60,12 @@ class VirtioDevice:
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Writes to read-only fields are ignored (the default)."""
+
+    def host_fds(self) -> dict[int, int]:
+        """Host file descriptors (a network backend's socket) the I/O thread serves for the
+        device: fd -> the queue processed when it becomes readable. The device turns each on
+        and off with :attr:`watch_host_fd` (off while it has nowhere to put what it reads)."""
+        return {}
 
     # -- lifetime ---------------------------------------------------------------------------
     def has_feature(self, bit: int) -> bool:

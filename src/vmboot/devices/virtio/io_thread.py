@@ -44,10 +44,16 @@ class IoThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def add(self, fd: int, callback: EventCallback) -> None:
-        """Call ``callback()`` on this thread whenever ``fd`` becomes readable."""
+    def add(self, fd: int, callback: EventCallback, events: int = selectors.EVENT_READ) -> None:
+        """Call ``callback()`` on this thread whenever ``fd`` becomes readable (or, with
+        ``events``, writable)."""
         with self._lock:
-            self._selector.register(fd, selectors.EVENT_READ, callback)
+            self._selector.register(fd, events, callback)
+
+    def modify(self, fd: int, callback: EventCallback, events: int) -> None:
+        """Change what ``fd`` is watched for (``selectors.EVENT_READ | EVENT_WRITE``)."""
+        with self._lock:
+            self._selector.modify(fd, events, callback)
 
     def remove(self, fd: int) -> None:
         with self._lock:

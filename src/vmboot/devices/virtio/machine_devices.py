@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.console import ConsolePort
     from vmboot.devices.virtio.device import VirtioDevice
     from vmboot.devices.virtio.setup import NotificationChoice, VirtioDevices
+    from vmboot.devices.virtio.share import Share
 
 ConsoleChoice = Literal["serial", "virtio"]
 CONSOLE_CHOICES: tuple[str, ...] = ("serial", "virtio")
@@ -29,6 +30,7 @@ class VirtioChoices:
     rng: bool = False
     devices: Sequence[VirtioDevice] = ()
     notifications: NotificationChoice = "auto"
+    shares: Sequence[Share] = ()
 
 
 def console_sink(console: ConsoleOutput) -> ConsolePort:
@@ -50,6 +52,10 @@ def build_virtio(choices: VirtioChoices, console: ConsoleOutput) -> VirtioDevice
     if choices.console_device not in CONSOLE_CHOICES:
         raise BootConfigError(f"console_device: {choices.console_device!r} is not one of "
                               f"{', '.join(CONSOLE_CHOICES)}")
+    if choices.shares:
+        from vmboot.devices.virtio.share import check_shares
+
+        check_shares(choices.shares)  # before any file is opened or virtiofsd started
     devices: list[VirtioDevice] = []
     console_port = None
     try:
@@ -66,6 +72,11 @@ def build_virtio(choices: VirtioChoices, console: ConsoleOutput) -> VirtioDevice
             from vmboot.devices.virtio.rng import RngDevice
 
             devices.append(RngDevice())
+        if choices.shares:
+            from vmboot.devices.virtio.fs import FsDevice
+
+            for share in choices.shares:
+                devices.append(FsDevice(share))
         devices += list(choices.devices)
         result = VirtioDevices(devices, choices.notifications)
     except BaseException:

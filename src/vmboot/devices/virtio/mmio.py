@@ -62,6 +62,7 @@ class MmioTransport:
         """Why the device needs a reset (None while it is healthy)."""
         self._logged: set[str] = set()
         self._reset_registers()
+        device.on_config_change = self.config_changed
 
     def _reset_registers(self) -> None:
         self.status = 0
@@ -108,6 +109,14 @@ class MmioTransport:
                 self._raise_interrupt(spec.INTERRUPT_CONFIG_CHANGE)
             else:
                 self.status |= spec.STATUS_DEVICE_NEEDS_RESET
+
+    def config_changed(self) -> None:
+        """The device changed its configuration space: a new generation and, while the
+        driver runs the device, a configuration-change interrupt (4.2.3.3)."""
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & _U32
+            if self.live:
+                self._raise_interrupt(spec.INTERRUPT_CONFIG_CHANGE)
 
     # -- registers --------------------------------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:
@@ -314,6 +323,13 @@ class MmioTransport:
         """Have the I/O thread run queue ``index`` (host-side work, e.g. console input)."""
         if 0 <= index < len(self.queue_fds):
             os.eventfd_write(self.queue_fds[index], 1)
+
+    def backend_used(self) -> None:
+        """A back end in another process used buffers (its call eventfd fired): set the
+        used-buffer bit the driver's interrupt handler checks, then interrupt."""
+        with self.lock:
+            if self.live:
+                self._raise_interrupt(spec.INTERRUPT_USED_BUFFER)
 
     def on_queue_event(self, index: int) -> None:
         """I/O thread: queue ``index``'s eventfd fired."""

@@ -21,16 +21,20 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.io_thread import IoThread, new_eventfd
+from vmboot.devices.virtio.device import HostFdWatch, VirtioDevice
+from vmboot.devices.virtio.io_thread import IoThread, drain_eventfd, new_eventfd
 from vmboot.devices.virtio.mmio import MmioTransport
 from vmboot.devices.virtio.queue import GuestRam
 from vmboot.errors import BootConfigError
+
+if TYPE_CHECKING:
+    from vmboot.devices.virtio.fs import FsDevice
 
 log = logging.getLogger("vmboot.devices.virtio")
 
@@ -92,6 +96,7 @@ class VirtioDevices:
         self.transports: list[MmioTransport] = []
         self.io_thread: IoThread | None = None
         self._irqfds: list[int] = []
+        self._backend_fds: list[int] = []
         self.console_port: Any = None
         """The host end of the virtio console (port 0) when the console is on hvc0."""
         counts: dict[str, int] = {}
@@ -104,6 +109,11 @@ class VirtioDevices:
     def __bool__(self) -> bool:
         return bool(self.devices)
 
+    @property
+    def needs_shared_memory(self) -> bool:
+        """A device's queues are served by another process, which maps guest RAM."""
+        return any(getattr(d, "served_externally", False) for d in self.devices)
+
     def placement(self) -> list[tuple[int, int]]:
         """(base, irq) of each device."""
         return [(MMIO_BASE + i * MMIO_STRIDE, IRQS[i]) for i in range(len(self.devices))]
@@ -113,8 +123,16 @@ class VirtioDevices:
                         for base, irq in self.placement())
 
     def extend_cmdline(self, cmdline: str) -> str:
+        """``cmdline`` with the devices' parameters, before any ``--`` (what follows it
+        is init's arguments, which the kernel does not parse)."""
         params = self.cmdline_parameters()
-        return f"{cmdline} {params}".strip() if params else cmdline
+        if not params:
+            return cmdline
+        words = cmdline.split(" ")
+        if "--" in words:
+            at = words.index("--")
+            return " ".join([*words[:at], params, *words[at:]]).strip()
+        return f"{cmdline} {params}".strip()
 
     def attach(self, mmio_bus: MmioBus, memory: GuestRam | None = None) -> None:
         """Make the transports and put them on ``mmio_bus`` (guest RAM may come later)."""
@@ -138,10 +156,20 @@ class VirtioDevices:
         self.io_thread = io
         for t in self.transports:
             t.memory = vm.memory
+            attach_io_thread = getattr(t.device, "attach_io_thread", None)
+            if attach_io_thread is not None:  # a device with host fds of its own (vsock)
+                attach_io_thread(io)
+            external = getattr(t.device, "served_externally", False)
             for i, fd in enumerate(t.queue_fds):
                 if use_fds:
                     vm.register_ioeventfd(t.base + spec.MmioReg.QUEUE_NOTIFY, 4, fd, datamatch=i)
-                io.add(fd, _queue_callback(t, i))
+                if not external:
+                    io.add(fd, _queue_callback(t, i))
+            if external:
+                self._serve_externally(io, t)
+            host_fds = t.device.host_fds()
+            if host_fds:
+                t.device.watch_host_fd = _host_fd_watch(io, t, host_fds)
             if use_fds:
                 irqfd = new_eventfd()
                 self._irqfds.append(irqfd)
@@ -155,6 +183,27 @@ class VirtioDevices:
         log.info("virtio: %d devices, notifications through %s", len(self.transports),
                  self.path.value)
         return self.path
+
+    def _serve_externally(self, io: IoThread, t: MmioTransport) -> None:
+        """A back end process reads the queue eventfds; the I/O thread watches its call
+        eventfds (to set InterruptStatus, then interrupt) and its death."""
+        device = cast("FsDevice", t.device)
+        calls = [new_eventfd() for _ in t.queue_fds]
+        self._backend_fds += calls
+        device.bind_notifications(t.queue_fds, calls)
+        for fd in calls:
+            io.add(fd, _backend_call(t, fd))
+        death = device.death_fd()
+        self._backend_fds.append(death)
+
+        def died() -> None:
+            io.remove(death)
+            with t.lock:
+                log.error("%s", device.backend_died())
+            for i, fd in enumerate(t.queue_fds):
+                io.add(fd, _queue_callback(t, i))
+                t.kick(i)
+        io.add(death, died)
 
     def quiesce(self) -> None:
         """Serve, on this thread, what the driver made available but the I/O thread has not
@@ -176,9 +225,10 @@ class VirtioDevices:
             close = getattr(d, "close", None)
             if close is not None:
                 close()
-        for fd in self._irqfds:
+        for fd in self._irqfds + self._backend_fds:
             os.close(fd)
         self._irqfds = []
+        self._backend_fds = []
 
     def report(self) -> dict[str, Any]:
         """For ``--json`` and ``-v``: the devices, where they are, and what they did."""
@@ -203,6 +253,39 @@ def _describe(device: VirtioDevice) -> dict[str, Any]:
 
 def _queue_callback(t: MmioTransport, index: int) -> Callable[[], None]:
     return lambda: t.on_queue_event(index)
+
+
+def _backend_call(t: MmioTransport, fd: int) -> Callable[[], None]:
+    def call() -> None:
+        if drain_eventfd(fd):
+            t.backend_used()
+    return call
+
+
+def _host_fd_watch(io: IoThread, t: MmioTransport, host_fds: dict[int, int]) -> HostFdWatch:
+    """Serve a device's host fds on the I/O thread while it wants them (a readable fd the
+    device cannot take from would otherwise wake the loop without end)."""
+    watching: set[int] = set()
+    lock = threading.Lock()
+
+    def watch(fd: int, on: bool) -> None:
+        with lock:
+            if on and fd not in watching:
+                io.add(fd, callback(fd))
+                watching.add(fd)
+            elif not on and fd in watching:
+                io.remove(fd)
+                watching.discard(fd)
+
+    def callback(fd: int) -> Callable[[], None]:
+        def readable() -> None:
+            if not t.live:  # reset or broken: wait for the next activation
+                watch(fd, False)
+                return
+            t.process(host_fds[fd])
+        return readable
+
+    return watch
 
 
 def _irqfd_writer(fd: int) -> Callable[[], None]:

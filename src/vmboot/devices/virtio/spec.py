@@ -135,3 +135,28 @@ CONSOLE_PORT_OPEN = 6
 CONSOLE_PORT_NAME = 7
 CONSOLE_CONTROL_SIZE = 8
 """struct virtio_console_control: id (le32), event (le16), value (le16)."""
+
+# -- 5.1 Network device ----------------------------------------------------------------------
+NET_F_CSUM = 0
+NET_F_GUEST_CSUM = 1
+NET_F_MTU = 3
+NET_F_MAC = 5
+NET_F_GUEST_TSO4 = 7
+NET_F_GUEST_TSO6 = 8
+NET_F_GUEST_UFO = 10
+NET_F_HOST_TSO4 = 11
+NET_F_HOST_TSO6 = 12
+NET_F_HOST_UFO = 14
+NET_F_MRG_RXBUF = 15
+NET_F_STATUS = 16
+NET_S_LINK_UP = 1
+NET_HDR_SIZE = 12
+"""struct virtio_net_hdr_v1: flags, gso_type (u8 each), hdr_len, gso_size, csum_start,
+csum_offset, num_buffers (le16 each): the header with VIRTIO_F_VERSION_1 (5.1.6)."""
+NET_HDR_NUM_BUFFERS_OFFSET = 10
+ETH_ADDR_LEN = 6
+ETH_HEADER_SIZE = 14
+ETH_VLAN_TAG_SIZE = 4
+NET_DEFAULT_MTU = 1500
+NET_MAX_GSO_FRAME = 65535 + ETH_HEADER_SIZE + ETH_VLAN_TAG_SIZE
+"""The largest frame with TSO/UFO (an IP datagram of 64 KiB and its Ethernet header)."""

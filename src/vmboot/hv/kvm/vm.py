@@ -63,6 +63,7 @@ class KvmVM(VirtualMachine):
         cpuid_policy: CpuidPolicyName = "auto",
         vcpu_count: int = MAX_VCPUS_DEFAULT,
         memory: GuestMemory | None = None,
+        shared_memory: bool = False,
     ) -> None:
         self._fd: int | None = None
         self._closing = False
@@ -73,7 +74,11 @@ class KvmVM(VirtualMachine):
         if memory is not None and memory.size != memory_bytes:
             raise HypervisorError(f"KVM VM: memory_bytes {memory_bytes} differs from the given "
                                   f"guest memory's size {memory.size}")
-        self.memory = memory if memory is not None else GuestMemory(memory_bytes)
+        if memory is not None and shared_memory and not memory.shared:
+            raise HypervisorError("KVM VM: shared_memory=True but the given guest memory is "
+                                  "private; make it with GuestMemory(size, shared=True)")
+        self.memory = (memory if memory is not None
+                       else GuestMemory(memory_bytes, shared=shared_memory))
         try:
             self._kvm = KVM() if kvm is None else kvm
             resolve_policy(cpuid_policy, host_is_emulating())  # validate early

@@ -1,0 +1,337 @@
+"""virtio-net (virtio 1.2 section 5.1): one receive/transmit queue pair in front of a
+host backend (:mod:`vmboot.net`).
+
+Offered: ``VIRTIO_NET_F_MAC``, ``F_STATUS`` (the link goes down when the backend goes
+away), ``F_MTU``, ``F_MRG_RXBUF`` (a frame may span several receive buffers), and the
+backend's checksum and TSO offloads when it carries the virtio-net header (TAP with
+``IFF_VNET_HDR``).
+
+The backend's fd is served on the I/O thread (:meth:`VirtioDevice.host_fds`): when it is
+readable, the receive queue is processed. When the guest has no receive buffers, the frame
+in hand is held and the fd unwatched until the guest adds buffers (its notification
+processes the receive queue again).
+
+Everything from the guest is checked: a transmitted chain shorter than the header, a frame
+longer than the MTU (or the TSO limit) plus headers, or a chain pointing outside guest RAM
+is dropped and counted, and the device goes on working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from typing import Any, ClassVar
+
+from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.device import VirtioDevice
+from vmboot.devices.virtio.queue import (
+    DescriptorChain,
+    GuestRam,
+    QueueError,
+    Virtqueue,
+    memory_fence,
+    views,
+)
+from vmboot.errors import BootConfigError
+from vmboot.net.backend import FrameDropped, NetBackend, NetBackendDown
+
+log = logging.getLogger("vmboot.devices.virtio")
+
+QUEUE_SIZE = 256
+RX, TX = 0, 1
+_U16 = struct.Struct("<H")
+_HOST_GSO = (1 << spec.NET_F_HOST_TSO4) | (1 << spec.NET_F_HOST_TSO6) | (1 << spec.NET_F_HOST_UFO)
+_GUEST_GSO = (1 << spec.NET_F_GUEST_TSO4) | (1 << spec.NET_F_GUEST_TSO6) | (
+    1 << spec.NET_F_GUEST_UFO)
+BATCH_FRAMES = 32
+"""Frames moved in one direction per turn of the I/O thread. The guest gets its interrupt
+at the end of a turn, and the other queue and devices get theirs: a backend that never
+stops sending (passt retransmitting to a slow guest) must not starve the guest's
+acknowledgements on the transmit queue."""
+LOCAL_MAC_PREFIX = 0x02
+"""First octet of a derived MAC address: locally administered, unicast."""
+
+
+def mac_for_name(name: str) -> bytes:
+    """A MAC address stable for a VM name: locally administered, the rest from its hash."""
+    return bytes([LOCAL_MAC_PREFIX]) + hashlib.sha256(name.encode()).digest()[:5]
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":")
+    try:
+        mac = bytes(int(p, 16) for p in parts if len(p) == 2)
+    except ValueError:
+        mac = b""
+    if len(parts) != spec.ETH_ADDR_LEN or len(mac) != spec.ETH_ADDR_LEN:
+        raise BootConfigError(f"mac: {text!r} is not six two-digit hex octets "
+                              "(e.g. 02:00:00:00:00:01)")
+    if mac[0] & 1:
+        raise BootConfigError(f"mac: {text} is a multicast address (the first octet is odd); "
+                              "use a unicast one such as 02:...")
+    return mac
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+class NetDevice(VirtioDevice):
+    device_id: ClassVar[spec.DeviceId] = spec.DeviceId.NET
+    name: ClassVar[str] = "net"
+
+    def __init__(self, backend: NetBackend, mac: bytes) -> None:
+        if len(mac) != spec.ETH_ADDR_LEN:
+            raise BootConfigError(f"virtio-net: MAC address of {len(mac)} bytes; "
+                                  f"{spec.ETH_ADDR_LEN} needed")
+        features = ((1 << spec.NET_F_MAC) | (1 << spec.NET_F_STATUS) | (1 << spec.NET_F_MTU)
+                    | (1 << spec.NET_F_MRG_RXBUF) | backend.offload_features)
+        super().__init__((QUEUE_SIZE, QUEUE_SIZE), features)
+        self.backend = backend
+        self.mac = mac
+        self.link_up = True
+        self._held: bytes | None = None
+        self.counters = {"rx_frames": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0,
+                         "rx_dropped": 0, "tx_short": 0, "tx_oversized": 0,
+                         "tx_dropped": 0, "bad_chains": 0}
+        """Frames and bytes each way, and what was dropped: rx_dropped (a frame larger than
+        the guest can take), tx_short (a chain without a whole header), tx_oversized (over
+        the MTU or TSO limit), tx_dropped (the backend refused it or is down), bad_chains (a
+        chain pointing outside guest RAM or the queue)."""
+
+    # -- configuration ---------------------------------------------------------------------
+    def config_bytes(self) -> bytes:
+        status = spec.NET_S_LINK_UP if self.link_up else 0
+        return self.mac + struct.pack("<HHH", status, 1, self.backend.mtu)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mac": format_mac(self.mac), "link": "up" if self.link_up else "down",
+                **self.backend.describe(), **self.counters}
+
+    def host_fds(self) -> dict[int, int]:
+        fd = self.backend.fileno()
+        return {fd: RX} if fd >= 0 else {}
+
+    def _watch(self, on: bool) -> None:
+        fd = self.backend.fileno()
+        if fd >= 0:
+            self.watch_host_fd(fd, on and self.link_up)
+
+    @property
+    def header_size(self) -> int:
+        return spec.NET_HDR_SIZE
+
+    def max_frame(self, gso_features: int) -> int:
+        """The largest Ethernet frame (without the virtio header) allowed in one direction."""
+        if self.acked_features & gso_features:
+            return spec.NET_MAX_GSO_FRAME
+        return self.backend.mtu + spec.ETH_HEADER_SIZE + spec.ETH_VLAN_TAG_SIZE
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def activate(self, memory: GuestRam, notify: Any) -> None:
+        super().activate(memory, notify)
+        self.backend.set_offloads(self.acked_features)
+        self._watch(True)
+
+    def reset(self) -> None:
+        self._watch(False)
+        super().reset()
+        self._held = None
+
+    def close(self) -> None:
+        log.info("virtio-net: %s", ", ".join(f"{k} {v}" for k, v in self.counters.items()))
+        self.backend.close()
+
+    def link_down(self, why: str) -> None:
+        if self.link_up:
+            self.link_up = False
+            log.warning("virtio-net: link down: %s", why)
+            self._watch(False)
+            self.on_config_change()
+
+    # -- queues -----------------------------------------------------------------------------
+    def process_queue(self, index: int) -> bool:
+        if self.memory is None:
+            return False
+        return self._transmit(self.memory) if index == TX else self._receive(self.memory)
+
+    def _pop_checked(self, memory: GuestRam, q: Virtqueue) -> DescriptorChain | bool | None:
+        """The next chain; None when there is none; False for a malformed chain, which is
+        counted and, when its head is a valid index, returned to the driver as used."""
+        if not q.pending(memory):
+            return None
+        head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (q.next_avail % q.size), 2))[0]
+        try:
+            return q.pop(memory)
+        except QueueError as e:
+            self.counters["bad_chains"] += 1
+            log.debug("virtio-net: chain %d dropped: %s", head, e)
+            if head < q.size:
+                q.add_used(memory, head, 0)
+            return False
+
+    def _transmit(self, memory: GuestRam) -> bool:
+        q = self.queues[TX]
+        used = False
+        limit = self.max_frame(_HOST_GSO)
+        strip = 0 if self.backend.vnet_hdr else self.header_size
+        for _ in range(BATCH_FRAMES):
+            chain = self._pop_checked(memory, q)
+            if chain is False:
+                used = True
+                continue
+            if chain is None:
+                if q.drained(memory):
+                    return used
+                continue
+            assert isinstance(chain, DescriptorChain)
+            self._send(memory, chain, limit, strip)
+            q.add_used(memory, chain.head, 0)
+            self.requests += 1
+            used = True
+        if self._notify is not None:
+            self._notify(TX)  # more may be waiting: another turn
+        return used
+
+    def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> None:
+        size = chain.readable_bytes
+        if size < self.header_size:
+            self.counters["tx_short"] += 1
+            return
+        if size - self.header_size > limit:
+            self.counters["tx_oversized"] += 1
+            return
+        if not self.link_up:
+            self.counters["tx_dropped"] += 1
+            return
+        whole = views(memory, chain.readable)
+        parts = _skip(whole, strip) if strip else whole
+        try:
+            self.backend.send(parts)
+            self.counters["tx_frames"] += 1
+            self.counters["tx_bytes"] += size - self.header_size
+        except FrameDropped:
+            self.counters["tx_dropped"] += 1
+        except NetBackendDown as e:
+            self.counters["tx_dropped"] += 1
+            self.link_down(str(e))
+        finally:
+            for v in (*parts, *whole):
+                v.release()
+
+    def _next_frame(self) -> bytes | None:
+        if self._held is not None:
+            frame, self._held = self._held, None
+            return frame
+        if not self.link_up:
+            return None
+        try:
+            data = self.backend.recv()
+        except NetBackendDown as e:
+            self.link_down(str(e))
+            return None
+        if data is None or self.backend.vnet_hdr:
+            return data
+        return bytes(self.header_size) + data
+
+    def _receive(self, memory: GuestRam) -> bool:
+        q = self.queues[RX]
+        used = False
+        limit = self.header_size + self.max_frame(_GUEST_GSO)
+        for _ in range(BATCH_FRAMES):
+            frame = self._next_frame()
+            if frame is None:
+                self._watch(True)
+                return used
+            if len(frame) > limit or len(frame) < self.header_size:
+                self.counters["rx_dropped"] += 1
+                continue
+            result = self._deliver(memory, q, frame)
+            if result is None:  # no room: keep the frame until the guest adds buffers
+                self._held = frame
+                self._watch(False)
+                if not _more_buffers_since(memory, q):
+                    return used
+                continue
+            used = used or result
+        return used  # the fd stays watched: the loop comes back after the others' turns
+
+    def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
+        """Put ``frame`` (header first) in receive buffers: True when done, False when it
+        was dropped, None when there are not enough buffers yet (nothing was taken)."""
+        mergeable = self.has_feature(spec.NET_F_MRG_RXBUF)
+        chains: list[DescriptorChain] = []
+        room = 0
+        while room < len(frame):
+            chain = self._pop_checked(memory, q)
+            if chain is False:
+                if not chains:
+                    continue
+                break  # a malformed chain among the frame's: the frame is dropped
+            if chain is None:
+                q.next_avail = (q.next_avail - len(chains)) & 0xFFFF  # not taken after all
+                return None
+            assert isinstance(chain, DescriptorChain)
+            chains.append(chain)
+            room += chain.writable_bytes
+            if not mergeable:
+                break
+        if room < len(frame) or any(c.writable_bytes < self.header_size for c in chains[:1]):
+            self.counters["rx_dropped"] += 1
+            for c in chains:
+                q.add_used(memory, c.head, 0)
+            return True
+        data = bytearray(frame)
+        if mergeable:
+            data[spec.NET_HDR_NUM_BUFFERS_OFFSET:spec.NET_HDR_NUM_BUFFERS_OFFSET + 2] = \
+                _U16.pack(len(chains))
+        at = 0
+        pending = []
+        for c in chains:
+            start = at
+            for b in c.writable:
+                n = min(b.length, len(data) - at)
+                if n <= 0:
+                    break
+                memory.write(b.address, memoryview(data)[at:at + n])
+                at += n
+            pending.append((c.head, at - start))
+        for head, length in pending:
+            q.add_used(memory, head, length)
+        self.requests += 1
+        self.counters["rx_frames"] += 1
+        self.counters["rx_bytes"] += len(frame) - self.header_size
+        return True
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "link_up": self.link_up, "counters": dict(self.counters)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.link_up = bool(state.get("link_up", True))
+        self.counters.update({k: int(v) for k, v in state.get("counters", {}).items()})
+
+
+def _skip(parts: list[memoryview], count: int) -> list[memoryview]:
+    """``parts`` without their first ``count`` bytes."""
+    out = []
+    for v in parts:
+        if count >= len(v):
+            count -= len(v)
+            continue
+        out.append(v[count:])
+        count = 0
+    return out
+
+
+def _more_buffers_since(memory: GuestRam, q: Virtqueue) -> bool:
+    """Ask the driver to notify when it adds any buffer after the ones there now (the
+    device's avail_event at the driver's current index), then re-check: True when buffers
+    came in meanwhile."""
+    seen = q.avail_idx(memory)
+    if q.event_idx:
+        memory.write(q.used_ring + 4 + spec.USED_ELEM_SIZE * q.size, _U16.pack(seen))
+    memory_fence()
+    return q.avail_idx(memory) != seen

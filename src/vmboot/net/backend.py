@@ -1,0 +1,54 @@
+"""What a virtio-net backend is: a file descriptor the I/O thread watches, frames in and out.
+
+A backend either carries the virtio-net header with each frame (:attr:`NetBackend.vnet_hdr`,
+a TAP device opened with ``IFF_VNET_HDR``: checksum and segmentation offloads pass through)
+or plain Ethernet frames (passt). :meth:`NetBackend.recv` returns one frame or None when
+none is ready; a backend that has gone away (passt killed, the connection reset) raises
+:class:`NetBackendDown`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from vmboot.errors import BootConfigError, VmbootError
+
+Chunk = bytes | bytearray | memoryview
+
+
+class NetBackendError(BootConfigError):
+    """A network backend cannot be set up (before the guest boots)."""
+
+
+class NetBackendDown(VmbootError):
+    """A running backend went away; the guest's link goes down."""
+
+
+class FrameDropped(VmbootError):
+    """The backend could not take one frame (an interface that is down, a full queue)."""
+
+
+class NetBackend(Protocol):
+    kind: str
+    """"tap" or "user"."""
+    vnet_hdr: bool
+    """Frames carry a virtio_net_hdr_v1 (12 bytes) in front in both directions."""
+    offload_features: int
+    """The virtio-net offload feature bits the backend can carry."""
+    mtu: int
+    """The MTU the device announces (VIRTIO_NET_F_MTU)."""
+
+    def fileno(self) -> int: ...
+
+    def set_offloads(self, features: int) -> None:
+        """The guest accepted ``features``: let the backend send what the guest can take."""
+
+    def recv(self) -> bytes | None: ...
+
+    def send(self, parts: Sequence[Chunk]) -> None:
+        """Send one frame made of ``parts`` in order (with the header when :attr:`vnet_hdr`)."""
+
+    def describe(self) -> dict[str, object]: ...
+
+    def close(self) -> None: ...
