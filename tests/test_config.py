@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,9 @@ from vmboot.config import (
 from vmboot.devices.serial import COM1, COM2
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
-from vmboot.errors import UsageError, VmbootError
+from vmboot.devices.virtio.share import ROOT_TAG, Share
+from vmboot.devices.virtio.vsock_host import VsockConfig
+from vmboot.errors import BootConfigError, UsageError, VmbootError
 from vmboot.linux import BzImage, ElfKernel, Kernel, KernelFormat, KernelImage, load_kernel
 from vmboot.units import parse_size
 from vmboot.vmm.machine import Machine
@@ -183,3 +186,33 @@ def test_memory_range_and_cmdline_are_validated_when_made(field: str, value: obj
     with pytest.raises(VmbootError) as info:
         MachineConfig("bzImage", **{field: value})  # type: ignore[arg-type]
     assert str(info.value).startswith(prefix)
+
+
+def test_device_keywords_become_config_fields(tmp_path: Path) -> None:
+    kernel = build_bzimage()
+    vsock = VsockConfig(cid=7)
+    share = Share(tmp_path, "data")
+    machine = Machine(kernel, vsock=vsock, agent=True)
+    try:
+        assert machine.config == MachineConfig(kernel, vsock=vsock, agent=True)
+        assert machine.vsock is not None and machine.vsock in machine.virtio.devices
+        assert machine.virtio.console_port is None  # the agent's port is not the console
+        assert len(machine.virtio.devices) == 2  # vsock, and the console device for the agent
+    finally:
+        machine.close()
+    assert MachineConfig(kernel, shares=[share]).shares == (share,)  # type: ignore[arg-type]
+
+
+def test_device_fields_are_checked_when_the_config_is_made(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        MachineConfig("bzImage", shares=(Share(tmp_path / "absent", "x"),))
+    with pytest.raises(UsageError, match="'same' is already used"):
+        MachineConfig("bzImage", shares=(Share(tmp_path, "same"), Share(tmp_path, "same")))
+    with pytest.raises(UsageError, match="drop the initrd"):
+        MachineConfig("bzImage", initrd=b"cpio", rootfs="/")
+    with pytest.raises(UsageError, match="only '/'"):
+        MachineConfig("bzImage", rootfs=tmp_path)
+    with pytest.raises(UsageError, match="already used"):
+        MachineConfig("bzImage", rootfs="/", shares=(Share(tmp_path, ROOT_TAG),))
+    with pytest.raises(BootConfigError, match="vsock cid: 2 is outside"):
+        MachineConfig("bzImage", vsock=VsockConfig(cid=2))

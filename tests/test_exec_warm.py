@@ -119,3 +119,18 @@ def test_warm_runs_share_one_saved_guest(cache: Path, busybox: Path) -> None:
     assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == digest
     print(f"\nwarm exec: first run (boot and save) {first.timings.total:.1f} s, then "
           f"{second.timings.total:.2f} s and {third.timings.total:.2f} s")
+
+
+@pytest.mark.parametrize("device", ["vsock", "shares", "net"])
+def test_warm_with_virtio_devices_is_refused_before_reading_the_kernel(
+        busybox: Path, tmp_path: Path, device: str) -> None:
+    from vmboot.devices.virtio.share import Share
+    from vmboot.devices.virtio.vsock_host import VsockConfig
+    from vmboot.net.config import NetConfig
+
+    given: dict[str, object] = {"vsock": VsockConfig(), "shares": [Share(tmp_path, "t")],
+                                "net": NetConfig("user")}
+    with pytest.raises(BootConfigError, match=rf"^{device}: a warm exec resumes a saved guest, "
+                                              "and a guest with virtio devices cannot be saved"):
+        exec_command(["true"], kernel=tmp_path / "no-kernel", busybox=busybox, warm=True,
+                     **{device: given[device]})  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_kvm
 from vmboot.errors import GuestMemoryError
 from vmboot.hv.guest_memory import GuestMemory
 
@@ -62,3 +63,17 @@ def test_an_unaligned_offset_is_refused(tmp_path: Path) -> None:
             GuestMemory.from_file(fd, OFFSET + 512, SIZE)
     finally:
         os.close(fd)
+
+
+@requires_kvm
+def test_kvm_vm_refuses_private_memory_when_shared_memory_is_asked() -> None:
+    from vmboot.errors import HypervisorError
+    from vmboot.hv.kvm import KvmVM
+
+    memory = GuestMemory(16 << 20)
+    try:
+        with pytest.raises(HypervisorError, match=r"shared_memory=True but the given guest "
+                                                  r"memory is private"):
+            KvmVM(16 << 20, memory=memory, shared_memory=True)
+    finally:
+        memory.close()

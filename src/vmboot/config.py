@@ -149,6 +149,8 @@ class MachineConfig:
         for name in ("disks", "console_ports", "virtio_devices", "shares"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_shares(self.shares)
+        if self.vsock is not None:
+            self.vsock.validate()
         if self.rootfs is not None:
             from vmboot.vmm.host_root import host_root_share
 
