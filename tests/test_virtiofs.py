@@ -346,3 +346,15 @@ def test_virtiofsd_is_out_of_reach_of_a_terminals_ctrl_c(tmp_path: Path) -> None
         assert os.getsid(daemon.process.pid) == daemon.process.pid
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--warm"], "--warm cannot be used with --rootfs"),
+    (["--add", "/etc/hostname"], "--add cannot be used with --rootfs"),
+])
+def test_exec_rootfs_refuses_what_the_host_root_cannot_take(
+        option: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmboot.cli.main import main
+
+    assert main(["exec", "--kernel", "no-kernel", "--rootfs", "/", *option, "--", "true"]) == 1
+    assert message in capsys.readouterr().err
