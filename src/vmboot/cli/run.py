@@ -8,6 +8,7 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
+from vmboot.cli.gdb_args import add_gdb_arguments, check_gdb_arguments
 from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
@@ -76,6 +77,8 @@ examples:
   vmboot run bzImage --initrd initramfs.cpio --share ./src:src --share /usr/share/doc:doc,ro
       two host directories over virtio-fs (needs virtiofsd); in the guest:
       mount -t virtiofs src /mnt
+  vmboot run bzImage --initrd initramfs.cpio --gdb localhost:1234
+      then: gdb -ex 'target remote localhost:1234' vmlinux (KASLR slide applied for you)
   vmboot run bzImage --timeout 60 --json > result.json
       a JSON summary on stdout (the console goes to stderr), for scripts:
       {"exit": "reset", "detail": ..., "clean": true, "summary": ...,
@@ -187,6 +190,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--profile-hz", metavar="HZ", type=sample_rate, default=DEFAULT_PROFILE_HZ,
                    help=f"samples a second for --profile (default: {DEFAULT_PROFILE_HZ}; each "
                         "costs one exit from the guest)")
+    add_gdb_arguments(p)
     p.add_argument("--fail-on", metavar="VERDICTS", type=fail_on, default=frozenset(),
                    help=FAIL_ON_HELP)
     p.add_argument("--dump-on", metavar="TRIGGERS", default=None,
@@ -266,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tasks: the task list is taken with the trace; add --trace")
     if args.blocked and not args.tasks:
         raise UsageError("--blocked: filters the task list; add --trace --tasks")
+    check_gdb_arguments(args)
     config = MachineConfig(args.kernel, initrd=args.initrd, cmdline=args.append,
                            memory=args.memory, cpus=args.cpus, cpuid_policy=args.cpuid,
                            entry=args.entry, timeout=args.timeout, vmlinux=args.vmlinux,
@@ -284,10 +289,15 @@ def run(args: argparse.Namespace) -> int:
     machine = Machine.from_config(config, console=console if waiter is None else waiter,
                                   on_timeout="trace" if args.trace else None,
                                   on_panic="trace" if args.trace else None,
-                                  trace_tasks=args.tasks)
+                                  trace_tasks=args.tasks, gdb=args.gdb, gdb_wait=args.gdb_wait)
     if args.restore is not None:
         machine.restore(args.restore)
     with machine, TerminalInput(machine.push_input), dump_on_signal(machine):
+        if machine.gdb_server is not None:
+            where = machine.gdb_server.bound
+            print(f"vmboot run: gdb stub on {where}: gdb -ex 'target remote {where}' "
+                  f"VMLINUX" + (" (the guest waits for it)" if args.gdb_wait else ""),
+                  file=sys.stderr)
         if waiter is not None:
             return _run_to_snapshot(machine, waiter, args)
         profiler = None

@@ -184,6 +184,8 @@ class GdbSession:
             offset = self.target.kernel_offset()
             if offset is None:
                 return b""
+            # gdb moves .text, .data and .bss of the symbol file by these offsets (other
+            # sections, .rodata among them, keep their link addresses).
             return f"Text={offset:x};Data={offset:x};Bss={offset:x}".encode()
         if head == b"H" and len(p) >= 2:
             return self._select_thread(p[1:2], p[2:])

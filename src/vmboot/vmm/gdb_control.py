@@ -196,5 +196,8 @@ def run_under_debugger(runner: Runner, control: GdbControl, cpu: int,
         if result.reason is ExitReason.STOPPED and control.pause_requested:
             control.park(cpu)
             continue
-        control.exited(cpu, result)
+        if result.reason is not ExitReason.STOPPED:
+            # A plain stop is the VMM pausing the guest for its own work (a trace, a vmcore):
+            # the run resumes after it, so the debugger is not told the guest ended.
+            control.exited(cpu, result)
         return result

@@ -18,6 +18,7 @@ until the guest resets, powers off, fails, or the time limit passes.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,10 @@ from vmboot.vmm.host_root import host_root_cmdline, host_root_share
 from vmboot.vmm.wiring import connect_devices
 from vmboot.x86.mptable import build_mp_table, place_mp_table
 
+log = logging.getLogger("vmboot.vmm")
+
+GDB_STOP_DETAIL = "stopped for the debugger"
+
 if TYPE_CHECKING:
     from vmboot.agent.client import CommandResult, OutputSink
     from vmboot.debug.cpus import CpuTrace
@@ -66,12 +71,14 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock import VsockDevice
     from vmboot.devices.virtio.vsock_host import VsockConfig
+    from vmboot.gdbstub.server import GdbServer, ListenAddress
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import EntryPlan, Kernel
     from vmboot.linux.options import EntryChoice
     from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
+    from vmboot.vmm.gdb_control import GdbControl
     from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
     from vmboot.vmm.runner import Runner
     from vmboot.vmm.vcpus import VcpuSet
@@ -261,20 +268,26 @@ class Machine:
         on_panic: Literal["trace"] | None = "trace",
         serial_outputs: Mapping[str, ConsoleOutput] | None = None,
         trace_tasks: bool = False,
+        gdb: str | ListenAddress | None = None,
+        gdb_wait: bool = False,
     ) -> Machine:
         """A machine built from ``config``; the keywords say where its output goes and what
         happens on a panic or a timeout. ``serial_outputs`` maps a serial port's name
         (``config.serial_ports``) other than the console's to where its output goes.
         ``trace_tasks``: a trace (``on_panic``/``on_timeout="trace"``) also lists the guest's
-        tasks (:attr:`RunResult.tasks`)."""
+        tasks (:attr:`RunResult.tasks`). ``gdb``: serve the GDB remote protocol there
+        (``HOST:PORT`` or ``unix:PATH``; :attr:`gdb_server`) while the guest runs;
+        ``gdb_wait``: :meth:`run` starts the guest only once gdb has connected."""
         machine = cls.__new__(cls)
         machine._setup(config, console=console, on_timeout=on_timeout, on_panic=on_panic,
-                       serial_outputs=serial_outputs, trace_tasks=trace_tasks)
+                       serial_outputs=serial_outputs, trace_tasks=trace_tasks, gdb=gdb,
+                       gdb_wait=gdb_wait)
         return machine
 
     def _setup(self, config: MachineConfig, *, console: ConsoleTarget, on_timeout: OnTimeout,
                on_panic: Literal["trace"] | None,
-               serial_outputs: Mapping[str, ConsoleOutput] | None, trace_tasks: bool) -> None:
+               serial_outputs: Mapping[str, ConsoleOutput] | None, trace_tasks: bool,
+               gdb: str | ListenAddress | None = None, gdb_wait: bool = False) -> None:
         if on_timeout is not None and on_timeout != "trace" and not callable(on_timeout):
             raise UsageError(
                 f"on_timeout: {on_timeout!r} is not None, 'trace' or a callable(machine, exit)"
@@ -295,6 +308,16 @@ class Machine:
         self.on_timeout = on_timeout
         self.on_panic = on_panic
         self.trace_tasks = trace_tasks
+        if gdb_wait and gdb is None:
+            raise UsageError("gdb_wait: there is no gdb address to wait on; give gdb= as well")
+        self._gdb_address: ListenAddress | None = None
+        if gdb is not None:
+            from vmboot.gdbstub.server import parse_listen_address
+
+            self._gdb_address = parse_listen_address(gdb) if isinstance(gdb, str) else gdb
+        self._gdb_wait = gdb_wait
+        self.gdb_server: GdbServer | None = None
+        """The gdb stub once the machine has started with ``gdb=`` (its ``bound`` address)."""
         self.dumps = DumpPolicy(config.dump_on, config.dump_dir)
         self._dumps_written: list[Path] = []
         self._dump_notes: list[str] = []
@@ -423,12 +446,39 @@ class Machine:
         runners = [Runner(vm, cpu, self.port_bus, self.mmio_bus, symbolizer=self.symbolize)
                    for cpu in self.vcpus]
         self._runner = runners[0]
-        self._vcpu_set = VcpuSet(runners)
+        self._vcpu_set = VcpuSet(runners, debugger=self._start_gdb(runners))
         if self._pending_stop is not None:
             self._vcpu_set.stop(*self._pending_stop)
             self._pending_stop = None
         devices = [*self.platform.devices(), *(e.device for e in self.extra_devices)]
         connect_devices(devices, vm.irq_line, self.request_stop)
+
+    def _start_gdb(self, runners: Sequence[Runner]) -> GdbControl | None:
+        """With ``gdb=``: the stub's side of the vCPU threads, and its server, listening."""
+        if self._gdb_address is None:
+            return None
+        from vmboot.gdbstub import GdbServer
+        from vmboot.hv.kvm.host import host_is_emulating
+        from vmboot.vmm.gdb_control import GdbControl
+
+        if self.gdb_server is not None:
+            self.gdb_server.close()
+        control = GdbControl(
+            self.vcpus, request_stop=lambda cpu: runners[cpu].request_stop(GDB_STOP_DETAIL),
+            kernel_offset=self._gdb_kernel_offset,
+            # Hosts that emulate guest ring 0 deliver no data breakpoints (measured): say so.
+            watchpoints=not host_is_emulating())
+        self.gdb_server = GdbServer(control, self._gdb_address, on_kill=lambda: self.request_stop(
+            ExitReason.STOPPED, "gdb killed the guest"))
+        self.gdb_server.start()
+        log.info("gdb stub listening on %s", self.gdb_server.bound)
+        return control
+
+    def _gdb_kernel_offset(self) -> int | None:
+        try:
+            return self.kaslr_slide()
+        except VmbootError:
+            return None
 
     def snapshot(self, path: str | Path) -> SaveReport:
         """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
@@ -464,6 +514,9 @@ class Machine:
             self._guest_agent = None
         if self._agent_bridge is not None:
             self._agent_bridge.close()
+        if self.gdb_server is not None:
+            self.gdb_server.close()
+            self.gdb_server = None
         self.console.flush()
         self.virtio.close()
         vm, self.vm, self.vcpu, self._runner = self.vm, None, None, None
@@ -545,6 +598,8 @@ class Machine:
             timeout = self.config.timeout
         if self._vcpu_set is None:
             raise BootConfigError("Machine.run: the machine is not started; use it in a with block")
+        if self.gdb_server is not None and self._gdb_wait:
+            self.gdb_server.connected.wait()  # the guest runs no instruction before gdb is there
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
         self._dumps_written = []

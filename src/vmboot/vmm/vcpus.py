@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vmboot.errors import HypervisorError
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.vmm.runner import Runner
+
+if TYPE_CHECKING:
+    from vmboot.vmm.gdb_control import GdbControl
 
 THREAD_NAME = "vmboot-vcpu{index}"
 """Host thread name of an application processor's run loop."""
@@ -34,10 +38,13 @@ THREAD_NAME = "vmboot-vcpu{index}"
 class VcpuSet:
     """Runs ``runners`` (one per vCPU, vCPU 0 first) together; see the module docstring."""
 
-    def __init__(self, runners: Sequence[Runner]) -> None:
+    def __init__(self, runners: Sequence[Runner], debugger: GdbControl | None = None) -> None:
         if not runners:
             raise HypervisorError("VcpuSet: no vCPU to run; give at least the bootstrap vCPU's runner")
         self.runners = tuple(runners)
+        self.debugger = debugger
+        """With a debugger attached, a vCPU stopped by it (or at a breakpoint) parks in its
+        own thread until the debugger resumes the guest, instead of ending the run."""
         self._lock = threading.Lock()
         self._running = False
         self._ended_by: int | None = None
@@ -135,7 +142,12 @@ class VcpuSet:
 
     def _run_one(self, i: int, runner: Runner, errors: list[BaseException]) -> None:
         try:
-            result = runner.run(None)
+            if self.debugger is not None:
+                from vmboot.vmm.gdb_control import run_under_debugger
+
+                result = run_under_debugger(runner, self.debugger, i)
+            else:
+                result = runner.run(None)
         except BaseException as e:
             errors.append(e)
             result = VmExit(ExitReason.ERROR, f"vCPU {runner.vcpu.index}: {type(e).__name__}: {e}")
