@@ -145,15 +145,35 @@ def test_kernel_from_boot_for_the_running_release(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     _touch(boot / "vmlinuz-0.0.1")
     host = _touch(boot / "vmlinuz-1.2.3")
-    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3") == host
+    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "no-guest") == host
+
+
+def test_shipped_kernel_after_the_cache_before_boot(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    _touch(boot / "vmlinuz-1.2.3")
+    shipped = _touch(tmp_path / "guest" / "bzImage")
+    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "guest") == shipped
+    cached = _touch(tmp_path / "cache/debian-kernels/6.1.0-9/boot/vmlinuz-6.1.0-9-cloud-amd64")
+    assert find_kernel({}, cache=tmp_path / "cache", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "guest") == cached
+
+
+def test_the_installed_package_ships_a_kernel(tmp_path: Path) -> None:
+    from vmboot.default_guest import GUEST_IMAGE_DIR
+
+    found = find_kernel({}, cache=tmp_path / "empty", boot_dir=tmp_path / "boot", release="1.2.3")
+    assert found == GUEST_IMAGE_DIR / "bzImage"
 
 
 def test_no_kernel_says_where_it_looked_and_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(KernelImageError) as e:
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
     msg = str(e.value)
-    assert "vmlinuz-1.2.3 (missing)" in msg
-    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "tiny-bzImage" in msg
+    assert "vmlinuz-1.2.3 (missing)" in msg and "the kernel vmboot ships (not in this installation)" in msg
+    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "reinstall vmboot" in msg
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file, so 'not readable' cannot happen")
@@ -161,7 +181,8 @@ def test_unreadable_boot_kernel_is_skipped(tmp_path: Path) -> None:
     host = _touch(tmp_path / "vmlinuz-1.2.3")
     host.chmod(0)
     with pytest.raises(KernelImageError, match="not readable"):
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
 
 
 # -- CLI parsing ----------------------------------------------------------------------------

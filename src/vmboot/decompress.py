@@ -8,7 +8,7 @@ way with a hard limit on the output, checked as it grows:
 - gzip: :func:`zlib.decompressobj` with ``max_length``;
 - xz, lzma, bzip2: the standard library decompressors with ``max_length``;
 - zstd: a ``zstandard`` decompressobj fed 128 bytes of input at a time, which bounds each step's
-  output (``pip install 'vmboot[compression]'``);
+  output (``zstandard``, a dependency of vmboot);
 - LZ4 legacy frames (``lz4 -l``, what the kernel's ``lib/decompress_unlz4.c`` reads):
   blocks of at most 8 MiB of output each, with a running total (python-lz4).
 
@@ -58,7 +58,7 @@ LZ4_LEGACY_BLOCK_MAX = 8 * MiB
 """Each block of an LZ4 legacy frame decompresses to at most 8 MiB
 (``LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE`` in the kernel)."""
 _U32 = struct.Struct("<I")
-EXTRA_HINT = "pip install 'vmboot[compression]'"
+EXTRA_HINT = "lz4 and zstandard are dependencies of vmboot: reinstall it (pip install vmboot)"
 
 
 def decompress(

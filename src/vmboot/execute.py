@@ -31,14 +31,12 @@ The kernel (``kernel=None``, :func:`find_kernel`), in this order:
 1. ``$VMBOOT_KERNEL``;
 2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
    ``vmboot fetch kernel`` stored;
-3. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
+3. the kernel vmboot ships (:mod:`vmboot.default_guest`);
+4. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
 
-On a host whose ``/dev/kvm`` emulates guest ring-0 code (the "PVM" software hypervisor)
-only a kernel built for it boots, such as ``../shared/kernels/tiny-bzImage``: set
-``VMBOOT_KERNEL`` to it. There a run takes about 30-60 s with 256 MiB (the command started
-26-58 s after the call in our runs, the slow end with other jobs on the two cores;
-../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well under a
-second on hardware KVM.
+The busybox: :func:`vmboot.guest_choice.choose_busybox` (the embedded one unless the caller
+or ``$VMBOOT_BUSYBOX`` names another). docs/pvm-hosts.md says what changes on hosts whose
+``/dev/kvm`` is PVM.
 """
 
 from __future__ import annotations
@@ -78,10 +76,9 @@ PANIC_MARKER = b"Kernel panic"
 BOOT_DIR = Path("/boot")
 
 HOW_TO_GET_A_KERNEL = (
-    f"pass kernel= (--kernel), set ${KERNEL_ENV} to a bzImage, or run `vmboot fetch kernel` "
-    "(a Debian cloud kernel into the vmboot cache); on a host whose /dev/kvm is the PVM "
-    "software hypervisor only a kernel built for it boots, such as "
-    f"../shared/kernels/tiny-bzImage (set ${KERNEL_ENV} to it)"
+    f"pass kernel= (--kernel), set ${KERNEL_ENV} to a bzImage, run `vmboot fetch kernel` "
+    "(a Debian cloud kernel into the vmboot cache), or reinstall vmboot (its wheel ships a "
+    "kernel that boots everywhere, including on hosts whose /dev/kvm is PVM)"
 )
 
 OutputCallback = Callable[[bytes], object]
@@ -188,12 +185,15 @@ def cached_kernels(cache: Path | None = None) -> list[Path]:
 
 
 def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None = None,
-                boot_dir: Path = BOOT_DIR, release: str | None = None) -> Path:
+                boot_dir: Path = BOOT_DIR, release: str | None = None,
+                guest_image: Path | None = None) -> Path:
     """The kernel to boot when none is given (see the module docstring for the order).
 
-    ``environ``, ``cache``, ``boot_dir`` and ``release`` (``uname -r``) default to this
-    host's; tests pass their own.
+    ``environ``, ``cache``, ``boot_dir``, ``release`` (``uname -r``) and ``guest_image``
+    (the embedded guest's directory) default to this host's; tests pass their own.
     """
+    from vmboot.default_guest import GUEST_IMAGE_DIR, shipped_kernel
+
     env = os.environ if environ is None else environ
     from_env = env.get(KERNEL_ENV)
     if from_env:
@@ -213,6 +213,10 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
     if cached:
         return cached[0]
     tried.append(f"{cache}/debian-kernels/*/boot/vmlinuz-* (none)")
+    shipped = shipped_kernel(GUEST_IMAGE_DIR if guest_image is None else guest_image)
+    if shipped is not None:
+        return shipped
+    tried.append("the kernel vmboot ships (not in this installation)")
     host = boot_dir / f"vmlinuz-{os.uname().release if release is None else release}"
     if host.is_file() and os.access(host, os.R_OK):
         return host
@@ -318,21 +322,21 @@ def exec_command(
     even PATH: busybox applets need none). ``console``: True streams the kernel console to
     stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
-    ``busybox``: a static x86-64 busybox (default :func:`vmboot.fetch.find_busybox`).
+    ``busybox``: a static x86-64 busybox (default :func:`vmboot.guest_choice.choose_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     """
     import sys
 
-    from vmboot.fetch import find_busybox
+    from vmboot.guest_choice import choose_busybox, choose_kernel
     from vmboot.initramfs.exec_image import exec_initramfs
     from vmboot.vmm.machine import Machine
 
     if timeout is not None and not timeout > 0:
         raise BootConfigError(f"timeout: {timeout!r} is not a positive number of seconds (or None)")
     t0 = time.monotonic()
-    kernel_path = Path(kernel) if kernel is not None else find_kernel()
-    busybox_path = Path(busybox) if busybox is not None else find_busybox()
+    kernel_path = choose_kernel(kernel)
+    busybox_path = choose_busybox(busybox)
     pairs = [(Path(host), guest) for host, guest in files]
     initrd = exec_initramfs(list(command), dict(env or {}), pairs, busybox_path, compression="none")
     t_initramfs = time.monotonic() - t0

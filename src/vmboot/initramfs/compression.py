@@ -9,8 +9,8 @@
   32-bit little-endian number. No end mark, no checksums. Needs ``lz4`` (python-lz4).
 - ``zstd`` (RD_ZSTD): a zstd frame, level 19. Needs ``zstandard``.
 
-The vmboot tiny test kernel has RD_GZIP and RD_LZ4 only. The two libraries come with
-the ``compression`` extra: ``pip install 'vmboot[compression]'``.
+The vmboot tiny test kernel has RD_GZIP and RD_LZ4 only. The two libraries are
+dependencies of vmboot.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import struct
 from types import ModuleType
 from typing import Final, Literal, Protocol, get_args
 
+from vmboot.decompress import EXTRA_HINT, GiB
 from vmboot.decompress import LZ4_LEGACY_MAGIC as DECOMPRESS_LZ4_MAGIC
-from vmboot.decompress import GiB
 from vmboot.decompress import decompress as bounded_decompress
 from vmboot.errors import InitramfsError
 
@@ -46,7 +46,6 @@ INITRAMFS_LIMIT = 2 * GiB
 initramfs into guest RAM, so a genuine one is smaller than any guest vmboot would boot it
 in; 2 GiB leaves room for large ones and still stops a decompression bomb before it takes
 the host's memory."""
-EXTRA_HINT = "install the compression extra: pip install 'vmboot[compression]'"
 
 
 class ByteSink(Protocol):
