@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.errors import FetchError
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
@@ -26,16 +25,12 @@ LIMIT = 600
 
 @pytest.fixture(scope="module")
 def busybox() -> Path:
-    from vmboot.fetch import fetch_busybox, find_busybox
+    """The busybox vmboot ships (the embedded default guest's)."""
+    from vmboot.default_guest import GUEST_IMAGE_DIR, shipped_busybox
 
-    try:
-        return find_busybox()
-    except FetchError:
-        pass
-    try:
-        return fetch_busybox()
-    except FetchError as e:
-        pytest.skip(f"no static busybox for the guest: {e}")
+    path = shipped_busybox()
+    assert path is not None, f"{GUEST_IMAGE_DIR} has no busybox"
+    return path
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require_tool
 from vmboot.errors import InitramfsError, VmbootError
 from vmboot.initramfs import (
     Entry,
@@ -242,8 +243,7 @@ def test_compressed_images_decompress_to_the_same_archive(method: str) -> None:
     assert decompress(packed) == ARCHIVE
     assert read_cpio(packed) == read_cpio(ARCHIVE)
     tool = TOOL_DECOMPRESS[method]
-    if shutil.which(tool[0]) is None:
-        pytest.skip(f"{tool[0]} is not installed: cannot cross-check with the reference tool")
+    require_tool(tool[0], tool[0])
     done = subprocess.run(tool, input=packed, capture_output=True, check=True)
     assert done.stdout == ARCHIVE
 
