@@ -201,7 +201,7 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
         if not path.is_file():
             raise KernelImageError(
                 f"${KERNEL_ENV}={from_env!r}: no such file (valid: the path of a bzImage; "
-                f"unset it to use the cached or the host's kernel)"
+                f"unset it to use the cached or the shipped kernel)"
             )
         return path
     if cache is None:

@@ -47,7 +47,8 @@ APT_TIMEOUT = 600
 EXECUTABLE_MODE = 0o755
 
 HOW_TO_GET_BUSYBOX = (
-    "get one with `vmboot fetch busybox` (downloads Debian's busybox-static into the vmboot cache "
+    "use the one vmboot ships (no --busybox, $VMBOOT_BUSYBOX unset), get one with "
+    "`vmboot fetch busybox` (downloads Debian's busybox-static into the vmboot cache "
     "through apt-get; run `apt-get update` first on a fresh machine), or install it system-wide "
     "with `apt-get install busybox-static`"
 )
@@ -63,8 +64,8 @@ def static_elf_problem(path: Path) -> str | None:
                 return f"ELF type {elf.e_type} is not an executable (valid: ET_EXEC or ET_DYN)"
             if any(seg.type == PT_INTERP for seg in elf.segments):
                 return "it is dynamically linked (has a PT_INTERP program header)"
-    except ElfFormatError as e:
-        return str(e)
+    except ElfFormatError as e:  # its message starts with the path: the caller names it once
+        return str(e).removeprefix(f"{path}: ")
     except OSError as e:
         return f"cannot read it: {e.strerror}"
     return None
