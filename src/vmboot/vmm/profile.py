@@ -15,9 +15,8 @@ Typical use::
     print(prof.profile(m.symbolize).render())
 
 A sample costs one round trip out of the guest, two register reads and a hand-over of
-the GIL between the sampling thread and the run loop: here, 20,000 port writes took
-0.19 s alone and 0.33 s with 629 samples taken (2 kHz asked), about 0.2 ms a sample, so
-the default 100 Hz costs the guest about 2 % of its time.
+the GIL between the sampling thread and the run loop. When the symbols cannot be read,
+:attr:`Profile.note` says why.
 """
 
 from __future__ import annotations
