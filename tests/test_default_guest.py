@@ -125,3 +125,40 @@ def test_rebuild_gives_the_recorded_checksums(tmp_path: Path) -> None:
     subprocess.run(["bash", str(GUEST_IMAGE_DIR / BUILD_SCRIPT_NAME)], env=env, check=True)
     assert read_checksums(out) == read_checksums()
     assert verify(out) == []
+
+
+def test_kernel_is_fetched_on_first_use_when_none_is_found(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vmboot.errors import KernelImageError
+    from vmboot.guest_choice import choose_kernel
+
+    fetched = tmp_path / "cache" / "debian-kernels" / "6.1.0-9" / "boot" / "vmlinuz-6.1.0-9-cloud-amd64"
+
+    def nothing_found() -> Path:
+        raise KernelImageError("no kernel to boot")
+
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VMBOOT_KERNEL", raising=False)
+    monkeypatch.setattr("vmboot.execute.find_kernel", nothing_found)
+    monkeypatch.setattr("vmboot.fetch.fetch_debian_kernel", lambda: fetched)
+    lines: list[str] = []
+    assert choose_kernel(progress=lines.append) == fetched
+    assert len(lines) == 1 and str(tmp_path / "cache" / "debian-kernels") in lines[0]
+    # an explicit choice is never replaced by a download
+    mine = tmp_path / "mine"
+    assert choose_kernel(mine, progress=lines.append) == mine
+    monkeypatch.undo()
+    monkeypatch.setenv("VMBOOT_KERNEL", str(tmp_path / "nope"))
+    with pytest.raises(KernelImageError, match="VMBOOT_KERNEL"):
+        choose_kernel(progress=lines.append)
+    assert len(lines) == 1
+
+
+def test_the_default_kernel_is_the_shipped_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vmboot.guest_choice import choose_kernel
+
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("VMBOOT_KERNEL", raising=False)
+    never: list[str] = []
+    assert choose_kernel(progress=never.append) == GUEST_IMAGE_DIR / KERNEL_NAME
+    assert never == []
