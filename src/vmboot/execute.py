@@ -29,9 +29,11 @@ How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
 The kernel (``kernel=None``, :func:`find_kernel`), in this order:
 
 1. ``$VMBOOT_KERNEL``;
-2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
-   ``vmboot fetch kernel`` stored;
-3. the kernel vmboot ships (:mod:`vmboot.default_guest`);
+2. the kernel vmboot ships (:mod:`vmboot.default_guest`), which boots on every KVM host,
+   including those whose ``/dev/kvm`` is PVM;
+3. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
+   ``vmboot fetch kernel`` stored (pass it as ``kernel=`` to use it while the shipped
+   kernel is installed: ``vmboot exec --kernel "$(vmboot fetch kernel)"``);
 4. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
 
 The busybox: :func:`vmboot.guest_choice.choose_busybox` (the embedded one unless the caller
@@ -204,19 +206,18 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
                 f"unset it to use the cached or the shipped kernel)"
             )
         return path
+    shipped = shipped_kernel(GUEST_IMAGE_DIR if guest_image is None else guest_image)
+    if shipped is not None:
+        return shipped
+    tried = [f"${KERNEL_ENV} (unset)", "the kernel vmboot ships (not in this installation)"]
     if cache is None:
         from vmboot.cache import cache_dir
 
         cache = cache_dir(env)
-    tried = [f"${KERNEL_ENV} (unset)"]
     cached = cached_kernels(cache)
     if cached:
         return cached[0]
     tried.append(f"{cache}/debian-kernels/*/boot/vmlinuz-* (none)")
-    shipped = shipped_kernel(GUEST_IMAGE_DIR if guest_image is None else guest_image)
-    if shipped is not None:
-        return shipped
-    tried.append("the kernel vmboot ships (not in this installation)")
     host = boot_dir / f"vmlinuz-{os.uname().release if release is None else release}"
     if host.is_file() and os.access(host, os.R_OK):
         return host

@@ -6,9 +6,10 @@ Busybox, in this order: the caller's path, ``$VMBOOT_BUSYBOX``, the embedded one
 vmboot cache on first use, saying so in one line (with the cache path) through
 ``progress``.
 
-The kernel: see :func:`vmboot.execute.find_kernel` (the embedded kernel comes after
-``$VMBOOT_KERNEL`` and the cache, before ``/boot``); when it finds none, the newest Debian
-cloud kernel is fetched into the cache on first use, said the same way.
+The kernel: see :func:`vmboot.execute.find_kernel` (the embedded kernel comes right after
+the explicit choices, ``kernel=`` and ``$VMBOOT_KERNEL``, before the cache and ``/boot``);
+when it finds none, the newest Debian cloud kernel is fetched into the cache on first use,
+said the same way.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ status. The command runs as root in the guest's initramfs, with stdin from /dev/
 exactly the environment given with --env (no PATH: busybox applets such as ls, cat, sh
 need none). Files and directories from the host are copied in with --add.
 
-The kernel is --kernel, else $VMBOOT_KERNEL, else the newest kernel `vmboot fetch kernel`
-stored in the vmboot cache, else the kernel vmboot ships (Linux 6.1), else
-/boot/vmlinuz-$(uname -r). busybox is --busybox, else $VMBOOT_BUSYBOX, else the one vmboot
+The kernel is --kernel, else $VMBOOT_KERNEL, else the kernel vmboot ships (Linux 6.1,
+which boots on every KVM host), else the newest kernel `vmboot fetch kernel` stored in the
+vmboot cache, else /boot/vmlinuz-$(uname -r). busybox is --busybox, else $VMBOOT_BUSYBOX, else the one vmboot
 ships, else one on this host; when none is there, Debian's is fetched into the cache once.
 """
 
