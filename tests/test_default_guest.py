@@ -162,3 +162,21 @@ def test_the_default_kernel_is_the_shipped_one(monkeypatch: pytest.MonkeyPatch, 
     never: list[str] = []
     assert choose_kernel(progress=never.append) == GUEST_IMAGE_DIR / KERNEL_NAME
     assert never == []
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_guest(tmp_path: Path) -> None:
+    """`pip wheel .` packs every file of the guest image (package data), so `pip install` has it."""
+    import sys
+    import zipfile
+
+    from conftest import REPO
+
+    # build isolation: pip installs the build requirements of pyproject.toml from the index
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("vmboot-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        packed = {name: z.getinfo(name).file_size for name in z.namelist()}
+    for path in GUEST_IMAGE_DIR.iterdir():
+        assert packed.get(f"vmboot/guest_image/{path.name}") == path.stat().st_size, path.name
