@@ -11,6 +11,7 @@ The files live in the ``vmboot.guest_image`` package directory::
     SHA256SUMS       sha256sum of bzImage and busybox
     VERSIONS         "name version" lines: kernel, linux-source-6.1, busybox-static, gcc, ...
     SOURCES          where the exact sources are (the GPL-2.0 source offer)
+    kernel.config    the kernel's .config
     COPYING.linux    the kernel's licence
     COPYING.busybox  busybox's licence (Debian's copyright file)
     build.sh         rebuilds all of the above from the pinned sources (Debian 12, root)

@@ -2,7 +2,7 @@
 
 ::
 
-    result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"], kernel="tiny-bzImage")
+    result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"])   # the shipped kernel
     result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
 
 The guest is the initramfs of :func:`vmboot.initramfs.exec_image.exec_initramfs`
