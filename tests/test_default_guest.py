@@ -78,6 +78,20 @@ def test_the_kernel_is_the_version_recorded() -> None:
     assert image.kernel_version == read_versions()["kernel-release"]
 
 
+GUEST_KERNEL_OPTIONS = ("SMP", "RANDOMIZE_BASE", "UNWINDER_ORC", "DEBUG_INFO_BTF", "KEXEC", "CRASH_CORE",
+                        "VIRTIO_MMIO_CMDLINE_DEVICES", "VIRTIO_BLK", "VIRTIO_NET", "VIRTIO_CONSOLE",
+                        "VIRTIO_VSOCKETS", "HW_RANDOM_VIRTIO", "VIRTIO_FS", "EXT4_FS", "OVERLAY_FS")
+"""What the README and docs say the shipped kernel has."""
+
+
+def test_the_kernel_config_has_what_the_docs_promise() -> None:
+    config = (GUEST_IMAGE_DIR / "kernel.config").read_text().splitlines()
+    version = read_versions()["kernel"]
+    assert f"# Linux/x86_64 {version} Kernel Configuration" in config
+    missing = [name for name in GUEST_KERNEL_OPTIONS if f"CONFIG_{name}=y" not in config]
+    assert missing == []
+
+
 def test_busybox_is_static() -> None:
     assert static_elf_problem(GUEST_IMAGE_DIR / BUSYBOX_NAME) is None
 
