@@ -22,7 +22,6 @@ from vmboot.default_guest import (
     KERNEL_NAME,
     LICENCE_NAMES,
     SOURCES_NAME,
-    GuestImageError,
     read_checksums,
     read_versions,
     verify,
@@ -54,7 +53,7 @@ def test_verify_names_a_changed_or_missing_file(tmp_path: Path) -> None:
 
 def test_a_malformed_checksum_line_is_an_error(tmp_path: Path) -> None:
     (tmp_path / CHECKSUMS_NAME).write_text("abc bzImage\n")
-    with pytest.raises(GuestImageError, match=r"SHA256SUMS:1: 'abc bzImage' is not a `sha256sum` line"):
+    with pytest.raises(FetchError, match=r"SHA256SUMS:1: 'abc bzImage' is not a `sha256sum` line"):
         read_checksums(tmp_path)
 
 

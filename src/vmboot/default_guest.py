@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmboot.errors import VmbootError
+from vmboot.errors import FetchError
 
 GUEST_IMAGE_DIR = Path(__file__).resolve().parent / "guest_image"
 """The directory of the embedded guest's files."""
@@ -37,10 +37,6 @@ BUILD_SCRIPT_NAME = "build.sh"
 LICENCE_NAMES = ("COPYING.linux", "COPYING.busybox")
 CHECKSUMMED = (KERNEL_NAME, BUSYBOX_NAME)
 """The files ``SHA256SUMS`` covers."""
-
-
-class GuestImageError(VmbootError):
-    """The embedded guest's files are missing or do not match their recorded checksums."""
 
 
 def guest_file(name: str, directory: Path = GUEST_IMAGE_DIR) -> Path:
@@ -66,13 +62,13 @@ def read_checksums(directory: Path = GUEST_IMAGE_DIR) -> dict[str, str]:
     try:
         text = path.read_text(encoding="ascii")
     except OSError as e:
-        raise GuestImageError(f"{path}: cannot read the recorded checksums ({e.strerror}); "
+        raise FetchError(f"{path}: cannot read the recorded checksums ({e.strerror}); "
                               f"reinstall vmboot or rerun {BUILD_SCRIPT_NAME}") from e
     sums: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name:
-            raise GuestImageError(f"{path}:{number}: {line!r} is not a `sha256sum` line "
+            raise FetchError(f"{path}:{number}: {line!r} is not a `sha256sum` line "
                                   "(64 hex digits, two spaces, a file name)")
         sums[name] = digest
     return sums
@@ -106,7 +102,7 @@ def verify(directory: Path = GUEST_IMAGE_DIR) -> list[ChecksumMismatch]:
     sums = read_checksums(directory)
     missing = [name for name in CHECKSUMMED if name not in sums]
     if missing:
-        raise GuestImageError(f"{guest_file(CHECKSUMS_NAME, directory)}: no checksum for "
+        raise FetchError(f"{guest_file(CHECKSUMS_NAME, directory)}: no checksum for "
                               f"{', '.join(missing)}; rerun {BUILD_SCRIPT_NAME}")
     bad: list[ChecksumMismatch] = []
     for name, recorded in sums.items():
