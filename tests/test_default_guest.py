@@ -133,6 +133,10 @@ def test_busybox_is_fetched_on_first_use_with_one_line(
 @pytest.mark.skipif(os.environ.get(REBUILD_ENV) != "1",
                     reason=f"rebuilding the guest takes about an hour; set {REBUILD_ENV}=1 to run it")
 def test_rebuild_gives_the_recorded_checksums(tmp_path: Path) -> None:
+    from conftest import require, require_tool
+
+    require(os.geteuid() == 0, "root", "build.sh installs its build dependencies with apt-get")
+    require_tool("apt-get", "apt")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work")}
     subprocess.run(["bash", str(GUEST_IMAGE_DIR / BUILD_SCRIPT_NAME)], env=env, check=True)
