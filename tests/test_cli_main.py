@@ -82,3 +82,26 @@ def test_a_bad_busybox_is_named_once(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_version_is_the_package_version() -> None:
     done = vmboot("--version")
     assert done.stdout.strip() == f"vmboot {__version__}"
+
+
+def test_symbols_without_lz4_name_the_kernel_once(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import builtins
+
+    from conftest import shared_kernel_file
+    from vmboot.debug import clear_symbol_cache
+
+    kernel = str(shared_kernel_file("tiny-bzImage-lz4"))
+    real_import = builtins.__import__
+
+    def no_lz4(name: str, *args: object, **kwargs: object) -> object:
+        if name == "lz4" or name.startswith("lz4."):
+            raise ImportError("no lz4")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    clear_symbol_cache()
+    monkeypatch.setattr(builtins, "__import__", no_lz4)
+    assert main(["symbolize", "--kernel", kernel, "ffffffff81000000"]) == 1
+    clear_symbol_cache()
+    err = capsys.readouterr().err
+    assert err.count(kernel) == 1 and "needs the Python module 'lz4'" in err, err
