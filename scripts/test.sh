@@ -31,10 +31,17 @@ for p in $APT_PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
-  echo "== apt-get install$missing"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-  echo "== installed:$missing"
+  installable="" unavailable=""
+  for p in $missing; do  # e.g. passt is not in older releases: the tests that need it skip
+    if apt-cache show "$p" >/dev/null 2>&1; then installable="$installable $p"; else unavailable="$unavailable $p"; fi
+  done
+  if [ -n "$installable" ]; then
+    echo "== apt-get install$installable"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $installable >/dev/null
+    echo "== installed:$installable"
+  fi
+  if [ -n "$unavailable" ]; then echo "== not in this distribution's archive:$unavailable"; fi
 else
   echo "== apt packages: all present"
 fi
