@@ -631,7 +631,12 @@ chmod +x "$WORK/aux/lz4-stored.py"
 # ------------------------------------------------------------------- 4. build
 log "build bzImage (make -j$JOBS)"
 t0=$(date +%s)
-make -s ARCH=x86_64 -j"$JOBS" LZ4="$WORK/aux/lz4-stored.py" bzImage
+# pahole's parallel BTF encoding (-j, which scripts/pahole-flags.sh adds for pahole >= 1.22)
+# lays out .BTF differently on every run, and with it .BTF_ids, kallsyms and the build-id:
+# three links of the same objects gave three different bzImages. Encoded on one thread, the
+# same objects always give the same bytes.
+PAHOLE_FLAGS=$(PAHOLE=pahole scripts/pahole-flags.sh | sed 's/ -j\b//')
+make -s ARCH=x86_64 -j"$JOBS" LZ4="$WORK/aux/lz4-stored.py" PAHOLE_FLAGS="$PAHOLE_FLAGS" bzImage
 t1=$(date +%s)
 echo "build time: $((t1 - t0)) s"
 cp arch/x86/boot/bzImage "$WORK/aux/bzImage.stored"
