@@ -46,23 +46,11 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     build-essential bc bison flex libelf-dev libssl-dev cpio lz4 gzip xz-utils \
     python3 file ca-certificates binutils patch dwarves >/dev/null
-if apt-get install -y -qq --no-install-recommends "linux-source-6.1=$KVER_PIN" >/dev/null 2>&1; then
-    echo "linux-source-6.1 $KVER_PIN"
-else
-    if [ "$ALLOW_UNPINNED" != 1 ]; then
-        echo "linux-source-6.1=$KVER_PIN is not available from apt; install it from snapshot.debian.org" \
-             "or set ALLOW_UNPINNED=1" >&2
-        exit 1
-    fi
-    echo "WARNING: linux-source-6.1=$KVER_PIN not available, using the candidate version"
-    apt-get install -y -qq --no-install-recommends linux-source-6.1 >/dev/null
-fi
-
 mkdir -p "$WORK" "$OUT"
 WORK=$(cd "$WORK" && pwd); OUT=$(cd "$OUT" && pwd)
 cd "$WORK"
-rm -rf linux-source-6.1 busybox-deb aux
-mkdir -p aux/patches busybox-deb
+rm -rf linux-source-6.1 busybox-deb source-deb aux
+mkdir -p aux/patches busybox-deb source-deb
 
 log "busybox-static"
 if ! (cd busybox-deb && apt-get download "busybox-static=$BUSYBOX_PIN" >/dev/null 2>&1); then
@@ -74,10 +62,22 @@ BUSYBOX_VERSION=$(dpkg-deb -f busybox-deb/busybox-static_*.deb Version)
 BUSYBOX=$WORK/busybox-deb/root/bin/busybox
 test -x "$BUSYBOX"
 
-KSRC_VERSION=$(dpkg-query -W -f '${Version}' linux-source-6.1)
-
 log "kernel source"
-tar xf /usr/src/linux-source-6.1.tar.xz
+# downloaded and unpacked here, not installed: the host's own linux-source-6.1 (another
+# version, perhaps) is left alone
+if ! (cd source-deb && apt-get download "linux-source-6.1=$KVER_PIN" >/dev/null 2>&1); then
+    if [ "$ALLOW_UNPINNED" != 1 ]; then
+        echo "linux-source-6.1=$KVER_PIN is not available from apt; get its .deb from" \
+             "snapshot.debian.org or set ALLOW_UNPINNED=1" >&2
+        exit 1
+    fi
+    echo "WARNING: linux-source-6.1=$KVER_PIN not available, using the candidate version"
+    (cd source-deb && apt-get download linux-source-6.1 >/dev/null)
+fi
+KSRC_VERSION=$(dpkg-deb -f source-deb/linux-source-6.1_*.deb Version)
+echo "linux-source-6.1 $KSRC_VERSION"
+dpkg-deb -x source-deb/linux-source-6.1_*.deb source-deb/root
+tar xf source-deb/root/usr/src/linux-source-6.1.tar.xz
 KSRC=$WORK/linux-source-6.1
 echo "kernel version: $(make -s -C "$KSRC" kernelversion)"
 
