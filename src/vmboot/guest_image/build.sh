@@ -10,7 +10,9 @@
 # busybox (Debian's busybox-static, unmodified), kernel.config, COPYING.linux,
 # COPYING.busybox, VERSIONS, SHA256SUMS. SOURCES says where the exact
 # sources are. The build identity is fixed, so the same pins and toolchain (gcc 12.2.0,
-# binutils 2.40, pahole from bookworm) give the same bytes.
+# binutils 2.40, pahole from bookworm) give the same kernel code and data; the 20-byte GNU
+# build-id still differs between work directories (it hashes the DWARF, which records the
+# absolute source path), so a byte-identical bzImage also needs the same $WORK.
 #
 # Steps: 1) apt packages + Debian's linux-source-6.1 and busybox-static, both pinned
 #        2) tinyconfig + the fragment below (+ 9 small patches)
