@@ -127,27 +127,52 @@ def test_kernel_from_cache_newest_version(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     _touch(boot / "vmlinuz-1.2.3")
     assert cached_kernels(cache)[0] == newest
-    assert find_kernel({}, cache=cache, boot_dir=boot, release="1.2.3") == newest
+    assert find_kernel({}, cache=cache, boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "no-guest") == newest
 
 
 def test_cache_dir_follows_the_environment(tmp_path: Path) -> None:
     newest = _touch(tmp_path / "c/debian-kernels/6.1.0-2/boot/vmlinuz-6.1.0-2-cloud-amd64")
-    assert find_kernel({"VMBOOT_CACHE": str(tmp_path / "c")}, boot_dir=tmp_path / "boot") == newest
+    assert find_kernel({"VMBOOT_CACHE": str(tmp_path / "c")}, boot_dir=tmp_path / "boot",
+                       guest_image=tmp_path / "no-guest") == newest
 
 
 def test_kernel_from_boot_for_the_running_release(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     _touch(boot / "vmlinuz-0.0.1")
     host = _touch(boot / "vmlinuz-1.2.3")
-    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3") == host
+    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "no-guest") == host
+
+
+def test_shipped_kernel_right_after_the_explicit_choices(tmp_path: Path) -> None:
+    """A Debian kernel in the cache (tests and `vmboot fetch kernel` put one there) does not
+    boot where /dev/kvm is PVM; the shipped one does everywhere, so it comes first."""
+    boot = tmp_path / "boot"
+    _touch(boot / "vmlinuz-1.2.3")
+    _touch(tmp_path / "cache/debian-kernels/6.1.0-9/boot/vmlinuz-6.1.0-9-cloud-amd64")
+    shipped = _touch(tmp_path / "guest" / "bzImage")
+    assert find_kernel({}, cache=tmp_path / "cache", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "guest") == shipped
+    mine = _touch(tmp_path / "mine")
+    assert find_kernel({"VMBOOT_KERNEL": str(mine)}, cache=tmp_path / "cache", boot_dir=boot,
+                       release="1.2.3", guest_image=tmp_path / "guest") == mine
+
+
+def test_the_installed_package_ships_a_kernel(tmp_path: Path) -> None:
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR
+
+    found = find_kernel({}, cache=tmp_path / "empty", boot_dir=tmp_path / "boot", release="1.2.3")
+    assert found == GUEST_IMAGE_DIR / "bzImage"
 
 
 def test_no_kernel_says_where_it_looked_and_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(KernelImageError) as e:
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
     msg = str(e.value)
-    assert "vmlinuz-1.2.3 (missing)" in msg
-    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "tiny-bzImage" in msg
+    assert "vmlinuz-1.2.3 (missing)" in msg and "the kernel vmboot ships (not in this installation)" in msg
+    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "reinstall vmboot" in msg
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file, so 'not readable' cannot happen")
@@ -155,7 +180,8 @@ def test_unreadable_boot_kernel_is_skipped(tmp_path: Path) -> None:
     host = _touch(tmp_path / "vmlinuz-1.2.3")
     host.chmod(0)
     with pytest.raises(KernelImageError, match="not readable"):
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
 
 
 # -- CLI parsing ----------------------------------------------------------------------------

@@ -204,6 +204,8 @@ class Machine:
         self.console.line_watcher = self._panic
         self._symbols: SymbolTable | None = None
         self._symbols_failed = False
+        self.symbols_problem: str | None = None
+        """Why :meth:`symbolize` has no symbols (set when loading them failed)."""
         self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
                                    serial_outputs=serial_outputs)
         self.port_bus = PortBus()
@@ -344,8 +346,9 @@ class Machine:
         if self._symbols is None and not self._symbols_failed:
             try:
                 self._symbols = debug.load_symbols(**self._symbol_sources())
-            except DebugError:
+            except DebugError as e:
                 self._symbols_failed = True
+                self.symbols_problem = str(e)
         if self._symbols is None:
             return None
         text = str(self._symbols.lookup(address))
