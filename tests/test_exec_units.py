@@ -378,6 +378,7 @@ def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
     """The guard above is not vacuous: with valid options the builder is reached."""
     from bzimage_builder import build_bzimage
     from vmboot.execute import api, image
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
 
     class Built(Exception):
         pass
@@ -388,5 +389,7 @@ def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
     monkeypatch.setattr(image, "exec_initramfs", builder)
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(build_bzimage())
+    busybox = shipped_busybox()
+    assert busybox is not None, f"{GUEST_IMAGE_DIR} has no busybox"
     with pytest.raises(Built):
-        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox", memory="64M")
+        api.exec_command(["true"], kernel=kernel, busybox=busybox, memory="64M")
