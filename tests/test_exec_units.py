@@ -393,3 +393,21 @@ def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
     assert busybox is not None, f"{GUEST_IMAGE_DIR} has no busybox"
     with pytest.raises(Built):
         api.exec_command(["true"], kernel=kernel, busybox=busybox, memory="64M")
+
+
+def test_exec_refuses_a_busybox_that_is_not_static_before_building_the_initramfs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bzimage_builder import build_bzimage
+    from vmboot.errors import FetchError
+    from vmboot.execute import api, image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the busybox was checked")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    script = tmp_path / "busybox"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(FetchError, match=rf"busybox {script}: not usable in the guest"):
+        api.exec_command(["true"], kernel=kernel, busybox=script, memory="64M")
