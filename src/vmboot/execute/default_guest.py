@@ -30,6 +30,7 @@ GUEST_IMAGE_DIR = Path(__file__).resolve().parent.parent / "guest_image"
 
 KERNEL_NAME = "bzImage"
 BUSYBOX_NAME = "busybox"
+"""busybox's file name, here, on ``$PATH`` and in the cache."""
 CHECKSUMS_NAME = "SHA256SUMS"
 VERSIONS_NAME = "VERSIONS"
 SOURCES_NAME = "SOURCES"

@@ -28,7 +28,7 @@ from pathlib import Path
 from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
 from vmboot.errors import ElfFormatError, FetchError, KernelImageError
 from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir
-from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_kernel
+from vmboot.execute.default_guest import BUSYBOX_NAME, GUEST_IMAGE_DIR, shipped_kernel
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 BOOT_DIR = Path("/boot")
@@ -38,7 +38,6 @@ HOW_TO_GET_A_KERNEL = (
     "(a Debian cloud kernel into the vmboot cache), or reinstall vmboot (its wheel ships a "
     "kernel that boots everywhere, including on hosts whose /dev/kvm is PVM)"
 )
-BUSYBOX_NAME = "busybox"
 BUSYBOX_SYSTEM_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 HOW_TO_GET_BUSYBOX = (
     "use the one vmboot ships (no --busybox, $VMBOOT_BUSYBOX unset), get one with "
