@@ -336,47 +336,66 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
 # -- validation before anything is built ------------------------------------------------------
 
 
+@pytest.fixture
+def no_initramfs_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the exec initramfs fails the test: what is checked first must refuse first."""
+    from vmboot.execute import image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the configuration was validated")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+
+
+@pytest.fixture
+def small_kernel(tmp_path: Path) -> Path:
+    from bzimage_builder import build_bzimage
+
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    return kernel
+
+
 @pytest.mark.parametrize(("option", "value", "field"), [
     ("memory", "lots", "memory"), ("memory", "1M", "memory size"),
     ("cpuid_policy", "fastest", "cpuid_policy"), ("entry", "bios", "entry"),
     ("capture_limit", -1, "capture_limit"), ("timeout", 0, "timeout"),
 ])
 def test_exec_refuses_a_bad_option_before_building_the_initramfs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, value: object,
+        no_initramfs_build: None, small_kernel: Path, tmp_path: Path, option: str, value: object,
         field: str) -> None:
-    from bzimage_builder import build_bzimage
-    from vmboot.execute import api, image
+    from vmboot.execute import api
 
-    def must_not_build(*args: object, **kwargs: object) -> bytes:
-        pytest.fail("the initramfs was built before the configuration was validated")
-
-    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(build_bzimage())
     with pytest.raises(VmbootError) as info:
-        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox",
+        api.exec_command(["true"], kernel=small_kernel, busybox=tmp_path / "busybox",
                          **{option: value})  # type: ignore[arg-type]
     assert str(info.value).startswith(f"{field}: ")
 
 
 def test_exec_refuses_a_file_that_is_no_kernel_before_building_the_initramfs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from vmboot.execute import api, image
+        no_initramfs_build: None, tmp_path: Path) -> None:
+    from vmboot.execute import api
 
-    def must_not_build(*args: object, **kwargs: object) -> bytes:
-        pytest.fail("the initramfs was built before the kernel was read")
-
-    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
     text = tmp_path / "notes.txt"
     text.write_text("not a kernel\n")
     with pytest.raises(KernelFormatError, match="is a text file"):
         api.exec_command(["true"], kernel=text, busybox=tmp_path / "busybox")
 
 
+def test_exec_refuses_a_busybox_that_is_not_static_before_building_the_initramfs(
+        no_initramfs_build: None, small_kernel: Path, tmp_path: Path) -> None:
+    from vmboot.errors import FetchError
+    from vmboot.execute import api
+
+    script = tmp_path / "busybox"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(FetchError, match=rf"busybox {script}: not usable in the guest"):
+        api.exec_command(["true"], kernel=small_kernel, busybox=script, memory="64M")
+
+
 def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The guard above is not vacuous: with valid options the builder is reached."""
-    from bzimage_builder import build_bzimage
+        monkeypatch: pytest.MonkeyPatch, small_kernel: Path) -> None:
+    """The guards above are not vacuous: with valid options the builder is reached."""
     from vmboot.execute import api, image
     from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
 
@@ -387,27 +406,7 @@ def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
         raise Built
 
     monkeypatch.setattr(image, "exec_initramfs", builder)
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(build_bzimage())
     busybox = shipped_busybox()
     assert busybox is not None, f"{GUEST_IMAGE_DIR} has no busybox"
     with pytest.raises(Built):
-        api.exec_command(["true"], kernel=kernel, busybox=busybox, memory="64M")
-
-
-def test_exec_refuses_a_busybox_that_is_not_static_before_building_the_initramfs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from bzimage_builder import build_bzimage
-    from vmboot.errors import FetchError
-    from vmboot.execute import api, image
-
-    def must_not_build(*args: object, **kwargs: object) -> bytes:
-        pytest.fail("the initramfs was built before the busybox was checked")
-
-    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(build_bzimage())
-    script = tmp_path / "busybox"
-    script.write_text("#!/bin/sh\n")
-    with pytest.raises(FetchError, match=rf"busybox {script}: not usable in the guest"):
-        api.exec_command(["true"], kernel=kernel, busybox=script, memory="64M")
+        api.exec_command(["true"], kernel=small_kernel, busybox=busybox, memory="64M")
