@@ -42,6 +42,8 @@ examples:
   vmboot demo                                  boot the bundled probe kernel and show what it checked
   vmboot inspect /boot/vmlinuz-$(uname -r)     decode a kernel's boot protocol header
   dmesg | vmboot symbolize --kernel bzImage    name the kernel addresses in a log
+  vmboot report console.log                    the kernel's reports in a saved log, and one verdict
+  vmboot trace vmcore.1.panic --kernel bzImage every CPU's kernel stack in a vmcore
   vmboot fetch kernel                          download a Debian cloud kernel into the vmboot cache
 
 Run `vmboot VERB --help` for each verb's options.
