@@ -67,6 +67,16 @@ def tiny_initramfs_min() -> Path:
     return shared_kernel_file("tiny-initramfs-min.cpio")
 
 
+@pytest.fixture(scope="session")
+def busybox() -> Path:
+    """The static busybox vmboot ships (the embedded default guest's), part of the repository."""
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
+
+    path = shipped_busybox()
+    assert path is not None, f"{GUEST_IMAGE_DIR} has no busybox"
+    return path
+
+
 def kvm_usable() -> tuple[bool, str]:
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist (no KVM on this host)"
@@ -81,6 +91,11 @@ requires_kvm = pytest.mark.kvm
 skipped (failed under CI) by :func:`pytest_runtest_setup`."""
 
 
+def require_kvm() -> None:
+    """:func:`missing` unless /dev/kvm is usable (for fixtures that boot before a test runs)."""
+    require(_KVM_OK, "/dev/kvm", _KVM_WHY)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kvm") is not None:
-        require(_KVM_OK, "/dev/kvm", _KVM_WHY)
+        require_kvm()

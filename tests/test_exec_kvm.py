@@ -23,16 +23,6 @@ LIMIT = 600
 """Seconds any one boot may take before the test gives up (a hang, not a slow host)."""
 
 
-@pytest.fixture(scope="module")
-def busybox() -> Path:
-    """The busybox vmboot ships (the embedded default guest's)."""
-    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
-
-    path = shipped_busybox()
-    assert path is not None, f"{GUEST_IMAGE_DIR} has no busybox"
-    return path
-
-
 @pytest.fixture
 def exec_env(busybox: Path) -> dict[str, str]:
     kernel = shared_kernel_file("tiny-bzImage")

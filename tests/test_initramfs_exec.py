@@ -25,17 +25,6 @@ from vmboot.execute.image import (
 )
 from vmboot.initramfs import EntryKind, read_cpio
 
-
-@pytest.fixture(scope="module")
-def busybox() -> Path:
-    """The busybox vmboot ships (the embedded default guest's)."""
-    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
-
-    path = shipped_busybox()
-    assert path is not None, f"{GUEST_IMAGE_DIR} has no busybox"
-    return path
-
-
 # -- command file ---------------------------------------------------------------------------
 
 
