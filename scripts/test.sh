@@ -18,14 +18,15 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 #   cpio                             GNU cpio reads and writes the initramfs archives we compare with
 #   lz4, zstd, xz-utils, gzip        the reference decompressors for kernels and initramfs
 #   busybox-static                   a static busybox for custom guest images
-#   qemu-system-x86                  the side-by-side boots (TCG and KVM)
+#   qemu-system-x86                  the side-by-side boots (TCG and KVM), QEMU dumps, virtiofsd
 #   file                             an independent reading of kernel headers
 #   dpkg-dev (dpkg-deb), apt         fetching Debian's kernel and busybox packages
 #   e2fsprogs, passt, crash, gdb,    disk images, user-mode networking, post-mortem readers
 #   dwarves (pahole), iproute2
+#   linux-source-6.1                 tools/include/nolibc, to rebuild the guest agent and compare
 #   python3-venv                     the virtual environment below
 APT_PACKAGES="binutils gcc linux-libc-dev cpio lz4 zstd xz-utils gzip busybox-static qemu-system-x86
-file dpkg-dev e2fsprogs passt crash gdb dwarves iproute2 python3-venv"
+file dpkg-dev e2fsprogs passt crash gdb dwarves iproute2 linux-source-6.1 python3-venv"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -57,7 +58,7 @@ PY="$VENV/bin/python"
 echo "== pip install -e .[test]"
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "== python packages: $("$PY" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(vmboot|numpy|lz4|zstandard|pytest|hypothesis|mypy|ruff)==' | tr '\n' ' ')"
+  | grep -iE '^(vmboot|numpy|lz4|zstandard|pytest|hypothesis|mypy|ruff|drgn)==' | tr '\n' ' ')"
 
 echo "== ruff"
 "$PY" -m ruff check src tests bench fuzz
