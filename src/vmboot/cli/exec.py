@@ -84,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--kernel", metavar="KERNEL", default=None,
-                   help="a bzImage (default: $VMBOOT_KERNEL, the cached kernel, /boot/vmlinuz-$(uname -r))")
+                   help="a bzImage (default: $VMBOOT_KERNEL, else the kernel vmboot ships: see above)")
     p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
                    help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
     p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
