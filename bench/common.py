@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
 
 
 @dataclass
@@ -90,8 +91,20 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     payload = {"benchmark": name, "machine": machine(),
                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    path.write_text(portable_paths(json.dumps(payload, indent=2, default=_jsonable)) + "\n")
     return path
+
+
+def portable_paths(text: str) -> str:
+    """``text`` with this host's paths made ones a reader can run anywhere: the repository's
+    own relative to it (the shared kernels as ``../shared/kernels``), the interpreter as
+    ``python3`` and the home directory as ``~``."""
+    import sys
+
+    for absolute, portable in ((sys.executable, "python3"), (str(REPO.parent / "shared"), "../shared"),
+                               (str(REPO) + "/", ""), (str(REPO), "."), (str(Path.home()) + "/", "~/")):
+        text = text.replace(absolute, portable)
+    return text
 
 
 def _jsonable(obj: object) -> object:

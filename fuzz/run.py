@@ -73,7 +73,7 @@ def run_one_atheris(name: str, seconds: float | None, runs: int | None, address_
     artifacts = FUZZ_DIR / "findings" / name
     artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(FUZZ_DIR / f"fuzz_{name}.py"), str(corpus),
-           f"-artifact_prefix={artifacts}/", f"-timeout={max(1, int(input_timeout))}",
+           f"-artifact_prefix={artifacts.relative_to(REPO)}/", f"-timeout={max(1, int(input_timeout))}",
            f"-rss_limit_mb={address_space >> 20}", "-print_final_stats=1"]
     if seconds is not None:
         cmd.append(f"-max_total_time={max(1, int(seconds))}")

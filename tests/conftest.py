@@ -1,20 +1,54 @@
-"""Shared fixtures: the tiny test kernel in ../shared/kernels, and KVM availability."""
+"""Shared fixtures: the tiny test kernel in ../shared/kernels, KVM, and missing prerequisites.
+
+A test that needs something outside the repository (``/dev/kvm``, the shared test kernels,
+GNU cpio, busybox, QEMU, the Debian archive, ...) calls :func:`require`: outside CI a
+missing prerequisite skips the test and says why; under CI (``CI=true``) it fails the test
+with the prerequisite's name, so a CI machine cannot pass by skipping.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_KERNELS = Path(os.environ.get("VMBOOT_SHARED_KERNELS", REPO.parent / "shared" / "kernels"))
+SHARED_KERNELS_ENV = "VMBOOT_SHARED_KERNELS"
+SHARED_KERNELS = Path(os.environ.get(SHARED_KERNELS_ENV, REPO.parent / "shared" / "kernels"))
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+"""Under CI a missing prerequisite fails the test instead of skipping it."""
+
+
+def missing(what: str, why: str = "") -> NoReturn:
+    """Skip the calling test (or fail it under CI): the prerequisite ``what`` is missing, ``why``."""
+    message = f"missing prerequisite {what}" + (f": {why}" if why else "")
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: prerequisites must be present)", pytrace=False)
+    pytest.skip(message)
+
+
+def require(ok: object, what: str, why: str = "") -> None:
+    """:func:`missing` unless ``ok``."""
+    if not ok:
+        missing(what, why)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of the command ``name`` (from the Debian package ``package``), or skip/fail."""
+    path = shutil.which(name)
+    require(path, name, f"not on PATH (apt-get install {package})")
+    assert path is not None
+    return path
 
 
 def shared_kernel_file(name: str) -> Path:
     path = SHARED_KERNELS / name
-    if not path.exists():
-        pytest.skip(f"{path} is missing (the test kernels live in ../shared/kernels beside the repo)")
+    require(path.exists(), f"shared test kernel {name}",
+            f"{path} is missing (the test kernels live in ../shared/kernels beside the repository, "
+            f"or in ${SHARED_KERNELS_ENV})")
     return path
 
 
@@ -33,6 +67,16 @@ def tiny_initramfs_min() -> Path:
     return shared_kernel_file("tiny-initramfs-min.cpio")
 
 
+@pytest.fixture(scope="session")
+def busybox() -> Path:
+    """The static busybox vmboot ships (the embedded default guest's), part of the repository."""
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
+
+    path = shipped_busybox()
+    assert path is not None, f"{GUEST_IMAGE_DIR} has no busybox"
+    return path
+
+
 def kvm_usable() -> tuple[bool, str]:
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist (no KVM on this host)"
@@ -42,4 +86,16 @@ def kvm_usable() -> tuple[bool, str]:
 
 
 _KVM_OK, _KVM_WHY = kvm_usable()
-requires_kvm = pytest.mark.skipif(not _KVM_OK, reason=_KVM_WHY or "KVM available")
+requires_kvm = pytest.mark.kvm
+"""Marks a test as needing /dev/kvm: ``-m "not kvm"`` deselects it, and without KVM it is
+skipped (failed under CI) by :func:`pytest_runtest_setup`."""
+
+
+def require_kvm() -> None:
+    """:func:`missing` unless /dev/kvm is usable (for fixtures that boot before a test runs)."""
+    require(_KVM_OK, "/dev/kvm", _KVM_WHY)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kvm") is not None:
+        require_kvm()

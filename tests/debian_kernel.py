@@ -4,11 +4,12 @@
 vmlinux from the matching ``-dbg`` package, both unpacked by ``scripts/fetch-debian-kernel.sh``
 into ``$VMBOOT_CACHE/debian-kernels`` (default ``~/.cache/vmboot/debian-kernels``). Each
 returns None when the file cannot be had (no apt-get, no network, package not in the apt
-sources); ``skip_reason()`` then says why, for ``pytest.skip``::
+sources); ``skip_reason()`` then says why, for ``conftest.missing`` (a skip, or a failure
+under CI)::
 
     path = debian_kernel()
     if path is None:
-        pytest.skip(skip_reason())
+        missing("the Debian cloud kernel", skip_reason())
 
 The first call downloads (~27 MB for the kernel, ~280 MB for -dbg); later calls only look in
 the cache. Set ``VMBOOT_OFFLINE=1`` to never download.

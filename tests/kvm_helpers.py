@@ -6,14 +6,11 @@ directory; tests that need it skip when binutils is missing.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 from vmboot.hv import DescriptorTable, Register, Segment, SegmentRegister
 from vmboot.hv.kvm import KvmVCPU, KvmVM
@@ -37,9 +34,10 @@ SEL_TSS = 0x20
 
 
 def need_binutils() -> None:
+    from conftest import require_tool
+
     for tool in ("as", "ld"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"GNU {tool} is not installed (apt-get install binutils)")
+        require_tool(tool, "binutils")
 
 
 def assemble(source: str, base: int = CODE_GPA, bits: int = 64) -> bytes:

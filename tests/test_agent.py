@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from vmboot.agent import agent_binary
 from vmboot.agent import protocol as p
 from vmboot.agent.build import LINUX_SOURCE_TARBALL, build
@@ -142,11 +143,8 @@ def test_the_guest_closing_the_connection_is_one_line(agent: AgentClient) -> Non
 
 
 def test_committed_agent_rebuilds_byte_identical(tmp_path: Path) -> None:
-    if not LINUX_SOURCE_TARBALL.is_file():
-        message = f"{LINUX_SOURCE_TARBALL} is missing (Debian package linux-source-6.1)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(LINUX_SOURCE_TARBALL.is_file(), "linux-source-6.1",
+            f"{LINUX_SOURCE_TARBALL} is missing (apt-get install linux-source-6.1)")
     rebuilt = build(tmp_path)
     assert rebuilt.read_bytes() == agent_binary().read_bytes()
 

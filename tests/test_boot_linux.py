@@ -1,10 +1,10 @@
 """Real Linux under vmboot: the tiny 6.1 kernel boots to its init and reboots (exit RESET).
 
-These boot /work/shared/kernels/tiny-bzImage (see its README) under the real /dev/kvm,
-which on this project's machine is emulated at ~1 M ring-0 instructions/s: each boot
-takes tens of seconds, so only two configurations run here (the milestone comparison in
-test_qemu_milestones.py is a third). Boot times are printed (``pytest -s`` or ``-rP``),
-never asserted.
+These boot ../shared/kernels/tiny-bzImage (see its README) under the real /dev/kvm,
+which on a host whose /dev/kvm is PVM (docs/pvm-hosts.md) runs ring-0 code at ~1 M
+instructions/s: each boot takes tens of seconds, so only two configurations run here
+(the milestone comparison in test_qemu_milestones.py is a third). Boot times are printed
+(``pytest -s`` or ``-rP``), never asserted.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def boot(initramfs: str, cmdline: str, memory: str = "64M") -> RunResult:
 @requires_kvm
 def test_min_initramfs_quiet_boots_to_init_and_reboots() -> None:
     result = boot("tiny-initramfs-min.cpio", BASE_CMDLINE + " quiet")
-    assert b"reboot: Restarting system" in result.console or b"Restarting" in result.console or \
-        result.exit.detail  # quiet hides most messages; the RESET exit is what counts
+    # `quiet` hides most messages, but the kernel prints this one at KERN_EMERG
+    assert b"reboot: Restarting system" in result.console
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``f
 # isort: split
 from fuzz.seeds import BTF_SAMPLE, build_btf
 
-from conftest import shared_kernel_file
+from conftest import missing, require_tool, shared_kernel_file
 from vmboot.debug.btf import Btf, BtfFormatError, BtfKind, BtfLookupError
 from vmboot.debug.tasks import task_state_letter
 from vmboot.elf import ElfFile
@@ -96,8 +96,7 @@ def pahole_layout(elf: Path, struct: str, source: str) -> tuple[int, dict[str, t
 
 @pytest.fixture(scope="module")
 def tiny_smp_dwarf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("pahole") is None:
-        pytest.skip("pahole is not installed")
+    require_tool("pahole", "dwarves")
     packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
     out = tmp_path_factory.mktemp("dwarf") / "tiny-smp-vmlinux.debug"
     with lzma.open(packed) as src, out.open("wb") as dst:
@@ -126,12 +125,11 @@ def test_btf_of_the_debian_cloud_kernel_from_the_image_alone(tmp_path: Path) -> 
 
     image = debian_kernel()
     if image is None:
-        pytest.skip(skip_reason())
+        missing("the Debian cloud kernel", skip_reason())
     data = image.read_bytes()
     btf = Btf.from_kernel_image(data, image.name)
     assert len(btf) > 50_000
-    if shutil.which("pahole") is None:
-        pytest.skip("pahole is not installed")
+    require_tool("pahole", "dwarves")
     # pahole reads the same .BTF out of the decompressed ELF: an independent parser.
     elf = tmp_path / "vmlinux"
     elf.write_bytes(uncompressed_kernel(data, image.name))

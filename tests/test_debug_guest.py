@@ -1,27 +1,25 @@
 """Stack traces of a real Linux guest (the tiny 6.1 kernel) under KVM: the idle loop, and a panic.
 
-Slow (each boot takes 15-40 s of emulated ring-0 time under this host's PVM) and needs
-/dev/kvm and vmboot.vmm.machine.Machine.
+Slow (each boot takes 15-40 s where /dev/kvm emulates guest ring-0 code) and needs
+/dev/kvm and the shared test kernels.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import SHARED_KERNELS, require
 from vmboot.debug import capture_stack_trace, clear_symbol_cache, format_trace, kaslr_slide
 from vmboot.debug.page_walk import GuestAddressSpace
 from vmboot.debug.symbol_sources import load_symbols
 from vmboot.hv.registers import GENERAL_REGISTERS
 
-KERNELS = Path("/work/shared/kernels")
-BZIMAGE = KERNELS / "tiny-bzImage"
-VMLINUX = KERNELS / "tiny-vmlinux"
-INITRD = KERNELS / "tiny-initramfs-min.cpio"
+BZIMAGE = SHARED_KERNELS / "tiny-bzImage"
+VMLINUX = SHARED_KERNELS / "tiny-vmlinux"
+INITRD = SHARED_KERNELS / "tiny-initramfs-min.cpio"
 BASE_CMDLINE = "console=ttyS0 reboot=k quiet"
 BOOT_LIMIT_S = 240.0
 RUN_SLICE_S = 5.0
@@ -30,14 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.kvm]
 
 
 def _machine_class() -> Any:
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("/dev/kvm is missing: real guest boots need KVM")
-    if not BZIMAGE.exists():
-        pytest.skip(f"{BZIMAGE} is missing")
-    try:
-        from vmboot.vmm.machine import Machine
-    except ImportError as exc:
-        pytest.skip(f"vmboot.vmm.machine is not importable yet: {exc}")
+    for path in (BZIMAGE, VMLINUX, INITRD):
+        require(path.exists(), f"shared test kernel {path.name}", f"{path} is missing")
+    from vmboot.vmm.machine import Machine
+
     return Machine
 
 

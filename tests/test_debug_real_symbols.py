@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_KERNELS, missing, shared_kernel_file
 from debian_kernel import debian_kernel, debian_system_map, debian_vmlinux_dbg, skip_reason
 from vmboot.debug import clear_symbol_cache, load_kernel_symbols, load_symbols, load_vmlinux_symbols
 from vmboot.debug.kallsyms import decode_kallsyms
@@ -19,15 +20,20 @@ from vmboot.debug.orc import OrcFormat, OrcTable
 from vmboot.elf import STT_FUNC, ElfFile
 from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
-KERNELS = Path("/work/shared/kernels")
-TINY_VMLINUX = KERNELS / "tiny-vmlinux"
-TINY_MAP = KERNELS / "tiny-System.map"
-TINY_BZIMAGE = KERNELS / "tiny-bzImage"
-TINY_BZIMAGE_LZ4 = KERNELS / "tiny-bzImage-lz4"
+TINY_VMLINUX = SHARED_KERNELS / "tiny-vmlinux"
+TINY_MAP = SHARED_KERNELS / "tiny-System.map"
+TINY_BZIMAGE = SHARED_KERNELS / "tiny-bzImage"
+TINY_BZIMAGE_LZ4 = SHARED_KERNELS / "tiny-bzImage-lz4"
 SAMPLE_STEP = 20
 MIN_SAMPLE = 1000
 
-needs_tiny = pytest.mark.skipif(not TINY_VMLINUX.exists(), reason=f"{KERNELS} has no tiny kernel")
+needs_tiny = pytest.mark.usefixtures("tiny_kernel_files")
+
+
+@pytest.fixture
+def tiny_kernel_files() -> None:
+    for path in (TINY_VMLINUX, TINY_MAP, TINY_BZIMAGE, TINY_BZIMAGE_LZ4):
+        shared_kernel_file(path.name)
 
 
 def read_map(path: Path) -> tuple[dict[int, set[str]], set[tuple[int, str]]]:
@@ -102,7 +108,7 @@ def test_symbolize_cli_text_and_json() -> None:
 def debian_image() -> bytes:
     path = debian_kernel()
     if path is None:
-        pytest.skip(skip_reason())
+        missing("the Debian cloud kernel", skip_reason())
     return uncompressed_kernel(path.read_bytes(), str(path))
 
 
@@ -110,7 +116,7 @@ def debian_image() -> bytes:
 def debian_dbg() -> ElfFile:
     path = debian_vmlinux_dbg()
     if path is None:
-        pytest.skip(skip_reason())
+        missing("the Debian cloud kernel", skip_reason())
     return ElfFile.open(path)
 
 
@@ -134,7 +140,7 @@ def test_debian_kallsyms_agree_with_dbg_symtab(debian_image: bytes, debian_dbg: 
 def test_debian_placeholder_system_map_falls_back_to_kallsyms(debian_image: bytes) -> None:
     smap, kernel = debian_system_map(), debian_kernel()
     if smap is None or kernel is None:
-        pytest.skip(skip_reason() or "the Debian package has no System.map")
+        missing("the Debian cloud kernel's System.map", skip_reason() or "not in the package")
     assert b"The real System.map is in" in smap.read_bytes()
     table = load_symbols(system_map=smap, kernel=kernel)
     assert "kallsyms" in table.source

@@ -15,28 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.errors import FetchError
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
 TIMEOUT_STATUS = 124
 LIMIT = 600
 """Seconds any one boot may take before the test gives up (a hang, not a slow host)."""
-
-
-@pytest.fixture(scope="module")
-def busybox() -> Path:
-    from vmboot.execute.discovery import find_busybox
-    from vmboot.execute.fetch import fetch_busybox
-
-    try:
-        return find_busybox()
-    except FetchError:
-        pass
-    try:
-        return fetch_busybox()
-    except FetchError as e:
-        pytest.skip(f"no static busybox for the guest: {e}")
 
 
 @pytest.fixture
@@ -58,6 +42,24 @@ def test_cli_separates_stdout_stderr_and_returns_the_exit_status(exec_env: dict[
     assert done.stdout == b"out\n"
     assert done.stderr == b"err\n"
     assert done.returncode == 7
+
+
+def test_the_shipped_guest_runs_a_command_with_nothing_named(tmp_path: Path) -> None:
+    """`vmboot exec -- uname -a` right after pip install: no --kernel, no $VMBOOT_KERNEL, no
+    busybox on PATH, an empty cache: the kernel and busybox vmboot ships."""
+    from vmboot.execute.default_guest import read_versions
+
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("VMBOOT_KERNEL", "VMBOOT_BUSYBOX")}
+    env.update(VMBOOT_CACHE=str(tmp_path / "empty-cache"), PATH=str(tmp_path / "no-bin"))
+    done = vmboot_exec(env, "--", "uname", "-a")
+    print(f"\nuname -a: status {done.returncode}, stdout {done.stdout!r}, stderr {done.stderr[-500:]!r}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == b""  # nothing fetched, nothing to say
+    release = read_versions()["kernel-release"]  # "6.1.192 (vmboot@vmboot) #1 SMP ..."
+    version, _, rest = release.partition(" ")
+    assert done.stdout.startswith(b"Linux ")
+    assert f" {version} ".encode() in done.stdout and rest.split(") ", 1)[1].encode() in done.stdout
 
 
 def test_added_file_reaches_the_guest_byte_for_byte(busybox: Path, tmp_path: Path) -> None:

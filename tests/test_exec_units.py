@@ -127,27 +127,52 @@ def test_kernel_from_cache_newest_version(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     _touch(boot / "vmlinuz-1.2.3")
     assert cached_kernels(cache)[0] == newest
-    assert find_kernel({}, cache=cache, boot_dir=boot, release="1.2.3") == newest
+    assert find_kernel({}, cache=cache, boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "no-guest") == newest
 
 
 def test_cache_dir_follows_the_environment(tmp_path: Path) -> None:
     newest = _touch(tmp_path / "c/debian-kernels/6.1.0-2/boot/vmlinuz-6.1.0-2-cloud-amd64")
-    assert find_kernel({"VMBOOT_CACHE": str(tmp_path / "c")}, boot_dir=tmp_path / "boot") == newest
+    assert find_kernel({"VMBOOT_CACHE": str(tmp_path / "c")}, boot_dir=tmp_path / "boot",
+                       guest_image=tmp_path / "no-guest") == newest
 
 
 def test_kernel_from_boot_for_the_running_release(tmp_path: Path) -> None:
     boot = tmp_path / "boot"
     _touch(boot / "vmlinuz-0.0.1")
     host = _touch(boot / "vmlinuz-1.2.3")
-    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3") == host
+    assert find_kernel({}, cache=tmp_path / "empty", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "no-guest") == host
+
+
+def test_shipped_kernel_right_after_the_explicit_choices(tmp_path: Path) -> None:
+    """A Debian kernel in the cache (tests and `vmboot fetch kernel` put one there) does not
+    boot where /dev/kvm is PVM; the shipped one does everywhere, so it comes first."""
+    boot = tmp_path / "boot"
+    _touch(boot / "vmlinuz-1.2.3")
+    _touch(tmp_path / "cache/debian-kernels/6.1.0-9/boot/vmlinuz-6.1.0-9-cloud-amd64")
+    shipped = _touch(tmp_path / "guest" / "bzImage")
+    assert find_kernel({}, cache=tmp_path / "cache", boot_dir=boot, release="1.2.3",
+                       guest_image=tmp_path / "guest") == shipped
+    mine = _touch(tmp_path / "mine")
+    assert find_kernel({"VMBOOT_KERNEL": str(mine)}, cache=tmp_path / "cache", boot_dir=boot,
+                       release="1.2.3", guest_image=tmp_path / "guest") == mine
+
+
+def test_the_installed_package_ships_a_kernel(tmp_path: Path) -> None:
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR
+
+    found = find_kernel({}, cache=tmp_path / "empty", boot_dir=tmp_path / "boot", release="1.2.3")
+    assert found == GUEST_IMAGE_DIR / "bzImage"
 
 
 def test_no_kernel_says_where_it_looked_and_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(KernelImageError) as e:
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path / "boot", release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
     msg = str(e.value)
-    assert "vmlinuz-1.2.3 (missing)" in msg
-    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "tiny-bzImage" in msg
+    assert "vmlinuz-1.2.3 (missing)" in msg and "the kernel vmboot ships (not in this installation)" in msg
+    assert "vmboot fetch kernel" in msg and "VMBOOT_KERNEL" in msg and "reinstall vmboot" in msg
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file, so 'not readable' cannot happen")
@@ -155,7 +180,8 @@ def test_unreadable_boot_kernel_is_skipped(tmp_path: Path) -> None:
     host = _touch(tmp_path / "vmlinuz-1.2.3")
     host.chmod(0)
     with pytest.raises(KernelImageError, match="not readable"):
-        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3")
+        find_kernel({}, cache=tmp_path / "cache", boot_dir=tmp_path, release="1.2.3",
+                    guest_image=tmp_path / "no-guest")
 
 
 # -- CLI parsing ----------------------------------------------------------------------------
@@ -310,48 +336,68 @@ def test_vmboot_exec_is_the_callable_exec_command() -> None:
 # -- validation before anything is built ------------------------------------------------------
 
 
+@pytest.fixture
+def no_initramfs_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the exec initramfs fails the test: what is checked first must refuse first."""
+    from vmboot.execute import image
+
+    def must_not_build(*args: object, **kwargs: object) -> bytes:
+        pytest.fail("the initramfs was built before the configuration was validated")
+
+    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
+
+
+@pytest.fixture
+def small_kernel(tmp_path: Path) -> Path:
+    from bzimage_builder import build_bzimage
+
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(build_bzimage())
+    return kernel
+
+
 @pytest.mark.parametrize(("option", "value", "field"), [
     ("memory", "lots", "memory"), ("memory", "1M", "memory size"),
     ("cpuid_policy", "fastest", "cpuid_policy"), ("entry", "bios", "entry"),
     ("capture_limit", -1, "capture_limit"), ("timeout", 0, "timeout"),
 ])
 def test_exec_refuses_a_bad_option_before_building_the_initramfs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, value: object,
+        no_initramfs_build: None, small_kernel: Path, tmp_path: Path, option: str, value: object,
         field: str) -> None:
-    from bzimage_builder import build_bzimage
-    from vmboot.execute import api, image
+    from vmboot.execute import api
 
-    def must_not_build(*args: object, **kwargs: object) -> bytes:
-        pytest.fail("the initramfs was built before the configuration was validated")
-
-    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(build_bzimage())
     with pytest.raises(VmbootError) as info:
-        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox",
+        api.exec_command(["true"], kernel=small_kernel, busybox=tmp_path / "busybox",
                          **{option: value})  # type: ignore[arg-type]
     assert str(info.value).startswith(f"{field}: ")
 
 
 def test_exec_refuses_a_file_that_is_no_kernel_before_building_the_initramfs(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from vmboot.execute import api, image
+        no_initramfs_build: None, tmp_path: Path) -> None:
+    from vmboot.execute import api
 
-    def must_not_build(*args: object, **kwargs: object) -> bytes:
-        pytest.fail("the initramfs was built before the kernel was read")
-
-    monkeypatch.setattr(image, "exec_initramfs", must_not_build)
     text = tmp_path / "notes.txt"
     text.write_text("not a kernel\n")
     with pytest.raises(KernelFormatError, match="is a text file"):
         api.exec_command(["true"], kernel=text, busybox=tmp_path / "busybox")
 
 
+def test_exec_refuses_a_busybox_that_is_not_static_before_building_the_initramfs(
+        no_initramfs_build: None, small_kernel: Path, tmp_path: Path) -> None:
+    from vmboot.errors import FetchError
+    from vmboot.execute import api
+
+    script = tmp_path / "busybox"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(FetchError, match=rf"busybox {script}: not usable in the guest"):
+        api.exec_command(["true"], kernel=small_kernel, busybox=script, memory="64M")
+
+
 def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The guard above is not vacuous: with valid options the builder is reached."""
-    from bzimage_builder import build_bzimage
+        monkeypatch: pytest.MonkeyPatch, small_kernel: Path) -> None:
+    """The guards above are not vacuous: with valid options the builder is reached."""
     from vmboot.execute import api, image
+    from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
 
     class Built(Exception):
         pass
@@ -360,7 +406,7 @@ def test_exec_builds_the_initramfs_once_the_configuration_is_valid(
         raise Built
 
     monkeypatch.setattr(image, "exec_initramfs", builder)
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(build_bzimage())
+    busybox = shipped_busybox()
+    assert busybox is not None, f"{GUEST_IMAGE_DIR} has no busybox"
     with pytest.raises(Built):
-        api.exec_command(["true"], kernel=kernel, busybox=tmp_path / "busybox", memory="64M")
+        api.exec_command(["true"], kernel=small_kernel, busybox=busybox, memory="64M")

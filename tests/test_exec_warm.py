@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.errors import BootConfigError, FetchError, GuestError, InitramfsError
+from vmboot.errors import BootConfigError, GuestError, InitramfsError
 from vmboot.execute import ExecReason, exec_command
 from vmboot.execute.image import (
     COMMAND_PATH,
@@ -24,16 +24,6 @@ from vmboot.execute.image import (
 from vmboot.initramfs.reader import read_cpio
 
 TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def busybox() -> Path:
-    from vmboot.execute.discovery import find_busybox
-
-    try:
-        return find_busybox()
-    except FetchError as e:
-        pytest.skip(f"no static busybox for the guest: {e}")
 
 
 # -- without KVM ---------------------------------------------------------------------------

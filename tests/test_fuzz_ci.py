@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``fuzz``)
+from conftest import missing
 
 # isort: split
 from fuzz.harness import Target, classify, known_bug, run_builtin
@@ -102,7 +103,7 @@ def test_real_kernel_seeds_are_cut_down_real_images() -> None:
 
     real = shared("tiny-bzImage")
     if real is None:
-        pytest.skip("../shared/kernels/tiny-bzImage is missing")
+        missing("shared test kernel tiny-bzImage", "../shared/kernels/tiny-bzImage is missing")
     seeds = bzimage_seeds()
     kernel = load_kernel(seeds[0])
     assert len(seeds[0]) < 64 << 10 < len(real)

@@ -7,7 +7,6 @@ The stub under KVM, with a real guest, is tested in tests/test_gdbstub_kvm.py.
 from __future__ import annotations
 
 import queue
-import shutil
 import socket
 import struct
 import subprocess
@@ -17,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from conftest import require_tool
 from vmboot.errors import UsageError
 from vmboot.gdbstub import packets
 from vmboot.gdbstub.breakpoints import DebugRegisterSlots, WatchKind
@@ -355,12 +355,8 @@ def test_exited_guest_reports_w(session: tuple[FakeTarget, Client, threading.Thr
 
 
 # -- real gdb -------------------------------------------------------------------------------------
-GDB = shutil.which("gdb")
-
-
-@pytest.mark.skipif(GDB is None, reason="gdb is not installed (Debian package gdb)")
 def test_real_gdb_attaches_reads_and_reconnects() -> None:
-    assert GDB is not None
+    gdb_path = require_tool("gdb", "gdb")
     target = FakeTarget()
     target.hit_on_resume = True
     server = GdbServer(target, parse_listen_address("127.0.0.1:0"))
@@ -370,7 +366,7 @@ def test_real_gdb_attaches_reads_and_reconnects() -> None:
         for _ in range(2):  # the second connection proves the stub takes a reconnect
             target.vcpus[0].set_register(Register.RIP, KERNEL_VA)
             out = subprocess.run(
-                [GDB, "-nx", "-batch", "-ex", "set confirm off",
+                [gdb_path, "-nx", "-batch", "-ex", "set confirm off",
                  "-ex", f"target remote 127.0.0.1:{port}",
                  "-ex", "info registers rip rax cr3 fs_base",
                  "-ex", f"x/2gx {KERNEL_VA:#x}",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import requires_kvm
+from conftest import require_tool, requires_kvm
 from kvm_helpers import CODE_GPA, assemble_with_symbols, enter_long_mode, need_binutils
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.gdbstub import GdbServer, parse_listen_address
@@ -59,8 +59,7 @@ class DonePort:
 
 @pytest.fixture
 def gdb_guest() -> Iterator[tuple[GdbControl, GdbServer, dict[str, int], list[VmExit]]]:
-    if GDB is None:
-        pytest.skip("gdb is not installed (Debian package gdb)")
+    require_tool("gdb", "gdb")
     need_binutils()
     code, symbols = assemble_with_symbols(SOURCE)
     addresses = {line.split()[2]: int(line.split()[0], 16)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,28 +24,6 @@ from vmboot.execute.image import (
     parse_status,
 )
 from vmboot.initramfs import EntryKind, read_cpio
-
-
-@pytest.fixture(scope="module")
-def busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A static busybox: one on this host, else fetched with apt into a temporary cache."""
-    from vmboot.execute.discovery import find_busybox
-    from vmboot.execute.fetch import fetch_busybox
-
-    try:
-        yield find_busybox()
-        return
-    except FetchError:
-        pass
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VMBOOT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
-        yield fetch_busybox()
-    except FetchError as e:
-        pytest.skip(f"no static busybox on this host and fetching one failed: {e}")
-    finally:
-        mp.undo()
-
 
 # -- command file ---------------------------------------------------------------------------
 

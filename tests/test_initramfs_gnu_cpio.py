@@ -13,7 +13,6 @@ symlink bodies without NUL, trailer, and the 512-byte block padding.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import string
 import subprocess
@@ -23,12 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_kernel_file
+from conftest import require_tool, shared_kernel_file
 from vmboot.initramfs import Entry, EntryKind, cpio_bytes, entries_from_tree, read_cpio
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("cpio") is None, reason="GNU cpio is not installed (apt-get install cpio)"
-)
+
+@pytest.fixture(autouse=True)
+def gnu_cpio() -> None:
+    require_tool("cpio", "cpio")
 
 FIXED_MTIME = 1_600_000_000
 

@@ -7,12 +7,12 @@ KVM_* constant), compiled with gcc against <linux/kvm.h>, and its output compare
 from __future__ import annotations
 
 import ctypes
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import require, require_tool
 from vmboot.hv.kvm import abi
 
 HEADER = Path("/usr/include/linux/kvm.h")
@@ -74,10 +74,8 @@ def _program() -> str:
 
 @pytest.fixture(scope="module")
 def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (apt-get install gcc)")
-    if not HEADER.exists():
-        pytest.skip(f"{HEADER} is missing (apt-get install linux-libc-dev)")
+    require_tool("gcc", "gcc")
+    require(HEADER.exists(), str(HEADER), "apt-get install linux-libc-dev")
     tmp = tmp_path_factory.mktemp("kvm-abi")
     src, exe = tmp / "abi.c", tmp / "abi"
     src.write_text(_program())

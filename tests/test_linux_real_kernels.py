@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bzimage_builder import u32, u64
-from conftest import shared_kernel_file
+from conftest import missing, require_tool, shared_kernel_file
 from vmboot.hv import DescriptorTable, MemoryVM, Register, SegmentRegister
 from vmboot.linux import BootOptions, E820Entry, load_kernel
 from vmboot.linux import bootparam as bp
@@ -22,8 +21,7 @@ MiB = 1 << 20
 
 
 def _file_output(path: Path) -> str:
-    if shutil.which("file") is None:
-        pytest.skip("the `file` command is not installed (apt-get install file)")
+    require_tool("file", "file")
     return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
                           check=True).stdout
 
@@ -34,12 +32,11 @@ def _kernels() -> list[Path]:
 
 
 def _debian_kernel() -> Path:
-    from debian_kernel import debian_kernel
+    from debian_kernel import debian_kernel, skip_reason
 
     path = debian_kernel()
     if path is None:
-        pytest.skip("could not fetch a Debian cloud kernel (apt-get download failed; see "
-                    "tests/debian_kernel.py)")
+        missing("the Debian cloud kernel", skip_reason())
     return path
 
 

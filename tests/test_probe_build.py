@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 
+from conftest import require
 from vmboot.elf import ElfFile
 from vmboot.linux import BootOptions, load_kernel
 from vmboot.linux import bootparam as bp
@@ -29,10 +30,15 @@ from vmboot.probes import build as probe_build
 from vmboot.probes.checksum import FNV_OFFSET, FNV_PRIME
 from vmboot.vmm.exits import ExitReason
 
-needs_binutils = pytest.mark.skipif(
-    bool(probe_build.missing_tools()),
-    reason=f"GNU binutils missing ({', '.join(probe_build.missing_tools())}): apt-get install binutils",
-)
+
+@pytest.fixture
+def binutils() -> None:
+    """GNU binutils, which build the probes (skipped, or failed under CI, without them)."""
+    absent = probe_build.missing_tools()
+    require(not absent, "GNU binutils", f"{', '.join(absent)} not on PATH (apt-get install binutils)")
+
+
+needs_binutils = pytest.mark.usefixtures("binutils")
 
 
 # -- the committed images ---------------------------------------------------------------------

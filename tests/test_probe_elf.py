@@ -18,7 +18,6 @@ import pytest
 from conftest import requires_kvm
 from vmboot.devices.bus import PortBus
 from vmboot.elf import ElfFile
-from vmboot.errors import UnsupportedKernelError
 from vmboot.hv import DescriptorTable, Register, SegmentRegister
 from vmboot.hv.kvm import KvmVCPU, KvmVM
 from vmboot.linux import BootOptions, default_e820_map, load_kernel
@@ -201,19 +200,11 @@ def test_elf64_entry_hand_loaded(kind: str) -> None:
     assert_all_ok(checks)
 
 
-# -- through the loader (once vmboot.linux loads ELF kernels) -------------------------------------
-
-
-def _skip_without_elf_loader(kind: ProbeKind) -> None:
-    try:
-        load_kernel(probe_image(kind))
-    except UnsupportedKernelError as e:
-        pytest.skip(f"vmboot.linux cannot load ELF vmlinux files yet: {e}")
+# -- through the loader ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["elf64", "pvh"])
 def test_elf_probe_through_the_loader(kind: ProbeKind) -> None:
-    _skip_without_elf_loader(kind)
     result = run_probe(kind, BootOptions(cmdline="loader", initrd=b"abc" * 1000))
     failed = [f"{c.name}: expected {c.expected}, observed {c.observed}" for c in result.failed]
     assert result.ok, "\n".join(failed)

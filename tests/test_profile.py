@@ -84,6 +84,14 @@ def test_machine_locates_boot_regions() -> None:
         assert m.locate(0xFFFF_FFFF_8100_0000) is None
 
 
+def test_render_shows_why_there_are_no_symbols() -> None:
+    p = build_profile([Sample(0.0, 0x5000, 0)], 100, None)
+    assert "note:" not in p.render()
+    p.note = "no kernel symbols: lz4 is not installed"
+    assert "note: no kernel symbols: lz4 is not installed\n" in p.render()
+    assert p.as_dict()["note"] == p.note
+
+
 def test_empty_profile_and_bad_window() -> None:
     p = build_profile([], 100.0, None)
     assert (p.samples, p.functions, p.timeline, p.duration) == (0, [], [], 0.0)
@@ -158,6 +166,8 @@ def test_cli_profile_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     # bzImage's decompressor runs
     assert profile["functions"] == [{"name": "[bzImage decompressor]",
                                      "samples": profile["samples"], "percent": 100.0}]
+    # and the profile says why it has no function names
+    assert profile["note"].startswith("no kernel symbols, so kernel samples are counted per address block: ")
 
 
 @requires_kvm

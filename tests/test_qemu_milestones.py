@@ -14,14 +14,13 @@ and the init's ``VMBOOT-INIT-OK`` marker. What is compared:
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import require_tool, requires_kvm, shared_kernel_file
 from vmboot.linux.configurator.e820 import E820Type, default_e820_map
 from vmboot.units import MiB
 from vmboot.vmm.exits import ExitReason
@@ -91,9 +90,7 @@ def show(label: str, m: Milestones, seconds: float) -> None:
 
 
 def boot_qemu() -> tuple[Milestones, float]:
-    if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} is not installed (Debian: apt-get install qemu-system-x86; "
-                    f"scripts/test.sh installs it)")
+    require_tool(QEMU, "qemu-system-x86")
     kernel = shared_kernel_file("tiny-bzImage")
     initrd = shared_kernel_file("tiny-initramfs-min.cpio")
     start = time.monotonic()

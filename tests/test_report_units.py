@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED_KERNELS, requires_kvm
+from conftest import requires_kvm, shared_kernel_file
 from test_machine import COM1, HLT_LOOP, guest_program, mov_dx, out_dx_bytes, out_imm
 from vmboot.cli.main import main
 from vmboot.errors import UsageError
@@ -185,9 +185,7 @@ def test_bare_addresses_are_symbolised() -> None:
 
 
 def test_cli_symbolises_with_a_system_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    system_map = SHARED_KERNELS / "tiny-System.map"
-    if not system_map.exists():
-        pytest.skip(f"{system_map} is missing")
+    system_map = shared_kernel_file("tiny-System.map")
     symbols = {}
     for line in system_map.read_text().splitlines():
         address, kind, name = line.split()[:3]

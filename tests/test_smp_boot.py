@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.errors import FetchError
 from vmboot.hv.kvm.system import host_is_emulating
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.machine import Machine, RunResult
@@ -76,16 +75,6 @@ def test_profile_samples_every_vcpu(booted: tuple[int, RunResult, Profile]) -> N
     assert sum(c.samples for c in profile.per_cpu) == profile.samples
     if cpus > 1:
         assert "per vCPU" in profile.render()
-
-
-@pytest.fixture(scope="module")
-def busybox() -> Path:
-    from vmboot.execute.discovery import find_busybox
-
-    try:
-        return find_busybox()
-    except FetchError as e:
-        pytest.skip(f"no static busybox for the guest: {e}")
 
 
 def test_command_in_the_guest_sees_the_cpus_as_cores_of_one_package(busybox: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_kvm
 from test_machine import HELLO_AND_RESET, guest_program
 
 NOBODY = 65534
@@ -41,7 +42,7 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+pytestmark = [requires_kvm, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import require_tool, requires_kvm, shared_kernel_file
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.console import ConsolePort
 from vmboot.vmm.machine import Machine, RunResult
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
-BUSYBOX = Path("/bin/busybox")
 DISK_BYTES = 1 << 20
 PAYLOAD = (b"written-by-the-guest " * 25)[:511] + b"\n"
 """One sector: dd then writes whole sectors, with no read-modify-write of old bytes."""
@@ -73,15 +72,14 @@ class DiskBoot:
 
 
 @pytest.fixture(scope="module")
-def disk_boot(tmp_path_factory: pytest.TempPathFactory) -> DiskBoot:
+def disk_boot(tmp_path_factory: pytest.TempPathFactory, busybox: Path) -> DiskBoot:
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    if not BUSYBOX.exists() or shutil.which("mkfs.ext4") is None:
-        pytest.skip("needs /bin/busybox (busybox-static) and mkfs.ext4 (e2fsprogs)")
+    require_tool("mkfs.ext4", "e2fsprogs")
     tmp = tmp_path_factory.mktemp("virtio-boot")
     tree = tmp / "tree"
     for d in ("bin", "proc", "sys", "dev"):
         (tree / d).mkdir(parents=True)
-    shutil.copy(BUSYBOX, tree / "bin" / "busybox")
+    shutil.copy(busybox, tree / "bin" / "busybox")
     (tree / "init").write_text(INIT)
     (tree / "init").chmod(0o755)
     (tree / "payload").write_bytes(PAYLOAD)
@@ -137,8 +135,7 @@ def test_throwaway_disk_takes_writes_but_the_file_is_unchanged(disk_boot: DiskBo
 
 
 def test_root_filesystem_write_is_in_the_image(disk_boot: DiskBoot) -> None:
-    if shutil.which("debugfs") is None:
-        pytest.skip("debugfs (e2fsprogs) is not installed")
+    require_tool("debugfs", "e2fsprogs")
     out = subprocess.run(["debugfs", "-R", "cat /written.txt", str(disk_boot.root)],
                          capture_output=True, check=True).stdout
     assert out == b"guest file\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import lzma
-import os
 import re
 import shutil
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import missing, require_kvm, require_tool, requires_kvm, shared_kernel_file
 from vmboot.debug import capture_stack_trace
 from vmboot.debug.core_reader import read_core
 from vmboot.vmm.exits import ExitReason
@@ -83,8 +82,7 @@ class Panicked:
 
 @pytest.fixture(scope="module")
 def panicked(tmp_path_factory: pytest.TempPathFactory) -> Panicked:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("needs /dev/kvm")
+    require_kvm()
     kernel = shared_kernel_file("tiny-smp-bzImage")
     initrd = shared_kernel_file("tiny-initramfs.cpio")
     out = tmp_path_factory.mktemp("vmcores")
@@ -105,6 +103,15 @@ def debug_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def import_drgn() -> Any:
+    """The drgn module (a prerequisite: skipped, or failed under CI, without it)."""
+    try:
+        import drgn
+    except ImportError:
+        missing("drgn", "the Python package is not installed (pip install drgn)")
+    return drgn
+
+
 def drgn_program(core: Path, debug: Path) -> Any:
     """drgn on ``core`` with the DWARF-only ``debug`` file.
 
@@ -113,7 +120,7 @@ def drgn_program(core: Path, debug: Path) -> Any:
     per-CPU offsets then fall inside the range and get the KASLR offset added. Starting the
     range at ``_stext`` (as drgn does for a real vmlinux) puts them back outside.
     """
-    drgn = pytest.importorskip("drgn")
+    drgn = import_drgn()
     prog = drgn.Program()
     prog.set_core_dump(str(core))
     prog.load_debug_info([str(debug)])
@@ -165,8 +172,7 @@ def test_drgn_opens_the_vmcore(panicked: Panicked, debug_file: Path) -> None:
 
 
 def run_crash(core: Path, debug: Path, commands: list[str]) -> str:
-    if shutil.which("crash") is None:
-        pytest.skip("crash is not installed")
+    require_tool("crash", "crash")
     # --kaslr auto: crash turns KASLR handling on only for kernels with module symbols.
     out = subprocess.run(
         ["crash", "-s", "--kaslr", "auto", str(shared_kernel_file("tiny-smp-vmlinux")),
@@ -196,8 +202,7 @@ class IdleRun:
 
 @pytest.fixture(scope="module")
 def idle_run(tmp_path_factory: pytest.TempPathFactory) -> IdleRun:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("needs /dev/kvm")
+    require_kvm()
     kernel = shared_kernel_file("tiny-smp-bzImage")
     initrd = shared_kernel_file("tiny-initramfs-min.cpio")
     out = tmp_path_factory.mktemp("idle")
@@ -230,7 +235,7 @@ def test_sigusr2_and_timeout_write_vmcores(idle_run: IdleRun) -> None:
 
 @requires_kvm
 def test_drgn_reads_the_timeout_vmcore(idle_run: IdleRun, debug_file: Path) -> None:
-    pytest.importorskip("drgn")
+    import_drgn()
     from drgn.helpers.linux.pid import for_each_task
 
     for path in idle_run.dumps:
@@ -270,16 +275,14 @@ def qemu_kernel(name: str) -> Path:
 
     path = debian_kernel()
     if path is None:
-        pytest.skip(skip_reason())
+        missing("the Debian cloud kernel", skip_reason())
     return path
 
 
 @pytest.fixture(scope="module", params=["tiny-smp", "debian"])
 def qemu_dump(request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuDump]:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
+    qemu = require_tool("qemu-system-x86_64", "qemu-system-x86")
     kernel = qemu_kernel(request.param)
     work = tmp_path_factory.mktemp("qemu")
     serial, sock_path, core = work / "serial.log", work / "qmp.sock", work / "qemu.core"

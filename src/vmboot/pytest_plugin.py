@@ -25,13 +25,13 @@ import pytest
 
 from vmboot.config import DEFAULT_CMDLINE, DEFAULT_MEMORY
 from vmboot.errors import UsageError
+from vmboot.execute.discovery import KERNEL_ENV
 from vmboot.vmm.console_wait import ConsoleWaiter
 from vmboot.vmm.guest_shell import BUSYBOX_PROMPT, GuestShell
 from vmboot.vmm.machine import Machine
 
 SHELL_CMDLINE = f"{DEFAULT_CMDLINE} vmboot.shell=1"
 DEFAULT_BOOT_TIMEOUT = 600.0
-KERNEL_ENV = "VMBOOT_KERNEL"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -27,9 +27,10 @@ status. The command runs as root in the guest's initramfs, with stdin from /dev/
 exactly the environment given with --env (no PATH: busybox applets such as ls, cat, sh
 need none). Files and directories from the host are copied in with --add.
 
-The kernel is --kernel, else $VMBOOT_KERNEL, else the newest kernel `vmboot fetch kernel`
-stored in the vmboot cache, else /boot/vmlinuz-$(uname -r) when it is readable. busybox
-is a static one found on this host or stored by `vmboot fetch busybox`.
+The kernel is --kernel, else $VMBOOT_KERNEL, else the kernel vmboot ships (Linux 6.1,
+which boots on every KVM host), else the newest kernel `vmboot fetch kernel` stored in the
+vmboot cache, else /boot/vmlinuz-$(uname -r). busybox is --busybox, else $VMBOOT_BUSYBOX, else the one vmboot
+ships, else one on this host; when none is there, Debian's is fetched into the cache once.
 """
 
 EPILOG = """\
@@ -46,7 +47,8 @@ exit status:
   vmboot's own statuses can collide with the command's: --json says which it was.
 
 examples:
-  VMBOOT_KERNEL=../shared/kernels/tiny-bzImage vmboot exec -- uname -a
+  vmboot exec -- uname -a
+      the kernel and busybox vmboot ships: nothing else needed but /dev/kvm
   vmboot exec --kernel bzImage -- sh -c 'echo out; echo err >&2; exit 7'; echo $?
       prints "out" on stdout, "err" on stderr, then 7
   vmboot exec --add data.bin:/data.bin -- md5sum /data.bin
@@ -69,11 +71,9 @@ examples:
       a host directory over virtio-fs
 
 notes:
-  On a host whose /dev/kvm is the "PVM" software hypervisor (ring-0 code emulated at about
-  a million instructions per second) only a kernel built for it boots, such as
-  ../shared/kernels/tiny-bzImage (set VMBOOT_KERNEL to it); a run takes 30-60 s there, and
-  each busybox program the command starts costs about a second. On hardware KVM a boot
-  takes well under a second.
+  On a host whose /dev/kvm emulates guest ring-0 code (the "PVM" software hypervisor) a
+  run takes tens of seconds and only a kernel built for it boots, such as the one vmboot
+  ships; see docs/pvm-hosts.md.
 """
 
 EXIT_PANIC = 123
@@ -96,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--kernel", metavar="KERNEL", default=None,
-                   help="a bzImage (default: $VMBOOT_KERNEL, the cached kernel, /boot/vmlinuz-$(uname -r))")
+                   help="a bzImage (default: $VMBOOT_KERNEL, else the kernel vmboot ships: see above)")
     p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
                    help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
     p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
@@ -113,7 +113,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--console", action="store_true",
                    help="also stream the kernel's console (boot messages) to stderr")
     p.add_argument("--busybox", metavar="FILE", default=None,
-                   help="a static x86-64 busybox for the guest (default: found on this host)")
+                   help="a static x86-64 busybox for the guest (default: $VMBOOT_BUSYBOX, else the one "
+                        "vmboot ships)")
     p.add_argument("--entry", choices=ENTRIES, default=DEFAULT_ENTRY,
                    help="how to enter the kernel, as for `vmboot run --entry` (elf64 on a "
                         "bzImage: decompress it on the host, faster under emulation)")

@@ -14,6 +14,17 @@ $XDG_CACHE_HOME/vmboot, else ~/.cache/vmboot) through the host's apt-get:
   kernel    the newest Debian cloud kernel (linux-image-<ABI>-cloud-amd64), /boot only
 
 Nothing is installed on the host; run `apt-get update` first on a fresh machine.
+`vmboot exec` needs neither: vmboot ships a kernel and busybox of its own.
+"""
+
+EPILOG = """\
+examples:
+  vmboot fetch kernel
+      prints the cached vmlinuz path, e.g. ~/.cache/vmboot/debian-kernels/6.1.0-41/boot/...
+  vmboot exec --kernel "$(vmboot fetch kernel)" -- uname -r
+      run a command under the Debian kernel
+  VMBOOT_CACHE=/tmp/c vmboot fetch busybox --json
+      {"what": "busybox", "path": "/tmp/c/busybox/busybox", "cache": "/tmp/c"}
 """
 
 WHAT = ("busybox", "kernel")
@@ -21,7 +32,8 @@ WHAT = ("busybox", "kernel")
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("fetch", help="download busybox or a Debian kernel into the vmboot cache",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=WHAT, help="what to fetch")
     p.add_argument("--force", action="store_true", help="download again even if the cache has it")
     p.add_argument("--json", action="store_true", help='print {"what", "path", "cache"} as JSON')

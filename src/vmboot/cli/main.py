@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,12 +33,19 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, as a shell reports a command whose reader went away (``vmboot ... | head``)."""
 
 EPILOG = """\
 examples:
+  vmboot exec -- uname -a                      boot the kernel vmboot ships, run one command in it
+  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 reboot=k panic=-1"
   vmboot demo                                  boot the bundled probe kernel and show what it checked
   vmboot inspect /boot/vmlinuz-$(uname -r)     decode a kernel's boot protocol header
-  vmboot run bzImage --initrd initramfs.cpio --append "console=ttyS0 reboot=k panic=-1"
+  dmesg | vmboot symbolize --kernel bzImage    name the kernel addresses in a log
+  vmboot report console.log                    the kernel's reports in a saved log, and one verdict
+  vmboot trace vmcore.1.panic --kernel bzImage every CPU's kernel stack in a vmcore
+  vmboot fetch kernel                          download a Debian cloud kernel into the vmboot cache
 
 Run `vmboot VERB --help` for each verb's options.
 """
@@ -61,6 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``vmboot`` command. A reader that goes away early (``| head``) ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is seen now, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:

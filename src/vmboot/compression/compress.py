@@ -9,8 +9,8 @@
   32-bit little-endian number. No end mark, no checksums. Needs ``lz4`` (python-lz4).
 - ``zstd`` (RD_ZSTD): a zstd frame, level 19. Needs ``zstandard``.
 
-The vmboot tiny test kernel has RD_GZIP and RD_LZ4 only. The two libraries come with
-the ``compression`` extra: ``pip install 'vmboot[compression]'``.
+The vmboot tiny test kernel has RD_GZIP and RD_LZ4 only. The two libraries are
+dependencies of vmboot.
 """
 
 from __future__ import annotations

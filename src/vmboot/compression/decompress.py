@@ -8,7 +8,7 @@ way with a hard limit on the output, checked as it grows:
 - gzip: :func:`zlib.decompressobj` with ``max_length``;
 - xz, lzma, bzip2: the standard library decompressors with ``max_length``;
 - zstd: a ``zstandard`` decompressobj fed 128 bytes of input at a time, which bounds each step's
-  output (the ``compression`` extra);
+  output (``zstandard``, a dependency of vmboot);
 - LZ4 legacy frames (``lz4 -l``, what the kernel's ``lib/decompress_unlz4.c`` reads):
   blocks of at most 8 MiB of output each, with a running total (python-lz4).
 

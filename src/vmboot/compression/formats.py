@@ -45,7 +45,7 @@ MAGICS: Final[tuple[tuple[str, bytes], ...]] = (
 """(name, magic) of every compressed format vmboot recognises; the names of those it
 decompresses are :data:`FORMATS`."""
 
-EXTRA_HINT = "install the compression extra: pip install 'vmboot[compression]'"
+EXTRA_HINT = "lz4 and zstandard are dependencies of vmboot: reinstall it (pip install vmboot)"
 """How to get the optional modules that LZ4 and zstd need."""
 
 

@@ -366,7 +366,8 @@ def kallsyms_from_image(image: bytes, name: str = "<kernel>") -> SymbolTable:
     try:
         data = uncompressed_kernel(image, name)
     except VmbootError as exc:
-        raise SymbolSourceError(f"{name}: cannot get the uncompressed kernel: {exc}") from exc
+        detail = str(exc).removeprefix(f"{name}: ")  # name the file once
+        raise SymbolSourceError(f"{name}: cannot get the uncompressed kernel: {detail}") from exc
     rodata = _rodata(data, name)
     syms = decode_kallsyms(rodata if rodata is not None else data, name)
     return syms.function_table(name)

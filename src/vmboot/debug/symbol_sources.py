@@ -223,8 +223,8 @@ def load_symbols(vmlinux: SymbolSource | None = None, system_map: SymbolSource |
         except FileNotFoundError as exc:
             failures.append(f"{what} {source_name(src)}: not found")
             last = exc
-        except (OSError, VmbootError) as exc:
-            failures.append(f"{what} {source_name(src)}: {exc}")
+        except (OSError, VmbootError) as exc:  # the message may start with the name: say it once
+            failures.append(f"{what} {source_name(src)}: {str(exc).removeprefix(f'{source_name(src)}: ')}")
             last = exc
     if not failures:
         raise SymbolSourceError("no symbol source: pass vmlinux=, system_map= or kernel= "

@@ -4,7 +4,9 @@
   how a run ended (:class:`ExecReason`);
 - :mod:`~vmboot.execute.image`: the initramfs it boots and the host/guest protocol;
 - :mod:`~vmboot.execute.guest`: the guest's ``/init`` scripts, shipped as package data;
-- :mod:`~vmboot.execute.discovery`: which kernel and which busybox it uses on this host;
+- :mod:`~vmboot.execute.default_guest`: the kernel and busybox shipped in ``vmboot/guest_image/``;
+- :mod:`~vmboot.execute.guest_choice`: which kernel and which busybox a guest gets;
+- :mod:`~vmboot.execute.discovery`: the kernels and busyboxes this host has;
 - :mod:`~vmboot.execute.fetch`: busybox-static and Debian kernels with apt, into the cache;
 - :mod:`~vmboot.execute.cache`: where the cache is.
 """

@@ -2,7 +2,7 @@
 
 ::
 
-    result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"], kernel="tiny-bzImage")
+    result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"])   # the shipped kernel
     result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
 
 The guest is the initramfs of :func:`vmboot.execute.image.exec_initramfs`
@@ -29,16 +29,16 @@ How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
 The kernel (``kernel=None``, :func:`vmboot.execute.discovery.find_kernel`), in this order:
 
 1. ``$VMBOOT_KERNEL``;
-2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
-   ``vmboot fetch kernel`` stored;
-3. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
+2. the kernel vmboot ships (:mod:`vmboot.execute.default_guest`), which boots on every KVM host,
+   including those whose ``/dev/kvm`` is PVM;
+3. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
+   ``vmboot fetch kernel`` stored (pass it as ``kernel=`` to use it while the shipped
+   kernel is installed: ``vmboot exec --kernel "$(vmboot fetch kernel)"``);
+4. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
 
-On a host whose ``/dev/kvm`` emulates guest ring-0 code (the "PVM" software hypervisor)
-only a kernel built for it boots, such as ``../shared/kernels/tiny-bzImage``: set
-``VMBOOT_KERNEL`` to it. There a run takes about 30-60 s with 256 MiB (the command started
-26-58 s after the call in our runs, the slow end with other jobs on the two cores;
-../shared/kernels/README.md measured 64M about 5 s faster than 256M), against well under a
-second on hardware KVM.
+The busybox: :func:`vmboot.execute.guest_choice.choose_busybox` (the embedded one unless the caller
+or ``$VMBOOT_BUSYBOX`` names another). docs/pvm-hosts.md says what changes on hosts whose
+``/dev/kvm`` is PVM.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, M
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError
-from vmboot.execute.discovery import find_kernel
 from vmboot.execute.image import (
     EXEC_KERNEL_ARGS,
     STATUS_ERROR,
@@ -286,7 +285,8 @@ def exec_command(
     even PATH: busybox applets need none). ``console``: True streams the kernel console to
     stderr, a callable receives it; it is captured in :attr:`ExecResult.console` either
     way. ``on_stdout`` / ``on_stderr`` receive the command's output as it arrives.
-    ``busybox``: a static x86-64 busybox (default :func:`vmboot.execute.discovery.find_busybox`).
+    ``busybox``: a static x86-64 busybox (default
+    :func:`vmboot.execute.guest_choice.choose_busybox`).
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
@@ -301,14 +301,14 @@ def exec_command(
     import sys
 
     from vmboot.execute import image
-    from vmboot.execute.discovery import find_busybox
+    from vmboot.execute.guest_choice import choose_busybox, choose_kernel
     from vmboot.linux.loader.detect import load_kernel
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()
     # Everything is checked before the initramfs is built: the machine's configuration
     # (memory, CPUID policy, entry, capture limit, timeout, command line), then the kernel file.
-    kernel_path = Path(kernel) if kernel is not None else find_kernel()
+    kernel_path = choose_kernel(kernel)
     config = MachineConfig(kernel_path, initrd=None,
                            cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
                            entry=entry, cpus=cpus, serial_ports=EXEC_SERIAL_PORTS,
@@ -330,7 +330,7 @@ def exec_command(
                                   "and a guest with virtio devices cannot be saved; run "
                                   "without warm to use them")
     loaded = load_kernel(kernel_path)
-    busybox_path = Path(busybox) if busybox is not None else find_busybox()
+    busybox_path = choose_busybox(busybox)
     if warm:
         from vmboot.execute.warm import warm_snapshot
 

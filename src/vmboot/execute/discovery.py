@@ -3,11 +3,15 @@
 The kernel (``kernel=None``, :func:`find_kernel`), in this order:
 
 1. ``$VMBOOT_KERNEL``;
-2. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
-   ``vmboot fetch kernel`` stored;
-3. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
+2. the kernel vmboot ships (:mod:`vmboot.execute.default_guest`), which boots on every KVM
+   host, including those whose ``/dev/kvm`` is PVM;
+3. the vmboot cache: the newest ``<cache>/debian-kernels/<ABI>/boot/vmlinuz-*`` that
+   ``vmboot fetch kernel`` stored (pass it as ``kernel=`` to use it while the shipped
+   kernel is installed: ``vmboot exec --kernel "$(vmboot fetch kernel)"``);
+4. ``/boot/vmlinuz-$(uname -r)``, when it is readable.
 
-Busybox (:func:`find_busybox`): a static x86-64 one: ``busybox`` on ``$PATH``,
+A static busybox already on this host (:func:`find_busybox`; the guest's busybox is chosen
+by :func:`vmboot.execute.guest_choice.choose_busybox`): ``busybox`` on ``$PATH``,
 ``/bin/busybox``, ``/usr/bin/busybox``, then the cache (``vmboot fetch busybox``). "Static"
 is read from the ELF program headers: no ``PT_INTERP`` (so no dynamic loader is needed in
 the guest).
@@ -24,21 +28,21 @@ from pathlib import Path
 from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
 from vmboot.errors import ElfFormatError, FetchError, KernelImageError
 from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir
+from vmboot.execute.default_guest import BUSYBOX_NAME, GUEST_IMAGE_DIR, shipped_kernel
 
 KERNEL_ENV = "VMBOOT_KERNEL"
 BOOT_DIR = Path("/boot")
 
 HOW_TO_GET_A_KERNEL = (
-    f"pass kernel= (--kernel), set ${KERNEL_ENV} to a bzImage, or run `vmboot fetch kernel` "
-    "(a Debian cloud kernel into the vmboot cache); on a host whose /dev/kvm is the PVM "
-    "software hypervisor only a kernel built for it boots, such as "
-    f"../shared/kernels/tiny-bzImage (set ${KERNEL_ENV} to it)"
+    f"pass kernel= (--kernel), set ${KERNEL_ENV} to a bzImage, run `vmboot fetch kernel` "
+    "(a Debian cloud kernel into the vmboot cache), or reinstall vmboot (its wheel ships a "
+    "kernel that boots everywhere, including on hosts whose /dev/kvm is PVM)"
 )
-BUSYBOX_NAME = "busybox"
 BUSYBOX_SYSTEM_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 HOW_TO_GET_BUSYBOX = (
-    "get one with `vmboot fetch busybox` (downloads Debian's busybox-static into the vmboot cache "
-    "through apt-get; run `apt-get update` first on a fresh machine), or install it system-wide "
+    "use the one vmboot ships (no --busybox, $VMBOOT_BUSYBOX unset), get one with "
+    "`vmboot fetch busybox` (downloads Debian's busybox-static into the vmboot cache through "
+    "apt-get; run `apt-get update` first on a fresh machine), or install it system-wide "
     "with `apt-get install busybox-static`"
 )
 
@@ -61,11 +65,12 @@ def cached_kernels(cache: Path | None = None) -> list[Path]:
 
 
 def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None = None,
-                boot_dir: Path = BOOT_DIR, release: str | None = None) -> Path:
+                boot_dir: Path = BOOT_DIR, release: str | None = None,
+                guest_image: Path = GUEST_IMAGE_DIR) -> Path:
     """The kernel to boot when none is given (see the module docstring for the order).
 
-    ``environ``, ``cache``, ``boot_dir`` and ``release`` (``uname -r``) default to this
-    host's; tests pass their own.
+    ``environ``, ``cache``, ``boot_dir``, ``release`` (``uname -r``) and ``guest_image``
+    (the embedded guest's directory) default to this host's; tests pass their own.
     """
     env = os.environ if environ is None else environ
     from_env = env.get(KERNEL_ENV)
@@ -74,12 +79,15 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
         if not path.is_file():
             raise KernelImageError(
                 f"${KERNEL_ENV}={from_env!r}: no such file (valid: the path of a bzImage; "
-                f"unset it to use the cached or the host's kernel)"
+                f"unset it to use the cached or the shipped kernel)"
             )
         return path
+    shipped = shipped_kernel(guest_image)
+    if shipped is not None:
+        return shipped
+    tried = [f"${KERNEL_ENV} (unset)", "the kernel vmboot ships (not in this installation)"]
     if cache is None:
         cache = cache_dir(env)
-    tried = [f"${KERNEL_ENV} (unset)"]
     cached = cached_kernels(cache)
     if cached:
         return cached[0]
@@ -101,8 +109,8 @@ def static_elf_problem(path: Path) -> str | None:
                 return f"ELF type {elf.e_type} is not an executable (valid: ET_EXEC or ET_DYN)"
             if any(seg.type == PT_INTERP for seg in elf.segments):
                 return "it is dynamically linked (has a PT_INTERP program header)"
-    except ElfFormatError as e:
-        return str(e)
+    except ElfFormatError as e:  # its message starts with the path: the caller names it once
+        return str(e).removeprefix(f"{path}: ")
     except OSError as e:
         return f"cannot read it: {e.strerror}"
     return None

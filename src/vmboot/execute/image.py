@@ -22,7 +22,7 @@ as ``ls``, without one; give ``PATH`` for anything else found by name).
 
 Channels, and why
 -----------------
-The tiny kernel (``/work/shared/kernels/tiny.config``) has no PCI, no DEVMEM and so no
+The tiny kernels (the test kernels and the embedded guest's) have no PCI, no DEVMEM and so no
 ``/dev/port`` (DEVPORT needs DEVMEM), which rules out a dedicated I/O port written from
 user space. VIRTIO_CONSOLE over virtio-mmio exists, but needs a virtio device model on
 the host. The 8250 driver is there with SERIAL_8250_NR_UARTS=4 but

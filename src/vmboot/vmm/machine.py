@@ -332,6 +332,8 @@ class Machine:
         self._paused_work: deque[Callable[[], object]] = deque()
         """Work for :meth:`when_stopped` (a deque: appended from signal handlers and other
         threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
+        self.symbols_problem: str | None = None
+        """Why :meth:`symbolize` has no symbols (set when loading them failed)."""
         self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
                                    serial_outputs=serial_outputs)
         virtio_devices: tuple[VirtioDevice, ...] = config.virtio_devices
@@ -756,8 +758,9 @@ class Machine:
         if self._symbols is None and not self._symbols_failed:
             try:
                 self._symbols = debug.load_symbols(**self._symbol_sources())
-            except DebugError:
+            except DebugError as e:
                 self._symbols_failed = True
+                self.symbols_problem = str(e)
         return self._symbols
 
     def kaslr_slide(self) -> int:

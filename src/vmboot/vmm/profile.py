@@ -18,9 +18,8 @@ Typical use::
     print(prof.profile(m.symbolize).render())
 
 A sample costs one round trip out of the guest, two register reads and a hand-over of
-the GIL between the sampling thread and the run loop: here, 20,000 port writes took
-0.19 s alone and 0.33 s with 629 samples taken (2 kHz asked), about 0.2 ms a sample, so
-the default 100 Hz costs the guest about 2 % of its time.
+the GIL between the sampling thread and the run loop. When the symbols cannot be read,
+:attr:`Profile.note` says why.
 """
 
 from __future__ import annotations
@@ -102,6 +101,8 @@ class Profile:
     window: float = 1.0
     per_cpu: list[CpuShare] = field(default_factory=list)
     """Samples per vCPU (in vCPU order)."""
+    note: str = ""
+    """Why samples have no function names (e.g. the kernel's symbols could not be read)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,12 +116,16 @@ class Profile:
                          "functions": [{"name": f.name, "samples": f.samples,
                                         "percent": round(f.percent, 2)} for f in c.functions]}
                         for c in self.per_cpu],
+            "note": self.note,
         }
 
     def render(self, top: int = 25) -> str:
         """A text table: the ``top`` functions by samples, then the top function per window."""
         lines = [f"guest profile: {self.samples} samples at {self.hz:g} Hz over "
-                 f"{self.duration:.2f} s", f"{'samples':>8} {'share':>7}  function"]
+                 f"{self.duration:.2f} s"]
+        if self.note:
+            lines.append(f"note: {self.note}")
+        lines.append(f"{'samples':>8} {'share':>7}  function")
         for f in self.functions[:top]:
             lines.append(f"{f.samples:>8} {f.percent:>6.1f}%  {f.name}")
         if len(self.functions) > top:
@@ -285,4 +290,8 @@ class GuestProfiler:
             symbolize = getattr(self._target, "symbolize", None) or getattr(
                 self._target, "symbolizer", None)
         locate = getattr(self._target, "locate", None)
-        return build_profile(list(self.samples), self.hz, symbolize, window, locate)
+        profile = build_profile(list(self.samples), self.hz, symbolize, window, locate)
+        problem = getattr(self._target, "symbols_problem", None)
+        if problem:
+            profile.note = f"no kernel symbols, so kernel samples are counted per address block: {problem}"
+        return profile
