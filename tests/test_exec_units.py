@@ -11,8 +11,9 @@ import pytest
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
 from vmboot.errors import KernelFormatError, KernelImageError, UsageError, VmbootError
-from vmboot.execute.api import EXEC_CMDLINE, ExecReason, _StatusWatch, classify
+from vmboot.execute.api import ExecReason, _StatusWatch, classify
 from vmboot.execute.discovery import cached_kernels, find_kernel
+from vmboot.execute.image import EXEC_CMDLINE
 from vmboot.vmm.exits import ExitReason
 
 # -- classification -------------------------------------------------------------------------

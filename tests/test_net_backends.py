@@ -15,15 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require, require_tool
 from vmboot.net.backend import NetBackendError
 from vmboot.net.config import NetConfig
 from vmboot.net.passt import PasstBackend, PortForward
 from vmboot.net.tap_create import tap_create_commands
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-needs_netns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
-    reason="needs root, unshare and ip to make a private network namespace")
+@pytest.fixture
+def netns_tools() -> None:
+    """What a private network namespace takes: root, unshare and ip (skip, or fail under CI)."""
+    require(os.geteuid() == 0, "root", "unshare --net needs root")
+    require_tool("unshare", "util-linux")
+    require_tool("ip", "iproute2")
+
+
+needs_netns = pytest.mark.usefixtures("netns_tools")
 
 
 NAMESPACE_SETUP = """\
@@ -112,8 +119,8 @@ def test_tap_create_refuses_bad_names_and_addresses() -> None:
 
 
 @needs_netns
-@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed")
 def test_passt_starts_and_stops_with_the_backend() -> None:
+    require_tool("passt", "passt")
     done = in_namespace(python("""
         import os
         from vmboot.net.passt import PasstBackend, PortForward

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import require, requires_kvm, shared_kernel_file
 from vmboot.devices.virtio.fs import FsDevice
 from vmboot.devices.virtio.share import Share
 from vmboot.initramfs.builders import build_initramfs, complete_tree, entries_from_files, entries_from_memory
@@ -72,8 +72,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def share_boot(tmp_path_factory: pytest.TempPathFactory) -> ShareBoot:
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    if not BUSYBOX.exists():
-        pytest.skip("needs /bin/busybox (busybox-static)")
+    require(BUSYBOX.exists(), str(BUSYBOX), "apt-get install busybox-static")
     from test_vhost_user import virtiofsd_or_skip
 
     virtiofsd_or_skip()

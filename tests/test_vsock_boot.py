@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import require, requires_kvm, shared_kernel_file
 from nolibc_tool import build_tool
 from vmboot.devices.virtio.vsock import VsockDevice
 from vmboot.devices.virtio.vsock_host import VsockConfig, VsockError
@@ -148,8 +148,7 @@ def _api_connect(device: VsockDevice, port: int, deadline: float) -> socket.sock
 def vsock_boot(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> VsockBoot:
     kernel = shared_kernel_file(request.param)
-    if not BUSYBOX.exists():
-        pytest.skip("needs /bin/busybox (busybox-static)")
+    require(BUSYBOX.exists(), str(BUSYBOX), "apt-get install busybox-static")
     tmp = tmp_path_factory.mktemp("vsock")
     tool = build_tool("vsock_tool.c", tmp)
     initrd = build_initramfs(complete_tree([

@@ -12,7 +12,6 @@
 """
 
 from vmboot.execute.api import (
-    EXEC_CMDLINE,
     ExecReason,
     ExecResult,
     ExecTimings,
@@ -20,6 +19,7 @@ from vmboot.execute.api import (
     exec_command,
 )
 from vmboot.execute.discovery import cached_kernels, find_kernel
+from vmboot.execute.image import EXEC_CMDLINE
 
 __all__ = [
     "EXEC_CMDLINE",

@@ -54,10 +54,11 @@ from typing import TYPE_CHECKING, Any
 
 from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MIN_CPUS, MachineConfig
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
-from vmboot.devices.serial import COM1, COM2, COM3, COM4
+from vmboot.devices.serial import COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError
 from vmboot.execute.image import (
-    EXEC_KERNEL_ARGS,
+    EXEC_CMDLINE,
+    EXEC_SERIAL_PORTS,
     STATUS_ERROR,
     STATUS_EXIT,
     STATUS_START,
@@ -73,12 +74,7 @@ if TYPE_CHECKING:
     from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
 
-EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
-                         "reboot=k", "panic=-1", "quiet"))
-"""The kernel command line of an exec boot."""
 PANIC_MARKER = b"Kernel panic"
-EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
-"""COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
 OutputCallback = Callable[[bytes], object]
 
 

@@ -71,6 +71,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import GuestError, InitramfsError
 from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
 from vmboot.initramfs.builders import build_initramfs, complete_tree, entries_from_files
@@ -106,6 +107,11 @@ EXEC_CHANNELS = ExecChannels(
 )
 EXEC_KERNEL_ARGS = ("console=ttyS0", "8250.nr_uarts=4")
 """Kernel command-line options the exec image needs (add reboot=k panic=-1 as usual)."""
+EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
+                         "reboot=k", "panic=-1", "quiet"))
+"""The kernel command line of an exec boot."""
+EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
+"""COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
 
 STATUS_START = b"VMBOOT-START"
 STATUS_EXIT = b"VMBOOT-EXIT"

@@ -49,7 +49,7 @@ def warm_snapshot(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_polic
     """The cached snapshot of the warm exec guest for these inputs (made now if missing)."""
     from vmboot.config import MachineConfig
     from vmboot.devices.serial import COM2, COM3, COM4
-    from vmboot.execute.api import EXEC_CMDLINE, EXEC_SERIAL_PORTS
+    from vmboot.execute.image import EXEC_CMDLINE, EXEC_SERIAL_PORTS
     from vmboot.vmm.machine import Machine
 
     path = (cache_subdir(SNAPSHOTS_SUBDIR, create=True)
