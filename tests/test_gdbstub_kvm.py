@@ -13,7 +13,8 @@ import pytest
 from conftest import require_tool, requires_kvm
 from kvm_helpers import CODE_GPA, assemble_with_symbols, enter_long_mode, need_binutils
 from vmboot.devices.bus import MmioBus, PortBus
-from vmboot.gdbstub import GdbServer, parse_listen_address
+from vmboot.gdbstub.address import parse_listen_address
+from vmboot.gdbstub.server import GdbServer
 from vmboot.hv.kvm import KvmVM, host_is_emulating
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.vmm.gdb_control import GdbControl, run_under_debugger

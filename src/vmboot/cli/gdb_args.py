@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vmboot.errors import UsageError
-from vmboot.gdbstub.server import LISTEN_FORMS, ListenAddress, parse_listen_address
+from vmboot.gdbstub.address import LISTEN_FORMS, ListenAddress, parse_listen_address
 
 
 def _address(text: str) -> ListenAddress:

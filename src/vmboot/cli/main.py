@@ -46,6 +46,7 @@ examples:
   vmboot report console.log                    the kernel's reports in a saved log, and one verdict
   vmboot trace vmcore.1.panic --kernel bzImage every CPU's kernel stack in a vmcore
   vmboot fetch kernel                          download a Debian cloud kernel into the vmboot cache
+  vmboot net tap-create tap0 --user $USER      the ip commands for a TAP device (--net tap=tap0)
 
 Run `vmboot VERB --help` for each verb's options.
 """

@@ -8,9 +8,18 @@ import sys
 
 from vmboot.net.tap_create import DEFAULT_ADDRESS, render, run_commands, tap_create_commands
 
+EPILOG = """\
+examples:
+  vmboot net tap-create tap0 --user $USER
+      print the ip commands that make tap0 (vnet header, owned by you, 172.30.0.1/24 on it)
+  sudo vmboot net tap-create tap0 --user $USER --run
+      run them instead (needs CAP_NET_ADMIN); then: vmboot run bzImage --net tap=tap0
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("net", help="host-side network set-up for --net tap=NAME")
+    p = sub.add_parser("net", help="host-side network set-up for --net tap=NAME", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="net_verb", metavar="ACTION", required=True)
     c = verbs.add_parser("tap-create", help="print (or run) the ip commands that make a TAP "
                          "interface with the vnet header")

@@ -71,7 +71,8 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock import VsockDevice
     from vmboot.devices.virtio.vsock_host import VsockConfig
-    from vmboot.gdbstub.server import GdbServer, ListenAddress
+    from vmboot.gdbstub.address import ListenAddress
+    from vmboot.gdbstub.server import GdbServer
     from vmboot.hv.kvm import KvmVCPU, KvmVM
     from vmboot.linux import EntryPlan, Kernel
     from vmboot.linux.options import EntryChoice
@@ -312,7 +313,7 @@ class Machine:
             raise UsageError("gdb_wait: there is no gdb address to wait on; give gdb= as well")
         self._gdb_address: ListenAddress | None = None
         if gdb is not None:
-            from vmboot.gdbstub.server import parse_listen_address
+            from vmboot.gdbstub.address import parse_listen_address
 
             self._gdb_address = parse_listen_address(gdb) if isinstance(gdb, str) else gdb
         self._gdb_wait = gdb_wait
@@ -459,7 +460,7 @@ class Machine:
         """With ``gdb=``: the stub's side of the vCPU threads, and its server, listening."""
         if self._gdb_address is None:
             return None
-        from vmboot.gdbstub import GdbServer
+        from vmboot.gdbstub.server import GdbServer
         from vmboot.hv.kvm.host import host_is_emulating
         from vmboot.vmm.gdb_control import GdbControl
 
