@@ -125,21 +125,7 @@ class BlockDevice(VirtioDevice):
 
     # -- requests ---------------------------------------------------------------------------
     def process_queue(self, index: int) -> bool:
-        memory = self.memory
-        if memory is None:
-            return False
-        q = self.queues[index]
-        used = False
-        while True:
-            chain = q.pop(memory)
-            if chain is None:
-                if q.drained(memory):
-                    return used
-                continue
-            written = self._serve(chain)
-            q.add_used(memory, chain.head, written)
-            self.requests += 1
-            used = True
+        return self.serve_each(index, self._serve)
 
     def _serve(self, chain: DescriptorChain) -> int:
         """Do one request; the bytes written into the chain (data and the status byte)."""

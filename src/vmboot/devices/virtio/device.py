@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.queue import GuestRam, Virtqueue
+from vmboot.devices.virtio.queue import DescriptorChain, GuestRam, Virtqueue
 
 QueueNotify = Callable[[int], None]
 """``notify(queue_index)``: the device added used buffers to this queue from host-side work."""
@@ -83,6 +83,26 @@ class VirtioDevice:
         self.acked_features = 0
         for q in self.queues:
             q.reset()
+
+    def serve_each(self, index: int, serve: Callable[[DescriptorChain], int]) -> bool:
+        """Take every chain the driver made available on queue ``index``, ``serve`` it (it
+        returns the bytes it wrote into the chain) and give it back as used; True if any was.
+
+        The loop of a device that answers each request by itself (block, rng)."""
+        memory = self.memory
+        if memory is None:
+            return False
+        q = self.queues[index]
+        used = False
+        while True:
+            chain = q.pop(memory)
+            if chain is None:
+                if q.drained(memory):
+                    return used
+                continue
+            q.add_used(memory, chain.head, serve(chain))
+            self.requests += 1
+            used = True
 
     def process_queue(self, index: int) -> bool:
         """The driver notified queue ``index``: handle what it made available.

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.queue import scatter
+from vmboot.devices.virtio.queue import DescriptorChain, scatter
 
 QUEUE_SIZE = 256
 MAX_REQUEST_BYTES = 64 << 10
@@ -26,20 +26,12 @@ class RngDevice(VirtioDevice):
         return {"bytes": self.bytes_given}
 
     def process_queue(self, index: int) -> bool:
+        return self.serve_each(index, self._give)
+
+    def _give(self, chain: DescriptorChain) -> int:
         memory = self.memory
-        if memory is None:
-            return False
-        q = self.queues[index]
-        used = False
-        while True:
-            chain = q.pop(memory)
-            if chain is None:
-                if q.drained(memory):
-                    return used
-                continue
-            n = min(chain.writable_bytes, MAX_REQUEST_BYTES)
-            written = scatter(memory, chain.writable, os.getrandom(n)) if n else 0
-            self.bytes_given += written
-            q.add_used(memory, chain.head, written)
-            self.requests += 1
-            used = True
+        assert memory is not None
+        n = min(chain.writable_bytes, MAX_REQUEST_BYTES)
+        written = scatter(memory, chain.writable, os.getrandom(n)) if n else 0
+        self.bytes_given += written
+        return written
