@@ -23,7 +23,6 @@ Writes bench/results/vmcore.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -32,12 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import Timing, fmt_s, print_table, summary_row, write_results
 
+from qmp_client import qmp
 from vmboot.debug.core_reader import read_core
 from vmboot.debug.vmcore import write_vmcore
 from vmboot.initramfs.entry import Entry
@@ -49,18 +49,6 @@ MiB = 1 << 20
 MEMORY_MIB = 1024
 BALLAST = 13 * MiB
 PANIC_END = "---[ end Kernel panic"
-
-
-def qmp(sock: socket.socket, command: str, **arguments: object) -> dict[str, Any]:
-    message: dict[str, object] = {"execute": command}
-    if arguments:
-        message["arguments"] = arguments
-    sock.sendall(json.dumps(message).encode() + b"\n")
-    stream = sock.makefile("r")
-    while True:
-        reply: dict[str, Any] = json.loads(stream.readline())
-        if "return" in reply or "error" in reply:
-            return reply
 
 
 def on_disk(path: Path) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import missing, require_kvm, require_tool, requires_kvm, shared_kernel_file
+from qmp_client import qmp
 from vmboot.debug import capture_stack_trace
 from vmboot.debug.core_reader import read_core
 from vmboot.vmm.exits import ExitReason
@@ -253,18 +254,6 @@ class QemuDump:
     core: Path
     console: str
     kernel: Path
-
-
-def qmp(sock: socket.socket, command: str, **arguments: object) -> dict[str, Any]:
-    message: dict[str, object] = {"execute": command}
-    if arguments:
-        message["arguments"] = arguments
-    sock.sendall(json.dumps(message).encode() + b"\n")
-    stream = sock.makefile("r")
-    while True:
-        reply: dict[str, Any] = json.loads(stream.readline())
-        if "return" in reply or "error" in reply:
-            return reply
 
 
 def qemu_kernel(name: str) -> Path:
