@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.queue import gather, scatter
+from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
 from vmboot.errors import BootConfigError
 
 log = logging.getLogger("vmboot.devices.virtio")
@@ -150,35 +150,21 @@ class ConsoleDevice(VirtioDevice):
     def _drain(self, index: int, handle: Callable[[bytes], object]) -> bool:
         memory = self.memory
         assert memory is not None
-        q = self.queues[index]
-        used = False
-        while True:
-            chain = q.pop(memory)
-            if chain is None:
-                if q.drained(memory):
-                    return used
-                continue
+
+        def take(chain: DescriptorChain) -> int:
             handle(gather(memory, chain.readable))
-            q.add_used(memory, chain.head, 0)
-            self.requests += 1
-            used = True
+            return 0
+
+        return self.serve_each(index, take)
 
     def _fill_rx(self, index: int, port: ConsolePort) -> bool:
         memory = self.memory
         assert memory is not None
-        q = self.queues[index]
-        used = False
-        while port.pending_bytes:
-            chain = q.pop(memory)
-            if chain is None:
-                if q.drained(memory):
-                    break
-                continue
-            data = port.take(chain.writable_bytes)
-            q.add_used(memory, chain.head, scatter(memory, chain.writable, data))
-            self.requests += 1
-            used = True
-        return used
+
+        def give(chain: DescriptorChain) -> int:
+            return scatter(memory, chain.writable, port.take(chain.writable_bytes))
+
+        return self.serve_each(index, give, more=lambda: port.pending_bytes > 0)
 
     def _flush_control(self) -> bool:
         memory = self.memory

@@ -84,25 +84,29 @@ class VirtioDevice:
         for q in self.queues:
             q.reset()
 
-    def serve_each(self, index: int, serve: Callable[[DescriptorChain], int]) -> bool:
+    def serve_each(self, index: int, serve: Callable[[DescriptorChain], int],
+                   more: Callable[[], bool] = lambda: True) -> bool:
         """Take every chain the driver made available on queue ``index``, ``serve`` it (it
         returns the bytes it wrote into the chain) and give it back as used; True if any was.
+        ``more``: checked before each chain; serving stops when it says there is nothing left
+        to give (a receive queue filled from host-side data).
 
-        The loop of a device that answers each request by itself (block, rng)."""
+        The loop of a device that answers each request by itself (block, rng, console)."""
         memory = self.memory
         if memory is None:
             return False
         q = self.queues[index]
         used = False
-        while True:
+        while more():
             chain = q.pop(memory)
             if chain is None:
                 if q.drained(memory):
-                    return used
+                    break
                 continue
             q.add_used(memory, chain.head, serve(chain))
             self.requests += 1
             used = True
+        return used
 
     def process_queue(self, index: int) -> bool:
         """The driver notified queue ``index``: handle what it made available.
