@@ -121,3 +121,40 @@ def test_gdb_breaks_steps_reads_and_detaches(
             break
         threading.Event().wait(0.1)
     assert results and results[0].reason is ExitReason.POWEROFF, results
+
+
+WATCHED = 0x9000
+
+
+def test_data_watchpoints_fire_unless_the_host_emulates_ring_0() -> None:
+    """The README's claim, measured: a write watchpoint (DR0 + DR7 R/W=01, LEN=8) stops the
+    guest at the store on hardware KVM; on a host that emulates guest ring 0 (PVM) the store
+    runs through and the guest reaches its done port. The stub offers watchpoints only where
+    they fire (GdbControl(watchpoints=not host_is_emulating()))."""
+    need_binutils()
+    from vmboot.hv.kvm import abi
+
+    code, _ = assemble_with_symbols(f"""
+.globl _start
+_start:
+    mov rdx, 0x1234
+    mov [{WATCHED:#x}], rdx
+    mov dx, {DONE_PORT:#x}
+    out dx, al
+    hlt
+""")
+    with KvmVM(16 << 20) as vm:
+        vcpu = vm.create_vcpu(0)
+        vm.write(CODE_GPA, code)
+        enter_long_mode(vm, vcpu)
+        port_bus = PortBus()
+        done = DonePort()
+        port_bus.attach_device(DONE_PORT, 1, done, "done")
+        runner = Runner(vm, vcpu, port_bus, MmioBus())
+        done.runner = runner
+        dr7 = 0b01 | (0b01 << 16) | (0b10 << 18) | (1 << 9)
+        vcpu.set_guest_debug(abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_HW_BP,
+                             (WATCHED, 0, 0, 0, 0, 0, 0, dr7))
+        result = runner.run(timeout=30)
+    expected = ExitReason.POWEROFF if host_is_emulating() else ExitReason.DEBUG
+    assert result.reason is expected, result.one_line()
