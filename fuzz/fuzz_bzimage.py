@@ -16,7 +16,7 @@ from fuzz.seeds import bzimage_offsets, bzimage_seeds
 from vmboot.cli.inspect import describe_bzimage, render_text
 from vmboot.errors import VmbootError
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, default_e820_map, load_kernel
+from vmboot.linux import BootOptions, BzImage, default_e820_map, load_kernel
 from vmboot.linux.loader.setup_header import SetupHeader
 from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
@@ -52,6 +52,7 @@ def vm() -> RecordingVM:
 
 def one_input(data: bytes) -> None:
     kernel = load_kernel(data)
+    assert isinstance(kernel, BzImage), kernel
     h = kernel.setup_header
     assert SetupHeader.parse(bytes(data[:0x26C]).ljust(0x26C, b"\0")).pack() == h.pack()
     assert kernel.header_bytes == data[0x1F1 : h.header_end]

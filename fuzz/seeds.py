@@ -229,8 +229,8 @@ def cut_vmlinux(image: bytes, keep_syms: int = 200, keep_bytes: int = 256) -> by
         elf = ElfFile(image, "<cut>")
     except VmbootError:
         return None
-    secs = []
-    index_of = {}
+    secs: list[tuple[str, int, bytes, int, int, int, int]] = []
+    index_of: dict[int, int] = {}
     for sec in elf.sections[1:]:
         if sec.name == ".shstrtab":
             continue
@@ -250,16 +250,16 @@ def cut_vmlinux(image: bytes, keep_syms: int = 200, keep_bytes: int = 256) -> by
             data = bytes(min(sec.size, 64))
         else:
             data = data[:keep_bytes]
-        secs.append([sec.name, sec.type, data, sec.addr, sec.link, sec.info, sec.entsize])
-    for s in secs:
-        if s[1] == SHT_SYMTAB:
-            s[4] = index_of.get(s[4], -1) + 1
+        secs.append((sec.name, sec.type, data, sec.addr, sec.link, sec.info, sec.entsize))
+    for i, (name, typ, body, addr, link, info, entsize) in enumerate(secs):
+        if typ == SHT_SYMTAB:
+            secs[i] = (name, typ, body, addr, index_of.get(link, -1) + 1, info, entsize)
     phdrs = []
     for seg in elf.segments:
         sec_index = next((index_of[s.index] for s in elf.sections[1:]
                           if s.index in index_of and s.size and s.addr == seg.vaddr), -1)
         phdrs.append((seg.type, seg.flags, sec_index, seg.vaddr, seg.paddr, 0, seg.align))
-    return build_elf([tuple(s) for s in secs], entry=elf.e_entry, phdrs=phdrs)  # type: ignore[misc]
+    return build_elf(secs, entry=elf.e_entry, phdrs=phdrs)
 
 
 @functools.cache
