@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import fmt_s, measure, print_table, summary_row, write_results
 
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, load_kernel
+from vmboot.linux import BootOptions, BzImage, load_kernel
 
 MiB = 1 << 20
 GUEST_RAM = 256 * MiB
@@ -45,6 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     kpath = find_kernel(args.kernel)
     kernel = load_kernel(kpath)
+    if not isinstance(kernel, BzImage):
+        sys.exit(f"{kpath}: not a bzImage (this benchmark copies a bzImage's payload)")
     initrd = os.urandom(INITRD_SIZE)
     payload = bytes(kernel.payload())
     copied = len(payload) + len(initrd)
