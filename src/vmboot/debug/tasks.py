@@ -14,7 +14,8 @@ PID, TGID, ``comm``, state and the CPU it last ran on, then unwinds its kernel s
   then follows ORC when the kernel has it, else frame pointers.
 
 Structure layouts come from the kernel's BTF (:mod:`vmboot.debug.btf`): the ``.BTF``
-section of the vmlinux, else of the kernel image (decompressed on the host).
+section of the vmlinux, else of the kernel image (decompressed on the host); for a kernel
+built without BTF, from a debug vmlinux's DWARF (:mod:`vmboot.debug.dwarf_types`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmboot.debug.btf import Btf, BtfLookupError
+from vmboot.debug.btf import Btf, BtfLookupError, TypeGraph
 from vmboot.debug.cpus import CpuTrace, trace_cpus
+from vmboot.debug.dwarf_types import DwarfTypes
 from vmboot.debug.frames import StackFrame, format_trace
 from vmboot.debug.kernel_symbols import load_symbol_addresses, runtime_address
 from vmboot.debug.orc import OrcTable, UnwindState
@@ -114,8 +116,14 @@ class GuestTask:
                             "reliable": f.reliable, "note": f.note} for f in self.frames]}
 
 
-def load_btf(vmlinux: SymbolSource | None = None, kernel: SymbolSource | None = None) -> Btf:
-    """The kernel's BTF: the vmlinux's ``.BTF``, else the kernel image's (memoised)."""
+TYPES_ALSO_NEEDED = ("inactive_task_frame", "pcpu_hot")
+"""Structures :class:`TaskLayout` reads besides ``task_struct`` (and the types in it)."""
+
+
+def load_types(vmlinux: SymbolSource | None = None,
+               kernel: SymbolSource | None = None) -> TypeGraph:
+    """The kernel's structure layouts (memoised): the vmlinux's ``.BTF``, else the kernel
+    image's, else the DWARF of a debug vmlinux (:mod:`vmboot.debug.dwarf_types`)."""
     failures = []
     if vmlinux is not None:
         try:
@@ -128,7 +136,13 @@ def load_btf(vmlinux: SymbolSource | None = None, kernel: SymbolSource | None = 
                             lambda: Btf.from_kernel_image(read_all(kernel)))
         except (OSError, VmbootError) as exc:
             failures.append(f"kernel image: {exc}")
-    raise BtfLookupError("no kernel BTF (needs CONFIG_DEBUG_INFO_BTF): " +
+    if vmlinux is not None:
+        try:
+            return memoised("dwarf-vmlinux", vmlinux, lambda: _dwarf_from_elf_source(vmlinux))
+        except (OSError, VmbootError) as exc:
+            failures.append(f"vmlinux DWARF: {exc}")
+    raise BtfLookupError("no kernel type information (needs CONFIG_DEBUG_INFO_BTF in the "
+                         "kernel, or a debug vmlinux with DWARF): " +
                          ("; ".join(failures) or "pass vmlinux= or kernel="))
 
 
@@ -138,9 +152,15 @@ def _btf_from_elf_source(source: SymbolSource) -> Btf:
         return Btf.from_elf(elf)
 
 
+def _dwarf_from_elf_source(source: SymbolSource) -> DwarfTypes:
+    rewind(source)
+    with ElfFile.open(source) as elf:
+        return DwarfTypes.from_elf(elf, also=TYPES_ALSO_NEEDED)
+
+
 @dataclass(frozen=True)
 class TaskLayout:
-    """The byte offsets :func:`list_tasks` needs, read from BTF once per kernel."""
+    """The byte offsets :func:`list_tasks` needs, read from BTF (or DWARF) once per kernel."""
 
     tasks: int
     thread_group: int | None
@@ -169,7 +189,7 @@ class TaskLayout:
         return max(ends)
 
     @classmethod
-    def from_btf(cls, btf: Btf) -> TaskLayout:
+    def from_btf(cls, btf: TypeGraph) -> TaskLayout:
         def opt(path: str, struct: str = "task_struct") -> int | None:
             try:
                 return btf.offsetof(struct, path)
@@ -289,7 +309,7 @@ def list_tasks(vcpus: Sequence[VirtualCPU], *, vmlinux: SymbolSource | None = No
     """
     if not vcpus:
         raise NoVcpuError("list_tasks: no vCPU given; pass the guest's vCPUs")
-    btf = load_btf(vmlinux, kernel)
+    btf = load_types(vmlinux, kernel)
     layout = memoised("task-layout", vmlinux if vmlinux is not None else kernel,  # type: ignore[arg-type]
                       lambda: TaskLayout.from_btf(btf))
     addresses = load_symbol_addresses(vmlinux, system_map, kernel)

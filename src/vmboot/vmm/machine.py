@@ -732,11 +732,16 @@ class Machine:
 
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
-        or a bzImage's kallsyms."""
+        or a bzImage's kallsyms. The kernel image stays the fallback for what a given file
+        lacks (a debug vmlinux's ORC tables and BTF are in the image)."""
         from vmboot.linux import KernelFormat
 
         if self.vmlinux is not None or self.system_map is not None:
-            return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
+            try:
+                image: bytes | None = self.load_kernel().data
+            except (OSError, VmbootError):
+                image = None
+            return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": image}
         kernel_bytes = self.load_kernel().data
         if self.kernel is not None and self.kernel.format is KernelFormat.VMLINUX:
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
