@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import REPO, requires_kvm, shared_kernel_file
 from vmboot.debug.kaslr import KASLR_ALIGN
 from vmboot.debug.symtab import UNKNOWN_SYMBOL
 from vmboot.debug.tasks import GuestTask
-from vmboot.vmm.machine import Machine
+from vmboot.vmm.machine import Machine, RunResult
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
@@ -121,6 +122,43 @@ def test_task_list_matches_the_guests_own_proc(guest: tuple[Machine, dict[int, s
     assert "kthreadd" in [f.symbol for f in mine[2].frames]
     assert mine[2].frames[-1].symbol == "ret_from_fork"
     assert "do_wait" in [f.symbol for f in mine[1].frames]   # pid 1 waits for the subshell
+
+
+def test_traces_and_tasks_while_run_is_in_progress(
+        guest: tuple[Machine, dict[int, str], int]) -> None:
+    """Both calls pause the running guest (Machine.when_stopped) and it goes on afterwards:
+    a command sleeping at the time of the calls finishes after them, in the same run."""
+    m, _, _ = guest
+    vcpus = m.vcpu_set
+    assert vcpus is not None
+    mark = len(m.console.data)
+    m.push_input(b"sleep 4; echo SLEPT-$((6*7))\n")
+    results: list[RunResult] = []
+    runner = threading.Thread(target=lambda: results.append(m.run(timeout=BOOT_LIMIT_S)))
+    runner.start()
+    try:
+        end = time.monotonic() + BOOT_LIMIT_S
+        while not any(t.comm == "sleep" for t in m.tasks()):   # paused for, in the run
+            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
+            time.sleep(0.5)
+        assert vcpus.running
+        traces = m.traces()
+        tasks = m.tasks()
+        at_calls = bytes(m.console.data[mark:])
+        assert vcpus.running and runner.is_alive()   # the same run goes on
+        assert [t.cpu for t in traces] == [0]
+        assert traces[0].error is None or traces[0].user_mode, traces[0].error
+        (sleeper,) = [t for t in tasks if t.comm == "sleep"]
+        assert sleeper.state == "S" and "hrtimer_nanosleep" in [f.symbol for f in sleeper.frames]
+        assert b"SLEPT-42" not in at_calls
+        while b"SLEPT-42" not in bytes(m.console.data[mark:]):
+            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
+            time.sleep(0.2)
+    finally:
+        m.request_stop()
+        runner.join(timeout=BOOT_LIMIT_S)
+    assert results and results[0].exit.reason.value == "stopped", results
+    run_until(m, b"# ", after=len(m.console.data) - 8)
 
 
 def test_a_cpu_spinning_in_the_kernel_is_a_lockup(guest: tuple[Machine, dict[int, str], int]) -> None:
