@@ -124,6 +124,35 @@ def test_task_list_matches_the_guests_own_proc(guest: tuple[Machine, dict[int, s
     assert "do_wait" in [f.symbol for f in mine[1].frames]   # pid 1 waits for the subshell
 
 
+_STAT_LINE = re.compile(rb"^T (\d+) \((.*)\) (\S) (.*?)\r?$", re.M)
+STAT_PROCESSOR = 39
+"""``/proc/PID/stat`` field of the CPU the task last ran on (proc(5); the state is field 3)."""
+
+
+def test_state_letters_and_cpus_agree_with_proc_stat(
+        guest: tuple[Machine, dict[int, str], int]) -> None:
+    """The state letter and last CPU of every task sleeping while the guest's shell read
+    /proc/PID/stat, against what it read (then the guest idles and the host looks)."""
+    m, _, shell_pid = guest
+    mark = len(m.console.data)
+    m.push_input(b"echo PS-START-$((6*7)); for d in /proc/[0-9]*; do read -r s < $d/stat; "
+                 b"echo \"T $s\"; done; echo PS-END-$((6*7))\n")
+    out = run_until(m, PS_END, after=mark)
+    out = out[out.rindex(PS_START):]
+    run_until(m, b"# ", after=len(m.console.data) - 8)
+    m.run(timeout=STEP_S)
+    stat = {int(pid): (state.decode(), int(rest.split()[STAT_PROCESSOR - 4]))
+            for pid, _, state, rest in _STAT_LINE.findall(out)}
+    assert len(stat) >= 10 and stat[2][0] in "SI", stat
+    tasks = by_pid(m.tasks())
+    # Tasks running during the listing (the shell and its children) have moved on since.
+    asleep = {pid: v for pid, v in stat.items() if v[0] in "SDI" and pid != shell_pid
+              and pid in tasks}
+    assert len(asleep) >= 10, stat
+    assert {pid: (tasks[pid].state, tasks[pid].cpu) for pid in asleep} == asleep
+    assert {t.state for t in tasks.values()} >= {"S", "I"}
+
+
 def test_traces_and_tasks_while_run_is_in_progress(
         guest: tuple[Machine, dict[int, str], int]) -> None:
     """Both calls pause the running guest (Machine.when_stopped) and it goes on afterwards:
