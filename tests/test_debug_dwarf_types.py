@@ -22,7 +22,7 @@ import fuzz_support  # noqa: F401  (puts the repository root on sys.path for ``f
 from fuzz.seeds import BTF_SAMPLE, DWARF_SAMPLE, DwarfSpec, build_btf, build_dwarf
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.debug.btf import Btf, BtfKind, BtfLookupError, TypeGraph
+from vmboot.debug.btf import Btf, BtfFormatError, BtfKind, BtfLookupError, TypeGraph
 from vmboot.debug.dwarf import DwarfFormatError, DwarfSections, unit_headers
 from vmboot.debug.dwarf_types import DwarfLookupError, DwarfTypes
 from vmboot.debug.symbol_sources import clear_symbol_cache
@@ -212,3 +212,20 @@ def test_tasks_of_a_guest_without_btf_come_from_dwarf(btf_hidden_guest: Machine,
     for t in sleeping:
         assert t.error is None and [f.symbol for f in t.frames][:2] == ["__schedule",
                                                                         "schedule"], t.render()
+
+
+def test_a_long_chain_of_old_style_bitfields_is_a_format_error_not_a_recursion() -> None:
+    """Each struct's DWARF 2 bitfield needs the size of the next struct: 300 of them."""
+    def bitfield(label: str, of: str) -> DwarfSpec:
+        return (label, 0x0D, [(0x03, 0x08, "m"), (0x49, 0x13, of), (0x0D, 0x0B, 1),
+                              (0x0C, 0x0B, 0), (0x38, 0x05, 0)], [])
+
+    chain: list[DwarfSpec] = [(f"s{i}", 0x13, [(0x03, 0x08, f"s{i}")],
+                               [bitfield(f"m{i}", f"@s{i + 1}" if i < 299 else "@int")])
+                              for i in range(300)]
+    chain += [("int", 0x24, [(0x0B, 0x0B, 4), (0x03, 0x08, "int")], []),
+              ("task", 0x13, [(0x03, 0x08, "task_struct"), (0x0B, 0x0B, 8)],
+               [bitfield("x", "@s0")])]
+    types = sample_types([chain])
+    with pytest.raises(BtfFormatError, match=r"nested deeper than 32 types"):
+        types.find("task_struct")

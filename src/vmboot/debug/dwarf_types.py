@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vmboot.debug.btf import (
+    MAX_RESOLVE_DEPTH,
     BtfArray,
     BtfFormatError,
     BtfKind,
@@ -151,6 +152,9 @@ class DwarfTypes(TypeGraph):
         if type_id in self._converting:
             raise BtfFormatError(f"{self.name}: type {type_id:#x} ({_name(die)!r}) needs its "
                                  f"own size to be laid out (a member of its own type)")
+        if len(self._converting) >= MAX_RESOLVE_DEPTH:
+            raise BtfFormatError(f"{self.name}: type {type_id:#x} ({_name(die)!r}): bitfield "
+                                 f"storage sizes nested deeper than {MAX_RESOLVE_DEPTH} types")
         self._converting.add(type_id)
         try:
             t = self._convert(die)
