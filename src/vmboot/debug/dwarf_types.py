@@ -21,7 +21,7 @@ Typical use::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from vmboot.debug.btf import (
     MAX_RESOLVE_DEPTH,
@@ -42,6 +42,7 @@ from vmboot.debug.dwarf import (
     DwarfFormatError,
     DwarfSections,
     Tag,
+    UnitHeader,
     parse_unit_header,
     read_unit,
     uleb128,
@@ -118,7 +119,8 @@ class DwarfTypes(TypeGraph):
                       anchor: str = ANCHOR_STRUCT, also: Sequence[str] = ()) -> DwarfTypes:
         """As :meth:`from_elf`, from ``.debug_info`` and the other sections' bytes
         (``sections.info`` is not used: each unit read is copied out of ``info``)."""
-        dies, unit = _defining_unit(info, sections, anchor)
+        units = _UnitSearch(info, sections)
+        dies, unit = units.first_defining(anchor, units.in_order(anchor))
         if dies is None:
             raise DwarfLookupError(f"{sections.name}: no DWARF unit defines struct {anchor} "
                                    f"completely (decoded at most {MAX_UNITS_DECODED} candidate "
@@ -126,7 +128,7 @@ class DwarfTypes(TypeGraph):
         name = f"{sections.name} (DWARF unit at {DEBUG_INFO} offset {unit:#x})"
         for struct_name in also:
             if not _defines(dies, struct_name):
-                more, _ = _defining_unit(info, sections, struct_name)
+                more, _ = units.first_defining(struct_name, units.in_order(struct_name))
                 dies.update(more or {})
         return cls(dies, name)
 
@@ -245,26 +247,45 @@ def _defines(dies: dict[int, Die], struct_name: str) -> bool:
                and At.DECLARATION not in d.attributes for d in dies.values())
 
 
-def _defining_unit(info: bytes | memoryview, sections: DwarfSections,
-                   struct_name: str) -> tuple[dict[int, Die] | None, int]:
-    """The entries of the first unit defining ``struct_name`` completely, and its offset."""
-    needle = struct_name.encode()
-    string_offsets = _string_offsets(sections.strings, needle)
-    decoded = 0
-    for unit in unit_headers(info, sections.name):
-        chunk = bytes(info[unit.offset:unit.end])
-        patterns = [off.to_bytes(unit.offset_size, "little") for off in string_offsets]
-        if needle + b"\0" not in chunk and not any(p in chunk for p in patterns):
-            continue
-        if decoded == MAX_UNITS_DECODED:
-            break
-        decoded += 1
-        one = DwarfSections(chunk, sections.abbrev, sections.strings, sections.line_strings,
-                            sections.str_offsets, sections.name, unit.offset)
-        dies = read_unit(one, parse_unit_header(chunk, 0, sections.name, unit.offset))
-        if _defines(dies, struct_name):
-            return dies, unit.offset
-    return None, 0
+class _UnitSearch:
+    """Finds the units of ``.debug_info`` that may define a structure, and decodes them."""
+
+    def __init__(self, info: bytes | memoryview, sections: DwarfSections) -> None:
+        self.info = info
+        self.sections = sections
+
+    def _patterns(self, struct_name: str) -> list[bytes]:
+        """What a unit naming ``struct_name`` holds: the name inline, or (as the low four
+        bytes of a 4- or 8-byte offset) where it is in ``.debug_str``."""
+        needle = struct_name.encode()
+        offsets = _string_offsets(self.sections.strings, needle)
+        return [needle + b"\0"] + [off.to_bytes(4, "little") for off in offsets]
+
+    def in_order(self, struct_name: str) -> Iterator[UnitHeader]:
+        """The units naming ``struct_name``, in order, each searched as it comes: cheap when
+        an early one defines it, as one of the kernel's first units does ``task_struct``; a
+        structure no unit defines costs a search of the whole section."""
+        patterns = self._patterns(struct_name)
+        for unit in unit_headers(self.info, self.sections.name):
+            chunk = bytes(self.info[unit.offset:unit.end])
+            if any(p in chunk for p in patterns):
+                yield unit
+
+    def first_defining(self, struct_name: str, candidates: Iterator[UnitHeader]
+                       ) -> tuple[dict[int, Die] | None, int]:
+        """The entries of the first of ``candidates`` defining ``struct_name`` completely,
+        and its offset (at most :data:`MAX_UNITS_DECODED` are decoded)."""
+        s = self.sections
+        for decoded, unit in enumerate(candidates):
+            if decoded == MAX_UNITS_DECODED:
+                break
+            chunk = bytes(self.info[unit.offset:unit.end])
+            one = DwarfSections(chunk, s.abbrev, s.strings, s.line_strings, s.str_offsets,
+                                s.name, unit.offset)
+            dies = read_unit(one, parse_unit_header(chunk, 0, s.name, unit.offset))
+            if _defines(dies, struct_name):
+                return dies, unit.offset
+        return None, 0
 
 
 def _string_offsets(strings: bytes, needle: bytes) -> list[int]:

@@ -116,8 +116,8 @@ class GuestTask:
                             "reliable": f.reliable, "note": f.note} for f in self.frames]}
 
 
-TYPES_ALSO_NEEDED = ("inactive_task_frame", "pcpu_hot")
-"""Structures :class:`TaskLayout` reads besides ``task_struct`` (and the types in it)."""
+PCPU_HOT = "pcpu_hot"
+"""The per-CPU structure holding ``current_task`` from Linux 6.2 (a variable and a type)."""
 
 
 def load_types(vmlinux: SymbolSource | None = None,
@@ -153,9 +153,18 @@ def _btf_from_elf_source(source: SymbolSource) -> Btf:
 
 
 def _dwarf_from_elf_source(source: SymbolSource) -> DwarfTypes:
+    """The DWARF layouts :class:`TaskLayout` reads: ``task_struct`` and the types in it,
+    ``inactive_task_frame``, and ``pcpu_hot`` when the kernel has that variable (looking
+    for a structure no unit defines searches all of ``.debug_info``)."""
+    also = ["inactive_task_frame"]
+    try:
+        if PCPU_HOT in load_symbol_addresses(source):
+            also.append(PCPU_HOT)
+    except VmbootError:
+        also.append(PCPU_HOT)
     rewind(source)
     with ElfFile.open(source) as elf:
-        return DwarfTypes.from_elf(elf, also=TYPES_ALSO_NEEDED)
+        return DwarfTypes.from_elf(elf, also=also)
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,7 @@ class TaskLayout:
             cpu=cpu,
             thread_sp=btf.offsetof("task_struct", "thread.sp"),
             frame_bp=frame_bp, frame_ret=frame_ret, frame_size=frame_size,
-            current_task_member=opt("current_task", "pcpu_hot") if btf.has("pcpu_hot") else None,
+            current_task_member=opt("current_task", PCPU_HOT) if btf.has(PCPU_HOT) else None,
             nvcsw=opt("nvcsw"), nivcsw=opt("nivcsw"),
         )
 
@@ -269,8 +278,8 @@ def task_addresses(reader: _Reader, init_task: int, layout: TaskLayout) -> list[
 def current_tasks(reader: _Reader, symbols: dict[str, int], slide: int, layout: TaskLayout,
                   cpus: Sequence[int]) -> dict[int, int]:
     """The task running on each CPU: ``{task address: cpu}``."""
-    if layout.current_task_member is not None and "pcpu_hot" in symbols:
-        var = runtime_address(symbols, "pcpu_hot", slide) + layout.current_task_member
+    if layout.current_task_member is not None and PCPU_HOT in symbols:
+        var = runtime_address(symbols, PCPU_HOT, slide) + layout.current_task_member
     else:
         var = runtime_address(symbols, "current_task", slide)
     out: dict[int, int] = {}
