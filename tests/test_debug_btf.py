@@ -6,9 +6,9 @@ from __future__ import annotations
 import lzma
 import re
 import shutil
-import struct
 import subprocess
 from pathlib import Path
+from struct import pack
 
 import pytest
 
@@ -70,7 +70,7 @@ def test_unknown_kind_and_truncated_type_are_format_errors() -> None:
     with pytest.raises(BtfFormatError, match=r"type 1 has kind 31"):
         len(btf)
     short = bytearray(build_btf(BTF_SAMPLE[:3]))  # int, long, list_head (36 bytes)
-    short[12:16] = struct.pack("<I", 16 + 16 + 24)  # type_len: list_head loses a member
+    short[12:16] = pack("<I", 16 + 16 + 24)  # type_len: list_head loses a member
     with pytest.raises(BtfFormatError, match=r"type 3 \(STRUCT, 36 bytes\) runs past the type "
                                              r"section \(56\)"):
         Btf(bytes(short)).find("list_head")
