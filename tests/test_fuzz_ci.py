@@ -37,6 +37,7 @@ CI_RUNS: dict[str, int] = {
     "kallsyms": 1500,
     "orc": 2000,
     "btf": 2000,
+    "dwarf": 1500,
     "page_walk": 4000,
     "cpio": 1500,
     "decompress": 1500,
