@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
+    from vmboot.debug.text_patch import KernelText
     from vmboot.debug.vmcore import VmcoreResult
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.console import ConsolePort
@@ -787,6 +788,21 @@ class Machine:
         except VmbootError:
             return 0
         return self._slide
+
+    def kernel_text(self) -> KernelText:
+        """The running kernel's memory by symbol (KASLR applied), to read and patch from the
+        host between runs (:mod:`vmboot.debug.text_patch`)."""
+        from vmboot.debug.kernel_symbols import load_symbol_addresses
+        from vmboot.debug.page_walk import GuestAddressSpace
+        from vmboot.debug.text_patch import KernelText
+
+        self._require_stopped("kernel_text")
+        functions = self._load_symbols()
+        if functions is None or self.vcpu is None:
+            raise DebugError(f"Machine.kernel_text: no kernel symbols: {self.symbols_problem}")
+        return KernelText(GuestAddressSpace.from_vcpu(self.vcpu),
+                          load_symbol_addresses(**self._symbol_sources()), functions,
+                          self.kaslr_slide())
 
     def _all_vcpus(self) -> list[KvmVCPU]:
         """The vCPUs to trace, in CPU order."""
