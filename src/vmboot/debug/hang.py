@@ -45,6 +45,9 @@ ENTRY_FUNCTIONS = frozenset({
 """Functions under most stacks: their presence in every sample says nothing about a lockup."""
 LOCKUP_DEPTH = 4
 """How many innermost frames of each sample are compared."""
+SAMPLE_FRAMES = 64
+"""Frames unwound per CPU and sample: enough to reach the interrupted code under an
+interrupt that prints (the soft-lockup watchdog's stack is some 15 frames deep)."""
 INTERRUPT_ENTRY = re.compile(r"^asm_(?:sysvec_\w+|common_interrupt|spurious_interrupt)$")
 """Interrupt entry stubs: the frames above one are the interrupt's, the frames below it the
 code it interrupted."""

@@ -842,7 +842,7 @@ class Machine:
         """Run the guest ``samples - 1`` more times for ``interval`` seconds, tracing every
         vCPU after each, and judge whether it is idle, locked up or running (see
         :mod:`vmboot.debug.hang`); tasks blocked throughout are listed. Between runs only."""
-        from vmboot.debug.hang import classify
+        from vmboot.debug.hang import SAMPLE_FRAMES, classify
         from vmboot.debug.tasks import still_blocked
 
         self._require_stopped("hang_report")
@@ -854,11 +854,11 @@ class Machine:
             tasks_before = self.tasks()
         except DebugError:
             tasks_before = []
-        rounds = [self.traces()]
+        rounds = [self.traces(SAMPLE_FRAMES)]
         for _ in range(samples - 1):
             if self._run_vcpus(interval).reason is not ExitReason.TIMEOUT:
                 break
-            rounds.append(self.traces())
+            rounds.append(self.traces(SAMPLE_FRAMES))
         self.console.flush()
         blocked = []
         if tasks_before:
