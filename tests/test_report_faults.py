@@ -159,7 +159,7 @@ def provoke(g: Guest, function: str, code: bytes, command: str,
     text_ = g.machine.kernel_text()
     address = text_.address_of(function)
     patches: list[TextPatch] = []
-    before = set(g.dumps.iterdir()) if g.dumps.exists() else set()
+    before = dumps_of(g)
     try:
         if bug_entry is not None:
             patches.append(text_.claim_bug_entry(address, warning=bug_entry)[1])
@@ -168,8 +168,12 @@ def provoke(g: Guest, function: str, code: bytes, command: str,
     finally:
         for patch in reversed(patches):
             patch.restore()
-    after = set(g.dumps.iterdir()) if g.dumps.exists() else set()
-    return Fault(text, read(g, text), address, function, sorted(after - before))
+    return Fault(text, read(g, text), address, function, sorted(dumps_of(g) - before))
+
+
+def dumps_of(g: Guest) -> set[Path]:
+    """The vmcores written so far (``dump_on="oops"``)."""
+    return set(g.dumps.iterdir()) if g.dumps.exists() else set()
 
 
 def check_lines(fault: Fault, report: KernelReport, first: str, last: str) -> None:
@@ -284,6 +288,7 @@ def test_io_waiting_forever_is_a_hung_task(hung_task: HungTask, tmp_path: Path,
 @pytest.fixture(scope="module")
 def soft_lockup(guest: Guest) -> tuple[Fault, HangReport]:
     g = guest
+    before = dumps_of(g)
     g.shell("echo 1 > /proc/sys/kernel/watchdog_thresh")
     text_ = g.machine.kernel_text()
     address = text_.address_of("__x64_sys_sethostname")
@@ -297,7 +302,8 @@ def soft_lockup(guest: Guest) -> tuple[Fault, HangReport]:
         patch.restore()  # the stuck CPU runs the original code and returns
     text = g.run_until("DONE-42\r\n", mark)
     g.shell("echo 10 > /proc/sys/kernel/watchdog_thresh")
-    return Fault(text, read(g, text), address, "__x64_sys_sethostname"), hang
+    return Fault(text, read(g, text), address, "__x64_sys_sethostname",
+                 sorted(dumps_of(g) - before)), hang
 
 
 def test_a_spinning_syscall_is_a_soft_lockup(guest: Guest, soft_lockup: tuple[Fault, HangReport],
@@ -317,6 +323,7 @@ def test_a_spinning_syscall_is_a_soft_lockup(guest: Guest, soft_lockup: tuple[Fa
     assert hang.verdict == "lockup" and hang.cpu == int(m.group(1)), \
         hang.render() + "".join(t.render() for t in hang.traces)
     assert hang.function == "__x64_sys_sethostname", hang.render()
+    assert fault.vmcores == []  # a soft lockup is no oops (and must not hold the oops watch)
 
 
 # -- WARN() -------------------------------------------------------------------------------------
@@ -449,3 +456,4 @@ def test_bug_table_ud2_is_a_kernel_bug(guest: Guest, bug: Fault, tmp_path: Path,
     check_fail_on(bug.reading, Verdict.BUG, "oops,warning")
     check_report_cli(tmp_path, capsys, bug, report)
     assert "Segmentation fault" in bug.text and "DONE-42" in bug.text
+    assert [p.name.split(".")[-1] for p in bug.vmcores] == ["oops"]  # a BUG() is an oops
