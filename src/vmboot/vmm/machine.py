@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
+    from vmboot.debug.text_patch import KernelText
     from vmboot.debug.vmcore import VmcoreResult
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.console import ConsolePort
@@ -798,6 +799,21 @@ class Machine:
             return 0
         return self._slide
 
+    def kernel_text(self) -> KernelText:
+        """The running kernel's memory by symbol (KASLR applied), to read and patch from the
+        host between runs (:mod:`vmboot.debug.text_patch`)."""
+        from vmboot.debug.kernel_symbols import load_symbol_addresses
+        from vmboot.debug.page_walk import GuestAddressSpace
+        from vmboot.debug.text_patch import KernelText
+
+        self._require_stopped("kernel_text")
+        functions = self._load_symbols()
+        if functions is None or self.vcpu is None:
+            raise DebugError(f"Machine.kernel_text: no kernel symbols: {self.symbols_problem}")
+        return KernelText(GuestAddressSpace.from_vcpu(self.vcpu),
+                          load_symbol_addresses(**self._symbol_sources()), functions,
+                          self.kaslr_slide())
+
     def _all_vcpus(self) -> list[KvmVCPU]:
         """The vCPUs to trace, in CPU order."""
         return list(self.vcpus)
@@ -837,7 +853,7 @@ class Machine:
         """Run the guest ``samples - 1`` more times for ``interval`` seconds, tracing every
         vCPU after each, and judge whether it is idle, locked up or running (see
         :mod:`vmboot.debug.hang`); tasks blocked throughout are listed. Between runs only."""
-        from vmboot.debug.hang import classify
+        from vmboot.debug.hang import SAMPLE_FRAMES, classify
         from vmboot.debug.tasks import still_blocked
 
         self._require_stopped("hang_report")
@@ -849,11 +865,11 @@ class Machine:
             tasks_before = self.tasks()
         except DebugError:
             tasks_before = []
-        rounds = [self.traces()]
+        rounds = [self.traces(SAMPLE_FRAMES)]
         for _ in range(samples - 1):
             if self._run_vcpus(interval).reason is not ExitReason.TIMEOUT:
                 break
-            rounds.append(self.traces())
+            rounds.append(self.traces(SAMPLE_FRAMES))
         self.console.flush()
         blocked = []
         if tasks_before:
