@@ -14,12 +14,12 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.devices.socket_path import check_socket_path, listen_unix
 from vmboot.errors import UsageError
 
 log = logging.getLogger("vmboot.virtiofsd")
@@ -42,6 +42,7 @@ of those mounts made read-only, seen only by virtiofsd, which then replaces the 
 serves MOUNTPOINT: no write of the guest can reach the host tree (the C virtiofsd has no
 read-only option). Any step that fails stops the start (``set -e``)."""
 RO_MOUNTPOINT = "source"
+SOCKET_FIELD = "virtiofsd socket"
 
 
 class VirtiofsdMissing(UsageError):
@@ -93,24 +94,35 @@ class Virtiofsd:
     socket_path: str
     source: Path
     _tmpdir: tempfile.TemporaryDirectory[str]
+    _own_path: bool = False
+    """The socket is at a path the caller chose, outside the temporary directory: removed
+    by :meth:`stop`."""
 
     @classmethod
     def start(cls, source: Path, binary: Path | None = None, cache: str = "auto",
-              extra_args: tuple[str, ...] = (), read_only: bool = False) -> Virtiofsd:
+              extra_args: tuple[str, ...] = (), read_only: bool = False,
+              socket_path: str | None = None) -> Virtiofsd:
+        """Start virtiofsd on ``source``. ``socket_path``: where its vhost-user socket is
+        (default: in a private temporary directory); a stale socket file an earlier run
+        left there is replaced, a live one refused (:mod:`vmboot.devices.socket_path`)."""
         if not source.is_dir():
             raise UsageError(f"share {source}: not a directory")
         exe = binary or find_virtiofsd()
         wrapper = _private_namespace() if read_only else []
+        if socket_path is not None:
+            check_socket_path(socket_path, SOCKET_FIELD)
         tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
-        path = os.path.join(tmpdir.name, "vhost-user.sock")
+        path = socket_path or os.path.join(tmpdir.name, "vhost-user.sock")
         served = source
         if read_only:
             served = Path(tmpdir.name, RO_MOUNTPOINT)
             served.mkdir()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(path)
-            listener.listen(1)
+            listener = listen_unix(path, SOCKET_FIELD, 1)
+        except BaseException:
+            tmpdir.cleanup()
+            raise
+        try:
             fd = listener.fileno()
             if _is_rust(exe):
                 args = [str(exe), f"--fd={fd}", f"--shared-dir={served}", f"--cache={cache}",
@@ -131,10 +143,13 @@ class Virtiofsd:
                                            start_new_session=True)
         except OSError as exc:
             tmpdir.cleanup()
+            if socket_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)
             raise UsageError(f"cannot start virtiofsd ({exe}): {exc.strerror or exc}") from None
         finally:
             listener.close()  # virtiofsd holds its own copy of the listening socket
-        return cls(process, path, source, tmpdir)
+        return cls(process, path, source, tmpdir, socket_path is not None)
 
     def failure(self) -> str | None:
         """One line naming why virtiofsd ended, if it has."""
@@ -160,3 +175,6 @@ class Virtiofsd:
                 self.process.kill()
                 self.process.wait()
         self._tmpdir.cleanup()
+        if self._own_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
