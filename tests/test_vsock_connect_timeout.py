@@ -4,6 +4,7 @@ device gives up at the connect timeout (RST to the guest, the host stream closed
 
 from __future__ import annotations
 
+import argparse
 import math
 import socket
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.io_thread import IoThread
@@ -21,7 +23,7 @@ from vmboot.devices.virtio.vsock_host import (
     VsockError,
     VsockRefused,
 )
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, UsageError
 from vsock_support import Guest, Packet, guest
 
 GUEST_PORT = 52
@@ -197,3 +199,23 @@ def test_deadline_timer_fires_once_and_disarms() -> None:
         timer.close()
     assert timer.fd == -1
 
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_vsock_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_cli_connect_timeout(tmp_path: Path) -> None:
+    path = str(tmp_path / "v.sock")
+    config = vsock_config(_parse(["--vsock", path, "--vsock-connect-timeout", "2.5"]))
+    assert config is not None and config.connect_timeout == 2.5
+    default = vsock_config(_parse(["--vsock", path]))
+    assert default is not None and default.connect_timeout == CONNECT_TIMEOUT
+    with pytest.raises(UsageError, match="--vsock-connect-timeout: no --vsock PATH"):
+        vsock_config(_parse(["--vsock-connect-timeout", "3"]))
+    with pytest.raises(BootConfigError, match=r"vsock connect timeout: 7200\.0 s is outside"):
+        vsock_config(_parse(["--vsock", path, "--vsock-connect-timeout", "7200"]))
+    with pytest.raises(SystemExit):
+        _parse(["--vsock", path, "--vsock-connect-timeout", "0"])
