@@ -55,6 +55,7 @@ from vmboot.devices.virtio.vsock_host import (
     VsockError,
     VsockListener,
     VsockRefused,
+    VsockTimeout,
     check_connect_timeout,
     connect_timed_out,
     ok_line,
@@ -81,6 +82,8 @@ FIRST_HOST_PORT = 1 << 30
 RECV_CHUNK = vp.MAX_PAYLOAD
 HYBRID_BACKLOG = 64
 """Host streams the hybrid socket queues before the I/O thread accepts them."""
+CONNECT_GRACE = 1.0
+"""Seconds :meth:`VsockDevice.connect` waits past its timeout for the device to give up."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,7 @@ class VsockDevice(VirtioDevice):
     def connect(self, port: int, timeout: float | None = None) -> socket.socket:
         """A blocking stream socket connected to guest port ``port`` (any thread but the
         I/O thread). :class:`VsockRefused` if the guest refuses (nothing listens there),
-        :class:`VsockError` if it does not answer within ``timeout`` seconds (default: the
+        :class:`VsockTimeout` if it does not answer within ``timeout`` seconds (default: the
         configuration's ``connect_timeout``, :data:`.vsock_host.CONNECT_TIMEOUT`)."""
         if not 0 <= port <= PORT_LIMIT:
             raise VsockError(f"vsock connect: port {port} is outside 0..{PORT_LIMIT}; "
@@ -314,12 +317,17 @@ class VsockDevice(VirtioDevice):
         started = time.monotonic()
         self.adopt_host_stream(theirs, wait)
         try:
-            read_ok(mine, port, wait)
+            # The device's timer ends the wait (and resets the request in the guest); the
+            # grace only bounds it should the I/O thread be held up.
+            read_ok(mine, port, wait + CONNECT_GRACE)
         except VsockRefused:
             mine.close()
             if time.monotonic() - started >= wait:  # the device gave up at the deadline
                 raise connect_timed_out(port, wait) from None
             raise
+        except VsockTimeout:
+            mine.close()
+            raise connect_timed_out(port, wait) from None
         except BaseException:
             mine.close()
             raise

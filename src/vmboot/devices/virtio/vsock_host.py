@@ -46,6 +46,10 @@ class VsockRefused(VsockError):
     """The guest refused a connection (it reset the request: nothing listens on the port)."""
 
 
+class VsockTimeout(VsockError):
+    """The guest did not answer a connection request in time."""
+
+
 @dataclass(frozen=True)
 class VsockConfig:
     """A vsock device: the guest's CID and, optionally, the hybrid UNIX socket path."""
@@ -110,15 +114,15 @@ def ok_line(host_port: int) -> bytes:
     return b"%s %d\n" % (OK_WORD, host_port)
 
 
-def connect_timed_out(port: int, timeout: float) -> VsockError:
-    return VsockError(f"vsock connect to guest port {port}: no answer within {timeout:g} s "
+def connect_timed_out(port: int, timeout: float) -> VsockTimeout:
+    return VsockTimeout(f"vsock connect to guest port {port}: no answer within {timeout:g} s "
                       "(the connect timeout); is the guest running, with its vsock driver up? "
                       "Give a longer timeout if it is only slow")
 
 
 def read_ok(sock: socket.socket, port: int, timeout: float) -> int:
     """Client side of the handshake: read ``OK <hostport>\\n``; its host port.
-    :class:`VsockRefused` when the stream closes first, :class:`VsockError` when ``timeout``
+    :class:`VsockRefused` when the stream closes first, :class:`VsockTimeout` when ``timeout``
     seconds pass."""
     sock.settimeout(timeout)
     line = bytearray()
@@ -130,7 +134,8 @@ def read_ok(sock: socket.socket, port: int, timeout: float) -> int:
                                    "listens there in the guest, or the guest reset)")
             line += chunk
     except TimeoutError:
-        raise connect_timed_out(port, timeout) from None
+        raise VsockTimeout(f"vsock connect to guest port {port}: no answer within "
+                           f"{timeout:g} s") from None
     words = bytes(line).split()
     if len(words) != 2 or words[0] != OK_WORD or not words[1].isdigit():
         raise VsockError(f"vsock connect to guest port {port}: unexpected answer {bytes(line)!r}")
