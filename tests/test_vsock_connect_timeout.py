@@ -86,6 +86,14 @@ def test_unusable_connect_timeouts_are_refused(seconds: float) -> None:
     assert not device._conns and not device._pending_streams  # nothing was started
 
 
+def test_connect_before_the_driver_is_up_is_refused_at_once() -> None:
+    device = VsockDevice()
+    with pytest.raises(VsockRefused, match="guest port 52: refused: the guest's vsock driver "
+                                           "is not up"):
+        device.connect(GUEST_PORT, timeout=600)
+    assert not device._conns and not device._pending_streams
+
+
 def test_an_unanswered_hybrid_request_is_reset_at_the_deadline() -> None:
     g, clock = _guest_with_clock(VsockConfig(connect_timeout=3.0))
     host, theirs = socket.socketpair()

@@ -312,6 +312,10 @@ class VsockDevice(VirtioDevice):
                              "vsock ports are 32-bit")
         wait = self.config.connect_timeout if timeout is None else timeout
         check_connect_timeout(wait, "vsock connect timeout")
+        if self.memory is None:
+            raise VsockRefused(f"vsock connect to guest port {port}: refused: the guest's vsock "
+                               "driver is not up (the device is not active); connect once the "
+                               "guest has booted")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mine.sendall(b"CONNECT %d\n" % port)
         started = time.monotonic()
