@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from vmboot.version import __version__
 
 _LAZY: dict[str, tuple[str, str]] = {
     "ExecResult": ("vmboot.execute", "ExecResult"),
