@@ -403,9 +403,11 @@ class Machine:
 
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
+        from vmboot.hv.cpuid_entry import CpuidEntry
         from vmboot.hv.kvm import KvmVM
-        from vmboot.hv.kvm.cpuid import CpuidEntry, hidden_features
+        from vmboot.hv.kvm.cpuid import hidden_features
         from vmboot.linux import BootOptions
+        from vmboot.linux.configurator.cpu_reset import set_firmware_state
 
         self._t0 = time.monotonic()
         kernel = self.load_kernel()
@@ -419,14 +421,16 @@ class Machine:
         self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
         vcpu = self.vcpus[0]
         self.vcpu = vcpu
-        self.cpuid_hidden = hidden_features(
-            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-             for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         cmdline = self.virtio.extend_cmdline(self.cmdline)
         self.plan = kernel.prepare(vm, BootOptions(cmdline=cmdline, initrd=self.initrd,
                                                    entry=self.entry))
         place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
+        for ap in self.vcpus[1:]:  # the kernel starts them with INIT/SIPI
+            set_firmware_state(ap)
+        self.cpuid_hidden = hidden_features(
+            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+             for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         self._connect(vm)
         self._t_load = time.monotonic() - self._t0
 

@@ -18,8 +18,8 @@ import fcntl
 from dataclasses import dataclass, field
 
 from vmboot.errors import HypervisorError
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.cpuid import CpuidEntry
 from vmboot.hv.kvm.vcpu import KvmVCPU
 from vmboot.hv.kvm.vm import KvmVM
 from vmboot.x86 import msr

@@ -11,10 +11,10 @@ import struct
 
 from vmboot.errors import HypervisorError
 from vmboot.hv.base import VirtualMachine
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.boot_msrs import boot_msrs
-from vmboot.hv.kvm.cpuid import CpuidEntry, CpuidPolicyName, build_cpuid, resolve_policy
+from vmboot.hv.kvm.cpuid import CpuidPolicyName, build_cpuid, resolve_policy
 from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.kvm.ioctl import ioctl_ulong, kvm_ioctl
 from vmboot.hv.kvm.system import KVM
@@ -166,8 +166,24 @@ class KvmVM(VirtualMachine):
                     f"KVM_IRQFD (gsi {gsi})")
 
     # -- vCPUs --------------------------------------------------------------------------------
+    @property
+    def has_local_apic(self) -> bool:
+        """Each vCPU has a LAPIC when the VM has the in-kernel irqchip."""
+        return self.irqchip
+
+    def cpuid_table(self, index: int) -> list[CpuidEntry]:
+        """The CPUID table this VM's policy gives vCPU ``index`` (KVM's supported leaves, the
+        topology of ``vcpu_count`` vCPUs; set with :meth:`KvmVCPU.set_cpuid`)."""
+        return build_cpuid(
+            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+             for e in self.kvm.supported_cpuid()),
+            self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
+            vcpu_count=self.vcpu_count,
+        )
+
     def create_vcpu(self, index: int = 0) -> KvmVCPU:
-        """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""
+        """Create vCPU ``index`` in KVM's reset state (a boot's state is set by
+        :func:`vmboot.linux.configurator.cpu_reset.set_firmware_state`)."""
         _ = self.fd  # refuse use after close() before anything else
         if self._closing:
             raise HypervisorError("KVM VM: used after close() (the close waits for the vCPU "
@@ -182,20 +198,6 @@ class KvmVM(VirtualMachine):
                 f"(vcpu_count={self.vcpu_count})"
             )
         vcpu = KvmVCPU(self, self.fd, index, self.kvm.vcpu_mmap_size)
-        try:
-            vcpu.set_cpuid(build_cpuid(
-                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-                 for e in self.kvm.supported_cpuid()),
-                self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
-                vcpu_count=self.vcpu_count,
-            ))
-            vcpu.set_msrs(boot_msrs())
-            vcpu.init_fpu()
-            if self.irqchip:
-                vcpu.init_lapic()
-        except BaseException:
-            vcpu.close()
-            raise
         self._vcpus[index] = vcpu
         return vcpu
 
