@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from vmboot.errors import HypervisorError
+from vmboot.errors import HypervisorError, KvmIoctlError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.kvm import abi
@@ -100,10 +99,8 @@ class KvmVCPU(VirtualCPU):
         self._close_when_run_ends = False
         self._after_close: list[Callable[[], object]] = []
         self.cpuid: list[CpuidEntry] = []
-        try:
-            self._fd = fcntl.ioctl(vm_fd, abi.KVM_CREATE_VCPU, index)
-        except OSError as e:
-            raise HypervisorError(f"KVM vCPU {index}: KVM_CREATE_VCPU failed: {e.strerror}") from None
+        self._fd = int(kvm_ioctl(vm_fd, abi.KVM_CREATE_VCPU, index, who=f"KVM vCPU {index}",
+                                 what="KVM_CREATE_VCPU"))
         try:
             self._run = mmap.mmap(self._fd, run_page_size, flags=mmap.MAP_SHARED,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -243,12 +240,10 @@ class KvmVCPU(VirtualCPU):
         """
         self._sregs_dirty = True
         try:
-            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
-        except OSError as e:
+            self._ioctl(abi.KVM_SET_SREGS, self._sregs, "KVM_SET_SREGS")
+        except KvmIoctlError as e:
             if e.errno != errno.EINVAL:
-                raise HypervisorError(
-                    f"KVM vCPU {self._index}: KVM_SET_SREGS failed: {e.strerror} (errno {e.errno})"
-                ) from None
+                raise
             return
         self._sregs_dirty = False
 
@@ -257,11 +252,12 @@ class KvmVCPU(VirtualCPU):
         if not self._sregs_dirty:
             return
         try:
-            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
-        except OSError as e:
+            self._ioctl(abi.KVM_SET_SREGS, self._sregs, "KVM_SET_SREGS")
+        except KvmIoctlError as e:
             s = self._sregs
             raise HypervisorError(
-                f"KVM vCPU {self._index}: KVM refuses the special registers ({e.strerror}): "
+                f"KVM vCPU {self._index}: KVM refuses the special registers "
+                f"({os.strerror(e.errno)}): "
                 f"cr0={s.cr0:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} cs.l={s.cs.l} "
                 f"cs.db={s.cs.db}; valid: long mode needs CR0.PG, CR4.PAE, EFER.LME and EFER.LMA "
                 "together, and a 64-bit CS (l=1) needs long mode"

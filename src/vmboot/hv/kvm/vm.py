@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import mmap
 import os
 import struct
 
-from vmboot.errors import HypervisorError
+from vmboot.errors import HypervisorError, KvmIoctlError
 from vmboot.hv.base import VirtualMachine
 from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
@@ -92,10 +91,8 @@ class KvmVM(VirtualMachine):
             raise
 
     def _setup(self) -> None:
-        try:
-            ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS)
-        except OSError as e:
-            raise HypervisorError(f"KVM VM: KVM_SET_TSS_ADDR {TSS_ADDRESS:#x} failed: {e.strerror}") from None
+        ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS, who="KVM VM",
+                    what=f"KVM_SET_TSS_ADDR {TSS_ADDRESS:#x}")
         self._ioctl(abi.KVM_SET_IDENTITY_MAP_ADDR, struct.pack("<Q", IDENTITY_MAP_ADDRESS),
                     "KVM_SET_IDENTITY_MAP_ADDR")
         if self.irqchip:
@@ -136,12 +133,13 @@ class KvmVM(VirtualMachine):
     def irq_line(self, irq: int, level: bool | int) -> None:
         """Drive interrupt line ``irq`` (GSI 0-23 of the in-kernel PIC/IOAPIC) to ``level``."""
         try:
-            fcntl.ioctl(self.fd, abi.KVM_IRQ_LINE, _IRQ_LEVEL.pack(irq, 1 if level else 0))
-        except OSError as e:
-            raise HypervisorError(
-                f"KVM VM: KVM_IRQ_LINE irq={irq} level={int(bool(level))} failed: {e.strerror}"
-                + ("" if self.irqchip else " (the VM was created without an in-kernel irqchip)")
-            ) from None
+            kvm_ioctl(self.fd, abi.KVM_IRQ_LINE, _IRQ_LEVEL.pack(irq, 1 if level else 0),
+                      who="KVM VM", what=f"KVM_IRQ_LINE irq={irq} level={int(bool(level))}")
+        except KvmIoctlError as e:
+            if self.irqchip:
+                raise
+            raise HypervisorError(f"{e} (the VM was created without an in-kernel irqchip)"
+                                  ) from None
         except struct.error:
             raise HypervisorError(f"KVM VM: irq {irq!r} is not an interrupt line number") from None
 
