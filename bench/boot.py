@@ -13,7 +13,7 @@ tiny-bzImage and tiny-vmlinux. vmboot boots each bzImage twice: through its own 
 payload is decompressed on the host and the vmlinux inside it is entered directly).
 
 Run: ``python bench/boot.py [--runs N] [--matrix min|full] [--with-pc] [--with-tcg]``.
-Writes bench/results/boot.json. Goal (issue 7): vmboot at most half of QEMU microvm's time.
+Writes bench/results/boot.json. Goal: vmboot at most half of QEMU microvm's time.
 """
 
 from __future__ import annotations

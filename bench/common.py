@@ -98,13 +98,16 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 def portable_paths(text: str) -> str:
     """``text`` with this host's paths made ones a reader can run anywhere: the repository's
     own relative to it (the shared kernels as ``../shared/kernels``), the interpreter as
-    ``python3`` and the home directory as ``~``."""
+    ``python3``, the home directory as ``~``, and a scratch directory a script made
+    (``tempfile.mkdtemp(prefix="vmboot-...-")``) as ``$TMPDIR/vmboot-...-*``."""
+    import re
     import sys
+    import tempfile
 
     for absolute, portable in ((sys.executable, "python3"), (str(REPO.parent / "shared"), "../shared"),
                                (str(REPO) + "/", ""), (str(REPO), "."), (str(Path.home()) + "/", "~/")):
         text = text.replace(absolute, portable)
-    return text
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/(vmboot-[a-z-]+-)\w+", r"$TMPDIR/\1*", text)
 
 
 def _jsonable(obj: object) -> object:

@@ -17,7 +17,7 @@ Compare with ``bench/exit_overhead.py`` (a bare Python KVM_RUN loop, ring-0 64-b
 measured in another run): that is the floor for a Python VMM.
 
 Run: ``python bench/exit_vs_qemu.py [--runs 3] [--exits 200000]``.
-Writes bench/results/exit_vs_qemu.json. No goal was set in issue 7 for this figure.
+Writes bench/results/exit_vs_qemu.json. No goal is set for this figure.
 """
 
 from __future__ import annotations

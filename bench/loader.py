@@ -2,7 +2,7 @@
 against a bare memcpy of the same bytes into the same kind of memory (the physical limit).
 
 Run: ``python bench/loader.py [--runs N] [--kernel PATH]``. Writes bench/results/loader.json.
-Goal (issue 7): prepare() takes at most 2x the memcpy time.
+Goal: prepare() takes at most 2x the memcpy time.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Fold bench/results/*.json into the README's benchmark table and draw bench/results/summary.png.
 
-Run: ``python bench/report.py`` after the benchmarks (``python bench/run_all.py`` runs both).
-The table sits in README.md between the ``<!-- bench:start -->`` and ``<!-- bench:end -->``
-markers; everything in it comes from the JSON files, which keep every raw figure.
+Run: ``python bench/report.py`` after the benchmarks (each ``bench/*.py`` script writes its
+``bench/results/NAME.json``; the README lists their commands). The table sits in README.md
+between the ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers; everything in it, and
+in the plot, comes from the JSON files, which keep every raw figure. A recorded absolute
+path of this host is refused (``common.portable_paths`` writes them portable).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, fmt_value
+from common import REPO, RESULTS, fmt_value
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -25,7 +27,9 @@ def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     machine: dict[str, Any] = {}
     runs: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        check_portable(path, text)
+        data = json.loads(text)
         machine = machine or data.get("machine", {})
         commit = data.get("machine", {}).get("vmboot_commit", "?")
         runs.append(f"{path.stem} at {commit} ({data.get('when', '?')[:16].replace('T', ' ')})")
@@ -33,6 +37,22 @@ def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
             rows.append({**row, "source": path.name, "when": data.get("when", "")})
     machine = {**machine, "runs": runs}
     return rows, machine
+
+
+def fmt_ratio(ratio: float) -> str:
+    """Two decimals, or two significant digits for a ratio too small for them (0.00027x)."""
+    return f"{ratio:.2f}x" if ratio >= 0.01 else f"{ratio:.2g}x"
+
+
+def check_portable(path: Path, text: str) -> None:
+    """Refuse a result file that records an absolute path of this host."""
+    import re
+    import tempfile
+
+    for prefix in (str(REPO.parent), str(Path.home()), tempfile.gettempdir()):
+        if re.search(re.escape(prefix) + r"/", text):
+            sys.exit(f"{path}: records a path under {prefix}/ of this host; rewrite it with "
+                     f"common.portable_paths (write_results does) and run report.py again")
 
 
 def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
@@ -55,7 +75,7 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         lines.append(
             f"| {r['figure']} | {f(v['median'])} ({f(v['min'])} to {f(v['max'])}) "
             f"| {r['peer']} | {f(p['median'])} ({f(p['min'])} to {f(p['max'])}) "
-            f"| {r['ratio']:.2f}x | {r['goal']} | {r['runs']} | `{r['command']}` |"
+            f"| {fmt_ratio(r['ratio'])} | {r['goal'] or '-'} | {r['runs']} | `{r['command']}` |"
         )
     lines += ["", "![benchmarks](bench/results/summary.png)", END]
     return "\n".join(lines)
