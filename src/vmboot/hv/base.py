@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Self
 
+from vmboot.closeable import Closeable
 from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.memory_map import MemoryRegion
@@ -19,7 +18,7 @@ from vmboot.hv.registers import DescriptorTable, Register, Segment, SegmentRegis
 from vmboot.x86.apic import LvtDelivery
 
 
-class VirtualMachine(abc.ABC):
+class VirtualMachine(Closeable):
     """A guest: its RAM (bounds-checked, by guest-physical address) and its vCPUs."""
 
     memory: GuestMemory
@@ -68,17 +67,6 @@ class VirtualMachine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release guest RAM and every host resource; idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class VirtualCPU(abc.ABC):

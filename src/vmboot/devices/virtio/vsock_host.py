@@ -19,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.closeable import Closeable
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.errors import BootConfigError, VmbootError
 
@@ -115,7 +116,7 @@ def read_ok(sock: socket.socket, port: int, timeout: float | None) -> int:
     return int(words[1])
 
 
-class VsockListener:
+class VsockListener(Closeable):
     """Guest connections to one host port, accepted in-process (:meth:`accept`)."""
 
     def __init__(self, port: int) -> None:
@@ -141,9 +142,3 @@ class VsockListener:
                 self._accepted.get_nowait().close()
             except queue.Empty:
                 return
-
-    def __enter__(self) -> VsockListener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from types import TracebackType
-from typing import Self
 
+from vmboot.closeable import Closeable
 from vmboot.errors import HypervisorError, KvmIoctlError, KvmUnavailableError
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.host import host_is_emulating
@@ -31,7 +30,7 @@ _CPUID_MAX_ENTRIES = 1024
 _CPUID_FIRST_TRY = 128
 
 
-class KVM:
+class KVM(Closeable):
     """An open ``/dev/kvm`` (or ``device``, so tests can point it elsewhere).
 
     Raises :class:`KvmUnavailableError` with what to do when the device is missing, not
@@ -170,17 +169,6 @@ class KVM:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         self.close()
