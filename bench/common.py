@@ -98,13 +98,21 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 def portable_paths(text: str) -> str:
     """``text`` with this host's paths made ones a reader can run anywhere: the repository's
     own relative to it (the shared kernels as ``../shared/kernels``), the interpreter as
-    ``python3`` and the home directory as ``~``."""
+    ``python3``, the home directory as ``~``, and a scratch directory a script made
+    (``tempfile.mkdtemp(prefix="vmboot-...-")``) as ``$TMPDIR/vmboot-...-*``."""
+    import re
     import sys
+    import tempfile
 
     for absolute, portable in ((sys.executable, "python3"), (str(REPO.parent / "shared"), "../shared"),
                                (str(REPO) + "/", ""), (str(REPO), "."), (str(Path.home()) + "/", "~/")):
         text = text.replace(absolute, portable)
-    return text
+    # the checkout as a peer may print it: relative to / (virtme-ng's virtme_chdir=)
+    text = text.replace(str(REPO).lstrip("/"), ".")
+    tmp = re.escape(tempfile.gettempdir())
+    text = re.sub(tmp + r"/(vmboot-[a-z-]+-)\w+", r"$TMPDIR/\1*", text)
+    text = re.sub(tmp + r"/(virtme)\w+", r"$TMPDIR/\1*", text)  # virtme-ng's scratch directories
+    return re.sub(tmp + r"/", "$TMPDIR/", text)
 
 
 def _jsonable(obj: object) -> object:

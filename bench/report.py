@@ -1,8 +1,10 @@
 """Fold bench/results/*.json into the README's benchmark table and draw bench/results/summary.png.
 
-Run: ``python bench/report.py`` after the benchmarks (``python bench/run_all.py`` runs both).
-The table sits in README.md between the ``<!-- bench:start -->`` and ``<!-- bench:end -->``
-markers; everything in it comes from the JSON files, which keep every raw figure. A result's
+Run: ``python bench/report.py`` after the benchmarks (each ``bench/*.py`` script writes its
+``bench/results/NAME.json``; the README lists their commands). The table sits in README.md
+between the ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers; everything in it, and
+in the plot, comes from the JSON files, which keep every raw figure. A recorded absolute
+path of this host is refused (``common.portable_paths`` writes them portable). A result's
 ``note`` (why a peer could not be measured, say) is printed under the table.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, fmt_value
+from common import REPO, RESULTS, fmt_value
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -23,27 +25,50 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    machine: dict[str, Any] = {}
+    hosts: dict[str, list[str]] = {}  # a host's description -> the scripts last run on it
     runs: list[str] = []
     notes: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        machine = machine or data.get("machine", {})
-        commit = data.get("machine", {}).get("vmboot_commit", "?")
+        text = path.read_text()
+        check_portable(path, text)
+        data = json.loads(text)
+        host = data.get("machine", {})
+        hosts.setdefault(f"{host.get('cpu', '?')}, {host.get('cpus', '?')} CPUs, KVM: "
+                         f"{host.get('kvm', '?')}, Python {host.get('python', '?')}",
+                         []).append(path.stem)
+        commit = host.get("vmboot_commit", "?")
         runs.append(f"{path.stem} at {commit} ({data.get('when', '?')[:16].replace('T', ' ')})")
         for row in data.get("summary", []):
             rows.append({**row, "source": path.name, "when": data.get("when", "")})
         if data.get("note"):
             notes.append(f"{path.stem}: {data['note']}")
-    machine = {**machine, "runs": runs, "notes": notes}
+    machine = {"hosts": hosts, "runs": runs, "notes": notes}
     return rows, machine
 
 
+def fmt_ratio(ratio: float) -> str:
+    """Two decimals, or two significant digits for a ratio too small for them (0.00027x)."""
+    return f"{ratio:.2f}x" if ratio >= 0.01 else f"{ratio:.2g}x"
+
+
+def check_portable(path: Path, text: str) -> None:
+    """Refuse a result file that records an absolute path of this host."""
+    import re
+    import tempfile
+
+    for prefix in (str(REPO.parent), str(Path.home()), tempfile.gettempdir()):
+        if re.search(re.escape(prefix) + r"/", text):
+            sys.exit(f"{path}: records a path under {prefix}/ of this host; rewrite it with "
+                     f"common.portable_paths (write_results does) and run report.py again")
+
+
 def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    hosts: dict[str, list[str]] = machine.get("hosts", {})
+    measured_on = (next(iter(hosts)) if len(hosts) == 1 else
+                   "; ".join(f"{host} ({', '.join(stems)})" for host, stems in hosts.items()))
     lines = [
         START,
-        f"Measured on: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, KVM: "
-        f"{machine.get('kvm', '?')}, Python {machine.get('python', '?')}. Medians of `runs` runs, "
+        f"Measured on: {measured_on}. Medians of `runs` runs, "
         f"min to max in brackets. Each script's last run (vmboot commit, UTC): "
         f"{'; '.join(machine.get('runs', []))}.",
         "",
@@ -59,7 +84,7 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         lines.append(
             f"| {r['figure']} | {f(v['median'])} ({f(v['min'])} to {f(v['max'])}) "
             f"| {r['peer']} | {f(p['median'])} ({f(p['min'])} to {f(p['max'])}) "
-            f"| {r['ratio']:.2f}x | {r['goal']} | {r['runs']} | `{r['command']}` |"
+            f"| {fmt_ratio(r['ratio'])} | {r['goal'] or '-'} | {r['runs']} | `{r['command']}` |"
         )
     notes = machine.get("notes", [])
     if notes:

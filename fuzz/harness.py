@@ -151,7 +151,7 @@ def known_bug(finding: Finding) -> str | None:
     from fuzz.known_bugs import KNOWN_BUGS
 
     for bug in KNOWN_BUGS:
-        if bug.matches(finding):
+        if bug.matches(finding.exc_type, finding.location):
             return bug.test
     return None
 

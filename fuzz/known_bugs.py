@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fuzz.harness import Finding
-
 
 @dataclass(frozen=True)
 class KnownBug:
@@ -21,8 +19,9 @@ class KnownBug:
     test: str
     """The regression test in tests/test_fuzz_regressions.py."""
 
-    def matches(self, finding: Finding) -> bool:
-        return finding.exc_type == self.exc_type and finding.location.startswith(self.location_prefix)
+    def matches(self, exc_type: str, location: str) -> bool:
+        """Whether a finding of ``exc_type`` raised at ``location`` (``path:line``) is this bug."""
+        return exc_type == self.exc_type and location.startswith(self.location_prefix)
 
 
 _T = "tests/test_fuzz_regressions.py::"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vmboot.hv import DescriptorTable, Register, Segment, SegmentRegister
 from vmboot.hv.kvm import KvmVCPU, KvmVM
+from vmboot.linux.configurator.cpu_reset import set_firmware_state
 from vmboot.x86 import cr
 from vmboot.x86.gdt import encode_descriptor, flat_code64, flat_data, tss64
 from vmboot.x86.paging import PTE_PRESENT, PTE_PS, PTE_WRITABLE
@@ -78,7 +79,11 @@ def identity_map(vm: KvmVM) -> None:
 
 
 def enter_long_mode(vm: KvmVM, vcpu: KvmVCPU, entry: int = CODE_GPA) -> None:
-    """Program ``vcpu`` for 64-bit mode by hand: page tables, GDT, segments, control registers."""
+    """Program ``vcpu`` for 64-bit mode by hand: firmware state (CPUID, MSRs, FPU, LAPIC pins),
+    page tables, GDT, segments, control registers. The firmware state is set once, before the
+    vCPU's first run: KVM refuses a new CPUID table after it."""
+    if not vcpu.cpuid:
+        set_firmware_state(vcpu)
     identity_map(vm)
     gdt = [0, 0, encode_descriptor(flat_code64(SEL_CODE64)), encode_descriptor(flat_data(SEL_DATA)),
            encode_descriptor(tss64(SEL_TSS)), 0]

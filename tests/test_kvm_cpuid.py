@@ -7,11 +7,11 @@ import pytest
 from conftest import requires_kvm
 from kvm_helpers import CODE_GPA, assemble, enter_long_mode, need_binutils
 from vmboot.errors import HypervisorError
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.kvm import KvmVM, host_is_emulating
 from vmboot.hv.kvm.cpuid import (
     CONSERVATIVE_HIDDEN,
     KVM_SIGNATURE,
-    CpuidEntry,
     build_cpuid,
     find,
     resolve_policy,

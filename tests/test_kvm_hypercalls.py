@@ -68,7 +68,7 @@ def test_shown_feature_has_a_working_hypercall(vm: KvmVM, bit: int) -> None:
     number, arguments = HYPERCALLS[bit]
     cpu = vm.create_vcpu(0)
     vm.create_vcpu(1)  # the target of KICK_CPU / SEND_IPI / SCHED_YIELD
-    leaf = find(cpu.cpuid, LEAF_KVM_FEATURES)
+    leaf = find(vm.cpuid_table(0), LEAF_KVM_FEATURES)
     assert leaf is not None
     shown = bool(leaf.eax >> bit & 1)
     ports = PortBus()

@@ -72,14 +72,15 @@ def test_close_is_idempotent_and_refuses_use_after() -> None:
 
 def test_failed_setup_releases_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     fds = _fd_count()
-    from vmboot.hv.kvm import vcpu as vcpu_module
+    import mmap  # the module vmboot.hv.kvm.vcpu maps the kvm_run page with
 
-    def refuse(self: object) -> None:
-        raise HypervisorError("injected: LAPIC set-up failed")
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise HypervisorError("injected: the kvm_run page cannot be mapped")
 
-    monkeypatch.setattr(vcpu_module.KvmVCPU, "init_lapic", refuse)
     with KvmVM(2 << 20) as vm, pytest.raises(HypervisorError, match="injected"):
+        monkeypatch.setattr(mmap, "mmap", refuse)
         vm.create_vcpu(0)
+    monkeypatch.undo()
     assert _fd_count() == fds
     with pytest.raises(HypervisorError, match=r"CPUID policy .fast. is not one of"):
         KvmVM(2 << 20, cpuid_policy="fast")  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""KvmVCPU: every VirtualCPU method round-trips through KVM, and the state a new vCPU starts with."""
+"""KvmVCPU: every VirtualCPU method round-trips through KVM, and the firmware state the
+configurator gives a new vCPU through them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from conftest import requires_kvm
 from vmboot.errors import HypervisorError
 from vmboot.hv import DescriptorTable, Register, Segment, SegmentRegister
 from vmboot.hv.kvm import KvmVM, abi, host_is_emulating
-from vmboot.hv.kvm.boot_msrs import boot_msrs
-from vmboot.hv.kvm.vcpu import FPU_INIT_FCW, FPU_INIT_MXCSR
+from vmboot.linux.configurator.boot_msrs import boot_msrs
+from vmboot.linux.configurator.cpu_reset import FPU_INIT_FCW, FPU_INIT_MXCSR, set_firmware_state
 from vmboot.x86 import cr, msr
+from vmboot.x86.apic import APIC_REG_LVT_LINT0, APIC_REG_LVT_LINT1, LvtDelivery
 from vmboot.x86.gdt import flat_code64, flat_data, tss64
 
 pytestmark = [requires_kvm, pytest.mark.kvm]
@@ -80,6 +82,8 @@ def test_bad_values_are_refused_with_the_name() -> None:
 def test_boot_msrs_fpu_and_lapic() -> None:
     with KvmVM(4 << 20) as vm:
         vcpu = vm.create_vcpu(0)
+        set_firmware_state(vcpu)
+        assert vcpu.cpuid == vm.cpuid_table(0)
         expected = boot_msrs()
         got = vcpu.get_msrs(expected)
         assert got[msr.MSR_MTRR_DEF_TYPE] == expected[msr.MSR_MTRR_DEF_TYPE] == 0x806
@@ -92,10 +96,10 @@ def test_boot_msrs_fpu_and_lapic() -> None:
         if not host_is_emulating():  # PVM's KVM_GET_FPU reports MXCSR as 0 whatever was set
             assert fpu.mxcsr == FPU_INIT_MXCSR
         page = vcpu.get_lapic()
-        lint0 = struct.unpack_from("<I", page, abi.APIC_REG_LVT_LINT0)[0]
-        lint1 = struct.unpack_from("<I", page, abi.APIC_REG_LVT_LINT1)[0]
-        assert lint0 >> 8 & 7 == abi.APIC_DELIVERY_MODE_EXTINT
-        assert lint1 >> 8 & 7 == abi.APIC_DELIVERY_MODE_NMI
+        lint0 = struct.unpack_from("<I", page, APIC_REG_LVT_LINT0)[0]
+        lint1 = struct.unpack_from("<I", page, APIC_REG_LVT_LINT1)[0]
+        assert lint0 >> 8 & 7 == LvtDelivery.EXTINT
+        assert lint1 >> 8 & 7 == LvtDelivery.NMI
         assert vcpu.get_mp_state() == abi.KVM_MP_STATE_RUNNABLE
 
 
@@ -118,7 +122,7 @@ def test_irq_line_and_vcpu_indices() -> None:
         with pytest.raises(HypervisorError, match=r"outside 0\.\.1"):
             vm.create_vcpu(2)
         second = vm.create_vcpu(1)
-        leaf1 = next(e for e in second.cpuid if e.function == 1)
+        leaf1 = next(e for e in vm.cpuid_table(second.index) if e.function == 1)
         assert leaf1.ebx >> 24 == 1
         assert [v.index for v in vm.vcpus] == [0, 1]
 

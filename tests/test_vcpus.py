@@ -219,7 +219,7 @@ def test_waiting_application_processor_is_stopped_by_the_timeout(baseline: None)
 def test_cpuid_per_vcpu_apic_id_and_topology(cpus: int, baseline: None) -> None:
     with KvmVM(16 << 20, vcpu_count=cpus) as vm:
         for i in range(cpus):
-            table = vm.create_vcpu(i).cpuid
+            table = vm.cpuid_table(i)
             leaf1 = find(table, 0x1)
             assert leaf1 is not None and leaf1.ebx >> 24 == i
             assert (leaf1.ebx >> 16) & 0xFF == cpus

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 _LAZY: dict[str, tuple[str, str]] = {
+    "__version__": ("vmboot.version", "__version__"),
     "ExecResult": ("vmboot.execute", "ExecResult"),
     "exec_command": ("vmboot.execute", "exec_command"),
     "exec": ("vmboot.execute", "exec_command"),
@@ -22,6 +21,7 @@ __all__ = ["ExecResult", "Machine", "RunResult", "__version__", "exec", "exec_co
 if TYPE_CHECKING:
     from vmboot.execute import ExecResult, exec_command
     from vmboot.execute import exec_command as exec
+    from vmboot.version import __version__
     from vmboot.vmm.machine import Machine, RunResult
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import IO, TYPE_CHECKING, Any
 
+from vmboot.closeable import Closeable
 from vmboot.errors import ElfFormatError
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def describe_elf_ident(head: bytes) -> str | None:
     return f"ELF {cls} {data} {mname}"
 
 
-class ElfFile:
+class ElfFile(Closeable):
     """An ELF64 little-endian file held in memory (mmap for paths, bytes for file objects)."""
 
     def __init__(self, data: bytes | bytearray | memoryview | mmap.mmap, name: str = "<elf>") -> None:
@@ -192,12 +193,6 @@ class ElfFile:
         self.buf.release()
         if isinstance(self._data, mmap.mmap):
             self._data.close()
-
-    def __enter__(self) -> ElfFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- bounds-checked access ----------------------------------------------------------------
     @property

@@ -105,6 +105,14 @@ class HypervisorError(VmbootError):
     """The host hypervisor refused an operation or failed."""
 
 
+class KvmIoctlError(HypervisorError):
+    """A KVM ioctl failed; ``errno`` says why, for callers that expect a particular one."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class KvmUnavailableError(HypervisorError):
     """/dev/kvm is missing, not accessible, or lacks a needed capability."""
 

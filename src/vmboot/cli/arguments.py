@@ -37,6 +37,18 @@ def cpu_count(text: str) -> int:
     return value
 
 
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """``-m/--memory`` and ``--cpus``, as the verbs that boot a guest take them."""
+    from vmboot.config import DEFAULT_MEMORY, MAX_CPUS, MIN_CPUS
+
+    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
+                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
+    p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
+                   help=f"vCPUs ({MIN_CPUS}-{MAX_CPUS}; default: {MIN_CPUS}): one host thread "
+                        "each, announced to the guest by an MP table; the kernel starts them "
+                        "with INIT/SIPI")
+
+
 def sample_rate(text: str) -> float:
     """A sampling rate in Hz for ``--profile-hz``: positive, finite, at most 10 kHz."""
     from vmboot.vmm.profile import MAX_HZ

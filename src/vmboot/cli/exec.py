@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, add_size_arguments, fail_on, seconds
 from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.run import share_argument
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
-from vmboot.config import DEFAULT_ENTRY, DEFAULT_MEMORY, ENTRIES, MAX_CPUS, MIN_CPUS
+from vmboot.config import DEFAULT_ENTRY, ENTRIES
 from vmboot.errors import UsageError
 
 if TYPE_CHECKING:
@@ -97,12 +97,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--kernel", metavar="KERNEL", default=None,
                    help="a bzImage (default: $VMBOOT_KERNEL, else the kernel vmboot ships: see above)")
-    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
-                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
-    p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
-                   help=f"vCPUs ({MIN_CPUS}-{MAX_CPUS}; default: {MIN_CPUS}): one host thread "
-                        "each, announced to the guest by an MP table; the kernel starts them "
-                        "with INIT/SIPI")
+    add_size_arguments(p)
     p.add_argument("--add", metavar="HOST[:GUEST]", action="append", default=[], type=add_spec,
                    help="copy a host file or directory into the guest at GUEST "
                         "(default: /<its name>); repeatable")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from vmboot.cli.arguments import FAIL_ON_HELP, cpu_count, fail_on, sample_rate, seconds
+from vmboot.cli.arguments import FAIL_ON_HELP, add_size_arguments, fail_on, sample_rate, seconds
 from vmboot.cli.gdb_args import add_gdb_arguments, check_gdb_arguments
 from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
@@ -18,12 +18,9 @@ from vmboot.config import (
     DEFAULT_CONSOLE_DEVICE,
     DEFAULT_CPUID_POLICY,
     DEFAULT_ENTRY,
-    DEFAULT_MEMORY,
     DEFAULT_VIRTIO_CMDLINE,
     DEFAULT_VIRTIO_NOTIFICATIONS,
     ENTRIES,
-    MAX_CPUS,
-    MIN_CPUS,
     MachineConfig,
 )
 from vmboot.devices.virtio.block import Disk
@@ -151,12 +148,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--initrd", metavar="FILE", help="an initramfs (cpio; uncompressed is fastest)")
     p.add_argument("--append", metavar="CMDLINE", default=DEFAULT_CMDLINE,
                    help=f'the kernel command line (default: "{DEFAULT_CMDLINE}")')
-    p.add_argument("-m", "--memory", metavar="SIZE", default=DEFAULT_MEMORY,
-                   help=f"guest RAM: 64M, 1G, 512MiB, or bytes (default: {DEFAULT_MEMORY})")
-    p.add_argument("--cpus", metavar="N", type=cpu_count, default=MIN_CPUS,
-                   help=f"vCPUs ({MIN_CPUS}-{MAX_CPUS}; default: {MIN_CPUS}): one host thread "
-                        "each, announced to the guest by an MP table; the kernel starts them "
-                        "with INIT/SIPI")
+    add_size_arguments(p)
     p.add_argument("--timeout", metavar="SECONDS", type=seconds, default=None,
                    help="stop the guest after this many seconds (default: no limit)")
     p.add_argument("--cpuid", choices=CPUID_POLICIES, default=DEFAULT_CPUID_POLICY,

@@ -19,9 +19,8 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
+from vmboot.closeable import Closeable
 from vmboot.debug.elf_core import (
     ET_CORE,
     NOTE_OWNER_CORE,
@@ -58,7 +57,7 @@ SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
 @dataclass
-class GuestCore:
+class GuestCore(Closeable):
     """A core read back: guest RAM and vCPUs in ``vm``, what the notes said, and how."""
 
     vm: MemoryVM
@@ -80,13 +79,6 @@ class GuestCore:
 
     def close(self) -> None:
         self.vm.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def _memory_layout(name: str, loads: list[tuple[int, int]], max_memory: int) -> int:

@@ -246,32 +246,34 @@ class _Reader:
 
 
 
+def list_for_each_entry(reader: _Reader, head: int, member: int, seen: set[int],
+                        room: int) -> list[int]:
+    """The entries of the circular ``list_head`` at ``head`` whose link is at offset
+    ``member`` in them: at most ``room``, ending early at an entry already in ``seen`` (a
+    cycle in a list read while the guest changed it), which each entry found joins."""
+    out: list[int] = []
+    node = reader.u64(head)
+    while node != head and len(out) < room:
+        entry = node - member
+        if entry in seen:
+            break
+        seen.add(entry)
+        out.append(entry)
+        node = reader.u64(node)
+    return out
+
+
 def task_addresses(reader: _Reader, init_task: int, layout: TaskLayout) -> list[int]:
     """``init_task``, every process on its ``tasks`` list, and their other threads."""
-    head = init_task + layout.tasks
-    out = [init_task]
     seen = {init_task}
-    node = reader.u64(head)
-    while node != head and len(out) < MAX_TASKS:
-        task = node - layout.tasks
-        if task in seen:
-            break
-        seen.add(task)
-        out.append(task)
-        node = reader.u64(node)
+    out = [init_task, *list_for_each_entry(reader, init_task + layout.tasks, layout.tasks, seen,
+                                           MAX_TASKS - 1)]
     if layout.thread_group is None:
         return out
     threads: list[int] = []
     for leader in out:
-        start = leader + layout.thread_group
-        node = reader.u64(start)
-        while node != start and len(out) + len(threads) < MAX_TASKS:
-            task = node - layout.thread_group
-            if task in seen:
-                break
-            seen.add(task)
-            threads.append(task)
-            node = reader.u64(node)
+        threads += list_for_each_entry(reader, leader + layout.thread_group, layout.thread_group,
+                                       seen, MAX_TASKS - len(out) - len(threads))
     return out + threads
 
 

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmboot import __version__
 from vmboot.devices.console import ConsoleOutput
 from vmboot.errors import GuestError
 from vmboot.execute.cache import cache_subdir
 from vmboot.execute.image import STATUS_READY
+from vmboot.version import __version__
 from vmboot.vmm.console_wait import ConsoleWaiter
 
 if TYPE_CHECKING:

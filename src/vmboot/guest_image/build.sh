@@ -9,10 +9,9 @@
 # ext4/tmpfs/overlayfs/virtio-fs/9p, virtio-mmio block/console/net/vsock/rng, vmcoreinfo),
 # busybox (Debian's busybox-static, unmodified), kernel.config, COPYING.linux,
 # COPYING.busybox, VERSIONS, SHA256SUMS. SOURCES says where the exact
-# sources are. The build identity is fixed, so the same pins and toolchain (gcc 12.2.0,
-# binutils 2.40, pahole from bookworm) give the same kernel code and data; the 20-byte GNU
-# build-id still differs between work directories (it hashes the DWARF, which records the
-# absolute source path), so a byte-identical bzImage also needs the same $WORK.
+# sources are. The build identity is fixed and the work directory leaves no trace (see
+# PREFIX_MAP below), so the same pins and toolchain (gcc 12.2.0, binutils 2.40, pahole from
+# bookworm) give a byte-identical bzImage in any $WORK.
 #
 # Steps: 1) apt packages + Debian's linux-source-6.1 and busybox-static, both pinned
 #        2) tinyconfig + the fragment below (+ 9 small patches)
@@ -638,7 +637,17 @@ t0=$(date +%s)
 # three links of the same objects gave three different bzImages. Encoded on one thread, the
 # same objects always give the same bytes.
 PAHOLE_FLAGS=$(PAHOLE=pahole scripts/pahole-flags.sh | sed 's/ -j\b//')
-make -s ARCH=x86_64 -j"$JOBS" LZ4="$WORK/aux/lz4-stored.py" PAHOLE_FLAGS="$PAHOLE_FLAGS" bzImage
+# The kernel's Makefile maps only __FILE__ (-fmacro-prefix-map=./=); the DWARF of C and
+# assembler objects still records the compilation directory ($KSRC, absolute) and the GNU
+# build-id hashes that DWARF. Mapping the source tree to "." makes the build-id, and with it
+# the bzImage, the same in every work directory.
+PREFIX_MAP="-ffile-prefix-map=$KSRC=."
+make -s ARCH=x86_64 -j"$JOBS" LZ4="$WORK/aux/lz4-stored.py" PAHOLE_FLAGS="$PAHOLE_FLAGS" \
+    KCFLAGS="$PREFIX_MAP" KAFLAGS="$PREFIX_MAP" bzImage
+if grep -qF "$WORK" vmlinux; then
+    echo "vmlinux still records the work directory $WORK" >&2
+    exit 1
+fi
 t1=$(date +%s)
 echo "build time: $((t1 - t0)) s"
 cp arch/x86/boot/bzImage "$WORK/aux/bzImage.stored"

@@ -8,16 +8,17 @@ register file in this process, for planning and tests) and the KVM backend in
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Self
+from collections.abc import Iterable, Mapping, Sequence
 
+from vmboot.closeable import Closeable
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.memory_map import MemoryRegion
 from vmboot.hv.registers import DescriptorTable, Register, Segment, SegmentRegister
+from vmboot.x86.apic import LvtDelivery
 
 
-class VirtualMachine(abc.ABC):
+class VirtualMachine(Closeable):
     """A guest: its RAM (bounds-checked, by guest-physical address) and its vCPUs."""
 
     memory: GuestMemory
@@ -52,22 +53,20 @@ class VirtualMachine(abc.ABC):
     # -- vCPUs and lifetime -------------------------------------------------------------------
     @abc.abstractmethod
     def create_vcpu(self, index: int) -> VirtualCPU:
-        """Create vCPU number ``index``."""
+        """Create vCPU number ``index``, in its reset state."""
+
+    @abc.abstractmethod
+    def cpuid_table(self, index: int) -> list[CpuidEntry]:
+        """The CPUID table this VM offers vCPU ``index`` (for :meth:`VirtualCPU.set_cpuid`)."""
+
+    @property
+    def has_local_apic(self) -> bool:
+        """Whether each vCPU has a local APIC (:meth:`VirtualCPU.set_lapic_lint`)."""
+        return False
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release guest RAM and every host resource; idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class VirtualCPU(abc.ABC):
@@ -123,3 +122,15 @@ class VirtualCPU(abc.ABC):
 
     @abc.abstractmethod
     def set_msrs(self, values: Mapping[int, int]) -> None: ...
+
+    @abc.abstractmethod
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
+        """What the CPUID instruction reports (before the vCPU first runs)."""
+
+    @abc.abstractmethod
+    def set_fpu_control(self, fcw: int, mxcsr: int) -> None:
+        """The x87 control word and MXCSR, the rest of the FPU/SSE state cleared."""
+
+    @abc.abstractmethod
+    def set_lapic_lint(self, lint0: LvtDelivery, lint1: LvtDelivery) -> None:
+        """The delivery modes of the local APIC's LINT0 and LINT1 pins."""

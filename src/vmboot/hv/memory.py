@@ -7,12 +7,14 @@ execution.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from vmboot.errors import HypervisorError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.registers import DescriptorTable, Register, Segment, SegmentRegister
+from vmboot.x86.apic import LvtDelivery
 
 _MASK64 = (1 << 64) - 1
 
@@ -38,6 +40,10 @@ class MemoryVM(VirtualMachine):
     def vcpus(self) -> tuple[MemoryVCPU, ...]:
         return tuple(self._vcpus[i] for i in sorted(self._vcpus))
 
+    def cpuid_table(self, index: int) -> list[CpuidEntry]:
+        """Empty: a VM that never runs describes no processor."""
+        return []
+
     def close(self) -> None:
         self.memory.close()
 
@@ -55,6 +61,9 @@ class MemoryVCPU(VirtualCPU):
         self._gdt = DescriptorTable()
         self._idt = DescriptorTable()
         self._msrs: dict[int, int] = {}
+        self.cpuid: list[CpuidEntry] = []
+        self.fpu_control: tuple[int, int] | None = None
+        """(FCW, MXCSR) as :meth:`set_fpu_control` left them."""
 
     @property
     def vm(self) -> MemoryVM:
@@ -105,3 +114,15 @@ class MemoryVCPU(VirtualCPU):
             if not 0 <= value <= _MASK64:
                 raise HypervisorError(f"MSR {index:#x}: value {value!r} is not unsigned 64-bit")
         self._msrs.update(values)
+
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
+        self.cpuid = list(entries)
+
+    def set_fpu_control(self, fcw: int, mxcsr: int) -> None:
+        if not 0 <= fcw <= 0xFFFF or not 0 <= mxcsr <= 0xFFFF_FFFF:
+            raise HypervisorError(f"FPU control: FCW {fcw!r} / MXCSR {mxcsr!r} is not an "
+                                  f"unsigned 16-bit / 32-bit integer")
+        self.fpu_control = (fcw, mxcsr)
+
+    def set_lapic_lint(self, lint0: LvtDelivery, lint1: LvtDelivery) -> None:
+        raise HypervisorError("MemoryVM: its vCPUs have no local APIC (has_local_apic is False)")

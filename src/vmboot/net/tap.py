@@ -59,6 +59,19 @@ def check_interface(name: str) -> None:
                               f"{name}") from None
 
 
+def tun_ioctl(fd: int, request: int, arg: int | bytes, *, name: str, what: str,
+              hints: dict[int, str] | None = None) -> int | bytes:
+    """The one way this module issues an ioctl on ``/dev/net/tun``: a failure is a
+    :class:`NetBackendError` naming the interface, the request and the errno, with the hint
+    ``hints`` gives for that errno."""
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        hint = (hints or {}).get(e.errno or 0, "")
+        raise NetBackendError(f"--net tap={name}: {what} failed: {e.strerror}"
+                              f"{'; ' + hint if hint else ''}") from None
+
+
 class TapBackend:
     kind = "tap"
     vnet_hdr = True
@@ -82,26 +95,29 @@ class TapBackend:
             raise
 
     def _attach(self, name: str) -> None:
-        features = struct.unpack("I", fcntl.ioctl(self._fd, TUNGETFEATURES, b"\0" * 4))[0]
+        features = struct.unpack("I", self._ioctl(TUNGETFEATURES, b"\0" * 4, "TUNGETFEATURES"))[0]
         if not features & IFF_VNET_HDR:
             raise NetBackendError(f"--net tap={name}: this kernel's TUN driver lacks "
                                   f"IFF_VNET_HDR (features {features:#x}), which virtio-net needs")
-        try:
-            fcntl.ioctl(self._fd, TUNSETIFF, _IFREQ.pack(name.encode(), _FLAGS))
-        except OSError as e:
-            hint = {errno.EBUSY: "it is busy or its owner is another user",
-                    errno.EPERM: "its owner is another user",
-                    errno.EINVAL: "it is not a TAP device (a TUN, layer 3, device or another "
-                                  "kind); make one: vmboot net tap-create NAME"}.get(e.errno or 0, "")
-            raise NetBackendError(f"--net tap={name}: TUNSETIFF failed: {e.strerror}"
-                                  f"{'; ' + hint if hint else ''}") from None
-        got = _IFREQ.unpack(fcntl.ioctl(self._fd, TUNGETIFF, _IFREQ.pack(b"", 0)))[1]
+        self._ioctl(TUNSETIFF, _IFREQ.pack(name.encode(), _FLAGS), "TUNSETIFF", hints={
+            errno.EBUSY: "it is busy or its owner is another user",
+            errno.EPERM: "its owner is another user",
+            errno.EINVAL: "it is not a TAP device (a TUN, layer 3, device or another kind); "
+                          "make one: vmboot net tap-create NAME"})
+        got = _IFREQ.unpack(self._ioctl(TUNGETIFF, _IFREQ.pack(b"", 0), "TUNGETIFF"))[1]
         if not got & IFF_VNET_HDR or not got & IFF_TAP:
             raise NetBackendError(f"--net tap={name}: the interface took flags {got:#x}, "
                                   f"without IFF_TAP|IFF_VNET_HDR ({IFF_TAP | IFF_VNET_HDR:#x}); "
                                   f"recreate it: vmboot net tap-create {name}")
-        fcntl.ioctl(self._fd, TUNSETVNETHDRSZ, struct.pack("i", spec.NET_HDR_SIZE))
+        self._ioctl(TUNSETVNETHDRSZ, struct.pack("i", spec.NET_HDR_SIZE), "TUNSETVNETHDRSZ")
         self.set_offloads(0)
+
+    def _ioctl(self, request: int, arg: bytes, what: str,
+               hints: dict[int, str] | None = None) -> bytes:
+        """An ioctl with a buffer argument: the buffer the kernel gives back."""
+        result = tun_ioctl(self._fd, request, arg, name=self.name, what=what, hints=hints)
+        assert isinstance(result, bytes)  # fcntl.ioctl returns a bytes argument as bytes
+        return result
 
     def fileno(self) -> int:
         return self._fd
@@ -113,7 +129,7 @@ class TapBackend:
                 flags |= tun_flag
         if flags & (TUN_F_TSO4 | TUN_F_TSO6) and not flags & TUN_F_CSUM:
             flags &= TUN_F_CSUM  # the kernel refuses TSO without checksum offload
-        fcntl.ioctl(self._fd, TUNSETOFFLOAD, flags)
+        tun_ioctl(self._fd, TUNSETOFFLOAD, flags, name=self.name, what=f"TUNSETOFFLOAD {flags:#x}")
 
     def recv(self) -> bytes | None:
         try:

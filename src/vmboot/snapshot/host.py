@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from vmboot.errors import SnapshotMismatchError
-from vmboot.hv.kvm.cpuid import CpuidEntry
+from vmboot.hv.cpuid_entry import CpuidEntry
 
 CPUID_OSXSAVE = 1 << 27
 """Leaf 1 ECX: mirrors the guest's CR4.OSXSAVE, not a host feature."""

@@ -15,9 +15,9 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vmboot import __version__
 from vmboot.errors import HypervisorError, SnapshotFormatError, SnapshotMismatchError
 from vmboot.hv.kvm.state import VcpuState, VmState
+from vmboot.version import __version__
 
 
 def sha256_hex(data: bytes | None) -> str | None:

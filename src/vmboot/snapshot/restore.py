@@ -56,7 +56,7 @@ def restore_vm(snap: SnapshotFile, manifest: Manifest, cpuid_policy: CpuidPolicy
         check_capabilities(manifest.capabilities, capabilities(vm))
         for state in manifest.vcpus:
             vcpu = vm.create_vcpu(state.index)
-            check_cpuid(state.cpuid_entries(), vcpu.cpuid, state.index)
+            check_cpuid(state.cpuid_entries(), vm.cpuid_table(state.index), state.index)
             set_vcpu_state(vcpu, state)
     except BaseException:
         vm.close()

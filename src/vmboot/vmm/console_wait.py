@@ -16,13 +16,10 @@ run to stop, so :meth:`run_until` returns with the guest paused right after it.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 from vmboot.devices.console import ConsoleSink
 from vmboot.errors import GuestError
-
-if TYPE_CHECKING:
-    from vmboot.vmm.machine import Machine
+from vmboot.vmm.running import RunEnd, RunsGuest
 
 
 class ConsoleWaiter:
@@ -33,11 +30,11 @@ class ConsoleWaiter:
         self.echo = echo
         self.data = bytearray()
         self._lock = threading.Lock()
-        self._machine: Machine | None = None
+        self._machine: RunsGuest[RunEnd] | None = None
         self._marker: bytes | None = None
         self._start = 0
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: RunsGuest[RunEnd]) -> None:
         self._machine = machine
 
     def __call__(self, chunk: bytes) -> None:

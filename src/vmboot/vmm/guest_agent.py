@@ -14,13 +14,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from vmboot.agent.client import AgentClient, AgentError
 from vmboot.devices.virtio.console import ConsolePort
-
-if TYPE_CHECKING:
-    from vmboot.vmm.machine import Machine, RunResult
+from vmboot.vmm.running import RunEnd, RunsGuest
 
 AGENT_PORT = "vmboot.agent"
 """The name of the virtio-console port the agent talks on (its default channel)."""
@@ -29,6 +27,8 @@ PUSH_RETRY_SECONDS = 0.005
 RECEIVE_BYTES = 1 << 16
 READY_TIMEOUT = 600.0
 """Seconds to wait for the agent's greeting by default (a boot under emulation is slow)."""
+
+EndT = TypeVar("EndT", bound=RunEnd)
 
 
 class AgentBridge:
@@ -76,15 +76,15 @@ class AgentBridge:
             self._thread.join(timeout=5)
 
 
-class GuestAgent:
+class GuestAgent(Generic[EndT]):
     """The machine's vCPU on a background thread, and a client of the agent in the guest."""
 
-    def __init__(self, machine: Machine, bridge: AgentBridge,
-                 on_end: Callable[[RunResult], object] | None = None) -> None:
+    def __init__(self, machine: RunsGuest[EndT], bridge: AgentBridge,
+                 on_end: Callable[[EndT], object] | None = None) -> None:
         self.machine = machine
         self.bridge = bridge
         self.client = AgentClient(bridge.client_end)
-        self.result: RunResult | None = None
+        self.result: EndT | None = None
         """How the run ended (None while the guest runs)."""
         self._on_end = on_end
         self._thread: threading.Thread | None = None

@@ -353,7 +353,7 @@ class Machine:
             self.vsock = VsockDevice(config.vsock)
             virtio_devices = (*virtio_devices, self.vsock)
         self._agent_bridge: AgentBridge | None = None
-        self._guest_agent: GuestAgent | None = None
+        self._guest_agent: GuestAgent[RunResult] | None = None
         if config.rootfs is not None:
             shares = (*shares, host_root_share(config.rootfs, config.initrd))
             self.cmdline = f"{self.cmdline} {host_root_cmdline()}"
@@ -408,9 +408,11 @@ class Machine:
 
     def start(self) -> None:
         """Build the VM, attach the devices, load the kernel, program the vCPU."""
+        from vmboot.hv.cpuid_entry import CpuidEntry
         from vmboot.hv.kvm import KvmVM
-        from vmboot.hv.kvm.cpuid import CpuidEntry, hidden_features
+        from vmboot.hv.kvm.cpuid import hidden_features
         from vmboot.linux import BootOptions
+        from vmboot.linux.configurator.cpu_reset import set_firmware_state
 
         self._t0 = time.monotonic()
         kernel = self.load_kernel()
@@ -424,14 +426,16 @@ class Machine:
         self.vcpus = tuple(vm.create_vcpu(i) for i in range(self.cpus))
         vcpu = self.vcpus[0]
         self.vcpu = vcpu
-        self.cpuid_hidden = hidden_features(
-            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-             for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         cmdline = self.virtio.extend_cmdline(self.cmdline)
         self.plan = kernel.prepare(vm, BootOptions(cmdline=cmdline, initrd=self.initrd,
                                                    entry=self.entry))
         place_mp_table(vm, mp_table, self.plan.regions)
         self.plan.configure_vcpu(vcpu)
+        for ap in self.vcpus[1:]:  # the kernel starts them with INIT/SIPI
+            set_firmware_state(ap)
+        self.cpuid_hidden = hidden_features(
+            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+             for e in vm.kvm.supported_cpuid()), vcpu.cpuid)
         self._connect(vm)
         self._t_load = time.monotonic() - self._t0
 
@@ -490,9 +494,11 @@ class Machine:
 
     def snapshot(self, path: str | Path) -> SaveReport:
         """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
-        from vmboot.vmm.snapshots import save_machine
+        from vmboot.vmm.snapshots import platform_devices, save_machine
 
-        return save_machine(self, path)
+        self.console.flush()
+        return save_machine(path, self, self.vm,
+                            platform_devices(self.platform, self.extra_devices), self.virtio)
 
     def restore(self, path: str | Path) -> Self:
         """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
@@ -500,20 +506,23 @@ class Machine:
         The machine must be made with the kernel, initrd, command line and memory the
         snapshot was taken with; :meth:`run` then continues the guest where it was.
         """
-        from vmboot.vmm.snapshots import restore_machine
+        from vmboot.vmm.snapshots import load_machine, platform_devices, restore_state
 
         try:
-            restore_machine(self, path)
+            if self.vm is not None:
+                raise BootConfigError("Machine.restore: the machine is already started; restore "
+                                      "into a new Machine instead of start()")
+            self._t0 = time.monotonic()
+            vm, manifest = load_machine(path, self, self.cpus, self.virtio, self.cpuid_policy)
+            # wired as start() wires it; the kernel is loaded when symbols are needed
+            self._attach_devices()
+            self._connect(vm)
+            restore_state(vm, platform_devices(self.platform, self.extra_devices), manifest)
+            self._t_load = time.monotonic() - self._t0
         except BaseException:
             self.close()
             raise
         return self
-
-    def _restored(self, vm: KvmVM) -> None:
-        """Take ``vm``, made from a snapshot by :mod:`vmboot.vmm.snapshots`, as this machine's
-        VM: the devices and run loops are wired as :meth:`start` wires them."""
-        self._attach_devices()
-        self._connect(vm)
 
     def close(self) -> None:
         """Release the VM (idempotent)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import signal
 import struct
@@ -37,6 +36,7 @@ from types import FrameType
 from vmboot.devices.bus import MmioBus, PortBus, PortDevice
 from vmboot.errors import GuestMemoryError, HypervisorError, PageWalkError, VmbootError
 from vmboot.hv.kvm import abi
+from vmboot.hv.kvm.ioctl import kvm_run
 from vmboot.hv.kvm.vcpu import KvmVCPU
 from vmboot.hv.kvm.vm import KvmVM
 from vmboot.hv.registers import Register, SegmentRegister
@@ -288,8 +288,7 @@ class Runner:
         mv16, mv32, mv64 = mv8.cast("H"), mv8.cast("I"), mv8.cast("Q")
         views = (None, mv8, mv16, None, mv32, None, None, None, mv64)
         masks = (0, 0xFF, 0xFFFF, 0, 0xFFFFFFFF, 0, 0, 0, (1 << 64) - 1)
-        ioctl = fcntl.ioctl
-        kvm_run = abi.KVM_RUN
+        run = kvm_run
         exit_io = abi.KVM_EXIT_IO
         exit_mmio = abi.KVM_EXIT_MMIO
         io_out = abi.KVM_EXIT_IO_OUT
@@ -310,7 +309,7 @@ class Runner:
                 if self._pending is not None:
                     return self._stopped()
                 try:
-                    ioctl(fd, kvm_run, 0)
+                    run(fd)
                 except InterruptedError:
                     page[abi.RUN_IMMEDIATE_EXIT] = 0
                     if self._sample_wanted:
@@ -460,7 +459,7 @@ class Runner:
             # Let KVM finish the I/O instruction (advance RIP, store IN data) without running on.
             run[abi.RUN_IMMEDIATE_EXIT] = 1
             try:
-                fcntl.ioctl(self.vcpu.fd, abi.KVM_RUN, 0)
+                kvm_run(self.vcpu.fd)
             except OSError as e:
                 if e.errno != errno.EINTR:
                     raise HypervisorError(

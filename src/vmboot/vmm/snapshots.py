@@ -1,10 +1,12 @@
-"""Snapshot and restore of a whole :class:`~vmboot.vmm.machine.Machine`.
+"""Snapshot and restore of a whole machine, in the pieces :class:`~vmboot.vmm.machine.Machine`
+puts together.
 
 :func:`boot_facts` says what a machine was booted from (the identity a restore must
 match); :func:`save_machine` writes the machine's VM, vCPUs and devices with
-:mod:`vmboot.snapshot`; :func:`restore_machine` builds the machine from a snapshot file
-instead of booting: guest memory mapped copy-on-write from the file, the devices and
-the VM's state put back, ready for :meth:`Machine.run` to resume the guest.
+:mod:`vmboot.snapshot`; :func:`load_machine` makes a VM from a snapshot file instead of
+booting (guest memory mapped copy-on-write from the file, every vCPU's state put back) and,
+once the machine has wired that VM to its devices, :func:`restore_state` puts back the
+devices' and the VM's own state, ready for :meth:`Machine.run` to resume the guest.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.devices.state import SavesState
@@ -25,7 +26,28 @@ from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_device
 from vmboot.snapshot import save_snapshot as _save
 
 if TYPE_CHECKING:
-    from vmboot.vmm.machine import Machine
+    from vmboot.devices.virtio.setup import VirtioDevices
+    from vmboot.hv.kvm.cpuid import CpuidPolicyName
+    from vmboot.hv.kvm.vm import KvmVM
+    from vmboot.snapshot import Manifest
+
+
+class BootSource(Protocol):
+    """What a machine was booted from, as :func:`boot_facts` reads it."""
+
+    @property
+    def kernel_source(self) -> object: ...
+    @property
+    def initrd(self) -> object: ...
+    @property
+    def cmdline(self) -> str: ...
+    @property
+    def memory_bytes(self) -> int: ...
+    @property
+    def vmlinux(self) -> str | Path | None: ...
+    @property
+    def system_map(self) -> str | Path | None: ...
+
 
 RTC_NAME = "rtc"
 I8042_NAME = "i8042"
@@ -61,7 +83,7 @@ def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
     raise BootConfigError(f"{what}: {type(source).__name__} is not a path, bytes or a loaded kernel")
 
 
-def boot_facts(machine: Machine) -> BootFacts:
+def boot_facts(machine: BootSource) -> BootFacts:
     """The identity of ``machine``'s boot: kernel and initrd hashes, command line, RAM."""
     kernel_sha, kernel_name = _source_sha256(machine.kernel_source, "kernel")
     initrd_sha, _ = _source_sha256(machine.initrd, "initrd")
@@ -89,10 +111,6 @@ def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] 
     return devices
 
 
-def machine_devices(machine: Machine) -> dict[str, SavesState]:
-    return platform_devices(machine.platform, machine.extra_devices)
-
-
 SNAPSHOT_MAX_CPUS = 1
 """Snapshots hold one vCPU: the restore of application processors (their MP state, the
 LAPIC timers and IPIs in flight between them) is not done, so a machine with more is
@@ -107,45 +125,46 @@ def check_one_vcpu(what: str, cpus: int) -> None:
                               f"or restore")
 
 
-def check_no_virtio(what: str, machine: Machine) -> None:
+def check_no_virtio(what: str, virtio: VirtioDevices) -> None:
     """Refuse a snapshot or restore of a machine with virtio devices: their queues (and the
     I/O thread serving them) are not part of a snapshot."""
-    if machine.virtio:
-        names = ", ".join(d["name"] for d in machine.virtio.report()["devices"])
+    if virtio:
+        names = ", ".join(d["name"] for d in virtio.report()["devices"])
         raise BootConfigError(f"{what}: the machine has virtio devices ({names}), which "
                               f"snapshots do not hold; snapshot a machine without disks, "
                               f"console_device='virtio', console_ports or virtio_rng")
 
 
-def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
-    """Write ``machine`` (started, not running) to ``path``."""
-    if machine.vm is None:
+def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | None,
+                 devices: Mapping[str, SavesState], virtio: VirtioDevices) -> SaveReport:
+    """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
+    if vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
-    check_one_vcpu("Machine.snapshot", len(machine.vcpus))
-    check_no_virtio("Machine.snapshot", machine)
-    machine.console.flush()
-    return _save(path, machine.vm, machine_devices(machine), boot_facts(machine))
+    check_one_vcpu("Machine.snapshot", len(vm.vcpus))
+    check_no_virtio("Machine.snapshot", virtio)
+    return _save(path, vm, devices, boot_facts(machine))
 
 
-def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
-    """Build ``machine`` from the snapshot at ``path`` instead of booting it.
+def load_machine(path: str | os.PathLike[str], machine: BootSource, cpus: int,
+                 virtio: VirtioDevices, cpuid_policy: CpuidPolicyName
+                 ) -> tuple[KvmVM, Manifest]:
+    """The VM saved at ``path`` (memory and vCPUs), and the file's manifest.
 
     Everything in the file is checked against ``machine`` (kernel, initrd, command line,
     memory) and this host before a VM exists.
     """
-    from vmboot.hv.kvm.state import set_vm_state
-
-    if machine.vm is not None:
-        raise BootConfigError("Machine.restore: the machine is already started; restore into "
-                              "a new Machine instead of start()")
-    check_one_vcpu("Machine.restore", machine.cpus)
-    check_no_virtio("Machine.restore", machine)
-    machine._t0 = time.monotonic()
+    check_one_vcpu("Machine.restore", cpus)
+    check_no_virtio("Machine.restore", virtio)
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
         check_one_vcpu(f"snapshot {path}", len(manifest.vcpus))
-        vm = restore_vm(snap, manifest, machine.cpuid_policy)
-    machine._restored(vm)  # the kernel is loaded when symbols are needed
-    restore_devices(machine_devices(machine), manifest.devices)
+        vm = restore_vm(snap, manifest, cpuid_policy)
+    return vm, manifest
+
+
+def restore_state(vm: KvmVM, devices: Mapping[str, SavesState], manifest: Manifest) -> None:
+    """Give ``devices`` and ``vm`` (wired to them) the state ``manifest`` holds."""
+    from vmboot.hv.kvm.state import set_vm_state
+
+    restore_devices(devices, manifest.devices)
     set_vm_state(vm, manifest.vm)
-    machine._t_load = time.monotonic() - machine._t0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,15 @@ from typing import Any, ClassVar
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.disk_image import RawImage, ThrowawayImage
-from vmboot.devices.virtio.queue import DescriptorChain, QueueError, gather, scatter, views
+from vmboot.devices.virtio.queue import (
+    Buffer,
+    DescriptorChain,
+    GuestRam,
+    QueueError,
+    gather,
+    scatter,
+    views,
+)
 from vmboot.errors import BootConfigError
 
 log = logging.getLogger("vmboot.devices.virtio")
@@ -165,24 +174,14 @@ class BlockDevice(VirtioDevice):
             length = sum(b.length for b in data_in)
             if not self._in_range(sector, length) or data_out:
                 return spec.BLK_S_IOERR, 0
-            bufs = views(memory, data_in)
-            try:
-                got = self.image.readv(bufs, sector * spec.SECTOR_SIZE)
-            finally:
-                for v in bufs:
-                    v.release()
+            got = _vectored(memory, data_in, sector, self.image.readv)
             return (spec.BLK_S_OK if got == length else spec.BLK_S_IOERR), got
         if kind == spec.BLK_T_OUT:
             length = sum(b.length for b in data_out)
             if self.disk.read_only or not self._in_range(sector, length) or any(
                     b.length for b in data_in):
                 return spec.BLK_S_IOERR, 0
-            bufs = views(memory, data_out)
-            try:
-                put = self.image.writev(bufs, sector * spec.SECTOR_SIZE)
-            finally:
-                for v in bufs:
-                    v.release()
+            put = _vectored(memory, data_out, sector, self.image.writev)
             return (spec.BLK_S_OK if put == length else spec.BLK_S_IOERR), 0
         if kind == spec.BLK_T_FLUSH:
             self.image.flush()
@@ -231,3 +230,15 @@ def _skip(chain: DescriptorChain, count: int) -> list[Any]:
         out.append(type(b)(b.address + count, b.length - count))
         count = 0
     return out
+
+
+def _vectored(memory: GuestRam, buffers: list[Buffer], sector: int,
+              transfer: Callable[[list[memoryview], int], int]) -> int:
+    """``transfer`` (the image's ``readv`` or ``writev``) between ``buffers`` of guest RAM and
+    the image from ``sector`` on; the views of guest RAM are released whatever happens."""
+    bufs = views(memory, buffers)
+    try:
+        return transfer(bufs, sector * spec.SECTOR_SIZE)
+    finally:
+        for v in bufs:
+            v.release()

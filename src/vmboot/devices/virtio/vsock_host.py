@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.closeable import Closeable
 from vmboot.devices.socket_path import check_socket_path
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.errors import BootConfigError, VmbootError
@@ -143,7 +144,7 @@ def read_ok(sock: socket.socket, port: int, timeout: float) -> int:
     return int(words[1])
 
 
-class VsockListener:
+class VsockListener(Closeable):
     """Guest connections to one host port, accepted in-process (:meth:`accept`)."""
 
     def __init__(self, port: int) -> None:
@@ -169,9 +170,3 @@ class VsockListener:
                 self._accepted.get_nowait().close()
             except queue.Empty:
                 return
-
-    def __enter__(self) -> VsockListener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

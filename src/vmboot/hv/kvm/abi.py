@@ -707,14 +707,6 @@ KVM_GUESTDBG_USE_SW_BP = 0x00010000
 KVM_GUESTDBG_USE_HW_BP = 0x00020000
 KVM_CAP_SET_GUEST_DEBUG = 23
 
-# Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1)
-APIC_REG_LVT_LINT0 = 0x350
-APIC_REG_LVT_LINT1 = 0x360
-APIC_LVT_DELIVERY_MODE_SHIFT = 8
-APIC_LVT_DELIVERY_MODE_MASK = 0x7 << APIC_LVT_DELIVERY_MODE_SHIFT
-APIC_DELIVERY_MODE_NMI = 0x4
-APIC_DELIVERY_MODE_EXTINT = 0x7
-
 # Structures checked by tests/test_kvm_abi.py: C name -> ctypes type.
 CHECKED_STRUCTS: dict[str, type[ctypes._CData]] = {
     "kvm_regs": KvmRegs,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from vmboot.errors import HypervisorError
+from vmboot.hv.cpuid_entry import CpuidEntry
 
 CpuidPolicyName = Literal["auto", "host", "conservative"]
 POLICY_NAMES: tuple[str, ...] = get_args(CpuidPolicyName)
@@ -87,19 +88,6 @@ TOPOLOGY_LEVEL_INVALID = 0
 TOPOLOGY_LEVEL_SMT = 1
 TOPOLOGY_LEVEL_CORE = 2
 TOPOLOGY_LEVEL_TYPE_SHIFT = 8
-
-
-@dataclass(frozen=True, slots=True)
-class CpuidEntry:
-    """One CPUID leaf/subleaf (as ``struct kvm_cpuid_entry2``)."""
-
-    function: int
-    index: int = 0
-    flags: int = 0
-    eax: int = 0
-    ebx: int = 0
-    ecx: int = 0
-    edx: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,12 @@ The hv layer knows nothing of the file these go into: see :mod:`vmboot.snapshot`
 from __future__ import annotations
 
 import ctypes
-import fcntl
 from dataclasses import dataclass, field
 
 from vmboot.errors import HypervisorError
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.cpuid import CpuidEntry
+from vmboot.hv.kvm.ioctl import kvm_ioctl
 from vmboot.hv.kvm.vcpu import KvmVCPU
 from vmboot.hv.kvm.vm import KvmVM
 from vmboot.x86 import msr
@@ -172,10 +172,7 @@ def _msrs_from_plain(value: object) -> dict[int, int]:
 
 # -- ioctls ---------------------------------------------------------------------------------
 def _ioctl(fd: int, request: int, buf: ctypes.Structure, what: str) -> None:
-    try:
-        fcntl.ioctl(fd, request, buf)
-    except OSError as e:
-        raise HypervisorError(f"KVM: {what} failed: {e.strerror} (errno {e.errno})") from None
+    kvm_ioctl(fd, request, buf, who="KVM", what=what)
 
 
 def _get(fd: int, request: int, struct: type[ctypes.Structure], what: str) -> bytes:
@@ -229,10 +226,8 @@ def readable_msrs(vcpu: KvmVCPU, indices: list[int]) -> dict[int, int]:
         buf.nmsrs = len(rest)
         for i, index in enumerate(rest):
             buf.entries[i].index = index
-        try:
-            done = fcntl.ioctl(vcpu.fd, abi.KVM_GET_MSRS, buf)
-        except OSError as e:
-            raise HypervisorError(f"KVM vCPU {vcpu.index}: KVM_GET_MSRS failed: {e.strerror}") from None
+        done = int(kvm_ioctl(vcpu.fd, abi.KVM_GET_MSRS, buf, who=f"KVM vCPU {vcpu.index}",
+                             what="KVM_GET_MSRS"))
         out.update((buf.entries[i].index, buf.entries[i].data) for i in range(done))
         rest = rest[done + 1:]
     return out

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
-from types import TracebackType
-from typing import Self
 
-from vmboot.errors import HypervisorError, KvmUnavailableError
+from vmboot.closeable import Closeable
+from vmboot.errors import HypervisorError, KvmIoctlError, KvmUnavailableError
 from vmboot.hv.kvm import abi
 from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.kvm.ioctl import kvm_ioctl
@@ -32,7 +30,7 @@ _CPUID_MAX_ENTRIES = 1024
 _CPUID_FIRST_TRY = 128
 
 
-class KVM:
+class KVM(Closeable):
     """An open ``/dev/kvm`` (or ``device``, so tests can point it elsewhere).
 
     Raises :class:`KvmUnavailableError` with what to do when the device is missing, not
@@ -71,11 +69,11 @@ class KVM:
     # -- checks -------------------------------------------------------------------------------
     def _check(self) -> None:
         try:
-            version = fcntl.ioctl(self.fd, abi.KVM_GET_API_VERSION, 0)
-        except OSError as e:
+            version = self._ioctl(abi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
+        except KvmIoctlError as e:
             raise KvmUnavailableError(
-                f"{self.device}: KVM_GET_API_VERSION failed ({e.strerror}); this is not a KVM "
-                "device node"
+                f"{self.device}: KVM_GET_API_VERSION failed ({os.strerror(e.errno)}); this is "
+                "not a KVM device node"
             ) from None
         if version != abi.KVM_API_VERSION:
             raise KvmUnavailableError(
@@ -102,8 +100,8 @@ class KVM:
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 when ``cap`` is missing, else a positive (cap-specific) value."""
         try:
-            return fcntl.ioctl(self.fd, abi.KVM_CHECK_EXTENSION, cap)
-        except OSError:
+            return self._ioctl(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+        except KvmIoctlError:
             return 0
 
     @property
@@ -127,14 +125,13 @@ class KVM:
                 buf = abi.kvm_cpuid2_type(n)()
                 buf.nent = n
                 try:
-                    fcntl.ioctl(self.fd, abi.KVM_GET_SUPPORTED_CPUID, buf)
-                except OSError as e:
+                    self._ioctl_buf(abi.KVM_GET_SUPPORTED_CPUID, buf,
+                                    f"KVM_GET_SUPPORTED_CPUID with {n} entries")
+                except KvmIoctlError as e:
                     if e.errno == errno.E2BIG and n < _CPUID_MAX_ENTRIES:
                         n *= 2
                         continue
-                    raise HypervisorError(
-                        f"{self.device}: KVM_GET_SUPPORTED_CPUID with {n} entries failed: {e.strerror}"
-                    ) from None
+                    raise
                 break
             self._supported_cpuid = [_copy_entry(buf.entries[i]) for i in range(buf.nent)]
         return [_copy_entry(e) for e in self._supported_cpuid]
@@ -143,10 +140,10 @@ class KVM:
         """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
         probe = abi.kvm_msr_list_type(0)()
         try:
-            fcntl.ioctl(self.fd, abi.KVM_GET_MSR_INDEX_LIST, probe)
-        except OSError as e:
+            self._ioctl_buf(abi.KVM_GET_MSR_INDEX_LIST, probe, "KVM_GET_MSR_INDEX_LIST")
+        except KvmIoctlError as e:
             if e.errno != errno.E2BIG:
-                raise HypervisorError(f"{self.device}: KVM_GET_MSR_INDEX_LIST failed: {e.strerror}") from None
+                raise
         n = probe.nmsrs
         buf = abi.kvm_msr_list_type(n)()
         buf.nmsrs = n
@@ -160,12 +157,11 @@ class KVM:
     def create_vm_fd(self) -> int:
         """KVM_CREATE_VM: a raw VM file descriptor (the caller owns it)."""
         try:
-            return fcntl.ioctl(self.fd, abi.KVM_CREATE_VM, 0)
-        except OSError as e:
-            raise HypervisorError(
-                f"{self.device}: KVM_CREATE_VM failed: {e.strerror}"
-                + (" (too many VMs or out of memory)" if e.errno in (errno.ENOMEM, errno.EMFILE) else "")
-            ) from None
+            return self._ioctl(abi.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+        except KvmIoctlError as e:
+            if e.errno not in (errno.ENOMEM, errno.EMFILE):
+                raise
+            raise HypervisorError(f"{e} (too many VMs or out of memory)") from None
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -173,17 +169,6 @@ class KVM:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         self.close()

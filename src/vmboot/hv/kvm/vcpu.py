@@ -1,25 +1,24 @@
 """A KVM vCPU: registers through KVM_GET/SET_(S)REGS and MSRs, plus the mmapped ``kvm_run`` page.
 
 A new vCPU is in KVM's reset state; :meth:`KvmVCPU.set_cpuid`, :meth:`KvmVCPU.set_msrs`,
-:meth:`KvmVCPU.init_fpu` (FCW 0x37F, MXCSR 0x1F80) and :meth:`KvmVCPU.init_lapic` (LINT0 =
-ExtINT, LINT1 = NMI as on a PC) give it what firmware would (``KvmVM.create_vcpu`` calls them).
+:meth:`KvmVCPU.set_fpu_control` and :meth:`KvmVCPU.set_lapic_lint` set what a boot needs,
+with the values :mod:`vmboot.linux.configurator.cpu_reset` chooses.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from vmboot.errors import HypervisorError
+from vmboot.errors import HypervisorError, KvmIoctlError
 from vmboot.hv.base import VirtualCPU, VirtualMachine
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.cpuid import CpuidEntry
 from vmboot.hv.kvm.ioctl import kvm_ioctl
 from vmboot.hv.registers import (
     GENERAL_REGISTERS,
@@ -28,15 +27,17 @@ from vmboot.hv.registers import (
     Segment,
     SegmentRegister,
 )
+from vmboot.x86.apic import (
+    APIC_LVT_DELIVERY_MODE_MASK,
+    APIC_LVT_DELIVERY_MODE_SHIFT,
+    APIC_REG_LVT_LINT0,
+    APIC_REG_LVT_LINT1,
+    LvtDelivery,
+)
 
 _MASK64 = (1 << 64) - 1
 _MASK16 = 0xFFFF
 _MASK32 = 0xFFFFFFFF
-
-FPU_INIT_FCW = 0x37F
-"""x87 control word after FNINIT: all exceptions masked, 64-bit precision, round to nearest."""
-FPU_INIT_MXCSR = 0x1F80
-"""MXCSR at reset: all SSE exceptions masked, round to nearest."""
 
 _SREGS_SCALARS: dict[Register, str] = {
     Register.CR0: "cr0", Register.CR2: "cr2", Register.CR3: "cr3", Register.CR4: "cr4",
@@ -84,8 +85,9 @@ class KvmVCPU(VirtualCPU):
         """Create vCPU ``index`` in the VM whose fd is ``vm_fd`` (``vm`` is the object that owns it).
 
         The vCPU starts in KVM's reset state: the state a boot needs (CPUID, MSRs, FPU, LAPIC)
-        is given through :meth:`set_cpuid`, :meth:`set_msrs`, :meth:`init_fpu` and
-        :meth:`init_lapic` (``KvmVM.create_vcpu`` does it).
+        is given through :meth:`set_cpuid`, :meth:`set_msrs`, :meth:`set_fpu_control` and
+        :meth:`set_lapic_lint` (:func:`vmboot.linux.configurator.cpu_reset.set_firmware_state`
+        does it).
         """
         self._vm = vm
         self._index = index
@@ -97,10 +99,8 @@ class KvmVCPU(VirtualCPU):
         self._close_when_run_ends = False
         self._after_close: list[Callable[[], object]] = []
         self.cpuid: list[CpuidEntry] = []
-        try:
-            self._fd = fcntl.ioctl(vm_fd, abi.KVM_CREATE_VCPU, index)
-        except OSError as e:
-            raise HypervisorError(f"KVM vCPU {index}: KVM_CREATE_VCPU failed: {e.strerror}") from None
+        self._fd = int(kvm_ioctl(vm_fd, abi.KVM_CREATE_VCPU, index, who=f"KVM vCPU {index}",
+                                 what="KVM_CREATE_VCPU"))
         try:
             self._run = mmap.mmap(self._fd, run_page_size, flags=mmap.MAP_SHARED,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -240,12 +240,10 @@ class KvmVCPU(VirtualCPU):
         """
         self._sregs_dirty = True
         try:
-            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
-        except OSError as e:
+            self._ioctl(abi.KVM_SET_SREGS, self._sregs, "KVM_SET_SREGS")
+        except KvmIoctlError as e:
             if e.errno != errno.EINVAL:
-                raise HypervisorError(
-                    f"KVM vCPU {self._index}: KVM_SET_SREGS failed: {e.strerror} (errno {e.errno})"
-                ) from None
+                raise
             return
         self._sregs_dirty = False
 
@@ -254,11 +252,12 @@ class KvmVCPU(VirtualCPU):
         if not self._sregs_dirty:
             return
         try:
-            fcntl.ioctl(self.fd, abi.KVM_SET_SREGS, self._sregs)
-        except OSError as e:
+            self._ioctl(abi.KVM_SET_SREGS, self._sregs, "KVM_SET_SREGS")
+        except KvmIoctlError as e:
             s = self._sregs
             raise HypervisorError(
-                f"KVM vCPU {self._index}: KVM refuses the special registers ({e.strerror}): "
+                f"KVM vCPU {self._index}: KVM refuses the special registers "
+                f"({os.strerror(e.errno)}): "
                 f"cr0={s.cr0:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} cs.l={s.cs.l} "
                 f"cs.db={s.cs.db}; valid: long mode needs CR0.PG, CR4.PAE, EFER.LME and EFER.LMA "
                 "together, and a 64-bit CS (l=1) needs long mode"
@@ -369,7 +368,7 @@ class KvmVCPU(VirtualCPU):
             )
 
     # -- CPUID, FPU, LAPIC, MP state ----------------------------------------------------------
-    def set_cpuid(self, entries: list[CpuidEntry]) -> None:
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
         """KVM_SET_CPUID2 (must happen before the first KVM_RUN)."""
         buf = abi.kvm_cpuid2_type(len(entries))()
         buf.nent = len(entries)
@@ -385,10 +384,13 @@ class KvmVCPU(VirtualCPU):
         self._ioctl(abi.KVM_GET_FPU, fpu, "KVM_GET_FPU")
         return fpu
 
-    def init_fpu(self) -> None:
-        """FPU as after FNINIT, SSE as after reset."""
-        fpu = abi.KvmFpu(fcw=FPU_INIT_FCW, mxcsr=FPU_INIT_MXCSR)
-        self._ioctl(abi.KVM_SET_FPU, fpu, "KVM_SET_FPU")
+    def set_fpu_control(self, fcw: int, mxcsr: int) -> None:
+        """KVM_SET_FPU with the x87 control word ``fcw`` and ``mxcsr``, the rest cleared."""
+        if not 0 <= fcw <= _MASK16:
+            raise HypervisorError(f"FPU control word {fcw!r} is not an unsigned 16-bit integer")
+        if not 0 <= mxcsr <= _MASK32:
+            raise HypervisorError(f"MXCSR {mxcsr!r} is not an unsigned 32-bit integer")
+        self._ioctl(abi.KVM_SET_FPU, abi.KvmFpu(fcw=fcw, mxcsr=mxcsr), "KVM_SET_FPU")
 
     def get_lapic(self) -> bytes:
         """The 1 KiB local-APIC register page (needs the in-kernel irqchip)."""
@@ -401,13 +403,13 @@ class KvmVCPU(VirtualCPU):
             raise HypervisorError(f"LAPIC page: {len(page)} bytes, expected {abi.KVM_APIC_REG_SIZE}")
         self._ioctl(abi.KVM_SET_LAPIC, page, "KVM_SET_LAPIC")
 
-    def init_lapic(self) -> None:
-        """LINT0 = ExtINT (the PIC's output), LINT1 = NMI, as a PC's firmware leaves them."""
+    def set_lapic_lint(self, lint0: LvtDelivery, lint1: LvtDelivery) -> None:
+        """The delivery modes of the LAPIC's LINT0 and LINT1 entries (needs the irqchip)."""
         page = bytearray(self.get_lapic())
-        for reg, mode in ((abi.APIC_REG_LVT_LINT0, abi.APIC_DELIVERY_MODE_EXTINT),
-                          (abi.APIC_REG_LVT_LINT1, abi.APIC_DELIVERY_MODE_NMI)):
+        for reg, mode in ((APIC_REG_LVT_LINT0, lint0), (APIC_REG_LVT_LINT1, lint1)):
             (value,) = struct.unpack_from("<I", page, reg)
-            value = (value & ~abi.APIC_LVT_DELIVERY_MODE_MASK) | (mode << abi.APIC_LVT_DELIVERY_MODE_SHIFT)
+            value = (value & ~APIC_LVT_DELIVERY_MODE_MASK) | (LvtDelivery(mode)
+                                                               << APIC_LVT_DELIVERY_MODE_SHIFT)
             struct.pack_into("<I", page, reg, value)
         self.set_lapic(bytes(page))
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import mmap
 import os
 import struct
 
-from vmboot.errors import HypervisorError
+from vmboot.errors import HypervisorError, KvmIoctlError
 from vmboot.hv.base import VirtualMachine
+from vmboot.hv.cpuid_entry import CpuidEntry
 from vmboot.hv.guest_memory import GuestMemory
 from vmboot.hv.kvm import abi
-from vmboot.hv.kvm.boot_msrs import boot_msrs
-from vmboot.hv.kvm.cpuid import CpuidEntry, CpuidPolicyName, build_cpuid, resolve_policy
+from vmboot.hv.kvm.cpuid import CpuidPolicyName, build_cpuid, resolve_policy
 from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.kvm.ioctl import ioctl_ulong, kvm_ioctl
 from vmboot.hv.kvm.system import KVM
@@ -92,10 +91,8 @@ class KvmVM(VirtualMachine):
             raise
 
     def _setup(self) -> None:
-        try:
-            ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS)
-        except OSError as e:
-            raise HypervisorError(f"KVM VM: KVM_SET_TSS_ADDR {TSS_ADDRESS:#x} failed: {e.strerror}") from None
+        ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS, who="KVM VM",
+                    what=f"KVM_SET_TSS_ADDR {TSS_ADDRESS:#x}")
         self._ioctl(abi.KVM_SET_IDENTITY_MAP_ADDR, struct.pack("<Q", IDENTITY_MAP_ADDRESS),
                     "KVM_SET_IDENTITY_MAP_ADDR")
         if self.irqchip:
@@ -136,12 +133,13 @@ class KvmVM(VirtualMachine):
     def irq_line(self, irq: int, level: bool | int) -> None:
         """Drive interrupt line ``irq`` (GSI 0-23 of the in-kernel PIC/IOAPIC) to ``level``."""
         try:
-            fcntl.ioctl(self.fd, abi.KVM_IRQ_LINE, _IRQ_LEVEL.pack(irq, 1 if level else 0))
-        except OSError as e:
-            raise HypervisorError(
-                f"KVM VM: KVM_IRQ_LINE irq={irq} level={int(bool(level))} failed: {e.strerror}"
-                + ("" if self.irqchip else " (the VM was created without an in-kernel irqchip)")
-            ) from None
+            kvm_ioctl(self.fd, abi.KVM_IRQ_LINE, _IRQ_LEVEL.pack(irq, 1 if level else 0),
+                      who="KVM VM", what=f"KVM_IRQ_LINE irq={irq} level={int(bool(level))}")
+        except KvmIoctlError as e:
+            if self.irqchip:
+                raise
+            raise HypervisorError(f"{e} (the VM was created without an in-kernel irqchip)"
+                                  ) from None
         except struct.error:
             raise HypervisorError(f"KVM VM: irq {irq!r} is not an interrupt line number") from None
 
@@ -166,8 +164,24 @@ class KvmVM(VirtualMachine):
                     f"KVM_IRQFD (gsi {gsi})")
 
     # -- vCPUs --------------------------------------------------------------------------------
+    @property
+    def has_local_apic(self) -> bool:
+        """Each vCPU has a LAPIC when the VM has the in-kernel irqchip."""
+        return self.irqchip
+
+    def cpuid_table(self, index: int) -> list[CpuidEntry]:
+        """The CPUID table this VM's policy gives vCPU ``index`` (KVM's supported leaves, the
+        topology of ``vcpu_count`` vCPUs; set with :meth:`KvmVCPU.set_cpuid`)."""
+        return build_cpuid(
+            (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+             for e in self.kvm.supported_cpuid()),
+            self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
+            vcpu_count=self.vcpu_count,
+        )
+
     def create_vcpu(self, index: int = 0) -> KvmVCPU:
-        """Create vCPU ``index`` with CPUID, boot MSRs, FPU and LAPIC LINT0/LINT1 set up."""
+        """Create vCPU ``index`` in KVM's reset state (a boot's state is set by
+        :func:`vmboot.linux.configurator.cpu_reset.set_firmware_state`)."""
         _ = self.fd  # refuse use after close() before anything else
         if self._closing:
             raise HypervisorError("KVM VM: used after close() (the close waits for the vCPU "
@@ -182,20 +196,6 @@ class KvmVM(VirtualMachine):
                 f"(vcpu_count={self.vcpu_count})"
             )
         vcpu = KvmVCPU(self, self.fd, index, self.kvm.vcpu_mmap_size)
-        try:
-            vcpu.set_cpuid(build_cpuid(
-                (CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-                 for e in self.kvm.supported_cpuid()),
-                self.cpuid_policy, emulating=host_is_emulating(), vcpu_index=index,
-                vcpu_count=self.vcpu_count,
-            ))
-            vcpu.set_msrs(boot_msrs())
-            vcpu.init_fpu()
-            if self.irqchip:
-                vcpu.init_lapic()
-        except BaseException:
-            vcpu.close()
-            raise
         self._vcpus[index] = vcpu
         return vcpu
 

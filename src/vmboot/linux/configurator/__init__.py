@@ -4,6 +4,8 @@
 - :mod:`~vmboot.linux.configurator.plan`: :class:`BootPlan` (long-mode entry) and how it
   programs the vCPU;
 - :mod:`~vmboot.linux.configurator.pvh`: :class:`PvhBootPlan` (32-bit PVH entry);
+- :mod:`~vmboot.linux.configurator.cpu_reset`, :mod:`~vmboot.linux.configurator.boot_msrs`:
+  what firmware leaves in every vCPU (CPUID, MSRs, FPU, LAPIC pins);
 - :mod:`~vmboot.linux.configurator.gdt`, :mod:`~vmboot.linux.configurator.page_tables`:
   the boot GDT and identity-mapped page tables;
 - :mod:`~vmboot.linux.configurator.zero_page`, :mod:`~vmboot.linux.configurator.e820`,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import DescriptorTable, Register, SegmentRegister
 from vmboot.linux.configurator import layout
+from vmboot.linux.configurator.cpu_reset import set_firmware_state
 from vmboot.linux.configurator.e820 import E820Entry
 from vmboot.linux.configurator.gdt import boot_gdt, boot_segments
 from vmboot.linux.configurator.layout import Region
@@ -68,7 +69,9 @@ class EntryPlan(abc.ABC):
 
     @abc.abstractmethod
     def configure_vcpu(self, vcpu: VirtualCPU) -> None:
-        """Program ``vcpu`` to enter the kernel (writes the tables of :meth:`write_cpu_tables`)."""
+        """Program ``vcpu`` (created, never run) to enter the kernel: the firmware state of
+        :func:`~vmboot.linux.configurator.cpu_reset.set_firmware_state`, then the entry's
+        registers (writes the tables of :meth:`write_cpu_tables`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +96,7 @@ class BootPlan(EntryPlan):
 
     def configure_vcpu(self, vcpu: VirtualCPU) -> None:
         """Program ``vcpu`` for the 64-bit entry (writes the page tables and GDT too)."""
+        set_firmware_state(vcpu)
         self.write_cpu_tables(vcpu.vm)
         regs: dict[Register, int] = {
             Register.RAX: 0, Register.RBX: 0, Register.RCX: 0, Register.RDX: 0,

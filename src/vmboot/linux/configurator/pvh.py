@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import Register
+from vmboot.linux.configurator.cpu_reset import set_firmware_state
 from vmboot.linux.configurator.gdt import boot_gdt
 from vmboot.linux.configurator.plan import EntryPlan, load_boot_segments
 from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
@@ -53,6 +54,7 @@ class PvhBootPlan(EntryPlan):
 
     def configure_vcpu(self, vcpu: VirtualCPU) -> None:
         """Program ``vcpu`` for the PVH entry (writes the GDT too)."""
+        set_firmware_state(vcpu)
         self.write_cpu_tables(vcpu.vm)
         regs: dict[Register, int] = {
             Register.RAX: 0, Register.RCX: 0, Register.RDX: 0, Register.RSI: 0,

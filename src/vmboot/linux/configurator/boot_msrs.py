@@ -1,4 +1,4 @@
-"""The MSR values a vCPU starts with, as a PC's firmware (and Firecracker's msr.rs) leave them."""
+"""The MSR values a vCPU starts a boot with, as a PC's firmware (and Firecracker's msr.rs) leave them."""
 
 from __future__ import annotations
 
