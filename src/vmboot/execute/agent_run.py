@@ -16,6 +16,7 @@ so), ``boot-failure`` (the guest stopped, or the time ran out, before the agent 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import signal
 import threading
@@ -109,6 +110,10 @@ def exec_through_agent(machine: Machine, command: AgentCommand, *, t0: float,
         outcome = _stopped(run, "while the command ran, before it reported an exit status")
     console = b"" if run is None else run.console
     vm_exit = None if run is None else run.exit
+    if vm_exit is not None and outcome.reason is ExecReason.TIMEOUT \
+            and vm_exit.reason is ExitReason.STOPPED:
+        # vmboot stopped the guest because the time ran out: that is how the VM ended
+        vm_exit = dataclasses.replace(vm_exit, reason=ExitReason.TIMEOUT, detail=outcome.detail)
     first = machine.console.first_byte_at
     timings = ExecTimings(initramfs=initramfs_seconds, kernel_entry=kernel_entry,
                           first_console_byte=None if first is None else first - t0,
@@ -120,7 +125,8 @@ def exec_through_agent(machine: Machine, command: AgentCommand, *, t0: float,
         console=console, detail=outcome.detail, vm_exit=vm_exit,
         dropped={"stdout": stdout.dropped, "stderr": stderr.dropped,
                  "console": 0 if run is None else run.console_dropped},
-        reading=None if run is None else exec_reading(run.reading, run.exit.reason, outcome),
+        reading=None if run is None or vm_exit is None
+        else exec_reading(run.reading, vm_exit.reason, outcome),
         channel=machine.config.agent_transport or "console",
     )
 
