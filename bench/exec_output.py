@@ -6,19 +6,22 @@ The guest command is the same busybox one on both sides, bracketed by markers::
     echo BULK-START; head -c 2000000 /dev/zero >OUT; echo BULK-END
 
 - vmboot: ``vmboot exec --kernel tiny-bzImage -m 256M -- sh -c '...'`` with OUT its stdout
-  (through the agent to vmboot's stdout, counted here) and the markers on its stderr;
+  (through the agent to vmboot's stdout, counted here) and the markers on its stderr; and
+  the same with ``--channel serial`` (the UART fallback, one exit per byte);
 - QEMU: ``qemu-system-x86_64 -M microvm,acpi=off -global virtio-mmio.force-legacy=false
   -device virtio-serial-device -chardev file,id=bulk,path=FILE -device
   virtserialport,chardev=bulk,name=vmboot.bench`` with the same kernel and memory; an
   initramfs built here (the same busybox vmboot ships) whose /init runs the command with
   OUT the port's ``/dev/vportNpM`` and the markers on the console.
 
-The figure is the time between the two markers as they reach each VMM's output. The baseline
+The figure is the time between the two markers as they reach each VMM's output (vmboot's
+stderr, QEMU's console). The baseline
 is the same command with OUT ``/dev/null`` on each side (the guest's own cost of making the
-bytes). Exits: KVM's own counter ``exits`` of vCPU 0 (``KVM_GET_STATS_FD`` on the VMM's vCPU
-fd, copied with ``pidfd_getfd``: :mod:`kvm_stats`) read when each marker arrives; exits per
-MB = (exits during the bulk run - exits during the baseline run) / MB moved. Runs of the two
-VMMs are interleaved.
+bytes). Exits: KVM's own counter ``exits`` of vCPU 0 (its binary statistics:
+:mod:`kvm_stats`; inside the vmboot process through ``bench/exec_tap.py``, which runs
+``vmboot exec`` as the command does; QEMU's through QMP ``query-stats``), read when each
+marker arrives; exits per MB = (exits between the markers of the bulk run - those of the
+baseline run) / MB moved. Runs of the two VMMs are interleaved.
 
 Run: ``python bench/exec_output.py [--runs 2]``. Writes bench/results/exec_output.json.
 """
@@ -38,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Timing, print_table, summary_row, write_results
-from kvm_stats import vcpu_stats
+from kvm_stats import QmpStats
 from vmproc import KERNELS, QEMU_KVM
 
 from vmboot.execute.default_guest import shipped_busybox
@@ -51,6 +54,7 @@ START, END = b"BULK-START", b"BULK-END"
 PORT_NAME = "vmboot.bench"
 CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
 TIMEOUT = 900.0
+SERIAL = "vmboot --channel serial"
 FLUSH_SECONDS = 30.0
 """How long QEMU may take, after the end marker, to write the port's last bytes to its file."""
 COMMAND = f"echo {START.decode()} >&2; head -c {BYTES} /dev/zero >{{out}}; echo {END.decode()} >&2"
@@ -88,56 +92,65 @@ def qemu_command(kernel: Path, initrd: Path, out_file: Path, null: bool) -> list
             "-append", CMDLINE + (" bench.null" if null else "")]
 
 
-def vmboot_command(kernel: Path, null: bool) -> list[str]:
-    return [sys.executable, "-m", "vmboot", "exec", "--kernel", str(kernel),
+def vmboot_command(kernel: Path, null: bool, channel: str = "auto") -> list[str]:
+    return [sys.executable, "-m", "vmboot", "exec", "--kernel", str(kernel), "--channel", channel,
             "-m", f"{MEMORY_MIB}M", "--timeout", str(int(TIMEOUT)), "--", "sh", "-c",
             COMMAND.format(out="/dev/null" if null else "&1")]
 
 
-def measure(cmd: list[str], marker_stream: str, bulk_out: Path | None, expect: int) -> Sample:
-    """Run ``cmd``; time and count exits between the markers on ``marker_stream``; the bulk
-    bytes are in ``bulk_out`` (QEMU's chardev file) or else on the process's stdout."""
-    with tempfile.TemporaryFile() as stdout_file:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if marker_stream == "stdout" else stdout_file,
-            stderr=subprocess.PIPE if marker_stream == "stderr" else subprocess.DEVNULL,
-            start_new_session=True)
-        stream = proc.stdout if marker_stream == "stdout" else proc.stderr
-        assert stream is not None
-        stats = vcpu_stats(proc.pid)
-        seen = bytearray()
-        t_start = t_end = 0.0
-        exits_start = exits_end = 0
-        deadline = time.monotonic() + TIMEOUT
-        try:
-            while chunk := stream.read1(65536):
-                seen += chunk
-                now = time.perf_counter()
-                if not t_start and START in seen:
-                    t_start, exits_start = now, stats.read()["exits"]
-                if t_start and END in seen[seen.find(START):]:
-                    t_end, exits_end = now, stats.read()["exits"]
-                    break
-                if time.monotonic() > deadline:
-                    break
-            if marker_stream == "stdout":  # QEMU: microvm has no i8042; a reset does not end it
-                settle = time.monotonic() + FLUSH_SECONDS  # the port's last bytes reach the file
-                while bulk_out is not None and bulk_out.stat().st_size < expect \
-                        and time.monotonic() < settle:
-                    time.sleep(0.05)
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            stats.close()
-        received = bulk_out.stat().st_size if bulk_out is not None else stdout_file.seek(0, os.SEEK_END)
-    if not t_end:
-        tail = bytes(seen[-2000:]).decode(errors="replace")
-        raise SystemExit(f"no markers from {' '.join(cmd)}:\n{tail}")
-    return Sample(t_end - t_start, exits_end - exits_start, received)
+def measure_vmboot(kernel: Path, null: bool, tmp: Path, channel: str = "auto") -> Sample:
+    """``vmboot exec`` through ``exec_tap.py``: markers, times and exits noted in-process."""
+    record = tmp / "tap.record"
+    record.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "exec_tap.py"), str(record),
+           "--", *vmboot_command(kernel, null, channel)[4:]]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=TIMEOUT + 120, check=False)
+    lines = record.read_text().split() if record.exists() else []
+    notes = {lines[i]: (float(lines[i + 1]), int(lines[i + 2])) for i in range(0, len(lines), 3)}
+    if done.returncode != 0 or set(notes) != {START.decode(), END.decode()}:
+        raise SystemExit(f"vmboot exec: status {done.returncode}, markers {sorted(notes)}:\n"
+                         f"{done.stderr[-2000:].decode(errors='replace')}")
+    (t0, e0), (t1, e1) = notes[START.decode()], notes[END.decode()]
+    return Sample(t1 - t0, e1 - e0, len(done.stdout))
+
+
+def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
+    """QEMU microvm: markers on its console, exits through QMP ``query-stats``."""
+    out_file, qmp_path = tmp / "bulk.out", str(tmp / "qmp.sock")
+    out_file.unlink(missing_ok=True)
+    expect = 0 if null else BYTES
+    proc = subprocess.Popen([*qemu_command(kernel, initrd, out_file, null),
+                             "-qmp", f"unix:{qmp_path},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdout is not None
+    seen = bytearray()
+    notes: dict[bytes, tuple[float, int]] = {}
+    qmp: QmpStats | None = None
+    try:
+        while chunk := proc.stdout.read1(65536):
+            seen += chunk
+            now = time.perf_counter()
+            for marker in (START, END):
+                if marker not in notes and marker in seen:
+                    if qmp is None:
+                        qmp = QmpStats(qmp_path)
+                    notes[marker] = (now, qmp.vcpu_exits())
+            if END in notes:
+                break
+        settle = time.monotonic() + FLUSH_SECONDS  # the port's last bytes reach the file
+        while out_file.exists() and out_file.stat().st_size < expect and time.monotonic() < settle:
+            time.sleep(0.05)
+    finally:
+        if qmp is not None:
+            qmp.close()
+        os.killpg(proc.pid, signal.SIGKILL)  # microvm has no i8042: a reset does not end it
+        proc.wait()
+    if END not in notes:
+        raise SystemExit(f"QEMU: no markers:\n{bytes(seen[-2000:]).decode(errors='replace')}")
+    (t0, e0), (t1, e1) = notes[START], notes[END]
+    return Sample(t1 - t0, e1 - e0, out_file.stat().st_size if out_file.exists() else 0)
 
 
 def main() -> None:
@@ -154,27 +167,27 @@ def main() -> None:
     initrd.write_bytes(build_initramfs(entries_from_memory(
         {"bin/busybox": busybox.read_bytes(), "init": QEMU_INIT}, mode=0o755)))
     peer = "QEMU microvm (KVM), virtio-serial port"
-    cases = [("vmboot", False), (peer, False), ("vmboot", True), (peer, True)]
+    cases = [("vmboot", False), (peer, False), ("vmboot", True), (peer, True), (SERIAL, False)]
     samples: dict[tuple[str, bool], list[Sample]] = {case: [] for case in cases}
     for run in range(args.runs):
         for name, null in cases:
             expected = 0 if null else BYTES
-            if name == "vmboot":
-                sample = measure(vmboot_command(kernel, null), "stderr", None, expected)
+            if name == SERIAL:
+                sample = measure_vmboot(kernel, null, tmp, "serial")
+            elif name == "vmboot":
+                sample = measure_vmboot(kernel, null, tmp)
             else:
-                out_file = tmp / "bulk.out"
-                out_file.unlink(missing_ok=True)
-                sample = measure(qemu_command(kernel, initrd, out_file, null), "stdout", out_file,
-                                 expected)
+                sample = measure_qemu(kernel, initrd, null, tmp)
             if sample.received != expected:
                 raise SystemExit(f"{name}: {sample.received} bytes arrived, not {expected}")
             samples[name, null].append(sample)
             print(f"run {run + 1}/{args.runs}  {name:<40} {'/dev/null' if null else 'host':>9} "
                   f"{sample.seconds:7.2f} s  {sample.exits:>8} exits", flush=True)
     times = {case: Timing.of([s.seconds for s in got]) for case, got in samples.items()}
+    baseline = {"vmboot": "vmboot", peer: peer, SERIAL: "vmboot"}  # the same guest command
     per_mb = {name: Timing.of([(bulk.exits - base.exits) / MB for bulk, base in
-                               zip(samples[name, False], samples[name, True], strict=True)])
-              for name in ("vmboot", peer)}
+                               zip(samples[name, False], samples[base_name, True], strict=True)])
+              for name, base_name in baseline.items()}
     rows = [[name, "/dev/null" if null else "host", f"{t.median:.2f} s",
              f"{t.min:.2f}-{t.max:.2f} s"] for (name, null), t in times.items()]
     print_table(rows, ["VMM", "bytes to", "median", "spread"])
@@ -184,7 +197,8 @@ def main() -> None:
     figure = f"{MB:g} MB from a guest command to the host"
     path = write_results("exec_output", {
         "command": command, "bytes": BYTES, "memory_mib": MEMORY_MIB, "kernel": kernel.name,
-        "exit_counter": "KVM_GET_STATS_FD 'exits' of vCPU 0 (pidfd_getfd of the VMM's vCPU fd)",
+        "exit_counter": "KVM_GET_STATS_FD 'exits' of vCPU 0: read in the vmboot process "
+                        "(bench/exec_tap.py), and through QEMU's QMP query-stats",
         "timings": {f"{name}{' /dev/null' if null else ''}": t for (name, null), t in times.items()},
         "exits_per_mb": per_mb,
         "samples": {f"{name}{' /dev/null' if null else ''}": got for (name, null), got in samples.items()},
@@ -197,6 +211,12 @@ def main() -> None:
                         times[peer, True], "-", command),
             summary_row(f"VM exits per MB of {figure} (KVM's own count, less the baseline's)",
                         per_mb["vmboot"], peer, per_mb[peer], "-", command, unit="exits/MB"),
+            summary_row(f"{figure}: `vmboot exec --channel serial` (the UART fallback)",
+                        times[SERIAL, False], "`vmboot exec` through the agent (virtio-console)",
+                        times["vmboot", False], "-", command),
+            summary_row(f"VM exits per MB of {figure}: the UART fallback",
+                        per_mb[SERIAL], "`vmboot exec` through the agent (virtio-console)",
+                        per_mb["vmboot"], "-", command, unit="exits/MB"),
         ],
     })
     ratio = times["vmboot", False].median / times[peer, False].median
