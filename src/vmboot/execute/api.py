@@ -5,14 +5,19 @@
     result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"])   # the shipped kernel
     result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
 
-The guest is the initramfs of :func:`vmboot.execute.image.exec_initramfs`
-(busybox, ``/init``, the command, the user's files; uncompressed), booted with
-``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1 quiet``. The host emulates four
-16550A UARTs (see :mod:`vmboot.execute.image` for the protocol): COM1 is the kernel
-console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel. Output is
-handed to the ``on_stdout`` / ``on_stderr`` callbacks as it arrives (a line at a time, or
-whatever the guest sent when its transmit burst ended). The run ends as soon as the status
-channel says ``VMBOOT-EXIT <n>`` (the guest's own reboot is not waited for).
+The channel (:mod:`vmboot.execute.channel`, decided from the kernel's symbols before the
+boot): by default the guest is the agent image of
+:func:`vmboot.execute.image.agent_initramfs` (busybox, the guest agent as ``/init``) and the
+command runs through :meth:`vmboot.vmm.machine.Machine.exec` over a named virtio-console port
+(or vsock), stdout and stderr apart, stdin fed in, signals forwarded
+(:mod:`vmboot.execute.agent_run`). A kernel without the virtio-console driver (and
+``warm``) gets the initramfs of :func:`vmboot.execute.image.exec_initramfs` (busybox,
+``/init``, the command, the user's files; uncompressed), booted with ``console=ttyS0
+8250.nr_uarts=4 reboot=k panic=-1 quiet``, and four emulated 16550A UARTs (see
+:mod:`vmboot.execute.image` for the protocol): COM1 is the kernel console, COM2 the
+command's stdout, COM3 its stderr, COM4 the status channel. Output is handed to the
+``on_stdout`` / ``on_stderr`` callbacks as it arrives. The run ends as soon as the command's
+status is known (the guest's own reboot is not waited for).
 
 How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
 
