@@ -37,7 +37,7 @@ LIMIT = 900
 BULK = 2_000_000
 DISK_TEXT = b"hello from the data disk\n"
 STDIN = os.urandom(300_000)
-EXIT_SEVEN = ("head -c {n} /dev/zero; mkdir -p /mnt; "
+EXIT_SEVEN = ("head -c {n} /dev/zero; "
               "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt >&2; md5sum >&2; exit 7")
 
 

@@ -110,7 +110,7 @@ def test_the_agent_image_has_the_agent_as_init_and_busybox(tmp_path: Path) -> No
     assert Path(str(init.source)) == agent_binary()
     assert Path(str(entries["bin/busybox"].source)) == busybox
     assert Path(str(entries["in/data.bin"].source)) == extra
-    assert {"dev", "proc", "sys", "tmp", "dev/console"} <= set(entries)
+    assert {"dev", "proc", "sys", "tmp", "mnt", "dev/console"} <= set(entries)
     assert "vmboot/command" not in entries  # the command travels over the channel
 
 

@@ -328,31 +328,28 @@ def exec_command(
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()
-    # Everything is checked before the initramfs is built: the kernel file and the channel
-    # its drivers allow, the machine's configuration (memory, CPUID policy, entry, capture
-    # limit, timeout, command line, devices).
+    # Everything is checked before the initramfs is built: the machine's configuration
+    # (memory, CPUID policy, entry, capture limit, timeout, command line, devices), then the
+    # channel the kernel's drivers allow, and the configuration for that channel.
     kernel_path = choose_kernel(kernel)
-    if timeout is not None and not timeout > 0:
-        raise BootConfigError(f"timeout: {timeout!r} is not a positive number of seconds "
-                              "(or None for no limit)")
+    config = MachineConfig(kernel_path, initrd=None,
+                           cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
+                           entry=entry, cpus=cpus, serial_ports=EXEC_SERIAL_PORTS,
+                           capture_limit=capture_limit, timeout=timeout,
+                           vsock=vsock, shares=tuple(shares), net=net, disks=tuple(disks))
     decision = choose_channel(channel, kernel_path, warm=warm)
     agent = decision.agent
     if agent is None and isinstance(stdin, bytes):
         raise BootConfigError(f"stdin: the serial channel ({decision.reason}) gives the command "
                               "/dev/null; pass stdin=None, or use an agent channel")
-    if agent == "vsock" and vsock is None:
+    if agent is not None:
         from vmboot.devices.virtio.vsock_host import VsockConfig
 
-        vsock = VsockConfig()
-    config = MachineConfig(kernel_path, initrd=None,
-                           cmdline=EXEC_CMDLINE if agent is None else AGENT_CMDLINE,
-                           memory=memory, cpuid_policy=cpuid_policy, entry=entry, cpus=cpus,
-                           serial_ports=EXEC_SERIAL_PORTS if agent is None else (COM1,),
-                           capture_limit=capture_limit,
-                           timeout=timeout if agent is None or timeout is None
-                           else timeout + STOP_GRACE,
-                           vsock=vsock, shares=tuple(shares), net=net, disks=tuple(disks),
-                           agent=agent)
+        config = dataclasses.replace(
+            config, cmdline=AGENT_CMDLINE, serial_ports=(COM1,), agent=agent,
+            vsock=VsockConfig() if agent == "vsock" and vsock is None else vsock,
+            # the agent kills the command at the time limit; the machine stops a grace later
+            timeout=None if timeout is None else timeout + STOP_GRACE)
     pairs = [(Path(host), guest) for host, guest in files]
     if warm:
         from vmboot.vmm.snapshots import check_one_vcpu

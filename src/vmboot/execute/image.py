@@ -143,6 +143,8 @@ CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
 The kernel's built-in initramfs (usr/default_cpio_list) has it too; this copy keeps the
 image self-contained for kernels built with another CONFIG_INITRAMFS_SOURCE."""
 MOUNT_POINTS = ("dev", "proc", "sys")
+AGENT_MOUNT_POINTS = (*MOUNT_POINTS, "mnt")
+"""The agent image also has an empty /mnt, for a --share or a --disk."""
 TMP_DIR, TMP_MODE = "tmp", 0o1777
 RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, RUN_PATH, COMMAND_PATH, CONSOLE_PATH)
 AGENT_RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, CONSOLE_PATH)
@@ -244,7 +246,7 @@ def _with_user_files(base: list[Entry], files: Iterable[tuple[Path, str]],
 def agent_entries(files: Iterable[tuple[Path, str]], busybox: Path) -> list[Entry]:
     """The entries of the agent image: busybox, the agent as ``/init``, the user's ``files``."""
     base = [
-        *(Entry.directory(d) for d in MOUNT_POINTS),
+        *(Entry.directory(d) for d in AGENT_MOUNT_POINTS),
         Entry.directory(TMP_DIR, TMP_MODE),
         Entry.char_device(CONSOLE_PATH, CONSOLE_MAJOR, CONSOLE_MINOR),
         Entry.host_file(BUSYBOX_PATH, busybox, DEFAULT_EXECUTABLE_MODE),
