@@ -1,6 +1,6 @@
 """``vmboot exec`` through the guest agent, and its UART fallback, on real guests (slow).
 
-Three boots, each serving several checks:
+Four boots, the first three serving several checks each:
 
 1. ``vmboot exec`` (the CLI, agent on virtio-console) on tiny-smp-bzImage with an ext4 data
    disk (``--disk``, built with ``mkfs.ext4 -d``) and stdin piped: 2,000,000 bytes on stdout,
@@ -9,7 +9,8 @@ Three boots, each serving several checks:
    several commands: statuses 0 and 7, death by a signal, Ctrl-C forwarded, 2 MB out;
 3. ``vmboot exec`` on a kernel whose own symbols lack the virtio-console driver: a copy of
    tiny-vmlinux whose kallsyms entry for ``virtcons_probe`` is renamed, so that the
-   decision made before the boot really takes the UARTs.
+   decision made before the boot really takes the UARTs;
+4. ``vmboot exec`` given SIGINT (Ctrl-C) while the command runs: the command dies of it.
 
 Each test prints what it measured (``pytest -s``); no assertion involves a time.
 """
@@ -197,3 +198,28 @@ def test_a_kernel_without_virtio_console_runs_over_the_uarts(
     assert (summary["stdout"], summary["stderr"], summary["exit_status"]) == ("out\n", "err\n", 7)
     assert serial_run.returncode == 7
     assert summary["verdict"] == "command-failed"
+
+
+# -- 4. Ctrl-C at vmboot exec reaches the command ---------------------------------------------
+
+
+def test_ctrl_c_at_vmboot_exec_reaches_the_command() -> None:
+    kernel = shared_kernel_file("tiny-bzImage")
+    proc = subprocess.Popen([sys.executable, "-m", "vmboot", "exec", "--kernel", str(kernel),
+                             "--timeout", str(LIMIT), "--", "sh", "-c",
+                             "echo ready; exec sleep 1000"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        first = proc.stdout.readline()  # the command runs: Ctrl-C is now the command's
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"\nCtrl-C: status {proc.returncode}, stdout {first + rest!r}, stderr {err[-300:]!r}")
+    assert first == b"ready\n" and rest == b""
+    assert proc.returncode == 128 + signal.SIGINT  # the command's death, not vmboot's
+    assert b"interrupted" not in err
