@@ -27,6 +27,12 @@ from vmboot.execute.image import AGENT_RESERVED_PATHS, agent_argv, agent_entries
 from vmboot.initramfs.entry import EntryKind
 
 KERNEL = Path("bzImage")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the decision keeps in the vmboot cache goes to a directory of this test's."""
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
 EVERYTHING = frozenset({"vm_cmdline_set", "virtcons_probe", "virtio_vsock_probe", "serial8250_init"})
 
 
@@ -195,3 +201,29 @@ def test_serial_channel_refuses_stdin_bytes_before_building_anything() -> None:
         pytest.skip("this checkout has no shipped guest kernel")
     with pytest.raises(BootConfigError, match="stdin: the serial channel"):
         exec_command(["cat"], kernel=kernel, channel="serial", stdin=b"data")
+
+
+def test_a_kernels_drivers_are_read_once_and_kept_in_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import vmboot.debug.symbol_sources as symbol_sources
+    from vmboot.execute.channel import kernel_function_names
+
+    shipped = shipped_kernel()
+    if shipped is None:
+        pytest.skip("this checkout has no shipped guest kernel")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(shipped.read_bytes())
+    first = kernel_function_names(kernel)
+    assert {"virtcons_probe", "vm_cmdline_set", "virtio_vsock_probe"} <= set(first)
+    assert len(list((tmp_path / "cache" / "kernel-drivers").iterdir())) == 1
+
+    def no_decoding(source: object) -> object:
+        raise AssertionError("kallsyms decoded again")
+    monkeypatch.setattr(symbol_sources, "load_kernel_symbols", no_decoding)
+    assert kernel_function_names(kernel) == first
+    later = kernel.stat().st_mtime_ns + 1_000_000_000
+    os.utime(kernel, ns=(later, later))  # another file now: read again
+    with pytest.raises(AssertionError, match="decoded again"):
+        kernel_function_names(kernel)

@@ -44,6 +44,8 @@ REQUIRED_SYMBOLS: dict[ExecChannel, tuple[str, ...]] = {
 """Kernel functions each channel needs, as the kernel names them."""
 
 SymbolNames = Callable[[Path], Collection[str]]
+DRIVERS_SUBDIR = "kernel-drivers"
+"""Where the cache keeps which drivers each kernel file has (:func:`kernel_function_names`)."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,37 @@ class ChannelDecision:
 
 
 def kernel_function_names(kernel: Path) -> Collection[str]:
-    """The function names in the kernel image's kallsyms (memoised per file)."""
-    from vmboot.debug.symbol_sources import load_kernel_symbols
+    """Which of the :data:`REQUIRED_SYMBOLS` the kernel image's kallsyms hold.
 
-    return frozenset(load_kernel_symbols(kernel).names())
+    Decoding kallsyms takes a few hundred milliseconds, more than a whole exec on a fast
+    host, so the answer is kept in the vmboot cache (``<cache>/kernel-drivers/``), keyed by
+    the file's path, size and modification time and by the names asked about.
+    """
+    import hashlib
+    import json
+    import os
+
+    from vmboot.debug.symbol_sources import load_kernel_symbols
+    from vmboot.execute.cache import cache_subdir
+
+    wanted = sorted({name for names in REQUIRED_SYMBOLS.values() for name in names})
+    info = kernel.stat()
+    key = json.dumps([os.path.realpath(kernel), info.st_size, info.st_mtime_ns, wanted])
+    entry = cache_subdir(DRIVERS_SUBDIR) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    try:
+        return frozenset(json.loads(entry.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    names = frozenset(load_kernel_symbols(kernel).names())
+    found = [name for name in wanted if name in names]
+    try:  # best effort: an unwritable cache only costs the next run the same decoding
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(found))
+        partial.replace(entry)
+    except OSError:
+        pass
+    return frozenset(found)
 
 
 def check_channel_choice(choice: str) -> ChannelChoice:
