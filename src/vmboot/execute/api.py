@@ -108,9 +108,10 @@ class ExecTimings:
     """The vCPU was about to enter the kernel (VM built, kernel loaded)."""
     first_console_byte: float | None
     command_start: float | None
-    """``VMBOOT-START`` arrived: the guest booted and is starting the command."""
+    """The guest booted and is starting the command (``VMBOOT-START`` arrived; through the
+    agent: its greeting)."""
     command_exit: float | None
-    """``VMBOOT-EXIT`` arrived."""
+    """The command's status arrived (``VMBOOT-EXIT``; through the agent: its exit message)."""
     total: float
 
     def as_dict(self) -> dict[str, float | None]:
