@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT
 from vmboot.devices.pc import ExtraDevice
@@ -54,6 +54,10 @@ ENTRIES: tuple[str, ...] = ENTRY_CHOICES
 """Names ``entry`` (``--entry``) accepts."""
 DUMP_TRIGGERS: tuple[str, ...] = ("panic", "oops", "timeout")
 """When a machine writes a vmcore (``dump_on``, ``--dump-on``; :mod:`vmboot.vmm.dumps`)."""
+AgentTransport = Literal["console", "vsock"]
+AGENT_TRANSPORTS: tuple[AgentTransport, ...] = ("console", "vsock")
+"""How the host reaches the guest agent (``agent``): a named virtio-console port, or a vsock
+connection the agent makes to the host (:mod:`vmboot.vmm.guest_agent`)."""
 MIN_CPUS = 1
 """vCPUs a machine may have: MIN_CPUS..MAX_CPUS (MAX_CPUS: the processor entries the MP table
 of :mod:`vmboot.x86.mptable` has room for; KVM's own limit is higher)."""
@@ -116,9 +120,10 @@ class MachineConfig:
     shares: tuple[Share, ...] = ()
     """Host directories over virtio-fs, each served by a virtiofsd (the guest mounts one with
     ``mount -t virtiofs TAG DIR``)."""
-    agent: bool = False
-    """A virtio-console port for the guest agent (``vmboot-agent``), which ``Machine.exec``
-    talks to."""
+    agent: AgentTransport | bool | None = None
+    """The guest agent's channel (``vmboot-agent``), which ``Machine.exec`` talks to: one of
+    :data:`AGENT_TRANSPORTS` (``True`` means ``"console"``; ``"vsock"`` needs ``vsock``), or
+    None for no agent."""
     rootfs: str | Path | None = None
     """``"/"``: the host's root file system, read-only over virtio-fs, is the guest's root and
     the agent its init (no initrd; implies ``agent``; :mod:`vmboot.vmm.host_root`)."""
@@ -151,6 +156,14 @@ class MachineConfig:
         check_shares(self.shares)
         if self.vsock is not None:
             self.vsock.validate()
+        if isinstance(self.agent, bool):
+            object.__setattr__(self, "agent", "console" if self.agent else None)
+        if self.agent is not None and self.agent not in AGENT_TRANSPORTS:
+            raise UsageError(f"agent: {self.agent!r} is not one of {', '.join(AGENT_TRANSPORTS)} "
+                             "(or True for console, None for no agent)")
+        if self.agent == "vsock" and self.vsock is None:
+            raise UsageError("agent='vsock': the machine has no vsock device; give "
+                             "vsock=VsockConfig() as well (or agent='console')")
         if self.rootfs is not None:
             from vmboot.vmm.host_root import host_root_share
 
@@ -169,6 +182,12 @@ class MachineConfig:
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"timeout: {self.timeout!r} is not a positive number of seconds "
                              "(or None for no limit)")
+
+    @property
+    def agent_transport(self) -> AgentTransport | None:
+        """``agent`` as it is always kept (a transport or None; this only narrows its type)."""
+        assert not isinstance(self.agent, bool)
+        return self.agent
 
     @property
     def memory_bytes(self) -> int:

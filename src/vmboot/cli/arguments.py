@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from vmboot.errors import UsageError
 
 if TYPE_CHECKING:
+    from vmboot.devices.virtio.block import Disk
     from vmboot.report.kinds import Verdict
 
 
@@ -75,3 +76,23 @@ def fail_on(text: str) -> frozenset[Verdict]:
 FAIL_ON_HELP = ("exit non-zero when the kernel reported one of these verdicts, even if the run "
                 "succeeded (comma-separated: panic, oops, bug, warning, soft-lockup, hung-task, "
                 "rcu-stall, ...; see `vmboot report --help`)")
+
+
+def disk_argument(text: str) -> Disk:
+    """``--disk PATH[,ro][,throwaway][,serial=ID]`` (:meth:`Disk.parse`)."""
+    from vmboot.devices.virtio.block import Disk
+    from vmboot.errors import BootConfigError
+
+    try:
+        return Disk.parse(text)
+    except BootConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_disk_argument(parser: argparse.ArgumentParser) -> None:
+    """``--disk``, repeatable, the same for every verb that gives the guest disks."""
+    parser.add_argument("--disk", metavar="PATH[,ro][,throwaway][,serial=ID]", action="append",
+                        default=[], type=disk_argument,
+                        help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
+                             "ro: read-only; throwaway: writes go to a private overlay and the "
+                             "file is never modified; serial=ID: the disk's serial (20 bytes max)")

@@ -10,12 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from vmboot.cli.arguments import FAIL_ON_HELP, add_size_arguments, fail_on, seconds
+from vmboot.cli.arguments import (
+    FAIL_ON_HELP,
+    add_disk_argument,
+    add_size_arguments,
+    fail_on,
+    seconds,
+)
 from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.run import share_argument
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.config import DEFAULT_ENTRY, ENTRIES
 from vmboot.errors import UsageError
+from vmboot.execute.channel import AUTO, CHANNEL_CHOICES
 
 if TYPE_CHECKING:
     from vmboot.execute import ExecResult
@@ -23,9 +30,14 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 Boot a Linux kernel under KVM with a small busybox initramfs that runs CMD, and behave
 like CMD: its stdout and stderr appear on ours as it runs, and vmboot exits with its exit
-status. The command runs as root in the guest's initramfs, with stdin from /dev/null and
-exactly the environment given with --env (no PATH: busybox applets such as ls, cat, sh
-need none). Files and directories from the host are copied in with --add.
+status. The command runs as root in the guest's initramfs, with exactly the environment
+given with --env (no PATH: busybox applets such as ls, cat, sh need none). Files and
+directories from the host are copied in with --add.
+
+The command runs through the guest agent, the initramfs's init, over a virtio-console port:
+stdin is piped in when it is not a terminal, and Ctrl-C reaches the command. A kernel
+without the virtio-console driver (vmboot reads its symbols before the boot) runs it over
+16550A UARTs instead, with stdin from /dev/null; --channel chooses, -v and --json say which.
 
 The kernel is --kernel, else $VMBOOT_KERNEL, else the kernel vmboot ships (Linux 6.1,
 which boots on every KVM host), else the newest kernel `vmboot fetch kernel` stored in the
@@ -69,6 +81,10 @@ examples:
       run in the current directory; stdin is piped in: `echo hi | vmboot exec ... -- cat`
   vmboot exec --share ./data:data -- sh -c 'mount -t virtiofs data /mnt && ls /mnt'
       a host directory over virtio-fs
+  vmboot exec --disk data.ext4,ro -- sh -c 'mount -o ro /dev/vda /mnt && cat /mnt/f'
+      a raw disk image as /dev/vda (same syntax as vmboot run --disk)
+  echo hello | vmboot exec -v -- sh -c 'cat; exit 3'
+      stdin piped in; -v says which channel ran (console, vsock or serial) and why
 
 notes:
   On a host whose /dev/kvm emulates guest ring-0 code (the "PVM" software hypervisor) a
@@ -89,7 +105,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "exec",
         usage="%(prog)s [--kernel KERNEL] [-m SIZE] [--cpus N] [--add HOST[:GUEST]]... "
               "[--env NAME=VALUE]... [--timeout SECONDS] [--console] [--json] [--rootfs /] "
-              "[--share HOST_DIR[:TAG][,ro]]... -- CMD [ARGS...]",
+              "[--share HOST_DIR[:TAG][,ro]]... [--disk PATH[,ro]]... [--channel C] [-v] "
+              "-- CMD [ARGS...]",
         help="boot a kernel, run one command in it, exit with its status",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -118,9 +135,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--warm", action="store_true",
                    help="resume a guest saved ready for a command in the vmboot cache instead "
                         "of booting (the first --warm run of a kernel boots once and saves "
-                        "it); not with --add, --rootfs, --share, --vsock or --net")
+                        "it); not with --add, --rootfs, --share, --vsock, --net or --disk; "
+                        "its channel is the UARTs")
     add_vsock_arguments(p)
     add_net_arguments(p)
+    add_disk_argument(p)
+    p.add_argument("--channel", choices=CHANNEL_CHOICES, default=AUTO,
+                   help="what carries the command: the guest agent over a virtio-console port "
+                        "(console) or vsock (vsock), or the UARTs (serial, stdin /dev/null); "
+                        "auto (the default): console when the kernel has its driver, else serial")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr which channel carried the command, and why")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end instead of streaming the output")
     p.add_argument("--rootfs", metavar="DIR", default=None,
@@ -234,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
         if args.warm:
             raise UsageError("--warm cannot be used with --rootfs (the guest boots on the "
                              "host's root; there is no saved guest to resume)")
+        if args.disk or args.channel != AUTO:
+            raise UsageError("--disk and --channel cannot be used with --rootfs (the guest "
+                             "boots on the host's root with the agent on virtio-console)")
         result = _host_root(args, command)
     else:
         result = exec_command(
@@ -253,12 +281,18 @@ def run(args: argparse.Namespace) -> int:
             shares=args.share,
             vsock=vsock_config(args),
             net=net_config(args),
+            disks=args.disk,
+            channel=args.channel,
+            stdin=None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer,
         )
     status = exit_status_for(result.reason.value, result.exit_status)
     reading = result.read_console()
     failed_on = reading.triggered(args.fail_on)
     if failed_on and status == 0:
         status = EXIT_FAIL_ON
+    if args.verbose:
+        print(f"vmboot exec: channel: {result.channel} ({result.channel_reason})",
+              file=sys.stderr)
     if args.json:
         summary = result.as_dict()
         summary["vmboot_exit_status"] = status

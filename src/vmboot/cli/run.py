@@ -7,7 +7,14 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from vmboot.cli.arguments import FAIL_ON_HELP, add_size_arguments, fail_on, sample_rate, seconds
+from vmboot.cli.arguments import (
+    FAIL_ON_HELP,
+    add_disk_argument,
+    add_size_arguments,
+    fail_on,
+    sample_rate,
+    seconds,
+)
 from vmboot.cli.gdb_args import add_gdb_arguments, check_gdb_arguments
 from vmboot.cli.net_options import add_net_arguments, net_config
 from vmboot.cli.terminal import TerminalInput
@@ -23,11 +30,10 @@ from vmboot.config import (
     ENTRIES,
     MachineConfig,
 )
-from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
 from vmboot.devices.virtio.share import Share, parse_share
-from vmboot.errors import BootConfigError, UsageError
+from vmboot.errors import UsageError
 from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
 
@@ -201,11 +207,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--snapshot-when", metavar="TEXT", default=DEFAULT_SNAPSHOT_WHEN,
                    help=f"console text that triggers --snapshot (default: {DEFAULT_SNAPSHOT_WHEN!r},"
                         " a busybox root prompt)")
-    p.add_argument("--disk", metavar="PATH[,ro][,throwaway][,serial=ID]", action="append",
-                   default=[], type=_disk,
-                   help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
-                        "ro: read-only; throwaway: writes go to a private overlay and the "
-                        "file is never modified; serial=ID: the disk's serial (20 bytes max)")
+    add_disk_argument(p)
     p.add_argument("--share", metavar="HOST_DIR[:TAG][,ro]", action="append", default=[],
                    type=share_argument,
                    help="share a host directory over virtio-fs, served by the host's virtiofsd "
@@ -234,13 +236,6 @@ def share_argument(text: str) -> Share:
     try:
         return parse_share(text)
     except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _disk(text: str) -> Disk:
-    try:
-        return Disk.parse(text)
-    except BootConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 

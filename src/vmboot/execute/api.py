@@ -5,14 +5,19 @@
     result = vmboot.exec_command(["sh", "-c", "echo hi; exit 3"])   # the shipped kernel
     result.stdout, result.stderr, result.exit_status, result.reason   # b"hi\\n", b"", 3, "exited"
 
-The guest is the initramfs of :func:`vmboot.execute.image.exec_initramfs`
-(busybox, ``/init``, the command, the user's files; uncompressed), booted with
-``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1 quiet``. The host emulates four
-16550A UARTs (see :mod:`vmboot.execute.image` for the protocol): COM1 is the kernel
-console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel. Output is
-handed to the ``on_stdout`` / ``on_stderr`` callbacks as it arrives (a line at a time, or
-whatever the guest sent when its transmit burst ended). The run ends as soon as the status
-channel says ``VMBOOT-EXIT <n>`` (the guest's own reboot is not waited for).
+The channel (:mod:`vmboot.execute.channel`, decided from the kernel's symbols before the
+boot): by default the guest is the agent image of
+:func:`vmboot.execute.image.agent_initramfs` (busybox, the guest agent as ``/init``) and the
+command runs through :meth:`vmboot.vmm.machine.Machine.exec` over a named virtio-console port
+(or vsock), stdout and stderr apart, stdin fed in, signals forwarded
+(:mod:`vmboot.execute.agent_run`). A kernel without the virtio-console driver (and
+``warm``) gets the initramfs of :func:`vmboot.execute.image.exec_initramfs` (busybox,
+``/init``, the command, the user's files; uncompressed), booted with ``console=ttyS0
+8250.nr_uarts=4 reboot=k panic=-1 quiet``, and four emulated 16550A UARTs (see
+:mod:`vmboot.execute.image` for the protocol): COM1 is the kernel console, COM2 the
+command's stdout, COM3 its stderr, COM4 the status channel. Output is handed to the
+``on_stdout`` / ``on_stderr`` callbacks as it arrives. The run ends as soon as the command's
+status is known (the guest's own reboot is not waited for).
 
 How a run ended (:attr:`ExecResult.reason`, one of :class:`ExecReason`):
 
@@ -50,13 +55,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, MIN_CPUS, MachineConfig
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
-from vmboot.devices.serial import COM2, COM3, COM4
+from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError
 from vmboot.execute.image import (
+    AGENT_CMDLINE,
     EXEC_CMDLINE,
     EXEC_SERIAL_PORTS,
     STATUS_ERROR,
@@ -67,9 +73,12 @@ from vmboot.execute.image import (
 from vmboot.vmm.exits import ExitReason, VmExit
 
 if TYPE_CHECKING:
+    from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock_host import VsockConfig
+    from vmboot.execute.channel import ChannelChoice, ChannelDecision
     from vmboot.hv.kvm.cpuid import CpuidPolicyName
+    from vmboot.linux.kernel import Kernel
     from vmboot.linux.options import EntryChoice
     from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
@@ -99,9 +108,10 @@ class ExecTimings:
     """The vCPU was about to enter the kernel (VM built, kernel loaded)."""
     first_console_byte: float | None
     command_start: float | None
-    """``VMBOOT-START`` arrived: the guest booted and is starting the command."""
+    """The guest booted and is starting the command (``VMBOOT-START`` arrived; through the
+    agent: its greeting)."""
     command_exit: float | None
-    """``VMBOOT-EXIT`` arrived."""
+    """The command's status arrived (``VMBOOT-EXIT``; through the agent: its exit message)."""
     total: float
 
     def as_dict(self) -> dict[str, float | None]:
@@ -134,6 +144,11 @@ class ExecResult:
     """Bytes beyond the capture limit per channel (``stdout``, ``stderr``, ``console``)."""
     reading: Reading | None = None
     """The kernel reports on the console and the run's verdict (:mod:`vmboot.report`)."""
+    channel: str = "serial"
+    """What carried the command (:data:`vmboot.execute.channel.EXEC_CHANNELS`): ``console``
+    or ``vsock`` (the guest agent), or ``serial`` (the UARTs)."""
+    channel_reason: str = ""
+    """Why that channel (``-v``)."""
 
     def read_console(self) -> Reading:
         """:attr:`reading`, made from the console, the VM's exit and the command's status
@@ -174,6 +189,8 @@ class ExecResult:
             "vm_exit": None if self.vm_exit is None else self.vm_exit.reason.value,
             "timings": self.timings.as_dict(),
             "dropped": dict(self.dropped),
+            "channel": self.channel,
+            "channel_reason": self.channel_reason,
             **self.read_console().as_dict(),
         }
 
@@ -273,6 +290,9 @@ def exec_command(
     vsock: VsockConfig | None = None,
     shares: Sequence[Share] = (),
     net: NetConfig | None = None,
+    disks: Sequence[Disk] = (),
+    channel: ChannelChoice = "auto",
+    stdin: bytes | BinaryIO | None = None,
 ) -> ExecResult:
     """Boot ``kernel`` with an initramfs that runs ``command``; its output and exit status.
 
@@ -293,23 +313,44 @@ def exec_command(
     ``shares``: host directories over virtio-fs (the command mounts one with
     ``mount -t virtiofs TAG DIR``).
     ``net``: a virtio-net device (eth0); with ``kernel_dhcp`` the kernel configures it by DHCP.
+    ``disks``: virtio-blk disks (``/dev/vda``, ``/dev/vdb``, ... in order).
+    ``channel``: what carries the command (:mod:`vmboot.execute.channel`): ``auto`` (the
+    guest agent on a virtio-console port when the kernel has the driver, else the UARTs),
+    ``console``, ``vsock`` or ``serial``; :attr:`ExecResult.channel` says which ran.
+    ``stdin``: bytes fed to the command, then end of file (agent channels only; the serial
+    channel gives it /dev/null), or a binary stream read to its end before the boot when the
+    channel is an agent's and left unread when it is the serial one.
     """
-    import sys
-
     from vmboot.execute import image
+    from vmboot.execute.agent_run import STOP_GRACE
+    from vmboot.execute.channel import choose_channel
     from vmboot.execute.guest_choice import choose_busybox, choose_kernel
     from vmboot.linux.loader.detect import load_kernel
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()
     # Everything is checked before the initramfs is built: the machine's configuration
-    # (memory, CPUID policy, entry, capture limit, timeout, command line), then the kernel file.
+    # (memory, CPUID policy, entry, capture limit, timeout, command line, devices), then the
+    # channel the kernel's drivers allow, and the configuration for that channel.
     kernel_path = choose_kernel(kernel)
     config = MachineConfig(kernel_path, initrd=None,
                            cmdline=EXEC_CMDLINE, memory=memory, cpuid_policy=cpuid_policy,
                            entry=entry, cpus=cpus, serial_ports=EXEC_SERIAL_PORTS,
                            capture_limit=capture_limit, timeout=timeout,
-                           vsock=vsock, shares=tuple(shares), net=net)
+                           vsock=vsock, shares=tuple(shares), net=net, disks=tuple(disks))
+    decision = choose_channel(channel, kernel_path, warm=warm)
+    agent = decision.agent
+    if agent is None and isinstance(stdin, bytes):
+        raise BootConfigError(f"stdin: the serial channel ({decision.reason}) gives the command "
+                              "/dev/null; pass stdin=None, or use an agent channel")
+    if agent is not None:
+        from vmboot.devices.virtio.vsock_host import VsockConfig
+
+        config = dataclasses.replace(
+            config, cmdline=AGENT_CMDLINE, serial_ports=(COM1,), agent=agent,
+            vsock=VsockConfig() if agent == "vsock" and vsock is None else vsock,
+            # the agent kills the command at the time limit; the machine stops a grace later
+            timeout=None if timeout is None else timeout + STOP_GRACE)
     pairs = [(Path(host), guest) for host, guest in files]
     if warm:
         from vmboot.vmm.snapshots import check_one_vcpu
@@ -319,7 +360,8 @@ def exec_command(
             raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
                                   "new files; run without warm to add files")
         devices = [name for name, given in (("vsock", vsock is not None),
-                                            ("shares", bool(shares)), ("net", net is not None))
+                                            ("shares", bool(shares)), ("net", net is not None),
+                                            ("disks", bool(disks)))
                    if given]
         if devices:
             raise BootConfigError(f"{', '.join(devices)}: a warm exec resumes a saved guest, "
@@ -327,6 +369,11 @@ def exec_command(
                                   "without warm to use them")
     loaded = load_kernel(kernel_path)
     busybox_path = choose_busybox(busybox)
+    if agent is not None:
+        return _exec_with_agent(config, decision, image.agent_argv(command, dict(env or {})),
+                                dict(env or {}), _read_stdin(stdin), pairs, busybox_path, t0=t0,
+                                timeout=timeout, console=console, on_stdout=on_stdout,
+                                on_stderr=on_stderr, capture_limit=capture_limit, kernel=loaded)
     if warm:
         from vmboot.execute.warm import warm_snapshot
 
@@ -338,13 +385,7 @@ def exec_command(
     config = dataclasses.replace(config, kernel=loaded, initrd=initrd)
     t_initramfs = time.monotonic() - t0
 
-    console_target: Any
-    if console is True:
-        console_target = sys.stderr
-    elif console is False:
-        console_target = None
-    else:
-        console_target = console
+    console_target = _console_target(console)
     stdout = _channel(on_stdout, capture_limit)
     stderr = _channel(on_stderr, capture_limit)
     status = _StatusWatch(t0)
@@ -385,11 +426,54 @@ def exec_command(
         detail=outcome.detail,
         vm_exit=vm_exit,
         dropped={"stdout": stdout.dropped, "stderr": stderr.dropped, "console": run.console_dropped},
-        reading=_reading(run.reading, vm_exit.reason, outcome),
+        reading=exec_reading(run.reading, vm_exit.reason, outcome),
+        channel=decision.channel,
+        channel_reason=decision.reason,
     )
 
 
-def _reading(run_reading: Reading | None, vm_exit: ExitReason, outcome: Outcome) -> Reading | None:
+def _read_stdin(stdin: bytes | BinaryIO | None) -> bytes | None:
+    if stdin is None or isinstance(stdin, bytes):
+        return stdin
+    return stdin.read()
+
+
+def _console_target(console: bool | OutputCallback) -> Any:
+    import sys
+
+    if console is True:
+        return sys.stderr
+    if console is False:
+        return None
+    return console
+
+
+def _exec_with_agent(config: MachineConfig, decision: ChannelDecision, argv: list[str],
+                     env: dict[str, str], stdin: bytes | None, pairs: list[tuple[Path, str]],
+                     busybox: Path, *, t0: float, timeout: float | None,
+                     console: bool | OutputCallback, on_stdout: OutputCallback | None,
+                     on_stderr: OutputCallback | None, capture_limit: int,
+                     kernel: Kernel) -> ExecResult:
+    """The agent image booted, ``argv`` run through the agent (:mod:`vmboot.execute.agent_run`)."""
+    from vmboot.execute import image
+    from vmboot.execute.agent_run import AgentCommand, OutputCapture, exec_through_agent
+    from vmboot.vmm.machine import Machine
+
+    initrd = image.agent_initramfs(pairs, busybox)
+    t_initramfs = time.monotonic() - t0
+    config = dataclasses.replace(config, kernel=kernel, initrd=initrd)
+    with Machine.from_config(config, console=_console_target(console), on_panic=None) as machine:
+        result = exec_through_agent(machine, AgentCommand(argv, env, "", stdin), t0=t0,
+                                    timeout=timeout,
+                                    stdout=OutputCapture(on_stdout, capture_limit),
+                                    stderr=OutputCapture(on_stderr, capture_limit),
+                                    initramfs_seconds=t_initramfs)
+    result.channel_reason = decision.reason
+    return result
+
+
+def exec_reading(run_reading: Reading | None, vm_exit: ExitReason,
+                 outcome: Outcome) -> Reading | None:
     """The run's kernel reports, judged with the command's outcome."""
     from vmboot.report import Reading, decide
 

@@ -7,6 +7,8 @@
     <cache>/busybox/SOURCE                      the .deb it came from
     <cache>/debian-kernels/<ABI>/boot/vmlinuz-<ABI>-cloud-amd64   (vmboot fetch kernel;
                                                 same layout as scripts/fetch-debian-kernel.sh)
+    <cache>/kernel-drivers/<key>.json           the exec channels' drivers a kernel file has
+                                                (vmboot.execute.channel)
 
 Nothing here is created until something is stored.
 """

@@ -1,7 +1,15 @@
 """The initramfs ``vmboot exec`` boots, and the host/guest protocol it speaks.
 
-What the guest runs
--------------------
+Two images (the channel is chosen by :mod:`vmboot.execute.channel`):
+
+- the agent image (:func:`agent_initramfs`): busybox, and the guest agent
+  (:mod:`vmboot.agent`) as ``/init``; the command travels over the agent's channel and runs
+  as ``/bin/busybox env -- argv...`` (:func:`agent_argv`) with exactly the given environment,
+  so a name is found as on the serial path;
+- the serial image (:func:`exec_initramfs`), below, for kernels without virtio-console.
+
+What the serial image runs
+--------------------------
 ``/init`` (``vmboot/execute/guest/init.sh``, busybox ash as PID 1) mounts /proc, /sys and
 devtmpfs on /dev, puts ttyS1..ttyS3 in raw mode (``stty raw -echo``: no ``\\n`` ->
 ``\\r\\n``, 8-bit clean), then sources ``/vmboot/run.sh`` (``vmboot/execute/guest/run.sh``),
@@ -71,6 +79,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.agent import agent_binary
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import GuestError, InitramfsError
 from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
@@ -134,8 +143,13 @@ CONSOLE_MAJOR, CONSOLE_MINOR = 5, 1
 The kernel's built-in initramfs (usr/default_cpio_list) has it too; this copy keeps the
 image self-contained for kernels built with another CONFIG_INITRAMFS_SOURCE."""
 MOUNT_POINTS = ("dev", "proc", "sys")
+AGENT_MOUNT_POINTS = (*MOUNT_POINTS, "mnt")
+"""The agent image also has an empty /mnt, for a --share or a --disk."""
 TMP_DIR, TMP_MODE = "tmp", 0o1777
 RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, RUN_PATH, COMMAND_PATH, CONSOLE_PATH)
+AGENT_RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, CONSOLE_PATH)
+AGENT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
+"""The kernel command line of an agent-image boot (the UART console only)."""
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 COMMAND_HEADER = b"# vmboot exec command, sourced by /vmboot/run.sh: environment words, then argv\n"
@@ -153,8 +167,9 @@ def _word(text: str, what: str) -> bytes:
     return raw
 
 
-def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
-    """The contents of ``/vmboot/command`` (see the module docstring for the format)."""
+def check_command(command: Sequence[str], env: Mapping[str, str]) -> list[bytes]:
+    """The environment words and then the arguments, each checked (as ``busybox env`` takes
+    them: ``NAME=value`` words first, so argv[0] cannot hold ``=``)."""
     if not command:
         raise InitramfsError("exec command is empty (valid: at least argv[0], the program to run)")
     if command[0] == "" or "=" in command[0]:
@@ -171,6 +186,12 @@ def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
             )
         words.append(_word(f"{name}={value}", f"exec environment variable {name}, value"))
     words += [_word(arg, f"exec command argv[{i}]") for i, arg in enumerate(command)]
+    return words
+
+
+def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
+    """The contents of ``/vmboot/command`` (see the module docstring for the format)."""
+    words = check_command(command, env)
     return COMMAND_HEADER + b"set -- " + b" ".join(shell_quote(w) for w in words) + b"\n"
 
 
@@ -198,7 +219,12 @@ def exec_entries(command: Sequence[str], env: Mapping[str, str],
     :func:`~vmboot.initramfs.builders.entries_from_files`; they may add to the image's
     directories but not replace its own files (:data:`RESERVED_PATHS`).
     """
-    base = _base_entries(busybox, command, env)
+    return _with_user_files(_base_entries(busybox, command, env), files, RESERVED_PATHS)
+
+
+def _with_user_files(base: list[Entry], files: Iterable[tuple[Path, str]],
+                     reserved: Sequence[str]) -> list[Entry]:
+    """``base`` plus the user's ``files``, which may add to its directories only."""
     user = entries_from_files(files)
     base_paths = {e.path: e for e in base}
     merged = list(base)
@@ -209,9 +235,41 @@ def exec_entries(command: Sequence[str], env: Mapping[str, str],
         elif not (mine.kind is EntryKind.DIRECTORY and entry.kind is EntryKind.DIRECTORY):
             raise InitramfsError(
                 f"exec file for guest path {entry.path!r} clashes with the image's own "
-                f"{mine.kind.name.lower()} there (reserved: {', '.join(RESERVED_PATHS)})"
+                f"{mine.kind.name.lower()} there (reserved: {', '.join(reserved)})"
             )
     return complete_tree(merged)
+
+
+# -- the agent image ------------------------------------------------------------------------
+
+
+def agent_entries(files: Iterable[tuple[Path, str]], busybox: Path) -> list[Entry]:
+    """The entries of the agent image: busybox, the agent as ``/init``, the user's ``files``."""
+    base = [
+        *(Entry.directory(d) for d in AGENT_MOUNT_POINTS),
+        Entry.directory(TMP_DIR, TMP_MODE),
+        Entry.char_device(CONSOLE_PATH, CONSOLE_MAJOR, CONSOLE_MINOR),
+        Entry.host_file(BUSYBOX_PATH, busybox, DEFAULT_EXECUTABLE_MODE),
+        Entry.symlink(SHELL_PATH, "busybox"),
+        Entry.host_file(INIT_PATH, agent_binary(), DEFAULT_EXECUTABLE_MODE),
+    ]
+    return _with_user_files(base, files, AGENT_RESERVED_PATHS)
+
+
+def agent_initramfs(files: list[tuple[Path, str]], busybox: Path, *,
+                    compression: str = "none") -> bytes:
+    """The agent image (the same for every command: the command is not in it)."""
+    from vmboot.execute.discovery import check_static_busybox
+
+    check_static_busybox(busybox)
+    return build_initramfs(agent_entries(files, busybox), compression=compression)
+
+
+def agent_argv(command: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """What the agent runs for ``command``: ``busybox env`` finds a name as the serial image
+    does (busybox applets first, then the default search path), and execs it."""
+    check_command(command, env)
+    return [f"/{BUSYBOX_PATH}", "env", "--", *command]
 
 
 def warm_initramfs(busybox: Path, *, compression: str = "none") -> bytes:

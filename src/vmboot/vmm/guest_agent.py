@@ -1,10 +1,18 @@
 """The guest agent of a running machine: commands run in the guest while the vCPU runs.
 
-:class:`AgentBridge` joins the virtio-console port the agent opens (named
-:data:`AGENT_PORT`, the agent's default channel) to one end of a socket pair, so that
-:class:`~vmboot.agent.client.AgentClient` speaks to the guest exactly as it speaks to an
-agent on a socket. :class:`GuestAgent` runs the machine's vCPU on a thread of its own and
-hands out the client; the machine's :meth:`~vmboot.vmm.machine.Machine.exec` uses it.
+The agent reaches the host over one of two links (``MachineConfig.agent``,
+:data:`vmboot.config.AGENT_TRANSPORTS`):
+
+- ``console``: :class:`AgentBridge` joins the virtio-console port the agent opens (named
+  :data:`AGENT_PORT`, the agent's default channel; the guest sees ``/dev/vportNpM``, not a
+  tty) to one end of a socket pair;
+- ``vsock``: :class:`VsockAgentLink` listens on host port :data:`AGENT_VSOCK_PORT` of the
+  machine's vsock device; the agent connects there (``vmboot.agent=vsock:PORT`` on the
+  kernel command line).
+
+Either way :class:`~vmboot.agent.client.AgentClient` speaks to the guest exactly as it speaks
+to an agent on a socket. :class:`GuestAgent` runs the machine's vCPU on a thread of its own
+and hands out the client; the machine's :meth:`~vmboot.vmm.machine.Machine.exec` uses it.
 """
 
 from __future__ import annotations
@@ -14,34 +22,76 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from vmboot.agent.client import AgentClient, AgentError
 from vmboot.devices.virtio.console import ConsolePort
 from vmboot.vmm.running import RunEnd, RunsGuest
 
+if TYPE_CHECKING:
+    from vmboot.config import AgentTransport
+    from vmboot.devices.virtio.vsock import VsockDevice
+    from vmboot.devices.virtio.vsock_host import VsockListener
+
 AGENT_PORT = "vmboot.agent"
 """The name of the virtio-console port the agent talks on (its default channel)."""
+AGENT_VSOCK_PORT = 1025
+"""The host vsock port the agent connects to with ``agent="vsock"``."""
+AGENT_CMDLINE_KEY = "vmboot.agent"
+"""The kernel parameter that names the agent's channel (``port:NAME``, ``vsock:PORT``)."""
 PUSH_RETRY_SECONDS = 0.005
 """How long the bridge waits when the port's input buffer is full (the guest reads slower)."""
 RECEIVE_BYTES = 1 << 16
 READY_TIMEOUT = 600.0
 """Seconds to wait for the agent's greeting by default (a boot under emulation is slow)."""
+ACCEPT_POLL_SECONDS = 0.2
+"""How often waiting for the agent's vsock connection checks that the guest still runs."""
 
-EndT = TypeVar("EndT", bound=RunEnd)
+
+class AgentLink(Protocol):
+    """The host's end of the agent's channel."""
+
+    transport: AgentTransport
+    console_port: ConsolePort | None
+    """A virtio-console port the machine must offer (None: the link needs none)."""
+
+    def cmdline(self) -> str:
+        """Kernel parameters that tell the agent where its channel is ("" for its default)."""
+        ...
+
+    def connect(self, timeout: float, running: Callable[[], bool]) -> socket.socket:
+        """A stream socket to the agent; waits at most ``timeout`` seconds, and gives up
+        as soon as ``running()`` turns false (the guest stopped)."""
+        ...
+
+    def disconnect(self) -> None:
+        """The guest is gone: the client's next read ends at once (no waiting for a timeout)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class AgentBridge:
     """A virtio-console port on one side, a stream socket on the other."""
 
+    transport: AgentTransport = "console"
+
     def __init__(self) -> None:
         self.client_end, self._port_end = socket.socketpair()
         self.port = ConsolePort(AGENT_PORT, self._from_guest)
+        self.console_port: ConsolePort | None = self.port
         self._thread: threading.Thread | None = None
+
+    def cmdline(self) -> str:
+        return ""  # the agent's default channel is this port's name
 
     def _from_guest(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # the host side is gone: the bytes have no reader
             self._port_end.sendall(data)
+
+    def connect(self, timeout: float, running: Callable[[], bool]) -> socket.socket:
+        self.start()
+        return self.client_end
 
     def start(self) -> None:
         if self._thread is None:
@@ -64,7 +114,6 @@ class AgentBridge:
                     time.sleep(PUSH_RETRY_SECONDS)
 
     def disconnect(self) -> None:
-        """The guest is gone: the client's next read ends at once (no waiting for a timeout)."""
         with contextlib.suppress(OSError):
             self._port_end.shutdown(socket.SHUT_RDWR)
 
@@ -76,38 +125,100 @@ class AgentBridge:
             self._thread.join(timeout=5)
 
 
+class VsockAgentLink:
+    """The agent's vsock connection to host port :data:`AGENT_VSOCK_PORT`."""
+
+    transport: AgentTransport = "vsock"
+    console_port: ConsolePort | None = None
+
+    def __init__(self, vsock: VsockDevice, port: int = AGENT_VSOCK_PORT) -> None:
+        self.port = port
+        self._listener: VsockListener = vsock.listen(port)
+        self._sock: socket.socket | None = None
+
+    def cmdline(self) -> str:
+        return f"{AGENT_CMDLINE_KEY}=vsock:{self.port}"
+
+    def connect(self, timeout: float, running: Callable[[], bool]) -> socket.socket:
+        from vmboot.devices.virtio.vsock_host import VsockError
+
+        if self._sock is not None:
+            return self._sock
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._sock = self._listener.accept(ACCEPT_POLL_SECONDS)
+                return self._sock
+            except VsockError:
+                if not running():
+                    raise AgentError("agent: the guest stopped before the agent connected "
+                                     f"to vsock port {self.port}") from None
+                if time.monotonic() >= deadline:
+                    raise AgentError(f"agent: no connection on vsock port {self.port} within "
+                                     f"{timeout:g} s") from None
+
+    def disconnect(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.disconnect()
+        if self._sock is not None:
+            self._sock.close()
+        self._listener.close()
+
+
+def agent_link(transport: AgentTransport, vsock: VsockDevice | None) -> AgentLink:
+    """The link for ``transport`` (``MachineConfig`` checked that vsock has its device)."""
+    if transport == "vsock":
+        assert vsock is not None
+        return VsockAgentLink(vsock)
+    return AgentBridge()
+
+
+EndT = TypeVar("EndT", bound=RunEnd)
+
+
 class GuestAgent(Generic[EndT]):
     """The machine's vCPU on a background thread, and a client of the agent in the guest."""
 
-    def __init__(self, machine: RunsGuest[EndT], bridge: AgentBridge,
+    def __init__(self, machine: RunsGuest[EndT], link: AgentLink,
                  on_end: Callable[[EndT], object] | None = None) -> None:
         self.machine = machine
-        self.bridge = bridge
-        self.client = AgentClient(bridge.client_end)
+        self.link = link
+        self.client: AgentClient | None = None
+        """The client, once the agent's channel is connected."""
         self.result: EndT | None = None
         """How the run ended (None while the guest runs)."""
         self._on_end = on_end
         self._thread: threading.Thread | None = None
+        self._ended = threading.Event()
 
-    def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> AgentClient:
         """Run the guest in the background and wait for the agent's greeting."""
         from vmboot.vmm.runner import install_kick_handler
 
         if self._thread is None:
             install_kick_handler()  # from this (main) thread: the vCPU thread can be stopped
-            self.bridge.start()
             self._thread = threading.Thread(target=self._run, name="vmboot-vcpu", daemon=True)
             self._thread.start()
+        deadline = time.monotonic() + ready_timeout
         try:
-            self.client.wait_ready(ready_timeout)
+            if self.client is None:
+                sock = self.link.connect(ready_timeout, lambda: not self._ended.is_set())
+                self.client = AgentClient(sock)
+            self.client.wait_ready(max(deadline - time.monotonic(), 0.001))
         except AgentError as e:
             raise AgentError(f"{e}{self._why_stopped()}") from None
+        return self.client
 
     def _run(self) -> None:
         try:
             self.result = self.machine.run()
         finally:
-            self.bridge.disconnect()
+            self._ended.set()
+            self.link.disconnect()
             if self._on_end is not None and self.result is not None:
                 self._on_end(self.result)
 
@@ -116,10 +227,11 @@ class GuestAgent(Generic[EndT]):
             return ""
         return f" (the guest stopped: {self.result.exit.one_line()})"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the run and wait for the vCPU thread."""
+    def stop(self, timeout: float = 10.0) -> EndT | None:
+        """End the run, wait for the vCPU thread; how the run ended (None: it has not)."""
         thread, self._thread = self._thread, None
         if thread is None:
-            return
+            return self.result
         self.machine.request_stop()
         thread.join(timeout)
+        return self.result

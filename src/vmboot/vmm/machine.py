@@ -37,6 +37,7 @@ from vmboot.config import (
     DEFAULT_VIRTIO_CMDLINE,
     DEFAULT_VIRTIO_NOTIFICATIONS,
     MIN_CPUS,
+    AgentTransport,
     InitrdInput,
     KernelInput,
     MachineConfig,
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
     from vmboot.vmm.gdb_control import GdbControl
-    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
+    from vmboot.vmm.guest_agent import AgentLink, GuestAgent
     from vmboot.vmm.runner import Runner
     from vmboot.vmm.vcpus import VcpuSet
 
@@ -242,7 +243,7 @@ class Machine:
         virtio_notifications: NotificationChoice = DEFAULT_VIRTIO_NOTIFICATIONS,
         vsock: VsockConfig | None = None,
         shares: Sequence[Share] = (),
-        agent: bool = False,
+        agent: AgentTransport | bool | None = None,
         rootfs: str | Path | None = None,
         net: NetConfig | None = None,
     ) -> None:
@@ -352,16 +353,19 @@ class Machine:
 
             self.vsock = VsockDevice(config.vsock)
             virtio_devices = (*virtio_devices, self.vsock)
-        self._agent_bridge: AgentBridge | None = None
+        self._agent_link: AgentLink | None = None
         self._guest_agent: GuestAgent[RunResult] | None = None
         if config.rootfs is not None:
             shares = (*shares, host_root_share(config.rootfs, config.initrd))
             self.cmdline = f"{self.cmdline} {host_root_cmdline()}"
-        if config.agent or config.rootfs is not None:
-            from vmboot.vmm.guest_agent import AgentBridge
+        if config.agent is not None or config.rootfs is not None:
+            from vmboot.vmm.guest_agent import agent_link
 
-            self._agent_bridge = AgentBridge()
-            console_ports = (*console_ports, self._agent_bridge.port)
+            self._agent_link = agent_link(config.agent_transport or "console", self.vsock)
+            if self._agent_link.console_port is not None:
+                console_ports = (*console_ports, self._agent_link.console_port)
+            if self._agent_link.cmdline():
+                self.cmdline = f"{self.cmdline} {self._agent_link.cmdline()}"
         if config.net is not None:
             from vmboot.vmm.network import build_net_device
 
@@ -529,8 +533,8 @@ class Machine:
         if self._guest_agent is not None:
             self._guest_agent.stop()
             self._guest_agent = None
-        if self._agent_bridge is not None:
-            self._agent_bridge.close()
+        if self._agent_link is not None:
+            self._agent_link.close()
         if self.gdb_server is not None:
             self.gdb_server.close()
             self.gdb_server = None
@@ -585,28 +589,51 @@ class Machine:
         ``ready_timeout`` seconds) for the agent. ``argv[0]`` is a path in the guest; ``env``
         is the command's whole environment; ``cwd`` its directory (empty: the agent's).
         ``timeout``: the command is killed after that many seconds (``timed_out`` in the
-        result) and the guest stays usable. Needs ``agent=True`` or ``rootfs``.
+        result) and the guest stays usable. Needs ``agent`` or ``rootfs``.
         """
-        from vmboot.vmm.guest_agent import READY_TIMEOUT, GuestAgent
+        from vmboot.vmm.guest_agent import READY_TIMEOUT
 
-        if self._agent_bridge is None:
+        if self._agent_link is None:
             raise UsageError("Machine.exec: the machine has no agent channel; make it with "
-                             "Machine(..., agent=True) (and an initrd whose init is vmboot-agent) "
-                             "or Machine(..., rootfs='/')")
+                             "Machine(..., agent=True) or agent='vsock' (and an initrd whose "
+                             "init is vmboot-agent) or Machine(..., rootfs='/')")
         if self._runner is None:
             raise BootConfigError("Machine.exec: the machine is not started; use it in a with block")
-        if self._guest_agent is None:
-            self._guest_agent = GuestAgent(self, self._agent_bridge)
-        self._guest_agent.start(READY_TIMEOUT if ready_timeout is None else ready_timeout)
+        self.wait_agent(READY_TIMEOUT if ready_timeout is None else ready_timeout)
+        assert self._guest_agent is not None and self._guest_agent.client is not None
         return self._guest_agent.client.run(argv, env, cwd, stdin, on_stdout, on_stderr, timeout)
+
+    def wait_agent(self, timeout: float | None = None) -> str:
+        """Start the guest on a background thread (once) and wait at most ``timeout``
+        seconds for the agent's greeting (as :meth:`exec` does first); its version."""
+        from vmboot.vmm.guest_agent import READY_TIMEOUT, GuestAgent
+
+        if self._agent_link is None:
+            raise UsageError("Machine.wait_agent: the machine has no agent channel; make it "
+                             "with agent=True or agent='vsock', or rootfs='/'")
+        if self._runner is None:
+            raise BootConfigError("Machine.wait_agent: the machine is not started; use it in a "
+                                  "with block")
+        if self._guest_agent is None:
+            self._guest_agent = GuestAgent(self, self._agent_link)
+        client = self._guest_agent.start(READY_TIMEOUT if timeout is None else timeout)
+        return client.version or ""
 
     def exec_signal(self, signo: int) -> None:
         """Send ``signo`` to the process group of the command :meth:`exec` is running (from
         another thread, or a signal handler: Ctrl-C forwarded to the guest)."""
-        if self._guest_agent is None or self._guest_agent.client.version is None:
+        client = None if self._guest_agent is None else self._guest_agent.client
+        if client is None or client.version is None:
             raise UsageError("Machine.exec_signal: no command is running (exec has not "
                              "started one; the guest may still be booting)")
-        self._guest_agent.client.signal(signo)
+        client.signal(signo)
+
+    def stop_exec(self) -> RunResult | None:
+        """End the run :meth:`exec` started and wait for it; how it ended (None: exec never
+        started the guest, or its vCPU thread did not stop in time)."""
+        if self._guest_agent is None:
+            return None
+        return self._guest_agent.stop()
 
     def run(self, timeout: float | None = None) -> RunResult:
         """Run the guest until it stops, or for at most ``timeout`` seconds

@@ -1,0 +1,228 @@
+"""Bulk output of a guest command to the host: ``vmboot exec`` (the guest agent on a
+virtio-console port) against QEMU microvm writing to a virtio-serial port; VM exits per MB.
+
+The guest command is the same busybox one on both sides, bracketed by markers::
+
+    echo BULK-START; head -c 2000000 /dev/zero >OUT; echo BULK-END
+
+- vmboot: ``vmboot exec --kernel tiny-bzImage -m 256M -- sh -c '...'`` with OUT its stdout
+  (through the agent to vmboot's stdout, counted here) and the markers on its stderr; and
+  the same with ``--channel serial`` (the UART fallback, one exit per byte);
+- QEMU: ``qemu-system-x86_64 -M microvm,acpi=off -global virtio-mmio.force-legacy=false
+  -device virtio-serial-device -chardev file,id=bulk,path=FILE -device
+  virtserialport,chardev=bulk,name=vmboot.bench`` with the same kernel and memory; an
+  initramfs built here (the same busybox vmboot ships) whose /init runs the command with
+  OUT the port's ``/dev/vportNpM`` and the markers on the console.
+
+The figure is the time between the two markers as they reach each VMM's output (vmboot's
+stderr, QEMU's console). The baseline
+is the same command with OUT ``/dev/null`` on each side (the guest's own cost of making the
+bytes). Exits: KVM's own counter ``exits`` of vCPU 0 (its binary statistics:
+:mod:`kvm_stats`; inside the vmboot process through ``bench/exec_tap.py``, which runs
+``vmboot exec`` as the command does; QEMU's through QMP ``query-stats``), read when each
+marker arrives; exits per MB = (exits between the markers of the bulk run - those of the
+baseline run) / MB moved. Runs of the two VMMs are interleaved.
+
+Run: ``python bench/exec_output.py [--runs 2]``. Writes bench/results/exec_output.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Timing, print_table, summary_row, write_results
+from kvm_stats import QmpStats
+from vmproc import KERNELS, QEMU_KVM
+
+from vmboot.execute.default_guest import shipped_busybox
+from vmboot.initramfs.builders import build_initramfs, entries_from_memory
+
+BYTES = 2_000_000
+MB = BYTES / 1e6
+MEMORY_MIB = 256
+START, END = b"BULK-START", b"BULK-END"
+PORT_NAME = "vmboot.bench"
+CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
+TIMEOUT = 900.0
+SERIAL = "vmboot --channel serial"
+FLUSH_SECONDS = 30.0
+"""How long QEMU may take, after the end marker, to write the port's last bytes to its file."""
+COMMAND = f"echo {START.decode()} >&2; head -c {BYTES} /dev/zero >{{out}}; echo {END.decode()} >&2"
+QEMU_INIT = f"""#!/bin/busybox sh
+B=/bin/busybox
+$B mkdir -p /proc /sys /dev
+$B mount -t devtmpfs devtmpfs /dev
+$B mount -t sysfs sysfs /sys
+$B mount -t proc proc /proc
+OUT=
+for p in /sys/class/virtio-ports/*; do
+  [ "$($B cat $p/name)" = {PORT_NAME} ] && OUT=/dev/${{p##*/}}
+done
+[ -n "$OUT" ] || echo NO-PORT
+case "$($B cat /proc/cmdline)" in *bench.null*) OUT=/dev/null;; esac
+$B sh -c "{COMMAND.format(out='$OUT')}" 2>&1
+$B reboot -f
+"""
+
+
+@dataclass
+class Sample:
+    seconds: float
+    exits: int
+    received: int
+
+
+def qemu_command(kernel: Path, initrd: Path, out_file: Path, null: bool) -> list[str]:
+    return [*QEMU_KVM, "-M", "microvm,acpi=off", "-m", str(MEMORY_MIB),
+            "-global", "virtio-mmio.force-legacy=false",
+            "-device", "virtio-serial-device",
+            "-chardev", f"file,id=bulk,path={out_file}",
+            "-device", f"virtserialport,chardev=bulk,name={PORT_NAME}",
+            "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", CMDLINE + (" bench.null" if null else "")]
+
+
+def vmboot_command(kernel: Path, null: bool, channel: str = "auto") -> list[str]:
+    return [sys.executable, "-m", "vmboot", "exec", "--kernel", str(kernel), "--channel", channel,
+            "-m", f"{MEMORY_MIB}M", "--timeout", str(int(TIMEOUT)), "--", "sh", "-c",
+            COMMAND.format(out="/dev/null" if null else "&1")]
+
+
+def measure_vmboot(kernel: Path, null: bool, tmp: Path, channel: str = "auto") -> Sample:
+    """``vmboot exec`` through ``exec_tap.py``: markers, times and exits noted in-process."""
+    record = tmp / "tap.record"
+    record.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "exec_tap.py"), str(record),
+           "--", *vmboot_command(kernel, null, channel)[4:]]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=TIMEOUT + 120, check=False)
+    lines = record.read_text().split() if record.exists() else []
+    notes = {lines[i]: (float(lines[i + 1]), int(lines[i + 2])) for i in range(0, len(lines), 3)}
+    if done.returncode != 0 or set(notes) != {START.decode(), END.decode()}:
+        raise SystemExit(f"vmboot exec: status {done.returncode}, markers {sorted(notes)}:\n"
+                         f"{done.stderr[-2000:].decode(errors='replace')}")
+    (t0, e0), (t1, e1) = notes[START.decode()], notes[END.decode()]
+    return Sample(t1 - t0, e1 - e0, len(done.stdout))
+
+
+def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
+    """QEMU microvm: markers on its console, exits through QMP ``query-stats``."""
+    out_file, qmp_path = tmp / "bulk.out", str(tmp / "qmp.sock")
+    out_file.unlink(missing_ok=True)
+    expect = 0 if null else BYTES
+    proc = subprocess.Popen([*qemu_command(kernel, initrd, out_file, null),
+                             "-qmp", f"unix:{qmp_path},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert isinstance(proc.stdout, io.BufferedReader)  # default bufsize: buffered, with read1
+    seen = bytearray()
+    notes: dict[bytes, tuple[float, int]] = {}
+    qmp: QmpStats | None = None
+    try:
+        while chunk := proc.stdout.read1(65536):
+            seen += chunk
+            now = time.perf_counter()
+            for marker in (START, END):
+                if marker not in notes and marker in seen:
+                    if qmp is None:
+                        qmp = QmpStats(qmp_path)
+                    notes[marker] = (now, qmp.vcpu_exits())
+            if END in notes:
+                break
+        settle = time.monotonic() + FLUSH_SECONDS  # the port's last bytes reach the file
+        while out_file.exists() and out_file.stat().st_size < expect and time.monotonic() < settle:
+            time.sleep(0.05)
+    finally:
+        if qmp is not None:
+            qmp.close()
+        os.killpg(proc.pid, signal.SIGKILL)  # microvm has no i8042: a reset does not end it
+        proc.wait()
+    if END not in notes:
+        raise SystemExit(f"QEMU: no markers:\n{bytes(seen[-2000:]).decode(errors='replace')}")
+    (t0, e0), (t1, e1) = notes[START], notes[END]
+    return Sample(t1 - t0, e1 - e0, out_file.stat().st_size if out_file.exists() else 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    kernel = KERNELS / "tiny-bzImage"
+    busybox = shipped_busybox()
+    if busybox is None:
+        raise SystemExit("this checkout has no shipped busybox (src/vmboot/guest_image/busybox)")
+    tmp = Path(tempfile.mkdtemp(prefix="vmboot-exec-bench-"))
+    initrd = tmp / "bulk.cpio"
+    initrd.write_bytes(build_initramfs(entries_from_memory(
+        {"bin/busybox": busybox.read_bytes(), "init": QEMU_INIT}, mode=0o755)))
+    peer = "QEMU microvm (KVM), virtio-serial port"
+    cases = [("vmboot", False), (peer, False), ("vmboot", True), (peer, True), (SERIAL, False)]
+    samples: dict[tuple[str, bool], list[Sample]] = {case: [] for case in cases}
+    for run in range(args.runs):
+        for name, null in cases:
+            expected = 0 if null else BYTES
+            if name == SERIAL:
+                sample = measure_vmboot(kernel, null, tmp, "serial")
+            elif name == "vmboot":
+                sample = measure_vmboot(kernel, null, tmp)
+            else:
+                sample = measure_qemu(kernel, initrd, null, tmp)
+            if sample.received != expected:
+                raise SystemExit(f"{name}: {sample.received} bytes arrived, not {expected}")
+            samples[name, null].append(sample)
+            print(f"run {run + 1}/{args.runs}  {name:<40} {'/dev/null' if null else 'host':>9} "
+                  f"{sample.seconds:7.2f} s  {sample.exits:>8} exits", flush=True)
+    times = {case: Timing.of([s.seconds for s in got]) for case, got in samples.items()}
+    baseline = {"vmboot": "vmboot", peer: peer, SERIAL: "vmboot"}  # the same guest command
+    per_mb = {name: Timing.of([(bulk.exits - base.exits) / MB for bulk, base in
+                               zip(samples[name, False], samples[base_name, True], strict=True)])
+              for name, base_name in baseline.items()}
+    rows = [[name, "/dev/null" if null else "host", f"{t.median:.2f} s",
+             f"{t.min:.2f}-{t.max:.2f} s"] for (name, null), t in times.items()]
+    print_table(rows, ["VMM", "bytes to", "median", "spread"])
+    for name, t in per_mb.items():
+        print(f"{name}: {t.median:.0f} exits per MB ({t.min:.0f}-{t.max:.0f})")
+    command = f"python bench/exec_output.py --runs {args.runs}"
+    figure = f"{MB:g} MB from a guest command to the host"
+    path = write_results("exec_output", {
+        "command": command, "bytes": BYTES, "memory_mib": MEMORY_MIB, "kernel": kernel.name,
+        "exit_counter": "KVM_GET_STATS_FD 'exits' of vCPU 0: read in the vmboot process "
+                        "(bench/exec_tap.py), and through QEMU's QMP query-stats",
+        "timings": {f"{name}{' /dev/null' if null else ''}": t for (name, null), t in times.items()},
+        "exits_per_mb": per_mb,
+        "samples": {f"{name}{' /dev/null' if null else ''}": got for (name, null), got in samples.items()},
+        "summary": [
+            summary_row(f"{figure}: `vmboot exec` stdout (agent, virtio-console)",
+                        times["vmboot", False], peer, times[peer, False],
+                        "none set: measure", command),
+            summary_row(f"{figure}, baseline: the same command writing to /dev/null in the guest",
+                        times["vmboot", True], "QEMU microvm (KVM), same command",
+                        times[peer, True], "-", command),
+            summary_row(f"VM exits per MB of {figure} (KVM's own count, less the baseline's)",
+                        per_mb["vmboot"], peer, per_mb[peer], "-", command, unit="exits/MB"),
+            summary_row(f"{figure}: `vmboot exec --channel serial` (the UART fallback)",
+                        times[SERIAL, False], "`vmboot exec` through the agent (virtio-console)",
+                        times["vmboot", False], "-", command),
+            summary_row(f"VM exits per MB of {figure}: the UART fallback",
+                        per_mb[SERIAL], "`vmboot exec` through the agent (virtio-console)",
+                        per_mb["vmboot"], "-", command, unit="exits/MB"),
+        ],
+    })
+    ratio = times["vmboot", False].median / times[peer, False].median
+    print(f"ratio vmboot/microvm: {ratio:.2f}x; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
