@@ -99,7 +99,7 @@ def test_snapshots_refuse_net_and_fs_devices_naming_the_option() -> None:
     from vmboot.vmm.snapshots import check_virtio_saved
 
     class FakeNet(RngDevice):
-        name = "net"  # type: ignore[misc]
+        name = "net"
 
     ok = SimpleNamespace(virtio=VirtioDevices([RngDevice()]))
     check_virtio_saved("Machine.snapshot", cast(Machine, ok))
