@@ -137,6 +137,26 @@ def test_every_vcpu_runs_after_restore(saved: Saved) -> None:
             assert int(fields[36]) == cpu, stat  # field 39, "processor": where it ran
 
 
+def test_four_vcpus_are_saved_and_each_runs_after_restore(busybox: Path, tmp_path: Path) -> None:
+    """A boot of its own: the shared guest has two vCPUs."""
+    path, cpus = tmp_path / "four.snap", 4
+    initrd = agent_initramfs(busybox)
+
+    def four() -> Machine:
+        return Machine(shared_kernel_file(KERNEL), initrd=initrd, cmdline=CMDLINE,
+                       memory=MEMORY, cpus=cpus, agent=True)
+
+    with four() as machine:
+        machine.exec([SH, "-c", "true"], env={}, ready_timeout=READY_TIMEOUT_S,
+                     timeout=COMMAND_TIMEOUT_S)
+        assert machine.snapshot(path).vcpus == cpus
+    with four().restore(path) as machine:
+        assert _sh(machine, "nproc").stdout == b"%d\n" % cpus
+        for cpu in range(cpus):
+            stat = _sh(machine, f"taskset -c {cpu} cat /proc/self/stat").stdout
+            assert int(stat.rsplit(b")", 1)[1].split()[36]) == cpu, stat
+
+
 # -- entropy and time ----------------------------------------------------------------------
 def test_two_restored_guests_read_different_random_bytes(saved: Saved) -> None:
     reads = []
