@@ -83,10 +83,14 @@ def test_explicit_channels_when_the_kernel_has_them_or_cannot_tell() -> None:
     assert decide("console", None).channel == "console"  # cannot tell: taken as asked
 
 
-def test_warm_is_serial_and_refuses_an_agent_channel() -> None:
-    assert decide("auto", EVERYTHING, warm=True).channel == "serial"
-    with pytest.raises(UsageError, match="warm"):
-        decide("console", EVERYTHING, warm=True)
+def test_warm_is_the_console_agent_and_refuses_other_channels() -> None:
+    assert decide("auto", EVERYTHING, warm=True).channel == "console"
+    assert decide("console", EVERYTHING, warm=True).channel == "console"
+    for other in ("serial", "vsock"):
+        with pytest.raises(UsageError, match="warm"):
+            decide(other, EVERYTHING, warm=True)
+    with pytest.raises(UsageError, match="virtcons_probe"):
+        decide("auto", set(), warm=True)
 
 
 def test_an_unknown_channel_is_refused() -> None:

@@ -9,8 +9,8 @@ agent (:mod:`vmboot.agent`) as the initramfs's init: ``console``, a named virtio
 ``auto`` (the default) reads the kernel image's own symbols (its kallsyms, as
 ``vmboot symbolize`` does) and takes ``console`` when the kernel has the drivers that channel
 needs (:data:`REQUIRED_SYMBOLS`), else ``serial``; a kernel whose symbols cannot be read
-(no kallsyms) gets ``serial`` too. ``--warm`` restores guests saved with UARTs only, so it
-is ``serial``.
+(no kallsyms) gets ``serial`` too. ``--warm`` restores a guest whose agent talks over
+virtio-console, so it takes ``console`` (refused, naming the symbol, on a kernel without it).
 """
 
 from __future__ import annotations
@@ -111,11 +111,11 @@ def choose_channel(choice: ChannelChoice, kernel: Path, *, warm: bool = False,
     """
     check_channel_choice(choice)
     if warm:
-        if choice not in (AUTO, SERIAL):
-            raise UsageError(f"channel: {choice!r} with warm: a warm exec restores a guest saved "
-                             "with UARTs only; use channel 'serial' or 'auto' with warm, or "
-                             "drop warm")
-        return ChannelDecision(SERIAL, "warm: the saved guest speaks over the UARTs")
+        if choice not in (AUTO, AUTO_AGENT):
+            raise UsageError(f"channel: {choice!r} with warm: a warm exec restores a guest whose "
+                             f"agent talks over virtio-console; use channel {AUTO_AGENT!r} or "
+                             f"'auto' with warm, or drop warm")
+        choice = AUTO_AGENT  # checked against the kernel's symbols below, like any choice
     try:
         names = symbol_names(kernel)
     except (OSError, VmbootError) as e:

@@ -44,6 +44,9 @@ PUSH_RETRY_SECONDS = 0.005
 RECEIVE_BYTES = 1 << 16
 READY_TIMEOUT = 600.0
 """Seconds to wait for the agent's greeting by default (a boot under emulation is slow)."""
+RESUME_TIMEOUT = 120.0
+"""Seconds a restored guest's agent has to answer the resume message (it answers in
+milliseconds; a host shared by many busy guests can be far slower)."""
 ACCEPT_POLL_SECONDS = 0.2
 """How often waiting for the agent's vsock connection checks that the guest still runs."""
 
@@ -194,31 +197,57 @@ class GuestAgent(Generic[EndT]):
         self._on_end = on_end
         self._thread: threading.Thread | None = None
         self._ended = threading.Event()
+        self._stopping = False
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> AgentClient:
         """Run the guest in the background and wait for the agent's greeting."""
+        self._start_thread()
+        deadline = time.monotonic() + ready_timeout
+        try:
+            client = self._connect(ready_timeout)
+            client.wait_ready(max(deadline - time.monotonic(), 0.001))
+        except AgentError as e:
+            raise AgentError(f"{e}{self._why_stopped()}") from None
+        return client
+
+    def resume(self, timeout: float = RESUME_TIMEOUT) -> AgentClient:
+        """Run a guest restored from a snapshot in the background and send the agent the
+        resume message (fresh entropy, the host's wall time); wait for its answer."""
+        self._start_thread()
+        deadline = time.monotonic() + timeout
+        try:
+            client = self._connect(timeout)
+            client.resumed(max(deadline - time.monotonic(), 0.001))
+        except AgentError as e:
+            raise AgentError(f"{e}{self._why_stopped()}") from None
+        return client
+
+    def _connect(self, timeout: float) -> AgentClient:
+        if self.client is None:
+            sock = self.link.connect(timeout, lambda: not self._ended.is_set())
+            self.client = AgentClient(sock)
+        return self.client
+
+    def _start_thread(self) -> None:
         from vmboot.vmm.runner import install_kick_handler
 
         if self._thread is None:
             install_kick_handler()  # from this (main) thread: the vCPU thread can be stopped
             self._thread = threading.Thread(target=self._run, name="vmboot-vcpu", daemon=True)
             self._thread.start()
-        deadline = time.monotonic() + ready_timeout
-        try:
-            if self.client is None:
-                sock = self.link.connect(ready_timeout, lambda: not self._ended.is_set())
-                self.client = AgentClient(sock)
-            self.client.wait_ready(max(deadline - time.monotonic(), 0.001))
-        except AgentError as e:
-            raise AgentError(f"{e}{self._why_stopped()}") from None
-        return self.client
+
+    @property
+    def running(self) -> bool:
+        """The guest runs on the background thread."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         try:
             self.result = self.machine.run()
         finally:
-            self._ended.set()
-            self.link.disconnect()
+            if not self._stopping:  # a pause (stop) keeps the connection for the next run
+                self._ended.set()
+                self.link.disconnect()
             if self._on_end is not None and self.result is not None:
                 self._on_end(self.result)
 
@@ -228,10 +257,16 @@ class GuestAgent(Generic[EndT]):
         return f" (the guest stopped: {self.result.exit.one_line()})"
 
     def stop(self, timeout: float = 10.0) -> EndT | None:
-        """End the run, wait for the vCPU thread; how the run ended (None: it has not)."""
+        """End the run and wait for the vCPU thread; how the run ended (None: it has not).
+        The agent's connection stays for a later :meth:`start` or :meth:`resume` (a pause)."""
         thread, self._thread = self._thread, None
         if thread is None:
             return self.result
-        self.machine.request_stop()
-        thread.join(timeout)
-        return self.result
+        self._stopping = True
+        try:
+            self.machine.request_stop()
+            thread.join(timeout)
+        finally:
+            self._stopping = False
+        result, self.result = self.result, None
+        return result

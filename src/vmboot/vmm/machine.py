@@ -497,32 +497,67 @@ class Machine:
             return None
 
     def snapshot(self, path: str | Path) -> SaveReport:
-        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
-        from vmboot.vmm.snapshots import platform_devices, save_machine
+        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`.
 
+        A guest running in the background for :meth:`exec` is paused first (the next
+        :meth:`exec` resumes it): snapshot right after an :meth:`exec` returns, and the
+        agent in the saved guest is ready for a command."""
+        from vmboot.vmm.snapshots import machine_devices, save_machine
+
+        if self._agent_link is not None and self._agent_link.transport != "console":
+            raise BootConfigError(
+                f"Machine.snapshot: the guest agent talks over {self._agent_link.transport}, "
+                "whose connections a restore resets; make the machine with agent='console' "
+                "to snapshot it")
+        self.stop_exec()
         self.console.flush()
         return save_machine(path, self, self.vm,
-                            platform_devices(self.platform, self.extra_devices), self.virtio)
+                            machine_devices(self.platform, self.extra_devices, self.virtio),
+                            self.virtio)
 
-    def restore(self, path: str | Path) -> Self:
+    def restore(self, path: str | Path, resume_timeout: float | None = None) -> Self:
         """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
 
-        The machine must be made with the kernel, initrd, command line and memory the
-        snapshot was taken with; :meth:`run` then continues the guest where it was.
+        The machine must be made with the kernel, initrd, command line, memory, vCPUs and
+        devices the snapshot was taken with; :meth:`run` then continues the guest where it
+        was.
+
+        With an agent (``agent=True``), the guest starts running in the background at once
+        and the agent is told it was restored: it credits random bytes from the host to the
+        guest kernel's entropy pool, reseeds its CRNG and sets its wall clock to the host's
+        (waiting at most ``resume_timeout`` seconds); :meth:`exec` then runs commands. So two
+        guests restored from one file never share random state. Without an agent nothing
+        runs in the guest to do that: it resumes with the random state and the wall clock
+        of the moment it was saved (its clock is behind by the time since then).
         """
-        from vmboot.vmm.snapshots import load_machine, platform_devices, restore_state
+        from vmboot.vmm.guest_agent import RESUME_TIMEOUT, GuestAgent
+        from vmboot.vmm.snapshots import (
+            expected_devices,
+            load_machine,
+            machine_devices,
+            restore_state,
+        )
 
         try:
             if self.vm is not None:
                 raise BootConfigError("Machine.restore: the machine is already started; restore "
                                       "into a new Machine instead of start()")
             self._t0 = time.monotonic()
-            vm, manifest = load_machine(path, self, self.cpus, self.virtio, self.cpuid_policy)
+            vm, manifest = load_machine(
+                path, self, self.cpus, self.virtio, self.cpuid_policy,
+                expected_devices(self.platform, self.extra_devices, self.virtio))
             # wired as start() wires it; the kernel is loaded when symbols are needed
             self._attach_devices()
+            self.virtio.attach(self.mmio_bus)
             self._connect(vm)
-            restore_state(vm, platform_devices(self.platform, self.extra_devices), manifest)
+            self.virtio.connect(vm)  # ioeventfds and irqfds registered with the new VM
+            restore_state(vm, machine_devices(self.platform, self.extra_devices, self.virtio),
+                          manifest, self.virtio)
             self._t_load = time.monotonic() - self._t0
+            if self._agent_link is not None:
+                self._guest_agent = GuestAgent(self, self._agent_link)
+                self._guest_agent.resume(RESUME_TIMEOUT if resume_timeout is None
+                                         else resume_timeout)
         except BaseException:
             self.close()
             raise
@@ -629,8 +664,10 @@ class Machine:
         client.signal(signo)
 
     def stop_exec(self) -> RunResult | None:
-        """End the run :meth:`exec` started and wait for it; how it ended (None: exec never
-        started the guest, or its vCPU thread did not stop in time)."""
+        """End the background run :meth:`exec` (or a restore with an agent) started and wait
+        for it: the machine is then paused, e.g. for :meth:`snapshot`, and the next
+        :meth:`exec` resumes it. How the run ended (None: no background run, or its vCPU
+        thread did not stop in time)."""
         if self._guest_agent is None:
             return None
         return self._guest_agent.stop()

@@ -11,8 +11,10 @@ devices' and the VM's own state, ready for :meth:`Machine.run` to resume the gue
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.devices.state import SavesState
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, SnapshotMismatchError
+from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.memory_map import ram_regions
 from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
 from vmboot.snapshot import save_snapshot as _save
@@ -48,6 +51,8 @@ class BootSource(Protocol):
     @property
     def system_map(self) -> str | Path | None: ...
 
+
+log = logging.getLogger("vmboot.vmm")
 
 RTC_NAME = "rtc"
 I8042_NAME = "i8042"
@@ -101,7 +106,8 @@ def boot_facts(machine: BootSource) -> BootFacts:
 def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] = ()
                      ) -> dict[str, SavesState]:
     """Every device whose state is saved, by a stable name: the UARTs by port name, the
-    RTC, the i8042, and each extra device that has ``state()``/``restore()``."""
+    RTC, the i8042, and each extra device that has ``state()``/``restore()`` (the virtio
+    devices are added by :func:`machine_devices`)."""
     devices: dict[str, SavesState] = dict(platform.serials)
     devices[RTC_NAME] = platform.rtc
     devices[I8042_NAME] = platform.i8042
@@ -111,28 +117,73 @@ def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] 
     return devices
 
 
-SNAPSHOT_MAX_CPUS = 1
-"""Snapshots hold one vCPU: the restore of application processors (their MP state, the
-LAPIC timers and IPIs in flight between them) is not done, so a machine with more is
-refused rather than resumed half-right."""
+def machine_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice],
+                    virtio: VirtioDevices) -> dict[str, SavesState]:
+    """:func:`platform_devices` and each virtio transport (with its device) by its name."""
+    devices = platform_devices(platform, extra_devices)
+    for t in virtio.transports:
+        devices[t.name] = t
+    return devices
 
 
-def check_one_vcpu(what: str, cpus: int) -> None:
-    """Refuse a snapshot or restore of more than :data:`SNAPSHOT_MAX_CPUS` vCPUs."""
-    if cpus > SNAPSHOT_MAX_CPUS:
-        raise BootConfigError(f"{what}: cpus={cpus}, but snapshots hold at most "
-                              f"{SNAPSHOT_MAX_CPUS} vCPU; use cpus=1 (--cpus 1) to snapshot "
-                              f"or restore")
+SNAPSHOT_CLOCKSOURCE = "clocksource=jiffies"
+"""The kernel parameter a guest to be snapshotted needs on a host that emulates guest ring 0
+(PVM): there the guest reads the host's TSC, which no restore can rewind, so a TSC-based
+clock jumps by the snapshot's age on restore and the kernel then walks its timer wheel one
+jiffy at a time through the gap, in emulated ring 0 (measured: seconds of catch-up per
+minute of age). With jiffies as the clocksource the guest's time continues from the
+snapshot; its wall clock is then set by the agent (:meth:`Machine.restore`)."""
+
+UNSAVED_VIRTIO = {
+    "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
+          "files are not part of a snapshot",
+    "net": "a network device's back end (passt or a TAP device) holds connections and "
+           "addresses a restore cannot give back",
+}
+"""Virtio device kinds a snapshot refuses, and why."""
 
 
-def check_no_virtio(what: str, virtio: VirtioDevices) -> None:
-    """Refuse a snapshot or restore of a machine with virtio devices: their queues (and the
-    I/O thread serving them) are not part of a snapshot."""
-    if virtio:
-        names = ", ".join(d["name"] for d in virtio.report()["devices"])
-        raise BootConfigError(f"{what}: the machine has virtio devices ({names}), which "
-                              f"snapshots do not hold; snapshot a machine without disks, "
-                              f"console_device='virtio', console_ports or virtio_rng")
+def check_virtio_saved(what: str, virtio: VirtioDevices) -> None:
+    """Refuse a snapshot or restore of a machine with a virtio device whose state cannot be
+    saved (:data:`UNSAVED_VIRTIO`), naming the device and the option that added it."""
+    options = {"fs": "shares / rootfs (--share, --rootfs)", "net": "net (--net)"}
+    for device, name in zip(virtio.devices, virtio.names, strict=True):
+        why = UNSAVED_VIRTIO.get(device.name)
+        if why is not None:
+            raise BootConfigError(f"{what}: the machine has {name}: {why}; make the machine "
+                                  f"without {options[device.name]} to snapshot or restore it")
+
+
+def expected_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice],
+                     virtio: VirtioDevices) -> list[str]:
+    """The names :func:`machine_devices` gives once the machine is built (before it is)."""
+    names = [*platform.serials, RTC_NAME, I8042_NAME]
+    extras = [e.name for e in extra_devices if isinstance(e.device, SavesState)]
+    return [*names, *extras, *virtio.names]
+
+
+def check_same_devices(path: str | os.PathLike[str], saved: Sequence[str],
+                       machine: Sequence[str]) -> None:
+    """Refuse when the snapshot's devices are not this machine's, naming the difference."""
+    missing = [n for n in saved if n not in machine]
+    extra = [n for n in machine if n not in saved]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"saved with {', '.join(missing)}, which this machine does not have")
+        if extra:
+            parts.append(f"this machine has {', '.join(extra)}, which the snapshot does not")
+        raise SnapshotMismatchError(
+            f"snapshot {path}: the devices differ: {'; '.join(parts)}; make the machine with "
+            "the devices (disks, console ports, RNG, vsock) the snapshot was taken with"
+        )
+
+
+def check_same_cpus(path: str | os.PathLike[str], saved: int, machine: int) -> None:
+    if saved != machine:
+        raise SnapshotMismatchError(f"snapshot {path}: saved with {saved} vCPUs, this machine "
+                                    f"has cpus={machine}; restore with cpus={saved} "
+                                    f"(--cpus {saved})")
 
 
 def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | None,
@@ -140,31 +191,44 @@ def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | 
     """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
     if vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
-    check_one_vcpu("Machine.snapshot", len(vm.vcpus))
-    check_no_virtio("Machine.snapshot", virtio)
+    check_virtio_saved("Machine.snapshot", virtio)
+    if host_is_emulating() and SNAPSHOT_CLOCKSOURCE not in machine.cmdline.split():
+        log.warning("Machine.snapshot: this host emulates guest ring 0 (PVM) and the guest's "
+                    "command line lacks %s: each restore will first catch up the time since "
+                    "the snapshot, slower the older the snapshot is", SNAPSHOT_CLOCKSOURCE)
+    virtio.quiesce()  # what the driver made available is served before saving
     return _save(path, vm, devices, boot_facts(machine))
 
 
 def load_machine(path: str | os.PathLike[str], machine: BootSource, cpus: int,
-                 virtio: VirtioDevices, cpuid_policy: CpuidPolicyName
-                 ) -> tuple[KvmVM, Manifest]:
+                 virtio: VirtioDevices, cpuid_policy: CpuidPolicyName,
+                 expected: Sequence[str]) -> tuple[KvmVM, Manifest]:
     """The VM saved at ``path`` (memory and vCPUs), and the file's manifest.
 
     Everything in the file is checked against ``machine`` (kernel, initrd, command line,
-    memory) and this host before a VM exists.
+    memory), its ``cpus``, the names of its devices (``expected``, from
+    :func:`expected_devices`) and this host before a VM exists.
     """
-    check_one_vcpu("Machine.restore", cpus)
-    check_no_virtio("Machine.restore", virtio)
+    check_virtio_saved("Machine.restore", virtio)
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
-        check_one_vcpu(f"snapshot {path}", len(manifest.vcpus))
+        check_same_cpus(path, len(manifest.vcpus), cpus)
+        check_same_devices(path, list(manifest.devices), expected)
         vm = restore_vm(snap, manifest, cpuid_policy)
     return vm, manifest
 
 
-def restore_state(vm: KvmVM, devices: Mapping[str, SavesState], manifest: Manifest) -> None:
+def restore_state(vm: KvmVM, devices: Mapping[str, SavesState], manifest: Manifest,
+                  virtio: VirtioDevices) -> None:
     """Give ``devices`` and ``vm`` (wired to them) the state ``manifest`` holds."""
     from vmboot.hv.kvm.state import set_vm_state
 
-    restore_devices(devices, manifest.devices)
-    set_vm_state(vm, manifest.vm)
+    with contextlib.ExitStack() as held:
+        # No virtio interrupt may reach the interrupt controllers before their saved state
+        # is back: the transports are held until then, and what they owe is sent after.
+        for t in virtio.transports:
+            held.enter_context(t.lock)
+        restore_devices(devices, manifest.devices)
+        set_vm_state(vm, manifest.vm)
+        for t in virtio.transports:
+            t.resume()
