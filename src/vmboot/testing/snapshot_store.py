@@ -1,0 +1,164 @@
+"""One saved guest per guest configuration, in the vmboot cache; a fresh guest per test.
+
+:func:`prepare` makes (once) and finds the snapshot of a :class:`GuestSpec`:
+``<cache>/snapshots/pytest-<key>.snap``, the guest booted with the agent image until its
+agent greeted the host, then paused and saved. The first process to need it makes it
+holding ``<name>.make.lock`` exclusively; the others (pytest-xdist workers, other
+sessions) wait on that lock and then use the file. Every process holds ``<name>.lock``
+shared for as long as it restores from the file, so the cache's size limit never removes
+it from under a session. Restores map the file copy-on-write and never write it.
+
+A guest configuration the snapshots cannot hold (see :func:`snapshot_refusal`), and every
+test under ``--vmboot-cold``, boots its own guest instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmboot.errors import BootConfigError
+from vmboot.execute.cache import (
+    SNAPSHOTS_SUBDIR,
+    HeldLock,
+    cache_subdir,
+    enforce_limit,
+    file_lock,
+    snapshot_locks,
+    touch,
+)
+from vmboot.testing.guest_spec import GuestSpec
+from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT
+
+if TYPE_CHECKING:
+    from vmboot.testing.guest_vm import GuestVM
+    from vmboot.vmm.guest_agent import GuestAgent
+    from vmboot.vmm.machine import Machine
+
+SNAPSHOT_PREFIX = "pytest-"
+
+
+@dataclass
+class PreparedGuest:
+    """What every test with one guest configuration starts from."""
+
+    spec: GuestSpec
+    busybox: Path
+    image: bytes
+    snapshot: Path | None = None
+    """The saved guest to restore (None: each test boots its own)."""
+    cold_reason: str | None = None
+    """Why each test boots its own guest, when it does."""
+    _held: HeldLock | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Let the cache's size limit remove the snapshot again (end of the session)."""
+        if self._held is not None:
+            self._held.release()
+            self._held = None
+
+
+def new_machine(spec: GuestSpec, image: bytes) -> tuple[Machine, GuestAgent]:
+    """A machine for ``spec`` (not started) with the agent's console port, and its agent."""
+    from vmboot.devices.virtio.share import Share
+    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
+    from vmboot.vmm.machine import Machine
+
+    bridge = AgentBridge()
+    shares = [Share(s.source, s.tag, s.read_only) for s in spec.shares]
+    try:
+        machine = Machine(spec.kernel, initrd=image, cmdline=spec.cmdline, memory=spec.memory,
+                          cpus=spec.cpus, console_ports=[bridge.port], shares=shares,
+                          on_panic="trace", on_timeout="trace")
+    except BaseException:
+        bridge.close()
+        raise
+    return machine, GuestAgent(machine, bridge)
+
+
+def snapshot_refusal(machine: Machine) -> str | None:
+    """Why a snapshot of ``machine`` would be refused (None: it can be saved and restored)."""
+    from vmboot.vmm.snapshots import check_no_virtio, check_one_vcpu
+
+    try:
+        check_one_vcpu("snapshot", machine.cpus)
+        check_no_virtio("snapshot", machine)
+    except BootConfigError as e:
+        return str(e)
+    return None
+
+
+def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+            ) -> PreparedGuest:
+    """The image of ``spec``'s guest and, unless ``cold``, its snapshot (made if missing)."""
+    from vmboot.execute.guest_choice import choose_busybox
+    from vmboot.testing.agent_image import build_agent_initramfs
+
+    busybox = choose_busybox(None)
+    image = build_agent_initramfs(busybox)
+    if cold:
+        return PreparedGuest(spec, busybox, image, cold_reason="--vmboot-cold")
+    machine, agent = new_machine(spec, image)
+    try:
+        refusal = snapshot_refusal(machine)
+    finally:
+        machine.close()
+        agent.bridge.close()
+    if refusal is not None:
+        return PreparedGuest(spec, busybox, image, cold_reason=refusal)
+    path = cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"{SNAPSHOT_PREFIX}{spec.key(image)}.snap"
+    use_lock, make_lock = snapshot_locks(path)
+    held = HeldLock(use_lock)
+    try:
+        if not path.exists():
+            with file_lock(make_lock, exclusive=True):
+                if not path.exists():
+                    save_agent_ready(spec, image, path, boot_timeout)
+            enforce_limit(keep=frozenset({path}))
+        touch(path)
+    except BaseException:
+        held.release()
+        raise
+    return PreparedGuest(spec, busybox, image, snapshot=path, _held=held)
+
+
+def save_agent_ready(spec: GuestSpec, image: bytes, path: Path, boot_timeout: float) -> None:
+    """Boot ``spec``'s guest until its agent greets the host, pause it and save it to ``path``
+    (written beside it and renamed, so no process ever sees half a file)."""
+    machine, agent = new_machine(spec, image)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with machine:
+            agent.start(boot_timeout)
+            agent.stop()
+            machine.snapshot(tmp)
+        os.replace(tmp, path)
+    finally:
+        agent.bridge.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def start_guest(prepared: PreparedGuest, *, boot_timeout: float, exec_timeout: float) -> GuestVM:
+    """A fresh guest for one test: restored from the snapshot, or booted (cold)."""
+    from vmboot.testing.guest_vm import RESTORED_AGENT, GuestVM
+
+    machine, agent = new_machine(prepared.spec, prepared.image)
+    try:
+        if prepared.snapshot is not None:
+            machine.restore(prepared.snapshot)
+            agent.client.version = RESTORED_AGENT
+        else:
+            machine.start()
+            agent.start(boot_timeout)
+    except BaseException:
+        agent.stop()
+        machine.close()
+        agent.bridge.close()
+        raise
+    return GuestVM(machine, agent, prepared.spec, prepared.busybox,
+                   restored=prepared.snapshot is not None,
+                   running=prepared.snapshot is None, exec_timeout=exec_timeout)
