@@ -41,7 +41,29 @@ def agent() -> Iterator[AgentClient]:
 
 
 def test_greets_with_its_version(agent: AgentClient) -> None:
-    assert agent.wait_ready(10) == "vmboot-agent 1"
+    assert agent.wait_ready(10) == "vmboot-agent 2"
+
+
+def test_the_resumed_frame_carries_wall_time_and_seed() -> None:
+    raw = p.resumed_frame(1_700_000_000_123_456_789, b"\x01" * p.SEED_BYTES)
+    (length,) = p.LENGTH.unpack_from(raw)
+    assert raw[4:5] == p.Frame.RESUMED.value and length == 1 + p.RESUMED_HEAD.size + p.SEED_BYTES
+    assert p.RESUMED_HEAD.unpack_from(raw, 5) == (1_700_000_000, 123_456_789)
+    with pytest.raises(p.AgentProtocolError, match="random bytes"):
+        p.resumed_frame(0, b"")
+    with pytest.raises(p.AgentProtocolError, match="random bytes"):
+        p.resumed_frame(0, bytes(p.SEED_MAX + 1))
+
+
+def test_a_malformed_resumed_frame_changes_nothing_and_is_answered(agent: AgentClient) -> None:
+    """Only a malformed frame is sent here: a real one would set this host's clock."""
+    agent.wait_ready(10)
+    agent.sock.sendall(p.frame(p.Frame.RESUMED, b"short"))
+    msg = agent._read(None)
+    assert msg is not None and msg.kind is p.Frame.RESUMED_DONE
+    assert p.RESUMED_DONE.unpack_from(msg.payload) == (22, 22, 22)  # EINVAL, nothing done
+    assert msg.payload[p.RESUMED_DONE.size:] == b"vmboot-agent 2"
+    assert agent.run(["/bin/true"], ENV, timeout=30).exit_status == 0
 
 
 def test_fifty_commands_in_one_session_each_status_right(agent: AgentClient) -> None:

@@ -90,6 +90,36 @@ class AgentClient:
                 self.version = msg.payload.decode(errors="replace")
         return self.version
 
+    def resumed(self, timeout: float | None = None) -> None:
+        """Tell the agent the guest was restored from a snapshot: it credits fresh random
+        bytes from the host (``os.getrandom``) to the guest's entropy pool, reseeds the
+        kernel's CRNG and sets the guest's wall clock to the host's. Waits for its answer
+        and raises :class:`AgentError` naming each step the guest refused.
+
+        A restored guest greets no one (it greeted when it booted): after this the
+        connection is ready for :meth:`run`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seed = os.getrandom(p.SEED_BYTES)
+        self._send(p.resumed_frame(time.time_ns(), seed))
+        while True:
+            msg = self._read(deadline)
+            if msg is None:
+                raise AgentError(f"agent: no answer to the resume message within {timeout:g} s "
+                                 "(an agent older than vmboot-agent 2 does not know it)")
+            if msg.kind is p.Frame.RESUMED_DONE:
+                break
+        if len(msg.payload) < p.RESUMED_DONE.size:
+            raise AgentError(f"agent: resume answer of {len(msg.payload)} bytes, expected "
+                             f"{p.RESUMED_DONE.size}")
+        steps = ("RNDADDENTROPY", "RNDRESEEDCRNG", "clock_settime(CLOCK_REALTIME)")
+        failed = [f"{step}: {os.strerror(e)} (errno {e})"
+                  for step, e in zip(steps, p.RESUMED_DONE.unpack_from(msg.payload), strict=True)
+                  if e]
+        if failed:
+            raise AgentError(f"agent: the restored guest could not be reseeded or have its "
+                             f"clock set: {'; '.join(failed)} (the agent must run as root)")
+        self.version = msg.payload[p.RESUMED_DONE.size:].decode(errors="replace")
+
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
             stdin: bytes | None = None, on_stdout: OutputSink | None = None,
             on_stderr: OutputSink | None = None, timeout: float | None = None) -> CommandResult:

@@ -36,6 +36,8 @@ class Frame(bytes, enum.Enum):
     STDIN = b"I"
     STDIN_END = b"i"
     SIGNAL = b"K"
+    RESUMED = b"T"
+    """The guest was restored from a snapshot: wall time and random bytes (see resumed_frame)."""
     # agent -> host
     READY = b"R"
     STARTED = b"P"
@@ -44,6 +46,7 @@ class Frame(bytes, enum.Enum):
     STDERR = b"e"
     STDIN_TAKEN = b"A"
     EXITED = b"X"
+    RESUMED_DONE = b"t"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,27 @@ def exec_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str = "") -> by
 def stdin_frames(data: bytes) -> Iterator[bytes]:
     for start in range(0, len(data), DATA_MAX):
         yield frame(Frame.STDIN, data[start:start + DATA_MAX])
+
+
+RESUMED_HEAD = struct.Struct("<QI")
+"""Seconds and nanoseconds of the host's wall clock (CLOCK_REALTIME)."""
+RESUMED_DONE = struct.Struct("<III")
+"""The errno of RNDADDENTROPY, of RNDRESEEDCRNG and of clock_settime (0: done); the
+agent's version text follows."""
+SEED_BYTES = 64
+"""Random bytes a restored guest is given (512 bits credited to its input pool)."""
+SEED_MAX = 512
+"""The most random bytes the agent takes in one RESUMED frame."""
+
+
+def resumed_frame(wall_ns: int, seed: bytes) -> bytes:
+    """RESUMED: the host's wall time in nanoseconds since the epoch and fresh random bytes."""
+    if not 0 < len(seed) <= SEED_MAX:
+        raise AgentProtocolError(f"resumed: {len(seed)} random bytes; give 1..{SEED_MAX}")
+    if wall_ns < 0:
+        raise AgentProtocolError(f"resumed: wall time {wall_ns} ns is before the epoch")
+    seconds, nanoseconds = divmod(wall_ns, 1_000_000_000)
+    return frame(Frame.RESUMED, RESUMED_HEAD.pack(seconds, nanoseconds) + seed)
 
 
 def signal_frame(signo: int) -> bytes:

@@ -7,7 +7,11 @@
  *     u32 length (little endian, of what follows) | u8 type | payload
  * host -> agent:  'E' exec  (u32 argc, u32 envc, cwd\0, argv\0..., env\0...)
  *                 'I' stdin data, 'i' stdin end, 'K' signal (u32 signo)
- * agent -> host:  'R' ready (version text), 'P' started (u32 pid), 'F' failed (u32 errno, text),
+ *                 'T' resumed (u64 seconds, u32 nanoseconds of the host's wall time, then
+ *                     random bytes): sent right after a snapshot restore
+ * agent -> host:  't' resumed (u32 errno of RNDADDENTROPY, of RNDRESEEDCRNG, of
+ *                     clock_settime, 0 each when done; then the version text)
+ *                 'R' ready (version text), 'P' started (u32 pid), 'F' failed (u32 errno, text),
  *                 'O' stdout data, 'e' stderr data, 'A' stdin consumed (u32 bytes),
  *                 'X' exited (u32 kind: 0 status, 1 signal; u32 value)
  * Stdin is credit-based: the host keeps at most STDIN_WINDOW bytes unacknowledged, so the agent
@@ -19,7 +23,7 @@
  * (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
  */
 
-#define AGENT_VERSION "vmboot-agent 1"
+#define AGENT_VERSION "vmboot-agent 2"
 
 #define FRAME_MAX   (64 * 1024)
 #define PIPE_CHUNK  (32 * 1024)
@@ -33,6 +37,13 @@
 #define __NR_connect_    42
 #define __NR_nanosleep_  35
 #define __NR_fcntl_      72
+#define __NR_ioctl_      16
+#define __NR_clock_settime_ 227
+#define CLOCK_REALTIME_  0
+/* include/uapi/linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07) */
+#define RNDADDENTROPY_   0x40085203
+#define RNDRESEEDCRNG_   0x5207
+#define SEED_MAX         512
 #define F_SETFD_ 2
 #define F_SETFL_ 4
 #define FD_CLOEXEC_ 1
@@ -75,6 +86,7 @@ static char *exec_envp[ARGS_MAX + 1];
 static long sys_pipe2_(int *fds, int flags) { return my_syscall2(__NR_pipe2_, fds, flags); }
 static long sigmask_(int how, unsigned long *set) { return my_syscall4(__NR_rt_sigprocmask_, how, set, 0, 8); }
 static long fcntl_(int fd, int cmd, long arg) { return my_syscall3(__NR_fcntl_, fd, cmd, arg); }
+static long ioctl_(int fd, unsigned long req, void *arg) { return my_syscall3(__NR_ioctl_, fd, req, arg); }
 static long signalfd_(unsigned long *mask) { return my_syscall4(__NR_signalfd4_, -1, mask, 8, SFD_NONBLOCK_ | SFD_CLOEXEC_); }
 
 static void put_u32(unsigned char *p, unsigned int v)
@@ -417,6 +429,49 @@ static void flush_stdin(struct child *c)
 	}
 }
 
+/*
+ * After a restore: credit the host's random bytes to the input pool and reseed the CRNG
+ * (drivers/char/random.c: RNDADDENTROPY mixes the buffer in and credits entropy_count
+ * bits; RNDRESEEDCRNG makes every CPU's CRNG take a new key), then set the wall clock.
+ */
+static void resumed(const unsigned char *p, unsigned int n)
+{
+	static struct { int entropy_count; int buf_size; unsigned char buf[SEED_MAX]; } pool;
+	struct timespec_ ts;
+	unsigned int errs[3] = { 22, 22, 22 };  /* EINVAL: a frame too short */
+	long r;
+	int fd;
+
+	if (n >= 12 && n - 12 <= SEED_MAX) {
+		ts.tv_sec = (long)(get_u32(p) | ((unsigned long)get_u32(p + 4) << 32));
+		ts.tv_nsec = get_u32(p + 8);
+		pool.entropy_count = (n - 12) * 8;
+		pool.buf_size = n - 12;
+		memcpy(pool.buf, p + 12, n - 12);
+		fd = open("/dev/urandom", O_RDWR, 0);
+		if (fd < 0) {
+			errs[0] = errs[1] = errno;
+		} else {
+			r = ioctl_(fd, RNDADDENTROPY_, &pool);
+			errs[0] = r < 0 ? -r : 0;
+			r = ioctl_(fd, RNDRESEEDCRNG_, 0);
+			errs[1] = r < 0 ? -r : 0;
+			close(fd);
+		}
+		memset(&pool, 0, sizeof(pool));
+		r = my_syscall2(__NR_clock_settime_, CLOCK_REALTIME_, &ts);
+		errs[2] = r < 0 ? -r : 0;
+	}
+	{
+		unsigned char out[12 + sizeof(AGENT_VERSION)];
+		put_u32(out, errs[0]);
+		put_u32(out + 4, errs[1]);
+		put_u32(out + 8, errs[2]);
+		memcpy(out + 12, AGENT_VERSION, sizeof(AGENT_VERSION) - 1);
+		send_frame('t', out, 12 + sizeof(AGENT_VERSION) - 1);
+	}
+}
+
 static void handle_frame(struct child *c, unsigned char type, const unsigned char *p, unsigned int n)
 {
 	switch (type) {
@@ -442,6 +497,9 @@ static void handle_frame(struct child *c, unsigned char type, const unsigned cha
 	case 'K':
 		if (c->pid && n >= 4)
 			kill(-c->pid, get_u32(p));
+		break;
+	case 'T':
+		resumed(p, n);
 		break;
 	}
 }

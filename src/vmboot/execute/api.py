@@ -286,9 +286,10 @@ def exec_command(
     ``entry``: as :class:`~vmboot.linux.options.BootOptions` (``"elf64"`` boots a bzImage's
     payload decompressed on the host, skipping the in-guest decompressor).
     ``cpus``: vCPUs, as :class:`~vmboot.vmm.machine.Machine`.
-    ``warm``: resume a guest saved, ready for a command, in the vmboot cache
-    (:mod:`vmboot.execute.warm`); the first warm run of a kernel boots and saves it. Not with
-    ``files`` (they would have to be in the saved guest) nor with virtio devices.
+    ``warm``: resume a guest saved, its agent ready for a command, in the vmboot cache
+    (:mod:`vmboot.execute.warm`), and run the command through the agent; the first warm run
+    of a kernel boots and saves it. Not with ``files`` (they would have to be in the saved
+    guest) nor with vsock, shares or net.
     ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
     ``shares``: host directories over virtio-fs (the command mounts one with
     ``mount -t virtiofs TAG DIR``).
@@ -312,9 +313,6 @@ def exec_command(
                            vsock=vsock, shares=tuple(shares), net=net)
     pairs = [(Path(host), guest) for host, guest in files]
     if warm:
-        from vmboot.vmm.snapshots import check_one_vcpu
-
-        check_one_vcpu("exec(warm=True)", cpus)
         if pairs:
             raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
                                   "new files; run without warm to add files")
@@ -322,19 +320,24 @@ def exec_command(
                                             ("shares", bool(shares)), ("net", net is not None))
                    if given]
         if devices:
-            raise BootConfigError(f"{', '.join(devices)}: a warm exec resumes a saved guest, "
-                                  "and a guest with virtio devices cannot be saved; run "
-                                  "without warm to use them")
+            raise BootConfigError(f"{', '.join(devices)}: a warm exec resumes one saved guest "
+                                  "for every run, which has no such device; run without warm "
+                                  "to use them")
+        if not command:
+            raise BootConfigError("command: empty; name the program to run")
     loaded = load_kernel(kernel_path)
     busybox_path = choose_busybox(busybox)
     if warm:
-        from vmboot.execute.warm import warm_snapshot
+        from vmboot.execute.warm import agent_initramfs, warm_config, warm_exec
 
-        message = image.warm_command_message(list(command), dict(env or {}))  # validates first
-        initrd = image.warm_initramfs(busybox_path)
-    else:
-        initrd = image.exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
-                                      compression="none")
+        warm_machine = warm_config(kernel_path, agent_initramfs(busybox_path), memory=memory,
+                                   cpuid_policy=cpuid_policy, entry=entry, cpus=cpus)
+        return warm_exec(warm_machine, command, dict(env or {}), t0=t0,
+                         t_initramfs=time.monotonic() - t0, timeout=timeout,
+                         console=sys.stderr if console is True else console or None,
+                         on_stdout=on_stdout, on_stderr=on_stderr)
+    initrd = image.exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
+                                  compression="none")
     config = dataclasses.replace(config, kernel=loaded, initrd=initrd)
     t_initramfs = time.monotonic() - t0
 
@@ -354,11 +357,6 @@ def exec_command(
         COM2.name: stdout, COM3.name: stderr, COM4.name: status_out})
     status.stop = machine.request_stop
     kernel_entry: float | None = None
-    if warm:
-        snapshot = warm_snapshot(kernel_path, initrd, memory=memory, cpuid_policy=cpuid_policy,
-                                 entry=entry, timeout=timeout)
-        machine.restore(snapshot)
-        machine.platform.serials[COM4.name].push_input(message)
     with machine:
         kernel_entry = time.monotonic() - t0
         run = machine.run()

@@ -1,13 +1,14 @@
-"""Warm ``vmboot exec``: a guest booted once, saved ready for a command, resumed per run.
+"""Warm ``vmboot exec``: a guest booted once, saved when its agent is ready, resumed per run.
 
-The first warm run of a (kernel, busybox, memory, CPUID policy, entry) boots the warm exec
-image (:func:`vmboot.execute.image.warm_initramfs`: no command inside), waits for
-``VMBOOT-READY`` on the status channel and saves the guest to
-``<cache>/snapshots/exec-<key>.snap``. Every warm run then restores that file (memory
-mapped copy-on-write, so runs share it and never change it) and types the command into the
-status channel; the protocol is otherwise the cold one's. The key hashes everything the
-saved guest depends on, vmboot's version included, so a changed kernel or vmboot gets a
-new snapshot instead of a refusal.
+The first warm run of a guest (kernel, busybox and agent, memory, vCPUs, CPUID policy,
+entry) boots :func:`agent_initramfs` (the guest agent as init, busybox for the commands),
+waits until the agent answers on its virtio-console port and saves the guest to
+``<cache>/snapshots/exec-<key>.snap``. Every warm run then restores that file (memory mapped
+copy-on-write, so runs share it and never change it); the restore sends the agent fresh
+entropy and the host's wall time (:meth:`vmboot.vmm.machine.Machine.restore`), and the
+command runs through :meth:`~vmboot.vmm.machine.Machine.exec`. The key hashes everything
+the saved guest depends on, vmboot's version included, so a changed kernel, busybox, agent
+or vmboot gets a new snapshot instead of a refusal.
 """
 
 from __future__ import annotations
@@ -15,62 +16,159 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmboot import __version__
-from vmboot.devices.console import ConsoleOutput
 from vmboot.errors import GuestError
 from vmboot.execute.cache import cache_subdir
-from vmboot.execute.image import STATUS_READY
-from vmboot.vmm.console_wait import ConsoleWaiter
 
 if TYPE_CHECKING:
+    from vmboot.config import MachineConfig
+    from vmboot.execute.api import ExecResult
     from vmboot.linux.options import EntryChoice
 
 SNAPSHOTS_SUBDIR = "snapshots"
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
+WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
+"""The warm guest's command line: the agent needs nothing on it (its port is its default)."""
+WARM_IMAGE_VERSION = 2
+"""Part of the cache key: bumped when the warm guest's layout changes (2: the agent as init)."""
+AGENT_INIT = "init"
+AGENT_BUSYBOX = "bin/busybox"
+AGENT_SHELL = "bin/sh"
+AGENT_SHELL_TARGET = "busybox"
+"""The agent image: the agent is /init; busybox runs every command's applets (its shell
+finds them without links or PATH)."""
+SHELL = "/" + AGENT_SHELL
+READY_PROBE = (SHELL, "-c", "true")
+"""Run once at the warm boot: it returns when the agent answers, and the guest is saved then."""
+SIGNAL_STATUS_BASE = 128
+"""A command ended by signal N is reported with exit status 128 + N, as a shell does."""
+
+OutputCallback = Callable[[bytes], object]
 
 
-def warm_key(kernel: Path, initrd: bytes, memory: str | int, cpuid_policy: str,
-             entry: str) -> str:
+def agent_initramfs(busybox: Path) -> bytes:
+    """An initramfs whose init is the guest agent (``vmboot-agent``), with busybox as
+    ``/bin/busybox`` and ``/bin/sh``: a guest that boots straight to ``Machine.exec``.
+    The same inputs give the same bytes (part of the warm cache key)."""
+    from vmboot.agent import agent_binary
+    from vmboot.execute.discovery import check_static_busybox
+    from vmboot.initramfs.builders import build_initramfs, complete_tree
+    from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, Entry
+
+    check_static_busybox(busybox)
+    entries = [
+        Entry.host_file(AGENT_INIT, agent_binary(), DEFAULT_EXECUTABLE_MODE),
+        Entry.host_file(AGENT_BUSYBOX, busybox, DEFAULT_EXECUTABLE_MODE),
+        Entry.symlink(AGENT_SHELL, AGENT_SHELL_TARGET),
+    ]
+    return build_initramfs(complete_tree(entries))
+
+
+def shell_argv(command: Sequence[str]) -> list[str]:
+    """``command`` run as cold exec runs it: a name is looked up by busybox's shell (its
+    applets need no PATH), a path is executed."""
+    return [SHELL, "-c", 'exec "$@"', "sh", *command]
+
+
+def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
+                entry: EntryChoice, cpus: int) -> MachineConfig:
+    from vmboot.config import MachineConfig
+
+    return MachineConfig(kernel, initrd=initrd, cmdline=WARM_CMDLINE, memory=memory,
+                         cpuid_policy=cpuid_policy,  # type: ignore[arg-type]
+                         entry=entry, cpus=cpus, agent=True)
+
+
+def warm_key(config: MachineConfig) -> str:
+    """What the saved guest depends on: the kernel file, the initramfs (busybox and agent
+    inside), the command line, memory, vCPUs, CPUID policy, entry, the image layout and
+    vmboot's version."""
+    kernel = config.kernel
+    initrd = config.initrd
+    if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, bytes):
+        raise TypeError("warm_key: the warm configuration has a kernel path and initrd bytes")
     h = hashlib.sha256()
     with open(kernel, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     h.update(hashlib.sha256(initrd).digest())
-    h.update(json.dumps([str(memory), cpuid_policy, entry, __version__]).encode())
+    h.update(json.dumps([config.cmdline, str(config.memory_bytes), config.cpus,
+                         config.cpuid_policy, config.entry, WARM_IMAGE_VERSION,
+                         __version__]).encode())
     return h.hexdigest()[:32]
 
 
-def warm_snapshot(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
-                  entry: EntryChoice, timeout: float | None) -> Path:
-    """The cached snapshot of the warm exec guest for these inputs (made now if missing)."""
-    from vmboot.config import MachineConfig
-    from vmboot.devices.serial import COM2, COM3, COM4
-    from vmboot.execute.image import EXEC_CMDLINE, EXEC_SERIAL_PORTS
+def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
+    """The cached snapshot of the warm guest for ``config`` (booted and saved now if missing)."""
+    from vmboot.agent.client import AgentError
     from vmboot.vmm.machine import Machine
 
-    path = (cache_subdir(SNAPSHOTS_SUBDIR, create=True)
-            / f"exec-{warm_key(kernel, initrd, memory, cpuid_policy, entry)}.snap")
+    path = cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"exec-{warm_key(config)}.snap"
     if path.exists():
         return path
-    status = ConsoleWaiter()
-    config = MachineConfig(kernel, initrd=initrd, cmdline=EXEC_CMDLINE, memory=memory,
-                           cpuid_policy=cpuid_policy,  # type: ignore[arg-type]
-                           entry=entry, serial_ports=EXEC_SERIAL_PORTS)
-    machine = Machine.from_config(config, on_panic=None, serial_outputs={
-        COM2.name: ConsoleOutput(), COM3.name: ConsoleOutput(), COM4.name: ConsoleOutput(status)})
-    status.attach(machine)
+    machine = Machine.from_config(config, on_panic=None)
+    limit = timeout or WARM_BOOT_TIMEOUT
     with machine:
         try:
-            status.run_until(STATUS_READY, timeout or WARM_BOOT_TIMEOUT)
-        except GuestError as e:
+            machine.exec(list(READY_PROBE), env={}, ready_timeout=limit, timeout=limit)
+        except AgentError as e:
             console = machine.console.text()[-2000:]
-            raise GuestError(f"warm exec: the guest did not get ready ({e}); console:\n"
+            raise GuestError(f"warm exec: the guest agent did not get ready ({e}); console:\n"
                              f"{console}") from None
+        machine.stop_agent_run()
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         machine.snapshot(tmp)
         os.replace(tmp, path)
     return path
+
+
+def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, str], *,
+              t0: float, t_initramfs: float, timeout: float | None, console: Any,
+              on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+              ) -> ExecResult:
+    """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
+    from vmboot.agent.client import AgentError, CommandResult
+    from vmboot.execute.api import ExecReason, ExecResult, ExecTimings
+    from vmboot.vmm.machine import Machine
+
+    snapshot = warm_snapshot(config, timeout)
+    machine = Machine.from_config(config, console=console, on_panic=None)
+    result: CommandResult | None = None
+    reason, detail = ExecReason.EXITED, ""
+    t_resumed = t_start = None
+    try:
+        with machine.restore(snapshot):
+            t_resumed = time.monotonic() - t0
+            t_start = t_resumed
+            try:
+                result = machine.exec(shell_argv(command), env=dict(env), timeout=timeout,
+                                      on_stdout=on_stdout, on_stderr=on_stderr)
+            except AgentError as e:
+                reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
+    except AgentError as e:
+        reason, detail = ExecReason.BOOT_FAILURE, f"the restored guest's agent did not answer: {e}"
+    t_end = time.monotonic() - t0
+    status: int | None = None
+    if result is not None:
+        if result.timed_out:
+            reason, detail = ExecReason.TIMEOUT, f"the command ran longer than {timeout:g} s"
+        else:
+            status = (result.exit_status if result.exit_status is not None
+                      else SIGNAL_STATUS_BASE + (result.signal or 0))
+    return ExecResult(
+        stdout=b"" if result is None else result.stdout,
+        stderr=b"" if result is None else result.stderr,
+        exit_status=status,
+        reason=reason,
+        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=t_resumed,
+                            first_console_byte=None, command_start=t_start,
+                            command_exit=t_end if result is not None else None, total=t_end),
+        console=bytes(machine.console.data),
+        detail=detail,
+    )

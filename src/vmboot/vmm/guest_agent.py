@@ -29,6 +29,9 @@ PUSH_RETRY_SECONDS = 0.005
 RECEIVE_BYTES = 1 << 16
 READY_TIMEOUT = 600.0
 """Seconds to wait for the agent's greeting by default (a boot under emulation is slow)."""
+RESUME_TIMEOUT = 120.0
+"""Seconds a restored guest's agent has to answer the resume message (it answers in
+milliseconds; a host shared by many busy guests can be far slower)."""
 
 
 class AgentBridge:
@@ -88,9 +91,26 @@ class GuestAgent:
         """How the run ended (None while the guest runs)."""
         self._on_end = on_end
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
         """Run the guest in the background and wait for the agent's greeting."""
+        self._start_thread()
+        try:
+            self.client.wait_ready(ready_timeout)
+        except AgentError as e:
+            raise AgentError(f"{e}{self._why_stopped()}") from None
+
+    def resume(self, timeout: float = RESUME_TIMEOUT) -> None:
+        """Run a guest restored from a snapshot in the background and send the agent the
+        resume message (fresh entropy, the host's wall time); wait for its answer."""
+        self._start_thread()
+        try:
+            self.client.resumed(timeout)
+        except AgentError as e:
+            raise AgentError(f"{e}{self._why_stopped()}") from None
+
+    def _start_thread(self) -> None:
         from vmboot.vmm.runner import install_kick_handler
 
         if self._thread is None:
@@ -98,16 +118,18 @@ class GuestAgent:
             self.bridge.start()
             self._thread = threading.Thread(target=self._run, name="vmboot-vcpu", daemon=True)
             self._thread.start()
-        try:
-            self.client.wait_ready(ready_timeout)
-        except AgentError as e:
-            raise AgentError(f"{e}{self._why_stopped()}") from None
+
+    @property
+    def running(self) -> bool:
+        """The guest runs on the background thread."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         try:
             self.result = self.machine.run()
         finally:
-            self.bridge.disconnect()
+            if not self._stopping:  # a pause (stop) keeps the connection for the next run
+                self.bridge.disconnect()
             if self._on_end is not None and self.result is not None:
                 self._on_end(self.result)
 
@@ -121,5 +143,10 @@ class GuestAgent:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self.machine.request_stop()
-        thread.join(timeout)
+        self._stopping = True
+        try:
+            self.machine.request_stop()
+            thread.join(timeout)
+        finally:
+            self._stopping = False
+        self.result = None

@@ -489,26 +489,48 @@ class Machine:
 
         return save_machine(self, path)
 
-    def restore(self, path: str | Path) -> Self:
+    def restore(self, path: str | Path, resume_timeout: float | None = None) -> Self:
         """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
 
-        The machine must be made with the kernel, initrd, command line and memory the
-        snapshot was taken with; :meth:`run` then continues the guest where it was.
+        The machine must be made with the kernel, initrd, command line, memory, vCPUs and
+        devices the snapshot was taken with; :meth:`run` then continues the guest where it
+        was.
+
+        With an agent (``agent=True``), the guest starts running in the background at once
+        and the agent is told it was restored: it credits random bytes from the host to the
+        guest kernel's entropy pool, reseeds its CRNG and sets its wall clock to the host's
+        (waiting at most ``resume_timeout`` seconds); :meth:`exec` then runs commands. So two
+        guests restored from one file never share random state. Without an agent nothing
+        runs in the guest to do that: it resumes with the random state and the wall clock
+        of the moment it was saved (its clock is behind by the time since then).
         """
+        from vmboot.vmm.guest_agent import RESUME_TIMEOUT, GuestAgent
         from vmboot.vmm.snapshots import restore_machine
 
         try:
             restore_machine(self, path)
+            if self._agent_bridge is not None:
+                self._guest_agent = GuestAgent(self, self._agent_bridge)
+                self._guest_agent.resume(RESUME_TIMEOUT if resume_timeout is None
+                                         else resume_timeout)
         except BaseException:
             self.close()
             raise
         return self
 
+    def stop_agent_run(self) -> None:
+        """End the background run :meth:`exec` (or a restore with an agent) started and wait
+        for it: the machine is then paused, e.g. for :meth:`snapshot`."""
+        if self._guest_agent is not None:
+            self._guest_agent.stop()
+
     def _restored(self, vm: KvmVM) -> None:
         """Take ``vm``, made from a snapshot by :mod:`vmboot.vmm.snapshots`, as this machine's
         VM: the devices and run loops are wired as :meth:`start` wires them."""
         self._attach_devices()
+        self.virtio.attach(self.mmio_bus)
         self._connect(vm)
+        self.virtio.connect(vm)  # ioeventfds and irqfds registered with the new VM
 
     def close(self) -> None:
         """Release the VM (idempotent)."""

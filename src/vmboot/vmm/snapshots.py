@@ -9,6 +9,7 @@ the VM's state put back, ready for :meth:`Machine.run` to resume the guest.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.devices.state import SavesState
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, SnapshotMismatchError
 from vmboot.hv.memory_map import ram_regions
 from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
 from vmboot.snapshot import save_snapshot as _save
@@ -79,7 +80,8 @@ def boot_facts(machine: Machine) -> BootFacts:
 def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] = ()
                      ) -> dict[str, SavesState]:
     """Every device whose state is saved, by a stable name: the UARTs by port name, the
-    RTC, the i8042, and each extra device that has ``state()``/``restore()``."""
+    RTC, the i8042, and each extra device that has ``state()``/``restore()`` (the virtio
+    devices are added by :func:`machine_devices`)."""
     devices: dict[str, SavesState] = dict(platform.serials)
     devices[RTC_NAME] = platform.rtc
     devices[I8042_NAME] = platform.i8042
@@ -90,39 +92,70 @@ def platform_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice] 
 
 
 def machine_devices(machine: Machine) -> dict[str, SavesState]:
-    return platform_devices(machine.platform, machine.extra_devices)
+    """:func:`platform_devices` and each virtio transport (with its device) by its name."""
+    devices = platform_devices(machine.platform, machine.extra_devices)
+    for t in machine.virtio.transports:
+        devices[t.name] = t
+    return devices
 
 
-SNAPSHOT_MAX_CPUS = 1
-"""Snapshots hold one vCPU: the restore of application processors (their MP state, the
-LAPIC timers and IPIs in flight between them) is not done, so a machine with more is
-refused rather than resumed half-right."""
+UNSAVED_VIRTIO = {
+    "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
+          "files are not part of a snapshot",
+    "net": "a network device's back end (passt or a TAP device) holds connections and "
+           "addresses a restore cannot give back",
+}
+"""Virtio device kinds a snapshot refuses, and why."""
 
 
-def check_one_vcpu(what: str, cpus: int) -> None:
-    """Refuse a snapshot or restore of more than :data:`SNAPSHOT_MAX_CPUS` vCPUs."""
-    if cpus > SNAPSHOT_MAX_CPUS:
-        raise BootConfigError(f"{what}: cpus={cpus}, but snapshots hold at most "
-                              f"{SNAPSHOT_MAX_CPUS} vCPU; use cpus=1 (--cpus 1) to snapshot "
-                              f"or restore")
+def check_virtio_saved(what: str, machine: Machine) -> None:
+    """Refuse a snapshot or restore of a machine with a virtio device whose state cannot be
+    saved (:data:`UNSAVED_VIRTIO`), naming the device and the option that added it."""
+    options = {"fs": "shares / rootfs (--share, --rootfs)", "net": "net (--net)"}
+    for device, name in zip(machine.virtio.devices, machine.virtio.names, strict=True):
+        why = UNSAVED_VIRTIO.get(device.name)
+        if why is not None:
+            raise BootConfigError(f"{what}: the machine has {name}: {why}; make the machine "
+                                  f"without {options[device.name]} to snapshot or restore it")
 
 
-def check_no_virtio(what: str, machine: Machine) -> None:
-    """Refuse a snapshot or restore of a machine with virtio devices: their queues (and the
-    I/O thread serving them) are not part of a snapshot."""
-    if machine.virtio:
-        names = ", ".join(d["name"] for d in machine.virtio.report()["devices"])
-        raise BootConfigError(f"{what}: the machine has virtio devices ({names}), which "
-                              f"snapshots do not hold; snapshot a machine without disks, "
-                              f"console_device='virtio', console_ports or virtio_rng")
+def expected_devices(machine: Machine) -> list[str]:
+    """The names :func:`machine_devices` gives once the machine is built (before it is)."""
+    platform = [*machine.platform.serials, RTC_NAME, I8042_NAME]
+    extras = [e.name for e in machine.extra_devices if isinstance(e.device, SavesState)]
+    return [*platform, *extras, *machine.virtio.names]
+
+
+def check_same_devices(path: str | os.PathLike[str], saved: Sequence[str],
+                       machine: Sequence[str]) -> None:
+    """Refuse when the snapshot's devices are not this machine's, naming the difference."""
+    missing = [n for n in saved if n not in machine]
+    extra = [n for n in machine if n not in saved]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"saved with {', '.join(missing)}, which this machine does not have")
+        if extra:
+            parts.append(f"this machine has {', '.join(extra)}, which the snapshot does not")
+        raise SnapshotMismatchError(
+            f"snapshot {path}: the devices differ: {'; '.join(parts)}; make the machine with "
+            "the devices (disks, console ports, RNG, vsock) the snapshot was taken with"
+        )
+
+
+def check_same_cpus(path: str | os.PathLike[str], saved: int, machine: int) -> None:
+    if saved != machine:
+        raise SnapshotMismatchError(f"snapshot {path}: saved with {saved} vCPUs, this machine "
+                                    f"has cpus={machine}; restore with cpus={saved} "
+                                    f"(--cpus {saved})")
 
 
 def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
     """Write ``machine`` (started, not running) to ``path``."""
     if machine.vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
-    check_one_vcpu("Machine.snapshot", len(machine.vcpus))
-    check_no_virtio("Machine.snapshot", machine)
+    check_virtio_saved("Machine.snapshot", machine)
+    machine.virtio.quiesce()  # what the driver made available is served before saving
     machine.console.flush()
     return _save(path, machine.vm, machine_devices(machine), boot_facts(machine))
 
@@ -138,14 +171,22 @@ def restore_machine(machine: Machine, path: str | os.PathLike[str]) -> None:
     if machine.vm is not None:
         raise BootConfigError("Machine.restore: the machine is already started; restore into "
                               "a new Machine instead of start()")
-    check_one_vcpu("Machine.restore", machine.cpus)
-    check_no_virtio("Machine.restore", machine)
+    check_virtio_saved("Machine.restore", machine)
     machine._t0 = time.monotonic()
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
-        check_one_vcpu(f"snapshot {path}", len(manifest.vcpus))
+        check_same_cpus(path, len(manifest.vcpus), machine.cpus)
+        check_same_devices(path, list(manifest.devices), expected_devices(machine))
         vm = restore_vm(snap, manifest, machine.cpuid_policy)
     machine._restored(vm)  # the kernel is loaded when symbols are needed
-    restore_devices(machine_devices(machine), manifest.devices)
-    set_vm_state(vm, manifest.vm)
+    transports = machine.virtio.transports
+    with contextlib.ExitStack() as held:
+        # No virtio interrupt may reach the interrupt controllers before their saved state
+        # is back: the transports are held until then, and what they owe is sent after.
+        for t in transports:
+            held.enter_context(t.lock)
+        restore_devices(machine_devices(machine), manifest.devices)
+        set_vm_state(vm, manifest.vm)
+        for t in transports:
+            t.resume()
     machine._t_load = time.monotonic() - machine._t0

@@ -21,7 +21,7 @@ from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.disk_image import RawImage, ThrowawayImage
 from vmboot.devices.virtio.queue import DescriptorChain, QueueError, gather, scatter, views
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, DeviceStateError, SnapshotMismatchError
 
 log = logging.getLogger("vmboot.devices.virtio")
 
@@ -33,6 +33,8 @@ SIZE_MAX = 1 << 20
 MAX_DISCARD_SECTORS = (32 << 20) // spec.SECTOR_SIZE
 MAX_DISCARD_SEGMENTS = 1
 SERIAL_MAX = spec.BLK_ID_BYTES
+MAX_SAVED_OVERLAY = 16 << 20
+"""Bytes of a throwaway disk's overlay a snapshot holds (in its manifest)."""
 _HEADER = struct.Struct("<IIQ")
 _DISCARD = struct.Struct("<QII")
 
@@ -213,12 +215,63 @@ class BlockDevice(VirtioDevice):
             return spec.BLK_S_OK, 0
         return spec.BLK_S_UNSUPP, 0
 
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return "throwaway" if self.disk.throwaway else "ro" if self.disk.read_only else "rw"
+
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "errors": self.errors}
+        """Counters, the image file's identity, and a throwaway disk's written sectors.
+
+        A read-write image is flushed first: the snapshot pairs the guest's memory with the
+        file as it is now, and a restore refuses the file once it has changed."""
+        self.image.flush()
+        out = {**super().state(), "errors": self.errors, "mode": self.mode,
+               "image": self.image.identity()}
+        if isinstance(self.image, ThrowawayImage):
+            runs = self.image.overlay_runs()
+            size = sum(len(data) for _, data in runs)
+            if size > MAX_SAVED_OVERLAY:
+                raise DeviceStateError(
+                    f"throwaway disk {str(self.disk.path)!r}: the guest wrote {size} bytes, more "
+                    f"than the {MAX_SAVED_OVERLAY} a snapshot holds; snapshot before the guest "
+                    "writes that much, or use a read-write copy of the image")
+            out["overlay"] = [[sector, data.hex()] for sector, data in runs]
+        return out
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        path = str(self.disk.path)
+        if state.get("mode") != self.mode:
+            raise DeviceStateError(f"disk {path!r}: saved as a {state.get('mode')} disk, given "
+                                   f"as {self.mode}; give the disk as it was when saved")
+        saved, now = state.get("image"), self.image.identity()
+        if saved != now:
+            changed = ", ".join(k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k])
+            raise SnapshotMismatchError(
+                f"disk {path!r}: the image file is not the one the snapshot was taken with "
+                f"({changed} changed); the guest's memory holds that file's state. Restore with "
+                "the file as it was (a read-write disk can be restored until something writes "
+                "it: use throwaway to restore many times)")
+        overlay = state.get("overlay")
+        if self.disk.throwaway and (not isinstance(overlay, list) or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
+                and isinstance(r[1], str) for r in overlay)):
+            raise DeviceStateError(f"disk {path!r} state: overlay is not a list of "
+                                   "[sector, hex] runs")
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.errors = int(state.get("errors", 0))
+        if isinstance(self.image, ThrowawayImage):
+            try:
+                runs = [(int(sector), bytes.fromhex(data)) for sector, data in state["overlay"]]
+            except ValueError:
+                raise DeviceStateError(f"disk {str(self.disk.path)!r} state: an overlay run is "
+                                       "not hex") from None
+            try:
+                self.image.load_overlay(runs)
+            except BootConfigError as e:
+                raise DeviceStateError(str(e)) from None
 
 
 def _skip(chain: DescriptorChain, count: int) -> list[Any]:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, DeviceStateError
 
 log = logging.getLogger("vmboot.devices.virtio")
 
@@ -206,11 +206,41 @@ class ConsoleDevice(VirtioDevice):
             self.ports[port].guest_open = bool(value)
 
     def state(self) -> dict[str, Any]:
+        """Counters, control messages not yet delivered, and for each port whether the
+        guest has it open and the host input it has not read yet."""
+        pending = []
+        for p in self.ports:
+            with p.lock:
+                pending.append(b"".join(p.pending).hex())
         return {**super().state(), "control_out": [m.hex() for m in self._control_out],
-                "guest_open": [p.guest_open for p in self.ports]}
+                "guest_open": [p.guest_open for p in self.ports], "pending": pending}
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        n = len(self.ports)
+        for key, kind in (("guest_open", bool), ("pending", str)):
+            value = state.get(key)
+            if (not isinstance(value, list) or len(value) != n
+                    or not all(isinstance(v, kind) for v in value)):
+                raise DeviceStateError(f"virtio-console state: {key} is not a list of {n} "
+                                       f"{kind.__name__} values (one a port); the machine has "
+                                       f"ports {[p.name or 'console' for p in self.ports]}")
+        for text in (*state["pending"], *state.get("control_out", [])):
+            try:
+                bytes.fromhex(text)
+            except (TypeError, ValueError):
+                raise DeviceStateError("virtio-console state: pending input or a control "
+                                       "message is not hex") from None
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self._control_out = collections.deque(bytes.fromhex(m) for m in state.get("control_out", []))
-        for p, is_open in zip(self.ports, state.get("guest_open", []), strict=False):
+        for p, is_open, pending in zip(self.ports, state["guest_open"], state["pending"],
+                                       strict=True):
             p.guest_open = bool(is_open)
+            data = bytes.fromhex(pending)
+            with p.lock:
+                p.pending.clear()
+                p.pending_bytes = 0
+                if data:
+                    p.pending.append(data)
+                    p.pending_bytes = len(data)

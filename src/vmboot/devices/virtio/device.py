@@ -121,6 +121,10 @@ class VirtioDevice:
         """Device-specific state as plain data (the transport adds the common state)."""
         return {"requests": self.requests}
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise :class:`~vmboot.errors.DeviceStateError` naming a saved field that does not
+        fit this device (called before anything is restored; the default checks nothing)."""
+
     def restore(self, state: dict[str, Any]) -> None:
         self.requests = int(state.get("requests", 0))
 

@@ -87,6 +87,13 @@ class RawImage:
             os.close(self.fd)
             self.fd = -1
 
+    def identity(self) -> dict[str, int]:
+        """What says the image file is still the one it was: device, inode, size and
+        modification time (a snapshot records it; a restore refuses a file that differs)."""
+        st = os.fstat(self.fd)
+        return {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns}
+
 
 class ThrowawayImage(RawImage):
     """Reads from the image file, writes to a private overlay that vanishes with the VM."""
@@ -141,6 +148,41 @@ class ThrowawayImage(RawImage):
 
     def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
         self.writev([memoryview(bytes(length))], offset)
+
+    def overlay_runs(self) -> list[tuple[int, bytes]]:
+        """The written sectors, as (first sector, contents) of each run of them."""
+        runs: list[tuple[int, bytes]] = []
+        sectors = self.size // SECTOR_SIZE
+        sector = 0
+        while sector < sectors:
+            if not self.written[sector >> 3]:
+                sector = (sector | 7) + 1
+                continue
+            if not self._is_written(sector):
+                sector += 1
+                continue
+            end = sector
+            while end < sectors and self._is_written(end):
+                end += 1
+            runs.append((sector, os.pread(self.overlay, (end - sector) * SECTOR_SIZE,
+                                          sector * SECTOR_SIZE)))
+            sector = end
+        return runs
+
+    def load_overlay(self, runs: list[tuple[int, bytes]]) -> None:
+        """Replace the overlay with ``runs`` (from :meth:`overlay_runs`), checked first."""
+        sectors = self.size // SECTOR_SIZE
+        for sector, data in runs:
+            if len(data) % SECTOR_SIZE or not 0 <= sector <= sectors - len(data) // SECTOR_SIZE:
+                raise BootConfigError(f"throwaway disk {str(self.path)!r}: a saved run of "
+                                      f"{len(data)} bytes at sector {sector} does not fit the "
+                                      f"{sectors}-sector disk in whole sectors")
+        os.ftruncate(self.overlay, 0)
+        os.ftruncate(self.overlay, self.size)
+        self.written = bytearray(len(self.written))
+        for sector, data in runs:
+            os.pwrite(self.overlay, data, sector * SECTOR_SIZE)
+            self._mark(sector * SECTOR_SIZE, len(data))
 
     def discard(self, offset: int, length: int) -> bool:
         self.write_zeroes(offset, length, True)

@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from vmboot.devices.state import field_bool, field_int, field_optional_int
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.io_thread import drain_eventfd, new_eventfd
 from vmboot.devices.virtio.queue import GuestRam, QueueError, QueueState
-from vmboot.errors import GuestMemoryError
+from vmboot.errors import DeviceStateError, GuestMemoryError
 
 log = logging.getLogger("vmboot.devices.virtio")
 
@@ -363,9 +364,11 @@ class MmioTransport:
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Transport, queue and device state as plain data (JSON-ready)."""
+        """Transport, queue and device state as plain data (JSON-ready), versioned."""
         with self.lock:
             return {
+                "version": STATE_VERSION,
+                "kind": self.device.name,
                 "status": self.status,
                 "device_features_sel": self.device_features_sel,
                 "driver_features_sel": self.driver_features_sel,
@@ -378,19 +381,56 @@ class MmioTransport:
                 "device": self.device.state(),
             }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Put back a :meth:`state`; the device is re-activated if the driver had it running."""
+    def _check_state(self, state: Mapping[str, Any]) -> list[QueueState]:
+        """Every field of a saved :meth:`state` checked; nothing is set."""
+        tag = f"{self.name} (virtio-{self.device.name})"
+        if state.get("version") != STATE_VERSION:
+            raise DeviceStateError(f"{tag} state: version {state.get('version')!r}; this vmboot "
+                                   f"restores version {STATE_VERSION}: take the snapshot again")
+        if state.get("kind") != self.device.name:
+            raise DeviceStateError(f"{tag} state: saved from a virtio-{state.get('kind')} device; "
+                                   "make the machine with the devices in the snapshot's order")
+        for key in _REGISTERS:
+            field_int(tag, state, key, _U32)
+        for key in ("driver_features", "acked_features"):
+            field_int(tag, state, key, (1 << 64) - 1)
+        queues = state.get("queues")
+        if not isinstance(queues, list) or len(queues) != len(self.device.queues):
+            raise DeviceStateError(f"{tag} state: {len(queues) if isinstance(queues, list) else 0}"
+                                   f" queues saved, the device has {len(self.device.queues)}")
+        out = []
+        for i, (q, qs) in enumerate(zip(self.device.queues, queues, strict=True)):
+            qtag = f"{tag} queue {i}"
+            if not isinstance(qs, dict):
+                raise DeviceStateError(f"{qtag} state: not an object")
+            for key in ("desc_table", "avail_ring", "used_ring"):
+                field_int(qtag, qs, key, (1 << 64) - 1)
+            for key in ("next_avail", "next_used"):
+                field_int(qtag, qs, key, 0xFFFF)
+            field_optional_int(qtag, qs, "signalled_used", 0xFFFF)
+            field_int(qtag, qs, "size", q.max_size)
+            field_bool(qtag, qs, "ready")
+            try:
+                out.append(QueueState(**qs))
+            except TypeError as e:
+                raise DeviceStateError(f"{qtag} state: {e}") from None
+        if not isinstance(state.get("device"), dict):
+            raise DeviceStateError(f"{tag} state: 'device' is not an object")
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put back a :meth:`state` (checked first); the device is re-activated if the driver
+        had it running. Interrupts owed are sent by :meth:`resume`, once the interrupt
+        controllers have their state back."""
         with self.lock:
-            queues = state["queues"]
-            if len(queues) != len(self.device.queues):
-                raise QueueError(f"{self.name}: restore: {len(queues)} queues in the state, "
-                                 f"the device has {len(self.device.queues)}")
+            queues = self._check_state(state)
+            self.device.check_state(state["device"])
             self.reset()
             for q, qs in zip(self.device.queues, queues, strict=True):
-                q.restore(QueueState(**qs))
-            for key in ("status", "device_features_sel", "driver_features_sel",
-                        "driver_features", "queue_sel", "interrupt_status", "config_generation"):
+                q.restore(qs)
+            for key in _REGISTERS:
                 setattr(self, key, int(state[key]))
+            self.driver_features = int(state["driver_features"])
             self.device.acked_features = int(state["acked_features"])
             self.device.restore(state["device"])
             if self.live:
@@ -398,3 +438,22 @@ class MmioTransport:
                 for q in self.device.queues:
                     q.event_idx = event_idx
                 self.device.activate(self.ram, self.kick)
+
+    def resume(self) -> None:
+        """After a restore: serve what the driver made available before the snapshot and
+        interrupt again if an interrupt was pending (the driver reads InterruptStatus)."""
+        with self.lock:
+            if not self.live:
+                return
+            for i, q in enumerate(self.device.queues):
+                if q.ready:
+                    self.kick(i)
+            if self.interrupt_status:
+                self.interrupts += 1
+                self.interrupt()
+
+
+STATE_VERSION = 1
+"""Version of :meth:`MmioTransport.state`; a snapshot with another is refused."""
+_REGISTERS = ("status", "device_features_sel", "driver_features_sel", "queue_sel",
+              "interrupt_status", "config_generation")
