@@ -42,9 +42,6 @@ HANG_GRACE = 30.0
 before the guest is taken for hung and stopped."""
 PAUSE_TIMEOUT = 120.0
 """Seconds to wait for the running guest to stop for :meth:`GuestVM.traces`/:meth:`tasks`."""
-RESTORED_AGENT = "vmboot-agent (restored)"
-"""The agent version a restored guest's client starts with: the agent greeted the host
-before the snapshot was taken, and does not greet again."""
 
 T = TypeVar("T")
 
@@ -57,8 +54,7 @@ class GuestVM:
     """A test's guest: run commands in it, read its console, trace its kernel."""
 
     def __init__(self, machine: Machine, agent: GuestAgent, spec: GuestSpec, busybox: Path,
-                 *, restored: bool, running: bool = False,
-                 exec_timeout: float = DEFAULT_EXEC_TIMEOUT) -> None:
+                 *, restored: bool, exec_timeout: float = DEFAULT_EXEC_TIMEOUT) -> None:
         self.machine = machine
         self.spec = spec
         self.restored = restored
@@ -70,8 +66,7 @@ class GuestVM:
         """Every command :meth:`exec` ran, with its result, in order."""
         self._agent = agent
         self._applets = frozenset(busybox_applets(busybox))
-        self._started = running
-        """True once the guest's run thread was started (by a boot, or the first exec)."""
+        self._ended: RunResult | None = None
 
     # -- commands -------------------------------------------------------------------------
     def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str = "",
@@ -101,8 +96,6 @@ class GuestVM:
         watchdog = threading.Timer(limit + HANG_GRACE, self._stop_hung, (limit + HANG_GRACE,))
         watchdog.daemon = True
         try:
-            self._agent.start()
-            self._started = True
             watchdog.start()
             outcome = self._agent.client.run(words, environment, cwd, stdin, timeout=limit)
         except CommandNotStarted as e:
@@ -179,18 +172,19 @@ class GuestVM:
 
     @property
     def ended(self) -> RunResult | None:
-        """How the guest's run ended, once it has (None while it runs or before it started)."""
-        return self._agent.result
+        """How the guest's run ended, once it has (None while it runs)."""
+        return self._ended
+
+    def ended_with(self, result: RunResult) -> None:
+        """The guest's run ended with ``result`` (called on the run's thread)."""
+        self._ended = result
 
     def wait_ended(self, timeout: float = PAUSE_TIMEOUT) -> RunResult | None:
         """The run's result, waiting up to ``timeout`` seconds for its thread to finish."""
         deadline = time.monotonic() + timeout
-        while self._agent.result is None and self._running() and time.monotonic() < deadline:
+        while self._ended is None and self._agent.running and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self._agent.result
-
-    def _running(self) -> bool:
-        return self._started and self._agent.result is None
+        return self._ended
 
     def traces(self, max_frames: int = 16) -> list[CpuTrace]:
         """Every vCPU's symbolised kernel stack, now (the guest is paused meanwhile)."""
@@ -201,7 +195,7 @@ class GuestVM:
         return self._paused(lambda: self.machine.tasks(max_frames))
 
     def _paused(self, work: Callable[[], T]) -> T:
-        if not self._running():
+        if not self._agent.running:
             return work()
         done = threading.Event()
         box: list[T] = []
@@ -225,8 +219,7 @@ class GuestVM:
     def stop(self) -> RunResult | None:
         """End the guest's run (if it runs) and return how it ended."""
         self._agent.stop()
-        self._started = False
-        return self._agent.result
+        return self._ended
 
     def close(self) -> None:
         self.stop()

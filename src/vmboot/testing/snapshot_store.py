@@ -8,14 +8,17 @@ sessions) wait on that lock and then use the file. Every process holds ``<name>.
 shared for as long as it restores from the file, so the cache's size limit never removes
 it from under a session. Restores map the file copy-on-write and never write it.
 
-A guest configuration the snapshots cannot hold (see :func:`snapshot_refusal`), and every
-test under ``--vmboot-cold``, boots its own guest instead.
+Each restored guest gets fresh entropy and the host's wall time from the agent's resume
+message (:meth:`~vmboot.vmm.guest_agent.GuestAgent.resume`), so no two tests share random
+state. A guest configuration the snapshots cannot hold (:func:`snapshot_refusal`: shares
+over virtio-fs), and every test under ``--vmboot-cold``, boots its own guest instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +39,7 @@ from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT
 if TYPE_CHECKING:
     from vmboot.testing.guest_vm import GuestVM
     from vmboot.vmm.guest_agent import GuestAgent
-    from vmboot.vmm.machine import Machine
+    from vmboot.vmm.machine import Machine, RunResult
 
 SNAPSHOT_PREFIX = "pytest-"
 
@@ -61,8 +64,10 @@ class PreparedGuest:
             self._held = None
 
 
-def new_machine(spec: GuestSpec, image: bytes) -> tuple[Machine, GuestAgent]:
-    """A machine for ``spec`` (not started) with the agent's console port, and its agent."""
+def new_machine(spec: GuestSpec, image: bytes,
+                on_end: Callable[[RunResult], object] | None = None) -> tuple[Machine, GuestAgent]:
+    """A machine for ``spec`` (not started) with the agent's console port, and its agent
+    (``on_end`` gets how each of its runs ended)."""
     from vmboot.devices.virtio.share import Share
     from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
     from vmboot.vmm.machine import Machine
@@ -76,16 +81,15 @@ def new_machine(spec: GuestSpec, image: bytes) -> tuple[Machine, GuestAgent]:
     except BaseException:
         bridge.close()
         raise
-    return machine, GuestAgent(machine, bridge)
+    return machine, GuestAgent(machine, bridge, on_end)
 
 
 def snapshot_refusal(machine: Machine) -> str | None:
     """Why a snapshot of ``machine`` would be refused (None: it can be saved and restored)."""
-    from vmboot.vmm.snapshots import check_no_virtio, check_one_vcpu
+    from vmboot.vmm.snapshots import check_virtio_saved
 
     try:
-        check_one_vcpu("snapshot", machine.cpus)
-        check_no_virtio("snapshot", machine)
+        check_virtio_saved("snapshot", machine)
     except BootConfigError as e:
         return str(e)
     return None
@@ -144,21 +148,25 @@ def save_agent_ready(spec: GuestSpec, image: bytes, path: Path, boot_timeout: fl
 
 def start_guest(prepared: PreparedGuest, *, boot_timeout: float, exec_timeout: float) -> GuestVM:
     """A fresh guest for one test: restored from the snapshot, or booted (cold)."""
-    from vmboot.testing.guest_vm import RESTORED_AGENT, GuestVM
+    from vmboot.testing.guest_vm import GuestVM
 
-    machine, agent = new_machine(prepared.spec, prepared.image)
+    guest: GuestVM | None = None
+
+    def on_end(result: RunResult) -> None:
+        if guest is not None:
+            guest.ended_with(result)
+
+    machine, agent = new_machine(prepared.spec, prepared.image, on_end)
+    guest = GuestVM(machine, agent, prepared.spec, prepared.busybox,
+                    restored=prepared.snapshot is not None, exec_timeout=exec_timeout)
     try:
         if prepared.snapshot is not None:
             machine.restore(prepared.snapshot)
-            agent.client.version = RESTORED_AGENT
+            agent.resume()  # fresh entropy and the host's wall time for this guest
         else:
             machine.start()
             agent.start(boot_timeout)
     except BaseException:
-        agent.stop()
-        machine.close()
-        agent.bridge.close()
+        guest.close()
         raise
-    return GuestVM(machine, agent, prepared.spec, prepared.busybox,
-                   restored=prepared.snapshot is not None,
-                   running=prepared.snapshot is None, exec_timeout=exec_timeout)
+    return guest
