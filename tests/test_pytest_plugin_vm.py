@@ -1,0 +1,103 @@
+"""The vm fixture on a real guest: 20 tests each get a fresh guest restored from one
+snapshot, a guest that panics fails its test with the trace and the kernel's report, the
+next test gets a clean guest; and the same module under pytest-xdist (-n 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_kvm, shared_kernel_file
+from vmboot.execute.cache import EntryKind, cache_entries
+
+pytest_plugins = ["pytester"]
+pytestmark = [pytest.mark.slow, requires_kvm]
+
+FRESH_TESTS = 20
+SAMPLE = f'''
+import pytest
+
+@pytest.mark.parametrize("n", range({FRESH_TESTS}))
+def test_fresh_guest(vm, n):
+    # the previous test wrote /root/test-(n-1) in its guest: this guest must not have it
+    result = vm.exec(["sh", "-c", f"ls -A /root; test ! -e /root/test-{{n - 1}} && touch /root/test-{{n}}"])
+    assert result.ok, result
+    assert result.stdout == b"", result.stdout
+    assert vm.exec(["ls", "/root"]).stdout == f"test-{{n}}\\n".encode()
+
+def test_panicking_guest(vm):
+    vm.exec(["sh", "-c", "echo c > /proc/sysrq-trigger"], timeout=120)
+
+def test_after_the_panic(vm):
+    result = vm.exec(["sh", "-c", "ls -A /root; cat /proc/sys/kernel/tainted"])
+    assert result.ok and result.stdout == b"0\\n", result
+'''
+COUNTING_CONFTEST = '''
+import os
+import vmboot.testing.snapshot_store as store
+
+_save = store.save_agent_ready
+
+def counted(*args, **kwargs):
+    with open(os.environ["VMBOOT_CACHE"] + "-made", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return _save(*args, **kwargs)
+
+store.save_agent_ready = counted
+'''
+"""Records each process that makes the snapshot (the inner sessions' conftest.py)."""
+RUN_TIMEOUT = 3600.0
+"""Seconds for one inner session (a boot for the snapshot, 22 restores; a busy host is slow)."""
+
+
+@pytest.fixture
+def sample(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The sample module, with a cache of its own (the first session makes the snapshot)."""
+    cache = pytester.path / "cache"
+    monkeypatch.setenv("VMBOOT_CACHE", str(cache))
+    pytester.makepyfile(test_sample=SAMPLE)
+    pytester.makeconftest(COUNTING_CONFTEST)
+    return cache
+
+
+def _run(pytester: pytest.Pytester, *extra: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "vmboot.pytest_plugin", "-p", "no:cacheprovider", "-rA",
+        "--vmboot-kernel", str(shared_kernel_file("tiny-bzImage")), *extra,
+        timeout=RUN_TIMEOUT)
+
+
+def _check(result: pytest.RunResult, cache: Path) -> None:
+    result.assert_outcomes(passed=FRESH_TESTS + 1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_panicking_guest _*",
+        "the guest failed the test: panic: kernel panic: sysrq triggered crash",
+        "*Captured vmboot kernel report call*",
+        "panic: kernel panic: sysrq triggered crash",
+        "*Kernel panic - not syncing: sysrq triggered crash*",
+        "*Captured vmboot trace call*",
+        "at the end of the run (panic: *",
+        "*sysrq_handle_crash+0x*",
+        "*Captured vmboot console call*",
+    ])
+    result.stdout.fnmatch_lines(["PASSED test_sample.py::test_after_the_panic"])
+    snapshots = [e for e in cache_entries(cache) if e.kind is EntryKind.SNAPSHOT]
+    assert len(snapshots) == 1, snapshots
+    assert len(Path(f"{cache}-made").read_text().split()) == 1  # one boot made it
+    assert not [p for p in (cache / "snapshots").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_each_test_gets_a_fresh_guest_and_a_panic_fails_only_its_test(
+        pytester: pytest.Pytester, sample: Path) -> None:
+    result = _run(pytester)
+    _check(result, sample)
+    result.stdout.fnmatch_lines(["*vmboot guests*", "tiny-bzImage, 1 vCPU, 256 MiB: restored per "
+                                 "test from */snapshots/pytest-*.snap"])
+
+
+def test_the_same_under_xdist_with_one_snapshot_made_under_a_lock(
+        pytester: pytest.Pytester, sample: Path) -> None:
+    result = _run(pytester, "-n", "2")
+    _check(result, sample)
+    result.stdout.fnmatch_lines(["*2 workers*"])
