@@ -1,7 +1,8 @@
 """vmboot's pytest plugin: each test gets a fresh Linux guest, restored from a snapshot.
 
-Installed with vmboot (entry point ``pytest11``: ``vmboot``); it costs a session nothing
-until a test asks for one of its fixtures::
+Installed with vmboot (entry point ``pytest11``: ``vmboot.pytest_plugin``; ``-p
+no:vmboot.pytest_plugin`` turns it off); it imports nothing heavy and touches nothing until
+a test asks for one of its fixtures::
 
     def test_uname(vm):
         result = vm.exec(["uname", "-r"])           # vmboot.execute.ExecResult

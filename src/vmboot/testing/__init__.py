@@ -1,5 +1,6 @@
 """Tests in guests: the parts of vmboot's pytest plugin (:mod:`vmboot.pytest_plugin`).
 
+- :mod:`~vmboot.testing.names`: the plugin's names and defaults (imported when pytest loads it);
 - :mod:`~vmboot.testing.guest_spec`: which guest a test gets (``@pytest.mark.vmboot(...)``,
   the ``--vmboot-*`` options), and the key its snapshot is cached under;
 - :mod:`~vmboot.testing.agent_image`: the guest's initramfs (busybox, the agent as init);
