@@ -36,7 +36,7 @@ from common import REPO, Timing, fmt_s, print_table, summary_row, write_results
 KERNELS = Path(os.environ.get("VMBOOT_SHARED_KERNELS", REPO.parent / "shared" / "kernels"))
 KERNEL = KERNELS / "tiny-bzImage"
 TESTS = 20
-COMMAND = "touch /root/mine; ls /root"
+COMMAND = "touch /tmp/mine; ls /tmp"
 SAMPLE = f'''
 import pytest
 

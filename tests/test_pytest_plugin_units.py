@@ -346,3 +346,80 @@ def test_warnings_fail_when_asked(pytester: pytest.Pytester, stand_in: list[Stan
     result = pytester.runpytest_inprocess(*PLUGIN, "--vmboot-fail-on=warning")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["the guest failed the test: warning: WARNING in vmboot_provoke_init"])
+
+
+# -- the snapshot store, without booting ----------------------------------------------------
+
+
+@pytest.fixture
+def counted_saves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
+    """Snapshots "made" by a stand-in for the boot (it writes a small file)."""
+    import vmboot.testing.snapshot_store as store
+
+    made: list[Path] = []
+
+    def save(spec: GuestSpec, image: bytes, path: Path, boot_timeout: float) -> None:
+        path.write_bytes(b"snapshot %d" % len(made))
+        made.append(path)
+
+    monkeypatch.setattr(store, "save_agent_ready", save)
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
+    return made
+
+
+def test_a_snapshot_is_made_once_and_again_when_too_old(counted_saves: list[Path],
+                                                        kernel: Path) -> None:
+    import os
+    import time
+
+    from vmboot.execute.cache import snapshot_locks
+    from vmboot.testing.snapshot_store import prepare
+
+    spec = GuestSpec(kernel)
+    first = prepare(spec, cold=False, max_age=None)
+    assert first.snapshot is not None and first.snapshot.name.startswith("pytest-")
+    again = prepare(spec, cold=False, max_age=3600)
+    assert again.snapshot == first.snapshot and len(counted_saves) == 1
+    make_lock = snapshot_locks(first.snapshot)[1]
+    old = time.time() - 7200
+    os.utime(make_lock, (old, old))
+    assert prepare(spec, cold=False, max_age=None).snapshot == first.snapshot
+    assert len(counted_saves) == 1  # no limit: kept however old
+    assert prepare(spec, cold=False, max_age=3600).snapshot == first.snapshot
+    assert len(counted_saves) == 2 and first.snapshot.read_bytes() == b"snapshot 1"
+    assert time.time() - make_lock.stat().st_mtime < 600
+    for prepared in (first, again):
+        prepared.release()
+
+
+def test_cold_and_unsaveable_guests_boot_per_test(counted_saves: list[Path], kernel: Path,
+                                                  tmp_path: Path) -> None:
+    from vmboot.testing.guest_spec import ShareSpec
+    from vmboot.testing.snapshot_store import prepare
+
+    assert prepare(GuestSpec(kernel), cold=True).cold_reason == "--vmboot-cold"
+    shared = prepare(GuestSpec(kernel, shares=(ShareSpec(tmp_path, "t"),)), cold=False)
+    assert shared.snapshot is None and "virtio-fs" in (shared.cold_reason or "")
+    assert counted_saves == []
+
+
+def test_max_age_setting(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vmboot.testing.snapshot_store as store
+
+    monkeypatch.setattr(store, "default_max_age", lambda: 600.0)
+    pytester.makepyfile(test_inner="""
+        import pytest
+        from vmboot.pytest_plugin import max_age
+        def test_option(request):
+            assert max_age(request.config) == 60.0
+    """)
+    pytester.runpytest_inprocess(*PLUGIN, "--vmboot-max-age=60").assert_outcomes(passed=1)
+    pytester.makepyfile(test_inner="""
+        from vmboot.pytest_plugin import max_age
+        def test_default(request):
+            assert max_age(request.config) == 600.0
+    """)
+    pytester.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    result = pytester.runpytest_inprocess(*PLUGIN, "--vmboot-max-age=-1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*vmboot_max_age: '-1.0' is not a number of seconds (0 or more)*"])

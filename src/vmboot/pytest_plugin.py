@@ -72,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--vmboot-boot-timeout", metavar="SECONDS", type=float,
                     default=names.DEFAULT_BOOT_TIMEOUT,
                     help=f"time limit of a boot (default: {names.DEFAULT_BOOT_TIMEOUT:g} s)")
+    group.addoption("--vmboot-max-age", metavar="SECONDS", type=float,
+                    help=f"make a guest's snapshot again when older than this (default: ini "
+                         f"vmboot_max_age, else {names.DEFAULT_MAX_AGE_EMULATED:g} s on hosts "
+                         f"whose KVM emulates guest ring 0 (PVM), where a restored guest first "
+                         f"catches up with the ticks it missed; never elsewhere)")
     group.addoption("--vmboot-fail-on", metavar="VERDICTS",
                     help=f"guest verdicts that fail a test (default: ini vmboot_fail_on, else "
                          f"{names.DEFAULT_FAIL_ON})")
@@ -88,6 +93,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("vmboot_memory", "the guests' RAM (as --vmboot-memory)")
     parser.addini("vmboot_timeout", "time limit of each vm.exec command (as --vmboot-timeout)")
     parser.addini("vmboot_fail_on", "guest verdicts that fail a test (as --vmboot-fail-on)")
+    parser.addini("vmboot_max_age", "make a snapshot again when older than this many seconds "
+                  "(as --vmboot-max-age)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -128,6 +135,23 @@ def exec_timeout(config: pytest.Config) -> float:
         value = 0.0
     if not value > 0:
         raise UsageError(f"vmboot_timeout: {text!r} is not a positive number of seconds")
+    return value
+
+
+def max_age(config: pytest.Config) -> float | None:
+    """Seconds after which a snapshot is made again (None: never)."""
+    from vmboot.errors import UsageError
+    from vmboot.testing.snapshot_store import default_max_age
+
+    text = setting(config, "max_age")
+    if text is None:
+        return default_max_age()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"vmboot_max_age: {text!r} is not a number of seconds (0 or more)")
     return value
 
 
@@ -173,9 +197,9 @@ class SessionGuests:
 
         if spec not in self.prepared:
             try:
-                self.prepared[spec] = prepare(spec, cold=cold(self.config),
-                                              boot_timeout=self.config.getoption(
-                                                  "vmboot_boot_timeout"))
+                self.prepared[spec] = prepare(
+                    spec, cold=cold(self.config), max_age=max_age(self.config),
+                    boot_timeout=self.config.getoption("vmboot_boot_timeout"))
             except Exception as e:
                 self.prepared[spec] = e
         found = self.prepared[spec]

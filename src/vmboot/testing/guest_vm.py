@@ -32,7 +32,7 @@ from vmboot.testing.names import DEFAULT_EXEC_TIMEOUT
 if TYPE_CHECKING:
     from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.tasks import GuestTask
-    from vmboot.execute.api import ExecResult
+    from vmboot.execute.api import ExecReason, ExecResult
     from vmboot.testing.guest_spec import GuestSpec
     from vmboot.vmm.guest_agent import GuestAgent
     from vmboot.vmm.machine import Machine, RunResult
@@ -146,12 +146,11 @@ class GuestVM:
         return self._record(argv, reason, None, b"", b"", t0, console_from,
                             f"the guest stopped: {ended.exit.one_line()}", ended)
 
-    def _record(self, argv: Sequence[str], reason: object, status: int | None, stdout: bytes,
+    def _record(self, argv: Sequence[str], reason: ExecReason, status: int | None, stdout: bytes,
                 stderr: bytes, t0: float, console_from: int, detail: str,
                 ended: RunResult | None = None) -> ExecResult:
         from vmboot.execute.api import ExecReason, ExecResult, ExecTimings
 
-        assert isinstance(reason, ExecReason)
         took = time.monotonic() - t0
         timings = ExecTimings(initramfs=0.0, kernel_entry=None, first_console_byte=None,
                               command_start=None,

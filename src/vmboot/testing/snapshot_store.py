@@ -6,7 +6,9 @@ agent greeted the host, then paused and saved. The first process to need it make
 holding ``<name>.make.lock`` exclusively; the others (pytest-xdist workers, other
 sessions) wait on that lock and then use the file. Every process holds ``<name>.lock``
 shared for as long as it restores from the file, so the cache's size limit never removes
-it from under a session. Restores map the file copy-on-write and never write it.
+it from under a session. Restores map the file copy-on-write and never write it. A snapshot
+older than ``max_age`` (by default only on PVM hosts: :func:`default_max_age`) is made again,
+in a new file renamed over the old one, so sessions still restoring the old one keep it.
 
 Each restored guest gets fresh entropy and the host's wall time from the agent's resume
 message (:meth:`~vmboot.vmm.guest_agent.GuestAgent.resume`), so no two tests share random
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,7 @@ from vmboot.execute.cache import (
     touch,
 )
 from vmboot.testing.guest_spec import GuestSpec
-from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT
+from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT, DEFAULT_MAX_AGE_EMULATED
 
 if TYPE_CHECKING:
     from vmboot.testing.guest_vm import GuestVM
@@ -95,9 +98,29 @@ def snapshot_refusal(machine: Machine) -> str | None:
     return None
 
 
-def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_TIMEOUT
-            ) -> PreparedGuest:
-    """The image of ``spec``'s guest and, unless ``cold``, its snapshot (made if missing)."""
+def default_max_age() -> float | None:
+    """:data:`~vmboot.testing.names.DEFAULT_MAX_AGE_EMULATED` on a PVM host, else None."""
+    from vmboot.hv.kvm.host import host_is_emulating
+
+    return DEFAULT_MAX_AGE_EMULATED if host_is_emulating() else None
+
+
+def _stale(make_lock: Path, max_age: float | None) -> bool:
+    """True when the snapshot was made more than ``max_age`` seconds ago (the make lock's
+    modification time is when it was made)."""
+    if max_age is None:
+        return False
+    try:
+        made = make_lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return time.time() - made > max_age
+
+
+def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+            max_age: float | None = None) -> PreparedGuest:
+    """The image of ``spec``'s guest and, unless ``cold``, its snapshot: made if missing, or
+    made again when older than ``max_age`` seconds (None: kept however old)."""
     from vmboot.execute.guest_choice import choose_busybox
     from vmboot.testing.agent_image import build_agent_initramfs
 
@@ -117,10 +140,11 @@ def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_T
     use_lock, make_lock = snapshot_locks(path)
     held = HeldLock(use_lock)
     try:
-        if not path.exists():
+        if not path.exists() or _stale(make_lock, max_age):
             with file_lock(make_lock, exclusive=True):
-                if not path.exists():
+                if not path.exists() or _stale(make_lock, max_age):
                     save_agent_ready(spec, image, path, boot_timeout)
+                    os.utime(make_lock)
             enforce_limit(keep=frozenset({path}))
         touch(path)
     except BaseException:
