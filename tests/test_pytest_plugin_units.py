@@ -380,9 +380,11 @@ def test_a_snapshot_is_made_once_and_again_when_too_old(counted_saves: list[Path
     assert first.snapshot is not None and first.snapshot.name.startswith("pytest-")
     again = prepare(spec, cold=False, max_age=3600)
     assert again.snapshot == first.snapshot and len(counted_saves) == 1
+    assert not again.stale() and not first.stale()
     make_lock = snapshot_locks(first.snapshot)[1]
     old = time.time() - 7200
     os.utime(make_lock, (old, old))
+    assert again.stale() and not first.stale()  # first: made with no age limit
     assert prepare(spec, cold=False, max_age=None).snapshot == first.snapshot
     assert len(counted_saves) == 1  # no limit: kept however old
     assert prepare(spec, cold=False, max_age=3600).snapshot == first.snapshot

@@ -195,6 +195,10 @@ class SessionGuests:
         every later test of that configuration instead of booting again."""
         from vmboot.testing.snapshot_store import prepare
 
+        known = self.prepared.get(spec)
+        if known is not None and not isinstance(known, BaseException) and known.stale():
+            known.release()  # too old to restore quickly: made again, by this or another process
+            del self.prepared[spec]
         if spec not in self.prepared:
             try:
                 self.prepared[spec] = prepare(

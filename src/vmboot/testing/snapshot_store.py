@@ -58,7 +58,13 @@ class PreparedGuest:
     """The saved guest to restore (None: each test boots its own)."""
     cold_reason: str | None = None
     """Why each test boots its own guest, when it does."""
+    max_age: float | None = None
+    """Seconds after which the snapshot is made again (None: never)."""
     _held: HeldLock | None = field(default=None, repr=False)
+
+    def stale(self) -> bool:
+        """True when the snapshot is older than :attr:`max_age` (then prepare it again)."""
+        return self.snapshot is not None and _stale(snapshot_locks(self.snapshot)[1], self.max_age)
 
     def release(self) -> None:
         """Let the cache's size limit remove the snapshot again (end of the session)."""
@@ -150,7 +156,7 @@ def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_T
     except BaseException:
         held.release()
         raise
-    return PreparedGuest(spec, busybox, image, snapshot=path, _held=held)
+    return PreparedGuest(spec, busybox, image, snapshot=path, max_age=max_age, _held=held)
 
 
 def save_agent_ready(spec: GuestSpec, image: bytes, path: Path, boot_timeout: float) -> None:
