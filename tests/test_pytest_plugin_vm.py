@@ -102,3 +102,38 @@ def test_the_same_under_xdist_with_one_snapshot_made_under_a_lock(
     result = _run(pytester, "-n", "2")
     _check(result, sample)
     result.stdout.fnmatch_lines(["*2 workers*"])
+
+
+CONFIGURATIONS = '''
+import pytest
+
+SMP = pytest.mark.vmboot(kernel="{smp}", cpus=2, memory="192M")
+
+def test_default_guest(vm):
+    result = vm.exec(["sh", "-c", "grep -c ^processor /proc/cpuinfo"])
+    assert result.ok and result.stdout == b"1\\n", result
+
+@SMP
+def test_two_vcpus(vm):
+    result = vm.exec(["sh", "-c", "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo"])
+    assert result.ok and result.stdout.startswith(b"2\\n"), result
+
+@SMP
+def test_two_vcpus_again(vm):
+    assert vm.restored
+    assert vm.exec(["sh", "-c", "grep -c ^processor /proc/cpuinfo"]).stdout == b"2\\n"
+'''
+
+
+def test_one_snapshot_per_guest_configuration(pytester: pytest.Pytester, sample: Path) -> None:
+    pytester.makepyfile(test_sample=CONFIGURATIONS.replace(
+        "{smp}", str(shared_kernel_file("tiny-smp-bzImage"))))
+    result = _run(pytester)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines_random([
+        "tiny-bzImage, 1 vCPU, 256 MiB: restored per test from */pytest-*.snap",
+        "tiny-smp-bzImage, 2 vCPUs, 192 MiB: restored per test from */pytest-*.snap",
+    ])
+    snapshots = [e for e in cache_entries(sample) if e.kind is EntryKind.SNAPSHOT]
+    assert len(snapshots) == 2
+    assert len(Path(f"{sample}-made").read_text().split()) == 2
