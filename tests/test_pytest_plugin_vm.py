@@ -137,3 +137,36 @@ def test_one_snapshot_per_guest_configuration(pytester: pytest.Pytester, sample:
     snapshots = [e for e in cache_entries(sample) if e.kind is EntryKind.SNAPSHOT]
     assert len(snapshots) == 2
     assert len(Path(f"{sample}-made").read_text().split()) == 2
+
+
+HANGING = '''
+SPIN = {spin!r}
+
+def test_guest_stops_answering(vm):
+    with open(SPIN, "rb") as f:
+        copied = vm.exec(["sh", "-c", "cat > /root/spin && chmod +x /root/spin"], stdin=f.read())
+    assert copied.ok, copied
+    vm.exec(["/root/spin"], timeout=5)
+
+def test_after_the_hang(vm):
+    assert vm.exec(["sh", "-c", "ls -A /root; echo alive"]).stdout == b"alive\\n"
+'''
+
+
+def test_a_guest_that_stops_answering_fails_its_test_with_traces(
+        pytester: pytest.Pytester, sample: Path, tmp_path: Path) -> None:
+    from nolibc_tool import build_tool
+
+    spin = build_tool("rt_spin.c", tmp_path)
+    pytester.makepyfile(test_sample=HANGING.replace("{spin!r}", repr(str(spin))))
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_guest_stops_answering _*",
+        "the guest failed the test: timeout: * (the guest stopped answering and was stopped)",
+        "*Captured vmboot trace call*",
+        "at the end of the run (timeout: the guest did not answer for 35 s*",
+        "CPU 0:*",
+        "hang verdict: *",
+    ])
+    result.stdout.fnmatch_lines(["PASSED test_sample.py::test_after_the_hang"])
