@@ -425,3 +425,22 @@ def test_max_age_setting(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPa
     result = pytester.runpytest_inprocess(*PLUGIN, "--vmboot-max-age=-1")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*vmboot_max_age: '-1.0' is not a number of seconds (0 or more)*"])
+
+
+@pytest.mark.parametrize(("max_age", "saves"), [("3600", 1), ("0", 3)])
+def test_a_session_makes_a_stale_snapshot_again_between_tests(
+        pytester: pytest.Pytester, counted_saves: list[Path], kernel: Path, max_age: str,
+        saves: int) -> None:
+    pytester.makepyfile(test_inner="""
+        import pytest
+        from vmboot.pytest_plugin import session_guests, spec_for
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_prepare(request, n):
+            prepared = session_guests(request.config).prepare(spec_for(request.node))
+            assert prepared.snapshot is not None and prepared.snapshot.exists()
+    """)
+    result = pytester.runpytest_inprocess(*PLUGIN, f"--vmboot-kernel={kernel}",
+                                          f"--vmboot-max-age={max_age}")
+    result.assert_outcomes(passed=3)
+    assert len(counted_saves) == saves
