@@ -13,12 +13,13 @@ tiny-bzImage and tiny-vmlinux. vmboot boots each bzImage twice: through its own 
 payload is decompressed on the host and the vmlinux inside it is entered directly).
 
 Run: ``python bench/boot.py [--runs N] [--matrix min|full] [--with-pc] [--with-tcg]``.
-Writes bench/results/boot.json. Goal (issue 7): vmboot at most half of QEMU microvm's time.
+Writes bench/results/boot.json. Goal: vmboot at most half of QEMU microvm's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import signal
@@ -95,7 +96,7 @@ def time_boot(cmd: list[str], wait_exit: bool) -> tuple[float, float | None]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    assert proc.stdout is not None
+    assert isinstance(proc.stdout, io.BufferedReader)  # default bufsize: buffered, with read1
     seen = b""
     marker_at: float | None = None
     try:

@@ -2,7 +2,8 @@
 
 Run: ``python bench/report.py`` after the benchmarks (``python bench/run_all.py`` runs both).
 The table sits in README.md between the ``<!-- bench:start -->`` and ``<!-- bench:end -->``
-markers; everything in it comes from the JSON files, which keep every raw figure.
+markers; everything in it comes from the JSON files, which keep every raw figure. A result's
+``note`` (why a peer could not be measured, say) is printed under the table.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     machine: dict[str, Any] = {}
     runs: list[str] = []
+    notes: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         machine = machine or data.get("machine", {})
@@ -31,7 +33,9 @@ def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         runs.append(f"{path.stem} at {commit} ({data.get('when', '?')[:16].replace('T', ' ')})")
         for row in data.get("summary", []):
             rows.append({**row, "source": path.name, "when": data.get("when", "")})
-    machine = {**machine, "runs": runs}
+        if data.get("note"):
+            notes.append(f"{path.stem}: {data['note']}")
+    machine = {**machine, "runs": runs, "notes": notes}
     return rows, machine
 
 
@@ -57,6 +61,9 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             f"| {r['peer']} | {f(p['median'])} ({f(p['min'])} to {f(p['max'])}) "
             f"| {r['ratio']:.2f}x | {r['goal']} | {r['runs']} | `{r['command']}` |"
         )
+    notes = machine.get("notes", [])
+    if notes:
+        lines += ["", *(f"Note on {note}" for note in notes)]
     lines += ["", "![benchmarks](bench/results/summary.png)", END]
     return "\n".join(lines)
 

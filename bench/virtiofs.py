@@ -114,7 +114,7 @@ def main() -> None:
         "kernel": kernel.name, "timings": timings,
         "summary": [summary_row(f"find + cat of {FILES} files ({FILES * FILE_BYTES // 10**6} MB) "
                                 "over virtio-fs in the guest", timings["vmboot"], peer,
-                                timings[peer], "at most QEMU's time (issue 15)", command)],
+                                timings[peer], "at most QEMU's time", command)],
     })
     print(f"ratio vmboot/microvm: {timings['vmboot'].median / timings[peer].median:.2f}x; "
           f"wrote {path}")

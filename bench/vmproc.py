@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -93,7 +94,7 @@ def watch(cmd: list[str], markers: list[bytes], *, kill_after_last: bool = False
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    assert proc.stdout is not None
+    assert isinstance(proc.stdout, io.BufferedReader)  # default bufsize: buffered, with read1
     seen = bytearray()
     found: dict[str, float] = {}
     status: dict[str, int] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401
 
+from collections.abc import Sequence
+
 from fuzz.fuzz_bzimage import RecordingVM
 from fuzz.harness import Bytes, Target, atheris_main
 from fuzz.seeds import synthetic_bzimage
@@ -35,11 +37,11 @@ def _kernel_choices() -> list[BzImage]:
     if not _kernels:
         for kw in ({}, {"relocatable": 0, "pref_address": 0}, {"version": 0x020C},
                    {"xloadflags": bp.XLF_KERNEL_64}, {"init_size": 0x2000000}):
-            _kernels.append(BzImage(synthetic_bzimage(**kw)))  # type: ignore[arg-type]
+            _kernels.append(BzImage(synthetic_bzimage(**kw)))
     return _kernels
 
 
-def _maybe(src: Bytes, around: list[int]) -> int | None:
+def _maybe(src: Bytes, around: Sequence[int]) -> int | None:
     return None if src.uint(1) % 3 == 0 else src.interesting_int(around)
 
 

@@ -16,7 +16,7 @@ from fuzz.seeds import bzimage_offsets, bzimage_seeds
 from vmboot.cli.inspect import describe_bzimage, render_text
 from vmboot.errors import VmbootError
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, default_e820_map, load_kernel
+from vmboot.linux import BootOptions, default_e820_map, load_bzimage
 from vmboot.linux.loader.setup_header import SetupHeader
 from vmboot.linux.loader.vmlinux import uncompressed_kernel
 
@@ -51,7 +51,7 @@ def vm() -> RecordingVM:
 
 
 def one_input(data: bytes) -> None:
-    kernel = load_kernel(data)
+    kernel = load_bzimage(data)  # ELF-shaped inputs are fuzz_elf's
     h = kernel.setup_header
     assert SetupHeader.parse(bytes(data[:0x26C]).ljust(0x26C, b"\0")).pack() == h.pack()
     assert kernel.header_bytes == data[0x1F1 : h.header_end]
@@ -87,7 +87,7 @@ def one_input(data: bytes) -> None:
 
 
 TARGET = Target("bzimage", one_input, lambda: list(bzimage_seeds()), bzimage_offsets, max_len=1 << 15,
-                description="load_kernel/BzImage: properties, zero page, prepare, payload")
+                description="load_bzimage: properties, zero page, prepare, payload")
 
 if __name__ == "__main__":
     atheris_main(TARGET)

@@ -12,6 +12,7 @@ if __package__ in (None, ""):
 import contextlib
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from fuzz.harness import Target, atheris_main
@@ -51,7 +52,8 @@ def _cli(argv: list[str]) -> None:
 def one_input(data: bytes) -> None:
     text = data.decode("utf-8", "replace")
     head, _, tail = text.partition("\n")
-    for fn in (lambda: parse_size(head, "memory"), lambda: parse_address(head)):
+    parsers: tuple[Callable[[], int], ...] = (lambda: parse_size(head, "memory"), lambda: parse_address(head))
+    for fn in parsers:
         try:
             value = fn()
         except VmbootError:

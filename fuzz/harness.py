@@ -107,9 +107,10 @@ class Finding:
 def _location(tb: TracebackType | None) -> str:
     frames = traceback.extract_tb(tb)
     inside = [f for f in frames if f"{os.sep}vmboot{os.sep}" in f.filename and "fuzz" not in f.filename]
-    frame = (inside or frames or [None])[-1]
-    if frame is None:
+    candidates = inside or frames
+    if not candidates:
         return "?"
+    frame = candidates[-1]
     path = Path(frame.filename)
     try:
         shown = str(path.relative_to(REPO))

@@ -229,8 +229,8 @@ def cut_vmlinux(image: bytes, keep_syms: int = 200, keep_bytes: int = 256) -> by
         elf = ElfFile(image, "<cut>")
     except VmbootError:
         return None
-    secs = []
-    index_of = {}
+    secs: list[tuple[str, int, bytes, int, int, int, int]] = []
+    index_of: dict[int, int] = {}
     for sec in elf.sections[1:]:
         if sec.name == ".shstrtab":
             continue
@@ -250,16 +250,16 @@ def cut_vmlinux(image: bytes, keep_syms: int = 200, keep_bytes: int = 256) -> by
             data = bytes(min(sec.size, 64))
         else:
             data = data[:keep_bytes]
-        secs.append([sec.name, sec.type, data, sec.addr, sec.link, sec.info, sec.entsize])
-    for s in secs:
-        if s[1] == SHT_SYMTAB:
-            s[4] = index_of.get(s[4], -1) + 1
+        secs.append((sec.name, sec.type, data, sec.addr, sec.link, sec.info, sec.entsize))
+    for i, (name, typ, body, addr, link, info, entsize) in enumerate(secs):
+        if typ == SHT_SYMTAB:
+            secs[i] = (name, typ, body, addr, index_of.get(link, -1) + 1, info, entsize)
     phdrs = []
     for seg in elf.segments:
         sec_index = next((index_of[s.index] for s in elf.sections[1:]
                           if s.index in index_of and s.size and s.addr == seg.vaddr), -1)
         phdrs.append((seg.type, seg.flags, sec_index, seg.vaddr, seg.paddr, 0, seg.align))
-    return build_elf([tuple(s) for s in secs], entry=elf.e_entry, phdrs=phdrs)  # type: ignore[misc]
+    return build_elf(secs, entry=elf.e_entry, phdrs=phdrs)
 
 
 @functools.cache
@@ -550,3 +550,152 @@ BTF_SAMPLE: list[BtfSpec] = [
 
 def btf_seeds() -> tuple[bytes, ...]:
     return (build_btf(BTF_SAMPLE), build_btf(BTF_SAMPLE[:3]))
+
+
+# -- DWARF ------------------------------------------------------------------------------------
+DwarfAttr = tuple[int, int, "int | str | bytes"]
+"""``(DW_AT_*, DW_FORM_*, value)``: a value ``"@label"`` in a ``ref4`` form is that entry's
+offset in the unit; ``strp`` takes a string (put in ``.debug_str``)."""
+DwarfSpec = tuple[str, int, list[DwarfAttr], list["DwarfSpec"]]
+"""``(label, DW_TAG_*, attributes, children)``."""
+
+_FORM_FIXED = {0x0B: 1, 0x05: 2, 0x06: 4, 0x13: 4, 0x0E: 4, 0x19: 0}
+"""data1, data2, data4, ref4, strp, flag_present: the forms :func:`build_dwarf` writes,
+besides ``string`` (0x08) and ``exprloc`` (0x18)."""
+
+
+def build_dwarf(units: list[list[DwarfSpec]]) -> tuple[bytes, bytes, bytes]:
+    """``(.debug_info, .debug_abbrev, .debug_str)`` of DWARF 4 units, each a compile unit
+    entry holding the given entries (one abbreviation table shared by all units)."""
+    writer = _DwarfWriter()
+    info = b"".join(writer.unit(unit) for unit in units)
+    return info, bytes(writer.abbrev) + b"\0", bytes(writer.strings)
+
+
+class _DwarfWriter:
+    HEADER = 11
+    """unit_length 4, version 2, abbrev offset 4, address size 1."""
+
+    def __init__(self) -> None:
+        self.abbrev = bytearray()
+        self.strings = bytearray(b"\0")
+        self.codes: dict[tuple[int, bool, tuple[tuple[int, int], ...]], int] = {}
+        self.body = bytearray()
+        self.labels: dict[str, int] = {}
+        self.fixups: list[tuple[int, str]] = []
+
+    def code_of(self, tag: int, children: bool, attrs: list[DwarfAttr]) -> int:
+        key = (tag, children, tuple((a, f) for a, f, _ in attrs))
+        if key not in self.codes:
+            self.codes[key] = len(self.codes) + 1
+            self.abbrev.extend(_uleb(self.codes[key]) + _uleb(tag) + bytes([children]))
+            for a, f in key[2]:
+                self.abbrev.extend(_uleb(a) + _uleb(f))
+            self.abbrev.extend(b"\0\0")
+        return self.codes[key]
+
+    def unit(self, entries: list[DwarfSpec]) -> bytes:
+        self.body, self.labels, self.fixups = bytearray(), {}, []
+        self.emit(("cu", 0x11, [(0x03, 0x08, "sample.c")], entries))
+        for at, label in self.fixups:
+            self.body[at:at + 4] = struct.pack("<I", self.labels[label])
+        return struct.pack("<IHIB", 7 + len(self.body), 4, 0, 8) + bytes(self.body)
+
+    def emit(self, spec: DwarfSpec) -> None:
+        label, tag, attrs, children = spec
+        body = self.body
+        self.labels[label] = self.HEADER + len(body)
+        body.extend(_uleb(self.code_of(tag, bool(children), attrs)))
+        for _, form, value in attrs:
+            if form == 0x13 and isinstance(value, str):
+                self.fixups.append((len(body), value[1:]))
+                body.extend(b"\0\0\0\0")
+            elif form == 0x0E:
+                assert isinstance(value, str)
+                body.extend(struct.pack("<I", len(self.strings)))
+                self.strings.extend(value.encode() + b"\0")
+            elif form == 0x08:
+                assert isinstance(value, str)
+                body.extend(value.encode() + b"\0")
+            elif form == 0x18:
+                assert isinstance(value, bytes)
+                body.extend(_uleb(len(value)) + value)
+            elif form != 0x19:  # flag_present: no value bytes
+                assert isinstance(value, int)
+                body.extend(value.to_bytes(_FORM_FIXED[form], "little"))
+        for child in children:
+            self.emit(child)
+        if children:
+            body.append(0)
+
+
+def _uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _dwarf_member(name: str, type_label: str, offset: int, *extra: DwarfAttr) -> DwarfSpec:
+    attrs: list[DwarfAttr] = [(0x03, 0x0E, name)] if name else []
+    return (f"{type_label}.{name}.{offset}", 0x0D,
+            [*attrs, (0x49, 0x13, f"@{type_label}"), (0x38, 0x05, offset), *extra], [])
+
+
+DWARF_SAMPLE: list[list[DwarfSpec]] = [
+    [  # unit 1: only a declaration of task_struct (a unit that must be passed over)
+        ("decl", 0x13, [(0x03, 0x0E, "task_struct"), (0x3C, 0x19, 1)], []),
+    ],
+    [  # unit 2: the layout of BTF_SAMPLE
+        ("int", 0x24, [(0x0B, 0x0B, 4), (0x3E, 0x0B, 5), (0x03, 0x0E, "int")], []),
+        ("ulong", 0x24, [(0x0B, 0x0B, 8), (0x3E, 0x0B, 7), (0x03, 0x0E, "long unsigned int")],
+         []),
+        ("list_head", 0x13, [(0x03, 0x0E, "list_head"), (0x0B, 0x0B, 16)], [
+            _dwarf_member("next", "lh_ptr", 0), _dwarf_member("prev", "lh_ptr", 8)]),
+        ("lh_ptr", 0x0F, [(0x0B, 0x0B, 8), (0x49, 0x13, "@list_head")], []),
+        ("char", 0x24, [(0x0B, 0x0B, 1), (0x3E, 0x0B, 6), (0x03, 0x08, "char")], []),
+        ("comm", 0x01, [(0x49, 0x13, "@char")], [
+            ("comm.dim", 0x21, [(0x49, 0x13, "@ulong"), (0x2F, 0x0B, 15)], [])]),
+        ("thread_struct", 0x13, [(0x03, 0x0E, "thread_struct"), (0x0B, 0x0B, 16)], [
+            _dwarf_member("es", "ulong", 0),
+            ("ts.sp", 0x0D, [(0x03, 0x0E, "sp"), (0x49, 0x13, "@ulong"),
+                             (0x38, 0x18, bytes([0x23, 8]))], [])]),     # DW_OP_plus_uconst 8
+        ("state_union", 0x17, [(0x0B, 0x0B, 8)], [
+            ("u.state", 0x0D, [(0x03, 0x0E, "state"), (0x49, 0x13, "@ulong")], []),
+            ("u.__state", 0x0D, [(0x03, 0x0E, "__state"), (0x49, 0x13, "@int")], [])]),
+        ("pid_t", 0x16, [(0x03, 0x0E, "pid_t"), (0x49, 0x13, "@int")], []),
+        ("const_pid", 0x26, [(0x49, 0x13, "@pid_t")], []),
+        ("task_struct", 0x13, [(0x03, 0x0E, "task_struct"), (0x0B, 0x0B, 80)], [
+            _dwarf_member("", "state_union", 0),
+            _dwarf_member("tasks", "list_head", 8),
+            _dwarf_member("pid", "const_pid", 24),
+            ("ts.flags", 0x0D, [(0x03, 0x0E, "flags"), (0x49, 0x13, "@int"), (0x0D, 0x0B, 3),
+                                (0x6B, 0x05, 224)], []),                 # data_bit_offset
+            ("ts.old_bits", 0x0D, [(0x03, 0x0E, "old_bits"), (0x49, 0x13, "@int"),
+                                   (0x0B, 0x0B, 4), (0x0D, 0x0B, 5), (0x0C, 0x0B, 24),
+                                   (0x38, 0x05, 28)], []),               # DWARF 2 bit_offset
+            _dwarf_member("comm", "comm", 32),
+            _dwarf_member("thread", "thread_struct", 48),
+            _dwarf_member("grid", "grid", 64)]),
+        ("grid", 0x01, [(0x49, 0x13, "@char")], [                        # char grid[2][4]
+            ("grid.d0", 0x21, [(0x49, 0x13, "@ulong"), (0x2F, 0x0B, 1)], []),
+            ("grid.d1", 0x21, [(0x49, 0x13, "@ulong"), (0x37, 0x0B, 4)], [])]),
+    ],
+]
+"""The task_struct of BTF_SAMPLE in DWARF (with a DWARF 2 bitfield and a 2-D array), after
+a unit that only declares it."""
+
+
+def pack_dwarf_sections(info: bytes, abbrev: bytes, strings: bytes) -> bytes:
+    """One fuzz input: ``len(info)`` and ``len(abbrev)`` (u32 each), then the three sections."""
+    return struct.pack("<II", len(info), len(abbrev)) + info + abbrev + strings
+
+
+def dwarf_seeds() -> tuple[bytes, ...]:
+    return (pack_dwarf_sections(*build_dwarf(DWARF_SAMPLE)),
+            pack_dwarf_sections(*build_dwarf(DWARF_SAMPLE[1:])))

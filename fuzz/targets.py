@@ -16,6 +16,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "kallsyms",
     "orc",
     "btf",
+    "dwarf",
     "page_walk",
     "cpio",
     "decompress",

@@ -141,12 +141,12 @@ class ElfBuilder:
         if self.with_symtab:
             strtab = bytearray(b"\0")
             entries = [b"\0" * 24]
-            for s in self.symbols:
+            for sym in self.symbols:
                 off = len(strtab)
-                strtab += s.name.encode() + b"\0"
-                shndx = 1 if s.shndx is None else s.shndx
-                entries.append(struct.pack("<IBBHQQ", off, (s.bind << 4) | s.type, 0, shndx,
-                                           s.value, s.size))
+                strtab += sym.name.encode() + b"\0"
+                shndx = 1 if sym.shndx is None else sym.shndx
+                entries.append(struct.pack("<IBBHQQ", off, (sym.bind << 4) | sym.type, 0, shndx,
+                                           sym.value, sym.size))
             symtab_index = len(sections)
             sections.append(Section(".symtab", b"".join(entries), type=2, flags=0,
                                     link=symtab_index + 1, info=1, entsize=24))

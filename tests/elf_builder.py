@@ -25,7 +25,10 @@ XEN_PHYS32_ENTRY = 18
 def note(name: bytes, ntype: int, desc: bytes) -> bytes:
     """One ELF note: header, NUL-terminated name and descriptor, each padded to 4 bytes."""
     name_z = name + b"\0"
-    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
+
+    def pad(b: bytes) -> bytes:
+        return b + bytes(-len(b) % 4)
+
     return NHDR.pack(len(name_z), len(desc), ntype) + pad(name_z) + pad(desc)
 
 

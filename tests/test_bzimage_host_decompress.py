@@ -21,7 +21,7 @@ from vmboot.cli.inspect import describe_bzimage, render_text
 from vmboot.compression.kernel_payload import decompress_payload
 from vmboot.errors import DecompressionLimitError, LayoutError, UnsupportedKernelError, VmbootError
 from vmboot.hv import MemoryVM, Register
-from vmboot.linux import BootOptions, BzImage, PvhBootPlan, load_kernel
+from vmboot.linux import BootOptions, BootPlan, BzImage, ElfKernel, PvhBootPlan, load_kernel
 from vmboot.linux import bootparam as bp
 
 MiB = 1 << 20
@@ -87,6 +87,7 @@ def test_elf64_registers_as_for_the_vmlinux(bzimage: BzImage, vmlinux: bytes) ->
     for kernel in (bzimage, load_kernel(vmlinux)):
         with MemoryVM(MEM) as vm:
             plan = kernel.prepare(vm, options)
+            assert isinstance(plan, BootPlan)
             vcpu = vm.create_vcpu(0)
             plan.configure_vcpu(vcpu)
             regs = vcpu.get_registers([Register.RIP, Register.RSI, Register.CR3])
@@ -102,7 +103,7 @@ def test_pvh_entry_is_the_vmlinux_note(bzimage: BzImage, vmlinux: bytes) -> None
         plan = bzimage.prepare(vm, BootOptions(entry="pvh"))
     assert isinstance(plan, PvhBootPlan)
     elf = load_kernel(vmlinux)
-    assert not isinstance(elf, BzImage)
+    assert isinstance(elf, ElfKernel)
     assert plan.entry_gpa == elf.pvh_entry
 
 
@@ -110,6 +111,7 @@ def test_elf64_zero_page_carries_the_bzimage_header(bzimage: BzImage) -> None:
     initrd = b"\x07" * 4096
     with MemoryVM(MEM) as vm:
         plan = bzimage.prepare(vm, BootOptions(cmdline=CMDLINE, entry="elf64", initrd=initrd))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, bp.BOOT_PARAMS_SIZE)
     header = bzimage.header_bytes
     assert zp[0x1F1:0x210] == header[: 0x210 - 0x1F1]  # up to type_of_loader, untouched
@@ -134,7 +136,9 @@ def test_decompression_is_memoised_and_the_same_for_both_images(vmlinux: bytes) 
     assert isinstance(a, BzImage) and isinstance(b, BzImage)
     assert a.vmlinux() is a.vmlinux()
     assert a.vmlinux().data == b.vmlinux().data
-    assert a.vmlinux().entry_point == load_kernel(vmlinux).entry_point
+    elf = load_kernel(vmlinux)
+    assert isinstance(elf, ElfKernel)
+    assert a.vmlinux().entry_point == elf.entry_point
 
 
 def test_inspect_lists_the_entries(bzimage: BzImage) -> None:
@@ -180,7 +184,7 @@ def test_refuses_segments_outside_guest_ram() -> None:
     assert isinstance(kernel, BzImage)
     for entry in ("elf64", "pvh"):
         # the kernel is linked at 16 MiB: 16 MiB of RAM cannot hold it
-        refuse(kernel, BootOptions(entry=entry), LayoutError, r"kernel segment",  # type: ignore[arg-type]
+        refuse(kernel, BootOptions(entry=entry), LayoutError, r"kernel segment",
                memory=16 * MiB)
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from struct import pack
 
 import pytest
 
@@ -63,8 +64,16 @@ def test_malformed_headers_name_the_field(patch: tuple[int, bytes], message: str
 def test_unknown_kind_and_truncated_type_are_format_errors() -> None:
     data = bytearray(build_btf(BTF_SAMPLE[:1]))
     data[24 + 7] = 0x1F  # kind 31
+    btf = Btf(bytes(data))  # types are indexed on first use
     with pytest.raises(BtfFormatError, match=r"type 1 has kind 31; known kinds are 1..19"):
-        Btf(bytes(data))
+        btf.type_by_id(1)
+    with pytest.raises(BtfFormatError, match=r"type 1 has kind 31"):
+        len(btf)
+    short = bytearray(build_btf(BTF_SAMPLE[:3]))  # int, long, list_head (36 bytes)
+    short[12:16] = pack("<I", 16 + 16 + 24)  # type_len: list_head loses a member
+    with pytest.raises(BtfFormatError, match=r"type 3 \(STRUCT, 36 bytes\) runs past the type "
+                                             r"section \(56\)"):
+        Btf(bytes(short)).find("list_head")
     with pytest.raises(BtfFormatError, match=r"shorter than its 24-byte header"):
         Btf(b"\x9f\xeb\x01")
 

@@ -7,7 +7,7 @@ Slow (each boot takes 15-40 s where /dev/kvm emulates guest ring-0 code) and nee
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +16,9 @@ from vmboot.debug import capture_stack_trace, clear_symbol_cache, format_trace, 
 from vmboot.debug.page_walk import GuestAddressSpace
 from vmboot.debug.symbol_sources import load_symbols
 from vmboot.hv.registers import GENERAL_REGISTERS
+
+if TYPE_CHECKING:
+    from vmboot.vmm.machine import Machine
 
 BZIMAGE = SHARED_KERNELS / "tiny-bzImage"
 VMLINUX = SHARED_KERNELS / "tiny-vmlinux"
@@ -27,7 +30,7 @@ RUN_SLICE_S = 5.0
 pytestmark = [pytest.mark.slow, pytest.mark.kvm]
 
 
-def _machine_class() -> Any:
+def _machine_class() -> type[Machine]:
     for path in (BZIMAGE, VMLINUX, INITRD):
         require(path.exists(), f"shared test kernel {path.name}", f"{path} is missing")
     from vmboot.vmm.machine import Machine
@@ -35,7 +38,7 @@ def _machine_class() -> Any:
     return Machine
 
 
-def _run_until(machine: Any, marker: bytes) -> bytes:
+def _run_until(machine: Machine, marker: bytes) -> bytes:
     """Run in slices until ``marker`` is on the console (the guest keeps running after it)."""
     deadline = time.monotonic() + BOOT_LIMIT_S
     console = b""
@@ -58,6 +61,7 @@ def test_idle_guest_trace_shows_the_idle_loop() -> None:
                      memory="64M") as m:
         _run_until(m, b"VMBOOT-INIT-OK")
         m.run(timeout=1.0)  # let init settle into its idle wait
+        assert m.vcpu is not None
         frames = capture_stack_trace(m.vcpu, vmlinux=VMLINUX)
         names = [f.symbol for f in frames]
         print(format_trace(frames, m.vcpu.get_registers(GENERAL_REGISTERS)))

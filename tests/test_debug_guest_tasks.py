@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import REPO, requires_kvm, shared_kernel_file
 from vmboot.debug.kaslr import KASLR_ALIGN
 from vmboot.debug.symtab import UNKNOWN_SYMBOL
 from vmboot.debug.tasks import GuestTask
-from vmboot.vmm.machine import Machine
+from vmboot.vmm.machine import Machine, RunResult
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
@@ -121,6 +122,93 @@ def test_task_list_matches_the_guests_own_proc(guest: tuple[Machine, dict[int, s
     assert "kthreadd" in [f.symbol for f in mine[2].frames]
     assert mine[2].frames[-1].symbol == "ret_from_fork"
     assert "do_wait" in [f.symbol for f in mine[1].frames]   # pid 1 waits for the subshell
+
+
+_STAT_LINE = re.compile(rb"^T (\d+) (\d+) \((.*)\) (\S) (.*?)\r?$", re.M)
+"""``T <context switches> <the /proc/PID/stat line>``, as :data:`LIST_STAT` prints them."""
+STAT_PROCESSOR = 39
+"""``/proc/PID/stat`` field of the CPU the task last ran on (proc(5); the state is field 3)."""
+LIST_STAT = (b"echo PS-START-$((6*7)); for d in /proc/[0-9]*; do n=0; while read -r k v; do "
+             b"case $k in *ctxt_switches:) n=$((n+v));; esac; done < $d/status; "
+             b"read -r s < $d/stat; echo \"T $n $s\"; done; echo PS-END-$((6*7))\n")
+"""Each process's context switches (/proc/PID/status, read first) and its stat line."""
+
+
+def read_proc_stat(m: Machine) -> dict[int, tuple[str, int, int, str]]:
+    """``{pid: (state, processor, context switches, comm)}`` as the guest's shell reads
+    them, the guest left idle afterwards."""
+    mark = len(m.console.data)
+    m.push_input(LIST_STAT)
+    out = run_until(m, PS_END, after=mark)
+    out = out[out.rindex(PS_START):]
+    run_until(m, b"# ", after=len(m.console.data) - 8)
+    m.run(timeout=STEP_S)
+    return {int(pid): (state.decode(), int(rest.split()[STAT_PROCESSOR - 4]), int(switches),
+                       comm.decode())
+            for switches, pid, comm, state, rest in _STAT_LINE.findall(out)}
+
+
+def unchanged_sleepers(stat: dict[int, tuple[str, int, int, str]],
+                       tasks: dict[int, GuestTask]) -> dict[int, tuple[str, int]]:
+    """``{pid: (state, cpu)}`` from /proc of the tasks asleep then that have not been
+    switched in or out since (the host counts the same switches), so nothing changed."""
+    return {pid: (state, cpu) for pid, (state, cpu, switches, _) in stat.items()
+            if state in "SDI" and pid in tasks and tasks[pid].switches == switches}
+
+
+def test_state_letters_and_cpus_agree_with_proc_stat(
+        guest: tuple[Machine, dict[int, str], int]) -> None:
+    """The state letter and last CPU of every task asleep while the guest's shell read
+    /proc/PID/stat and not switched since, against what it read."""
+    m, _, _ = guest
+    stat = read_proc_stat(m)
+    assert len(stat) >= 10 and stat[2][0] in "SI", stat
+    tasks = by_pid(m.tasks())
+    asleep = unchanged_sleepers(stat, tasks)
+    assert len(asleep) >= 10, stat
+    assert {pid: (tasks[pid].state, tasks[pid].cpu) for pid in asleep} == asleep
+    assert {state for state, _ in asleep.values()} >= {"S", "I"}
+
+
+def test_traces_and_tasks_while_run_is_in_progress(
+        guest: tuple[Machine, dict[int, str], int]) -> None:
+    """Both calls pause the running guest (Machine.when_stopped) and it goes on afterwards:
+    a command sleeping at the time of the calls finishes after them, in the same run."""
+    m, _, _ = guest
+    vcpus = m.vcpu_set
+    assert vcpus is not None
+    mark = len(m.console.data)
+    m.push_input(b"sleep 4; echo SLEPT-$((6*7))\n")
+    results: list[RunResult] = []
+    runner = threading.Thread(target=lambda: results.append(m.run(timeout=BOOT_LIMIT_S)))
+    runner.start()
+    try:
+        end = time.monotonic() + BOOT_LIMIT_S
+
+        def sleeping_in_nanosleep(tasks: list[GuestTask]) -> bool:
+            return any(t.comm == "sleep" and t.state == "S"
+                       and "hrtimer_nanosleep" in [f.symbol for f in t.frames] for t in tasks)
+
+        while not sleeping_in_nanosleep(m.tasks()):   # each call pauses the run for it
+            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
+            time.sleep(0.5)
+        assert vcpus.running
+        traces = m.traces()
+        tasks = m.tasks()
+        at_calls = bytes(m.console.data[mark:])
+        assert vcpus.running and runner.is_alive()   # the same run goes on
+        assert [t.cpu for t in traces] == [0]
+        assert traces[0].error is None or traces[0].user_mode, traces[0].error
+        assert sleeping_in_nanosleep(tasks)
+        assert b"SLEPT-42" not in at_calls
+        while b"SLEPT-42" not in bytes(m.console.data[mark:]):
+            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
+            time.sleep(0.2)
+    finally:
+        m.request_stop()
+        runner.join(timeout=BOOT_LIMIT_S)
+    assert results and results[0].exit.reason.value == "stopped", results
+    run_until(m, b"# ", after=len(m.console.data) - 8)
 
 
 def test_a_cpu_spinning_in_the_kernel_is_a_lockup(guest: tuple[Machine, dict[int, str], int]) -> None:

@@ -35,6 +35,22 @@ def test_one_cpu_in_the_same_function_every_time_is_a_lockup_on_that_cpu() -> No
     assert "read_zero" in report.render()
 
 
+def test_samples_inside_an_interrupt_on_the_stuck_code_name_the_interrupted_function() -> None:
+    # The soft-lockup watchdog prints from the timer interrupt on the stuck CPU: some
+    # samples find the CPU printing, with the spinning system call under the interrupt.
+    spin = ["__x64_sys_sethostname", "do_syscall_64", "asm_exc_page_fault"]
+    printing = ["io_serial_in", "serial8250_console_write", "console_unlock", "vprintk_emit",
+                "_printk", "watchdog_timer_fn", "__hrtimer_run_queues", "hrtimer_interrupt",
+                "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt",
+                "asm_sysvec_apic_timer_interrupt", *spin]
+    rounds = [[trace(0, IDLE), trace(1, printing if i % 2 else spin)] for i in range(4)]
+    report = classify(rounds, console_silent=False)
+    assert (report.verdict, report.cpu, report.function) == ("lockup", 1, "__x64_sys_sethostname")
+    # an interrupt taken in the idle loop leaves the CPU idle
+    idle = [[trace(0, [*printing[:11], *IDLE])] for _ in range(3)]
+    assert classify(idle, console_silent=True).verdict == "idle"
+
+
 def test_changing_functions_user_mode_or_a_deep_common_caller_are_not_lockups() -> None:
     # A long initcall: the innermost frames move, the common caller is deeper than compared.
     deep = [[trace(0, [*(f"f{i}_{d}" for d in range(LOCKUP_DEPTH)), "internal_create_group"])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -149,7 +150,7 @@ def test_unmapped_frame_pointer_is_a_page_walk_error_carrying_frames() -> None:
     with pytest.raises(PageWalkError, match=r"PT entry 5 .* 0xffffc90000005008") as info:
         capture_stack_trace(g.vcpu(T + 0x10, RSP, RBP0), system_map=symbol_map())
     assert isinstance(info.value, StackWalkError)
-    assert [f.symbol for f in info.value.frames] == ["func_a", "func_b"]
+    assert [cast(StackFrame, f).symbol for f in info.value.frames] == ["func_a", "func_b"]
     with pytest.raises(PageWalkError, match=r"^frame 1: frame pointer 0xffffc90100000000: PDPT entry 4"):
         capture_stack_trace(g.vcpu(T + 0x10, RSP, 0xFFFF_C901_0000_0000), system_map=symbol_map())
 

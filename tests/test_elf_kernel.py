@@ -211,7 +211,9 @@ def test_truncation_anywhere_raises_only_vmboot_errors() -> None:
     segment bytes, the notes) is refused with a VmbootError; the whole file loads."""
     image = simple_kernel(size=0x200, bss=0x100, pvh_entry=0x100010,
                           extra_notes=note(b"GNU", 3, b"\xAB" * 20))
-    assert load_kernel(image).pvh_entry == 0x100010
+    kernel = load_kernel(image)
+    assert isinstance(kernel, ElfKernel)
+    assert kernel.pvh_entry == 0x100010
     for cut in range(len(image)):
         with pytest.raises(VmbootError):
             load_kernel(image[:cut])
@@ -283,8 +285,13 @@ def test_elf64_prepare_writes_segments_bss_and_zero_page() -> None:
         assert vm.read(0x103000, 0x1800) == bytes(0x1800)  # bss zeroed over the 0xEE fill
         assert vm.read(0x104800, 1) == b"\xEE"  # and not one byte further
         zp = vm.read(plan.zero_page_gpa, bp.BOOT_PARAMS_SIZE)
-        u16 = lambda off: struct.unpack_from("<H", zp, off)[0]  # noqa: E731
-        u32 = lambda off: struct.unpack_from("<I", zp, off)[0]  # noqa: E731
+
+        def u16(off: int) -> int:
+            return int(struct.unpack_from("<H", zp, off)[0])
+
+        def u32(off: int) -> int:
+            return int(struct.unpack_from("<I", zp, off)[0])
+
         assert u16(0x1FE) == 0xAA55
         assert zp[0x202:0x206] == b"HdrS"
         assert u16(0x206) == 0x020C

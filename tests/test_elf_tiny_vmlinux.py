@@ -13,7 +13,7 @@ import pytest
 
 from conftest import shared_kernel_file
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, ElfKernel, PvhBootPlan, default_e820_map, load_kernel
+from vmboot.linux import BootOptions, BootPlan, ElfKernel, PvhBootPlan, default_e820_map, load_kernel
 from vmboot.linux.configurator.start_info import HvmMemmapEntry, HvmModlistEntry, HvmStartInfo
 
 MEM = 64 << 20
@@ -96,6 +96,7 @@ def test_elf64_zero_page_read_back(image: bytes) -> None:
     with MemoryVM(MEM) as vm:
         plan = load_kernel(image).prepare(vm, BootOptions(cmdline="console=ttyS0", entry="elf64",
                                                           initrd=b"\x07" * 4096))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, 4096)
         assert plan.entry_gpa == 0x1000000
         assert struct.unpack_from("<H", zp, 0x1FE)[0] == 0xAA55

@@ -1,4 +1,4 @@
-"""Hostile guests (issue 8): guests that abuse the machine each end in a defined exit reason,
+"""Hostile guests: guests that abuse the machine each end in a defined exit reason,
 and vmboot is still healthy afterwards (the same VM runs another guest, a probe still boots,
 the process's open fds are back to what they were).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import pytest
 from conftest import requires_kvm
 from vmboot.errors import KvmUnavailableError
 from vmboot.hv.kvm import KVM, abi, host_is_emulating
-from vmboot.hv.kvm import system as kvm_system
 
 
 def test_missing_device_says_what_to_do(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_permission_denied_names_the_group() -> None:
 
 @requires_kvm
 def test_wrong_api_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_ioctl = kvm_system.fcntl.ioctl
+    real_ioctl = fcntl.ioctl  # what vmboot.hv.kvm.system calls
 
     def fake(fd: int, request: int, arg: object = 0) -> object:
         if request == abi.KVM_GET_API_VERSION:
@@ -79,7 +79,7 @@ def test_wrong_api_version(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_ioctl(fd, request, arg)  # type: ignore[call-overload]
 
     before = len(os.listdir("/proc/self/fd"))
-    monkeypatch.setattr(kvm_system.fcntl, "ioctl", fake)
+    monkeypatch.setattr(fcntl, "ioctl", fake)
     with pytest.raises(KvmUnavailableError, match=r"API version 11, vmboot needs version 12"):
         KVM()
     monkeypatch.undo()
@@ -88,14 +88,14 @@ def test_wrong_api_version(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @requires_kvm
 def test_missing_capability(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_ioctl = kvm_system.fcntl.ioctl
+    real_ioctl = fcntl.ioctl  # what vmboot.hv.kvm.system calls
 
     def fake(fd: int, request: int, arg: object = 0) -> object:
         if request == abi.KVM_CHECK_EXTENSION and arg == abi.KVM_CAP_IMMEDIATE_EXIT:
             return 0
         return real_ioctl(fd, request, arg)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(kvm_system.fcntl, "ioctl", fake)
+    monkeypatch.setattr(fcntl, "ioctl", fake)
     with pytest.raises(KvmUnavailableError, match="lacks KVM_CAP_IMMEDIATE_EXIT"):
         KVM()
 

@@ -24,7 +24,7 @@ def test_general_registers_round_trip() -> None:
         general = [r for r in Register if r not in (Register.CR0, Register.CR2, Register.CR3,
                                                     Register.CR4, Register.CR8, Register.EFER,
                                                     Register.RFLAGS)]
-        values = {r: 0x1111_0000_0000_0000 + i * 0x1010 for i, r in enumerate(general)}
+        values: dict[Register, int] = {r: 0x1111_0000_0000_0000 + i * 0x1010 for i, r in enumerate(general)}
         values[Register.RFLAGS] = cr.RFLAGS_RESERVED_1 | 1  # CF
         vcpu.set_registers(values)
         assert vcpu.get_registers(values) == values

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from bzimage_builder import BzImageSpec, build_bzimage
 from vmboot.errors import LayoutError, VmbootError
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, load_bzimage, load_kernel
+from vmboot.linux import BootOptions, load_bzimage
 from vmboot.linux.configurator.layout import Region, check_regions, highest_free_spot
 
 MiB = 1 << 20
@@ -102,7 +102,7 @@ def test_corrupted_images_raise_only_vmboot_errors(edits: list[tuple[int, int]],
         img[off] = val
     img = img[:cut]
     try:
-        k = load_kernel(bytes(img))
+        k = load_bzimage(bytes(img))
         _ = (k.kernel_version, k.compression, k.init_size, k.check_64bit_entry())
         with MemoryVM(32 * MiB) as vm:
             k.prepare(vm, BootOptions(cmdline="x", initrd=b"i" * 100))

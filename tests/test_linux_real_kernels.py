@@ -12,7 +12,7 @@ import pytest
 from bzimage_builder import u32, u64
 from conftest import missing, require_tool, shared_kernel_file
 from vmboot.hv import DescriptorTable, MemoryVM, Register, SegmentRegister
-from vmboot.linux import BootOptions, E820Entry, load_kernel
+from vmboot.linux import BootOptions, BootPlan, BzImage, E820Entry, load_kernel
 from vmboot.linux import bootparam as bp
 from vmboot.x86.gdt import decode_descriptor
 from vmboot.x86.paging import PTE_PRESENT, PTE_PS, PTE_WRITABLE
@@ -51,6 +51,7 @@ def test_header_matches_independent_reading(real_kernel: Path) -> None:
     """Compare with `file` (libmagic reads the same bytes its own way) and raw struct reads."""
     raw = real_kernel.read_bytes()
     k = load_kernel(real_kernel)
+    assert isinstance(k, BzImage)
     h = k.setup_header
     desc = _file_output(real_kernel)
     assert "Linux kernel x86 boot executable" in desc
@@ -80,6 +81,7 @@ def test_header_matches_independent_reading(real_kernel: Path) -> None:
 def test_tiny_kernel_known_facts() -> None:
     """Facts from ../shared/kernels/README.md about the tiny kernel."""
     k = load_kernel(shared_kernel_file("tiny-bzImage"))
+    assert isinstance(k, BzImage)
     h = k.setup_header
     assert h.version_string == "2.15"
     assert h.pref_address == 0x1000000
@@ -97,10 +99,12 @@ def _read_zero_page(vm: MemoryVM, gpa: int) -> bytes:
 
 def test_prepare_and_read_back_every_field(real_kernel: Path) -> None:
     k = load_kernel(real_kernel)
+    assert isinstance(k, BzImage)
     initrd = bytes(range(256)) * 40 + b"END!"
     cmdline = "console=ttyS0 reboot=k panic=-1 vmboot.test=1"
     with MemoryVM(256 * MiB) as vm:
         plan = k.prepare(vm, BootOptions(cmdline=cmdline, initrd=initrd))
+        assert isinstance(plan, BootPlan)
         zp = _read_zero_page(vm, plan.zero_page_gpa)
         h = k.setup_header
         # the setup header copied in verbatim, except the fields a loader writes
@@ -148,6 +152,7 @@ def test_configure_vcpu_sets_the_64bit_contract() -> None:
     k = load_kernel(shared_kernel_file("tiny-bzImage"))
     with MemoryVM(128 * MiB) as vm:
         plan = k.prepare(vm, BootOptions(cmdline="x", address_space_gib=2))
+        assert isinstance(plan, BootPlan)
         vcpu = vm.create_vcpu(0)
         plan.configure_vcpu(vcpu)
         regs = vcpu.get_registers(list(Register))

@@ -16,8 +16,9 @@ from vmboot.errors import (
     VmbootError,
 )
 from vmboot.hv import MemoryVM
-from vmboot.linux import BootOptions, BzImage, E820Entry, load_bzimage, load_kernel
+from vmboot.linux import BootOptions, BootPlan, BzImage, E820Entry, load_bzimage, load_kernel
 from vmboot.linux import bootparam as bp
+from vmboot.linux.options import EntryChoice
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -64,6 +65,7 @@ def test_prepare_per_protocol_version(version: int) -> None:
             assert _digest(vm) == before
             return
         plan = k.prepare(vm, BootOptions(cmdline="a b c", initrd=b"\x01" * 5000))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, 4096)
         assert u32(zp, bp.HDR_CMD_LINE_PTR) == plan.cmdline_gpa == plan.zero_page_gpa + 0x1000
         assert zp[0x202:0x206] == b"HdrS"
@@ -204,6 +206,7 @@ def test_default_layout_matches_the_seed() -> None:
     k = load_bzimage(build_bzimage())
     with MemoryVM(64 * MiB) as vm:
         plan = k.prepare(vm, BootOptions(cmdline="hello", initrd=b"i" * 10000))
+    assert isinstance(plan, BootPlan)
     assert plan.zero_page_gpa == 0x90000
     assert plan.cmdline_gpa == 0x91000
     assert plan.paging_base == 0x20000
@@ -229,6 +232,7 @@ def test_lesser_alignment_is_reported_in_kernel_alignment() -> None:
     k = load_bzimage(build_bzimage(BzImageSpec(kernel_alignment=0x1000000, min_alignment=21)))
     with MemoryVM(128 * MiB) as vm:
         plan = k.prepare(vm, BootOptions(load_addr=0x1200000))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, 4096)
     assert u32(zp, 0x230) == 0x200000
 
@@ -238,6 +242,7 @@ def test_ext_fields_above_4g() -> None:
     with MemoryVM(5 * GiB) as vm:  # RAM continues at 4 GiB: [4 GiB, 6 GiB)
         plan = k.prepare(vm, BootOptions(initrd=b"r" * 4096, initrd_gpa=0x1_4000_0000,
                                          cmdline="c"))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, 4096)
         assert u32(zp, 0x218) == 0x4000_0000 and u32(zp, bp.BP_EXT_RAMDISK_IMAGE) == 1
         assert vm.read(0x1_4000_0000, 4096) == b"r" * 4096
@@ -253,6 +258,7 @@ def test_more_than_128_e820_entries_use_setup_data() -> None:
     entries.append(E820Entry(0x1000000, 48 * MiB))
     with MemoryVM(64 * MiB) as vm:
         plan = k.prepare(vm, BootOptions(e820=entries, cmdline="e820"))
+        assert isinstance(plan, BootPlan)
         zp = vm.read(plan.zero_page_gpa, 4096)
         assert zp[bp.BP_E820_ENTRIES] == 128
         assert plan.setup_data_gpa is not None
@@ -313,6 +319,6 @@ def test_load_kernel_names_what_a_wrong_file_looks_like(tmp_path: object) -> Non
 
 
 @pytest.mark.parametrize("entry", ["pvh", "elf64"])
-def test_refuses_elf_entries_for_a_bzimage(entry: str) -> None:
+def test_refuses_elf_entries_for_a_bzimage(entry: EntryChoice) -> None:
     _refuse(load_bzimage(build_bzimage()), BootOptions(entry=entry), UnsupportedKernelError,
             rf"entry '{entry}' cannot be used with a bzImage")

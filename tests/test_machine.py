@@ -109,7 +109,7 @@ def test_lazy_exports_from_the_package() -> None:
     assert vmboot.Machine is Machine
     assert vmboot.RunResult is RunResult
     with pytest.raises(AttributeError):
-        _ = vmboot.NoSuchThing  # type: ignore[attr-defined]
+        _ = vmboot.NoSuchThing
 
 
 # -- under KVM --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import require
 from vmboot.elf import ElfFile
-from vmboot.linux import BootOptions, load_kernel
+from vmboot.linux import BootOptions, BzImage, load_kernel
 from vmboot.linux import bootparam as bp
 from vmboot.linux.configurator.plan import BootPlan
 from vmboot.probes import (
@@ -68,6 +68,7 @@ def test_build_is_deterministic_and_rejects_unknown_kinds() -> None:
 
 def test_bzimage_header_fields() -> None:
     kernel = load_kernel(probe_image("bzimage"))
+    assert isinstance(kernel, BzImage)
     h = kernel.setup_header
     assert h.version == probe_build.PROBE_PROTOCOL == bp.PROTOCOL_2_15
     assert h.boot_flag == bp.BOOT_FLAG_MAGIC

@@ -20,7 +20,7 @@ from vmboot.devices.bus import PortBus
 from vmboot.elf import ElfFile
 from vmboot.hv import DescriptorTable, Register, SegmentRegister
 from vmboot.hv.kvm import KvmVCPU, KvmVM
-from vmboot.linux import BootOptions, default_e820_map, load_kernel
+from vmboot.linux import BootOptions, BootPlan, default_e820_map, load_kernel
 from vmboot.linux.configurator import gdt as boot_gdt
 from vmboot.linux.configurator import layout
 from vmboot.probes import (
@@ -192,6 +192,7 @@ def test_elf64_entry_hand_loaded(kind: str) -> None:
     with KvmVM(MEMORY, irqchip=False) as vm:
         vcpu = vm.create_vcpu(0)
         plan = load_kernel(probe_image("bzimage")).prepare(vm, options)
+        assert isinstance(plan, BootPlan)
         load, e_entry, _ = load_elf_segments(vm, probe_image(kind))
         plan = dataclasses.replace(plan, load_addr=load, entry_gpa=e_entry)
         plan.configure_vcpu(vcpu)

@@ -17,9 +17,10 @@ from conftest import requires_kvm
 from vmboot.hv import Register, SegmentRegister
 from vmboot.hv.base import VirtualCPU, VirtualMachine
 from vmboot.hv.registers import DescriptorTable
-from vmboot.linux import BootOptions, BootPlan, E820Entry, E820Type
+from vmboot.linux import BootOptions, BootPlan, E820Entry, E820Type, EntryPlan
 from vmboot.linux import bootparam as bp
 from vmboot.probes import Key, ProbeResult, run_probe
+from vmboot.probes.run import Tamper as ProbeTamper
 from vmboot.vmm.exits import ExitReason
 from vmboot.x86 import cr
 from vmboot.x86.gdt import flat_data
@@ -87,6 +88,7 @@ def test_probe_passes(name: str) -> None:
     assert_all_pass(result)
     # the options were really honoured by the plan the checks compared against
     plan = result.plan
+    assert isinstance(plan, BootPlan)
     for field in ("load_addr", "initrd_gpa", "zero_page_gpa", "cmdline_gpa", "stack_top_gpa"):
         wanted = getattr(options, field)
         if wanted is not None:
@@ -109,6 +111,16 @@ def test_probe_checks_the_whole_list_of_e820_ram() -> None:
 # -- negative controls --------------------------------------------------------------------------
 
 Tamper = Callable[[VirtualMachine, VirtualCPU, BootPlan], object]
+
+
+def on_boot_plan(tamper: Tamper) -> ProbeTamper:
+    """``run_probe`` hands a tamper the plan as an EntryPlan; the bzImage probe's is a BootPlan."""
+
+    def narrowed(vm: VirtualMachine, vcpu: VirtualCPU, plan: EntryPlan) -> object:
+        assert isinstance(plan, BootPlan), plan
+        return tamper(vm, vcpu, plan)
+
+    return narrowed
 
 
 def _u32(vm: VirtualMachine, gpa: int, value: int) -> None:
@@ -200,7 +212,7 @@ NEGATIVE: dict[str, tuple[Tamper, set[str]]] = {
 def test_negative_control(name: str) -> None:
     tamper, expected_failures = NEGATIVE[name]
     options = BootOptions(cmdline="console=ttyS0 negative=control", initrd=pattern(3000, 9))
-    result = run_probe("bzimage", options, memory=MEMORY, tamper=tamper)
+    result = run_probe("bzimage", options, memory=MEMORY, tamper=on_boot_plan(tamper))
     assert result.report.done, result.exit.one_line()
     assert {c.name for c in result.failed} == expected_failures
     assert not result.ok
@@ -213,7 +225,8 @@ def test_probe_that_never_reports_fails_cleanly() -> None:
         vm.write(0x7000, b"\xf4")  # hlt
         vcpu.set_register(Register.RIP, 0x7000)
 
-    result = run_probe("bzimage", BootOptions(), memory=MEMORY, tamper=jump_to_halt, timeout=20)
+    result = run_probe("bzimage", BootOptions(), memory=MEMORY, tamper=on_boot_plan(jump_to_halt),
+                       timeout=20)
     assert result.exit.reason is ExitReason.HLT
     assert not result.report.records
     assert not any(c.ok for c in result.checks)

@@ -13,6 +13,7 @@ from test_machine import COM1, JMP_SELF, guest_program, mov_dx, out_imm
 from vmboot.cli.arguments import sample_rate
 from vmboot.cli.main import main
 from vmboot.errors import UsageError
+from vmboot.linux import BootPlan
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.machine import Machine
 from vmboot.vmm.profile import (
@@ -45,8 +46,10 @@ def test_samples_sum_per_function_most_sampled_first() -> None:
     assert p.samples == 6 and p.duration == pytest.approx(1.7)
     assert sum(f.percent for f in p.functions) == pytest.approx(100.0)
     # window 0: alpha 2 of 3; window 1: three different buckets, one each -> the first by name
-    assert p.timeline == [(0.0, "alpha", pytest.approx(200 / 3)),
-                          (1.0, "[no symbol: 0x40000000-0x4000ffff]", pytest.approx(100 / 3))]
+    timeline: list[tuple[float, str, object]] = [
+        (0.0, "alpha", pytest.approx(200 / 3)),
+        (1.0, "[no symbol: 0x40000000-0x4000ffff]", pytest.approx(100 / 3))]
+    assert p.timeline == timeline
 
 
 def test_render_and_json_agree() -> None:
@@ -79,7 +82,7 @@ def test_locate_names_addresses_without_symbols() -> None:
 def test_machine_locates_boot_regions() -> None:
     with Machine(guest_program(JMP_SELF), memory="32M") as m:
         assert m.locate(ENTRY) == "bzImage decompressor"
-        assert m.plan is not None
+        assert isinstance(m.plan, BootPlan)
         assert m.locate(m.plan.zero_page_gpa) == "zero page"
         assert m.locate(0xFFFF_FFFF_8100_0000) is None
 

@@ -17,6 +17,7 @@ from vmboot.devices.bus import PortBus
 from vmboot.errors import UnsupportedKernelError
 from vmboot.hv.kvm import KvmVM
 from vmboot.linux import BootOptions, BootPlan, ElfKernel, PvhBootPlan, load_kernel
+from vmboot.linux.options import EntryChoice
 from vmboot.probes import Check, EntryKind, ProbeDevice, ProbeReport, probe_image, verify
 from vmboot.probes.verify_pvh import PvhExpectation, expectation_from_plan, verify_pvh
 from vmboot.vmm.exits import ExitReason
@@ -28,7 +29,7 @@ MEMORY = 64 << 20
 INIT_MARKER = b"VMBOOT-INIT-OK"
 
 
-def boot_probe(kind: str, options: BootOptions) -> tuple[ProbeReport, BootPlan, str]:
+def boot_probe(kind: str, options: BootOptions) -> tuple[ProbeReport, BootPlan | PvhBootPlan, str]:
     kernel = load_kernel(probe_image(kind))
     assert isinstance(kernel, ElfKernel)
     with KvmVM(MEMORY, irqchip=False) as vm:
@@ -100,7 +101,7 @@ def test_pvh_refused_for_the_elf_probe_without_a_note() -> None:
 # -- the real tiny kernel -------------------------------------------------------------------------
 
 
-def boot_tiny_vmlinux(entry: str) -> None:
+def boot_tiny_vmlinux(entry: EntryChoice) -> None:
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()

@@ -2,8 +2,8 @@
 
 Three boots of the tiny kernel with the 1.4 KB nolibc init (``vmboot.panic=1`` crashes it
 through ``/proc/sysrq-trigger``); each is shared by the checks on it. The other kinds come
-from recorded boots of a distribution kernel (``test_report_corpus.py``): the tiny kernel
-has no module loading and no way to provoke them from user space.
+from a tiny-smp guest whose kernel the host patches (``test_report_faults.py``) and from
+recorded boots of a distribution kernel (``test_report_corpus.py``).
 """
 
 from __future__ import annotations

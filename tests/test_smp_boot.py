@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.hv.kvm.system import host_is_emulating
+from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.vmm.exits import ExitReason
 from vmboot.vmm.machine import Machine, RunResult
 from vmboot.vmm.profile import GuestProfiler, Profile

@@ -204,7 +204,8 @@ def test_verbose_listing() -> None:
 
 
 def test_machine_virtio_console_default_cmdline_and_parameters() -> None:
-    from vmboot.vmm.machine import DEFAULT_VIRTIO_CMDLINE, Machine
+    from vmboot.config import DEFAULT_VIRTIO_CMDLINE
+    from vmboot.vmm.machine import Machine
 
     m = Machine(b"", console_device="virtio", virtio_rng=True)
     try:

@@ -98,7 +98,7 @@ def test_uds_path_checks(tmp_path: Path) -> None:
         VsockConfig(uds_path=str(tmp_path / "missing" / "v.sock")).validate()
     taken = tmp_path / "taken"
     taken.write_bytes(b"")
-    with pytest.raises(BootConfigError, match="already exists as a file"):
+    with pytest.raises(BootConfigError, match="already exists and is not a socket"):
         VsockConfig(uds_path=str(taken)).validate()
 
 
@@ -532,7 +532,7 @@ def test_cli_refuses_a_taken_vsock_path_before_booting(verb: list[str], tmp_path
     tail = ["--", "true"] if verb[0] == "exec" else []
     assert main([*verb, "--vsock", str(taken), *tail]) == EXIT_ERROR
     err = capsys.readouterr().err
-    assert "vsock path" in err and "already exists as a file" in err, err
+    assert "vsock path" in err and "already exists and is not a socket" in err, err
     assert taken.read_bytes() == b"keep me"
 
 

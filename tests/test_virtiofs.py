@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from test_vhost_user import QueueDriver, _fuse, virtiofsd_or_skip
+from test_vhost_user import virtiofsd_or_skip
+from vhost_user_support import QueueDriver, fuse_request
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.console import ConsoleOutput
 from vmboot.devices.vhost_user import messages as m
@@ -132,9 +133,9 @@ def test_read_only_share_answers_erofs_and_the_host_tree_is_unchanged(tmp_path: 
         front.set_mem_table(regions, [mem.fd] * len(regions))
         front.set_vring(1, 16, driver.addresses(), driver.kick, driver.call)
         front.enable_vring(1)
-        init = driver.request(_fuse(FUSE_INIT, 1, 0, struct.pack("<IIII", 7, 31, 0, 0)))
+        init = driver.request(fuse_request(FUSE_INIT, 1, 0, struct.pack("<IIII", 7, 31, 0, 0)))
         assert OUT_HEADER.unpack_from(init)[1] == 0
-        mkdir = driver.request(_fuse(FUSE_MKDIR, 2, 1, struct.pack("<II", 0o755, 0) + b"new\0"))
+        mkdir = driver.request(fuse_request(FUSE_MKDIR, 2, 1, struct.pack("<II", 0o755, 0) + b"new\0"))
         assert OUT_HEADER.unpack_from(mkdir)[1] == -EROFS
     finally:
         front.close()
@@ -249,7 +250,7 @@ class _Guest:
 
     def request(self, opcode: int, nodeid: int, body: bytes) -> tuple[int, bytes]:
         self.unique += 1
-        payload = _fuse(opcode, self.unique, nodeid, body)
+        payload = fuse_request(opcode, self.unique, nodeid, body)
         self.memory.write(REQUEST_GPA, payload)
         q = self.queues[1]
         q.add_chain([(REQUEST_GPA, len(payload))], [(REPLY_GPA, 4096)])

@@ -75,6 +75,22 @@ def test_each_oops_calls_the_hook_once() -> None:
     assert seen == [1, 1]  # the BUG/Oops pair is one oops; the fault after its end another
 
 
+def test_a_soft_lockup_is_no_oops_and_a_bug_is_one() -> None:
+    """A soft-lockup report never prints the end line: it must not hold the watch, or the
+    oops after it would get no vmcore. kernel BUG at / invalid opcode is one oops."""
+    seen: list[int] = []
+    watch = _PanicWatch(_Machine())  # type: ignore[arg-type]
+    watch.on_oops = lambda: seen.append(1)
+    for line in (b"[ 1.0] watchdog: BUG: soft lockup - CPU#1 stuck for 3s! [hostname:41]",
+                 b"[ 1.1]  </TASK>",
+                 b"[ 2.0] kernel BUG at init/main.c:463!",
+                 b"[ 2.1] invalid opcode: 0000 [#1] SMP",
+                 b"[ 2.2] ---[ end trace 0000000000000000 ]---",
+                 b"[ 3.0] BUG: kernel NULL pointer dereference, address: 0000000000000000"):
+        watch(line)
+    assert seen == [1, 1]
+
+
 # -- the command line ----------------------------------------------------------------------
 def test_trace_needs_symbols(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vmboot.cli.main import EXIT_ERROR, main

@@ -101,7 +101,8 @@ notes:
   --timeout it also samples the vCPUs a few more times and says whether the guest is
   idle, locked up on a CPU (with that CPU's trace) or running. --tasks adds the guest's
   task list with each task's kernel stack, read from guest memory with the kernel's BTF
-  (SysRq-t from the host); --blocked shows only tasks in uninterruptible sleep (SysRq-w).
+  (or, without BTF, the DWARF of a debug --vmlinux) (SysRq-t from the host);
+  --blocked shows only tasks in uninterruptible sleep (SysRq-w).
   --dump-on panic,oops,timeout --dump-dir DIR writes vmcores that crash and drgn open
   (crash vmlinux DIR/vmcore.1.panic; drgn -c DIR/vmcore.1.panic -s vmlinux), and
   `kill -USR2 PID` writes one on demand; `vmboot trace CORE --kernel IMAGE` reads one back.

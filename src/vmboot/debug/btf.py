@@ -12,8 +12,11 @@ Plain data types mirroring the format (``include/uapi/linux/btf.h``), as Go's de
 Struct and union members are ``name_off``, ``type``, ``offset`` (u32 each); with kind_flag
 set the offset holds the bitfield size in bits 24-31 and the bit offset in bits 0-23.
 
-A kernel has about 100,000 types; :class:`Btf` indexes them in one pass (offset and name
-of each) and decodes a type only when asked.
+A kernel has about 100,000 types; :class:`Btf` indexes them lazily: a lookup by name walks
+the type headers only as far as the first type of that name (the string's offset found in
+the string section first), a lookup by id as far as that id, and a type is decoded only when
+asked. ``task_struct`` and the members the task walk reads sit in the first few hundred
+types of a kernel's BTF, so finding them costs a fraction of reading all of it.
 
 Typical use::
 
@@ -25,11 +28,13 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
-import numpy as np
-
-from vmboot.elf import ElfFile
+from vmboot.elf import SHT_NOBITS, ElfFile
 from vmboot.errors import DebugError, VmbootError
 
 BTF_MAGIC = 0xEB9F
@@ -79,6 +84,16 @@ KIND_EXTRA: dict[BtfKind, tuple[int, int]] = {
     BtfKind.DATASEC: (0, 12), BtfKind.DECL_TAG: (4, 0), BtfKind.ENUM64: (0, 12),
 }
 """Bytes after the 12-byte type header: (fixed, per vlen entry); other kinds have none."""
+WALK_FIXED_WORDS = [-1] + [(TYPE_HEADER.size + KIND_EXTRA.get(BtfKind(k), (0, 0))[0]) // 4
+                           for k in range(1, int(max(BtfKind)) + 1)] + [-1] * (31 - int(max(BtfKind)))
+"""32-bit words of a type of each kind (index 0..31) without its vlen entries; -1: not a kind."""
+WALK_PER_WORDS = [0] + [KIND_EXTRA.get(BtfKind(k), (0, 0))[1] // 4
+                        for k in range(1, int(max(BtfKind)) + 1)] + [0] * (31 - int(max(BtfKind)))
+NAMED_KINDS = frozenset({BtfKind.STRUCT, BtfKind.UNION, BtfKind.TYPEDEF, BtfKind.ENUM, BtfKind.VAR,
+                         BtfKind.FUNC, BtfKind.INT, BtfKind.ENUM64, BtfKind.FWD, BtfKind.DATASEC,
+                         BtfKind.FLOAT})
+"""Kinds :meth:`Btf.find` looks up by name."""
+WALK_NAMED = [k in NAMED_KINDS for k in range(32)]
 SIZED_KINDS = frozenset({BtfKind.INT, BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM,
                          BtfKind.DATASEC, BtfKind.FLOAT, BtfKind.ENUM64})
 """Kinds whose third word is a size; for the others it is a type id."""
@@ -137,175 +152,45 @@ class BtfType:
     kind_flag: bool = False
 
 
-class Btf:
-    """Parsed BTF: :meth:`type_by_id`, :meth:`find`, :meth:`sizeof`, :meth:`offsetof`."""
+def _words(data: bytes, start: int, count: int) -> Sequence[int]:
+    """``count`` little-endian u32 at ``data[start:]``, without a copy on a little-endian host."""
+    if sys.byteorder == "little":
+        return memoryview(data)[start:start + 4 * count].cast("I")
+    words = array("I", data[start:start + 4 * count])
+    words.byteswap()
+    return words
 
-    def __init__(self, data: bytes, name: str = "<BTF>") -> None:
-        self.name = name
-        if len(data) < HEADER.size:
-            raise BtfFormatError(f"{name}: BTF is {len(data)} bytes, shorter than its "
-                                 f"{HEADER.size}-byte header")
-        h = BtfHeader(*HEADER.unpack_from(data))
-        if h.magic != BTF_MAGIC:
-            raise BtfFormatError(f"{name}: BTF magic is {h.magic:#x}, not {BTF_MAGIC:#x} "
-                                 f"(big-endian BTF is not supported)")
-        if h.version != 1:
-            raise BtfFormatError(f"{name}: BTF version {h.version}; only version 1 is known")
-        if h.hdr_len < HEADER.size or h.hdr_len > len(data):
-            raise BtfFormatError(f"{name}: BTF hdr_len {h.hdr_len} is not between "
-                                 f"{HEADER.size} and the data size {len(data)}")
-        for what, off, length in (("type", h.type_off, h.type_len), ("str", h.str_off, h.str_len)):
-            if h.hdr_len + off + length > len(data):
-                raise BtfFormatError(f"{name}: BTF {what}_off {off} + {what}_len {length} runs "
-                                     f"past the {len(data) - h.hdr_len} bytes after the header")
-        self.header = h
-        base = h.hdr_len
-        self._types = data[base + h.type_off: base + h.type_off + h.type_len]
-        self._strings = data[base + h.str_off: base + h.str_off + h.str_len]
-        self._offsets: list[int] = [0]  # type 0: void
-        self._by_name: dict[str, list[int]] = {}
-        self._decoded: dict[int, BtfType] = {}
-        self._pending_names: list[tuple[int, int]] = []
-        self._index()
 
-    # -- construction -------------------------------------------------------------------------
-    @classmethod
-    def from_elf(cls, elf: ElfFile) -> Btf:
-        """The ``.BTF`` section of an ELF file (a vmlinux)."""
-        sec = elf.section(BTF_SECTION)
-        if sec is None:
-            raise BtfLookupError(f"{elf.name}: no {BTF_SECTION} section (kernel built without "
-                                 f"CONFIG_DEBUG_INFO_BTF)")
-        return cls(bytes(elf.section_data(sec)), f"{elf.name} ({BTF_SECTION})")
+class TypeGraph:
+    """Queries on a kernel's types, whatever they were read from (BTF, or DWARF in
+    :mod:`vmboot.debug.dwarf_types`): :meth:`find`, :meth:`sizeof`, :meth:`offsetof`.
 
-    @classmethod
-    def from_kernel_image(cls, image: bytes, name: str = "<kernel>") -> Btf:
-        """The BTF of a bzImage (decompressed on the host) or of a vmlinux."""
-        from vmboot.linux.loader.vmlinux import uncompressed_kernel
+    A subclass provides :meth:`type_by_id` and :meth:`ids_named` (ids in the order
+    :meth:`find` should try them), or its own ``_first_named``."""
 
-        try:
-            data = uncompressed_kernel(image, name)
-            elf = ElfFile(data, name)
-        except VmbootError as exc:
-            raise BtfLookupError(f"{name}: cannot get the kernel's ELF image for its BTF: "
-                                 f"{exc}") from exc
-        return cls.from_elf(elf)
-
-    def _string(self, off: int) -> str:
-        if off >= len(self._strings):
-            raise BtfFormatError(f"{self.name}: name_off {off} is past the "
-                                 f"{len(self._strings)}-byte string section")
-        end = self._strings.find(b"\0", off)
-        if end < 0:
-            end = len(self._strings)
-        return self._strings[off:end].decode("utf-8", "replace")
-
-    def _index(self) -> None:
-        data = self._types
-        pos = 0
-        unpack = TYPE_HEADER.unpack_from
-        extra = {int(k): v for k, v in KIND_EXTRA.items()}
-        named = {int(BtfKind.STRUCT), int(BtfKind.UNION), int(BtfKind.TYPEDEF),
-                 int(BtfKind.ENUM), int(BtfKind.VAR), int(BtfKind.FUNC), int(BtfKind.INT),
-                 int(BtfKind.ENUM64), int(BtfKind.FWD), int(BtfKind.DATASEC), int(BtfKind.FLOAT)}
-        pending: list[tuple[int, int]] = []
-        end = len(data)
-        max_kind = int(max(BtfKind))
-        while pos < end:
-            if pos + TYPE_HEADER.size > end:
-                raise BtfFormatError(f"{self.name}: type {len(self._offsets)} header at type "
-                                     f"section offset {pos} runs past its end ({end})")
-            name_off, info, _ = unpack(data, pos)
-            kind = (info >> 24) & 0x1F
-            if kind == 0 or kind > max_kind:
-                raise BtfFormatError(f"{self.name}: type {len(self._offsets)} has kind {kind}; "
-                                     f"known kinds are 1..{max_kind}")
-            fixed, per = extra.get(kind, (0, 0))
-            length = TYPE_HEADER.size + fixed + per * (info & 0xFFFF)
-            if pos + length > end:
-                raise BtfFormatError(f"{self.name}: type {len(self._offsets)} ({BtfKind(kind).name}"
-                                     f", {length} bytes) runs past the type section ({end})")
-            if name_off and kind in named:
-                pending.append((name_off, len(self._offsets)))
-            self._offsets.append(pos)
-            pos += length
-        self._pending_names = pending
-
-    def _name_index(self) -> dict[str, list[int]]:
-        """Type ids by name (struct, union, typedef, ...), built on the first lookup by name."""
-        if self._pending_names:
-            strings = self._strings
-            nuls = np.flatnonzero(np.frombuffer(strings, dtype=np.uint8) == 0)
-            offs = np.fromiter((o for o, _ in self._pending_names), dtype=np.int64,
-                               count=len(self._pending_names))
-            if offs.size and int(offs.max()) >= len(strings):
-                bad = int(offs.max())
-                raise BtfFormatError(f"{self.name}: name_off {bad} is past the "
-                                     f"{len(strings)}-byte string section")
-            at = np.searchsorted(nuls, offs)
-            ends = np.where(at < nuls.size, nuls[np.minimum(at, max(nuls.size - 1, 0))],
-                            len(strings)) if nuls.size else np.full(offs.size, len(strings))
-            by_name = self._by_name
-            for (start, type_id), stop in zip(self._pending_names, ends.tolist(), strict=True):
-                name = strings[start:stop].decode("utf-8", "replace")
-                by_name.setdefault(name, []).append(type_id)
-            self._pending_names = []
-        return self._by_name
-
-    # -- types --------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        """The number of types, counting ``void`` (type 0)."""
-        return len(self._offsets)
+    name: str
 
     def type_by_id(self, type_id: int) -> BtfType:
-        """The type numbered ``type_id`` (0 is ``void``)."""
-        hit = self._decoded.get(type_id)
-        if hit is not None:
-            return hit
-        if not 0 <= type_id < len(self._offsets):
-            raise BtfFormatError(f"{self.name}: type id {type_id} is not between 0 and "
-                                 f"{len(self._offsets) - 1}")
-        if type_id == 0:
-            t = BtfType(0, BtfKind.UNKNOWN, "void")
-        else:
-            t = self._decode(type_id, self._offsets[type_id])
-        self._decoded[type_id] = t
-        return t
+        raise NotImplementedError
 
-    def _decode(self, type_id: int, pos: int) -> BtfType:
-        data = self._types
-        name_off, info, size_or_type = TYPE_HEADER.unpack_from(data, pos)
-        kind = BtfKind((info >> 24) & 0x1F)
-        vlen = info & 0xFFFF
-        kind_flag = bool(info >> 31)
-        name = self._string(name_off) if name_off else ""
-        body = pos + TYPE_HEADER.size
-        if kind in (BtfKind.STRUCT, BtfKind.UNION):
-            members = []
-            for i in range(vlen):
-                m_name, m_type, m_off = MEMBER.unpack_from(data, body + i * MEMBER.size)
-                bits = (m_off >> 24) if kind_flag else 0
-                bit_off = (m_off & 0xFFFFFF) if kind_flag else m_off
-                members.append(BtfMember(self._string(m_name) if m_name else "", m_type,
-                                         bit_off, bits))
-            return BtfType(type_id, kind, name, size_or_type, 0, tuple(members), None, vlen,
-                           kind_flag)
-        if kind is BtfKind.ARRAY:
-            arr = BtfArray(*ARRAY.unpack_from(data, body))
-            return BtfType(type_id, kind, name, 0, arr.elem_type, (), arr, vlen, kind_flag)
-        if kind in SIZED_KINDS:
-            return BtfType(type_id, kind, name, size_or_type, 0, (), None, vlen, kind_flag)
-        return BtfType(type_id, kind, name, 0, size_or_type, (), None, vlen, kind_flag)
+    def ids_named(self, name: str) -> Sequence[int]:
+        raise NotImplementedError
 
     def find(self, name: str, kinds: tuple[BtfKind, ...] = (BtfKind.STRUCT, BtfKind.UNION,
                                                               BtfKind.TYPEDEF)) -> BtfType:
         """The first type called ``name`` of one of ``kinds`` (a complete struct first)."""
-        for type_id in self._name_index().get(name, ()):
+        found = self._first_named(name, kinds)
+        if found is not None:
+            return found
+        raise BtfLookupError(f"{self.name}: no type {name!r} of kind "
+                             f"{'/'.join(k.name for k in kinds)}")
+
+    def _first_named(self, name: str, kinds: tuple[BtfKind, ...]) -> BtfType | None:
+        for type_id in self.ids_named(name):
             t = self.type_by_id(type_id)
             if t.kind in kinds:
                 return t
-        raise BtfLookupError(f"{self.name}: no type {name!r} of kind "
-                             f"{'/'.join(k.name for k in kinds)}")
+        return None
 
     def has(self, name: str, kinds: tuple[BtfKind, ...] = (BtfKind.STRUCT, BtfKind.UNION,
                                                              BtfKind.TYPEDEF)) -> bool:
@@ -384,3 +269,213 @@ class Btf:
             _, m = self.member(t, part)
             t = self.resolve(self.type_by_id(m.type_id))
         return t
+
+
+class Btf(TypeGraph):
+    """Parsed BTF: :meth:`type_by_id`, :meth:`find`, :meth:`sizeof`, :meth:`offsetof`."""
+
+    def __init__(self, data: bytes, name: str = "<BTF>") -> None:
+        self.name = name
+        if len(data) < HEADER.size:
+            raise BtfFormatError(f"{name}: BTF is {len(data)} bytes, shorter than its "
+                                 f"{HEADER.size}-byte header")
+        h = BtfHeader(*HEADER.unpack_from(data))
+        if h.magic != BTF_MAGIC:
+            raise BtfFormatError(f"{name}: BTF magic is {h.magic:#x}, not {BTF_MAGIC:#x} "
+                                 f"(big-endian BTF is not supported)")
+        if h.version != 1:
+            raise BtfFormatError(f"{name}: BTF version {h.version}; only version 1 is known")
+        if h.hdr_len < HEADER.size or h.hdr_len > len(data):
+            raise BtfFormatError(f"{name}: BTF hdr_len {h.hdr_len} is not between "
+                                 f"{HEADER.size} and the data size {len(data)}")
+        for what, off, length in (("type", h.type_off, h.type_len), ("str", h.str_off, h.str_len)):
+            if h.hdr_len + off + length > len(data):
+                raise BtfFormatError(f"{name}: BTF {what}_off {off} + {what}_len {length} runs "
+                                     f"past the {len(data) - h.hdr_len} bytes after the header")
+        self.header = h
+        base = h.hdr_len
+        # Offsets into ``data`` itself: copying a kernel's 4 MB of BTF would cost more than
+        # finding task_struct in it.
+        self._data = bytes(data)
+        self._type_start = base + h.type_off
+        self._type_len = h.type_len
+        self._str_start = base + h.str_off
+        self._str_len = h.str_len
+        self._words = _words(self._data, self._type_start, h.type_len // 4)
+        self._offsets: list[int] = [0]
+        """Word offset in the type section of each type walked so far (type 0: void)."""
+        self._next = 0
+        """Word index of the first type not walked yet."""
+        self._named: dict[int, list[int]] = {}
+        """Ids of the named kinds walked so far, by ``name_off``."""
+        self._found: dict[tuple[str, tuple[BtfKind, ...]], BtfType | None] = {}
+        self._decoded: dict[int, BtfType] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_elf(cls, elf: ElfFile) -> Btf:
+        """The ``.BTF`` section of an ELF file (a vmlinux)."""
+        sec = elf.section(BTF_SECTION)
+        if sec is None:
+            raise BtfLookupError(f"{elf.name}: no {BTF_SECTION} section (kernel built without "
+                                 f"CONFIG_DEBUG_INFO_BTF)")
+        if sec.type == SHT_NOBITS:
+            raise BtfLookupError(f"{elf.name}: its {BTF_SECTION} section has no contents "
+                                 f"(SHT_NOBITS: a debug-only file; the BTF is in the vmlinux "
+                                 f"or kernel image it was split from)")
+        return cls(bytes(elf.section_data(sec)), f"{elf.name} ({BTF_SECTION})")
+
+    @classmethod
+    def from_kernel_image(cls, image: bytes, name: str = "<kernel>") -> Btf:
+        """The BTF of a bzImage (decompressed on the host) or of a vmlinux."""
+        from vmboot.linux.loader.vmlinux import uncompressed_kernel
+
+        try:
+            data = uncompressed_kernel(image, name)
+            elf = ElfFile(data, name)
+        except VmbootError as exc:
+            raise BtfLookupError(f"{name}: cannot get the kernel's ELF image for its BTF: "
+                                 f"{exc}") from exc
+        return cls.from_elf(elf)
+
+    def _string(self, off: int) -> str:
+        if off >= self._str_len:
+            raise BtfFormatError(f"{self.name}: name_off {off} is past the "
+                                 f"{self._str_len}-byte string section")
+        start = self._str_start + off
+        stop = self._str_start + self._str_len
+        end = self._data.find(b"\0", start, stop)
+        return self._data[start:stop if end < 0 else end].decode("utf-8", "replace")
+
+    def _walk(self, until_id: int = -1, name_offs: frozenset[int] = frozenset(),
+              kinds: frozenset[int] = frozenset()) -> int | None:
+        """Index more types: up to ``until_id``, or (``until_id`` -1) up to the first of one
+        of ``kinds`` named at one of ``name_offs``, whose id is returned; else to the end.
+
+        Each type's size follows from its kind and ``vlen``, so the types are found one
+        after another; nothing else of them is read until :meth:`type_by_id` asks."""
+        words, offsets, named = self._words, self._offsets, self._named
+        append = offsets.append
+        fixed, per, is_named = WALK_FIXED_WORDS, WALK_PER_WORDS, WALK_NAMED
+        w, end = self._next, len(words)
+        type_id = len(offsets)
+        limit = until_id if until_id >= 0 else 1 << 62
+        try:
+            while w < end and type_id <= limit:
+                info = words[w + 1] if w + 3 <= end else -1
+                kind = (info >> 24) & 0x1F
+                length = fixed[kind] + per[kind] * (info & 0xFFFF)
+                if length <= 0 or w + length > end:
+                    self._bad_type(type_id, w, info)
+                append(w)
+                name_off = words[w]
+                w += length
+                if name_off and is_named[kind]:
+                    ids = named.get(name_off)
+                    if ids is None:
+                        named[name_off] = [type_id]
+                    else:
+                        ids.append(type_id)
+                    if name_off in name_offs and kind in kinds:
+                        return type_id
+                type_id += 1
+            if w == end and self._type_len % 4:
+                self._bad_type(type_id, w, -1)
+            return None
+        finally:
+            self._next = w
+
+    def _bad_type(self, type_id: int, w: int, info: int) -> NoReturn:
+        """Raise the error for the type at word ``w`` (``info`` -1: its header is cut off)."""
+        if info < 0:
+            raise BtfFormatError(f"{self.name}: type {type_id} header at type section offset "
+                                 f"{4 * w} runs past its end ({self._type_len})")
+        kind = (info >> 24) & 0x1F
+        if WALK_FIXED_WORDS[kind] < 0:
+            raise BtfFormatError(f"{self.name}: type {type_id} has kind {kind}; known kinds "
+                                 f"are 1..{int(max(BtfKind))}")
+        length = WALK_FIXED_WORDS[kind] + WALK_PER_WORDS[kind] * (info & 0xFFFF)
+        raise BtfFormatError(f"{self.name}: type {type_id} ({BtfKind(kind).name}, {4 * length} "
+                             f"bytes) runs past the type section ({self._type_len})")
+
+    def _kind_of(self, type_id: int) -> int:
+        return (self._words[self._offsets[type_id] + 1] >> 24) & 0x1F
+
+    def _name_offsets(self, name: str) -> frozenset[int]:
+        """Every string section offset where the string ``name`` is (a string that ends in
+        ``name`` holds it too)."""
+        needle = name.encode() + b"\0"
+        out = set()
+        start, stop = self._str_start, self._str_start + self._str_len
+        pos = self._data.find(needle, start, stop)
+        while pos >= 0:
+            out.add(pos - start)
+            pos = self._data.find(needle, pos + 1, stop)
+        return frozenset(out)
+
+    def _first_named(self, name: str, kinds: tuple[BtfKind, ...]) -> BtfType | None:
+        key = (name, kinds)
+        if key in self._found:
+            return self._found[key]
+        offs = self._name_offsets(name) if name else frozenset()
+        wanted = frozenset(int(k) for k in kinds)
+        walked = [i for off in offs for i in self._named.get(off, ())
+                  if self._kind_of(i) in wanted]
+        type_id = min(walked) if walked else (self._walk(-1, offs, wanted) if offs else None)
+        found = None if type_id is None else self.type_by_id(type_id)
+        self._found[key] = found
+        return found
+
+    def ids_named(self, name: str) -> Sequence[int]:
+        """Ids of the struct, union, typedef, ... types called ``name`` (indexes them all)."""
+        self._walk()
+        return sorted(i for off in self._name_offsets(name) for i in self._named.get(off, ()))
+
+    # -- types --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """The number of types, counting ``void`` (type 0); indexes them all."""
+        self._walk()
+        return len(self._offsets)
+
+    def type_by_id(self, type_id: int) -> BtfType:
+        """The type numbered ``type_id`` (0 is ``void``)."""
+        hit = self._decoded.get(type_id)
+        if hit is not None:
+            return hit
+        if type_id >= len(self._offsets) and type_id > 0:
+            self._walk(type_id)
+        if not 0 <= type_id < len(self._offsets):
+            raise BtfFormatError(f"{self.name}: type id {type_id} is not between 0 and "
+                                 f"{len(self._offsets) - 1}")
+        if type_id == 0:
+            t = BtfType(0, BtfKind.UNKNOWN, "void")
+        else:
+            t = self._decode(type_id, 4 * self._offsets[type_id])
+        self._decoded[type_id] = t
+        return t
+
+    def _decode(self, type_id: int, pos: int) -> BtfType:
+        data = self._data
+        pos += self._type_start
+        name_off, info, size_or_type = TYPE_HEADER.unpack_from(data, pos)
+        kind = BtfKind((info >> 24) & 0x1F)
+        vlen = info & 0xFFFF
+        kind_flag = bool(info >> 31)
+        name = self._string(name_off) if name_off else ""
+        body = pos + TYPE_HEADER.size
+        if kind in (BtfKind.STRUCT, BtfKind.UNION):
+            members = []
+            for i in range(vlen):
+                m_name, m_type, m_off = MEMBER.unpack_from(data, body + i * MEMBER.size)
+                bits = (m_off >> 24) if kind_flag else 0
+                bit_off = (m_off & 0xFFFFFF) if kind_flag else m_off
+                members.append(BtfMember(self._string(m_name) if m_name else "", m_type,
+                                         bit_off, bits))
+            return BtfType(type_id, kind, name, size_or_type, 0, tuple(members), None, vlen,
+                           kind_flag)
+        if kind is BtfKind.ARRAY:
+            arr = BtfArray(*ARRAY.unpack_from(data, body))
+            return BtfType(type_id, kind, name, 0, arr.elem_type, (), arr, vlen, kind_flag)
+        if kind in SIZED_KINDS:
+            return BtfType(type_id, kind, name, size_or_type, 0, (), None, vlen, kind_flag)
+        return BtfType(type_id, kind, name, 0, size_or_type, (), None, vlen, kind_flag)

@@ -51,8 +51,16 @@ pr_sigpend, pr_sighold, pr_pid, pr_ppid, pr_pgrp, pr_sid, four ``timeval`` (opaq
 PRSTATUS_SIZE = PRSTATUS.size
 PRSTATUS_PID_CPU_BASE = 1
 """``pr_pid`` of a CPU's note in a core taken while the kernel runs (no kdump): CPU number + 1,
-as QEMU's ``dump-guest-memory`` writes it and drgn looks it up when VMCOREINFO has no
-CRASHTIME. (kdump writes the running task's pid instead.)"""
+as QEMU's ``dump-guest-memory`` writes it.
+
+kdump writes the running task's pid instead, but a reader cannot find a CPU by it: every
+idle CPU's task (``swapper/N``) has pid 0. drgn therefore finds a CPU's registers in a core
+whose VMCOREINFO has no ``CRASHTIME`` (one not written by kdump, as vmboot's are not) in the
+note with ``pr_pid`` = CPU + 1, and in a kdump core through the kernel's ``crash_notes``;
+with task pids here, it could unwind no running task (``registers for CPU N were not
+saved``; ``tests/test_report_faults.py`` shows it on a real oops). crash on x86_64 takes
+the notes in CPU order and does not read ``pr_pid``. Which task runs on each CPU is in the
+kernel's own ``current_task`` (``Machine.tasks()``, drgn's ``cpu_curr()``)."""
 assert PRSTATUS_SIZE == 336
 
 _GENERAL_BY_NAME: dict[str, Register] = {

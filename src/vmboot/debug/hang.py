@@ -8,7 +8,10 @@ one round per sample, taken some time apart) and says:
   function (other than the entry code that is under every stack) was among the innermost
   :data:`LOCKUP_DEPTH` frames each time: the CPU is reported with that function and its
   last trace. (A long but progressing kernel job, such as an initcall under an emulating
-  hypervisor, moves its innermost frames between samples.)
+  hypervisor, moves its innermost frames between samples.) A sample taken while an
+  interrupt runs on top of the stuck code (the soft-lockup watchdog printing its report,
+  say) also counts the innermost frames under the interrupt entry, and the function named
+  is the interrupted one.
 * ``running``: anything else (user mode, changing functions, console output).
 
 Tasks that stayed in uninterruptible sleep without a context switch across the samples are
@@ -17,6 +20,7 @@ listed by the caller as blocked (see :mod:`vmboot.debug.tasks`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +45,12 @@ ENTRY_FUNCTIONS = frozenset({
 """Functions under most stacks: their presence in every sample says nothing about a lockup."""
 LOCKUP_DEPTH = 4
 """How many innermost frames of each sample are compared."""
+SAMPLE_FRAMES = 64
+"""Frames unwound per CPU and sample: enough to reach the interrupted code under an
+interrupt that prints (the soft-lockup watchdog's stack is some 15 frames deep)."""
+INTERRUPT_ENTRY = re.compile(r"^asm_(?:sysvec_\w+|common_interrupt|spurious_interrupt)$")
+"""Interrupt entry stubs: the frames above one are the interrupt's, the frames below it the
+code it interrupted."""
 
 
 @dataclass
@@ -79,16 +89,36 @@ def is_idle(trace: CpuTrace) -> bool:
     return not trace.user_mode and any(f.symbol in IDLE_FUNCTIONS for f in trace.frames)
 
 
+def interrupted(trace: CpuTrace) -> list[str]:
+    """The frames under the outermost interrupt entry of ``trace`` (empty if none)."""
+    names = [f.symbol for f in trace.frames]
+    entries = [i for i, n in enumerate(names) if INTERRUPT_ENTRY.match(n)]
+    return names[entries[-1] + 1:] if entries else []
+
+
+def innermost(trace: CpuTrace) -> set[str]:
+    """The innermost :data:`LOCKUP_DEPTH` frames of the sample, and of the code each
+    interrupt on its stack interrupted."""
+    names = [f.symbol for f in trace.frames]
+    found = set(names[:LOCKUP_DEPTH])
+    for i, name in enumerate(names):
+        if INTERRUPT_ENTRY.match(name):
+            found.update(names[i + 1:i + 1 + LOCKUP_DEPTH])
+    return found
+
+
 def stuck_function(rounds: Sequence[CpuTrace]) -> str | None:
     """The innermost function on the stack of every sample of one CPU, if it was always in
-    the kernel and never idle; None otherwise."""
+    the kernel and never idle; None otherwise. The interrupted code comes first when the
+    last sample is inside an interrupt."""
     if not rounds or any(t.user_mode or not t.frames or is_idle(t) for t in rounds):
         return None
-    common = set.intersection(*({f.symbol for f in t.frames[:LOCKUP_DEPTH]} for t in rounds))
+    common = set.intersection(*(innermost(t) for t in rounds))
     common -= ENTRY_FUNCTIONS | {"??"}
-    for f in rounds[-1].frames:
-        if f.symbol in common:
-            return f.symbol
+    last = rounds[-1]
+    for name in [*interrupted(last), *(f.symbol for f in last.frames)]:
+        if name in common:
+            return name
     return None
 
 

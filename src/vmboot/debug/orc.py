@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vmboot.debug.page_walk import GuestAddressSpace
-from vmboot.elf import ElfFile
+from vmboot.elf import SHT_NOBITS, ElfFile
 from vmboot.errors import ElfFormatError, PageWalkError, StackWalkError
 
 ORC_IP_SECTION = ".orc_unwind_ip"
@@ -190,6 +190,8 @@ class OrcTable:
         ip_sec = elf.section(ORC_IP_SECTION)
         ent_sec = elf.section(ORC_SECTION)
         if ip_sec is None or ent_sec is None:
+            return None
+        if SHT_NOBITS in (ip_sec.type, ent_sec.type):  # a debug-only file's placeholders
             return None
         if fmt is None:
             ver = None

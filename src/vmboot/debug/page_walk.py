@@ -1,4 +1,4 @@
-"""Reading a stopped guest's memory by virtual address, through its own page tables.
+"""Reading and writing a stopped guest's memory by virtual address, through its own page tables.
 
 The walk itself is :func:`vmboot.x86.page_walk.walk_long_mode` (4- and 5-level paging, 1 GiB
 and 2 MiB pages, PCID bits of CR3 ignored), the one walker the run loop uses too; this adds
@@ -82,6 +82,26 @@ class GuestAddressSpace:
             va += chunk
             n -= chunk
         return bytes(out)
+
+    def write(self, va: int, data: bytes) -> None:
+        """Write ``data`` at virtual ``va``, whole or not at all: every page is translated and
+        found in guest RAM before the first byte is written. The write goes to guest-physical
+        memory, so the guest's own write protection (read-only kernel text) does not apply."""
+        pieces: list[tuple[int, bytes]] = []
+        done = 0
+        while done < len(data):
+            at = va + done
+            chunk = min(len(data) - done, PAGE_SIZE - (at & (PAGE_SIZE - 1)))
+            pieces.append((self.translate(at).physical, data[done:done + chunk]))
+            done += chunk
+        for gpa, piece in pieces:
+            try:
+                self.vm.read(gpa, len(piece))
+            except GuestMemoryError as exc:
+                raise PageWalkError(f"virtual address {va:#x} maps to {gpa:#x}, which is "
+                                    f"outside guest RAM; nothing was written") from exc
+        for gpa, piece in pieces:
+            self.vm.write(gpa, piece)
 
     def read_u64(self, va: int) -> int:
         value: int = _U64.unpack(self.read(va, ENTRY_SIZE))[0]

@@ -14,7 +14,8 @@ PID, TGID, ``comm``, state and the CPU it last ran on, then unwinds its kernel s
   then follows ORC when the kernel has it, else frame pointers.
 
 Structure layouts come from the kernel's BTF (:mod:`vmboot.debug.btf`): the ``.BTF``
-section of the vmlinux, else of the kernel image (decompressed on the host).
+section of the vmlinux, else of the kernel image (decompressed on the host); for a kernel
+built without BTF, from a debug vmlinux's DWARF (:mod:`vmboot.debug.dwarf_types`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmboot.debug.btf import Btf, BtfLookupError
+from vmboot.debug.btf import Btf, BtfLookupError, TypeGraph
 from vmboot.debug.cpus import CpuTrace, trace_cpus
+from vmboot.debug.dwarf_types import DwarfTypes
 from vmboot.debug.frames import StackFrame, format_trace
 from vmboot.debug.kernel_symbols import load_symbol_addresses, runtime_address
 from vmboot.debug.orc import OrcTable, UnwindState
@@ -114,8 +116,14 @@ class GuestTask:
                             "reliable": f.reliable, "note": f.note} for f in self.frames]}
 
 
-def load_btf(vmlinux: SymbolSource | None = None, kernel: SymbolSource | None = None) -> Btf:
-    """The kernel's BTF: the vmlinux's ``.BTF``, else the kernel image's (memoised)."""
+PCPU_HOT = "pcpu_hot"
+"""The per-CPU structure holding ``current_task`` from Linux 6.2 (a variable and a type)."""
+
+
+def load_types(vmlinux: SymbolSource | None = None,
+               kernel: SymbolSource | None = None) -> TypeGraph:
+    """The kernel's structure layouts (memoised): the vmlinux's ``.BTF``, else the kernel
+    image's, else the DWARF of a debug vmlinux (:mod:`vmboot.debug.dwarf_types`)."""
     failures = []
     if vmlinux is not None:
         try:
@@ -128,7 +136,13 @@ def load_btf(vmlinux: SymbolSource | None = None, kernel: SymbolSource | None = 
                             lambda: Btf.from_kernel_image(read_all(kernel)))
         except (OSError, VmbootError) as exc:
             failures.append(f"kernel image: {exc}")
-    raise BtfLookupError("no kernel BTF (needs CONFIG_DEBUG_INFO_BTF): " +
+    if vmlinux is not None:
+        try:
+            return memoised("dwarf-vmlinux", vmlinux, lambda: _dwarf_from_elf_source(vmlinux))
+        except (OSError, VmbootError) as exc:
+            failures.append(f"vmlinux DWARF: {exc}")
+    raise BtfLookupError("no kernel type information (needs CONFIG_DEBUG_INFO_BTF in the "
+                         "kernel, or a debug vmlinux with DWARF): " +
                          ("; ".join(failures) or "pass vmlinux= or kernel="))
 
 
@@ -138,9 +152,24 @@ def _btf_from_elf_source(source: SymbolSource) -> Btf:
         return Btf.from_elf(elf)
 
 
+def _dwarf_from_elf_source(source: SymbolSource) -> DwarfTypes:
+    """The DWARF layouts :class:`TaskLayout` reads: ``task_struct`` and the types in it,
+    ``inactive_task_frame``, and ``pcpu_hot`` when the kernel has that variable (looking
+    for a structure no unit defines searches all of ``.debug_info``)."""
+    also = ["inactive_task_frame"]
+    try:
+        if PCPU_HOT in load_symbol_addresses(source):
+            also.append(PCPU_HOT)
+    except VmbootError:
+        also.append(PCPU_HOT)
+    rewind(source)
+    with ElfFile.open(source) as elf:
+        return DwarfTypes.from_elf(elf, also=also)
+
+
 @dataclass(frozen=True)
 class TaskLayout:
-    """The byte offsets :func:`list_tasks` needs, read from BTF once per kernel."""
+    """The byte offsets :func:`list_tasks` needs, read from BTF (or DWARF) once per kernel."""
 
     tasks: int
     thread_group: int | None
@@ -169,7 +198,7 @@ class TaskLayout:
         return max(ends)
 
     @classmethod
-    def from_btf(cls, btf: Btf) -> TaskLayout:
+    def from_btf(cls, btf: TypeGraph) -> TaskLayout:
         def opt(path: str, struct: str = "task_struct") -> int | None:
             try:
                 return btf.offsetof(struct, path)
@@ -199,7 +228,7 @@ class TaskLayout:
             cpu=cpu,
             thread_sp=btf.offsetof("task_struct", "thread.sp"),
             frame_bp=frame_bp, frame_ret=frame_ret, frame_size=frame_size,
-            current_task_member=opt("current_task", "pcpu_hot") if btf.has("pcpu_hot") else None,
+            current_task_member=opt("current_task", PCPU_HOT) if btf.has(PCPU_HOT) else None,
             nvcsw=opt("nvcsw"), nivcsw=opt("nivcsw"),
         )
 
@@ -249,8 +278,8 @@ def task_addresses(reader: _Reader, init_task: int, layout: TaskLayout) -> list[
 def current_tasks(reader: _Reader, symbols: dict[str, int], slide: int, layout: TaskLayout,
                   cpus: Sequence[int]) -> dict[int, int]:
     """The task running on each CPU: ``{task address: cpu}``."""
-    if layout.current_task_member is not None and "pcpu_hot" in symbols:
-        var = runtime_address(symbols, "pcpu_hot", slide) + layout.current_task_member
+    if layout.current_task_member is not None and PCPU_HOT in symbols:
+        var = runtime_address(symbols, PCPU_HOT, slide) + layout.current_task_member
     else:
         var = runtime_address(symbols, "current_task", slide)
     out: dict[int, int] = {}
@@ -289,7 +318,7 @@ def list_tasks(vcpus: Sequence[VirtualCPU], *, vmlinux: SymbolSource | None = No
     """
     if not vcpus:
         raise NoVcpuError("list_tasks: no vCPU given; pass the guest's vCPUs")
-    btf = load_btf(vmlinux, kernel)
+    btf = load_types(vmlinux, kernel)
     layout = memoised("task-layout", vmlinux if vmlinux is not None else kernel,  # type: ignore[arg-type]
                       lambda: TaskLayout.from_btf(btf))
     addresses = load_symbol_addresses(vmlinux, system_map, kernel)

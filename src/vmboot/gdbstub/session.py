@@ -329,21 +329,8 @@ class GdbSession:
         return out.hex().encode()
 
     def _write_memory(self, address: int, data: bytes) -> bytes:
-        space = self._space()
-        vm = self._vcpu().vm
         try:
-            # Translate every page first: a write either lands whole or not at all.
-            pieces: list[tuple[int, bytes]] = []
-            done = 0
-            while done < len(data):
-                va = address + done
-                chunk = min(len(data) - done, 0x1000 - (va & 0xFFF))
-                pieces.append((space.translate(va).physical, data[done:done + chunk]))
-                done += chunk
-            for gpa, piece in pieces:
-                vm.read(gpa, len(piece))  # bounds check before any write
-            for gpa, piece in pieces:
-                vm.write(gpa, piece)
+            self._space().write(address, data)  # whole or not at all
         except (PageWalkError, GuestMemoryError):
             return ERR_MEMORY
         return b"OK"

@@ -4,8 +4,10 @@ Triggers (``Machine(dump_on=...)``, ``vmboot run --dump-on``):
 
 * ``panic``: the guest printed ``Kernel panic - not syncing`` (written at the end of the
   panic, still inside ``panic()``);
-* ``oops``: the guest printed an oops (``Oops:``, ``BUG:``, ``general protection fault``);
-  the guest then goes on;
+* ``oops``: the guest printed an oops, a report of the kernel's ``die()`` that ends with
+  ``---[ end trace`` (a NULL dereference or bad page fault, ``kernel BUG at``, an invalid
+  opcode, a general protection fault, ...); the guest then goes on. Reports that do not
+  end that way (a soft lockup, a hung task) are no oopses;
 * ``timeout``: the run's time limit passed.
 
 A dump on demand (:meth:`Machine.request_dump`, or :data:`DUMP_SIGNAL` sent to ``vmboot
@@ -27,7 +29,14 @@ DEMAND = "demand"
 DUMP_SIGNAL = signal.SIGUSR2
 """The signal that makes ``vmboot run`` write a vmcore into --dump-dir and continue
 (SIGUSR1 is the run loop's own vCPU kick)."""
-OOPS_MARKERS: tuple[bytes, ...] = (b"Oops: ", b"BUG: ", b"general protection fault")
+OOPS_MARKERS: tuple[bytes, ...] = (
+    b"Oops: ", b"BUG: kernel NULL pointer dereference", b"BUG: unable to handle",
+    b"general protection fault", b"kernel BUG at ", b"invalid opcode: ", b"divide error: ",
+    b"stack segment: ",
+)
+"""First lines of an x86 oops. Not any ``BUG:``: ``BUG: soft lockup`` (printed again every
+few seconds) and other ``BUG:`` reports never print the end line, which left the watch
+waiting and the next oops without its vmcore and trace."""
 OOPS_END = b"---[ end trace"
 """The kernel's last line of an oops report (``end_trace``); markers before it are one oops.
 The machine's console watcher uses both for vmcores on oops and for oops traces."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, Self
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from vmboot.config import (
     DEFAULT_CMDLINE,
@@ -48,6 +49,7 @@ from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.vmm.host_root import host_root_cmdline, host_root_share
+from vmboot.vmm.paused_call import call_paused
 from vmboot.vmm.wiring import connect_devices
 from vmboot.x86.mptable import build_mp_table, place_mp_table
 
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from vmboot.debug.symbol_sources import SymbolSource
     from vmboot.debug.symtab import SymbolTable
     from vmboot.debug.tasks import GuestTask
+    from vmboot.debug.text_patch import KernelText
     from vmboot.debug.vmcore import VmcoreResult
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.console import ConsolePort
@@ -333,6 +336,8 @@ class Machine:
         self._paused_work: deque[Callable[[], object]] = deque()
         """Work for :meth:`when_stopped` (a deque: appended from signal handlers and other
         threads, taken by run()'s thread, without a lock a signal handler could wait on)."""
+        self._run_lock = threading.RLock()
+        """Held while vCPUs run: :meth:`traces`/:meth:`tasks` from another thread see a run."""
         self.symbols_problem: str | None = None
         """Why :meth:`symbolize` has no symbols (set when loading them failed)."""
         self.platform = PcPlatform(self.console, serial_ports=config.serial_ports,
@@ -700,13 +705,14 @@ class Machine:
         vcpus = self._vcpu_set
         assert vcpus is not None
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            vm_exit = vcpus.run(left)
-            while self._paused_work:
-                self._paused_work.popleft()()
-            if not (vm_exit.reason is ExitReason.STOPPED and vm_exit.detail == PAUSE_DETAIL):
-                return vm_exit
+        with self._run_lock:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                vm_exit = vcpus.run(left)
+                while self._paused_work:
+                    self._paused_work.popleft()()
+                if not (vm_exit.reason is ExitReason.STOPPED and vm_exit.detail == PAUSE_DETAIL):
+                    return vm_exit
 
     # -- vmcores ------------------------------------------------------------------------------
     def dump(self, path: str | Path) -> VmcoreResult:
@@ -754,11 +760,16 @@ class Machine:
 
     def _symbol_sources(self) -> dict[str, SymbolSource | None]:
         """vmlinux / System.map if given, else the kernel itself: an ELF vmlinux's .symtab,
-        or a bzImage's kallsyms."""
+        or a bzImage's kallsyms. The kernel image stays the fallback for what a given file
+        lacks (a debug vmlinux's ORC tables and BTF are in the image)."""
         from vmboot.linux import KernelFormat
 
         if self.vmlinux is not None or self.system_map is not None:
-            return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": None}
+            try:
+                image: bytes | None = self.load_kernel().data
+            except (OSError, VmbootError):
+                image = None
+            return {"vmlinux": self.vmlinux, "system_map": self.system_map, "kernel": image}
         kernel_bytes = self.load_kernel().data
         if self.kernel is not None and self.kernel.format is KernelFormat.VMLINUX:
             return {"vmlinux": kernel_bytes, "system_map": None, "kernel": kernel_bytes}
@@ -810,17 +821,30 @@ class Machine:
             return 0
         return self._slide
 
+    def kernel_text(self) -> KernelText:
+        """The running kernel's memory by symbol (KASLR applied), to read and patch from the
+        host between runs (:mod:`vmboot.debug.text_patch`)."""
+        from vmboot.debug.kernel_symbols import load_symbol_addresses
+        from vmboot.debug.page_walk import GuestAddressSpace
+        from vmboot.debug.text_patch import KernelText
+
+        self._require_stopped("kernel_text")
+        functions = self._load_symbols()
+        if functions is None or self.vcpu is None:
+            raise DebugError(f"Machine.kernel_text: no kernel symbols: {self.symbols_problem}")
+        return KernelText(GuestAddressSpace.from_vcpu(self.vcpu),
+                          load_symbol_addresses(**self._symbol_sources()), functions,
+                          self.kaslr_slide())
+
     def _all_vcpus(self) -> list[KvmVCPU]:
         """The vCPUs to trace, in CPU order."""
         return list(self.vcpus)
 
     def traces(self, max_frames: int = 16) -> list[CpuTrace]:
-        """A symbolised kernel stack trace of every vCPU (between runs, or after the last).
-
-        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        """A symbolised kernel stack trace of every vCPU: between runs, or while :meth:`run`
+        is in progress in another thread (every vCPU pauses for it: :meth:`when_stopped`).
         """
-        self._require_stopped("traces")
-        return self._traces_now(max_frames)
+        return self._paused("traces", lambda: self._traces_now(max_frames))
 
     def _traces_now(self, max_frames: int = 16) -> list[CpuTrace]:
         """:meth:`traces` from the run-loop thread itself (e.g. a console watcher)."""
@@ -833,22 +857,25 @@ class Machine:
     def tasks(self, max_frames: int = 16) -> list[GuestTask]:
         """Every task of the guest kernel, walked from ``init_task``, with its kernel stack.
 
-        Structure layouts come from the kernel's BTF (in the vmlinux, else the image).
-        Raises :class:`UsageError` while :meth:`run` is in progress in another thread.
+        Structure layouts come from the kernel's BTF (in the vmlinux, else the image), else
+        from the DWARF of a debug ``vmlinux``. As :meth:`traces`, also while :meth:`run` is in
+        progress in another thread.
         """
         from vmboot.debug.tasks import list_tasks
 
-        self._require_stopped("tasks")
-        src = self._symbol_sources()
-        return list_tasks(self._all_vcpus(), vmlinux=src["vmlinux"], kernel=src["kernel"],
-                          system_map=src["system_map"], slide=self.kaslr_slide(),
-                          max_frames=max_frames)
+        def walk() -> list[GuestTask]:
+            src = self._symbol_sources()
+            return list_tasks(self._all_vcpus(), vmlinux=src["vmlinux"], kernel=src["kernel"],
+                              system_map=src["system_map"], slide=self.kaslr_slide(),
+                              max_frames=max_frames)
+
+        return self._paused("tasks", walk)
 
     def hang_report(self, samples: int = 4, interval: float = 0.5) -> HangReport:
         """Run the guest ``samples - 1`` more times for ``interval`` seconds, tracing every
         vCPU after each, and judge whether it is idle, locked up or running (see
         :mod:`vmboot.debug.hang`); tasks blocked throughout are listed. Between runs only."""
-        from vmboot.debug.hang import classify
+        from vmboot.debug.hang import SAMPLE_FRAMES, classify
         from vmboot.debug.tasks import still_blocked
 
         self._require_stopped("hang_report")
@@ -860,11 +887,11 @@ class Machine:
             tasks_before = self.tasks()
         except DebugError:
             tasks_before = []
-        rounds = [self.traces()]
+        rounds = [self.traces(SAMPLE_FRAMES)]
         for _ in range(samples - 1):
             if self._run_vcpus(interval).reason is not ExitReason.TIMEOUT:
                 break
-            rounds.append(self.traces())
+            rounds.append(self.traces(SAMPLE_FRAMES))
         self.console.flush()
         blocked = []
         if tasks_before:
@@ -873,6 +900,26 @@ class Machine:
             except DebugError:
                 blocked = []
         return classify(rounds, self.console.total == console_before, blocked)
+
+    def _paused(self, what: str, action: Callable[[], _T]) -> _T:
+        """``action()`` with no vCPU running: at once between runs, else paused for it."""
+        vcpus = self._vcpu_set
+        if self.vcpu is None or vcpus is None:
+            raise UsageError(f"Machine.{what}: the machine is not started or already closed")
+        me = threading.get_ident()
+        on_vcpu = any(r.thread_id == me for r in vcpus.runners)
+        if self._run_lock.acquire(blocking=False):  # no run, or this is the run's thread
+            try:
+                if not vcpus.running:
+                    return action()
+                on_vcpu = True
+            finally:
+                self._run_lock.release()
+        if on_vcpu:  # the vCPUs cannot pause while this thread waits for them
+            raise UsageError(f"Machine.{what}: called on a vCPU's thread while the guest runs "
+                             f"(a device handler or console watcher); use "
+                             f"Machine.when_stopped(action) there instead")
+        return call_paused(self.when_stopped, self._run_lock, action)
 
     def _require_stopped(self, what: str) -> None:
         vcpus = self._vcpu_set
@@ -953,6 +1000,7 @@ class Machine:
             return f"no stack trace: {e}\n"
 
 
+_T = TypeVar("_T")
 PAUSE_DETAIL = "paused: every vCPU stopped for Machine.when_stopped"
 """The detail of the stop that lets :meth:`Machine.when_stopped` work run between two runs."""
 PANIC_START = b"Kernel panic - not syncing"

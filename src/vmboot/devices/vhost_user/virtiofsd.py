@@ -10,16 +10,17 @@ to 7.2 (``-o source=DIR``) and the Rust one (``--shared-dir DIR``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.devices.socket_path import check_socket_path, listen_unix
 from vmboot.errors import UsageError
 
 log = logging.getLogger("vmboot.virtiofsd")
@@ -42,6 +43,13 @@ of those mounts made read-only, seen only by virtiofsd, which then replaces the 
 serves MOUNTPOINT: no write of the guest can reach the host tree (the C virtiofsd has no
 read-only option). Any step that fails stops the start (``set -e``)."""
 RO_MOUNTPOINT = "source"
+USER_NAMESPACE = ("--user", "--map-root-user")
+"""``unshare`` options of a new user namespace in which the calling user is root."""
+USERNS_TRIAL_SECONDS = 10.0
+USERNS_HINT = ("run vmboot as root, or allow unprivileged user namespaces (sysctl "
+               "kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0; on "
+               "Ubuntu 24.04 also kernel.apparmor_restrict_unprivileged_userns=0)")
+SOCKET_FIELD = "virtiofsd socket"
 
 
 class VirtiofsdMissing(UsageError):
@@ -75,14 +83,57 @@ def _is_rust(binary: Path) -> bool:
     return "--shared-dir" in out.stdout + out.stderr
 
 
-def _private_namespace() -> list[str]:
-    """``unshare`` into a private mount namespace (as root; else in a new user namespace)."""
+def _namespaces(read_only: bool, runs_unprivileged: bool) -> list[str]:
+    """What virtiofsd is started under. As root: nothing, or ``unshare`` into a private
+    mount namespace for a read-only share. Without root: a new user namespace in which this
+    user is root (``unshare --user --map-root-user``) wherever root is needed, that is for
+    a read-only share's mount and for a virtiofsd that cannot run unprivileged (QEMU's C
+    one: its sandbox unshares namespaces); refused here, with the reason and what to do,
+    when the host does not allow it."""
+    as_root = os.geteuid() == 0
+    if not read_only and (as_root or runs_unprivileged):
+        return []
     unshare = shutil.which("unshare")
     if unshare is None:
-        raise UsageError("a read-only share needs unshare(1) (package util-linux) to make a "
-                         "private read-only mount for virtiofsd; install it or drop ',ro'")
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return [unshare, *user, "--mount", "--propagation", "private"]
+        raise UsageError("virtiofsd needs unshare(1) (package util-linux) here, to make a "
+                         "private mount namespace for a read-only share or a user namespace "
+                         "without root; install it")
+    mount = ["--mount", "--propagation", "private"] if read_only else []
+    if as_root:
+        return [unshare, *mount]
+    problem = user_namespace_problem()
+    if problem is not None:
+        why = ("a read-only share (',ro') run without root needs a user namespace in which "
+               "virtiofsd's read-only bind mount is made" if read_only else
+               "QEMU's C virtiofsd needs root for its sandbox; without root vmboot starts it "
+               "in a user namespace")
+        raise UsageError(f"{why}, and {problem}; {USERNS_HINT}")
+    return [unshare, *USER_NAMESPACE, *mount]
+
+
+@functools.cache
+def user_namespace_problem() -> str | None:
+    """Why this user cannot be root in a new user namespace and make the read-only mount of
+    :data:`READ_ONLY_WRAPPER` there (None: it can). Tried once per process, on two empty
+    directories."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "unshare(1) is missing (package util-linux)"
+    with tempfile.TemporaryDirectory(prefix="vmboot-userns-") as top:
+        source, target = Path(top, "source"), Path(top, "target")
+        source.mkdir()
+        target.mkdir()
+        try:
+            trial = subprocess.run(
+                [unshare, *USER_NAMESPACE, "--mount", "--propagation", "private", "sh", "-c",
+                 READ_ONLY_WRAPPER, str(source), str(target), "true"],
+                capture_output=True, text=True, timeout=USERNS_TRIAL_SECONDS, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the trial in a user namespace failed: {exc}"
+    if trial.returncode == 0:
+        return None
+    last = (trial.stderr.strip().splitlines() or [f"exit status {trial.returncode}"])[-1]
+    return f"this host does not allow it ({last})"
 
 
 @dataclass
@@ -93,26 +144,38 @@ class Virtiofsd:
     socket_path: str
     source: Path
     _tmpdir: tempfile.TemporaryDirectory[str]
+    _own_path: bool = False
+    """The socket is at a path the caller chose, outside the temporary directory: removed
+    by :meth:`stop`."""
 
     @classmethod
     def start(cls, source: Path, binary: Path | None = None, cache: str = "auto",
-              extra_args: tuple[str, ...] = (), read_only: bool = False) -> Virtiofsd:
+              extra_args: tuple[str, ...] = (), read_only: bool = False,
+              socket_path: str | None = None) -> Virtiofsd:
+        """Start virtiofsd on ``source``. ``socket_path``: where its vhost-user socket is
+        (default: in a private temporary directory); a stale socket file an earlier run
+        left there is replaced, a live one refused (:mod:`vmboot.devices.socket_path`)."""
         if not source.is_dir():
             raise UsageError(f"share {source}: not a directory")
+        if socket_path is not None:
+            check_socket_path(socket_path, SOCKET_FIELD)
         exe = binary or find_virtiofsd()
-        wrapper = _private_namespace() if read_only else []
+        rust = _is_rust(exe)
+        wrapper = _namespaces(read_only, runs_unprivileged=rust)
         tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
-        path = os.path.join(tmpdir.name, "vhost-user.sock")
+        path = socket_path or os.path.join(tmpdir.name, "vhost-user.sock")
         served = source
         if read_only:
             served = Path(tmpdir.name, RO_MOUNTPOINT)
             served.mkdir()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(path)
-            listener.listen(1)
+            listener = listen_unix(path, SOCKET_FIELD, 1)
+        except BaseException:
+            tmpdir.cleanup()
+            raise
+        try:
             fd = listener.fileno()
-            if _is_rust(exe):
+            if rust:
                 args = [str(exe), f"--fd={fd}", f"--shared-dir={served}", f"--cache={cache}",
                         "--sandbox=none"]
             else:
@@ -120,7 +183,8 @@ class Virtiofsd:
                         "-o", "sandbox=chroot" if os.geteuid() == 0 else "sandbox=namespace"]
             args += list(extra_args)
             if read_only:
-                args = [*wrapper, "sh", "-c", READ_ONLY_WRAPPER, str(source), str(served), *args]
+                args = ["sh", "-c", READ_ONLY_WRAPPER, str(source), str(served), *args]
+            args = [*wrapper, *args]
             log.info("starting %s", " ".join(args))
             # A file, not a pipe: nobody reads virtiofsd's log while it runs, and a full
             # pipe would stall it. Its own session: a Ctrl-C at the terminal is for the
@@ -131,10 +195,13 @@ class Virtiofsd:
                                            start_new_session=True)
         except OSError as exc:
             tmpdir.cleanup()
+            if socket_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)
             raise UsageError(f"cannot start virtiofsd ({exe}): {exc.strerror or exc}") from None
         finally:
             listener.close()  # virtiofsd holds its own copy of the listening socket
-        return cls(process, path, source, tmpdir)
+        return cls(process, path, source, tmpdir, socket_path is not None)
 
     def failure(self) -> str | None:
         """One line naming why virtiofsd ended, if it has."""
@@ -160,3 +227,6 @@ class Virtiofsd:
                 self.process.kill()
                 self.process.wait()
         self._tmpdir.cleanup()
+        if self._own_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)

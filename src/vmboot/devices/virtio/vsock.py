@@ -8,7 +8,10 @@ CID is the configuration space (one le64). Each connection is a host stream sock
   (Firecracker's hybrid vsock, :mod:`.vsock_host`); ``RESPONSE`` or ``RST`` answers;
 - host -> guest: a stream on the hybrid socket ``<path>`` (or :meth:`VsockDevice.connect`)
   writes ``CONNECT <port>\\n``; the device sends ``REQUEST``; the guest's ``RESPONSE``
-  makes the device write ``OK <hostport>\\n``, its ``RST`` closes the stream.
+  makes the device write ``OK <hostport>\\n``, its ``RST`` closes the stream. A guest that
+  does not answer within the connect timeout (:data:`.vsock_host.CONNECT_TIMEOUT`) gets
+  ``RST`` and the stream is closed: a timer on the I/O thread (:mod:`.deadline_timer`)
+  ends the waits.
 
 Flow control is credit-based both ways: the device accepts at most :data:`BUF_ALLOC`
 bytes per connection that the host peer has not read yet, and advertises ``fwd_cnt`` (the
@@ -32,11 +35,15 @@ import os
 import selectors
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vmboot.devices.socket_path import listen_unix
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock_packet as vp
+from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.io_thread import IoThread
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
@@ -47,6 +54,10 @@ from vmboot.devices.virtio.vsock_host import (
     VsockConfig,
     VsockError,
     VsockListener,
+    VsockRefused,
+    VsockTimeout,
+    check_connect_timeout,
+    connect_timed_out,
     ok_line,
     parse_connect,
     port_socket_path,
@@ -69,6 +80,10 @@ MAX_PENDING_STREAMS = 64
 FIRST_HOST_PORT = 1 << 30
 """Host ports for connections the host starts are allocated from here up."""
 RECV_CHUNK = vp.MAX_PAYLOAD
+HYBRID_BACKLOG = 64
+"""Host streams the hybrid socket queues before the I/O thread accepts them."""
+CONNECT_GRACE = 1.0
+"""Seconds :meth:`VsockDevice.connect` waits past its timeout for the device to give up."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +98,17 @@ class VsockDevice(VirtioDevice):
     device_id: ClassVar[spec.DeviceId] = spec.DeviceId.VSOCK
     name: ClassVar[str] = "vsock"
 
-    def __init__(self, config: VsockConfig | None = None) -> None:
+    def __init__(self, config: VsockConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         config = config if config is not None else VsockConfig()
         config.validate()
         super().__init__((QUEUE_SIZE,) * 3, 1 << vp.F_STREAM)
         self.config = config
         self.guest_cid = config.cid
+        self._clock = clock
         self._lock = threading.RLock()
         self._io: IoThread | None = None
+        self._timer: DeadlineTimer | None = None
         self._server: socket.socket | None = None
         self._conns: dict[tuple[int, int], Connection] = {}
         self._pending_streams: dict[int, PendingStream] = {}
@@ -107,6 +125,8 @@ class VsockDevice(VirtioDevice):
         self.resets_sent = 0
         self.control_dropped = 0
         self.connections_opened = 0
+        self.connect_timeouts = 0
+        """Connections the host started that the guest did not answer in time."""
         self.bytes_to_host = 0
         self.bytes_to_guest = 0
 
@@ -117,6 +137,7 @@ class VsockDevice(VirtioDevice):
     def describe(self) -> dict[str, Any]:
         return {"guest_cid": self.guest_cid, "uds_path": self.config.uds_path,
                 "connections": len(self._conns), "connections_opened": self.connections_opened,
+                "connect_timeouts": self.connect_timeouts,
                 "malformed": self.malformed, "resets_sent": self.resets_sent,
                 "bytes_to_host": self.bytes_to_host, "bytes_to_guest": self.bytes_to_guest}
 
@@ -127,17 +148,14 @@ class VsockDevice(VirtioDevice):
             self._io = io
             path = self.config.uds_path
             if path is not None and self._server is None:
-                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    server.bind(path)
-                    server.listen(64)
-                except OSError as e:
-                    server.close()
-                    raise VsockError(f"vsock path: cannot listen on {path!r}: {e.strerror}; "
-                                     "check the directory and that the path is free") from None
+                server = listen_unix(path, "vsock path", HYBRID_BACKLOG)
                 server.setblocking(False)
                 self._server = server
                 io.add(server.fileno(), self._on_server)
+            if self._timer is None:
+                self._timer = DeadlineTimer()
+                io.add(self._timer.fd, self._on_timer)
+                self._arm_timer()
             for c in self._conns.values():
                 self._watch(c)
             for p in self._pending_streams.values():
@@ -184,8 +202,10 @@ class VsockDevice(VirtioDevice):
                 return
             self.adopt_host_stream(sock)
 
-    def adopt_host_stream(self, sock: socket.socket) -> None:
-        """A host stream that will send ``CONNECT <port>\\n`` (any thread)."""
+    def adopt_host_stream(self, sock: socket.socket, connect_timeout: float | None = None) -> None:
+        """A host stream that will send ``CONNECT <port>\\n`` (any thread). The guest then
+        has ``connect_timeout`` seconds (default: the configuration's) to accept."""
+        wait = self.config.connect_timeout if connect_timeout is None else connect_timeout
         sock.setblocking(False)
         with self._lock:
             if len(self._pending_streams) >= MAX_PENDING_STREAMS:
@@ -193,7 +213,7 @@ class VsockDevice(VirtioDevice):
                             MAX_PENDING_STREAMS)
                 sock.close()
                 return
-            p = PendingStream(sock)
+            p = PendingStream(sock, wait)
             self._pending_streams[sock.fileno()] = p
             self._watch_pending(p)
         if self._io is None:
@@ -230,9 +250,49 @@ class VsockDevice(VirtioDevice):
                 p.sock.close()  # the guest driver is not up, or too many connections: refuse
                 return
             local = self._allocate_host_port(port)
-            c = Connection(local, port, p.sock, ConnState.CONNECTING)
+            c = Connection(local, port, p.sock, ConnState.CONNECTING,
+                           deadline=self._clock() + p.connect_timeout)
             self._conns[c.key] = c
             self._queue_control(_Control(vp.Op.REQUEST, local, port))
+            self._arm_timer()
+
+    # -- the connect timeout ----------------------------------------------------------------
+    def _connecting(self) -> list[Connection]:
+        return [c for c in self._conns.values()
+                if c.state is ConnState.CONNECTING and c.deadline is not None]
+
+    def _arm_timer(self) -> None:
+        """Wake the I/O thread at the earliest connect deadline (or never, if none)."""
+        timer = self._timer
+        if timer is None or timer.fd < 0:
+            return
+        deadlines = [c.deadline for c in self._connecting() if c.deadline is not None]
+        if deadlines:
+            timer.arm(min(deadlines) - self._clock())
+        else:
+            timer.disarm()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                return
+            self._timer.drain()
+            self.expire_connects()
+
+    def expire_connects(self) -> None:
+        """Give up on every host-started connection the guest did not answer in time: RST
+        to the guest, the host stream closed (the I/O thread calls this when due)."""
+        with self._lock:
+            now = self._clock()
+            for c in self._connecting():
+                if c.deadline is not None and c.deadline <= now:
+                    self.connect_timeouts += 1
+                    log.info("vsock: guest port %d did not answer a connection request "
+                             "within the connect timeout: reset", c.peer_port)
+                    self._reset(c)
+                    if self._notify is not None:
+                        self._notify(vp.RX_QUEUE)
+            self._arm_timer()
 
     def _allocate_host_port(self, peer_port: int) -> int:
         while True:
@@ -242,17 +302,36 @@ class VsockDevice(VirtioDevice):
                 return port
 
     # -- the in-process API -----------------------------------------------------------------
-    def connect(self, port: int, timeout: float | None = 30.0) -> socket.socket:
+    def connect(self, port: int, timeout: float | None = None) -> socket.socket:
         """A blocking stream socket connected to guest port ``port`` (any thread but the
-        I/O thread); :class:`VsockError` if the guest refuses or does not answer."""
+        I/O thread). :class:`VsockRefused` if the guest refuses (nothing listens there),
+        :class:`VsockTimeout` if it does not answer within ``timeout`` seconds (default: the
+        configuration's ``connect_timeout``, :data:`.vsock_host.CONNECT_TIMEOUT`)."""
         if not 0 <= port <= PORT_LIMIT:
             raise VsockError(f"vsock connect: port {port} is outside 0..{PORT_LIMIT}; "
                              "vsock ports are 32-bit")
+        wait = self.config.connect_timeout if timeout is None else timeout
+        check_connect_timeout(wait, "vsock connect timeout")
+        if self.memory is None:
+            raise VsockRefused(f"vsock connect to guest port {port}: refused: the guest's vsock "
+                               "driver is not up (the device is not active); connect once the "
+                               "guest has booted")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mine.sendall(b"CONNECT %d\n" % port)
-        self.adopt_host_stream(theirs)
+        started = time.monotonic()
+        self.adopt_host_stream(theirs, wait)
         try:
-            read_ok(mine, port, timeout)
+            # The device's timer ends the wait (and resets the request in the guest); the
+            # grace only bounds it should the I/O thread be held up.
+            read_ok(mine, port, wait + CONNECT_GRACE)
+        except VsockRefused:
+            mine.close()
+            if time.monotonic() - started >= wait:  # the device gave up at the deadline
+                raise connect_timed_out(port, wait) from None
+            raise
+        except VsockTimeout:
+            mine.close()
+            raise connect_timed_out(port, wait) from None
         except BaseException:
             mine.close()
             raise
@@ -302,6 +381,12 @@ class VsockDevice(VirtioDevice):
     def close(self) -> None:
         with self._lock:
             self._drop_all()
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                if self._io is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._io.remove(timer.fd)
+                timer.close()
             for listener in self._listeners.values():
                 listener.close()
             server, self._server = self._server, None
@@ -413,6 +498,7 @@ class VsockDevice(VirtioDevice):
                 self._reset(c)
                 return
             c.state = ConnState.ESTABLISHED
+            c.deadline = None
             self.connections_opened += 1
             line = ok_line(c.local_port)
             c.out[:0] = line
@@ -525,6 +611,7 @@ class VsockDevice(VirtioDevice):
             self._on_server()
             for p in list(self._pending_streams.values()):
                 self._on_pending(p)
+            self.expire_connects()
             for c in list(self._conns.values()):
                 self._on_host(c)
 

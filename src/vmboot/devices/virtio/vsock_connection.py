@@ -42,6 +42,8 @@ class Connection:
     host_write_shut: bool = False
     events: int = 0
     """What the I/O thread watches this socket for (0: not registered)."""
+    deadline: float | None = None
+    """While CONNECTING: the monotonic time by which the guest must answer."""
 
     @property
     def key(self) -> tuple[int, int]:
@@ -59,4 +61,6 @@ class PendingStream:
     """A host stream that has not sent its ``CONNECT <port>`` line yet."""
 
     sock: socket.socket
+    connect_timeout: float
+    """Seconds the guest will have to answer the request this stream asks for."""
     events: int = 0

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import queue
 import socket
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.devices.socket_path import check_socket_path
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.errors import BootConfigError, VmbootError
 
@@ -30,10 +30,24 @@ PORT_LIMIT = 0xFFFFFFFF
 SUN_PATH_MAX = 107
 """sockaddr_un.sun_path holds 108 bytes with the terminating NUL."""
 PORT_SUFFIX_MAX = len(f"_{PORT_LIMIT}")
+CONNECT_TIMEOUT = 10.0
+"""Seconds the guest has to answer a connection the host starts (``CONNECT <port>`` on the
+hybrid socket, :meth:`VsockDevice.connect`): then the device gives up, closes the host
+stream and resets the request in the guest. Firecracker waits 2 s; a guest whose ring-0
+code is emulated (docs/pvm-hosts.md) answers more slowly on a busy host."""
+MAX_CONNECT_TIMEOUT = 3600.0
 
 
 class VsockError(VmbootError):
     """A host-side vsock operation failed (no listener in the guest, a closed device...)."""
+
+
+class VsockRefused(VsockError):
+    """The guest refused a connection (it reset the request: nothing listens on the port)."""
+
+
+class VsockTimeout(VsockError):
+    """The guest did not answer a connection request in time."""
 
 
 @dataclass(frozen=True)
@@ -42,17 +56,29 @@ class VsockConfig:
 
     cid: int = vp.DEFAULT_GUEST_CID
     uds_path: str | None = None
+    connect_timeout: float = CONNECT_TIMEOUT
+    """Seconds the guest has to accept a connection the host starts (:data:`CONNECT_TIMEOUT`)."""
 
     def validate(self) -> None:
         if not vp.MIN_GUEST_CID <= self.cid <= vp.MAX_GUEST_CID:
             raise BootConfigError(f"vsock cid: {self.cid} is outside {vp.MIN_GUEST_CID}.."
                                   f"{vp.MAX_GUEST_CID} (0-2 are reserved); pick 3 or more")
+        check_connect_timeout(self.connect_timeout, "vsock connect timeout")
         if self.uds_path is not None:
             check_uds_path(self.uds_path)
 
 
+def check_connect_timeout(seconds: float, field: str) -> None:
+    """Raise unless ``seconds`` is a usable connect timeout (0 < seconds <= the maximum)."""
+    if not 0 < seconds <= MAX_CONNECT_TIMEOUT:  # also false for NaN
+        raise BootConfigError(f"{field}: {seconds!r} s is outside (0, {MAX_CONNECT_TIMEOUT:g}] "
+                              "seconds; give a positive number of seconds")
+
+
 def check_uds_path(path: str) -> None:
-    """Raise unless ``path`` can become the hybrid socket (and ``<path>_<port>`` fit too)."""
+    """Raise unless ``path`` can become the hybrid socket (and ``<path>_<port>`` fit too):
+    free, or a stale socket file an earlier run left (removed when the device listens);
+    a socket some program listens on is refused (:mod:`vmboot.devices.socket_path`)."""
     encoded = os.fsencode(path)
     if not encoded:
         raise BootConfigError("vsock path: empty; give the UNIX socket path to create")
@@ -64,13 +90,7 @@ def check_uds_path(path: str) -> None:
     if not parent.is_dir():
         raise BootConfigError(f"vsock path: {path!r}: the directory {str(parent)!r} does not "
                               "exist; create it first")
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    what = "a socket (left by an earlier run?)" if stat.S_ISSOCK(mode) else "a file"
-    raise BootConfigError(f"vsock path: {path!r} already exists as {what}; remove it or "
-                          "choose another path")
+    check_socket_path(path, "vsock path")
 
 
 def port_socket_path(uds_path: str, port: int) -> str:
@@ -94,20 +114,28 @@ def ok_line(host_port: int) -> bytes:
     return b"%s %d\n" % (OK_WORD, host_port)
 
 
-def read_ok(sock: socket.socket, port: int, timeout: float | None) -> int:
-    """Client side of the handshake: read ``OK <hostport>\\n``; its host port."""
+def connect_timed_out(port: int, timeout: float) -> VsockTimeout:
+    return VsockTimeout(f"vsock connect to guest port {port}: no answer within {timeout:g} s "
+                      "(the connect timeout); is the guest running, with its vsock driver up? "
+                      "Give a longer timeout if it is only slow")
+
+
+def read_ok(sock: socket.socket, port: int, timeout: float) -> int:
+    """Client side of the handshake: read ``OK <hostport>\\n``; its host port.
+    :class:`VsockRefused` when the stream closes first, :class:`VsockTimeout` when ``timeout``
+    seconds pass."""
     sock.settimeout(timeout)
     line = bytearray()
     try:
         while not line.endswith(b"\n") and len(line) < MAX_COMMAND:
             chunk = sock.recv(1)
             if not chunk:
-                raise VsockError(f"vsock connect to guest port {port}: refused (nothing "
-                                 "listens there in the guest, or the guest reset)")
+                raise VsockRefused(f"vsock connect to guest port {port}: refused (nothing "
+                                   "listens there in the guest, or the guest reset)")
             line += chunk
     except TimeoutError:
-        raise VsockError(f"vsock connect to guest port {port}: no answer within {timeout} s; "
-                         "is the guest's vsock driver up?") from None
+        raise VsockTimeout(f"vsock connect to guest port {port}: no answer within "
+                           f"{timeout:g} s") from None
     words = bytes(line).split()
     if len(words) != 2 or words[0] != OK_WORD or not words[1].isdigit():
         raise VsockError(f"vsock connect to guest port {port}: unexpected answer {bytes(line)!r}")
