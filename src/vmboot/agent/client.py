@@ -19,6 +19,10 @@ from vmboot.agent import protocol as p
 from vmboot.errors import VmbootError
 
 OutputSink = Callable[[bytes], object]
+CLOCK_TOLERANCE = 1.0
+"""Seconds a resume answer may take for the clock it set to count as right."""
+RESUME_ATTEMPTS = 3
+"""Resume messages sent at most (each later one because the answer to the last was slow)."""
 CLOSED = "agent: the guest closed the connection (the agent exited, or the guest stopped)"
 
 
@@ -96,29 +100,38 @@ class AgentClient:
         kernel's CRNG and sets the guest's wall clock to the host's. Waits for its answer
         and raises :class:`AgentError` naming each step the guest refused.
 
+        The time sent is the host's when the message leaves; when the answer comes back
+        later than :data:`CLOCK_TOLERANCE` seconds (a guest still catching up after the
+        restore), the message is sent again, so the clock is set from a fresh reading.
         A restored guest greets no one (it greeted when it booted): after this the
         connection is ready for :meth:`run`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seed = os.getrandom(p.SEED_BYTES)
-        self._send(p.resumed_frame(time.time_ns(), seed))
+        for _ in range(RESUME_ATTEMPTS):
+            sent = time.monotonic()
+            self._send(p.resumed_frame(time.time_ns(), os.getrandom(p.SEED_BYTES)))
+            payload = self._resumed_answer(deadline, timeout)
+            if time.monotonic() - sent <= CLOCK_TOLERANCE:
+                break
+        steps = ("RNDADDENTROPY", "RNDRESEEDCRNG", "clock_settime(CLOCK_REALTIME)")
+        failed = [f"{step}: {os.strerror(e)} (errno {e})"
+                  for step, e in zip(steps, p.RESUMED_DONE.unpack_from(payload), strict=True)
+                  if e]
+        if failed:
+            raise AgentError(f"agent: the restored guest could not be reseeded or have its "
+                             f"clock set: {'; '.join(failed)} (the agent must run as root)")
+        self.version = payload[p.RESUMED_DONE.size:].decode(errors="replace")
+
+    def _resumed_answer(self, deadline: float | None, timeout: float | None) -> bytes:
         while True:
             msg = self._read(deadline)
             if msg is None:
                 raise AgentError(f"agent: no answer to the resume message within {timeout:g} s "
                                  "(an agent older than vmboot-agent 2 does not know it)")
             if msg.kind is p.Frame.RESUMED_DONE:
-                break
-        if len(msg.payload) < p.RESUMED_DONE.size:
-            raise AgentError(f"agent: resume answer of {len(msg.payload)} bytes, expected "
-                             f"{p.RESUMED_DONE.size}")
-        steps = ("RNDADDENTROPY", "RNDRESEEDCRNG", "clock_settime(CLOCK_REALTIME)")
-        failed = [f"{step}: {os.strerror(e)} (errno {e})"
-                  for step, e in zip(steps, p.RESUMED_DONE.unpack_from(msg.payload), strict=True)
-                  if e]
-        if failed:
-            raise AgentError(f"agent: the restored guest could not be reseeded or have its "
-                             f"clock set: {'; '.join(failed)} (the agent must run as root)")
-        self.version = msg.payload[p.RESUMED_DONE.size:].decode(errors="replace")
+                if len(msg.payload) < p.RESUMED_DONE.size:
+                    raise AgentError(f"agent: resume answer of {len(msg.payload)} bytes, "
+                                     f"expected {p.RESUMED_DONE.size}")
+                return msg.payload
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
             stdin: bytes | None = None, on_stdout: OutputSink | None = None,

@@ -34,7 +34,9 @@ SNAPSHOTS_SUBDIR = "snapshots"
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
 WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
-"""The warm guest's command line: the agent needs nothing on it (its port is its default)."""
+"""The warm guest's command line: the agent needs nothing on it (its port is its default).
+On a host that emulates guest ring 0 :data:`~vmboot.vmm.snapshots.SNAPSHOT_CLOCKSOURCE` is
+added (see there)."""
 WARM_IMAGE_VERSION = 2
 """Part of the cache key: bumped when the warm guest's layout changes (2: the agent as init)."""
 AGENT_INIT = "init"
@@ -76,11 +78,18 @@ def shell_argv(command: Sequence[str]) -> list[str]:
     return [SHELL, "-c", 'exec "$@"', "sh", *command]
 
 
+def warm_cmdline() -> str:
+    from vmboot.hv.kvm.host import host_is_emulating
+    from vmboot.vmm.snapshots import SNAPSHOT_CLOCKSOURCE
+
+    return f"{WARM_CMDLINE} {SNAPSHOT_CLOCKSOURCE}" if host_is_emulating() else WARM_CMDLINE
+
+
 def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
                 entry: EntryChoice, cpus: int) -> MachineConfig:
     from vmboot.config import MachineConfig
 
-    return MachineConfig(kernel, initrd=initrd, cmdline=WARM_CMDLINE, memory=memory,
+    return MachineConfig(kernel, initrd=initrd, cmdline=warm_cmdline(), memory=memory,
                          cpuid_policy=cpuid_policy,  # type: ignore[arg-type]
                          entry=entry, cpus=cpus, agent=True)
 
@@ -121,7 +130,6 @@ def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
             console = machine.console.text()[-2000:]
             raise GuestError(f"warm exec: the guest agent did not get ready ({e}); console:\n"
                              f"{console}") from None
-        machine.stop_agent_run()
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         machine.snapshot(tmp)
         os.replace(tmp, path)

@@ -489,9 +489,14 @@ class Machine:
             return None
 
     def snapshot(self, path: str | Path) -> SaveReport:
-        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`."""
+        """Save the paused guest (call between runs) to ``path``: see :mod:`vmboot.snapshot`.
+
+        A guest running in the background for :meth:`exec` is paused first (the next
+        :meth:`exec` resumes it): snapshot right after an :meth:`exec` returns, and the
+        agent in the saved guest is ready for a command."""
         from vmboot.vmm.snapshots import save_machine
 
+        self.stop_agent_run()
         return save_machine(self, path)
 
     def restore(self, path: str | Path, resume_timeout: float | None = None) -> Self:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -21,12 +22,15 @@ from typing import TYPE_CHECKING
 from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.devices.state import SavesState
 from vmboot.errors import BootConfigError, SnapshotMismatchError
+from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.memory_map import ram_regions
 from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
 from vmboot.snapshot import save_snapshot as _save
 
 if TYPE_CHECKING:
     from vmboot.vmm.machine import Machine
+
+log = logging.getLogger("vmboot.vmm")
 
 RTC_NAME = "rtc"
 I8042_NAME = "i8042"
@@ -99,6 +103,14 @@ def machine_devices(machine: Machine) -> dict[str, SavesState]:
     return devices
 
 
+SNAPSHOT_CLOCKSOURCE = "clocksource=jiffies"
+"""The kernel parameter a guest to be snapshotted needs on a host that emulates guest ring 0
+(PVM): there the guest reads the host's TSC, which no restore can rewind, so a TSC-based
+clock jumps by the snapshot's age on restore and the kernel then walks its timer wheel one
+jiffy at a time through the gap, in emulated ring 0 (measured: seconds of catch-up per
+minute of age). With jiffies as the clocksource the guest's time continues from the
+snapshot; its wall clock is then set by the agent (:meth:`Machine.restore`)."""
+
 UNSAVED_VIRTIO = {
     "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
           "files are not part of a snapshot",
@@ -155,6 +167,10 @@ def save_machine(machine: Machine, path: str | os.PathLike[str]) -> SaveReport:
     if machine.vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
     check_virtio_saved("Machine.snapshot", machine)
+    if host_is_emulating() and SNAPSHOT_CLOCKSOURCE not in machine.cmdline.split():
+        log.warning("Machine.snapshot: this host emulates guest ring 0 (PVM) and the guest's "
+                    "command line lacks %s: each restore will first catch up the time since "
+                    "the snapshot, slower the older the snapshot is", SNAPSHOT_CLOCKSOURCE)
     machine.virtio.quiesce()  # what the driver made available is served before saving
     machine.console.flush()
     return _save(path, machine.vm, machine_devices(machine), boot_facts(machine))
