@@ -14,7 +14,14 @@ import pytest
 
 from vmboot import pytest_plugin
 from vmboot.errors import UsageError
-from vmboot.testing.guest_spec import GuestSpec, SpecDefaults, guest_spec, merge_markers
+from vmboot.testing.guest_spec import (
+    GUEST_CMDLINE,
+    GuestSpec,
+    SpecDefaults,
+    guest_cmdline,
+    guest_spec,
+    merge_markers,
+)
 from vmboot.testing.snapshot_store import PreparedGuest
 from vmboot.units import MiB
 from vmboot.vmm.exits import ExitReason, VmExit
@@ -90,7 +97,7 @@ def test_a_spec_from_marker_and_defaults(kernel: Path, tmp_path: Path) -> None:
     data.mkdir()
     spec = guest_spec({"cpus": 2, "share": [f"{data}:d,ro"]},
                       SpecDefaults(kernel=str(kernel), memory="128M"), environ={})
-    assert spec == GuestSpec(kernel.resolve(), 2, 128 * MiB, (spec.shares[0],))
+    assert spec == GuestSpec(kernel.resolve(), 2, 128 * MiB, (spec.shares[0],), guest_cmdline())
     assert (spec.shares[0].source, spec.shares[0].tag, spec.shares[0].read_only) == (data, "d", True)
     assert spec.describe() == f"bzImage, 2 vCPUs, 128 MiB, share {data}:d,ro"
     assert guest_spec({"share": str(data)}, SpecDefaults(kernel=str(kernel)), {}).shares[0].tag == "data"
@@ -405,10 +412,7 @@ def test_cold_and_unsaveable_guests_boot_per_test(counted_saves: list[Path], ker
     assert counted_saves == []
 
 
-def test_max_age_setting(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vmboot.testing.snapshot_store as store
-
-    monkeypatch.setattr(store, "default_max_age", lambda: 600.0)
+def test_max_age_setting(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_inner="""
         import pytest
         from vmboot.pytest_plugin import max_age
@@ -419,7 +423,7 @@ def test_max_age_setting(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPa
     pytester.makepyfile(test_inner="""
         from vmboot.pytest_plugin import max_age
         def test_default(request):
-            assert max_age(request.config) == 600.0
+            assert max_age(request.config) is None
     """)
     pytester.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
     result = pytester.runpytest_inprocess(*PLUGIN, "--vmboot-max-age=-1")
@@ -444,3 +448,13 @@ def test_a_session_makes_a_stale_snapshot_again_between_tests(
                                           f"--vmboot-max-age={max_age}")
     result.assert_outcomes(passed=3)
     assert len(counted_saves) == saves
+
+
+def test_guests_on_pvm_hosts_use_the_snapshot_clocksource(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vmboot.hv.kvm.host as host
+    from vmboot.vmm.snapshots import SNAPSHOT_CLOCKSOURCE
+
+    monkeypatch.setattr(host, "host_is_emulating", lambda: True)
+    assert guest_cmdline() == f"{GUEST_CMDLINE} {SNAPSHOT_CLOCKSOURCE}"
+    monkeypatch.setattr(host, "host_is_emulating", lambda: False)
+    assert guest_cmdline() == GUEST_CMDLINE

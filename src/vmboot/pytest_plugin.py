@@ -73,10 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=names.DEFAULT_BOOT_TIMEOUT,
                     help=f"time limit of a boot (default: {names.DEFAULT_BOOT_TIMEOUT:g} s)")
     group.addoption("--vmboot-max-age", metavar="SECONDS", type=float,
-                    help=f"make a guest's snapshot again when older than this (default: ini "
-                         f"vmboot_max_age, else {names.DEFAULT_MAX_AGE_EMULATED:g} s on hosts "
-                         f"whose KVM emulates guest ring 0 (PVM), where a restored guest first "
-                         f"catches up with the ticks it missed; never elsewhere)")
+                    help="make a guest's snapshot again when older than this, also between "
+                         "two tests (default: ini vmboot_max_age, else kept however old)")
     group.addoption("--vmboot-fail-on", metavar="VERDICTS",
                     help=f"guest verdicts that fail a test (default: ini vmboot_fail_on, else "
                          f"{names.DEFAULT_FAIL_ON})")
@@ -141,11 +139,10 @@ def exec_timeout(config: pytest.Config) -> float:
 def max_age(config: pytest.Config) -> float | None:
     """Seconds after which a snapshot is made again (None: never)."""
     from vmboot.errors import UsageError
-    from vmboot.testing.snapshot_store import default_max_age
 
     text = setting(config, "max_age")
     if text is None:
-        return default_max_age()
+        return None
     try:
         value = float(text)
     except ValueError:

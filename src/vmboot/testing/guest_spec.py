@@ -23,7 +23,17 @@ from vmboot.units import format_size, parse_size
 
 GUEST_CMDLINE = f"{DEFAULT_CMDLINE} loglevel=5"
 """The guest's kernel command line: warnings and worse reach the console (the verdicts read
-it), routine boot messages do not (each console byte costs the guest an exit)."""
+it), routine boot messages do not (each console byte costs the guest an exit). On a host that
+emulates guest ring 0 :func:`guest_cmdline` adds the snapshot clocksource."""
+
+
+def guest_cmdline() -> str:
+    """:data:`GUEST_CMDLINE`, plus :data:`~vmboot.vmm.snapshots.SNAPSHOT_CLOCKSOURCE` on a PVM
+    host, where a restored guest would otherwise first catch up the snapshot's age."""
+    from vmboot.hv.kvm.host import host_is_emulating
+    from vmboot.vmm.snapshots import SNAPSHOT_CLOCKSOURCE
+
+    return f"{GUEST_CMDLINE} {SNAPSHOT_CLOCKSOURCE}" if host_is_emulating() else GUEST_CMDLINE
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ def guest_spec(marker: Mapping[str, object], defaults: SpecDefaults,
     if memory <= 0:
         raise UsageError(f"{memory_what}: 0 bytes of guest RAM; give a size such as {DEFAULT_MEMORY}")
     shares = tuple(_share(item, where) for item in _share_list(marker.get("share", ()), where))
-    return GuestSpec(kernel, cpus, memory, shares)
+    return GuestSpec(kernel, cpus, memory, shares, guest_cmdline())
 
 
 def _kernel(from_marker: object, default: str | None, environ: Mapping[str, str] | None,

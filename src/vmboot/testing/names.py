@@ -14,11 +14,3 @@ DEFAULT_BOOT_TIMEOUT = 600.0
 DEFAULT_FAIL_ON = "bug,emulation-failure,hung-task,oops,panic,rcu-stall,soft-lockup,timeout,triple-fault"
 """Verdicts (:mod:`vmboot.report`) that fail a test by default: every kernel failure, not
 ``warning``, and not a command's own failure (the test's business)."""
-DEFAULT_MAX_AGE_EMULATED = 120.0
-"""Seconds after which a guest's snapshot is made again, by default, on hosts whose KVM
-emulates guest ring 0 (PVM), also in the middle of a session: there a restored guest's clock
-has moved on by the snapshot's age, and a kernel with a periodic tick runs every tick it
-missed before it does anything else (about 1 ms each at 25 Hz: a restore from a
-25-minute-old snapshot took 33 s, some 2.5 % of the age). A restore then costs up to ~3 s
-more, against one boot (~30 s for the test kernels) every two minutes. Elsewhere the restored
-TSC hides the age, and a snapshot is kept until the cache removes it."""

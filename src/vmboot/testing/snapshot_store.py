@@ -7,8 +7,8 @@ holding ``<name>.make.lock`` exclusively; the others (pytest-xdist workers, othe
 sessions) wait on that lock and then use the file. Every process holds ``<name>.lock``
 shared for as long as it restores from the file, so the cache's size limit never removes
 it from under a session. Restores map the file copy-on-write and never write it. A snapshot
-older than ``max_age`` (by default only on PVM hosts: :func:`default_max_age`) is made again,
-in a new file renamed over the old one, so sessions still restoring the old one keep it.
+older than ``max_age`` (``--vmboot-max-age``; by default none is) is made again, in a new
+file renamed over the old one, so sessions still restoring the old one keep it.
 
 Each restored guest gets fresh entropy and the host's wall time from the agent's resume
 message (:meth:`~vmboot.vmm.guest_agent.GuestAgent.resume`), so no two tests share random
@@ -37,7 +37,7 @@ from vmboot.execute.cache import (
     touch,
 )
 from vmboot.testing.guest_spec import GuestSpec
-from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT, DEFAULT_MAX_AGE_EMULATED
+from vmboot.testing.names import DEFAULT_BOOT_TIMEOUT
 
 if TYPE_CHECKING:
     from vmboot.testing.guest_vm import GuestVM
@@ -102,13 +102,6 @@ def snapshot_refusal(machine: Machine) -> str | None:
     except BootConfigError as e:
         return str(e)
     return None
-
-
-def default_max_age() -> float | None:
-    """:data:`~vmboot.testing.names.DEFAULT_MAX_AGE_EMULATED` on a PVM host, else None."""
-    from vmboot.hv.kvm.host import host_is_emulating
-
-    return DEFAULT_MAX_AGE_EMULATED if host_is_emulating() else None
 
 
 def _stale(make_lock: Path, max_age: float | None) -> bool:
