@@ -29,9 +29,9 @@ def load_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     runs: list[str] = []
     notes: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
-        text = path.read_text()
-        check_portable(path, text)
-        data = json.loads(text)
+        data = json.loads(path.read_text())
+        # a command run inside the guest names the guest's paths, not this host's
+        check_portable(path, json.dumps({k: v for k, v in data.items() if k != "guest_command"}))
         host = data.get("machine", {})
         hosts.setdefault(f"{host.get('cpu', '?')}, {host.get('cpus', '?')} CPUs, KVM: "
                          f"{host.get('kvm', '?')}, Python {host.get('python', '?')}",

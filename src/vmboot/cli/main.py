@@ -25,6 +25,7 @@ VERB_MODULES: tuple[str, ...] = (
     "vmboot.cli.report",
     "vmboot.cli.trace",
     "vmboot.cli.fetch",
+    "vmboot.cli.cache",
     "vmboot.cli.net",
 )
 """Verb modules, in the order ``--help`` lists them."""
@@ -46,6 +47,7 @@ examples:
   vmboot report console.log                    the kernel's reports in a saved log, and one verdict
   vmboot trace vmcore.1.panic --kernel bzImage every CPU's kernel stack in a vmcore
   vmboot fetch kernel                          download a Debian cloud kernel into the vmboot cache
+  vmboot cache ls                              what the cache holds (downloads, saved guests)
   vmboot net tap-create tap0 --user $USER      the ip commands for a TAP device (--net tap=tap0)
 
 Run `vmboot VERB --help` for each verb's options.

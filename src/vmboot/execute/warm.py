@@ -48,7 +48,6 @@ finds them without links or PATH)."""
 SHELL = "/" + AGENT_SHELL
 READY_PROBE = (SHELL, "-c", "true")
 """Run once at the warm boot: it returns when the agent answers, and the guest is saved then."""
-SIGNAL_STATUS_BASE = 128
 """A command ended by signal N is reported with exit status 128 + N, as a shell does."""
 
 OutputCallback = Callable[[bytes], object]
@@ -142,6 +141,7 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
               stdin: bytes | None = None) -> ExecResult:
     """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
     from vmboot.agent.client import AgentError, CommandResult
+    from vmboot.execute.agent_run import SIGNAL_STATUS_BASE
     from vmboot.execute.api import ExecReason, ExecResult, ExecTimings
     from vmboot.vmm.machine import Machine
 
