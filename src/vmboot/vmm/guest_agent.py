@@ -201,23 +201,22 @@ class GuestAgent(Generic[EndT]):
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> AgentClient:
         """Run the guest in the background and wait for the agent's greeting."""
-        self._start_thread()
-        deadline = time.monotonic() + ready_timeout
-        try:
-            client = self._connect(ready_timeout)
-            client.wait_ready(max(deadline - time.monotonic(), 0.001))
-        except AgentError as e:
-            raise AgentError(f"{e}{self._why_stopped()}") from None
-        return client
+        return self._begin(ready_timeout, AgentClient.wait_ready)
 
     def resume(self, timeout: float = RESUME_TIMEOUT) -> AgentClient:
         """Run a guest restored from a snapshot in the background and send the agent the
         resume message (fresh entropy, the host's wall time); wait for its answer."""
+        return self._begin(timeout, AgentClient.resumed)
+
+    def _begin(self, timeout: float, first: Callable[[AgentClient, float], object]
+               ) -> AgentClient:
+        """Start the vCPU thread, connect the agent's channel and do ``first`` (wait for the
+        greeting, or resume), all within ``timeout`` seconds."""
         self._start_thread()
         deadline = time.monotonic() + timeout
         try:
             client = self._connect(timeout)
-            client.resumed(max(deadline - time.monotonic(), 0.001))
+            first(client, max(deadline - time.monotonic(), 0.001))
         except AgentError as e:
             raise AgentError(f"{e}{self._why_stopped()}") from None
         return client
