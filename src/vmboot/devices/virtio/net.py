@@ -236,13 +236,20 @@ class NetDevice(VirtioDevice):
         return bytes(self.header_size) + data
 
     def _receive(self, memory: GuestRam) -> bool:
+        try:
+            return self._receive_batch(memory)
+        finally:
+            # The backend is watched exactly while no frame waits for receive buffers: a
+            # held frame is retried when the driver adds buffers (its notification).
+            self._watch(self._held is None)
+
+    def _receive_batch(self, memory: GuestRam) -> bool:
         q = self.queues[RX]
         used = False
         limit = self.header_size + self.max_frame(_GUEST_GSO)
         for _ in range(BATCH_FRAMES):
             frame = self._next_frame()
             if frame is None:
-                self._watch(True)
                 return used
             if len(frame) > limit or len(frame) < self.header_size:
                 self.counters["rx_dropped"] += 1
@@ -250,12 +257,15 @@ class NetDevice(VirtioDevice):
             result = self._deliver(memory, q, frame)
             if result is None:  # no room: keep the frame until the guest adds buffers
                 self._held = frame
-                self._watch(False)
                 if not _more_buffers_since(memory, q):
                     return used
                 continue
             used = used or result
-        return used  # the fd stays watched: the loop comes back after the others' turns
+        # More may be waiting, in the backend's own buffer where the fd's readiness does
+        # not show it: another turn, after the other queues' and devices'.
+        if self._notify is not None:
+            self._notify(RX)
+        return used
 
     def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
         """Put ``frame`` (header first) in receive buffers: True when done, False when it
