@@ -1,6 +1,7 @@
 """virtio-net with passt end to end: a tiny-smp guest gets its address by DHCP from passt,
-fetches a blob from a server on the namespace's 127.0.0.1 through its gateway address
-(hash checked), and serves a line on a port published to the host with --publish. All of
+fetches a blob over HTTP with busybox wget from a server on the namespace's 127.0.0.1
+through its gateway address (hash checked), and serves a line with busybox nc -l on a port
+published to the host with --publish. All of
 it runs in a private network namespace the test makes (loopback and a veth pair whose both
 ends stay inside as the default route): nothing can leave the machine."""
 
@@ -19,16 +20,11 @@ import pytest
 from conftest import requires_kvm, shared_kernel_file
 from test_net_backends import NAMESPACE_SETUP, SRC
 
-BLOB_BYTES = 256 << 10
+BLOB_BYTES = 1 << 20
 GUEST_TIMEOUT = 400
 
 pytestmark = [
     pytest.mark.slow,
-    # Known broken, not hidden: under this machine's KVM a frame delivered to an idle guest is
-    # answered about 5 s late (seen in passt's capture: SYN-ACK to ACK 5.04 s), passt then
-    # retransmits and resets the connection. Flip this when receive delivery is fixed.
-    pytest.mark.xfail(run=False, strict=True,
-                      reason="receive into an idle guest is answered ~5 s late; transfers fail"),
     requires_kvm,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
                        or shutil.which("passt") is None,
@@ -53,7 +49,9 @@ def user_net_run() -> dict[str, Any]:
 def test_guest_fetches_a_blob_from_the_hosts_loopback_through_its_gateway(
         user_net_run: dict[str, Any]) -> None:
     assert user_net_run["stdout"].split()[:1] == [user_net_run["sha256"]], user_net_run
+    assert user_net_run["exit_status"] == 0, user_net_run
 
 
 def test_a_published_guest_port_is_reached_from_the_host(user_net_run: dict[str, Any]) -> None:
     assert user_net_run.get("published") == "vmboot-published", user_net_run
+    assert "hello-guest" in user_net_run["stdout"]  # and the host's line reached the guest
