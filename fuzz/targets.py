@@ -28,6 +28,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "virtio_console",
     "virtio_rng",
     "virtio_vsock",
+    "virtio_net",
 )
 
 

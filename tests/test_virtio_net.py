@@ -248,3 +248,12 @@ def test_after_a_held_frame_a_full_batch_keeps_the_fd_watched_and_asks_for_anoth
     r.transport.process(RX)  # that turn
     assert len(r.queues[RX].take_used()) == 9
     assert not backend.inbound and dev.counters["rx_frames"] == BATCH_FRAMES + 9
+
+
+def test_a_head_outside_the_queue_needs_a_reset_since_it_cannot_be_returned() -> None:
+    backend = FakeBackend()
+    r, dev = _net(backend)
+    r.queues[TX].publish(200)  # the queue has 16 entries
+    notify(r.transport, TX)
+    assert r.needs_reset and backend.sent == []
+    assert dev.counters["bad_chains"] == 0  # not a dropped frame: a broken ring

@@ -158,17 +158,19 @@ class NetDevice(VirtioDevice):
 
     def _pop_checked(self, memory: GuestRam, q: Virtqueue) -> DescriptorChain | bool | None:
         """The next chain; None when there is none; False for a malformed chain, which is
-        counted and, when its head is a valid index, returned to the driver as used."""
+        counted and returned to the driver as used. A head outside the queue cannot be
+        returned: the ring itself is broken and :class:`QueueError` (a device reset) follows."""
         if not q.pending(memory):
             return None
         head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (q.next_avail % q.size), 2))[0]
         try:
             return q.pop(memory)
         except QueueError as e:
+            if head >= q.size:
+                raise
             self.counters["bad_chains"] += 1
             log.debug("virtio-net: chain %d dropped: %s", head, e)
-            if head < q.size:
-                q.add_used(memory, head, 0)
+            q.add_used(memory, head, 0)
             return False
 
     def _transmit(self, memory: GuestRam) -> bool:
