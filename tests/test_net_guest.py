@@ -55,3 +55,28 @@ def test_guest_fetches_a_blob_from_the_hosts_loopback_through_its_gateway(
 def test_a_published_guest_port_is_reached_from_the_host(user_net_run: dict[str, Any]) -> None:
     assert user_net_run.get("published") == "vmboot-published", user_net_run
     assert "hello-guest" in user_net_run["stdout"]  # and the host's line reached the guest
+
+
+@pytest.fixture(scope="module")
+def passt_killed_run() -> dict[str, Any]:
+    kernel = shared_kernel_file("tiny-smp-bzImage")
+    script = Path(__file__).with_name("net_passt_kill_scenario.py")
+    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP
+         + f'exec {sys.executable} {script} {kernel} {GUEST_TIMEOUT}\n'],
+        capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT + 60, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_passt_killed_mid_transfer_drops_the_guests_carrier_and_nothing_hangs(
+        passt_killed_run: dict[str, Any]) -> None:
+    run = passt_killed_run
+    assert run["killed"], run  # passt was killed while the blob was on its way
+    assert run["reason"] == "exited" and run["exit_status"] == 0, run  # the run ended
+    received = int(run["stdout"].split()[0])  # wc -c of what wget got before passt died
+    assert received < 64 << 20 and "carrier=0" in run["stdout"], run
+    down = [line for line in run["logged"] if "link down" in line]
+    assert len(down) == 1 and "passt" in down[0], run["logged"]
