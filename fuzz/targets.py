@@ -29,6 +29,7 @@ TARGET_NAMES: tuple[str, ...] = (
     "virtio_console",
     "virtio_rng",
     "virtio_vsock",
+    "virtio_net",
 )
 
 

@@ -50,6 +50,7 @@ CI_RUNS: dict[str, int] = {
     "virtio_console": 1500,
     "virtio_rng": 1500,
     "virtio_vsock": 1500,
+    "virtio_net": 1500,
 }
 """Inputs per target in CI (about 1-2 s each here, plus the child's start-up)."""
 

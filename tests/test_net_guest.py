@@ -1,6 +1,7 @@
 """virtio-net with passt end to end: a tiny-smp guest gets its address by DHCP from passt,
-fetches a blob from a server on the namespace's 127.0.0.1 through its gateway address
-(hash checked), and serves a line on a port published to the host with --publish. All of
+fetches a blob over HTTP with busybox wget from a server on the namespace's 127.0.0.1
+through its gateway address (hash checked), and serves a line with busybox nc -l on a port
+published to the host with --publish. All of
 it runs in a private network namespace the test makes (loopback and a veth pair whose both
 ends stay inside as the default route): nothing can leave the machine."""
 
@@ -19,16 +20,11 @@ import pytest
 from conftest import requires_kvm, shared_kernel_file
 from test_net_backends import NAMESPACE_SETUP, SRC
 
-BLOB_BYTES = 256 << 10
+BLOB_BYTES = 1 << 20
 GUEST_TIMEOUT = 400
 
 pytestmark = [
     pytest.mark.slow,
-    # Known broken, not hidden: under this machine's KVM a frame delivered to an idle guest is
-    # answered about 5 s late (seen in passt's capture: SYN-ACK to ACK 5.04 s), passt then
-    # retransmits and resets the connection. Flip this when receive delivery is fixed.
-    pytest.mark.xfail(run=False, strict=True,
-                      reason="receive into an idle guest is answered ~5 s late; transfers fail"),
     requires_kvm,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
                        or shutil.which("passt") is None,
@@ -53,7 +49,34 @@ def user_net_run() -> dict[str, Any]:
 def test_guest_fetches_a_blob_from_the_hosts_loopback_through_its_gateway(
         user_net_run: dict[str, Any]) -> None:
     assert user_net_run["stdout"].split()[:1] == [user_net_run["sha256"]], user_net_run
+    assert user_net_run["exit_status"] == 0, user_net_run
 
 
 def test_a_published_guest_port_is_reached_from_the_host(user_net_run: dict[str, Any]) -> None:
     assert user_net_run.get("published") == "vmboot-published", user_net_run
+    assert "hello-guest" in user_net_run["stdout"]  # and the host's line reached the guest
+
+
+@pytest.fixture(scope="module")
+def passt_killed_run() -> dict[str, Any]:
+    kernel = shared_kernel_file("tiny-smp-bzImage")
+    script = Path(__file__).with_name("net_passt_kill_scenario.py")
+    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP
+         + f'exec {sys.executable} {script} {kernel} {GUEST_TIMEOUT}\n'],
+        capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT + 60, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_passt_killed_mid_transfer_drops_the_guests_carrier_and_nothing_hangs(
+        passt_killed_run: dict[str, Any]) -> None:
+    run = passt_killed_run
+    assert run["killed"], run  # passt was killed while the blob was on its way
+    assert run["reason"] == "exited" and run["exit_status"] == 0, run  # the run ended
+    received = int(run["stdout"].split()[0])  # wc -c of what wget got before passt died
+    assert received < 64 << 20 and "carrier=0" in run["stdout"], run
+    down = [line for line in run["logged"] if "link down" in line]
+    assert len(down) == 1 and "passt" in down[0], run["logged"]

@@ -14,7 +14,16 @@ import pytest
 from virtio_support import DATA, MEMORY, Rig, rig
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.driver import notify
-from vmboot.devices.virtio.net import RX, TX, NetDevice, format_mac, mac_for_name, parse_mac
+from vmboot.devices.virtio.io_thread import drain_eventfd
+from vmboot.devices.virtio.net import (
+    BATCH_FRAMES,
+    RX,
+    TX,
+    NetDevice,
+    format_mac,
+    mac_for_name,
+    parse_mac,
+)
 from vmboot.errors import BootConfigError
 from vmboot.net.backend import Chunk, NetBackendDown
 
@@ -217,3 +226,34 @@ def test_mac_addresses() -> None:
     for bad in ("02:00:00:00:00", "01:00:00:00:00:01", "zz:00:00:00:00:01"):
         with pytest.raises(BootConfigError, match="mac"):
             parse_mac(bad)
+
+
+def test_after_a_held_frame_a_full_batch_keeps_the_fd_watched_and_asks_for_another_turn() -> None:
+    # The stall seen with passt: a frame held for want of buffers, then delivered in a turn
+    # that ended on the batch limit, left the backend unwatched with buffers available;
+    # the driver, past the device's avail_event already, never notified again.
+    backend = FakeBackend()
+    dev = NetDevice(backend, MAC)
+    dev.watch_host_fd = lambda fd, on: backend.watched.append(on)
+    r = rig(dev, queue_size=128)
+    backend.inbound.append(_frame(100))
+    notify(r.transport, RX)  # no buffers: held, unwatched
+    assert backend.watched[-1] is False
+    backend.inbound.extend(_frame(100, fill=i) for i in range(BATCH_FRAMES + 8))
+    _add_rx(r, BATCH_FRAMES + 9)
+    notify(r.transport, RX)
+    assert len(r.queues[RX].take_used()) == BATCH_FRAMES
+    assert backend.watched[-1] is True
+    assert drain_eventfd(r.transport.queue_fds[RX])  # another turn is on its way
+    r.transport.process(RX)  # that turn
+    assert len(r.queues[RX].take_used()) == 9
+    assert not backend.inbound and dev.counters["rx_frames"] == BATCH_FRAMES + 9
+
+
+def test_a_head_outside_the_queue_needs_a_reset_since_it_cannot_be_returned() -> None:
+    backend = FakeBackend()
+    r, dev = _net(backend)
+    r.queues[TX].publish(200)  # the queue has 16 entries
+    notify(r.transport, TX)
+    assert r.needs_reset and backend.sent == []
+    assert dev.counters["bad_chains"] == 0  # not a dropped frame: a broken ring

@@ -158,17 +158,19 @@ class NetDevice(VirtioDevice):
 
     def _pop_checked(self, memory: GuestRam, q: Virtqueue) -> DescriptorChain | bool | None:
         """The next chain; None when there is none; False for a malformed chain, which is
-        counted and, when its head is a valid index, returned to the driver as used."""
+        counted and returned to the driver as used. A head outside the queue cannot be
+        returned: the ring itself is broken and :class:`QueueError` (a device reset) follows."""
         if not q.pending(memory):
             return None
         head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (q.next_avail % q.size), 2))[0]
         try:
             return q.pop(memory)
         except QueueError as e:
+            if head >= q.size:
+                raise
             self.counters["bad_chains"] += 1
             log.debug("virtio-net: chain %d dropped: %s", head, e)
-            if head < q.size:
-                q.add_used(memory, head, 0)
+            q.add_used(memory, head, 0)
             return False
 
     def _transmit(self, memory: GuestRam) -> bool:
@@ -236,13 +238,20 @@ class NetDevice(VirtioDevice):
         return bytes(self.header_size) + data
 
     def _receive(self, memory: GuestRam) -> bool:
+        try:
+            return self._receive_batch(memory)
+        finally:
+            # The backend is watched exactly while no frame waits for receive buffers: a
+            # held frame is retried when the driver adds buffers (its notification).
+            self._watch(self._held is None)
+
+    def _receive_batch(self, memory: GuestRam) -> bool:
         q = self.queues[RX]
         used = False
         limit = self.header_size + self.max_frame(_GUEST_GSO)
         for _ in range(BATCH_FRAMES):
             frame = self._next_frame()
             if frame is None:
-                self._watch(True)
                 return used
             if len(frame) > limit or len(frame) < self.header_size:
                 self.counters["rx_dropped"] += 1
@@ -250,12 +259,15 @@ class NetDevice(VirtioDevice):
             result = self._deliver(memory, q, frame)
             if result is None:  # no room: keep the frame until the guest adds buffers
                 self._held = frame
-                self._watch(False)
                 if not _more_buffers_since(memory, q):
                     return used
                 continue
             used = used or result
-        return used  # the fd stays watched: the loop comes back after the others' turns
+        # More may be waiting, in the backend's own buffer where the fd's readiness does
+        # not show it: another turn, after the other queues' and devices'.
+        if self._notify is not None:
+            self._notify(RX)
+        return used
 
     def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
         """Put ``frame`` (header first) in receive buffers: True when done, False when it

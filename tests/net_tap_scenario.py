@@ -1,0 +1,53 @@
+"""Run inside a private network namespace holding a TAP device (see test_net_tap_guest.py):
+a tiny-smp guest on ``--net tap=NAME`` takes an address on the TAP's subnet, pings the
+namespace's end, then receives a random blob over TCP with busybox nc from a server on
+that address and prints its SHA-256. Prints one JSON object: the blob's hash, the guest's
+output, exit and console tail, and the seconds from the server's accept to its last byte
+being taken by the guest's socket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from vmboot.execute import exec_command
+from vmboot.net.config import NetConfig
+
+HOST_ADDRESS = "172.30.0.1"
+GUEST_ADDRESS = "172.30.0.2/24"
+PORT = 8767
+
+
+def serve(blob: bytes, out: dict[str, object]) -> None:
+    with socket.create_server((HOST_ADDRESS, PORT)) as server:
+        conn, _ = server.accept()
+        with conn:
+            started = time.monotonic()
+            conn.sendall(blob)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)  # the guest's close: all of it was taken
+            out["seconds"] = time.monotonic() - started
+
+
+def main() -> None:
+    kernel, tap, size, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    blob = os.urandom(size)
+    out: dict[str, object] = {"sha256": hashlib.sha256(blob).hexdigest()}
+    threading.Thread(target=serve, args=(blob, out), daemon=True).start()
+    command = (f"ip addr add {GUEST_ADDRESS} dev eth0 && ip link set eth0 up && "
+               f"ping -c 2 -W 10 {HOST_ADDRESS} && nc {HOST_ADDRESS} {PORT} </dev/null | sha256sum")
+    result = exec_command(["sh", "-c", command], kernel=kernel, timeout=timeout,
+                          memory="256M", net=NetConfig.parse(f"tap={tap}"))
+    out.update(stdout=result.stdout.decode(errors="replace"), reason=str(result.reason),
+               exit_status=result.exit_status, stderr=result.stderr.decode(errors="replace"),
+               console=result.console.decode(errors="replace")[-3000:])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
