@@ -99,6 +99,35 @@ def test_a_command_that_writes_before_it_reads_does_not_deadlock(agent: AgentCli
     assert result.stdout[2000000:].strip() == str(len(data)).encode()
 
 
+def test_a_command_starts_with_default_signal_actions() -> None:
+    """Started by a process that ignores SIGINT (a background job), the agent still gives
+    its commands SIGINT's default action, so a shell's trap fires."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen([str(agent_binary()), "--fd", str(theirs.fileno())],
+                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                            preexec_fn=ignore_sigint)
+    theirs.close()
+    client = AgentClient(ours)
+    try:
+        def on_stdout(data: bytes) -> None:
+            if b"ready" in data:
+                client.signal(signal.SIGINT)
+
+        result = client.run(["/bin/sh", "-c", 'trap "exit 42" INT; echo ready; '
+                             'while :; do sleep 0.1; done'], ENV, on_stdout=on_stdout, timeout=60)
+        assert result.exit_status == 42 and not result.timed_out
+    finally:
+        client.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_unread_stdin_is_dropped_and_the_next_command_is_clean(agent: AgentClient) -> None:
     result = agent.run(["/bin/true"], ENV, stdin=os.urandom(1 << 20), timeout=30)
     assert result.exit_status == 0

@@ -33,6 +33,7 @@
 #define __NR_pipe2_      293
 #define __NR_signalfd4_  289
 #define __NR_rt_sigprocmask_ 14
+#define __NR_rt_sigaction_ 13
 #define __NR_socket_     41
 #define __NR_connect_    42
 #define __NR_nanosleep_  35
@@ -72,6 +73,7 @@ struct sockaddr_vm_ {
 };
 
 struct timespec_ { long tv_sec; long tv_nsec; };
+struct ksigaction_ { unsigned long handler, flags, restorer, mask; };
 
 static int chan = -1;
 static unsigned char inbuf[FRAME_MAX + 8];
@@ -87,6 +89,19 @@ static long sys_pipe2_(int *fds, int flags) { return my_syscall2(__NR_pipe2_, fd
 static long sigmask_(int how, unsigned long *set) { return my_syscall4(__NR_rt_sigprocmask_, how, set, 0, 8); }
 static long fcntl_(int fd, int cmd, long arg) { return my_syscall3(__NR_fcntl_, fd, cmd, arg); }
 static long ioctl_(int fd, unsigned long req, void *arg) { return my_syscall3(__NR_ioctl_, fd, req, arg); }
+/* A command starts with every signal's default action, whatever the agent inherited: a
+ * signal ignored by whoever started the agent would otherwise stay ignored (and a shell
+ * command could not trap it). */
+static void default_signals_(void)
+{
+	struct ksigaction_ dfl = {0, 0, 0, 0};
+	int s;
+
+	for (s = 1; s <= 64; s++)
+		if (s != 9 && s != 19)  /* SIGKILL and SIGSTOP cannot be changed */
+			my_syscall4(__NR_rt_sigaction_, s, &dfl, 0, 8);
+}
+
 static long signalfd_(unsigned long *mask) { return my_syscall4(__NR_signalfd4_, -1, mask, 8, SFD_NONBLOCK_ | SFD_CLOEXEC_); }
 
 static void put_u32(unsigned char *p, unsigned int v)
@@ -337,6 +352,7 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 	if (c->pid == 0) {
 		unsigned long blocked = (1UL << (SIGCHLD_ - 1)) | (1UL << (SIGPIPE_ - 1));
 		sigmask_(SIG_UNBLOCK_, &blocked);
+		default_signals_();
 		setsid();
 		dup2(in[0], 0);
 		dup2(out[1], 1);
