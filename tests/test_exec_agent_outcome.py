@@ -15,7 +15,7 @@ from vmboot.agent.client import AgentError, CommandNotStarted, CommandResult
 from vmboot.config import MachineConfig
 from vmboot.devices.console import ConsoleOutput
 from vmboot.execute.agent_run import AgentCommand, OutputCapture, exec_through_agent
-from vmboot.execute.api import ExecReason, ExecResult
+from vmboot.execute.result import ExecReason, ExecResult
 from vmboot.report.kinds import Verdict
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.vmm.machine import BootTimings, Machine, RunResult

@@ -63,7 +63,8 @@ def test_the_shipped_guest_runs_a_command_with_nothing_named(tmp_path: Path) -> 
 
 
 def test_added_file_reaches_the_guest_byte_for_byte(busybox: Path, tmp_path: Path) -> None:
-    from vmboot.execute.api import ExecReason, exec_command
+    from vmboot.execute.api import exec_command
+    from vmboot.execute.result import ExecReason
 
     kernel = shared_kernel_file("tiny-bzImage")
     data = bytes(range(256)) * 64 + os.urandom(4096) + b"\r\n\x00end"

@@ -11,9 +11,10 @@ import pytest
 from vmboot.cli import exec as cli_exec
 from vmboot.cli.main import build_parser
 from vmboot.errors import KernelFormatError, KernelImageError, UsageError, VmbootError
-from vmboot.execute.api import ExecReason, _StatusWatch, classify
+from vmboot.execute.api import _StatusWatch, classify
 from vmboot.execute.discovery import cached_kernels, find_kernel
 from vmboot.execute.image import EXEC_CMDLINE
+from vmboot.execute.result import ExecReason
 from vmboot.vmm.exits import ExitReason
 
 # -- classification -------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def fake_result(reason: ExecReason, status: int | None, detail: str = "") -> object:
-    from vmboot.execute.api import ExecResult, ExecTimings
+    from vmboot.execute.result import ExecResult, ExecTimings
 
     timings = ExecTimings(0.0, 0.1, None, 1.0, 2.0, 2.5)
     return ExecResult(stdout=b"o\n", stderr=b"e\n", exit_status=status, reason=reason,

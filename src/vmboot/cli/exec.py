@@ -201,7 +201,7 @@ def env_spec(text: str) -> tuple[str, str]:
 
 def exit_status_for(result_reason: str, exit_status: int | None) -> int:
     """Our exit status for an exec result (see the epilog)."""
-    from vmboot.execute.api import ExecReason
+    from vmboot.execute.result import ExecReason
 
     reason = ExecReason(result_reason)
     if reason is ExecReason.EXITED and exit_status is not None:

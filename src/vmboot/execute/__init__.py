@@ -9,17 +9,13 @@
 - :mod:`~vmboot.execute.discovery`: the kernels and busyboxes this host has;
 - :mod:`~vmboot.execute.fetch`: busybox-static and Debian kernels with apt, into the cache;
 - :mod:`~vmboot.execute.cache`: where the cache is.
+- :mod:`~vmboot.execute.result`: what a run gives back (:class:`ExecResult`).
 """
 
-from vmboot.execute.api import (
-    ExecReason,
-    ExecResult,
-    ExecTimings,
-    classify,
-    exec_command,
-)
+from vmboot.execute.api import classify, exec_command
 from vmboot.execute.discovery import cached_kernels, find_kernel
 from vmboot.execute.image import EXEC_CMDLINE
+from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
 
 __all__ = [
     "EXEC_CMDLINE",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmboot.agent.client import AgentError, CommandNotStarted
 from vmboot.errors import VmbootError
-from vmboot.execute.api import (
+from vmboot.execute.result import (
     PANIC_MARKER,
     ExecReason,
     ExecResult,

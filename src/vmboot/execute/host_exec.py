@@ -26,8 +26,8 @@ from vmboot.execute.agent_run import (
     OutputCapture,
     exec_through_agent,
 )
-from vmboot.execute.api import ExecReason, ExecResult, ExecTimings, OutputCallback
 from vmboot.execute.discovery import find_kernel
+from vmboot.execute.result import ExecReason, ExecResult, ExecTimings, OutputCallback
 from vmboot.vmm.host_root import hidden_in_guest
 
 if TYPE_CHECKING:

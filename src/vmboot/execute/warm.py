@@ -27,7 +27,7 @@ from vmboot.version import __version__
 
 if TYPE_CHECKING:
     from vmboot.config import MachineConfig
-    from vmboot.execute.api import ExecResult
+    from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
 
 SNAPSHOTS_SUBDIR = "snapshots"
@@ -142,7 +142,7 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
     """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
     from vmboot.agent.client import AgentError, CommandResult
     from vmboot.execute.agent_run import SIGNAL_STATUS_BASE
-    from vmboot.execute.api import ExecReason, ExecResult, ExecTimings
+    from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
     from vmboot.vmm.machine import Machine
 
     snapshot = warm_snapshot(config, timeout)

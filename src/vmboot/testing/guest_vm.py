@@ -32,7 +32,7 @@ from vmboot.testing.names import DEFAULT_EXEC_TIMEOUT
 if TYPE_CHECKING:
     from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.tasks import GuestTask
-    from vmboot.execute.api import ExecReason, ExecResult
+    from vmboot.execute.result import ExecReason, ExecResult
     from vmboot.testing.guest_spec import GuestSpec
     from vmboot.vmm.guest_agent import GuestAgent
     from vmboot.vmm.machine import Machine, RunResult
@@ -80,7 +80,7 @@ class GuestVM:
         """
         from vmboot.agent.client import AgentError, CommandNotStarted
         from vmboot.execute.agent_run import EXIT_CANNOT_RUN, EXIT_NOT_FOUND, SIGNAL_STATUS_BASE
-        from vmboot.execute.api import ExecReason
+        from vmboot.execute.result import ExecReason
 
         if not argv:
             raise UsageError("vm.exec: argv is empty; give the command and its arguments")
@@ -136,7 +136,7 @@ class GuestVM:
 
     def _stopped(self, argv: Sequence[str], t0: float, console_from: int, why: str) -> ExecResult:
         """The connection ended: the guest stopped; wait for its run's result."""
-        from vmboot.execute.api import ExecReason
+        from vmboot.execute.result import ExecReason
         from vmboot.vmm.exits import ExitReason
 
         ended = self.wait_ended()
@@ -154,7 +154,7 @@ class GuestVM:
     def _record(self, argv: Sequence[str], reason: ExecReason, status: int | None, stdout: bytes,
                 stderr: bytes, t0: float, console_from: int, detail: str,
                 ended: RunResult | None = None) -> ExecResult:
-        from vmboot.execute.api import ExecReason, ExecResult, ExecTimings
+        from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
 
         took = time.monotonic() - t0
         timings = ExecTimings(initramfs=0.0, kernel_entry=None, first_console_byte=None,
