@@ -3,12 +3,13 @@ the same protocol, with the host's /bin/sh and coreutils as the commands."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,13 @@ from vmboot.agent.client import AgentClient, AgentError
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
 
-@pytest.fixture
-def agent() -> Iterator[AgentClient]:
+@contextlib.contextmanager
+def running_agent(preexec_fn: Callable[[], object] | None = None) -> Iterator[AgentClient]:
+    """The agent binary on the host, talking over a socket pair; stopped afterwards."""
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen([str(agent_binary()), "--fd", str(theirs.fileno())],
-                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                            preexec_fn=preexec_fn)
     theirs.close()
     client = AgentClient(ours)
     try:
@@ -38,6 +41,12 @@ def agent() -> Iterator[AgentClient]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def agent() -> Iterator[AgentClient]:
+    with running_agent() as client:
+        yield client
 
 
 def test_greets_with_its_version(agent: AgentClient) -> None:
@@ -105,13 +114,7 @@ def test_a_command_starts_with_default_signal_actions() -> None:
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    ours, theirs = socket.socketpair()
-    proc = subprocess.Popen([str(agent_binary()), "--fd", str(theirs.fileno())],
-                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                            preexec_fn=ignore_sigint)
-    theirs.close()
-    client = AgentClient(ours)
-    try:
+    with running_agent(ignore_sigint) as client:
         def on_stdout(data: bytes) -> None:
             if b"ready" in data:
                 client.signal(signal.SIGINT)
@@ -119,13 +122,6 @@ def test_a_command_starts_with_default_signal_actions() -> None:
         result = client.run(["/bin/sh", "-c", 'trap "exit 42" INT; echo ready; '
                              'while :; do sleep 0.1; done'], ENV, on_stdout=on_stdout, timeout=60)
         assert result.exit_status == 42 and not result.timed_out
-    finally:
-        client.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_unread_stdin_is_dropped_and_the_next_command_is_clean(agent: AgentClient) -> None:
