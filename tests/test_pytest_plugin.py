@@ -23,7 +23,9 @@ def test_next_guest_does_not_see_it(vmboot_shell):
 
 def test_each_test_gets_a_fresh_restored_guest(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_inner=INNER_TESTS)
-    result = pytester.runpytest_inprocess(
+    # in a process of its own: an in-process run drops the modules it imported first
+    # (numpy, say) from sys.modules afterwards, and a C extension cannot load twice
+    result = pytester.runpytest_subprocess(
         "-p", "vmboot.pytest_plugin", "-p", "no:cacheprovider",
         "--vmboot-kernel", str(shared_kernel_file("tiny-bzImage")),
         "--vmboot-initrd", str(shared_kernel_file("tiny-initramfs.cpio")))
