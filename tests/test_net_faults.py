@@ -12,7 +12,7 @@ import tracemalloc
 
 import pytest
 
-from conftest import require_tool, shared_kernel_file
+from conftest import require, require_tool, shared_kernel_file
 from test_net_backends import in_namespace, needs_netns, netns_tools, python
 from test_virtio_net import HDR, FakeBackend, _add_rx, _frame, _net, _transmit
 from vmboot.devices.virtio.net import RX, TX
@@ -70,8 +70,8 @@ def test_run_with_a_missing_tap_fails_before_boot_with_one_line() -> None:
 
 
 def test_a_tun_driver_without_the_vnet_header_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not os.path.exists(tap.TUN_DEVICE) or not os.access(tap.TUN_DEVICE, os.R_OK | os.W_OK):
-        pytest.skip(f"{tap.TUN_DEVICE} is not usable here")
+    require(os.path.exists(tap.TUN_DEVICE) and os.access(tap.TUN_DEVICE, os.R_OK | os.W_OK),
+            tap.TUN_DEVICE, "the TUN driver, readable and writable (modprobe tun; run as root)")
     real_ioctl = fcntl.ioctl
 
     def ioctl(fd: int, request: int, arg: bytes | int = 0) -> bytes | int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import requires_kvm, shared_kernel_file
+from conftest import require, require_tool, requires_kvm, shared_kernel_file
 from test_net_backends import NAMESPACE_SETUP, SRC
 
 BLOB_BYTES = 1 << 20
@@ -26,10 +25,15 @@ GUEST_TIMEOUT = 400
 pytestmark = [
     pytest.mark.slow,
     requires_kvm,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
-                       or shutil.which("passt") is None,
-                       reason="needs root (for unshare --net) and passt"),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _prerequisites() -> None:
+    """Root (for ``unshare --net``), unshare and passt: missing ones skip, or fail under CI."""
+    require(os.geteuid() == 0, "root", "the test makes a network namespace with unshare --net")
+    require_tool("unshare", "util-linux")
+    require_tool("passt", "passt")
 
 
 @pytest.fixture(scope="module")
