@@ -10,50 +10,14 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
-from vmboot.errors import BootConfigError, GuestError, InitramfsError
+from vmboot.errors import BootConfigError
 from vmboot.execute import ExecReason, exec_command
-from vmboot.execute.image import (
-    COMMAND_PATH,
-    INIT_PATH,
-    STATUS_READY,
-    command_file,
-    parse_status,
-    warm_command_message,
-    warm_initramfs,
-)
 from vmboot.initramfs.reader import read_cpio
 
 TIMEOUT_S = 300
 
 
 # -- without KVM ---------------------------------------------------------------------------
-def test_the_command_message_is_framed_by_a_terminator_line() -> None:
-    command, env = ["sh", "-c", "echo a\nVMBOOT-END-x"], {"PATH": "/bin"}
-    message = warm_command_message(command, env)
-    terminator, _, rest = message.partition(b"\n")
-    assert terminator.startswith(b"VMBOOT-END-")
-    assert rest == command_file(command, env) + terminator + b"\n"
-    assert terminator not in command_file(command, env).split(b"\n")
-    assert warm_command_message(command, env) != message  # a fresh terminator per run
-
-
-def test_the_command_message_validates_the_command() -> None:
-    with pytest.raises(InitramfsError, match="argv\\[0\\]"):
-        warm_command_message(["A=b"], {})
-
-
-def test_the_warm_image_has_no_command_file(busybox: Path) -> None:
-    paths = {e.path for e in read_cpio(warm_initramfs(busybox))}
-    assert INIT_PATH in paths and COMMAND_PATH not in paths
-    assert warm_initramfs(busybox) == warm_initramfs(busybox)  # reproducible: the cache key
-
-
-def test_ready_is_part_of_the_status_protocol() -> None:
-    assert parse_status(STATUS_READY + b"\nVMBOOT-START\nVMBOOT-EXIT 3\n").exit_status == 3
-    with pytest.raises(GuestError):
-        parse_status(b"VMBOOT-WHAT\n")
-
-
 def test_warm_with_files_is_refused(busybox: Path, tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(BootConfigError, match="warm exec resumes a saved guest"):

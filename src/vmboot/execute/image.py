@@ -125,8 +125,6 @@ EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
 STATUS_START = b"VMBOOT-START"
 STATUS_EXIT = b"VMBOOT-EXIT"
 STATUS_ERROR = b"VMBOOT-ERROR"
-STATUS_READY = b"VMBOOT-READY"
-"""A warm image (no command file) is ready for its command on the status channel."""
 EXIT_STATUS_MAX = 255
 
 # -- image layout ---------------------------------------------------------------------------
@@ -195,8 +193,8 @@ def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
     return COMMAND_HEADER + b"set -- " + b" ".join(shell_quote(w) for w in words) + b"\n"
 
 
-def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str],
-                  warm: bool = False) -> list[Entry]:
+def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str]
+                  ) -> list[Entry]:
     entries = [
         *(Entry.directory(d) for d in MOUNT_POINTS),
         Entry.directory(TMP_DIR, TMP_MODE),
@@ -206,8 +204,7 @@ def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str],
         Entry.file(INIT_PATH, guest_file(INIT_SCRIPT), DEFAULT_EXECUTABLE_MODE),
         Entry.file(RUN_PATH, guest_file(RUN_SCRIPT), DEFAULT_FILE_MODE),
     ]
-    if not warm:
-        entries.append(Entry.file(COMMAND_PATH, command_file(command, env), DEFAULT_FILE_MODE))
+    entries.append(Entry.file(COMMAND_PATH, command_file(command, env), DEFAULT_FILE_MODE))
     return entries
 
 
@@ -272,27 +269,6 @@ def agent_argv(command: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return [f"/{BUSYBOX_PATH}", "env", "--", *command]
 
 
-def warm_initramfs(busybox: Path, *, compression: str = "none") -> bytes:
-    """The exec image without a command: its init reports :data:`STATUS_READY` and then
-    reads the command from the status channel (:func:`warm_command_message`)."""
-    from vmboot.execute.discovery import check_static_busybox
-
-    check_static_busybox(busybox)
-    return build_initramfs(complete_tree(_base_entries(busybox, (), {}, warm=True)),
-                           compression=compression)
-
-
-def warm_command_message(command: Sequence[str], env: Mapping[str, str]) -> bytes:
-    """What the host types into a warm guest's status channel: a terminator line that
-    occurs in no line of the command file, the command file, the terminator again."""
-    body = command_file(command, env)
-    lines = set(body.split(b"\n"))
-    terminator = b"VMBOOT-END-" + os.urandom(8).hex().encode()
-    while terminator in lines:
-        terminator = b"VMBOOT-END-" + os.urandom(8).hex().encode()
-    return terminator + b"\n" + body + terminator + b"\n"
-
-
 def exec_initramfs(command: list[str], env: dict[str, str], files: list[tuple[Path, str]],
                    busybox: Path, *, compression: str = "none") -> bytes:
     """The ``vmboot exec`` initramfs for ``command`` (uncompressed by default: fastest to boot).
@@ -330,8 +306,6 @@ def parse_status(data: bytes) -> ExecStatus:
         if not line:
             continue
         word, _, rest = line.partition(b" ")
-        if word == STATUS_READY:
-            continue
         if word == STATUS_START:
             started = True
         elif word == STATUS_EXIT and rest.isdigit() and int(rest) <= EXIT_STATUS_MAX:

@@ -22,20 +22,6 @@ for n in 1 2 3; do
   fi
 done
 
-# A warm image has no command file: it says it is ready (the host saves the guest
-# here, once) and then takes the command from the status channel: a terminator line,
-# the command file's lines, the terminator again. ttyS3 stays open from before the
-# announcement: opening a serial port clears its receive FIFO, which would drop a
-# command typed in as soon as the guest is resumed.
-if [ "$ok" = 1 ] && [ ! -e /vmboot/command ]; then
-  exec 3<>/dev/ttyS3
-  echo "VMBOOT-READY" >&3
-  IFS= read -r vmboot_end <&3
-  while IFS= read -r vmboot_line <&3 && [ "$vmboot_line" != "$vmboot_end" ]; do
-    printf '%s\n' "$vmboot_line" >>/vmboot/command
-  done
-fi
-
 if [ "$ok" = 1 ]; then
   . /vmboot/run.sh
 fi
