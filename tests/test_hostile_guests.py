@@ -11,7 +11,6 @@ device at :data:`DONE_PORT` ends a run with POWEROFF when the guest writes :data
 from __future__ import annotations
 
 import gc
-import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from conftest import requires_kvm
 from kvm_helpers import CODE_GPA, assemble, assemble_with_symbols, enter_long_mode, need_binutils
+from process_usage import mapping_count, open_fd_count
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.devices.console import ConsoleOutput
 from vmboot.devices.pc import PcPlatform
@@ -44,10 +44,6 @@ KVM_IN_KERNEL_PORTS = frozenset([
     *range(0x40, 0x44), 0x61,  # PIT, speaker port (KVM_PIT_SPEAKER_DUMMY)
 ])
 """Ports the in-kernel irqchip and PIT answer without exiting to user space."""
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class DoneDevice:
@@ -119,9 +115,9 @@ def _binutils() -> None:
 
 @pytest.fixture
 def fds_unchanged() -> Iterator[None]:
-    before = open_fds()
+    before = open_fd_count()
     yield
-    assert open_fds() == before
+    assert open_fd_count() == before
 
 
 @pytest.fixture
@@ -282,7 +278,7 @@ def test_reset_loop_1000_times(rig: Rig) -> None:
     """)
     after_out = CODE_GPA + code.index(b"\xeb\xfe")
     rig.vm.write(CODE_GPA, code)
-    fds = open_fds()
+    fds = open_fd_count()
     reasons: dict[ExitReason, int] = {}
     rips = set()
     for _ in range(RESETS):
@@ -294,7 +290,7 @@ def test_reset_loop_1000_times(rig: Rig) -> None:
     assert reasons == {ExitReason.RESET: RESETS}
     assert rips == {after_out}
     assert rig.platform.i8042.resets == RESETS
-    assert open_fds() == fds
+    assert open_fd_count() == fds
     rig.still_runs()
 
 
@@ -306,7 +302,7 @@ def test_reset_loop_fresh_vm_each_time(fds_unchanged: None) -> None:
         out 0x64, al
     1:  jmp 1b
     """)
-    fds = open_fds()
+    fds = open_fd_count()
     reasons: dict[ExitReason, int] = {}
     for _ in range(RESETS):
         rig = Rig(memory=16 << 20)
@@ -318,7 +314,7 @@ def test_reset_loop_fresh_vm_each_time(fds_unchanged: None) -> None:
             assert rig.platform.i8042.resets == 1
         finally:
             rig.close()
-        assert open_fds() == fds
+        assert open_fd_count() == fds
     assert reasons == {ExitReason.RESET: RESETS}
 
 
@@ -402,11 +398,6 @@ class ClosingDevice:
         return 0xFF
 
 
-def open_mappings() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for _ in f)
-
-
 CLOSE_PORT = 0x520
 
 
@@ -420,7 +411,7 @@ def test_device_handler_closes_the_vm_during_the_run(closer: str) -> None:
     warm.still_runs()  # and malloc arena): measure after one
     warm.close()
     gc.collect()
-    fds, maps = open_fds(), open_mappings()
+    fds, maps = open_fd_count(), mapping_count()
     rig = Rig()
 
     def close(vm: KvmVM = rig.vm) -> None:
@@ -449,7 +440,7 @@ def test_device_handler_closes_the_vm_during_the_run(closer: str) -> None:
     rig.vm.close()
     del rig, device, close
     gc.collect()
-    assert (open_fds(), open_mappings()) == (fds, maps)
+    assert (open_fd_count(), mapping_count()) == (fds, maps)
     assert run_probe("bzimage").ok
 
 

@@ -3,12 +3,10 @@ safe after errors; use after close is refused clearly."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from conftest import requires_kvm
+from process_usage import open_fd_count, rss_bytes
 from vmboot.errors import GuestMemoryError, HypervisorError
 from vmboot.hv import Register
 from vmboot.hv.kvm import KVM, KvmVM
@@ -22,17 +20,6 @@ kvm_run page per cycle would add 2 MiB, one 2 MiB guest RAM 1000 MiB (``pytest -
 the figures)."""
 
 
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 def _cycle() -> None:
     with KvmVM(2 << 20) as vm:
         vcpu = vm.create_vcpu(0)
@@ -43,10 +30,10 @@ def _cycle() -> None:
 def test_create_close_cycles_leave_no_fds_or_memory_behind() -> None:
     for _ in range(5):  # warm caches (ctypes types, CPUID) before the baseline
         _cycle()
-    fds, rss = _fd_count(), _rss_bytes()
+    fds, rss = open_fd_count(), rss_bytes()
     for _ in range(CYCLES):
         _cycle()
-    fds_after, rss_after = _fd_count(), _rss_bytes()
+    fds_after, rss_after = open_fd_count(), rss_bytes()
     print(f"\n{CYCLES} create/close cycles: fds {fds} -> {fds_after}, "
           f"RSS {rss / 2**20:.1f} MiB -> {rss_after / 2**20:.1f} MiB "
           f"({(rss_after - rss) / 2**10:+.0f} KiB)")
@@ -55,13 +42,13 @@ def test_create_close_cycles_leave_no_fds_or_memory_behind() -> None:
 
 
 def test_close_is_idempotent_and_refuses_use_after() -> None:
-    fds = _fd_count()
+    fds = open_fd_count()
     vm = KvmVM(2 << 20)
     vcpu = vm.create_vcpu(0)
     vm.close()
     vm.close()
     assert vm.closed
-    assert _fd_count() == fds
+    assert open_fd_count() == fds
     with pytest.raises(HypervisorError, match="after close"):
         vcpu.get_register(Register.RIP)
     with pytest.raises(HypervisorError, match="after close"):
@@ -71,7 +58,7 @@ def test_close_is_idempotent_and_refuses_use_after() -> None:
 
 
 def test_failed_setup_releases_everything(monkeypatch: pytest.MonkeyPatch) -> None:
-    fds = _fd_count()
+    fds = open_fd_count()
     import mmap  # the module vmboot.hv.kvm.vcpu maps the kvm_run page with
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -81,17 +68,17 @@ def test_failed_setup_releases_everything(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setattr(mmap, "mmap", refuse)
         vm.create_vcpu(0)
     monkeypatch.undo()
-    assert _fd_count() == fds
+    assert open_fd_count() == fds
     with pytest.raises(HypervisorError, match=r"CPUID policy .fast. is not one of"):
         KvmVM(2 << 20, cpuid_policy="fast")  # type: ignore[arg-type]
-    assert _fd_count() == fds
+    assert open_fd_count() == fds
 
 
 def test_shared_kvm_outlives_its_vms() -> None:
     with KVM() as kvm:
-        fds = _fd_count()
+        fds = open_fd_count()
         for _ in range(3):
             with KvmVM(2 << 20, kvm=kvm) as vm:
                 vm.create_vcpu(0)
-        assert _fd_count() == fds
+        assert open_fd_count() == fds
         assert kvm.fd >= 0

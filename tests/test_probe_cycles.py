@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import requires_kvm
+from process_usage import mapping_count, open_fd_count, rss_bytes
 from vmboot.linux import BootOptions
 from vmboot.probes import run_probe
 
@@ -21,35 +20,20 @@ figures)."""
 MEMORY = 16 << 20
 
 
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def _mappings() -> int:
-    return len(Path("/proc/self/maps").read_text().splitlines())
-
-
 @pytest.mark.slow
 @requires_kvm
 def test_500_boot_cycles_leave_nothing_behind() -> None:
     options = BootOptions(cmdline="console=ttyS0 cycle", initrd=b"cycle" * 200)
     for _ in range(WARMUP):
         assert run_probe("bzimage", options, memory=MEMORY).ok
-    fds, rss, maps = _fd_count(), _rss_bytes(), _mappings()
+    fds, rss, maps = open_fd_count(), rss_bytes(), mapping_count()
     t0 = time.monotonic()
     failed = 0
     for _ in range(CYCLES):
         result = run_probe("bzimage", options, memory=MEMORY)
         failed += not result.ok
     elapsed = time.monotonic() - t0
-    fds_after, rss_after, maps_after = _fd_count(), _rss_bytes(), _mappings()
+    fds_after, rss_after, maps_after = open_fd_count(), rss_bytes(), mapping_count()
     print(f"\n{CYCLES} create/boot/close cycles in {elapsed:.1f} s: fds {fds} -> {fds_after}, "
           f"mappings {maps} -> {maps_after}, RSS {rss / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
     assert failed == 0

@@ -8,13 +8,13 @@ the bootstrap vCPU wakes the other from KVM's "wait for SIPI" state as firmware 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 from kvm_helpers import CODE_GPA, assemble, enter_long_mode, need_binutils
+from process_usage import open_fd_count
 from vmboot.devices.bus import MmioBus, PortBus
 from vmboot.hv.kvm import KvmVM, abi
 from vmboot.hv.kvm.cpuid import find
@@ -31,10 +31,6 @@ MARK_PORT = 0x510
 PROGRAM_SPACING = 0x1000
 """vCPU i runs the program at CODE_GPA + i * PROGRAM_SPACING."""
 SPIN = "cli\n1: inc rbx\njmp 1b"
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class MarkDevice:
@@ -90,9 +86,9 @@ def _binutils() -> None:
 @pytest.fixture
 def baseline() -> Iterator[None]:
     """Threads and fds are back to what they were once the VM is closed."""
-    fds, threads = open_fds(), threading.active_count()
+    fds, threads = open_fd_count(), threading.active_count()
     yield
-    assert open_fds() == fds
+    assert open_fd_count() == fds
     assert threading.active_count() == threads and not vcpu_threads()
 
 

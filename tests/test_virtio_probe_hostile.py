@@ -12,13 +12,11 @@ path; either way vmboot stays healthy, and no file descriptor or memory is left 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from conftest import requires_kvm
 from kvm_helpers import assemble
+from process_usage import open_fd_count, rss_bytes
 from test_machine import COM1, ENTRY_64_OFFSET, guest_program
 from virtio_support import DATA, HOSTILE_CHAINS
 from vmboot.devices.virtio import spec
@@ -151,17 +149,6 @@ def _run(path: NotificationChoice) -> tuple[str, dict[str, object], bytes]:
     return result.console.decode(errors="replace"), device, served
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) << 10
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 @pytest.mark.parametrize("path", ["ioeventfd", "exits"])
 def test_hostile_driver_under_kvm(path: NotificationChoice) -> None:
     console, device, served = _run(path)
@@ -174,9 +161,9 @@ def test_hostile_runs_leave_nothing_behind() -> None:
     """Three runs in a row: no file descriptor left open, and memory flat (a leak of the
     64 MiB guest RAM or of the rings per run would show as tens of MiB)."""
     _run("ioeventfd")
-    fds, rss = _open_fds(), _rss()
+    fds, rss = open_fd_count(), rss_bytes()
     for _ in range(2):
         console, _, _ = _run("ioeventfd")
         assert console == EXPECTED
-    assert _open_fds() == fds
-    assert _rss() - rss < 8 << 20, f"RSS grew by {(_rss() - rss) >> 10} KiB over two runs"
+    assert open_fd_count() == fds
+    assert rss_bytes() - rss < 8 << 20, f"RSS grew by {(rss_bytes() - rss) >> 10} KiB over two runs"
