@@ -18,6 +18,10 @@ RSS_GROWTH_LIMIT = 1 << 20
 kvm_run page per boot would add 2 MiB, one 16 MiB guest 8000 MiB (``pytest -s`` prints the
 figures)."""
 MEMORY = 16 << 20
+MAPPING_GROWTH_LIMIT = CYCLES // 10
+"""Mappings after the cycles: a leak of one per cycle (a kvm_run page, a guest RAM) would add
+500. glibc may keep a few more for good (a malloc arena per thread that ran at the same
+time as others, cached thread stacks), more of them on a loaded host."""
 
 
 @pytest.mark.slow
@@ -38,5 +42,5 @@ def test_500_boot_cycles_leave_nothing_behind() -> None:
           f"mappings {maps} -> {maps_after}, RSS {rss / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
     assert failed == 0
     assert fds_after == fds
-    assert maps_after == maps
+    assert maps_after - maps < MAPPING_GROWTH_LIMIT, (maps, maps_after)
     assert rss_after - rss < RSS_GROWTH_LIMIT
