@@ -26,6 +26,7 @@ from vmboot.execute.cache import cache_subdir
 from vmboot.version import __version__
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import StdinSource
     from vmboot.config import MachineConfig
     from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
@@ -138,7 +139,7 @@ def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
 def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, str], *,
               t0: float, t_initramfs: float, timeout: float | None, console: Any,
               on_stdout: OutputCallback | None, on_stderr: OutputCallback | None,
-              stdin: bytes | None = None) -> ExecResult:
+              stdin: StdinSource = None) -> ExecResult:
     """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
     from vmboot.agent.client import AgentError, CommandResult
     from vmboot.execute.agent_run import SIGNAL_STATUS_BASE
