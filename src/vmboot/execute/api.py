@@ -258,9 +258,10 @@ def exec_command(
     if warm:
         import sys
 
-        from vmboot.execute.warm import agent_initramfs, warm_config, warm_exec
+        from vmboot.execute.warm import warm_config, warm_exec
 
-        warm_machine = warm_config(kernel_path, agent_initramfs(busybox_path), memory=memory,
+        warm_machine = warm_config(kernel_path, image.agent_initramfs([], busybox_path),
+                                   memory=memory,
                                    cpuid_policy=cpuid_policy, entry=entry, cpus=cpus)
         result = warm_exec(warm_machine, command, dict(env or {}), t0=t0,
                            t_initramfs=time.monotonic() - t0, timeout=timeout,
