@@ -294,3 +294,12 @@ def test_the_bridge_puts_output_between_whole_control_frames() -> None:
             *p.output_port_names(AGENT_PORT), AGENT_PORT]
     finally:
         bridge.close()
+
+
+def test_an_unknown_output_path_is_refused() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(p.frame(p.Frame.READY, b"v") +
+                       p.frame(p.Frame.STARTED, p.STARTED.pack(1, 9)))
+        with pytest.raises(p.AgentProtocolError, match="output path 9, not one of 0 \\(PIPES\\)"):
+            AgentClient(ours).run(["/bin/true"], timeout=10)

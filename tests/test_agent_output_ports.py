@@ -154,3 +154,22 @@ def test_a_time_limit_and_a_signal_leave_the_next_output_clean(machine: object) 
     after = _run(machine, "echo clean")
     assert isinstance(after, CommandResult)
     assert (after.stdout, after.stderr, after.exit_status) == (b"clean\n", b"", 0)
+
+
+def test_yes_into_vmboot_exec_head_prints_three_lines_and_ends() -> None:
+    """``yes | vmboot exec -- head -n 3``: the CLI streams its stdin, which never ends."""
+    import subprocess
+    import sys
+
+    kernel = shared_kernel_file("tiny-bzImage")
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    try:
+        done = subprocess.run([sys.executable, "-m", "vmboot", "exec", "--kernel", str(kernel),
+                               "--timeout", str(int(LIMIT)), "--", "head", "-n", "3"],
+                              stdin=yes.stdout, capture_output=True, timeout=LIMIT + 60,
+                              check=False)
+    finally:
+        yes.kill()
+        yes.wait()
+    print(f"\nyes | vmboot exec -- head -n 3: status {done.returncode}, {done.stdout!r}")
+    assert (done.returncode, done.stdout) == (0, b"y\n" * 3), done.stderr[-2000:]

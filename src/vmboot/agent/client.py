@@ -179,7 +179,7 @@ class AgentClient:
                 continue
             if msg.kind is p.Frame.STARTED:
                 if len(msg.payload) >= p.STARTED.size:
-                    output = p.OutputPath(p.STARTED.unpack_from(msg.payload)[1])
+                    output = _output_path(p.STARTED.unpack_from(msg.payload)[1])
                 stream.start(self._send)
             elif msg.kind is p.Frame.STDIN_TAKEN:
                 stream.taken(p.U32.unpack_from(msg.payload)[0], self._send)
@@ -213,6 +213,16 @@ class AgentClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _output_path(value: int) -> p.OutputPath:
+    try:
+        return p.OutputPath(value)
+    except ValueError:
+        raise p.AgentProtocolError(
+            f"agent: STARTED names output path {value}, not one of "
+            f"{', '.join(f'{o.value} ({o.name})' for o in p.OutputPath)} (an agent newer than "
+            "this vmboot, or a corrupt stream)") from None
 
 
 class _StdinStream:

@@ -9,7 +9,12 @@ The agent reaches the host over one of two links (``MachineConfig.agent``,
   (:func:`~vmboot.agent.protocol.output_port_names`): the agent hands them to the command
   as its fd 1 and 2, and the bridge frames what they carry as the agent would (STDOUT,
   STDERR), taking every buffer already queued on them before each message of the control
-  port, so a command's last output always comes before its exit status;
+  port, so a command's last output always comes before its exit status. Every command on
+  this link writes to the ports: the agent runs one command at a time and the host has
+  taken all of a command's output when it reports the exit, so none is in flight when the
+  next starts (a background process the command left behind keeps the ports, and what it
+  writes later joins the output of the command running then; with pipes it would get
+  EPIPE instead);
 - ``vsock``: :class:`VsockAgentLink` listens on host port :data:`AGENT_VSOCK_PORT` of the
   machine's vsock device; the agent connects there (``vmboot.agent=vsock:PORT`` on the
   kernel command line).
