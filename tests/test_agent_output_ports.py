@@ -3,8 +3,10 @@
 One boot of tiny-smp-bzImage with two vCPUs and the agent image on virtio-console serves
 every check: the command's fd 1 and 2 are the output ports, no trailing byte is lost when
 the exit status follows the last write at once (many short commands in a row, each output
-checked exactly), 2,000,000 bytes arrive exactly, stdin streams from a pipe that never
-closes, and a time limit or a signal leaves the next command's output clean.
+checked exactly), 2,000,000 bytes arrive exactly, a stalled reader makes the command
+wait instead of losing bytes, stdin streams from a pipe that never closes, and a time
+limit or a signal leaves the next command's output clean. One more boot runs
+``yes | vmboot exec -- head -n 3`` through the CLI.
 
 Each test prints what it measured (``pytest -s``); no assertion involves a time.
 """
@@ -31,6 +33,8 @@ LIMIT = 900.0
 """Seconds the boot, or any one command, may take before the test gives up (a hang)."""
 SH = "/bin/sh"
 BULK = 2_000_000
+STALL_SECONDS = 10.0
+"""How long the stalled reader sleeps on its first chunk (the guest writes 3 MB meanwhile)."""
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +177,29 @@ def test_yes_into_vmboot_exec_head_prints_three_lines_and_ends() -> None:
         yes.wait()
     print(f"\nyes | vmboot exec -- head -n 3: status {done.returncode}, {done.stdout!r}")
     assert (done.returncode, done.stdout) == (0, b"y\n" * 3), done.stderr[-2000:]
+
+
+def test_a_stalled_reader_makes_the_command_wait_and_loses_nothing(machine: object) -> None:
+    """The host's reader stalls on the first chunk for longer than the command takes to
+    write more than the output queue (64 buffers of 32 KiB) and the socket hold: the host
+    stops taking buffers, the command's writes block (the driver waits for used buffers),
+    and every byte arrives in order once the reader goes on."""
+    import time
+
+    from vmboot.vmm.machine import Machine
+
+    assert isinstance(machine, Machine)
+    got = bytearray()
+
+    def stalled(data: bytes) -> None:
+        if not got:
+            time.sleep(STALL_SECONDS)
+        got.extend(data)
+
+    size = 3_000_000
+    result = machine.exec([SH, "-c", f"head -c {size} /dev/urandom >/tmp/stall; "
+                           "md5sum /tmp/stall >&2; cat /tmp/stall"], {"PATH": "/bin"},
+                          on_stdout=stalled, timeout=LIMIT)
+    print(f"\nstalled reader: {len(got)} bytes, guest md5 {result.stderr[:32]!r}")
+    assert result.exit_status == 0 and len(got) == size
+    assert hashlib.md5(bytes(got)).hexdigest().encode() == result.stderr.split()[0]
