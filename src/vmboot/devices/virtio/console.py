@@ -93,6 +93,7 @@ def rx_queue(port: int) -> int:
 
 
 def tx_queue(port: int) -> int:
+    """The transmit queue (guest to host) of ``port``."""
     return TX if port == 0 else 2 * port + 3
 
 
