@@ -53,6 +53,7 @@ from common import Timing, compile_bytecode, print_table, summary_row, write_res
 from vmproc import KERNELS, QEMU
 
 from vmboot.agent.client import AgentClient
+from vmboot.agent.protocol import output_port_names
 from vmboot.config import DEFAULT_CMDLINE
 from vmboot.devices.vhost_user.virtiofsd import Virtiofsd
 from vmboot.devices.virtio.share import ROOT_TAG
@@ -99,6 +100,10 @@ def qemu_command(kernel: Path, vhost_socket: str, agent_socket: str) -> list[str
             "-chardev", f"socket,id=fs,path={vhost_socket}",
             "-device", f"vhost-user-fs-device,chardev=fs,tag={ROOT_TAG}",
             "-device", "virtio-serial-device",
+            # the agent's output ports, as vmboot offers them (the command here prints nothing)
+            *(arg for i, name in enumerate(output_port_names(AGENT_PORT))
+              for arg in ("-chardev", f"null,id=out{i}",
+                          "-device", f"virtserialport,chardev=out{i},name={name}")),
             "-chardev", f"socket,id=agent,path={agent_socket},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
             "-kernel", str(kernel), "-append", f"{DEFAULT_CMDLINE} {host_root_cmdline()}"]

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from vmboot.agent import agent_binary
 from vmboot.agent import protocol as p
 from vmboot.agent.build import LINUX_SOURCE_TARBALL, build
 from vmboot.agent.client import AgentClient, AgentError
+from vmboot.vmm.guest_agent import AGENT_PORT, AgentBridge
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
@@ -50,7 +52,7 @@ def agent() -> Iterator[AgentClient]:
 
 
 def test_greets_with_its_version(agent: AgentClient) -> None:
-    assert agent.wait_ready(10) == "vmboot-agent 2"
+    assert agent.wait_ready(10) == p.AGENT_VERSION
 
 
 def test_the_resumed_frame_carries_wall_time_and_seed() -> None:
@@ -71,7 +73,7 @@ def test_a_malformed_resumed_frame_changes_nothing_and_is_answered(agent: AgentC
     msg = agent._read(None)
     assert msg is not None and msg.kind is p.Frame.RESUMED_DONE
     assert p.RESUMED_DONE.unpack_from(msg.payload) == (22, 22, 22)  # EINVAL, nothing done
-    assert msg.payload[p.RESUMED_DONE.size:] == b"vmboot-agent 2"
+    assert msg.payload[p.RESUMED_DONE.size:] == p.AGENT_VERSION.encode()
     assert agent.run(["/bin/true"], ENV, timeout=30).exit_status == 0
 
 
@@ -207,3 +209,97 @@ def test_many_connections_in_turn() -> None:
         client.close()
         assert proc.wait(timeout=10) == 0
 
+
+
+def test_without_output_ports_output_takes_the_pipes(agent: AgentClient) -> None:
+    """An agent on an fd has no virtio-console ports: its commands write to pipes."""
+    result = agent.run(["/bin/sh", "-c", "echo out; echo err >&2"], ENV, timeout=30)
+    assert result.output is p.OutputPath.PIPES
+    assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+
+
+def test_stdin_from_a_pipe_that_never_closes_ends_with_the_command(agent: AgentClient) -> None:
+    """``yes | vmboot exec -- head -n 3``: stdin is read as the command takes it, and the
+    run ends when the command does although the pipe stays open and full."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"y\n" * 4096)
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as stdin:
+            result = agent.run(["/usr/bin/head", "-n", "3"], ENV, stdin=stdin, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.exit_status == 0 and result.stdout == b"y\n" * 3 and not result.timed_out
+
+
+def test_stdin_from_a_file_descriptor_streams_exactly(agent: AgentClient) -> None:
+    """Stdin written into a pipe while the command runs (more than the agent's window),
+    then closed: the command reads all of it, and end of file."""
+    data = os.urandom(300_000)
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as w:
+            for start in range(0, len(data), 7000):
+                w.write(data[start:start + 7000])
+                w.flush()
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as stdin:
+            result = agent.run(["/usr/bin/md5sum"], ENV, stdin=stdin, timeout=60)
+    finally:
+        writer.join(timeout=30)
+    assert result.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
+def test_frame_cutter_passes_whole_frames_only() -> None:
+    cutter = p.FrameCutter()
+    whole = p.frame(p.Frame.STARTED, p.STARTED.pack(7, 1)) + p.frame(p.Frame.EXITED, bytes(8))
+    assert cutter.feed(whole[:3]) == b""
+    assert cutter.feed(whole[3:12]) == b""  # STARTED is 4 + 1 + 8 bytes
+    assert cutter.feed(whole[12:15]) == whole[:13]
+    assert cutter.feed(whole[15:]) == whole[13:]
+    broken = p.FrameCutter()
+    assert broken.feed(b"\xff\xff\xff\xffjunk") == b"\xff\xff\xff\xffjunk"
+    assert broken.feed(b"more") == b"more"  # passed on for the reader to refuse
+
+
+def test_the_bridge_puts_output_between_whole_control_frames() -> None:
+    """What the output ports carry is framed as STDOUT/STDERR and never lands inside a
+    control frame that arrived in pieces."""
+    bridge = AgentBridge()
+    try:
+        started = p.frame(p.Frame.STARTED, p.STARTED.pack(7, p.OutputPath.PORTS))
+        exited = p.frame(p.Frame.EXITED, p.U32_PAIR.pack(0, 3))
+        assert bridge.port.sink is not None and bridge.stdout_port.sink is not None
+        assert bridge.stderr_port.sink is not None
+        bridge.port.sink(started[:6])
+        bridge.stdout_port.sink(b"out")
+        bridge.port.sink(started[6:] + exited[:2])
+        bridge.stderr_port.sink(b"e" * (p.DATA_MAX + 1))
+        bridge.port.sink(exited[2:])
+        bridge.client_end.settimeout(10)
+        reader = p.FrameReader()
+        got: list[p.Message] = []
+        while len(got) < 5:
+            got.extend(reader.feed(bridge.client_end.recv(1 << 17)))
+        assert [(m.kind, len(m.payload)) for m in got] == [
+            (p.Frame.STDOUT, 3), (p.Frame.STARTED, 8), (p.Frame.STDERR, p.DATA_MAX),
+            (p.Frame.STDERR, 1), (p.Frame.EXITED, 8)]
+        assert [port.name for port in bridge.console_ports] == [
+            *p.output_port_names(AGENT_PORT), AGENT_PORT]
+    finally:
+        bridge.close()
+
+
+def test_an_unknown_output_path_is_refused() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(p.frame(p.Frame.READY, b"v") +
+                       p.frame(p.Frame.STARTED, p.STARTED.pack(1, 9)))
+        with pytest.raises(p.AgentProtocolError, match="output path 9, not one of 0 \\(PIPES\\)"):
+            AgentClient(ours).run(["/bin/true"], timeout=10)

@@ -123,6 +123,32 @@ def test_the_agent_image_has_the_agent_as_init_and_busybox(tmp_path: Path) -> No
     assert "vmboot/command" not in entries  # the command travels over the channel
 
 
+def test_applet_links_and_directories_join_the_same_image(tmp_path: Path) -> None:
+    """The pytest plugin's image is the exec image plus a link per applet and a home."""
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"bb")
+    plain = {e.path: e for e in agent_entries([], busybox)}
+    full = {e.path: e for e in agent_entries([], busybox, applets=("ls", "sh", "busybox"),
+                                             directories=("/root",))}
+    assert set(full) - set(plain) == {"bin/ls", "root"}
+    assert full["bin/ls"].kind is EntryKind.SYMLINK and full["bin/ls"].target == "busybox"
+    assert full["root"].kind is EntryKind.DIRECTORY
+    assert all(full[path] == entry for path, entry in plain.items())
+
+
+def test_every_agent_image_is_built_by_one_function(busybox: Path) -> None:
+    """The warm guest's image is exec's with no files; the plugin's adds applets."""
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.initramfs.reader import read_cpio
+    from vmboot.testing.agent_image import GUEST_HOME, build_agent_initramfs
+
+    exec_paths = {e.path for e in read_cpio(agent_initramfs([], busybox))}
+    plugin = {e.path: e for e in read_cpio(build_agent_initramfs(busybox))}
+    assert exec_paths < set(plugin)
+    assert GUEST_HOME.strip("/") in plugin and "bin/cat" in plugin
+    assert plugin["init"].data == agent_binary().read_bytes()
+
+
 def test_user_files_cannot_replace_the_agent_image_files(tmp_path: Path) -> None:
     busybox = tmp_path / "busybox"
     busybox.write_bytes(b"bb")

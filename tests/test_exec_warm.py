@@ -27,22 +27,23 @@ def test_warm_with_files_is_refused(busybox: Path, tmp_path: Path) -> None:
 
 def test_the_warm_agent_image_is_reproducible_and_has_the_agent_as_init(busybox: Path) -> None:
     from vmboot.agent import agent_binary
-    from vmboot.execute.warm import AGENT_INIT, AGENT_SHELL, agent_initramfs
+    from vmboot.execute.image import INIT_PATH, SHELL_PATH, agent_initramfs
 
-    entries = {e.path: e for e in read_cpio(agent_initramfs(busybox))}
-    assert entries[AGENT_INIT].data == agent_binary().read_bytes()
-    assert AGENT_SHELL in entries
-    assert agent_initramfs(busybox) == agent_initramfs(busybox)  # the cache key
+    entries = {e.path: e for e in read_cpio(agent_initramfs([], busybox))}
+    assert entries[INIT_PATH].data == agent_binary().read_bytes()
+    assert SHELL_PATH in entries
+    assert agent_initramfs([], busybox) == agent_initramfs([], busybox)  # the cache key
 
 
 def test_the_warm_key_covers_what_changes_the_guest(busybox: Path, tmp_path: Path) -> None:
     import dataclasses
 
-    from vmboot.execute.warm import agent_initramfs, warm_config, warm_key
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.warm import warm_config, warm_key
 
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"kernel one")
-    config = warm_config(kernel, agent_initramfs(busybox), memory="256M", cpuid_policy="auto",
+    config = warm_config(kernel, agent_initramfs([], busybox), memory="256M", cpuid_policy="auto",
                          entry="bzimage64", cpus=1)
     key = warm_key(config)
     changed = [dataclasses.replace(config, cpus=2), dataclasses.replace(config, memory="512M"),

@@ -24,7 +24,7 @@ from vmboot.agent.client import AgentClient, CommandResult
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.vsock_host import VsockConfig
 from vmboot.errors import SnapshotFormatError, SnapshotMismatchError
-from vmboot.execute.warm import agent_initramfs
+from vmboot.execute.image import agent_initramfs
 from vmboot.vmm.machine import Machine
 from vmboot.vmm.snapshots import SNAPSHOT_CLOCKSOURCE
 
@@ -102,7 +102,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory, busybox: Path) -> Iterator[S
     throwaway, rw = tmp / "throwaway.img", tmp / "rw.img"
     throwaway.write_bytes(b"base-image".ljust(DISK_BYTES, b"\0"))
     rw.write_bytes(b"rw-image".ljust(DISK_BYTES, b"\0"))
-    initrd = agent_initramfs(busybox)
+    initrd = agent_initramfs([], busybox)
     path = tmp / "smp-agent.snap"
     with _machine(None, busybox, initrd, throwaway, rw) as machine:
         machine.exec([SH, "-c", "true"], env={}, ready_timeout=READY_TIMEOUT_S,
@@ -140,7 +140,7 @@ def test_every_vcpu_runs_after_restore(saved: Saved) -> None:
 def test_four_vcpus_are_saved_and_each_runs_after_restore(busybox: Path, tmp_path: Path) -> None:
     """A boot of its own: the shared guest has two vCPUs."""
     path, cpus = tmp_path / "four.snap", 4
-    initrd = agent_initramfs(busybox)
+    initrd = agent_initramfs([], busybox)
 
     def four() -> Machine:
         return Machine(shared_kernel_file(KERNEL), initrd=initrd, cmdline=CMDLINE,

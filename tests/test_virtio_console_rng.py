@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from virtio_support import DATA, Rig, rig
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.console import ConsoleDevice, ConsolePort
+from vmboot.devices.virtio.console import ConsoleDevice, ConsolePort, tx_queue
 from vmboot.devices.virtio.driver import notify
 from vmboot.devices.virtio.rng import MAX_REQUEST_BYTES, RngDevice
+from vmboot.errors import BootConfigError, DeviceStateError
 
 CONTROL = struct.Struct("<IHH")
 
@@ -104,3 +107,50 @@ def test_rng_readable_only_request_gets_nothing() -> None:
     head = r.queues[0].add_chain([(DATA, 16)], [])
     notify(r.transport, 0)
     assert r.queues[0].take_used() == [(head, 0)]
+
+
+def _ordered_console() -> tuple[Rig, list[tuple[str, bytes]]]:
+    """Ports: the console, "out", and "ctl", which drains "out" before each buffer."""
+    heard: list[tuple[str, bytes]] = []
+    out = ConsolePort("out", lambda data: heard.append(("out", data)))
+    ctl = ConsolePort("ctl", lambda data: heard.append(("ctl", data)), drain_first=(out,))
+    return rig(ConsoleDevice([ConsolePort(""), out, ctl])), heard
+
+
+def test_a_port_hears_the_output_queued_before_its_message_first() -> None:
+    """Output queued on "out" (its notification not yet served) reaches its sink before the
+    "ctl" message queued after it; the driver is interrupted for both queues' buffers."""
+    r, heard = _ordered_console()
+    out_tx, ctl_tx = tx_queue(1), tx_queue(2)
+    for i, text in enumerate((b"last ", b"output")):
+        r.vm.memory.write(DATA + i * 0x100, text)
+        r.queues[out_tx].add_chain([(DATA + i * 0x100, len(text))], [])
+    r.vm.memory.write(DATA + 0x1000, b"exited")
+    r.queues[ctl_tx].add_chain([(DATA + 0x1000, 6)], [])
+    notify(r.transport, ctl_tx)  # the control queue's notification is served first
+    assert heard == [("out", b"last "), ("out", b"output"), ("ctl", b"exited")]
+    assert len(r.queues[out_tx].take_used()) == 2
+    before = len(r.interrupts)
+    r.transport.on_queue_event(out_tx)  # "out"'s own notification: nothing left to take
+    assert heard[3:] == [] and len(r.interrupts) == before + 1  # but the interrupt is owed
+    r.transport.on_queue_event(out_tx)
+    assert len(r.interrupts) == before + 1  # owed once only
+
+
+def test_a_port_that_drains_a_port_of_another_device_is_refused() -> None:
+    stray = ConsolePort("elsewhere")
+    with pytest.raises(BootConfigError, match="'ctl' drains ports \\['elsewhere'\\]"):
+        ConsoleDevice([ConsolePort(""), ConsolePort("ctl", drain_first=(stray,))])
+
+
+def test_saved_owed_interrupts_are_checked() -> None:
+    r, _ = _ordered_console()
+    dev = r.device
+    assert isinstance(dev, ConsoleDevice)
+    state = dev.state()
+    assert state["owed"] == []
+    dev.check_state(state)
+    with pytest.raises(DeviceStateError, match="owed is \\[99\\]"):
+        dev.check_state({**state, "owed": [99]})
+    dev.restore({**state, "owed": [tx_queue(1)]})
+    assert dev.state()["owed"] == [tx_queue(1)]

@@ -3,10 +3,16 @@
 The agent runs one command at a time; :meth:`AgentClient.run` can be called any number of
 times on one connection. A command that outlives its ``timeout`` is killed (SIGKILL to its
 process group) and reported with ``timed_out``; the agent, and the guest, stay usable.
+
+Stdin is bytes, or a file whose descriptor is read as the command takes its input: in
+chunks, at most :data:`~vmboot.agent.protocol.STDIN_WINDOW` bytes ahead of the command,
+end of file passed on when the file ends. The run ends when the command does, whether or
+not it read all of its stdin (``yes | vmboot exec -- head -n 3`` ends).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -14,11 +20,14 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from vmboot.agent import protocol as p
 from vmboot.errors import VmbootError
 
 OutputSink = Callable[[bytes], object]
+StdinSource = bytes | BinaryIO | None
+"""What a command reads: bytes, a file read as the command takes it, or None (end of file)."""
 CLOCK_TOLERANCE = 1.0
 """Seconds a resume answer may take for the clock it set to count as right."""
 RESUME_ATTEMPTS = 3
@@ -49,6 +58,8 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
+    output: p.OutputPath = p.OutputPath.PIPES
+    """How its stdout and stderr reached the host (straight from output ports, or pipes)."""
 
     @property
     def returncode(self) -> int:
@@ -65,14 +76,22 @@ class AgentClient:
         self.version: str | None = None
         self._pending: list[p.Message] = []
 
-    def _read(self, deadline: float | None) -> p.Message | None:
-        """The next message, or None when ``deadline`` passes first."""
+    def _read(self, deadline: float | None,
+              stdin: _StdinStream | None = None) -> p.Message | None:
+        """The next message, or None when ``deadline`` passes first. ``stdin``: a file to
+        forward whenever it is readable meanwhile (as long as it wants to be read)."""
         while not self._pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
+            watched: list[socket.socket | int] = [self.sock]
+            stdin_fd = stdin.fd if stdin is not None and stdin.wants_read() else None
+            if stdin_fd is not None:
+                watched.append(stdin_fd)
+            ready, _, _ = select.select(watched, [], [], left)
+            if stdin is not None and stdin_fd is not None and stdin_fd in ready:
+                stdin.forward(self._send)
+            if self.sock not in ready:
                 continue
             try:
                 data = self.sock.recv(1 << 16)
@@ -134,43 +153,36 @@ class AgentClient:
                 return msg.payload
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
-            stdin: bytes | None = None, on_stdout: OutputSink | None = None,
+            stdin: StdinSource = None, on_stdout: OutputSink | None = None,
             on_stderr: OutputSink | None = None, timeout: float | None = None) -> CommandResult:
         """Run ``argv`` (``argv[0]`` is a path in the guest) and wait for it to end.
 
         Output goes to ``on_stdout``/``on_stderr`` as it arrives when given, else is collected
-        in the result. ``stdin``: bytes fed to the command, then end of file (None: end of
-        file at once).
+        in the result. ``stdin``: bytes fed to the command, then end of file; or a file read
+        while the command runs, as it takes its input (None: end of file at once).
         """
         if self.version is None:
             self.wait_ready(timeout)
+        stream = _StdinStream.of(stdin)
         self._send(p.exec_frame(argv, env or {}, cwd))
         deadline = None if timeout is None else time.monotonic() + timeout
         out, err = bytearray(), bytearray()
-        data = memoryview(stdin or b"")
-        sent = in_flight = 0
-        started = killed = ended_input = False
+        output = p.OutputPath.PIPES
+        killed = False
         while True:
-            if started and not killed and not ended_input:
-                # Credit-based: keep at most STDIN_WINDOW bytes the agent has not taken yet.
-                while sent < len(data) and in_flight < p.STDIN_WINDOW:
-                    n = min(p.DATA_MAX, len(data) - sent, p.STDIN_WINDOW - in_flight)
-                    self._send(p.frame(p.Frame.STDIN, bytes(data[sent:sent + n])))
-                    sent += n
-                    in_flight += n
-                if sent == len(data):
-                    self._send(p.frame(p.Frame.STDIN_END))
-                    ended_input = True
-            msg = self._read(deadline)
+            msg = self._read(deadline, stream)
             if msg is None:  # the time limit passed: end the command, keep the agent
                 self.signal(signal.SIGKILL)
+                stream.stop()
                 killed = True
                 deadline = None
                 continue
             if msg.kind is p.Frame.STARTED:
-                started = True
+                if len(msg.payload) >= p.STARTED.size:
+                    output = _output_path(p.STARTED.unpack_from(msg.payload)[1])
+                stream.start(self._send)
             elif msg.kind is p.Frame.STDIN_TAKEN:
-                in_flight = max(0, in_flight - p.U32.unpack_from(msg.payload)[0])
+                stream.taken(p.U32.unpack_from(msg.payload)[0], self._send)
             elif msg.kind is p.Frame.FAILED:
                 errno_value = p.U32.unpack_from(msg.payload)[0] if len(msg.payload) >= 4 else 0
                 raise CommandNotStarted(f"agent: cannot run {argv[0]!r} in the guest: "
@@ -184,7 +196,8 @@ class AgentClient:
                 kind, value = p.U32_PAIR.unpack(msg.payload[:8])
                 return CommandResult(exit_status=value if kind == 0 else None,
                                      signal=value if kind == 1 else None,
-                                     stdout=bytes(out), stderr=bytes(err), timed_out=killed)
+                                     stdout=bytes(out), stderr=bytes(err),
+                                     timed_out=killed, output=output)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -200,3 +213,88 @@ class AgentClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _output_path(value: int) -> p.OutputPath:
+    try:
+        return p.OutputPath(value)
+    except ValueError:
+        raise p.AgentProtocolError(
+            f"agent: STARTED names output path {value}, not one of "
+            f"{', '.join(f'{o.value} ({o.name})' for o in p.OutputPath)} (an agent newer than "
+            "this vmboot, or a corrupt stream)") from None
+
+
+class _StdinStream:
+    """A command's stdin on its way to the agent: bytes, or a file descriptor read as the
+    agent's credit allows (at most :data:`~vmboot.agent.protocol.STDIN_WINDOW` bytes it has
+    not acknowledged), then STDIN_END."""
+
+    def __init__(self, data: bytes, fd: int | None) -> None:
+        self.data = memoryview(data)
+        self.fd = fd
+        self.sent = 0
+        self.in_flight = 0
+        self.started = False
+        self.ended = False
+        self.stopped = False
+        """The command was killed at its time limit: nothing more is sent."""
+
+    @classmethod
+    def of(cls, stdin: StdinSource) -> _StdinStream:
+        if stdin is None or isinstance(stdin, bytes | bytearray | memoryview):
+            return cls(bytes(stdin or b""), None)
+        try:
+            fd = stdin.fileno()
+        except (OSError, AttributeError, io.UnsupportedOperation):
+            return cls(stdin.read(), None)  # an in-memory file: all of it at once
+        return cls(b"", fd)
+
+    def _room(self) -> int:
+        return min(p.DATA_MAX, p.STDIN_WINDOW - self.in_flight)
+
+    def _active(self) -> bool:
+        return self.started and not self.ended and not self.stopped
+
+    def wants_read(self) -> bool:
+        return self.fd is not None and self._active() and self._room() > 0
+
+    def start(self, send: Callable[[bytes], None]) -> None:
+        self.started = True
+        self._push(send)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def taken(self, n: int, send: Callable[[bytes], None]) -> None:
+        self.in_flight = max(0, self.in_flight - n)
+        self._push(send)
+
+    def _push(self, send: Callable[[bytes], None]) -> None:
+        """Send what the window allows of in-memory stdin (a file waits for select)."""
+        if self.fd is not None or not self._active():
+            return
+        while self.sent < len(self.data) and self._room() > 0:
+            n = min(self._room(), len(self.data) - self.sent)
+            send(p.frame(p.Frame.STDIN, bytes(self.data[self.sent:self.sent + n])))
+            self.sent += n
+            self.in_flight += n
+        if self.sent == len(self.data):
+            send(p.frame(p.Frame.STDIN_END))
+            self.ended = True
+
+    def forward(self, send: Callable[[bytes], None]) -> None:
+        """The file is readable: send one chunk, or STDIN_END at its end."""
+        assert self.fd is not None
+        try:
+            chunk = os.read(self.fd, self._room())
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""  # unreadable stdin ends as an empty one would
+        if chunk:
+            send(p.frame(p.Frame.STDIN, chunk))
+            self.in_flight += len(chunk)
+        else:
+            send(p.frame(p.Frame.STDIN_END))
+            self.ended = True

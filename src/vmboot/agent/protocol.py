@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from vmboot.errors import VmbootError
 
+AGENT_VERSION = "vmboot-agent 3"
+"""The greeting of the agent built from this tree's ``vmboot-agent.c`` (its AGENT_VERSION):
+3 gives commands the output ports as stdout and stderr."""
 LENGTH = struct.Struct("<I")
 U32 = struct.Struct("<I")
 U32_PAIR = struct.Struct("<II")
@@ -24,6 +27,26 @@ STDIN_WINDOW = 128 * 1024
 """Stdin bytes the host may send before the agent acknowledges them (the agent buffers 256 KiB)."""
 ARGS_MAX = 256
 """At most this many arguments, and this many environment entries, per command."""
+STDOUT_PORT_SUFFIX = ".stdout"
+STDERR_PORT_SUFFIX = ".stderr"
+"""The output ports of the agent whose control port is NAME are NAME + these suffixes: the
+agent gives every command those ports as its stdout and stderr."""
+STARTED = struct.Struct("<II")
+"""STARTED: the command's pid, and how its output travels (:class:`OutputPath`)."""
+
+
+class OutputPath(enum.IntEnum):
+    """How a command's stdout and stderr reach the host (the second field of STARTED)."""
+
+    PIPES = 0
+    """Through pipes to the agent, which sends STDOUT and STDERR frames (vsock, an fd)."""
+    PORTS = 1
+    """Straight to the virtio-console output ports (the host frames what they carry)."""
+
+
+def output_port_names(control: str) -> tuple[str, str]:
+    """The stdout and stderr ports of the agent whose control port is named ``control``."""
+    return control + STDOUT_PORT_SUFFIX, control + STDERR_PORT_SUFFIX
 
 
 class AgentProtocolError(VmbootError):
@@ -78,8 +101,7 @@ def exec_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str = "") -> by
 
 
 def stdin_frames(data: bytes) -> Iterator[bytes]:
-    for start in range(0, len(data), DATA_MAX):
-        yield frame(Frame.STDIN, data[start:start + DATA_MAX])
+    return data_frames(Frame.STDIN, data)
 
 
 RESUMED_HEAD = struct.Struct("<QI")
@@ -105,6 +127,42 @@ def resumed_frame(wall_ns: int, seed: bytes) -> bytes:
 
 def signal_frame(signo: int) -> bytes:
     return frame(Frame.SIGNAL, U32.pack(signo))
+
+
+class FrameCutter:
+    """Passes a byte stream on in whole frames only (another sender's frames can then go
+    between them). Bytes that cannot be a frame are passed on as they come, for the
+    reader at the other end to refuse."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._broken = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The whole frames ``data`` completes (b"" while a frame is still partial)."""
+        if self._broken:
+            return data
+        self._buffer += data
+        end = 0
+        while len(self._buffer) - end >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self._buffer, end)
+            if not 1 <= length <= FRAME_MAX:
+                self._broken = True
+                out = bytes(self._buffer)
+                self._buffer.clear()
+                return out
+            if len(self._buffer) - end < LENGTH.size + length:
+                break
+            end += LENGTH.size + length
+        out = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return out
+
+
+def data_frames(kind: Frame, data: bytes) -> Iterator[bytes]:
+    """``data`` as frames of ``kind`` (STDOUT, STDERR, STDIN) of at most :data:`DATA_MAX` bytes."""
+    for start in range(0, len(data), DATA_MAX):
+        yield frame(kind, data[start:start + DATA_MAX])
 
 
 class FrameReader:

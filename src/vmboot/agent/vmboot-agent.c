@@ -11,11 +11,21 @@
  *                     random bytes): sent right after a snapshot restore
  * agent -> host:  't' resumed (u32 errno of RNDADDENTROPY, of RNDRESEEDCRNG, of
  *                     clock_settime, 0 each when done; then the version text)
- *                 'R' ready (version text), 'P' started (u32 pid), 'F' failed (u32 errno, text),
+ *                 'R' ready (version text), 'F' failed (u32 errno, text),
+ *                 'P' started (u32 pid, u32 output: 0 through pipes and 'O'/'e' frames,
+ *                     1 straight to the output ports),
  *                 'O' stdout data, 'e' stderr data, 'A' stdin consumed (u32 bytes),
  *                 'X' exited (u32 kind: 0 status, 1 signal; u32 value)
  * Stdin is credit-based: the host keeps at most STDIN_WINDOW bytes unacknowledged, so the agent
  * can always read the channel (a signal is never stuck behind stdin the command does not read).
+ *
+ * Output ports: when the channel is the virtio-console port NAME and ports NAME.stdout and
+ * NAME.stderr exist too, the agent opens each once at start and every command gets them as
+ * its fd 1 and 2 (it inherits the agent's open file: a port can be opened only once), so
+ * its output reaches the host with no copy through the agent. The guest queues those
+ * buffers before the agent writes 'X', and the host takes every buffer already queued on
+ * the output ports before it reads the control port's next message. Otherwise (vsock,
+ * an fd, no such ports) output crosses pipes and comes back as 'O'/'e' frames.
  *
  * As PID 1 it mounts /proc, /sys, /dev and /tmp first, then a tmpfs on each directory of
  * vmboot.agent.tmpfs=DIR,DIR... (the writable places when the root is read-only, such as the
@@ -23,7 +33,10 @@
  * (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
  */
 
-#define AGENT_VERSION "vmboot-agent 2"
+#define AGENT_VERSION "vmboot-agent 3"
+
+#define STDOUT_PORT_SUFFIX ".stdout"
+#define STDERR_PORT_SUFFIX ".stderr"
 
 #define FRAME_MAX   (64 * 1024)
 #define PIPE_CHUNK  (32 * 1024)
@@ -76,6 +89,7 @@ struct timespec_ { long tv_sec; long tv_nsec; };
 struct ksigaction_ { unsigned long handler, flags, restorer, mask; };
 
 static int chan = -1;
+static int out_port = -1, err_port = -1;  /* the output ports, when the host offers them */
 static unsigned char inbuf[FRAME_MAX + 8];
 static unsigned int inlen;
 static unsigned char outbuf[PIPE_CHUNK + 16];
@@ -167,7 +181,7 @@ static void sleep_ms(long ms)
 }
 
 /* /sys/class/virtio-ports/vportNpM/name holds a port's name; its device is /dev/vportNpM. */
-static int open_named_port(const char *name)
+static int open_named_port(const char *name, int flags)
 {
 	static char path[128], dev[64], got[64];
 	char entries[2048];
@@ -199,7 +213,7 @@ static int open_named_port(const char *name)
 		if (!strcmp(got, name)) {
 			strcpy(dev, "/dev/");
 			append(dev, d->d_name);
-			return open(dev, O_RDWR, 0);
+			return open(dev, flags, 0);
 		}
 	}
 	return -1;
@@ -230,7 +244,7 @@ static int open_channel(const char *spec)
 	for (tries = 0; tries < 100; tries++) {  /* devices may still be probing: up to ~10 s */
 		int fd;
 		if (has_prefix(spec, "port:"))
-			fd = open_named_port(spec + 5);
+			fd = open_named_port(spec + 5, O_RDWR);
 		else if (has_prefix(spec, "vsock:"))
 			fd = open_vsock(atoi(spec + 6));
 		else
@@ -240,6 +254,36 @@ static int open_channel(const char *spec)
 		sleep_ms(100);
 	}
 	return -1;
+}
+
+/* NAME.stdout and NAME.stderr next to the control port NAME: both, or neither (pipes then).
+ * The ports are announced together; their names may arrive a little after the control's. */
+static void open_output_ports(const char *name)
+{
+	static char want[128];
+	int tries;
+
+	if (strlen(name) + sizeof(STDOUT_PORT_SUFFIX) > sizeof(want))
+		return;
+	for (tries = 0; tries < 5 && (out_port < 0 || err_port < 0); tries++) {
+		if (tries)
+			sleep_ms(20);
+		if (out_port < 0) {
+			strcpy(want, name);
+			append(want, STDOUT_PORT_SUFFIX);
+			out_port = open_named_port(want, O_WRONLY | O_CLOEXEC_);
+		}
+		if (err_port < 0) {
+			strcpy(want, name);
+			append(want, STDERR_PORT_SUFFIX);
+			err_port = open_named_port(want, O_WRONLY | O_CLOEXEC_);
+		}
+	}
+	if (out_port < 0 || err_port < 0) {
+		if (out_port >= 0) close(out_port);
+		if (err_port >= 0) close(err_port);
+		out_port = err_port = -1;
+	}
 }
 
 static const char *cmdline_value(const char *key)
@@ -312,7 +356,8 @@ struct child {
 static void start(struct child *c, const unsigned char *p, unsigned int n)
 {
 	unsigned int argc, envc, i, pos = 8;
-	int in[2], out[2], err[2], fail[2];
+	int in[2], out[2] = { -1, -1 }, err[2] = { -1, -1 }, fail[2];
+	int ports = out_port >= 0 && err_port >= 0;
 	const char *cwd;
 
 	if (n < 8)
@@ -339,15 +384,19 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 	exec_argv[argc] = 0;
 	exec_envp[envc] = 0;
 
-	if (sys_pipe2_(in, O_CLOEXEC_) || sys_pipe2_(out, O_CLOEXEC_) ||
-	    sys_pipe2_(err, O_CLOEXEC_) || sys_pipe2_(fail, O_CLOEXEC_)) {
+	if (sys_pipe2_(in, O_CLOEXEC_) ||
+	    (!ports && (sys_pipe2_(out, O_CLOEXEC_) || sys_pipe2_(err, O_CLOEXEC_))) ||
+	    sys_pipe2_(fail, O_CLOEXEC_)) {
 		send_u32s('F', errno, 0, 0);
 		return;
 	}
-	/* only our ends are non-blocking: the command's stdout and stderr block as usual */
+	/* only our ends are non-blocking: the command's stdout and stderr block as usual (a
+	 * port's write blocks while the host has not taken the buffers queued before) */
 	fcntl_(in[1], F_SETFL_, O_NONBLOCK_);
-	fcntl_(out[0], F_SETFL_, O_NONBLOCK_);
-	fcntl_(err[0], F_SETFL_, O_NONBLOCK_);
+	if (!ports) {
+		fcntl_(out[0], F_SETFL_, O_NONBLOCK_);
+		fcntl_(err[0], F_SETFL_, O_NONBLOCK_);
+	}
 	c->pid = fork();
 	if (c->pid == 0) {
 		unsigned long blocked = (1UL << (SIGCHLD_ - 1)) | (1UL << (SIGPIPE_ - 1));
@@ -355,8 +404,8 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 		default_signals_();
 		setsid();
 		dup2(in[0], 0);
-		dup2(out[1], 1);
-		dup2(err[1], 2);
+		dup2(ports ? out_port : out[1], 1);
+		dup2(ports ? err_port : err[1], 2);
 		if (*cwd && chdir(cwd)) {
 			int e = errno;
 			write(fail[1], &e, sizeof(e));
@@ -370,12 +419,15 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 		exit(127);
 	}
 	close(in[0]);
-	close(out[1]);
-	close(err[1]);
+	if (!ports) {
+		close(out[1]);
+		close(err[1]);
+	}
 	close(fail[1]);
 	if (c->pid < 0) {
 		send_u32s('F', errno, 0, 0);
-		close(in[1]); close(out[0]); close(err[0]); close(fail[0]);
+		close(in[1]); close(fail[0]);
+		if (!ports) { close(out[0]); close(err[0]); }
 		c->pid = 0;
 		return;
 	}
@@ -386,7 +438,8 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 			close(fail[0]);
 			wait4(c->pid, &status, 0, 0);
 			c->pid = 0;
-			close(in[1]); close(out[0]); close(err[0]);
+			close(in[1]);
+			if (!ports) { close(out[0]); close(err[0]); }
 			send_u32s('F', e, 0, 0);
 			return;
 		}
@@ -397,7 +450,7 @@ static void start(struct child *c, const unsigned char *p, unsigned int n)
 	c->err = err[0];
 	stdin_len = 0;
 	stdin_end_wanted = 0;
-	send_u32s('P', c->pid, 0, 0);
+	send_u32s('P', c->pid, ports, 1);
 	return;
 bad:
 	send_u32s('F', 22 /* EINVAL */, 0, 0);
@@ -563,6 +616,8 @@ int main(int argc, char **argv, char **envp)
 		if (!spec)
 			spec = "port:vmboot.agent";
 		chan = open_channel(spec);
+		if (chan >= 0 && has_prefix(spec, "port:"))
+			open_output_ports(spec + 5);
 	}
 	if (chan < 0) {
 		write(2, "vmboot-agent: no channel to the host\n", 37);

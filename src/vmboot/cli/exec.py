@@ -235,7 +235,7 @@ def _host_root(args: argparse.Namespace, command: list[str]) -> ExecResult:
 
     env = dict(os.environ)
     env.update(dict(args.env))
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
     return exec_on_host_root(
         command, kernel=args.kernel, memory=args.memory, env=env, stdin=stdin,
         timeout=args.timeout,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vmboot.agent.client import AgentError, CommandNotStarted
+from vmboot.agent.client import AgentError, CommandNotStarted, StdinSource
 from vmboot.errors import VmbootError
 from vmboot.execute.result import (
     PANIC_MARKER,
@@ -77,7 +77,8 @@ class AgentCommand:
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: str = ""
-    stdin: bytes | None = None
+    stdin: StdinSource = None
+    """Bytes, or a file read as the command takes its input (see AgentClient.run)."""
 
 
 def exec_through_agent(machine: Machine, command: AgentCommand, *, t0: float,

@@ -80,6 +80,7 @@ from vmboot.execute.result import (
 from vmboot.vmm.exits import ExitReason
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import StdinSource
     from vmboot.devices.virtio.block import Disk
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock_host import VsockConfig
@@ -203,8 +204,9 @@ def exec_command(
     guest agent on a virtio-console port when the kernel has the driver, else the UARTs),
     ``console``, ``vsock`` or ``serial``; :attr:`ExecResult.channel` says which ran.
     ``stdin``: bytes fed to the command, then end of file (agent channels only; the serial
-    channel gives it /dev/null), or a binary stream read to its end before the boot when the
-    channel is an agent's and left unread when it is the serial one.
+    channel gives it /dev/null), or a binary file read while the command runs, as it takes
+    its input (:class:`~vmboot.agent.client.AgentClient`), when the channel is an agent's,
+    and left unread when it is the serial one.
     """
     from vmboot.execute import image
     from vmboot.execute.agent_run import STOP_GRACE
@@ -256,19 +258,20 @@ def exec_command(
     if warm:
         import sys
 
-        from vmboot.execute.warm import agent_initramfs, warm_config, warm_exec
+        from vmboot.execute.warm import warm_config, warm_exec
 
-        warm_machine = warm_config(kernel_path, agent_initramfs(busybox_path), memory=memory,
+        warm_machine = warm_config(kernel_path, image.agent_initramfs([], busybox_path),
+                                   memory=memory,
                                    cpuid_policy=cpuid_policy, entry=entry, cpus=cpus)
         result = warm_exec(warm_machine, command, dict(env or {}), t0=t0,
                            t_initramfs=time.monotonic() - t0, timeout=timeout,
                            console=sys.stderr if console is True else console or None,
-                           stdin=_read_stdin(stdin), on_stdout=on_stdout, on_stderr=on_stderr)
+                           stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr)
         return dataclasses.replace(result, channel=decision.channel,
                                    channel_reason=decision.reason)
     if agent is not None:
         return _exec_with_agent(config, decision, image.agent_argv(command, dict(env or {})),
-                                dict(env or {}), _read_stdin(stdin), pairs, busybox_path, t0=t0,
+                                dict(env or {}), stdin, pairs, busybox_path, t0=t0,
                                 timeout=timeout, console=console, on_stdout=on_stdout,
                                 on_stderr=on_stderr, capture_limit=capture_limit, kernel=loaded)
     initrd = image.exec_initramfs(list(command), dict(env or {}), pairs, busybox_path,
@@ -318,12 +321,6 @@ def exec_command(
     )
 
 
-def _read_stdin(stdin: bytes | BinaryIO | None) -> bytes | None:
-    if stdin is None or isinstance(stdin, bytes):
-        return stdin
-    return stdin.read()
-
-
 def _console_target(console: bool | OutputCallback) -> Any:
     import sys
 
@@ -335,7 +332,7 @@ def _console_target(console: bool | OutputCallback) -> Any:
 
 
 def _exec_with_agent(config: MachineConfig, decision: ChannelDecision, argv: list[str],
-                     env: dict[str, str], stdin: bytes | None, pairs: list[tuple[Path, str]],
+                     env: dict[str, str], stdin: StdinSource, pairs: list[tuple[Path, str]],
                      busybox: Path, *, t0: float, timeout: float | None,
                      console: bool | OutputCallback, on_stdout: OutputCallback | None,
                      on_stderr: OutputCallback | None, capture_limit: int,

@@ -3,7 +3,7 @@
 The guest's root is the host's ``/``, read-only over virtio-fs (:mod:`vmboot.vmm.host_root`),
 and the guest agent is its init. ``CMD`` is looked up in the host's ``PATH`` (the guest sees
 the same files at the same paths), runs in the host's current directory with the host's
-environment (plus ``--env``), reads the bytes given as ``stdin``, and its status, output and
+environment (plus ``--env``), reads what is given as ``stdin``, and its status, output and
 timings come back as an :class:`~vmboot.execute.ExecResult`, like the initramfs path's.
 """
 
@@ -31,6 +31,7 @@ from vmboot.execute.result import ExecReason, ExecResult, ExecTimings, OutputCal
 from vmboot.vmm.host_root import hidden_in_guest
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import StdinSource
     from vmboot.devices.virtio.share import Share
     from vmboot.linux.options import EntryChoice
 
@@ -45,7 +46,7 @@ def exec_on_host_root(
     memory: str | int = HOST_ROOT_MEMORY,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-    stdin: bytes | None = None,
+    stdin: StdinSource = None,
     timeout: float | None = None,
     console: OutputCallback | None = None,
     on_stdout: OutputCallback | None = None,

@@ -5,7 +5,9 @@ Two images (the channel is chosen by :mod:`vmboot.execute.channel`):
 - the agent image (:func:`agent_initramfs`): busybox, and the guest agent
   (:mod:`vmboot.agent`) as ``/init``; the command travels over the agent's channel and runs
   as ``/bin/busybox env -- argv...`` (:func:`agent_argv`) with exactly the given environment,
-  so a name is found as on the serial path;
+  so a name is found as on the serial path. The one builder of "agent as init + busybox"
+  images: ``vmboot exec``'s, the warm guest's (:mod:`vmboot.execute.warm`) and the pytest
+  plugin's (:mod:`vmboot.testing`, with a link per busybox applet);
 - the serial image (:func:`exec_initramfs`), below, for kernels without virtio-console.
 
 What the serial image runs
@@ -240,26 +242,37 @@ def _with_user_files(base: list[Entry], files: Iterable[tuple[Path, str]],
 # -- the agent image ------------------------------------------------------------------------
 
 
-def agent_entries(files: Iterable[tuple[Path, str]], busybox: Path) -> list[Entry]:
-    """The entries of the agent image: busybox, the agent as ``/init``, the user's ``files``."""
+def agent_entries(files: Iterable[tuple[Path, str]], busybox: Path, *,
+                  applets: Iterable[str] = (), directories: Iterable[str] = ()) -> list[Entry]:
+    """The entries of the agent image: busybox, the agent as ``/init``, a link to busybox in
+    ``/bin`` for each of ``applets`` (``sh`` always), the empty ``directories``, the user's
+    ``files``."""
+    bin_dir = BUSYBOX_PATH.rsplit("/", 1)[0]
+    busybox_name = BUSYBOX_PATH.rsplit("/", 1)[1]
+    links = {SHELL_PATH} | {f"{bin_dir}/{name}" for name in applets if name != busybox_name}
     base = [
         *(Entry.directory(d) for d in AGENT_MOUNT_POINTS),
         Entry.directory(TMP_DIR, TMP_MODE),
+        *(Entry.directory(d.strip("/")) for d in directories),
         Entry.char_device(CONSOLE_PATH, CONSOLE_MAJOR, CONSOLE_MINOR),
         Entry.host_file(BUSYBOX_PATH, busybox, DEFAULT_EXECUTABLE_MODE),
-        Entry.symlink(SHELL_PATH, "busybox"),
+        *(Entry.symlink(link, busybox_name) for link in sorted(links)),
         Entry.host_file(INIT_PATH, agent_binary(), DEFAULT_EXECUTABLE_MODE),
     ]
     return _with_user_files(base, files, AGENT_RESERVED_PATHS)
 
 
-def agent_initramfs(files: list[tuple[Path, str]], busybox: Path, *,
+def agent_initramfs(files: Iterable[tuple[Path, str]], busybox: Path, *,
+                    applets: Iterable[str] = (), directories: Iterable[str] = (),
                     compression: str = "none") -> bytes:
-    """The agent image (the same for every command: the command is not in it)."""
+    """The agent image (the same for every command: the command is not in it); the same
+    inputs give the same bytes. ``busybox`` must be a static x86-64 busybox; ``applets``
+    and ``directories`` as :func:`agent_entries`."""
     from vmboot.execute.discovery import check_static_busybox
 
     check_static_busybox(busybox)
-    return build_initramfs(agent_entries(files, busybox), compression=compression)
+    return build_initramfs(agent_entries(files, busybox, applets=applets,
+                                         directories=directories), compression=compression)
 
 
 def agent_argv(command: Sequence[str], env: Mapping[str, str]) -> list[str]:

@@ -1,7 +1,8 @@
 """Warm ``vmboot exec``: a guest booted once, saved when its agent is ready, resumed per run.
 
 The first warm run of a guest (kernel, busybox and agent, memory, vCPUs, CPUID policy,
-entry) boots :func:`agent_initramfs` (the guest agent as init, busybox for the commands),
+entry) boots :func:`~vmboot.execute.image.agent_initramfs` (the guest agent as init,
+busybox for the commands),
 waits until the agent answers on its virtio-console port and saves the guest to
 ``<cache>/snapshots/exec-<key>.snap``. Every warm run then restores that file (memory mapped
 copy-on-write, so runs share it and never change it); the restore sends the agent fresh
@@ -23,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from vmboot.errors import GuestError
 from vmboot.execute.cache import cache_subdir
+from vmboot.execute.image import SHELL_PATH
 from vmboot.version import __version__
 
 if TYPE_CHECKING:
+    from vmboot.agent.client import StdinSource
     from vmboot.config import MachineConfig
     from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
@@ -37,38 +40,16 @@ WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
 """The warm guest's command line: the agent needs nothing on it (its port is its default).
 On a host that emulates guest ring 0 :data:`~vmboot.vmm.snapshots.SNAPSHOT_CLOCKSOURCE` is
 added (see there)."""
-WARM_IMAGE_VERSION = 2
-"""Part of the cache key: bumped when the warm guest's layout changes (2: the agent as init)."""
-AGENT_INIT = "init"
-AGENT_BUSYBOX = "bin/busybox"
-AGENT_SHELL = "bin/sh"
-AGENT_SHELL_TARGET = "busybox"
-"""The agent image: the agent is /init; busybox runs every command's applets (its shell
-finds them without links or PATH)."""
-SHELL = "/" + AGENT_SHELL
+WARM_IMAGE_VERSION = 3
+"""Part of the cache key: bumped when the warm guest's layout changes (2: the agent as init;
+3: ``vmboot exec``'s agent image, the agent's output ports)."""
+SHELL = "/" + SHELL_PATH
+"""The agent image's busybox shell: it finds every applet without links or PATH."""
 READY_PROBE = (SHELL, "-c", "true")
 """Run once at the warm boot: it returns when the agent answers, and the guest is saved then."""
 """A command ended by signal N is reported with exit status 128 + N, as a shell does."""
 
 OutputCallback = Callable[[bytes], object]
-
-
-def agent_initramfs(busybox: Path) -> bytes:
-    """An initramfs whose init is the guest agent (``vmboot-agent``), with busybox as
-    ``/bin/busybox`` and ``/bin/sh``: a guest that boots straight to ``Machine.exec``.
-    The same inputs give the same bytes (part of the warm cache key)."""
-    from vmboot.agent import agent_binary
-    from vmboot.execute.discovery import check_static_busybox
-    from vmboot.initramfs.builders import build_initramfs, complete_tree
-    from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, Entry
-
-    check_static_busybox(busybox)
-    entries = [
-        Entry.host_file(AGENT_INIT, agent_binary(), DEFAULT_EXECUTABLE_MODE),
-        Entry.host_file(AGENT_BUSYBOX, busybox, DEFAULT_EXECUTABLE_MODE),
-        Entry.symlink(AGENT_SHELL, AGENT_SHELL_TARGET),
-    ]
-    return build_initramfs(complete_tree(entries))
 
 
 def shell_argv(command: Sequence[str]) -> list[str]:
@@ -138,7 +119,7 @@ def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
 def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, str], *,
               t0: float, t_initramfs: float, timeout: float | None, console: Any,
               on_stdout: OutputCallback | None, on_stderr: OutputCallback | None,
-              stdin: bytes | None = None) -> ExecResult:
+              stdin: StdinSource = None) -> ExecResult:
     """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
     from vmboot.agent.client import AgentError, CommandResult
     from vmboot.execute.agent_run import SIGNAL_STATUS_BASE

@@ -86,7 +86,7 @@ def new_machine(spec: GuestSpec, image: bytes,
     shares = [Share(s.source, s.tag, s.read_only) for s in spec.shares]
     try:
         machine = Machine(spec.kernel, initrd=image, cmdline=spec.cmdline, memory=spec.memory,
-                          cpus=spec.cpus, console_ports=[bridge.port], shares=shares,
+                          cpus=spec.cpus, console_ports=bridge.console_ports, shares=shares,
                           on_panic="trace", on_timeout="trace")
     except BaseException:
         bridge.close()

@@ -5,7 +5,16 @@ The agent reaches the host over one of two links (``MachineConfig.agent``,
 
 - ``console``: :class:`AgentBridge` joins the virtio-console port the agent opens (named
   :data:`AGENT_PORT`, the agent's default channel; the guest sees ``/dev/vportNpM``, not a
-  tty) to one end of a socket pair;
+  tty) to one end of a socket pair. Two more ports carry each command's stdout and stderr
+  (:func:`~vmboot.agent.protocol.output_port_names`): the agent hands them to the command
+  as its fd 1 and 2, and the bridge frames what they carry as the agent would (STDOUT,
+  STDERR), taking every buffer already queued on them before each message of the control
+  port, so a command's last output always comes before its exit status. Every command on
+  this link writes to the ports: the agent runs one command at a time and the host has
+  taken all of a command's output when it reports the exit, so none is in flight when the
+  next starts (a background process the command left behind keeps the ports, and what it
+  writes later joins the output of the command running then; with pipes it would get
+  EPIPE instead);
 - ``vsock``: :class:`VsockAgentLink` listens on host port :data:`AGENT_VSOCK_PORT` of the
   machine's vsock device; the agent connects there (``vmboot.agent=vsock:PORT`` on the
   kernel command line).
@@ -24,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from vmboot.agent import protocol
 from vmboot.agent.client import AgentClient, AgentError
 from vmboot.devices.virtio.console import ConsolePort
 from vmboot.vmm.running import RunEnd, RunsGuest
@@ -55,8 +65,8 @@ class AgentLink(Protocol):
     """The host's end of the agent's channel."""
 
     transport: AgentTransport
-    console_port: ConsolePort | None
-    """A virtio-console port the machine must offer (None: the link needs none)."""
+    console_ports: tuple[ConsolePort, ...]
+    """The virtio-console ports the machine must offer (none: the link needs none)."""
 
     def cmdline(self) -> str:
         """Kernel parameters that tell the agent where its channel is ("" for its default)."""
@@ -75,22 +85,46 @@ class AgentLink(Protocol):
 
 
 class AgentBridge:
-    """A virtio-console port on one side, a stream socket on the other."""
+    """The agent's virtio-console ports on one side (control, stdout, stderr), a stream
+    socket on the other.
+
+    Everything the ports carry is handed over on the virtio I/O thread. When the socket's
+    reader falls behind, that thread waits in ``sendall``: the guest's output queues fill
+    and the command's writes block until the host reads again (nothing is dropped)."""
 
     transport: AgentTransport = "console"
 
     def __init__(self) -> None:
         self.client_end, self._port_end = socket.socketpair()
-        self.port = ConsolePort(AGENT_PORT, self._from_guest)
-        self.console_port: ConsolePort | None = self.port
+        stdout_name, stderr_name = protocol.output_port_names(AGENT_PORT)
+        self.stdout_port = ConsolePort(stdout_name, self._output(protocol.Frame.STDOUT))
+        self.stderr_port = ConsolePort(stderr_name, self._output(protocol.Frame.STDERR))
+        self.port = ConsolePort(AGENT_PORT, self._from_guest,
+                                drain_first=(self.stdout_port, self.stderr_port))
+        """The control port (the agent's channel)."""
+        # the output ports first: their names reach the guest before the control port's
+        self.console_ports: tuple[ConsolePort, ...] = (self.stdout_port, self.stderr_port,
+                                                       self.port)
+        self._control = protocol.FrameCutter()
         self._thread: threading.Thread | None = None
 
     def cmdline(self) -> str:
         return ""  # the agent's default channel is this port's name
 
-    def _from_guest(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # the host side is gone: the bytes have no reader
             self._port_end.sendall(data)
+
+    def _from_guest(self, data: bytes) -> None:
+        whole = self._control.feed(data)  # output frames may only go between whole frames
+        if whole:
+            self._send(whole)
+
+    def _output(self, kind: protocol.Frame) -> Callable[[bytes], None]:
+        def sink(data: bytes) -> None:
+            for chunk in protocol.data_frames(kind, data):
+                self._send(chunk)
+        return sink
 
     def connect(self, timeout: float, running: Callable[[], bool]) -> socket.socket:
         self.start()
@@ -132,7 +166,7 @@ class VsockAgentLink:
     """The agent's vsock connection to host port :data:`AGENT_VSOCK_PORT`."""
 
     transport: AgentTransport = "vsock"
-    console_port: ConsolePort | None = None
+    console_ports: tuple[ConsolePort, ...] = ()
 
     def __init__(self, vsock: VsockDevice, port: int = AGENT_VSOCK_PORT) -> None:
         self.port = port

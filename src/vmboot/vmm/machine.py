@@ -59,7 +59,7 @@ log = logging.getLogger("vmboot.vmm")
 GDB_STOP_DETAIL = "stopped for the debugger"
 
 if TYPE_CHECKING:
-    from vmboot.agent.client import CommandResult, OutputSink
+    from vmboot.agent.client import CommandResult, OutputSink, StdinSource
     from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.hang import HangReport
     from vmboot.debug.symbol_sources import SymbolSource
@@ -362,8 +362,7 @@ class Machine:
             from vmboot.vmm.guest_agent import agent_link
 
             self._agent_link = agent_link(config.agent_transport or "console", self.vsock)
-            if self._agent_link.console_port is not None:
-                console_ports = (*console_ports, self._agent_link.console_port)
+            console_ports = (*console_ports, *self._agent_link.console_ports)
             if self._agent_link.cmdline():
                 self.cmdline = f"{self.cmdline} {self._agent_link.cmdline()}"
         if config.net is not None:
@@ -615,7 +614,7 @@ class Machine:
         return port
 
     def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
-             stdin: bytes | None = None, timeout: float | None = None,
+             stdin: StdinSource = None, timeout: float | None = None,
              on_stdout: OutputSink | None = None, on_stderr: OutputSink | None = None,
              ready_timeout: float | None = None) -> CommandResult:
         """Run ``argv`` in the guest through the agent; call it any number of times.

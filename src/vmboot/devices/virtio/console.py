@@ -10,6 +10,12 @@ then 4/5 for port 1, 6/7 for port 2, and so on. The control protocol (5.3.6.2): 
 driver sends DEVICE_READY; the device announces each port (DEVICE_ADD); the driver answers
 PORT_READY; the device then names the port (PORT_NAME), marks port 0 as the console
 (CONSOLE_PORT) and opens the host end (PORT_OPEN).
+
+Order across ports: a port can name others whose output must reach their sinks first
+(:attr:`ConsolePort.drain_first`). Before each buffer of that port goes to its sink, the
+device takes every buffer already available on the others' transmit queues: a program
+that queues output on one port and then a message on another ("the command exited")
+is heard in that order, although each queue has its own notification.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class ConsolePort:
     guest_open: bool = False
     kick: Callable[[], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    drain_first: tuple[ConsolePort, ...] = field(default=(), repr=False, compare=False)
+    """Ports of the same device whose available output is taken before each buffer of
+    this one is handed to :attr:`sink` (see the module's note on order)."""
 
     def push(self, data: bytes) -> int:
         """Queue ``data`` for the guest to read (any thread); the bytes accepted."""
@@ -83,6 +92,11 @@ def rx_queue(port: int) -> int:
     return RX if port == 0 else 2 * port + 2
 
 
+def tx_queue(port: int) -> int:
+    """The transmit queue (guest to host) of ``port``."""
+    return TX if port == 0 else 2 * port + 3
+
+
 def port_of_queue(index: int) -> tuple[int, bool]:
     """(port, is_transmit) of a data queue index (not the control queues 2 and 3)."""
     if index < 2:
@@ -104,8 +118,22 @@ class ConsoleDevice(VirtioDevice):
             raise BootConfigError(f"virtio-console: port names {names} must be non-empty and "
                                   "different from each other")
         self.ports = list(ports)
+        self._drain_first: dict[int, tuple[int, ...]] = {}
+        for i, port in enumerate(self.ports):
+            first = [j for other in port.drain_first
+                     for j, p in enumerate(self.ports) if p is other]
+            if len(first) != len(port.drain_first) or i in first:
+                raise BootConfigError(
+                    f"virtio-console: port {port.name!r} drains ports "
+                    f"{[p.name for p in port.drain_first]} first; each must be another port "
+                    f"of this device ({names})")
+            if first:
+                self._drain_first[i] = tuple(first)
         super().__init__((QUEUE_SIZE,) * (2 * len(ports) + 2), 1 << spec.CONSOLE_F_MULTIPORT)
         self._control_out: collections.deque[bytes] = collections.deque()
+        self._owed: set[int] = set()
+        """Transmit queues drained out of turn whose used buffers the driver has not been
+        interrupted for yet (their next processing reports them)."""
         for i, port in enumerate(self.ports):
             port.kick = self._kicker(rx_queue(i))
 
@@ -125,6 +153,7 @@ class ConsoleDevice(VirtioDevice):
     def reset(self) -> None:
         super().reset()
         self._control_out.clear()
+        self._owed.clear()
         for p in self.ports:
             p.guest_open = False
 
@@ -144,8 +173,32 @@ class ConsoleDevice(VirtioDevice):
         port, transmit = port_of_queue(index)
         if transmit:
             sink = self.ports[port].sink
-            return self._drain(index, lambda data: sink(data) if sink is not None else None)
+            first = self._drain_first.get(port, ())
+
+            def deliver(data: bytes) -> None:
+                for other in first:
+                    self._drain_out_of_turn(other)
+                if sink is not None:
+                    sink(data)
+
+            used = self._drain(index, deliver)
+            if index in self._owed:
+                self._owed.discard(index)
+                used = True
+            return used
         return self._fill_rx(index, self.ports[port])
+
+    def _drain_out_of_turn(self, port: int) -> None:
+        """Hand ``port``'s available output to its sink now; its queue's own notification
+        later finds it empty and interrupts the driver for what was used here."""
+        index = tx_queue(port)
+        if not self.queues[index].ready:
+            return
+        sink = self.ports[port].sink
+        if self._drain(index, lambda data: sink(data) if sink is not None else None):
+            self._owed.add(index)
+            if self._notify is not None:
+                self._notify(index)
 
     def _drain(self, index: int, handle: Callable[[bytes], object]) -> bool:
         memory = self.memory
@@ -213,7 +266,8 @@ class ConsoleDevice(VirtioDevice):
             with p.lock:
                 pending.append(b"".join(p.pending).hex())
         return {**super().state(), "control_out": [m.hex() for m in self._control_out],
-                "guest_open": [p.guest_open for p in self.ports], "pending": pending}
+                "guest_open": [p.guest_open for p in self.ports], "pending": pending,
+                "owed": sorted(self._owed)}
 
     def check_state(self, state: dict[str, Any]) -> None:
         n = len(self.ports)
@@ -230,9 +284,16 @@ class ConsoleDevice(VirtioDevice):
             except (TypeError, ValueError):
                 raise DeviceStateError("virtio-console state: pending input or a control "
                                        "message is not hex") from None
+        owed = state.get("owed", [])
+        queues = len(self.queues)
+        if not isinstance(owed, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < queues for i in owed):
+            raise DeviceStateError(f"virtio-console state: owed is {owed!r}, not a list of queue "
+                                   f"indexes 0..{queues - 1} (the device has {queues} queues)")
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
+        self._owed = set(state.get("owed", []))
         self._control_out = collections.deque(bytes.fromhex(m) for m in state.get("control_out", []))
         for p, is_open, pending in zip(self.ports, state["guest_open"], state["pending"],
                                        strict=True):
