@@ -95,6 +95,12 @@ def test_warm_runs_share_one_saved_guest(cache: Path, busybox: Path) -> None:
     assert third.reason is ExecReason.EXITED and third.stdout == b"", third.detail  # fresh guest
     assert [p.name for p in (cache / "snapshots").iterdir()] == [snapshot.name]
     assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == digest
+    t = second.timings
+    phases = [t.initramfs, t.restored, t.agent_ready, t.command_sent, t.command_start,
+              t.first_output, t.command_exit, t.vm_exit]
+    assert None not in phases and phases == sorted(phases), t  # type: ignore[type-var]
+    assert t.vm_exit == t.total and t.origin is not None
+    assert third.timings.first_output is None  # ls wrote nothing
     print(f"\nwarm exec: first run (boot and save) {first.timings.total:.1f} s, then "
           f"{second.timings.total:.2f} s and {third.timings.total:.2f} s")
 

@@ -49,6 +49,9 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
+    started_at: float | None = None
+    """``time.monotonic()`` when the agent said the command started (its STARTED message,
+    sent once ``execve`` succeeded)."""
 
     @property
     def returncode(self) -> int:
@@ -150,6 +153,7 @@ class AgentClient:
         data = memoryview(stdin or b"")
         sent = in_flight = 0
         started = killed = ended_input = False
+        started_at: float | None = None
         while True:
             if started and not killed and not ended_input:
                 # Credit-based: keep at most STDIN_WINDOW bytes the agent has not taken yet.
@@ -169,6 +173,7 @@ class AgentClient:
                 continue
             if msg.kind is p.Frame.STARTED:
                 started = True
+                started_at = time.monotonic()
             elif msg.kind is p.Frame.STDIN_TAKEN:
                 in_flight = max(0, in_flight - p.U32.unpack_from(msg.payload)[0])
             elif msg.kind is p.Frame.FAILED:
@@ -184,7 +189,8 @@ class AgentClient:
                 kind, value = p.U32_PAIR.unpack(msg.payload[:8])
                 return CommandResult(exit_status=value if kind == 0 else None,
                                      signal=value if kind == 1 else None,
-                                     stdout=bytes(out), stderr=bytes(err), timed_out=killed)
+                                     stdout=bytes(out), stderr=bytes(err), timed_out=killed,
+                                     started_at=started_at)
 
     def _send(self, data: bytes) -> None:
         try:

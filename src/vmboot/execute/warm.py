@@ -149,14 +149,17 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
     machine = Machine.from_config(config, console=console, on_panic=None)
     result: CommandResult | None = None
     reason, detail = ExecReason.EXITED, ""
-    t_resumed = t_start = None
+    marks = _Marks(t0)
+    out, err = bytearray(), bytearray()
     try:
         with machine.restore(snapshot):
-            t_resumed = time.monotonic() - t0
-            t_start = t_resumed
+            marks.resumed = time.monotonic()
+            marks.sent = time.monotonic()
             try:
                 result = machine.exec(shell_argv(command), env=dict(env), stdin=stdin,
-                                      timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+                                      timeout=timeout, on_stdout=marks.output(on_stdout, out),
+                                      on_stderr=marks.output(on_stderr, err))
+                marks.exited = time.monotonic()
             except AgentError as e:
                 reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
     except AgentError as e:
@@ -169,14 +172,48 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
         else:
             status = (result.exit_status if result.exit_status is not None
                       else SIGNAL_STATUS_BASE + (result.signal or 0))
+    resumed = marks.since(marks.resumed)
     return ExecResult(
-        stdout=b"" if result is None else result.stdout,
-        stderr=b"" if result is None else result.stderr,
+        stdout=bytes(out),
+        stderr=bytes(err),
         exit_status=status,
         reason=reason,
-        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=t_resumed,
-                            first_console_byte=None, command_start=t_start,
-                            command_exit=t_end if result is not None else None, total=t_end),
+        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=resumed, first_console_byte=None,
+                            command_start=marks.since(None if result is None
+                                                      else result.started_at),
+                            command_exit=marks.since(marks.exited), total=t_end,
+                            restored=marks.since(machine.loaded_at), agent_ready=resumed,
+                            command_sent=marks.since(marks.sent),
+                            first_output=marks.since(marks.first_output), vm_exit=t_end,
+                            origin=t0),
         console=bytes(machine.console.data),
         detail=detail,
     )
+
+
+class _Marks:
+    """``time.monotonic()`` at each step of a warm run (None: not reached)."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.resumed: float | None = None
+        self.sent: float | None = None
+        self.first_output: float | None = None
+        self.exited: float | None = None
+
+    def since(self, mark: float | None) -> float | None:
+        """``mark`` in seconds since the run's start."""
+        return None if mark is None else mark - self.t0
+
+    def output(self, sink: OutputCallback | None, collected: bytearray) -> OutputCallback:
+        """``sink`` (or appending to ``collected``, when None), noting when the first output
+        arrived."""
+        def noted(data: bytes) -> None:
+            if self.first_output is None:
+                self.first_output = time.monotonic()
+            if sink is not None:
+                sink(data)
+            else:
+                collected.extend(data)
+
+        return noted
