@@ -251,7 +251,9 @@ def exec_command(
                                   "to use them")
         if not command:
             raise BootConfigError("command: empty; name the program to run")
-    loaded = load_kernel(kernel_path)
+    # a warm run reads the kernel only when it boots the guest it saves (a restore needs no
+    # kernel image; the snapshot's kernel digest is checked)
+    loaded = None if warm else load_kernel(kernel_path)
     busybox_path = choose_busybox(busybox)
     if warm:
         import sys
@@ -266,6 +268,7 @@ def exec_command(
                            stdin=_read_stdin(stdin), on_stdout=on_stdout, on_stderr=on_stderr)
         return dataclasses.replace(result, channel=decision.channel,
                                    channel_reason=decision.reason)
+    assert loaded is not None
     if agent is not None:
         return _exec_with_agent(config, decision, image.agent_argv(command, dict(env or {})),
                                 dict(env or {}), _read_stdin(stdin), pairs, busybox_path, t0=t0,

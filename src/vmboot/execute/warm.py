@@ -101,10 +101,11 @@ def warm_key(config: MachineConfig) -> str:
     initrd = config.initrd
     if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, bytes):
         raise TypeError("warm_key: the warm configuration has a kernel path and initrd bytes")
-    h = hashlib.sha256()
-    with open(kernel, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    from vmboot.vmm.snapshots import file_sha256
+
+    st = os.stat(kernel)  # hashed once per process: the restore checks the same digest
+    h = hashlib.sha256(bytes.fromhex(file_sha256(os.path.realpath(kernel), st.st_dev, st.st_ino,
+                                                 st.st_size, st.st_mtime_ns)))
     h.update(hashlib.sha256(initrd).digest())
     h.update(json.dumps([config.cmdline, str(config.memory_bytes), config.cpus,
                          config.cpuid_policy, config.entry, WARM_IMAGE_VERSION,

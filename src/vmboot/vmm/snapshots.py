@@ -59,7 +59,7 @@ I8042_NAME = "i8042"
 
 
 @functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+def file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file, computed once per (path, inode, size, mtime) in this process."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -80,7 +80,7 @@ def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
             st = path.stat()
         except OSError as e:
             raise BootConfigError(f"{what} {path}: cannot read it: {e.strerror}") from None
-        return _file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
+        return file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
                             st.st_mtime_ns), path.name
     data = getattr(source, "data", None)
     if isinstance(data, bytes | bytearray):
