@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmboot.errors import GuestError
-from vmboot.execute.cache import cache_subdir
+from vmboot.execute.cache import (
+    SNAPSHOTS_SUBDIR,
+    HeldLock,
+    cache_limit,
+    cache_subdir,
+    keep_within_limit,
+    snapshot_locks,
+    touch,
+)
 from vmboot.version import __version__
 
 if TYPE_CHECKING:
@@ -30,7 +38,6 @@ if TYPE_CHECKING:
     from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
 
-SNAPSHOTS_SUBDIR = "snapshots"
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
 WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
@@ -113,14 +120,25 @@ def warm_key(config: MachineConfig) -> str:
     return h.hexdigest()[:32]
 
 
-def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
-    """The cached snapshot of the warm guest for ``config`` (booted and saved now if missing)."""
+def warm_snapshot_path(config: MachineConfig) -> Path:
+    """Where the cache keeps the warm guest of ``config``."""
+    return cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"exec-{warm_key(config)}.snap"
+
+
+def warm_snapshot(config: MachineConfig, timeout: float | None, path: Path | None = None
+                  ) -> Path:
+    """The cached snapshot of the warm guest for ``config`` (at ``path``, by default
+    :func:`warm_snapshot_path`), booted and saved now if missing; then the cache is brought
+    within its size limit (:func:`~vmboot.execute.cache.keep_within_limit`)."""
     from vmboot.agent.client import AgentError
     from vmboot.vmm.machine import Machine
 
-    path = cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"exec-{warm_key(config)}.snap"
+    if path is None:
+        path = warm_snapshot_path(config)
     if path.exists():
+        touch(path)
         return path
+    cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before the boot
     machine = Machine.from_config(config, on_panic=None)
     limit = timeout or WARM_BOOT_TIMEOUT
     with machine:
@@ -133,6 +151,7 @@ def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         machine.snapshot(tmp)
         os.replace(tmp, path)
+    keep_within_limit(path)
     return path
 
 
@@ -146,8 +165,14 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
     from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
     from vmboot.vmm.machine import Machine
 
-    snapshot = warm_snapshot(config, timeout)
-    machine = Machine.from_config(config, console=console, on_panic=None)
+    path = warm_snapshot_path(config)
+    in_use = HeldLock(snapshot_locks(path)[0])  # no other process evicts it while it is used
+    try:
+        snapshot = warm_snapshot(config, timeout, path)
+        machine = Machine.from_config(config, console=console, on_panic=None)
+    except BaseException:
+        in_use.release()
+        raise
     result: CommandResult | None = None
     reason, detail = ExecReason.EXITED, ""
     marks = _Marks(t0)
@@ -165,6 +190,8 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
                 reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
     except AgentError as e:
         reason, detail = ExecReason.BOOT_FAILURE, f"the restored guest's agent did not answer: {e}"
+    finally:
+        in_use.release()
     t_end = time.monotonic() - t0
     status: int | None = None
     if result is not None:

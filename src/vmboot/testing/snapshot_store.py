@@ -31,8 +31,8 @@ from vmboot.execute.cache import (
     SNAPSHOTS_SUBDIR,
     HeldLock,
     cache_subdir,
-    enforce_limit,
     file_lock,
+    keep_within_limit,
     snapshot_locks,
     touch,
 )
@@ -145,7 +145,7 @@ def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_T
                 if not path.exists() or _stale(make_lock, max_age):
                     save_agent_ready(spec, image, path, boot_timeout)
                     os.utime(make_lock)
-            enforce_limit(keep=frozenset({path}))
+            keep_within_limit(path)
         touch(path)
     except BaseException:
         held.release()
