@@ -53,7 +53,7 @@ def test_the_warm_key_covers_what_changes_the_guest(busybox: Path, tmp_path: Pat
     assert warm_key(config) != key
 
 
-def test_snapshots_refuse_net_and_fs_devices_naming_the_option() -> None:
+def test_snapshots_refuse_fs_devices_naming_the_option_and_take_net() -> None:
     from vmboot.devices.virtio.rng import RngDevice
     from vmboot.devices.virtio.setup import VirtioDevices
     from vmboot.vmm.snapshots import check_virtio_saved
@@ -61,10 +61,13 @@ def test_snapshots_refuse_net_and_fs_devices_naming_the_option() -> None:
     class FakeNet(RngDevice):
         name = "net"
 
-    check_virtio_saved("Machine.snapshot", VirtioDevices([RngDevice()]))
-    with pytest.raises(BootConfigError, match=r"Machine.snapshot: the machine has virtio-net0: "
-                                              r".*make the machine without net \(--net\)"):
-        check_virtio_saved("Machine.snapshot", VirtioDevices([RngDevice(), FakeNet()]))
+    class FakeFs(RngDevice):
+        name = "fs"
+
+    check_virtio_saved("Machine.snapshot", VirtioDevices([RngDevice(), FakeNet()]))
+    with pytest.raises(BootConfigError, match=r"Machine.snapshot: the machine has virtio-fs0: "
+                                              r".*make the machine without shares"):
+        check_virtio_saved("Machine.snapshot", VirtioDevices([RngDevice(), FakeFs()]))
 
 
 # -- real Linux ----------------------------------------------------------------------------

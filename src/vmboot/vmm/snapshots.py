@@ -137,16 +137,17 @@ snapshot; its wall clock is then set by the agent (:meth:`Machine.restore`)."""
 UNSAVED_VIRTIO = {
     "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
           "files are not part of a snapshot",
-    "net": "a network device's back end (passt or a TAP device) holds connections and "
-           "addresses a restore cannot give back",
 }
-"""Virtio device kinds a snapshot refuses, and why."""
+"""Virtio device kinds a snapshot refuses, and why. (A network device is saved: its
+queues, MAC and backend kind; a restore reattaches the machine's own backend, the same TAP
+interface or a fresh passt, and the guest keeps its address; TCP connections open when it
+was saved are gone, as for any guest resumed after a pause.)"""
 
 
 def check_virtio_saved(what: str, virtio: VirtioDevices) -> None:
     """Refuse a snapshot or restore of a machine with a virtio device whose state cannot be
     saved (:data:`UNSAVED_VIRTIO`), naming the device and the option that added it."""
-    options = {"fs": "shares / rootfs (--share, --rootfs)", "net": "net (--net)"}
+    options = {"fs": "shares / rootfs (--share, --rootfs)"}
     for device, name in zip(virtio.devices, virtio.names, strict=True):
         why = UNSAVED_VIRTIO.get(device.name)
         if why is not None:
