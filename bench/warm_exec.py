@@ -43,10 +43,11 @@ PHASES = ("restored", "agent_ready", "command_sent", "command_start", "first_out
 """The warm run's ``timings`` reported, each from process start."""
 
 
-def run_exec(kernel: str | None, warm: bool, env: dict[str, str]) -> dict[str, float]:
-    """One run: its whole time, and its phases from process start (seconds)."""
-    argv = [sys.executable, "-m", "vmboot", "exec", *(["--kernel", kernel] if kernel else []),
-            *(["--warm"] if warm else []), "--json", "--", *COMMAND]
+def run_exec(options: list[str], warm: bool, env: dict[str, str]) -> dict[str, float]:
+    """One run of ``vmboot exec OPTIONS [--warm] --json -- echo hi``: its whole time, and
+    its phases from process start (seconds)."""
+    argv = [sys.executable, "-m", "vmboot", "exec", *options, *(["--warm"] if warm else []),
+            "--json", "--", *COMMAND]
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, env=env, timeout=TIMEOUT, check=False)
     elapsed = time.monotonic() - started
@@ -79,12 +80,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vmboot-bench-warm-") as cache:
         env = {**os.environ, "VMBOOT_CACHE": cache,
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-        first = run_exec(args.kernel, True, env)["total"]  # boots and saves the warm guest
+        options = ["--kernel", args.kernel] if args.kernel else []
+        first = run_exec(options, True, env)["total"]  # boots and saves the warm guest
         warm: list[dict[str, float]] = []
         cold: list[dict[str, float]] = []
         for _ in range(args.runs):  # interleaved: both see the same load
-            warm.append(run_exec(args.kernel, True, env))
-            cold.append(run_exec(args.kernel, False, env))
+            warm.append(run_exec(options, True, env))
+            cold.append(run_exec(options, False, env))
     w = Timing.of([r["total"] for r in warm])
     c = Timing.of([r["total"] for r in cold])
     sent = Timing.of([r["command_sent"] for r in warm])
