@@ -193,7 +193,7 @@ def exec_command(
     ``warm``: resume a guest saved, its agent ready for a command, in the vmboot cache
     (:mod:`vmboot.execute.warm`), and run the command through the agent; the first warm run
     of a kernel boots and saves it. Not with ``files`` (they would have to be in the saved
-    guest) nor with vsock, shares or net.
+    guest) nor with vsock, net or disks; with shares (saved before the guest mounts them).
     ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
     ``shares``: host directories over virtio-fs (the command mounts one with
     ``mount -t virtiofs TAG DIR``).
@@ -242,7 +242,7 @@ def exec_command(
             raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
                                   "new files; run without warm to add files")
         devices = [name for name, given in (("vsock", vsock is not None),
-                                            ("shares", bool(shares)), ("net", net is not None),
+                                            ("net", net is not None),
                                             ("disks", bool(disks)))
                    if given]
         if devices:
@@ -261,7 +261,8 @@ def exec_command(
         from vmboot.execute.warm import agent_initramfs, warm_config, warm_exec
 
         warm_machine = warm_config(kernel_path, agent_initramfs(busybox_path), memory=memory,
-                                   cpuid_policy=cpuid_policy, entry=entry, cpus=cpus)
+                                   cpuid_policy=cpuid_policy, entry=entry, cpus=cpus,
+                                   shares=shares)
         result = warm_exec(warm_machine, command, dict(env or {}), t0=t0,
                            t_initramfs=time.monotonic() - t0, timeout=timeout,
                            console=sys.stderr if console is True else console or None,

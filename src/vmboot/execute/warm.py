@@ -35,6 +35,7 @@ from vmboot.version import __version__
 
 if TYPE_CHECKING:
     from vmboot.config import MachineConfig
+    from vmboot.devices.virtio.share import Share
     from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
 
@@ -92,18 +93,20 @@ def warm_cmdline() -> str:
 
 
 def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
-                entry: EntryChoice, cpus: int) -> MachineConfig:
+                entry: EntryChoice, cpus: int, shares: Sequence[Share] = ()) -> MachineConfig:
+    """The warm guest's machine; ``shares`` are saved unused (the command mounts them after
+    the restore, served by a fresh virtiofsd)."""
     from vmboot.config import MachineConfig
 
     return MachineConfig(kernel, initrd=initrd, cmdline=warm_cmdline(), memory=memory,
                          cpuid_policy=cpuid_policy,  # type: ignore[arg-type]
-                         entry=entry, cpus=cpus, agent=True)
+                         entry=entry, cpus=cpus, agent=True, shares=tuple(shares))
 
 
 def warm_key(config: MachineConfig) -> str:
     """What the saved guest depends on: the kernel file, the initramfs (busybox and agent
-    inside), the command line, memory, vCPUs, CPUID policy, entry, the image layout and
-    vmboot's version."""
+    inside), the command line, memory, vCPUs, CPUID policy, entry, the shares, the image
+    layout and vmboot's version."""
     kernel = config.kernel
     initrd = config.initrd
     if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, bytes):
@@ -114,9 +117,10 @@ def warm_key(config: MachineConfig) -> str:
     h = hashlib.sha256(bytes.fromhex(file_sha256(os.path.realpath(kernel), st.st_dev, st.st_ino,
                                                  st.st_size, st.st_mtime_ns)))
     h.update(hashlib.sha256(initrd).digest())
+    shares = [[os.path.realpath(s.source), s.tag, s.read_only] for s in config.shares]
     h.update(json.dumps([config.cmdline, str(config.memory_bytes), config.cpus,
                          config.cpuid_policy, config.entry, WARM_IMAGE_VERSION,
-                         __version__]).encode())
+                         __version__, shares]).encode())
     return h.hexdigest()[:32]
 
 

@@ -7,6 +7,13 @@ match); :func:`save_machine` writes the machine's VM, vCPUs and devices with
 booting (guest memory mapped copy-on-write from the file, every vCPU's state put back) and,
 once the machine has wired that VM to its devices, :func:`restore_state` puts back the
 devices' and the VM's own state, ready for :meth:`Machine.run` to resume the guest.
+
+Every virtio device is saved with its transport. A network device keeps its MAC and
+backend kind, and the restored machine's own backend is attached (the same TAP interface,
+or a fresh passt): the guest keeps its address, its open TCP connections are gone. A share
+(virtio-fs) is saved only while the guest has not used it (each vring base virtiofsd
+reports is 0; :meth:`~vmboot.devices.virtio.fs.FsDevice.state` refuses otherwise), and a
+restore starts a fresh virtiofsd on RAM copied into a memfd it can map.
 """
 
 from __future__ import annotations
@@ -134,26 +141,6 @@ jiffy at a time through the gap, in emulated ring 0 (measured: seconds of catch-
 minute of age). With jiffies as the clocksource the guest's time continues from the
 snapshot; its wall clock is then set by the agent (:meth:`Machine.restore`)."""
 
-UNSAVED_VIRTIO = {
-    "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
-          "files are not part of a snapshot",
-}
-"""Virtio device kinds a snapshot refuses, and why. (A network device is saved: its
-queues, MAC and backend kind; a restore reattaches the machine's own backend, the same TAP
-interface or a fresh passt, and the guest keeps its address; TCP connections open when it
-was saved are gone, as for any guest resumed after a pause.)"""
-
-
-def check_virtio_saved(what: str, virtio: VirtioDevices) -> None:
-    """Refuse a snapshot or restore of a machine with a virtio device whose state cannot be
-    saved (:data:`UNSAVED_VIRTIO`), naming the device and the option that added it."""
-    options = {"fs": "shares / rootfs (--share, --rootfs)"}
-    for device, name in zip(virtio.devices, virtio.names, strict=True):
-        why = UNSAVED_VIRTIO.get(device.name)
-        if why is not None:
-            raise BootConfigError(f"{what}: the machine has {name}: {why}; make the machine "
-                                  f"without {options[device.name]} to snapshot or restore it")
-
 
 def expected_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice],
                      virtio: VirtioDevices) -> list[str]:
@@ -192,7 +179,6 @@ def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | 
     """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
     if vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
-    check_virtio_saved("Machine.snapshot", virtio)
     if host_is_emulating() and SNAPSHOT_CLOCKSOURCE not in machine.cmdline.split():
         log.warning("Machine.snapshot: this host emulates guest ring 0 (PVM) and the guest's "
                     "command line lacks %s: each restore will first catch up the time since "
@@ -210,12 +196,11 @@ def load_machine(path: str | os.PathLike[str], machine: BootSource, cpus: int,
     memory), its ``cpus``, the names of its devices (``expected``, from
     :func:`expected_devices`) and this host before a VM exists.
     """
-    check_virtio_saved("Machine.restore", virtio)
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
         check_same_cpus(path, len(manifest.vcpus), cpus)
         check_same_devices(path, list(manifest.devices), expected)
-        vm = restore_vm(snap, manifest, cpuid_policy)
+        vm = restore_vm(snap, manifest, cpuid_policy, virtio.needs_shared_memory)
     return vm, manifest
 
 
