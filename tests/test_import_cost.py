@@ -61,3 +61,16 @@ def test_a_cached_driver_answer_does_not_load_the_symbol_readers(tmp_path: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "VMBOOT_CACHE": str(tmp_path / "cache")})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_machine_imports_no_kernel_loader_until_it_boots() -> None:
+    """A restore reads no kernel: `vmboot.linux` loads its loaders and decompressors only
+    when a name of theirs is used."""
+    code = ("import sys\nimport vmboot.vmm.machine, vmboot.vmm.snapshots\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('vmboot.linux.loader', "
+            "'vmboot.compression'))))\n"
+            "from vmboot.linux import load_kernel, BzImage\n"
+            "print(load_kernel.__module__, BzImage.__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "vmboot.linux.loader.detect vmboot.linux.loader.bzimage"], out

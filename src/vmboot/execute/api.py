@@ -210,7 +210,6 @@ def exec_command(
     from vmboot.execute.agent_run import STOP_GRACE
     from vmboot.execute.channel import choose_channel
     from vmboot.execute.guest_choice import choose_busybox, choose_kernel
-    from vmboot.linux.loader.detect import load_kernel
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()
@@ -253,7 +252,11 @@ def exec_command(
             raise BootConfigError("command: empty; name the program to run")
     # a warm run reads the kernel only when it boots the guest it saves (a restore needs no
     # kernel image; the snapshot's kernel digest is checked)
-    loaded = None if warm else load_kernel(kernel_path)
+    loaded = None
+    if not warm:
+        from vmboot.linux.loader.detect import load_kernel
+
+        loaded = load_kernel(kernel_path)
     busybox_path = choose_busybox(busybox)
     if warm:
         import sys
