@@ -184,3 +184,123 @@ def test_cli_help_states_the_default_limit(capsys: pytest.CaptureFixture[str]) -
         main(["cache", "--help"])
     out = capsys.readouterr().out
     assert f"default {DEFAULT_CACHE_MAX}" in out and "VMBOOT_CACHE_MAX" in out
+
+
+# -- every store keeps the cache within its limit ---------------------------------------------
+
+
+def test_a_stored_entry_is_kept_and_marked_used_and_the_rest_evicted(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmboot.execute.cache import keep_within_limit
+
+    a = cache / "snapshots" / "pytest-a.snap"  # old, but just stored
+    held = HeldLock(snapshot_locks(cache / "snapshots" / "pytest-b.snap")[0])
+    try:
+        removed = keep_within_limit(a)
+    finally:
+        held.release()
+    # 5 MiB in all, 4 GiB allowed: nothing goes; a is now the most recently used
+    assert removed == [] and _names(cache_entries())[-1] == "pytest-a.snap"
+    monkeypatch.setenv(CACHE_MAX_ENV, "1M")
+    held = HeldLock(snapshot_locks(cache / "snapshots" / "pytest-b.snap")[0])
+    try:
+        removed = keep_within_limit(a)
+    finally:
+        held.release()
+    assert _names(removed) == ["6.1.0-57", "busybox"]  # b is in use, a was stored
+    assert sorted(_names(cache_entries())) == ["pytest-a.snap", "pytest-b.snap"]
+
+
+class _FakeMachine:
+    """Stands in for a booted warm guest: its snapshot is a small file."""
+
+    saved: list[Path] = []
+
+    @classmethod
+    def from_config(cls, config: object, **kwargs: object) -> _FakeMachine:
+        return cls()
+
+    def __enter__(self) -> _FakeMachine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def exec(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def snapshot(self, path: Path) -> None:
+        _write(path, MiB, 5000)
+        self.saved.append(path)
+
+
+def _warm_config(tmp_path: Path, busybox: Path) -> object:
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.warm import warm_config
+
+    kernel = tmp_path / "kernel"
+    kernel.write_bytes(b"a kernel")
+    return warm_config(kernel, agent_initramfs([], busybox), memory="64M", cpuid_policy="auto",
+                       entry="bzimage64", cpus=1)
+
+
+def test_warm_exec_stores_its_snapshot_within_the_limit(
+        cache: Path, busybox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmboot.execute.warm import warm_snapshot
+
+    monkeypatch.setattr("vmboot.vmm.machine.Machine", _FakeMachine)
+    monkeypatch.setenv(CACHE_MAX_ENV, "2M")
+    held = HeldLock(snapshot_locks(cache / "snapshots" / "pytest-a.snap")[0])
+    try:
+        path = warm_snapshot(_warm_config(tmp_path, busybox), None)  # type: ignore[arg-type]
+    finally:
+        held.release()
+    assert path.name.startswith("exec-") and path.exists()
+    # 6 MiB, 2 allowed: the kernel, busybox and b go; a is in use, the new one was stored
+    assert sorted(_names(cache_entries())) == [path.name, "pytest-a.snap"]
+
+
+def test_a_wrong_limit_is_refused_before_the_warm_boot(
+        cache: Path, busybox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmboot.execute.warm import warm_snapshot
+
+    _FakeMachine.saved = []
+    monkeypatch.setattr("vmboot.vmm.machine.Machine", _FakeMachine)
+    monkeypatch.setenv(CACHE_MAX_ENV, "lots")
+    with pytest.raises(UsageError, match=r"\$VMBOOT_CACHE_MAX"):
+        warm_snapshot(_warm_config(tmp_path, busybox), None)  # type: ignore[arg-type]
+    assert _FakeMachine.saved == []
+
+
+def test_fetch_stores_its_download_within_the_limit(
+        cache: Path, busybox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from vmboot.execute import fetch
+
+    def download(package: str, into: Path) -> Path:
+        deb = into / f"{package}_1_amd64.deb"
+        deb.write_bytes(b"!<arch>\n")
+        return deb
+
+    def unpack(cmd: list[str], *, cwd: Path | None = None, what: str) -> str:
+        root = Path(cmd[-1])  # dpkg-deb -x DEB ROOT
+        (root / "bin").mkdir(parents=True)
+        shutil.copyfile(busybox, root / "bin" / "busybox")
+        return ""
+
+    monkeypatch.setattr(fetch, "apt_download", download)
+    monkeypatch.setattr(fetch, "_run", unpack)
+    monkeypatch.setenv(CACHE_MAX_ENV, "3M")
+    held = HeldLock(snapshot_locks(cache / "snapshots" / "pytest-a.snap")[0])
+    try:
+        path = fetch.fetch_busybox(force=True)
+    finally:
+        held.release()
+    assert path == cache / "busybox" / "busybox" and path.stat().st_size == busybox.stat().st_size
+    # the new busybox (~2 MiB) stays, a is in use; the kernel and b go
+    assert sorted(_names(cache_entries())) == ["busybox", "pytest-a.snap"]
+    monkeypatch.setenv(CACHE_MAX_ENV, "-1")
+    monkeypatch.setattr(fetch, "apt_download", lambda package, into: pytest.fail("downloaded"))
+    with pytest.raises(UsageError, match=r"\$VMBOOT_CACHE_MAX"):
+        fetch.fetch_busybox(force=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -38,6 +39,22 @@ def test_every_verb_help_has_an_example(verb: str, capsys: pytest.CaptureFixture
     examples = text.split("examples:", 1)
     assert len(examples) == 2, f"vmboot {verb} --help has no examples section"
     assert f"vmboot {verb}" in examples[1]
+
+
+def test_a_named_verb_builds_its_parser_alone_and_anything_else_all() -> None:
+    from vmboot.cli.main import verb_modules
+
+    assert verb_modules(["-v", "exec", "--warm", "--", "run"]) == ("vmboot.cli.exec",)
+    for argv in (None, [], ["--help"], ["nosuch", "x"], ["-v"]):
+        assert verb_modules(argv) == VERB_MODULES, argv
+    code = ("import sys\nfrom vmboot.cli.main import build_parser\n"
+            "build_parser(['exec', '--', 'true'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('vmboot.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    loaded = set(ast.literal_eval(out.stdout))
+    assert "vmboot.cli.exec" in loaded and not loaded & {"vmboot.cli.inspect", "vmboot.cli.trace",
+                                                          "vmboot.cli.demo"}, loaded
 
 
 def test_output_into_a_closed_pipe_ends_quietly() -> None:

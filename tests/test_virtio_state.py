@@ -146,3 +146,83 @@ def test_resume_serves_the_queues_and_repeats_a_pending_interrupt() -> None:
     assert sent == [spec.INTERRUPT_USED_BUFFER]
     fresh.on_queue_event(0)  # the kick resume() sent, served here (no I/O thread)
     assert len(r.queues[0].take_used()) == 2
+
+
+class _Backend:
+    """A network backend that only says what it is (test_virtio_net.py moves frames)."""
+
+    vnet_hdr = False
+    offload_features = 0
+    mtu = 1500
+
+    def __init__(self, kind: str, tap: str | None = None) -> None:
+        self.kind = kind
+        self.tap = tap
+        self.offloads: int | None = None
+
+    def fileno(self) -> int:
+        return -1
+
+    def set_offloads(self, features: int) -> None:
+        self.offloads = features
+
+    def recv(self) -> bytes | None:
+        return None
+
+    def send(self, parts: object) -> None:
+        pass
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.kind, **({"tap": self.tap} if self.tap else {})}
+
+    def close(self) -> None:
+        pass
+
+
+MAC = bytes.fromhex("020000000001")
+
+
+def test_a_network_device_is_restored_onto_a_fresh_backend() -> None:
+    from vmboot.devices.virtio.net import NetDevice
+
+    saved = NetDevice(_Backend("user"), MAC)
+    r = rig(saved)
+    saved.counters["rx_frames"] = 7
+    state = _json(r.transport.state())
+    assert state["device"]["mac"] == "02:00:00:00:00:01"
+    assert state["device"]["backend"] == {"backend": "user"}
+    backend = _Backend("user")
+    fresh = _fresh(r, NetDevice(backend, MAC))
+    fresh.restore(state)
+    device = fresh.device
+    assert isinstance(device, NetDevice) and device.counters["rx_frames"] == 7
+    assert device.link_up and all(q.ready for q in device.queues)
+    assert backend.offloads == device.acked_features  # the new backend was told (activate)
+
+
+@pytest.mark.parametrize(("mac", "backend", "message"), [
+    (bytes.fromhex("020000000002"), _Backend("user"),
+     r"mac: saved 02:00:00:00:00:01, this machine's is 02:00:00:00:00:02; restore with mac"),
+    (MAC, _Backend("tap", "tap0"), r"backend: saved 'user', this machine has 'tap'.*--net user"),
+])
+def test_a_network_device_with_another_mac_or_backend_is_refused(
+        mac: bytes, backend: _Backend, message: str) -> None:
+    from vmboot.devices.virtio.net import NetDevice
+
+    r = rig(NetDevice(_Backend("user"), MAC))
+    state = _json(r.transport.state())
+    fresh = _fresh(r, NetDevice(backend, mac))
+    with pytest.raises(DeviceStateError, match=message):
+        fresh.restore(state)
+    assert fresh.status == 0
+
+
+def test_a_tap_device_is_reopened_by_its_name() -> None:
+    from vmboot.devices.virtio.net import NetDevice
+
+    state = _json(rig(NetDevice(_Backend("tap", "tap0"), MAC)).transport.state())
+    r = rig(NetDevice(_Backend("tap", "tap0"), MAC))
+    _fresh(r, NetDevice(_Backend("tap", "tap0"), MAC)).restore(state)
+    with pytest.raises(DeviceStateError, match=r"tap: saved 'tap0', this machine has 'tap1'"
+                                               r".*--net tap=tap0"):
+        _fresh(r, NetDevice(_Backend("tap", "tap1"), MAC)).restore(state)

@@ -60,6 +60,9 @@ class CommandResult:
     timed_out: bool = False
     output: p.OutputPath = p.OutputPath.PIPES
     """How its stdout and stderr reached the host (straight from output ports, or pipes)."""
+    started_at: float | None = None
+    """``time.monotonic()`` when the agent said the command started (its STARTED message,
+    sent once ``execve`` succeeded)."""
 
     @property
     def returncode(self) -> int:
@@ -169,6 +172,7 @@ class AgentClient:
         out, err = bytearray(), bytearray()
         output = p.OutputPath.PIPES
         killed = False
+        started_at: float | None = None
         while True:
             msg = self._read(deadline, stream)
             if msg is None:  # the time limit passed: end the command, keep the agent
@@ -178,6 +182,7 @@ class AgentClient:
                 deadline = None
                 continue
             if msg.kind is p.Frame.STARTED:
+                started_at = time.monotonic()
                 if len(msg.payload) >= p.STARTED.size:
                     output = _output_path(p.STARTED.unpack_from(msg.payload)[1])
                 stream.start(self._send)
@@ -197,7 +202,7 @@ class AgentClient:
                 return CommandResult(exit_status=value if kind == 0 else None,
                                      signal=value if kind == 1 else None,
                                      stdout=bytes(out), stderr=bytes(err),
-                                     timed_out=killed, output=output)
+                                     timed_out=killed, output=output, started_at=started_at)
 
     def _send(self, data: bytes) -> None:
         try:

@@ -135,8 +135,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--warm", action="store_true",
                    help="resume a guest saved ready for a command in the vmboot cache instead "
                         "of booting (the first --warm run of a kernel boots once and saves "
-                        "it); not with --add, --rootfs, --share, --vsock, --net or --disk; "
-                        "its channel is the UARTs")
+                        "it, with its --share directories unmounted); not with --add, "
+                        "--rootfs, --vsock, --net or --disk; its channel is the agent's "
+                        "virtio-console port")
     add_vsock_arguments(p)
     add_net_arguments(p)
     add_disk_argument(p)

@@ -54,7 +54,9 @@ Run `vmboot VERB --help` for each verb's options.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb; with ``argv`` (the command's words) naming a verb, of that
+    verb alone: one verb module imported, not all ten."""
     parser = argparse.ArgumentParser(
         prog="vmboot",
         description="Boot Linux x86_64 kernels straight into 64-bit mode under KVM, "
@@ -66,9 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v: info, -vv: debug) to stderr")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERB_MODULES:
+    for name in verb_modules(argv):
         importlib.import_module(name).add_parser(sub)
     return parser
+
+
+def verb_modules(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The verb module ``argv`` names (its first word not starting with ``-``; a verb's
+    module is ``vmboot.cli.<verb>``), else all of them (no ``argv``, help, a wrong verb, no
+    verb)."""
+    words = [w for w in argv or () if not w.startswith("-")]
+    named = f"{__package__}.{words[0]}" if words else ""
+    return (named,) if named in VERB_MODULES else VERB_MODULES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,8 +101,9 @@ def _discard_stdout() -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     if args.verb is None:
         parser.print_help()
         return EXIT_USAGE

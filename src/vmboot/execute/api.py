@@ -194,7 +194,7 @@ def exec_command(
     ``warm``: resume a guest saved, its agent ready for a command, in the vmboot cache
     (:mod:`vmboot.execute.warm`), and run the command through the agent; the first warm run
     of a kernel boots and saves it. Not with ``files`` (they would have to be in the saved
-    guest) nor with vsock, shares or net.
+    guest) nor with vsock, net or disks; with shares (saved before the guest mounts them).
     ``vsock``: a virtio-vsock device for the guest (see :class:`vmboot.vmm.machine.Machine`).
     ``shares``: host directories over virtio-fs (the command mounts one with
     ``mount -t virtiofs TAG DIR``).
@@ -212,7 +212,6 @@ def exec_command(
     from vmboot.execute.agent_run import STOP_GRACE
     from vmboot.execute.channel import choose_channel
     from vmboot.execute.guest_choice import choose_busybox, choose_kernel
-    from vmboot.linux.loader.detect import load_kernel
     from vmboot.vmm.machine import Machine
 
     t0 = time.monotonic()
@@ -244,7 +243,7 @@ def exec_command(
             raise BootConfigError("files: a warm exec resumes a saved guest, which cannot take "
                                   "new files; run without warm to add files")
         devices = [name for name, given in (("vsock", vsock is not None),
-                                            ("shares", bool(shares)), ("net", net is not None),
+                                            ("net", net is not None),
                                             ("disks", bool(disks)))
                    if given]
         if devices:
@@ -253,7 +252,13 @@ def exec_command(
                                   "to use them")
         if not command:
             raise BootConfigError("command: empty; name the program to run")
-    loaded = load_kernel(kernel_path)
+    # a warm run reads the kernel only when it boots the guest it saves (a restore needs no
+    # kernel image; the snapshot's kernel digest is checked)
+    loaded = None
+    if not warm:
+        from vmboot.linux.loader.detect import load_kernel
+
+        loaded = load_kernel(kernel_path)
     busybox_path = choose_busybox(busybox)
     if warm:
         import sys
@@ -261,14 +266,15 @@ def exec_command(
         from vmboot.execute.warm import warm_config, warm_exec
 
         warm_machine = warm_config(kernel_path, image.agent_initramfs([], busybox_path),
-                                   memory=memory,
-                                   cpuid_policy=cpuid_policy, entry=entry, cpus=cpus)
+                                   memory=memory, cpuid_policy=cpuid_policy, entry=entry,
+                                   cpus=cpus, shares=shares)
         result = warm_exec(warm_machine, command, dict(env or {}), t0=t0,
                            t_initramfs=time.monotonic() - t0, timeout=timeout,
                            console=sys.stderr if console is True else console or None,
                            stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr)
         return dataclasses.replace(result, channel=decision.channel,
                                    channel_reason=decision.reason)
+    assert loaded is not None
     if agent is not None:
         return _exec_with_agent(config, decision, image.agent_argv(command, dict(env or {})),
                                 dict(env or {}), stdin, pairs, busybox_path, t0=t0,

@@ -16,7 +16,9 @@
 
 Nothing here is created until something is stored.
 
-The cache is bounded: :func:`enforce_limit` removes the least recently used entries (an
+The cache is bounded: whatever stores an entry (warm exec and the pytest plugin their
+snapshots, ``vmboot fetch`` its downloads) then calls :func:`keep_within_limit`, whose
+:func:`enforce_limit` removes the least recently used entries (an
 entry is one snapshot with its lock, one cached kernel, the busybox) until the cache fits in
 :func:`cache_limit` bytes: ``$VMBOOT_CACHE_MAX`` (a size such as ``2G``, or ``unlimited``),
 else :data:`DEFAULT_CACHE_MAX`. An entry counts as used when a file of it was last modified:
@@ -293,6 +295,17 @@ def enforce_limit(limit: int | None = None, root: Path | None = None,
         removed.append(entry)
         total -= entry.size
     return removed
+
+
+def keep_within_limit(stored: Path) -> list[CacheEntry]:
+    """Called by whatever stores an entry in the cache (a saved guest, a download) once it
+    is complete: mark ``stored`` (a snapshot file, or a kernel's or the busybox's directory)
+    as just used and remove the least recently used entries until the cache fits in
+    :func:`cache_limit`, sparing ``stored`` and every entry in use. Returns what was removed.
+    A store checks :func:`cache_limit` before it writes anything, so a wrong
+    ``$VMBOOT_CACHE_MAX`` is refused first."""
+    touch(stored)
+    return enforce_limit(keep=frozenset({stored}))
 
 
 def describe_entry(entry: CacheEntry) -> str:

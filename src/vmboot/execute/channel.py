@@ -72,7 +72,6 @@ def kernel_function_names(kernel: Path) -> Collection[str]:
     import json
     import os
 
-    from vmboot.debug.symbol_sources import load_kernel_symbols
     from vmboot.execute.cache import cache_subdir
 
     wanted = sorted({name for names in REQUIRED_SYMBOLS.values() for name in names})
@@ -83,6 +82,8 @@ def kernel_function_names(kernel: Path) -> Collection[str]:
         return frozenset(json.loads(entry.read_text()))
     except (OSError, ValueError, TypeError):
         pass
+    from vmboot.debug.symbol_sources import load_kernel_symbols  # numpy: only on a miss
+
     names = frozenset(load_kernel_symbols(kernel).names())
     found = [name for name in wanted if name in names]
     try:  # best effort: an unwritable cache only costs the next run the same decoding

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmboot.errors import FetchError
-from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_subdir
+from vmboot.execute.cache import (
+    BUSYBOX_SUBDIR,
+    KERNELS_SUBDIR,
+    cache_limit,
+    cache_subdir,
+    keep_within_limit,
+)
 from vmboot.execute.discovery import cached_busybox, check_static_busybox, static_elf_problem
 
 BUSYBOX_PACKAGE = "busybox-static"
@@ -85,6 +91,7 @@ def fetch_busybox(*, force: bool = False) -> Path:
     dest = cached_busybox()
     if not force and dest.is_file() and static_elf_problem(dest) is None:
         return dest
+    cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before the download
     cache_subdir(BUSYBOX_SUBDIR, create=True)
     with tempfile.TemporaryDirectory(prefix="vmboot-busybox-") as tmp_name:
         tmp = Path(tmp_name)
@@ -97,6 +104,7 @@ def fetch_busybox(*, force: bool = False) -> Path:
         check_static_busybox(found[0])
         _install_file(found[0], dest)
         (dest.parent / SOURCE_RECORD).write_text(deb.name + "\n")
+    keep_within_limit(dest.parent)
     return dest
 
 
@@ -160,6 +168,7 @@ def fetch_debian_kernel(*, force: bool = False) -> Path:
     vmlinuz = dest / "boot" / f"vmlinuz-{flavour}"
     if vmlinuz.is_file() and not force:
         return vmlinuz
+    cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before the download
     cache_subdir(KERNELS_SUBDIR, create=True)
     with tempfile.TemporaryDirectory(prefix="vmboot-kernel-") as tmp_name:
         tmp = Path(tmp_name)
@@ -172,4 +181,5 @@ def fetch_debian_kernel(*, force: bool = False) -> Path:
         for item in sorted((staging / "boot").iterdir()):
             if item.is_file():
                 _install_file(item, dest / "boot" / item.name)
+    keep_within_limit(dest)
     return vmlinuz

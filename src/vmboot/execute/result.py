@@ -41,10 +41,24 @@ class ExecTimings:
     first_console_byte: float | None
     command_start: float | None
     """The guest booted and is starting the command (``VMBOOT-START`` arrived; through the
-    agent: its greeting)."""
+    agent: its greeting; a warm run: the agent's STARTED answer, sent once the command's
+    ``execve`` succeeded)."""
     command_exit: float | None
     """The command's status arrived (``VMBOOT-EXIT``; through the agent: its exit message)."""
     total: float
+    restored: float | None = None
+    """A warm run: the saved guest's memory, vCPUs and devices were back (not yet running)."""
+    agent_ready: float | None = None
+    """A warm run: the restored guest's agent answered the resume message."""
+    command_sent: float | None = None
+    """Through the agent: the command's EXEC message was handed to the guest's channel."""
+    first_output: float | None = None
+    """Through the agent: the command's first stdout or stderr bytes arrived."""
+    vm_exit: float | None = None
+    """The guest's vCPUs stopped and the VM was released."""
+    origin: float | None = None
+    """``time.monotonic()`` at the moment every other field counts from: a caller that
+    started this process places these times on its own clock (the same system-wide one)."""
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -54,6 +68,12 @@ class ExecTimings:
             "command_start": self.command_start,
             "command_exit": self.command_exit,
             "total": self.total,
+            "restored": self.restored,
+            "agent_ready": self.agent_ready,
+            "command_sent": self.command_sent,
+            "first_output": self.first_output,
+            "vm_exit": self.vm_exit,
+            "origin": self.origin,
         }
 
 

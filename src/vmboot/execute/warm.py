@@ -23,17 +23,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmboot.errors import GuestError
-from vmboot.execute.cache import cache_subdir
+from vmboot.execute.cache import (
+    SNAPSHOTS_SUBDIR,
+    HeldLock,
+    cache_limit,
+    cache_subdir,
+    keep_within_limit,
+    snapshot_locks,
+    touch,
+)
 from vmboot.execute.image import SHELL_PATH
 from vmboot.version import __version__
 
 if TYPE_CHECKING:
     from vmboot.agent.client import StdinSource
     from vmboot.config import MachineConfig
+    from vmboot.devices.virtio.share import Share
     from vmboot.execute.result import ExecResult
     from vmboot.linux.options import EntryChoice
 
-SNAPSHOTS_SUBDIR = "snapshots"
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
 WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
@@ -66,41 +74,56 @@ def warm_cmdline() -> str:
 
 
 def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
-                entry: EntryChoice, cpus: int) -> MachineConfig:
+                entry: EntryChoice, cpus: int, shares: Sequence[Share] = ()) -> MachineConfig:
+    """The warm guest's machine; ``shares`` are saved unused (the command mounts them after
+    the restore, served by a fresh virtiofsd)."""
     from vmboot.config import MachineConfig
 
     return MachineConfig(kernel, initrd=initrd, cmdline=warm_cmdline(), memory=memory,
                          cpuid_policy=cpuid_policy,  # type: ignore[arg-type]
-                         entry=entry, cpus=cpus, agent=True)
+                         entry=entry, cpus=cpus, agent=True, shares=tuple(shares))
 
 
 def warm_key(config: MachineConfig) -> str:
     """What the saved guest depends on: the kernel file, the initramfs (busybox and agent
-    inside), the command line, memory, vCPUs, CPUID policy, entry, the image layout and
-    vmboot's version."""
+    inside), the command line, memory, vCPUs, CPUID policy, entry, the shares, the image
+    layout and vmboot's version."""
     kernel = config.kernel
     initrd = config.initrd
     if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, bytes):
         raise TypeError("warm_key: the warm configuration has a kernel path and initrd bytes")
-    h = hashlib.sha256()
-    with open(kernel, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    from vmboot.vmm.snapshots import file_sha256
+
+    st = os.stat(kernel)  # hashed once per process: the restore checks the same digest
+    h = hashlib.sha256(bytes.fromhex(file_sha256(os.path.realpath(kernel), st.st_dev, st.st_ino,
+                                                 st.st_size, st.st_mtime_ns)))
     h.update(hashlib.sha256(initrd).digest())
+    shares = [[os.path.realpath(s.source), s.tag, s.read_only] for s in config.shares]
     h.update(json.dumps([config.cmdline, str(config.memory_bytes), config.cpus,
                          config.cpuid_policy, config.entry, WARM_IMAGE_VERSION,
-                         __version__]).encode())
+                         __version__, shares]).encode())
     return h.hexdigest()[:32]
 
 
-def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
-    """The cached snapshot of the warm guest for ``config`` (booted and saved now if missing)."""
+def warm_snapshot_path(config: MachineConfig) -> Path:
+    """Where the cache keeps the warm guest of ``config``."""
+    return cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"exec-{warm_key(config)}.snap"
+
+
+def warm_snapshot(config: MachineConfig, timeout: float | None, path: Path | None = None
+                  ) -> Path:
+    """The cached snapshot of the warm guest for ``config`` (at ``path``, by default
+    :func:`warm_snapshot_path`), booted and saved now if missing; then the cache is brought
+    within its size limit (:func:`~vmboot.execute.cache.keep_within_limit`)."""
     from vmboot.agent.client import AgentError
     from vmboot.vmm.machine import Machine
 
-    path = cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"exec-{warm_key(config)}.snap"
+    if path is None:
+        path = warm_snapshot_path(config)
     if path.exists():
+        touch(path)
         return path
+    cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before the boot
     machine = Machine.from_config(config, on_panic=None)
     limit = timeout or WARM_BOOT_TIMEOUT
     with machine:
@@ -113,6 +136,7 @@ def warm_snapshot(config: MachineConfig, timeout: float | None) -> Path:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         machine.snapshot(tmp)
         os.replace(tmp, path)
+    keep_within_limit(path)
     return path
 
 
@@ -126,22 +150,33 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
     from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
     from vmboot.vmm.machine import Machine
 
-    snapshot = warm_snapshot(config, timeout)
-    machine = Machine.from_config(config, console=console, on_panic=None)
+    path = warm_snapshot_path(config)
+    in_use = HeldLock(snapshot_locks(path)[0])  # no other process evicts it while it is used
+    try:
+        snapshot = warm_snapshot(config, timeout, path)
+        machine = Machine.from_config(config, console=console, on_panic=None)
+    except BaseException:
+        in_use.release()
+        raise
     result: CommandResult | None = None
     reason, detail = ExecReason.EXITED, ""
-    t_resumed = t_start = None
+    marks = _Marks(t0)
+    out, err = bytearray(), bytearray()
     try:
         with machine.restore(snapshot):
-            t_resumed = time.monotonic() - t0
-            t_start = t_resumed
+            marks.resumed = time.monotonic()
+            marks.sent = time.monotonic()
             try:
                 result = machine.exec(shell_argv(command), env=dict(env), stdin=stdin,
-                                      timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+                                      timeout=timeout, on_stdout=marks.output(on_stdout, out),
+                                      on_stderr=marks.output(on_stderr, err))
+                marks.exited = time.monotonic()
             except AgentError as e:
                 reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
     except AgentError as e:
         reason, detail = ExecReason.BOOT_FAILURE, f"the restored guest's agent did not answer: {e}"
+    finally:
+        in_use.release()
     t_end = time.monotonic() - t0
     status: int | None = None
     if result is not None:
@@ -150,14 +185,48 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
         else:
             status = (result.exit_status if result.exit_status is not None
                       else SIGNAL_STATUS_BASE + (result.signal or 0))
+    resumed = marks.since(marks.resumed)
     return ExecResult(
-        stdout=b"" if result is None else result.stdout,
-        stderr=b"" if result is None else result.stderr,
+        stdout=bytes(out),
+        stderr=bytes(err),
         exit_status=status,
         reason=reason,
-        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=t_resumed,
-                            first_console_byte=None, command_start=t_start,
-                            command_exit=t_end if result is not None else None, total=t_end),
+        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=resumed, first_console_byte=None,
+                            command_start=marks.since(None if result is None
+                                                      else result.started_at),
+                            command_exit=marks.since(marks.exited), total=t_end,
+                            restored=marks.since(machine.loaded_at), agent_ready=resumed,
+                            command_sent=marks.since(marks.sent),
+                            first_output=marks.since(marks.first_output), vm_exit=t_end,
+                            origin=t0),
         console=bytes(machine.console.data),
         detail=detail,
     )
+
+
+class _Marks:
+    """``time.monotonic()`` at each step of a warm run (None: not reached)."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.resumed: float | None = None
+        self.sent: float | None = None
+        self.first_output: float | None = None
+        self.exited: float | None = None
+
+    def since(self, mark: float | None) -> float | None:
+        """``mark`` in seconds since the run's start."""
+        return None if mark is None else mark - self.t0
+
+    def output(self, sink: OutputCallback | None, collected: bytearray) -> OutputCallback:
+        """``sink`` (or appending to ``collected``, when None), noting when the first output
+        arrived."""
+        def noted(data: bytes) -> None:
+            if self.first_output is None:
+                self.first_output = time.monotonic()
+            if sink is not None:
+                sink(data)
+            else:
+                collected.extend(data)
+
+        return noted

@@ -2,17 +2,42 @@
 
 Authority: the kernel's Documentation/arch/x86/boot.rst and
 arch/x86/include/uapi/asm/bootparam.h (offsets in :mod:`vmboot.linux.bootparam`).
+
+The names below are imported when first used (PEP 562): a process that only needs
+:mod:`vmboot.linux.options` (a restore reads no kernel) does not load the loaders and
+the decompressors.
 """
 
-from vmboot.linux.configurator.e820 import E820Entry, E820Type, default_e820_map
-from vmboot.linux.configurator.plan import BootPlan, EntryPlan
-from vmboot.linux.configurator.pvh import PvhBootPlan
-from vmboot.linux.kernel import Kernel, KernelFormat
-from vmboot.linux.loader.bzimage import BzImage, KernelImage, load_bzimage
-from vmboot.linux.loader.detect import LinuxKernel, load_kernel
-from vmboot.linux.loader.elf_kernel import ElfKernel, load_elf_kernel
-from vmboot.linux.loader.setup_header import SetupHeader
-from vmboot.linux.options import BootOptions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmboot.linux.configurator.e820 import E820Entry, E820Type, default_e820_map
+    from vmboot.linux.configurator.plan import BootPlan, EntryPlan
+    from vmboot.linux.configurator.pvh import PvhBootPlan
+    from vmboot.linux.kernel import Kernel, KernelFormat
+    from vmboot.linux.loader.bzimage import BzImage, KernelImage, load_bzimage
+    from vmboot.linux.loader.detect import LinuxKernel, load_kernel
+    from vmboot.linux.loader.elf_kernel import ElfKernel, load_elf_kernel
+    from vmboot.linux.loader.setup_header import SetupHeader
+    from vmboot.linux.options import BootOptions
+
+_HOMES = {
+    "E820Entry": "configurator.e820", "E820Type": "configurator.e820",
+    "default_e820_map": "configurator.e820",
+    "BootPlan": "configurator.plan", "EntryPlan": "configurator.plan",
+    "PvhBootPlan": "configurator.pvh",
+    "Kernel": "kernel", "KernelFormat": "kernel",
+    "BzImage": "loader.bzimage", "KernelImage": "loader.bzimage",
+    "load_bzimage": "loader.bzimage",
+    "LinuxKernel": "loader.detect", "load_kernel": "loader.detect",
+    "ElfKernel": "loader.elf_kernel", "load_elf_kernel": "loader.elf_kernel",
+    "SetupHeader": "loader.setup_header",
+    "BootOptions": "options",
+}
+"""Each public name's module under ``vmboot.linux``."""
 
 __all__ = [
     "BootOptions",
@@ -33,3 +58,12 @@ __all__ = [
     "load_elf_kernel",
     "load_kernel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

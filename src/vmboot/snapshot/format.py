@@ -131,6 +131,30 @@ class SnapshotFile:
         """The guest's RAM, mapped privately (copy-on-write) from the file."""
         return GuestMemory.from_file(self.fd, self.memory_offset, self.memory_length)
 
+    def copy_memory_shared(self) -> GuestMemory:
+        """The guest's RAM in a new memfd (``GuestMemory(shared=True)``), for a machine whose
+        RAM another process maps (virtiofsd): a private mapping of the file would hide the
+        guest's writes from it. Only the file's data extents are copied (zero pages are
+        holes, and stay unallocated)."""
+        memory = GuestMemory(self.memory_length, shared=True)
+        try:
+            end = self.memory_offset + self.memory_length
+            at = self.memory_offset
+            while at < end:
+                try:
+                    data = os.lseek(self.fd, at, os.SEEK_DATA)
+                except OSError:  # ENXIO: no data after ``at``
+                    break
+                if data >= end:
+                    break
+                hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+                _copy_range(self.fd, data, memory, data - self.memory_offset, hole - data)
+                at = hole
+        except BaseException:
+            memory.close()
+            raise
+        return memory
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -141,6 +165,26 @@ class SnapshotFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+COPY_CHUNK = 16 << 20
+"""Bytes read from the file at a time when guest memory is copied into a memfd."""
+
+
+def _copy_range(src: int, src_offset: int, memory: GuestMemory, dst_offset: int,
+                count: int) -> None:
+    """``count`` bytes of file ``src`` from ``src_offset`` into ``memory``'s mapping at
+    ``dst_offset`` (read straight into the mapping)."""
+    view = memoryview(memory.mapping)
+    try:
+        while count:
+            n = os.preadv(src, [view[dst_offset:dst_offset + min(count, COPY_CHUNK)]], src_offset)
+            if n <= 0:
+                raise SnapshotFormatError(f"snapshot: guest memory ends early, at file offset "
+                                          f"{src_offset}: the file is truncated")
+            src_offset, dst_offset, count = src_offset + n, dst_offset + n, count - n
+    finally:
+        view.release()
 
 
 def open_snapshot(path: str | os.PathLike[str]) -> SnapshotFile:

@@ -42,10 +42,12 @@ def load_manifest(path: str | os.PathLike[str], boot: BootFacts | None = None
     return snap, manifest
 
 
-def restore_vm(snap: SnapshotFile, manifest: Manifest, cpuid_policy: CpuidPolicyName = "auto"
-               ) -> KvmVM:
-    """A VM on the snapshot's memory with every vCPU's state restored (not yet run)."""
-    memory = snap.map_memory()
+def restore_vm(snap: SnapshotFile, manifest: Manifest, cpuid_policy: CpuidPolicyName = "auto",
+               shared_memory: bool = False) -> KvmVM:
+    """A VM on the snapshot's memory with every vCPU's state restored (not yet run); with
+    ``shared_memory`` (a device served by another process) the memory is a copy in a memfd,
+    else the file mapped copy-on-write."""
+    memory = snap.copy_memory_shared() if shared_memory else snap.map_memory()
     try:
         vm = KvmVM(memory.size, cpuid_policy=cpuid_policy, irqchip=bool(manifest.vm.irqchips),
                    vcpu_count=len(manifest.vcpus), memory=memory)

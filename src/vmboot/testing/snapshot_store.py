@@ -12,8 +12,9 @@ file renamed over the old one, so sessions still restoring the old one keep it.
 
 Each restored guest gets fresh entropy and the host's wall time from the agent's resume
 message (:meth:`~vmboot.vmm.guest_agent.GuestAgent.resume`), so no two tests share random
-state. A guest configuration the snapshots cannot hold (:func:`snapshot_refusal`: shares
-over virtio-fs), and every test under ``--vmboot-cold``, boots its own guest instead.
+state. Shares (virtio-fs) are saved unused: the agent-ready guest has not mounted them, and
+each restore starts a fresh virtiofsd. Every test under ``--vmboot-cold`` boots its own
+guest instead.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmboot.errors import BootConfigError
 from vmboot.execute.cache import (
     SNAPSHOTS_SUBDIR,
     HeldLock,
     cache_subdir,
-    enforce_limit,
     file_lock,
+    keep_within_limit,
     snapshot_locks,
     touch,
 )
@@ -94,17 +94,6 @@ def new_machine(spec: GuestSpec, image: bytes,
     return machine, GuestAgent(machine, bridge, on_end)
 
 
-def snapshot_refusal(machine: Machine) -> str | None:
-    """Why a snapshot of ``machine`` would be refused (None: it can be saved and restored)."""
-    from vmboot.vmm.snapshots import check_virtio_saved
-
-    try:
-        check_virtio_saved("snapshot", machine.virtio)
-    except BootConfigError as e:
-        return str(e)
-    return None
-
-
 def _stale(make_lock: Path, max_age: float | None) -> bool:
     """True when the snapshot was made more than ``max_age`` seconds ago (the make lock's
     modification time is when it was made)."""
@@ -128,14 +117,6 @@ def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_T
     image = build_agent_initramfs(busybox)
     if cold:
         return PreparedGuest(spec, busybox, image, cold_reason="--vmboot-cold")
-    machine, agent = new_machine(spec, image)
-    try:
-        refusal = snapshot_refusal(machine)
-    finally:
-        machine.close()
-        agent.link.close()
-    if refusal is not None:
-        return PreparedGuest(spec, busybox, image, cold_reason=refusal)
     path = cache_subdir(SNAPSHOTS_SUBDIR, create=True) / f"{SNAPSHOT_PREFIX}{spec.key(image)}.snap"
     use_lock, make_lock = snapshot_locks(path)
     held = HeldLock(use_lock)
@@ -145,7 +126,7 @@ def prepare(spec: GuestSpec, *, cold: bool, boot_timeout: float = DEFAULT_BOOT_T
                 if not path.exists() or _stale(make_lock, max_age):
                     save_agent_ready(spec, image, path, boot_timeout)
                     os.utime(make_lock)
-            enforce_limit(keep=frozenset({path}))
+            keep_within_limit(path)
         touch(path)
     except BaseException:
         held.release()

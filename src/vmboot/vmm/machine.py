@@ -562,6 +562,12 @@ class Machine:
             raise
         return self
 
+    @property
+    def loaded_at(self) -> float | None:
+        """``time.monotonic()`` when :meth:`start` had the kernel, or :meth:`restore` the
+        snapshot, in guest memory with the vCPUs set (None before either)."""
+        return self._t0 + self._t_load if self._t_load > 0 else None
+
     def close(self) -> None:
         """Release the VM (idempotent)."""
         if self._guest_agent is not None:

@@ -62,6 +62,10 @@ the INIT/STARTUP IPIs of an application processor, and its RIP is the reset vect
 
 WAITING_MP_STATES = frozenset({abi.KVM_MP_STATE_UNINITIALIZED, abi.KVM_MP_STATE_INIT_RECEIVED})
 """KVM_GET_MP_STATE values of a vCPU that waits for a STARTUP IPI."""
+UNSYMBOLIZED = frozenset({ExitReason.RESET, ExitReason.POWEROFF, ExitReason.STOPPED})
+"""Exits whose RIP is not named: the guest asked for a reset or power-off, or the host asked
+for the stop (the end of an exec, a pause), so where the guest was says nothing about why it
+stopped; naming it would load the kernel's symbols (hundreds of ms) after the work is done."""
 
 _U32 = struct.Struct("<I")
 _IO = struct.Struct(abi.RUN_IO_FORMAT)
@@ -487,9 +491,7 @@ class Runner:
             registers = {}
         symbol = None
         rip = registers.get("rip")
-        if self.symbolizer is not None and rip is not None and reason not in (
-            ExitReason.RESET, ExitReason.POWEROFF
-        ):
+        if self.symbolizer is not None and rip is not None and reason not in UNSYMBOLIZED:
             try:
                 symbol = self.symbolizer(rip)
             except VmbootError as e:

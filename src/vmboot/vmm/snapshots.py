@@ -7,6 +7,13 @@ match); :func:`save_machine` writes the machine's VM, vCPUs and devices with
 booting (guest memory mapped copy-on-write from the file, every vCPU's state put back) and,
 once the machine has wired that VM to its devices, :func:`restore_state` puts back the
 devices' and the VM's own state, ready for :meth:`Machine.run` to resume the guest.
+
+Every virtio device is saved with its transport. A network device keeps its MAC and
+backend kind, and the restored machine's own backend is attached (the same TAP interface,
+or a fresh passt): the guest keeps its address, its open TCP connections are gone. A share
+(virtio-fs) is saved only while the guest has not used it (each vring base virtiofsd
+reports is 0; :meth:`~vmboot.devices.virtio.fs.FsDevice.state` refuses otherwise), and a
+restore starts a fresh virtiofsd on RAM copied into a memfd it can map.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ I8042_NAME = "i8042"
 
 
 @functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+def file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file, computed once per (path, inode, size, mtime) in this process."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -80,7 +87,7 @@ def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
             st = path.stat()
         except OSError as e:
             raise BootConfigError(f"{what} {path}: cannot read it: {e.strerror}") from None
-        return _file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
+        return file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
                             st.st_mtime_ns), path.name
     data = getattr(source, "data", None)
     if isinstance(data, bytes | bytearray):
@@ -134,25 +141,6 @@ jiffy at a time through the gap, in emulated ring 0 (measured: seconds of catch-
 minute of age). With jiffies as the clocksource the guest's time continues from the
 snapshot; its wall clock is then set by the agent (:meth:`Machine.restore`)."""
 
-UNSAVED_VIRTIO = {
-    "fs": "shares (virtio-fs) are served by virtiofsd, whose in-flight requests and open "
-          "files are not part of a snapshot",
-    "net": "a network device's back end (passt or a TAP device) holds connections and "
-           "addresses a restore cannot give back",
-}
-"""Virtio device kinds a snapshot refuses, and why."""
-
-
-def check_virtio_saved(what: str, virtio: VirtioDevices) -> None:
-    """Refuse a snapshot or restore of a machine with a virtio device whose state cannot be
-    saved (:data:`UNSAVED_VIRTIO`), naming the device and the option that added it."""
-    options = {"fs": "shares / rootfs (--share, --rootfs)", "net": "net (--net)"}
-    for device, name in zip(virtio.devices, virtio.names, strict=True):
-        why = UNSAVED_VIRTIO.get(device.name)
-        if why is not None:
-            raise BootConfigError(f"{what}: the machine has {name}: {why}; make the machine "
-                                  f"without {options[device.name]} to snapshot or restore it")
-
 
 def expected_devices(platform: PcPlatform, extra_devices: Sequence[ExtraDevice],
                      virtio: VirtioDevices) -> list[str]:
@@ -191,7 +179,6 @@ def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | 
     """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
     if vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
-    check_virtio_saved("Machine.snapshot", virtio)
     if host_is_emulating() and SNAPSHOT_CLOCKSOURCE not in machine.cmdline.split():
         log.warning("Machine.snapshot: this host emulates guest ring 0 (PVM) and the guest's "
                     "command line lacks %s: each restore will first catch up the time since "
@@ -209,12 +196,11 @@ def load_machine(path: str | os.PathLike[str], machine: BootSource, cpus: int,
     memory), its ``cpus``, the names of its devices (``expected``, from
     :func:`expected_devices`) and this host before a VM exists.
     """
-    check_virtio_saved("Machine.restore", virtio)
     snap, manifest = load_manifest(path, boot_facts(machine))
     with snap:
         check_same_cpus(path, len(manifest.vcpus), cpus)
         check_same_devices(path, list(manifest.devices), expected)
-        vm = restore_vm(snap, manifest, cpuid_policy)
+        vm = restore_vm(snap, manifest, cpuid_policy, virtio.needs_shared_memory)
     return vm, manifest
 
 

@@ -31,7 +31,7 @@ from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import QueueNotify, VirtioDevice
 from vmboot.devices.virtio.queue import GuestRam, QueueError, scatter
 from vmboot.devices.virtio.share import TAG_BYTES, Share
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, DeviceStateError
 
 log = logging.getLogger("vmboot.devices.virtio")
 
@@ -94,6 +94,9 @@ class FsDevice(VirtioDevice):
         self.failure: str | None = None
         """One line saying how the back end died (None while it serves)."""
         self.failed_requests = 0
+        self._restored_bases: list[int] = []
+        """Where the saved back end stood in each queue (a restore; the fresh virtiofsd
+        starts there)."""
 
     def describe(self) -> dict[str, Any]:
         return {"tag": self.share.tag, "source": str(self.share.source),
@@ -141,17 +144,23 @@ class FsDevice(VirtioDevice):
             regions = [m.MemoryRegion(r.gpa, r.size, base + r.offset, r.offset)
                        for r in ram.regions]
             self.frontend.set_mem_table(regions, [ram.fd] * len(regions))
-            for i, q in enumerate(self.queues):
-                if not q.ready:
-                    continue
-                addresses = VringAddresses(
-                    base + ram.offset_of(q.desc_table, 1), base + ram.offset_of(q.used_ring, 1),
-                    base + ram.offset_of(q.avail_ring, 1))
-                self.frontend.set_vring(i, q.size, addresses, self.kick_fds[i], self.call_fds[i])
-                self.frontend.enable_vring(i)
-                self.started.append(i)
+            self._start_vrings(ram, self._restored_bases)
         except VhostUserError as e:
             raise QueueError(str(e)) from None
+
+    def _start_vrings(self, ram: SharedRam, bases: Sequence[int]) -> None:
+        """Hand each ready queue to the back end, starting at ``bases[i]`` (0: the start)."""
+        base = ram.host_address
+        for i, q in enumerate(self.queues):
+            if not q.ready:
+                continue
+            addresses = VringAddresses(
+                base + ram.offset_of(q.desc_table, 1), base + ram.offset_of(q.used_ring, 1),
+                base + ram.offset_of(q.avail_ring, 1))
+            self.frontend.set_vring(i, q.size, addresses, self.kick_fds[i], self.call_fds[i],
+                                    bases[i] if i < len(bases) else 0)
+            self.frontend.enable_vring(i)
+            self.started.append(i)
 
     def reset(self) -> None:
         for i in self.started:
@@ -181,6 +190,52 @@ class FsDevice(VirtioDevice):
             self.failed_requests += 1
             used = True
         return used
+
+    # -- state --------------------------------------------------------------------------------
+    def vring_bases(self) -> list[int]:
+        """Where virtiofsd stands in each queue: GET_VRING_BASE stops a queue and answers
+        the next available index it would read; the queues are then started again from
+        there (the guest goes on after a snapshot). 0 for a queue it never had."""
+        bases = [0] * len(self.queues)
+        memory = self.memory
+        if not self.started or memory is None:
+            return bases
+        try:
+            for i in self.started:
+                bases[i] = self.frontend.get_vring_base(i)
+            self.started = []
+            self._start_vrings(cast(SharedRam, memory), bases)
+        except VhostUserError as e:
+            raise DeviceStateError(f"virtio-fs {self.share.tag}: {e}") from None
+        return bases
+
+    def state(self) -> dict[str, Any]:
+        """The share and each queue's vring base. Refused once the guest has used the share
+        (a base is not 0: FUSE_INIT at least was served): a fresh virtiofsd, which a restore
+        starts, cannot know the inodes and open files the guest holds."""
+        bases = self.vring_bases()
+        used = [f"queue {i} at {b}" for i, b in enumerate(bases) if b]
+        if used:
+            raise DeviceStateError(
+                f"virtio-fs {self.share.tag}: the guest has used the share ({', '.join(used)} "
+                "requests served): a restore starts a fresh virtiofsd, which cannot know the "
+                f"files the guest holds; snapshot before the guest mounts {self.share.tag}")
+        return {**super().state(), "tag": self.share.tag, "vring_bases": bases}
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        tag, bases = state.get("tag"), state.get("vring_bases")
+        if tag != self.share.tag:
+            raise DeviceStateError(f"virtio-fs: tag: saved {tag!r}, this machine shares "
+                                   f"{self.share.tag!r}; restore with the shares the snapshot "
+                                   "was taken with")
+        if (not isinstance(bases, list) or len(bases) != len(self.queues)
+                or not all(isinstance(b, int) and 0 <= b < 1 << 16 for b in bases)):
+            raise DeviceStateError(f"virtio-fs {self.share.tag}: vring_bases = {bases!r} is not "
+                                   f"{len(self.queues)} 16-bit indices")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._restored_bases = [int(b) for b in state["vring_bases"]]
 
     def close(self) -> None:
         self.frontend.close()

@@ -33,7 +33,7 @@ from vmboot.devices.virtio.queue import (
     memory_fence,
     views,
 )
-from vmboot.errors import BootConfigError
+from vmboot.errors import BootConfigError, DeviceStateError
 from vmboot.net.backend import FrameDropped, NetBackend, NetBackendDown
 
 log = logging.getLogger("vmboot.devices.virtio")
@@ -318,12 +318,36 @@ class NetDevice(VirtioDevice):
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "link_up": self.link_up, "counters": dict(self.counters)}
+        """The queues are the transport's; here the link, the counters, the MAC and what the
+        backend was (a restore reattaches the machine's own backend: the same TAP
+        interface by name, or a fresh passt)."""
+        return {**super().state(), "link_up": self.link_up, "counters": dict(self.counters),
+                "mac": format_mac(self.mac), "backend": self.backend.describe()}
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Refuse a saved device whose MAC or backend this one does not have: the restored
+        guest keeps the MAC it read at boot, and its TAP interface is opened by name."""
+        saved_mac = state.get("mac")
+        if saved_mac is not None and saved_mac != format_mac(self.mac):
+            raise DeviceStateError(
+                f"virtio-net: mac: saved {saved_mac}, this machine's is {format_mac(self.mac)}; "
+                f"restore with mac {saved_mac} (--mac {saved_mac}, or the same VM name)")
+        saved = state.get("backend")
+        if not isinstance(saved, dict):
+            return
+        now = self.backend.describe()
+        for key in ("backend", "tap"):
+            if saved.get(key) != now.get(key):
+                raise DeviceStateError(
+                    f"virtio-net: {key}: saved {saved.get(key)!r}, this machine has "
+                    f"{now.get(key)!r}; restore with the network the snapshot was taken with "
+                    f"(--net {'user' if saved.get('backend') == 'user' else 'tap=' + str(saved.get('tap'))})")
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.link_up = bool(state.get("link_up", True))
         self.counters.update({k: int(v) for k, v in state.get("counters", {}).items()})
+        self._held = None  # a frame in hand when the guest was saved went with its backend
 
 
 def _skip(parts: list[memoryview], count: int) -> list[memoryview]:
