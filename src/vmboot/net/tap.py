@@ -137,7 +137,8 @@ class TapBackend:
         except BlockingIOError:
             return None
 
-    def send(self, parts: Sequence[Chunk]) -> None:
+    def send(self, parts: Sequence[Chunk]) -> bool:
+        """One ``writev``: a TAP takes a frame whole or not at all (a full queue drops it)."""
         try:
             os.writev(self._fd, parts)
         except (BlockingIOError, OSError) as e:
@@ -145,6 +146,11 @@ class TapBackend:
                                                               errno.EAGAIN):
                 raise FrameDropped(f"tap {self.name}: {e.strerror}") from None
             raise
+        return True
+
+    def flush(self) -> bool:
+        """Nothing is ever kept back."""
+        return True
 
     def describe(self) -> dict[str, object]:
         return {"backend": "tap", "tap": self.name}

@@ -9,7 +9,10 @@ backend's checksum and TSO offloads when it carries the virtio-net header (TAP w
 The backend's fd is served on the I/O thread (:meth:`VirtioDevice.host_fds`): when it is
 readable, the receive queue is processed. When the guest has no receive buffers, the frame
 in hand is held and the fd unwatched until the guest adds buffers (its notification
-processes the receive queue again).
+processes the receive queue again). When the backend cannot take a whole frame (passt's
+socket buffer is full), it keeps the rest, and the device takes no more chains from the
+transmit queue until the fd becomes writable and the rest is sent: the guest is held back,
+the I/O thread (and every other device on it) never waits.
 
 Everything from the guest is checked: a transmitted chain shorter than the header, a frame
 longer than the MTU (or the TSO limit) plus headers, or a chain pointing outside guest RAM
@@ -92,6 +95,8 @@ class NetDevice(VirtioDevice):
         self.mac = mac
         self.link_up = True
         self._held: bytes | None = None
+        """A frame from the backend (with the virtio header when the backend carries one)
+        waiting for receive buffers."""
         self.counters = {"rx_frames": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0,
                          "rx_dropped": 0, "tx_short": 0, "tx_oversized": 0,
                          "tx_dropped": 0, "bad_chains": 0}
@@ -113,10 +118,19 @@ class NetDevice(VirtioDevice):
         fd = self.backend.fileno()
         return {fd: RX} if fd >= 0 else {}
 
+    def host_fds_writable(self) -> dict[int, int]:
+        fd = self.backend.fileno()
+        return {fd: TX} if fd >= 0 else {}
+
     def _watch(self, on: bool) -> None:
         fd = self.backend.fileno()
         if fd >= 0:
             self.watch_host_fd(fd, on and self.link_up)
+
+    def _watch_writable(self, on: bool) -> None:
+        fd = self.backend.fileno()
+        if fd >= 0:
+            self.watch_host_fd_writable(fd, on and self.link_up)
 
     @property
     def header_size(self) -> int:
@@ -136,6 +150,7 @@ class NetDevice(VirtioDevice):
 
     def reset(self) -> None:
         self._watch(False)
+        self._watch_writable(False)
         super().reset()
         self._held = None
 
@@ -148,6 +163,7 @@ class NetDevice(VirtioDevice):
             self.link_up = False
             log.warning("virtio-net: link down: %s", why)
             self._watch(False)
+            self._watch_writable(False)
             self.on_config_change()
 
     # -- queues -----------------------------------------------------------------------------
@@ -160,12 +176,13 @@ class NetDevice(VirtioDevice):
         """The next chain; None when there is none; False for a malformed chain, which is
         counted and returned to the driver as used. A head outside the queue cannot be
         returned: the ring itself is broken and :class:`QueueError` (a device reset) follows."""
-        if not q.pending(memory):
-            return None
-        head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (q.next_avail % q.size), 2))[0]
+        taken = q.next_avail
         try:
             return q.pop(memory)
         except QueueError as e:
+            if q.next_avail == taken:  # the available index itself is out of range
+                raise
+            head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (taken % q.size), 2))[0]
             if head >= q.size:
                 raise
             self.counters["bad_chains"] += 1
@@ -176,6 +193,8 @@ class NetDevice(VirtioDevice):
     def _transmit(self, memory: GuestRam) -> bool:
         q = self.queues[TX]
         used = False
+        if not self._backend_ready():
+            return used
         limit = self.max_frame(_HOST_GSO)
         strip = 0 if self.backend.vnet_hdr else self.header_size
         for _ in range(BATCH_FRAMES):
@@ -188,29 +207,50 @@ class NetDevice(VirtioDevice):
                     return used
                 continue
             assert isinstance(chain, DescriptorChain)
-            self._send(memory, chain, limit, strip)
-            q.add_used(memory, chain.head, 0)
+            taken = self._send(memory, chain, limit, strip)
+            q.add_used(memory, chain.head, 0)  # what the backend kept is a copy
             self.requests += 1
             used = True
+            if not taken:  # the backend's peer is full: no more until it is writable
+                self._watch_writable(True)
+                return used
         if self._notify is not None:
             self._notify(TX)  # more may be waiting: another turn
         return used
 
-    def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> None:
+    def _backend_ready(self) -> bool:
+        """Whether the backend takes frames: what it kept of the last one (its peer was
+        full) is sent first; while some is left, the fd is watched for writability."""
+        if not self.link_up:
+            return True  # frames are dropped and counted
+        try:
+            if not self.backend.flush():
+                self._watch_writable(True)
+                return False
+        except NetBackendDown as e:
+            self.link_down(str(e))
+            return True
+        self._watch_writable(False)
+        return True
+
+    def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> bool:
+        """Send the chain's frame (or drop and count it); False when the backend kept part
+        of it for later (:meth:`_backend_ready`)."""
         size = chain.readable_bytes
         if size < self.header_size:
             self.counters["tx_short"] += 1
-            return
+            return True
         if size - self.header_size > limit:
             self.counters["tx_oversized"] += 1
-            return
+            return True
         if not self.link_up:
             self.counters["tx_dropped"] += 1
-            return
+            return True
         whole = views(memory, chain.readable)
         parts = _skip(whole, strip) if strip else whole
+        taken = True
         try:
-            self.backend.send(parts)
+            taken = self.backend.send(parts)
             self.counters["tx_frames"] += 1
             self.counters["tx_bytes"] += size - self.header_size
         except FrameDropped:
@@ -221,6 +261,7 @@ class NetDevice(VirtioDevice):
         finally:
             for v in (*parts, *whole):
                 v.release()
+        return taken
 
     def _next_frame(self) -> bytes | None:
         if self._held is not None:
@@ -229,13 +270,10 @@ class NetDevice(VirtioDevice):
         if not self.link_up:
             return None
         try:
-            data = self.backend.recv()
+            return self.backend.recv()
         except NetBackendDown as e:
             self.link_down(str(e))
             return None
-        if data is None or self.backend.vnet_hdr:
-            return data
-        return bytes(self.header_size) + data
 
     def _receive(self, memory: GuestRam) -> bool:
         try:
@@ -249,11 +287,13 @@ class NetDevice(VirtioDevice):
         q = self.queues[RX]
         used = False
         limit = self.header_size + self.max_frame(_GUEST_GSO)
+        added = 0 if self.backend.vnet_hdr else self.header_size
         for _ in range(BATCH_FRAMES):
             frame = self._next_frame()
             if frame is None:
                 return used
-            if len(frame) > limit or len(frame) < self.header_size:
+            size = len(frame) + added
+            if size > limit or size < self.header_size:
                 self.counters["rx_dropped"] += 1
                 continue
             result = self._deliver(memory, q, frame)
@@ -270,12 +310,19 @@ class NetDevice(VirtioDevice):
         return used
 
     def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
-        """Put ``frame`` (header first) in receive buffers: True when done, False when it
-        was dropped, None when there are not enough buffers yet (nothing was taken)."""
+        """Put ``frame`` (from the backend, after a header of its own or one made here) in
+        receive buffers: True when done, False when it was dropped, None when there are not
+        enough buffers yet (nothing was taken)."""
         mergeable = self.has_feature(spec.NET_F_MRG_RXBUF)
+        hdr = self.header_size
+        if self.backend.vnet_hdr:
+            header, body = bytearray(frame[:hdr]), memoryview(frame)[hdr:]
+        else:
+            header, body = bytearray(hdr), memoryview(frame)
+        total = hdr + len(body)
         chains: list[DescriptorChain] = []
         room = 0
-        while room < len(frame):
+        while room < total:
             chain = self._pop_checked(memory, q)
             if chain is False:
                 if not chains:
@@ -289,31 +336,18 @@ class NetDevice(VirtioDevice):
             room += chain.writable_bytes
             if not mergeable:
                 break
-        if room < len(frame) or any(c.writable_bytes < self.header_size for c in chains[:1]):
+        if room < total or any(c.writable_bytes < hdr for c in chains[:1]):
             self.counters["rx_dropped"] += 1
             for c in chains:
                 q.add_used(memory, c.head, 0)
             return True
-        data = bytearray(frame)
         if mergeable:
-            data[spec.NET_HDR_NUM_BUFFERS_OFFSET:spec.NET_HDR_NUM_BUFFERS_OFFSET + 2] = \
-                _U16.pack(len(chains))
-        at = 0
-        pending = []
-        for c in chains:
-            start = at
-            for b in c.writable:
-                n = min(b.length, len(data) - at)
-                if n <= 0:
-                    break
-                memory.write(b.address, memoryview(data)[at:at + n])
-                at += n
-            pending.append((c.head, at - start))
-        for head, length in pending:
+            _U16.pack_into(header, spec.NET_HDR_NUM_BUFFERS_OFFSET, len(chains))
+        for head, length in _scatter(memory, chains, (memoryview(header), body)):
             q.add_used(memory, head, length)
         self.requests += 1
         self.counters["rx_frames"] += 1
-        self.counters["rx_bytes"] += len(frame) - self.header_size
+        self.counters["rx_bytes"] += len(body)
         return True
 
     # -- state ------------------------------------------------------------------------------
@@ -335,6 +369,32 @@ def _skip(parts: list[memoryview], count: int) -> list[memoryview]:
             continue
         out.append(v[count:])
         count = 0
+    return out
+
+
+def _scatter(memory: GuestRam, chains: list[DescriptorChain],
+             pieces: tuple[memoryview, ...]) -> list[tuple[int, int]]:
+    """Write ``pieces`` in order across the chains' writable buffers, each piece straight
+    from where it lies (no joined copy); each chain's head and the bytes written into it."""
+    out = []
+    index, at = 0, 0  # the piece being written, and how far
+    for c in chains:
+        written = 0
+        for b in c.writable:
+            address, room = b.address, b.length
+            while room and index < len(pieces):
+                piece = pieces[index]
+                n = min(room, len(piece) - at)
+                memory.write(address, piece[at:at + n])
+                address += n
+                room -= n
+                written += n
+                at += n
+                if at == len(piece):
+                    index, at = index + 1, 0
+            if index == len(pieces):
+                break
+        out.append((c.head, written))
     return out
 
 
