@@ -11,10 +11,10 @@ to last) while it serves ``nc -l -p PORT -e cat``, to which the host, once the N
 in, sends one byte at a time and waits for its echo, ``--echoes`` times. The echo figure
 is the median of every round trip of every run (a run's median hides its spread); the
 JSON keeps each VMM's pooled quartiles and 10th/90th percentiles too. Throughput is
-reported as seconds per MiB received. With this passt
-(Debian 0.0~git20230309) the host's end of a guest->host stream is closed up to about
-150 KiB before the last byte, under QEMU as under vmboot (the sender's input even stays
-open after the N bytes, ``; sleep``); such a run is measured on what arrived and said.
+reported as seconds per MiB received. With this passt (Debian 0.0~git20230309) the host's
+end of a guest->host stream is closed up to about 150 KiB (at times far more) before the
+last byte, under QEMU as under vmboot (the sender's input even stays open after the N
+bytes, ``; sleep``); such a run is measured on what arrived and said.
 
 Run as root: ``python bench/net.py [--runs 1] [--mib 4] [--echoes 50]``. Writes
 bench/results/net.json.
@@ -55,8 +55,9 @@ BOOT_TIMEOUT = 600.0
 KERNEL = "tiny-smp-bzImage"
 BACKENDS = ("tap", "user")
 PEER = "QEMU microvm (KVM)"
-TAIL_ALLOWANCE = 256 << 10
-"""Bytes a stream over passt may arrive short (its lost tail, below); throughput is then
+SHORTEST_SHARE = 0.5
+"""The share of the stream a run over passt must deliver (its lost tail, above, once
+reached 700 KiB of 2 MiB on a loaded host, with no link-down logged); throughput is then
 measured on what arrived."""
 
 NAMESPACE = f"""\
@@ -202,7 +203,7 @@ def one_run(vmm: str, backend: str, kernel: Path, initrd: Path, nbytes: int, ech
     try:
         receiver.join(BOOT_TIMEOUT)
         got = int(stream.get("bytes", 0))
-        if got < nbytes - TAIL_ALLOWANCE or (got != nbytes and backend != "user"):
+        if got < nbytes * SHORTEST_SHARE or (got != nbytes and backend != "user"):
             tail = log.read_text(errors="replace")[-1500:]
             raise SystemExit(f"{vmm} over {backend}: {got} of {nbytes} "
                              f"bytes arrived; its console ended:\n{tail}")
