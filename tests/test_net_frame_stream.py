@@ -112,3 +112,14 @@ def test_a_closed_peer_and_a_length_out_of_step_raise(
     with pytest.raises(NetBackendDown, match="connection closed"):
         closed.recv()
     closed.close()
+
+
+def test_a_frame_in_more_parts_than_sendmsg_takes_goes_out_whole(
+        pair: tuple[FrameStream, socket.socket]) -> None:
+    stream, peer = pair
+    parts = [bytes([i % 256]) for i in range(2000)]  # an indirect chain of 2000 1-byte buffers
+    assert stream.send(parts)
+    reader = _Reader(peer)
+    while not reader.frames:
+        reader.read()
+    assert reader.frames == [b"".join(parts)]

@@ -20,6 +20,15 @@ from typing import Protocol
 from vmboot.errors import BootConfigError, VmbootError
 
 Chunk = bytes | bytearray | memoryview
+MAX_PARTS = 64
+"""Parts of a frame handed to one ``writev``/``sendmsg`` as they are; a frame in more is
+joined first (the kernel takes at most IOV_MAX = 1024 buffers, and a guest's indirect
+chain may hold more)."""
+
+
+def few_parts(parts: Sequence[Chunk]) -> Sequence[Chunk]:
+    """``parts``, or one buffer joining them when there are :data:`MAX_PARTS` or more."""
+    return parts if len(parts) < MAX_PARTS else [b"".join(parts)]
 
 
 class NetBackendError(BootConfigError):

@@ -23,7 +23,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from vmboot.net.backend import Chunk, NetBackendDown
+from vmboot.net.backend import Chunk, NetBackendDown, few_parts
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 65535 + 18
@@ -91,9 +91,9 @@ class FrameStream:
 
     def _fill(self) -> bool:
         """Read what the peer sent after what is buffered; False when nothing came."""
-        if self._start:
+        if self._start:  # move a partial frame to the front (memoryview copies overlap safely)
             left = self._end - self._start
-            self._in[:left] = self._in_view[self._start:self._end]
+            self._in_view[:left] = self._in_view[self._start:self._end]
             self._start, self._end = 0, left
         space = READ_SIZE - self._end
         try:
@@ -118,7 +118,7 @@ class FrameStream:
         length = sum(len(p) for p in parts)
         total = LENGTH.size + length
         try:
-            sent = self.sock.sendmsg([LENGTH.pack(length), *parts])
+            sent = self.sock.sendmsg([LENGTH.pack(length), *few_parts(parts)])
         except BlockingIOError:
             sent = 0
         except OSError as e:
