@@ -71,31 +71,48 @@ def _wait(what: str, done: Callable[[], bool]) -> None:
         time.sleep(0.005)
 
 
-def test_a_peer_that_stops_reading_holds_the_guest_back_not_the_io_thread() -> None:
-    ours, peer = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fills after a few frames
-    backend = StreamBackend(ours)
-    net = NetDevice(backend, bytes.fromhex("020000000001"))
-    devices = VirtioDevices([net, RngDevice()], "exits")
-    devices.attach(MmioBus())
-    vm = FakeVm(fds=False)
-    try:
-        devices.connect(vm)
-        net_t, rng_t = devices.transports
+class Rig:
+    """A net device on a socket pair and an rng device, both on one real I/O thread, their
+    queues set up as a driver would; :attr:`peer` is the far end of the net's socket."""
+
+    def __init__(self) -> None:
+        ours, self.peer = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # full after a few frames
+        self.backend = StreamBackend(ours)
+        self.net = NetDevice(self.backend, bytes.fromhex("020000000001"))
+        self.devices = VirtioDevices([self.net, RngDevice()], "exits")
+        self.devices.attach(MmioBus())
+        self.vm = FakeVm(fds=False)
+        self.devices.connect(self.vm)
+        self.net_t, self.rng_t = self.devices.transports
         queues: list[DriverQueue] = []
-        for t, sizes in ((net_t, (16, 128)), (rng_t, (8,))):
+        for t, sizes in ((self.net_t, (16, 128)), (self.rng_t, (8,))):
             negotiate(t)
             for i, size in enumerate(sizes):
-                q = DriverQueue(vm.memory, 0x100000 + 0x10000 * len(queues), size)
+                q = DriverQueue(self.vm.memory, 0x100000 + 0x10000 * len(queues), size)
                 q.program(t, i)
                 queues.append(q)
             driver_ok(t)
-        rx, tx, rng = queues
-        for i in range(FRAMES):
+        self.rx, self.tx, self.rng = queues
+
+    def transmit(self, count: int) -> None:
+        """Queue ``count`` frames (frame i is FRAME bytes of i) and kick, as an MMIO exit."""
+        for i in range(count):
             frame = bytes(HDR) + bytes([i]) * FRAME
-            vm.memory.write(DATA + i * 0x1000, frame)
-            tx.add_chain([(DATA + i * 0x1000, len(frame))], [])
-        write_reg(net_t, spec.MmioReg.QUEUE_NOTIFY, TX)  # the guest's kick, as an MMIO exit
+            self.vm.memory.write(DATA + i * 0x1000, frame)
+            self.tx.add_chain([(DATA + i * 0x1000, len(frame))], [])
+        write_reg(self.net_t, spec.MmioReg.QUEUE_NOTIFY, TX)
+
+    def close(self) -> None:
+        self.devices.close()
+        self.peer.close()
+
+
+def test_a_peer_that_stops_reading_holds_the_guest_back_not_the_io_thread() -> None:
+    r = Rig()
+    try:
+        net, backend, peer, rx, tx, rng, rng_t = r.net, r.backend, r.peer, r.rx, r.tx, r.rng, r.rng_t
+        r.transmit(FRAMES)
         _wait("a frame held back by the full socket", lambda: backend.stream.unsent > 0)
 
         head = rng.add_chain([], [(DATA + 0x100000, 16)])
@@ -126,5 +143,25 @@ def test_a_peer_that_stops_reading_holds_the_guest_back_not_the_io_thread() -> N
         assert net.counters["tx_frames"] == FRAMES and net.link_up
         assert rx.used_idx() == 0  # the peer sent nothing
     finally:
-        devices.close()
-        peer.close()
+        r.close()
+
+
+def test_a_peer_gone_while_a_frame_waits_each_way_takes_the_link_down() -> None:
+    # Reading is off (a frame from the peer waits for receive buffers the guest never
+    # gave) and writing is watched (a frame waits for room): the hang-up still reaches
+    # the device through the writing side, which takes the link down.
+    r = Rig()
+    try:
+        r.peer.sendall(struct.pack(">I", 60) + bytes(60))
+        _wait("the peer's frame held", lambda: r.net._held is not None)
+        r.transmit(FRAMES)
+        _wait("a frame held back by the full socket", lambda: r.backend.stream.unsent > 0)
+        r.peer.close()
+        _wait("the link down", lambda: not r.net.link_up)
+        assert r.net_t.interrupt_status & spec.INTERRUPT_CONFIG_CHANGE
+        head = r.rng.add_chain([], [(DATA + 0x100000, 16)])
+        write_reg(r.rng_t, spec.MmioReg.QUEUE_NOTIFY, 0)
+        _wait("the other device's request", lambda: r.rng.used_idx() == 1)
+        assert r.rng.take_used() == [(head, 16)]
+    finally:
+        r.devices.close()

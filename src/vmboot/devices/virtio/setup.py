@@ -313,8 +313,10 @@ class HostFdWatcher:
                 self.t.process(self.on_readable[fd])
                 return
             # The I/O thread calls back without saying which event came: ask the fd.
+            # A hang-up or error comes whatever was asked for: the queue that sends finds
+            # the peer gone (and stops the watch) even while reading is off.
             got = _poll_once(fd, events)
-            if got & select.POLLOUT and fd in self.on_writable:
+            if got & (select.POLLOUT | select.POLLHUP | select.POLLERR) and fd in self.on_writable:
                 self.t.process(self.on_writable[fd])
             if got & ~select.POLLOUT and events & selectors.EVENT_READ:
                 self.t.process(self.on_readable[fd])
