@@ -165,3 +165,20 @@ def test_a_peer_gone_while_a_frame_waits_each_way_takes_the_link_down() -> None:
         assert r.rng.take_used() == [(head, 16)]
     finally:
         r.devices.close()
+
+
+def test_the_interrupt_for_a_sent_frame_comes_from_its_timer() -> None:
+    r = Rig()
+    try:
+        r.transmit(1)
+        _wait("the frame sent", lambda: r.tx.used_idx() == 1)
+        # Nothing else happens on the device: the held-back interrupt comes when the
+        # delay runs out, through the timer the I/O thread watches.
+        _wait("the used-buffer interrupt", lambda: r.net_t.interrupts > 0)
+        assert r.net_t.interrupt_status & spec.INTERRUPT_USED_BUFFER
+        reader = b""
+        while len(reader) < 4 + FRAME:
+            reader += r.peer.recv(1 << 16)
+        assert reader == struct.pack(">I", FRAME) + bytes(FRAME)
+    finally:
+        r.close()

@@ -36,6 +36,7 @@ from vmboot.devices.virtio.queue import (
     memory_fence,
     views,
 )
+from vmboot.devices.virtio.signal_delay import SignalDelay
 from vmboot.errors import BootConfigError
 from vmboot.net.backend import FrameDropped, NetBackend, NetBackendDown
 
@@ -52,6 +53,12 @@ BATCH_FRAMES = 32
 at the end of a turn, and the other queue and devices get theirs: a backend that never
 stops sending (passt retransmitting to a slow guest) must not starve the guest's
 acknowledgements on the transmit queue."""
+TX_SIGNAL_DELAY = 1e-3
+"""Seconds the interrupt for sent frames may wait for company (:mod:`.signal_delay`): a
+reply to what was sent usually comes within it, and one interrupt then serves both. Only
+frees frames the driver already let go of; the frames themselves leave at once."""
+TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
+"""Sent frames whose interrupt never waits (the driver may be running short of room)."""
 LOCAL_MAC_PREFIX = 0x02
 """First octet of a derived MAC address: locally administered, unicast."""
 
@@ -94,6 +101,9 @@ class NetDevice(VirtioDevice):
         self.backend = backend
         self.mac = mac
         self.link_up = True
+        self._tx_signal: SignalDelay | None = None
+        """Made with the device's host fds (an I/O thread serves its timer); without one,
+        every completion is signalled at once."""
         self._held: bytes | None = None
         """A frame from the backend (with the virtio header when the backend carries one)
         waiting for receive buffers."""
@@ -116,7 +126,11 @@ class NetDevice(VirtioDevice):
 
     def host_fds(self) -> dict[int, int]:
         fd = self.backend.fileno()
-        return {fd: RX} if fd >= 0 else {}
+        if fd < 0:
+            return {}
+        if self._tx_signal is None:
+            self._tx_signal = SignalDelay(TX_SIGNAL_DELAY, TX_SIGNAL_AT_ONCE)
+        return {fd: RX, self._tx_signal.fd: TX}
 
     def host_fds_writable(self) -> dict[int, int]:
         fd = self.backend.fileno()
@@ -147,16 +161,23 @@ class NetDevice(VirtioDevice):
         super().activate(memory, notify)
         self.backend.set_offloads(self.acked_features)
         self._watch(True)
+        if self._tx_signal is not None:
+            self.watch_host_fd(self._tx_signal.fd, True)
 
     def reset(self) -> None:
         self._watch(False)
         self._watch_writable(False)
+        if self._tx_signal is not None:
+            self.watch_host_fd(self._tx_signal.fd, False)
+            self._tx_signal.reset()
         super().reset()
         self._held = None
 
     def close(self) -> None:
         log.info("virtio-net: %s", ", ".join(f"{k} {v}" for k, v in self.counters.items()))
         self.backend.close()
+        if self._tx_signal is not None:
+            self._tx_signal.close()
 
     def link_down(self, why: str) -> None:
         if self.link_up:
@@ -191,7 +212,16 @@ class NetDevice(VirtioDevice):
             return False
 
     def _transmit(self, memory: GuestRam) -> bool:
+        """Send what the driver made available; True when the driver should be signalled
+        (now, or when the delay of :attr:`_tx_signal` ran out)."""
         q = self.queues[TX]
+        before = q.next_used
+        used = self._transmit_batch(memory, q)
+        if self._tx_signal is None:
+            return used
+        return self._tx_signal.completed((q.next_used - before) & 0xFFFF)
+
+    def _transmit_batch(self, memory: GuestRam, q: Virtqueue) -> bool:
         used = False
         if not self._backend_ready():
             return used
