@@ -8,11 +8,13 @@ the same initramfs (Debian's static busybox and a shell /init) and the same comm
 passt is started with the same arguments for both (vmboot's ``passt_command``). The guest
 sends N zero bytes with ``head -c N /dev/zero | nc HOST PORT`` (the host times first byte
 to last) while it serves ``nc -l -p PORT -e cat``, to which the host, once the N bytes are
-in, sends one byte at a time and waits for its echo (the median round trip of
-``--echoes``). Throughput is reported as seconds per MiB received. With this passt
-(Debian 0.0~git20230309) the host's end of a guest->host stream is closed up to about
-150 KiB before the last byte, under QEMU as under vmboot (the sender's input even stays
-open after the N bytes, ``; sleep``); such a run is measured on what arrived and said.
+in, sends one byte at a time and waits for its echo, ``--echoes`` times. The echo figure
+is the median of every round trip of every run (a run's median hides its spread); the
+JSON keeps each VMM's pooled quartiles and 10th/90th percentiles too. Throughput is
+reported as seconds per MiB received. With this passt (Debian 0.0~git20230309) the host's
+end of a guest->host stream is closed up to about 150 KiB (at times far more) before the
+last byte, under QEMU as under vmboot (the sender's input even stays open after the N
+bytes, ``; sleep``); such a run is measured on what arrived and said.
 
 Run as root: ``python bench/net.py [--runs 1] [--mib 4] [--echoes 50]``. Writes
 bench/results/net.json.
@@ -53,8 +55,9 @@ BOOT_TIMEOUT = 600.0
 KERNEL = "tiny-smp-bzImage"
 BACKENDS = ("tap", "user")
 PEER = "QEMU microvm (KVM)"
-TAIL_ALLOWANCE = 256 << 10
-"""Bytes a stream over passt may arrive short (its lost tail, below); throughput is then
+SHORTEST_SHARE = 0.5
+"""The share of the stream a run over passt must deliver (its lost tail, above, once
+reached 700 KiB of 2 MiB on a loaded host, with no link-down logged); throughput is then
 measured on what arrived."""
 
 NAMESPACE = f"""\
@@ -85,7 +88,11 @@ reboot -f
 class Result:
     stream_seconds: float
     stream_bytes: int
-    echo_seconds: float
+    echo_samples: list[float]
+
+    @property
+    def echo_seconds(self) -> float:
+        return statistics.median(self.echo_samples)
 
     @property
     def seconds_per_mib(self) -> float:
@@ -125,8 +132,9 @@ def receive_stream(server: socket.socket, nbytes: int, out: dict[str, float]) ->
         out["bytes"] = got
 
 
-def echo_rounds(address: tuple[str, int], rounds: int, deadline: float) -> float:
-    """Median seconds for one byte to come back, after a first byte that opens the way."""
+def echo_rounds(address: tuple[str, int], rounds: int, deadline: float) -> list[float]:
+    """Seconds for one byte to come back, each of ``rounds``, after a first byte that opens
+    the way."""
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(address, timeout=120) as c:
@@ -141,7 +149,7 @@ def echo_rounds(address: tuple[str, int], rounds: int, deadline: float) -> float
                     if c.recv(1) != b"y":
                         raise SystemExit("echo: the guest closed the connection")
                     samples.append(time.perf_counter() - t0)
-                return statistics.median(samples)
+                return samples
         except OSError:
             time.sleep(1)
     raise SystemExit(f"echo: no answer from {address} before the deadline")
@@ -195,7 +203,7 @@ def one_run(vmm: str, backend: str, kernel: Path, initrd: Path, nbytes: int, ech
     try:
         receiver.join(BOOT_TIMEOUT)
         got = int(stream.get("bytes", 0))
-        if got < nbytes - TAIL_ALLOWANCE or (got != nbytes and backend != "user"):
+        if got < nbytes * SHORTEST_SHARE or (got != nbytes and backend != "user"):
             tail = log.read_text(errors="replace")[-1500:]
             raise SystemExit(f"{vmm} over {backend}: {got} of {nbytes} "
                              f"bytes arrived; its console ended:\n{tail}")
@@ -213,6 +221,13 @@ def one_run(vmm: str, backend: str, kernel: Path, initrd: Path, nbytes: int, ech
             passt.kill()
             passt.wait()
     return Result(stream["last"] - stream["first"], int(stream["bytes"]), echo)
+
+
+def spread(samples: list[float]) -> dict[str, float | int]:
+    """Percentiles of pooled samples: where the middle half and the middle 80 % lie."""
+    p = statistics.quantiles(samples, n=20)
+    return {"count": len(samples), "p10": p[1], "p25": p[4], "median": statistics.median(samples),
+            "p75": p[14], "p90": p[17]}
 
 
 def inside(args: argparse.Namespace) -> None:
@@ -236,7 +251,15 @@ def inside(args: argparse.Namespace) -> None:
     timings = {f"{vmm} {backend} {what}": Timing.of([getattr(r, field) for r in rs])
                for (vmm, backend), rs in samples.items()
                for what, field in (("stream", "seconds_per_mib"), ("echo", "echo_seconds"))}
+    echoes = {f"{vmm} {backend}": spread([s for r in rs for s in r.echo_samples])
+              for (vmm, backend), rs in samples.items()}
+    for name, e in echoes.items():
+        # the figure: the median round trip of all runs; min/max: the runs' own medians
+        timings[f"{name} echo"].median = e["median"]
     rows = [[name, f"{t.median:.4f} s"] for name, t in timings.items()]
+    rows += [[f"{name} echo p10/p25/p75/p90",
+              " / ".join(f"{e[k] * 1e3:.2f}" for k in ("p10", "p25", "p75", "p90")) + " ms"]
+             for name, e in echoes.items()]
     received = {f"{vmm} {backend}": [r.stream_bytes for r in rs]
                 for (vmm, backend), rs in samples.items()}
     print_table(rows, ["measure", "median"])
@@ -255,7 +278,7 @@ def inside(args: argparse.Namespace) -> None:
             timings[f"vmboot {backend} echo"], PEER, timings[f"qemu {backend} echo"],
             "at most QEMU's", command))
     path = write_results("net", {"command": command, "mib": args.mib, "echoes": args.echoes,
-                                 "kernel": KERNEL, "bytes_received": received,
+                                 "kernel": KERNEL, "bytes_received": received, "echo_spread": echoes,
                                  "timings": timings, "summary": summary})
     print(f"wrote {path}")
 

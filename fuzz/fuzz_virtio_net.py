@@ -43,8 +43,12 @@ class _Backend:
     def recv(self) -> bytes | None:
         return self.inbound.popleft() if self.inbound else None
 
-    def send(self, parts: Sequence[Chunk]) -> None:
+    def send(self, parts: Sequence[Chunk]) -> bool:
         self.sent.append(sum(len(p) for p in parts))
+        return True
+
+    def flush(self) -> bool:
+        return True
 
     def describe(self) -> dict[str, object]:
         return {}

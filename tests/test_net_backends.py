@@ -80,6 +80,7 @@ def test_a_tap_device_that_does_not_exist_is_refused_before_boot() -> None:
 def test_a_tun_device_is_refused_and_a_tap_opens_with_the_vnet_header() -> None:
     done = in_namespace("ip tuntap add dev vmbt-tun mode tun\n"
                         "ip tuntap add dev vmbt-tap mode tap vnet_hdr\n" + python("""
+        import os
         from vmboot.net.tap import TapBackend
         from vmboot.net.backend import NetBackendError
         try:
@@ -89,12 +90,16 @@ def test_a_tun_device_is_refused_and_a_tap_opens_with_the_vnet_header() -> None:
         tap = TapBackend("vmbt-tap")
         print("OPEN", tap.fileno() >= 0)
         print("RECV", tap.recv())
+        os.system("ip link set vmbt-tap up")
+        frame = bytes(12) + bytes([255] * 6 + [2, 0, 0, 0, 0, 1, 8, 0]) + bytes(1074)
+        print("SENT", tap.send([frame[i:i + 1] for i in range(len(frame))]))  # 1100 parts
         tap.close()
     """))
     assert "ERROR --net tap=vmbt-tun: TUNSETIFF failed" in done.stdout, done
     assert "it is not a TAP device" in done.stdout
     assert "OPEN True" in done.stdout
     assert "RECV None" in done.stdout  # nothing queued: recv does not block
+    assert "SENT True" in done.stdout, done  # more parts than writev takes: joined first
 
 
 @needs_netns

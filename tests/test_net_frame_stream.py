@@ -1,6 +1,7 @@
 """The stream framing passt speaks (4-byte big-endian length + frame), on a socket pair:
 frames split across reads and packed into one, an empty socket that does not block the
-reader, a peer that stops reading, one that closes, and a length out of step."""
+reader, a peer that stops reading (the rest of a frame is kept, nothing waits), one that
+closes, and a length out of step."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from vmboot.net.frame_stream import MAX_FRAME, FrameStream
 @pytest.fixture
 def pair() -> Iterator[tuple[FrameStream, socket.socket]]:
     ours, peer = socket.socketpair()
-    stream = FrameStream(ours, send_timeout=0.2)
+    stream = FrameStream(ours)
     yield stream, peer
     stream.close()
     peer.close()
@@ -53,12 +54,50 @@ def test_send_frames_each_frame_with_its_length(pair: tuple[FrameStream, socket.
     assert peer.recv(100) == _framed(b"head-payload")
 
 
-def test_a_peer_that_stops_reading_is_declared_gone(
+def _fill_until_kept(stream: FrameStream, frame: bytes) -> int:
+    """Send ``frame`` until the peer's buffer is full; the number of frames sent whole."""
+    for whole in range(100_000):
+        if not stream.send([frame[:10], memoryview(frame)[10:]]):
+            return whole
+    raise AssertionError("the socket never filled")
+
+
+class _Reader:
+    """The peer's side: whole frames out of what it reads, the partial rest kept."""
+
+    def __init__(self, peer: socket.socket) -> None:
+        self.peer = peer
+        self.data = bytearray()
+        self.frames: list[bytes] = []
+
+    def read(self) -> None:
+        self.data += self.peer.recv(1 << 20)
+        while len(self.data) >= 4 and len(self.data) - 4 >= struct.unpack_from(">I", self.data)[0]:
+            n = struct.unpack_from(">I", self.data)[0]
+            self.frames.append(bytes(self.data[4:4 + n]))
+            del self.data[:4 + n]
+
+
+def test_a_peer_that_stops_reading_gets_the_rest_of_a_frame_later_and_nothing_waits(
         pair: tuple[FrameStream, socket.socket]) -> None:
-    stream, _peer = pair
-    with pytest.raises(NetBackendDown, match="socket buffer stayed full"):
-        for _ in range(100_000):  # fills both socket buffers, then waits send_timeout
-            stream.send([bytes(MAX_FRAME - 18)])
+    stream, peer = pair
+    peer.setblocking(False)
+    frame = bytes(range(256)) * 40
+    whole = _fill_until_kept(stream, frame)
+    assert 0 < stream.unsent <= len(frame) + 4  # the rest of one frame, copied
+    assert not stream.flush()  # still full: says so at once
+    with pytest.raises(NetBackendDown, match="held back"):
+        stream.send([frame])  # a frame behind the kept one would cut it
+    peer.setblocking(True)
+    reader = _Reader(peer)
+    while not stream.flush():  # the peer reads: the rest goes out
+        reader.read()
+    while len(reader.frames) < whole + 1:
+        reader.read()
+    assert reader.frames == [frame] * (whole + 1) and not reader.data  # whole, in step
+    assert stream.unsent == 0 and stream.send([b"next"])
+    reader.read()
+    assert reader.frames[-1] == b"next"
 
 
 def test_a_closed_peer_and_a_length_out_of_step_raise(
@@ -73,3 +112,14 @@ def test_a_closed_peer_and_a_length_out_of_step_raise(
     with pytest.raises(NetBackendDown, match="connection closed"):
         closed.recv()
     closed.close()
+
+
+def test_a_frame_in_more_parts_than_sendmsg_takes_goes_out_whole(
+        pair: tuple[FrameStream, socket.socket]) -> None:
+    stream, peer = pair
+    parts = [bytes([i % 256]) for i in range(2000)]  # an indirect chain of 2000 1-byte buffers
+    assert stream.send(parts)
+    reader = _Reader(peer)
+    while not reader.frames:
+        reader.read()
+    assert reader.frames == [b"".join(parts)]

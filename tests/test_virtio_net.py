@@ -44,6 +44,9 @@ class FakeBackend:
         self.watched: list[bool] = []
         self.down = False
         self.closed = False
+        self.full = False
+        self.kept = 0
+        self.flushed = 0
 
     def fileno(self) -> int:
         return 99
@@ -56,8 +59,19 @@ class FakeBackend:
             raise NetBackendDown("fake: the connection closed")
         return self.inbound.popleft() if self.inbound else None
 
-    def send(self, parts: Sequence[Chunk]) -> None:
+    def send(self, parts: Sequence[Chunk]) -> bool:
         self.sent.append(b"".join(bytes(p) for p in parts))
+        if self.full:  # the peer's buffer is full: the frame is kept for flush()
+            self.kept += 1
+            return False
+        return True
+
+    def flush(self) -> bool:
+        if self.full and self.kept:
+            return False
+        self.flushed += self.kept
+        self.kept = 0
+        return True
 
     def describe(self) -> dict[str, object]:
         return {"backend": "fake"}
@@ -257,3 +271,27 @@ def test_a_head_outside_the_queue_needs_a_reset_since_it_cannot_be_returned() ->
     notify(r.transport, TX)
     assert r.needs_reset and backend.sent == []
     assert dev.counters["bad_chains"] == 0  # not a dropped frame: a broken ring
+
+
+def test_a_full_backend_holds_the_transmit_queue_back_until_it_is_writable() -> None:
+    backend = FakeBackend()
+    dev = NetDevice(backend, MAC)
+    writable: list[bool] = []
+    dev.watch_host_fd_writable = lambda fd, on: writable.append(on)
+    r = rig(dev)
+    backend.full = True
+    for i in range(3):
+        at = DATA + i * 0x1000
+        r.vm.memory.write(at, bytes(HDR) + _frame(64, fill=i))
+        r.queues[TX].add_chain([(at, HDR + 64)], [])
+    notify(r.transport, TX)
+    assert backend.sent == [_frame(64, fill=0)]  # kept by the backend; no more taken
+    assert writable[-1] is True  # served again once the fd is writable
+    assert len(r.queues[TX].take_used()) == 1  # what the backend kept is its own copy
+    notify(r.transport, TX)  # a kick while full: nothing taken, nothing waits
+    assert len(backend.sent) == 1 and r.queues[TX].take_used() == []
+    backend.full = False
+    r.transport.process(TX)  # the fd became writable
+    assert backend.flushed == 1 and writable[-1] is False
+    assert backend.sent == [_frame(64, fill=i) for i in range(3)]
+    assert len(r.queues[TX].take_used()) == 2 and dev.counters["tx_frames"] == 3

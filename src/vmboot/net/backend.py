@@ -5,6 +5,11 @@ a TAP device opened with ``IFF_VNET_HDR``: checksum and segmentation offloads pa
 or plain Ethernet frames (passt). :meth:`NetBackend.recv` returns one frame or None when
 none is ready; a backend that has gone away (passt killed, the connection reset) raises
 :class:`NetBackendDown`.
+
+A backend whose peer's buffer is full keeps the part of a frame it could not send
+(:meth:`NetBackend.send` returns False); the device then takes no more frames from the
+guest until :meth:`NetBackend.flush` has sent it, and watches the backend's fd for
+writability meanwhile: the guest is held back, the I/O thread never waits.
 """
 
 from __future__ import annotations
@@ -15,6 +20,15 @@ from typing import Protocol
 from vmboot.errors import BootConfigError, VmbootError
 
 Chunk = bytes | bytearray | memoryview
+MAX_PARTS = 64
+"""Parts of a frame handed to one ``writev``/``sendmsg`` as they are; a frame in more is
+joined first (the kernel takes at most IOV_MAX = 1024 buffers, and a guest's indirect
+chain may hold more)."""
+
+
+def few_parts(parts: Sequence[Chunk]) -> Sequence[Chunk]:
+    """``parts``, or one buffer joining them when there are :data:`MAX_PARTS` or more."""
+    return parts if len(parts) < MAX_PARTS else [b"".join(parts)]
 
 
 class NetBackendError(BootConfigError):
@@ -46,8 +60,12 @@ class NetBackend(Protocol):
 
     def recv(self) -> bytes | None: ...
 
-    def send(self, parts: Sequence[Chunk]) -> None:
-        """Send one frame made of ``parts`` in order (with the header when :attr:`vnet_hdr`)."""
+    def send(self, parts: Sequence[Chunk]) -> bool:
+        """Send one frame made of ``parts`` in order (with the header when :attr:`vnet_hdr`):
+        True when it went whole, False when the backend kept (part of) it for :meth:`flush`."""
+
+    def flush(self) -> bool:
+        """Send what :meth:`send` kept; True when nothing is left (the backend takes frames)."""
 
     def describe(self) -> dict[str, object]: ...
 

@@ -155,11 +155,19 @@ class PasstBackend:
         except NetBackendDown as e:
             raise self._down(str(e)) from None
 
-    def send(self, parts: Sequence[Chunk]) -> None:
+    def send(self, parts: Sequence[Chunk]) -> bool:
         if self._stream is None:
             raise FrameDropped("passt: closed")
         try:
-            self._stream.send(parts)
+            return self._stream.send(parts)
+        except NetBackendDown as e:
+            raise self._down(str(e)) from None
+
+    def flush(self) -> bool:
+        if self._stream is None:
+            return True
+        try:
+            return self._stream.flush()
         except NetBackendDown as e:
             raise self._down(str(e)) from None
 

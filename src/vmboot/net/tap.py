@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 
 from vmboot.devices.virtio import spec
-from vmboot.net.backend import Chunk, FrameDropped, NetBackendError
+from vmboot.net.backend import Chunk, FrameDropped, NetBackendError, few_parts
 
 TUN_DEVICE = "/dev/net/tun"
 IFNAMSIZ = 16
@@ -137,14 +137,20 @@ class TapBackend:
         except BlockingIOError:
             return None
 
-    def send(self, parts: Sequence[Chunk]) -> None:
+    def send(self, parts: Sequence[Chunk]) -> bool:
+        """One ``writev``: a TAP takes a frame whole or not at all (a full queue drops it)."""
         try:
-            os.writev(self._fd, parts)
+            os.writev(self._fd, few_parts(parts))
         except (BlockingIOError, OSError) as e:
             if isinstance(e, BlockingIOError) or e.errno in (errno.EIO, errno.ENOBUFS,
                                                               errno.EAGAIN):
                 raise FrameDropped(f"tap {self.name}: {e.strerror}") from None
             raise
+        return True
+
+    def flush(self) -> bool:
+        """Nothing is ever kept back."""
+        return True
 
     def describe(self) -> dict[str, object]:
         return {"backend": "tap", "tap": self.name}

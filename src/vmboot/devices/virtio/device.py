@@ -47,6 +47,9 @@ class VirtioDevice:
         down); the driver gets a configuration-change interrupt."""
         self.watch_host_fd: HostFdWatch = lambda fd, on: None
         """Set by the wiring when the device has :meth:`host_fds`; none is watched at first."""
+        self.watch_host_fd_writable: HostFdWatch = lambda fd, on: None
+        """Set with :attr:`watch_host_fd`: start or stop serving one of the
+        :meth:`host_fds_writable` when it becomes writable; none is watched at first."""
 
     # -- configuration space ----------------------------------------------------------------
     def config_bytes(self) -> bytes:
@@ -65,6 +68,12 @@ class VirtioDevice:
         """Host file descriptors (a network backend's socket) the I/O thread serves for the
         device: fd -> the queue processed when it becomes readable. The device turns each on
         and off with :attr:`watch_host_fd` (off while it has nowhere to put what it reads)."""
+        return {}
+
+    def host_fds_writable(self) -> dict[int, int]:
+        """Host fds (among :meth:`host_fds`) the device may wait on to become writable: fd ->
+        the queue processed then. The device turns each on with :attr:`watch_host_fd_writable`
+        while the fd's peer cannot take more (a network backend's full socket buffer)."""
         return {}
 
     # -- lifetime ---------------------------------------------------------------------------

@@ -9,7 +9,10 @@ backend's checksum and TSO offloads when it carries the virtio-net header (TAP w
 The backend's fd is served on the I/O thread (:meth:`VirtioDevice.host_fds`): when it is
 readable, the receive queue is processed. When the guest has no receive buffers, the frame
 in hand is held and the fd unwatched until the guest adds buffers (its notification
-processes the receive queue again).
+processes the receive queue again). When the backend cannot take a whole frame (passt's
+socket buffer is full), it keeps the rest, and the device takes no more chains from the
+transmit queue until the fd becomes writable and the rest is sent: the guest is held back,
+the I/O thread (and every other device on it) never waits.
 
 Everything from the guest is checked: a transmitted chain shorter than the header, a frame
 longer than the MTU (or the TSO limit) plus headers, or a chain pointing outside guest RAM
@@ -33,6 +36,7 @@ from vmboot.devices.virtio.queue import (
     memory_fence,
     views,
 )
+from vmboot.devices.virtio.signal_delay import SignalDelay
 from vmboot.errors import BootConfigError, DeviceStateError
 from vmboot.net.backend import FrameDropped, NetBackend, NetBackendDown
 
@@ -49,6 +53,12 @@ BATCH_FRAMES = 32
 at the end of a turn, and the other queue and devices get theirs: a backend that never
 stops sending (passt retransmitting to a slow guest) must not starve the guest's
 acknowledgements on the transmit queue."""
+TX_SIGNAL_DELAY = 1e-3
+"""Seconds the interrupt for sent frames may wait for company (:mod:`.signal_delay`): a
+reply to what was sent usually comes within it, and one interrupt then serves both. Only
+frees frames the driver already let go of; the frames themselves leave at once."""
+TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
+"""Sent frames whose interrupt never waits (the driver may be running short of room)."""
 LOCAL_MAC_PREFIX = 0x02
 """First octet of a derived MAC address: locally administered, unicast."""
 
@@ -91,7 +101,12 @@ class NetDevice(VirtioDevice):
         self.backend = backend
         self.mac = mac
         self.link_up = True
+        self._tx_signal: SignalDelay | None = None
+        """Made with the device's host fds (an I/O thread serves its timer); without one,
+        every completion is signalled at once."""
         self._held: bytes | None = None
+        """A frame from the backend (with the virtio header when the backend carries one)
+        waiting for receive buffers."""
         self.counters = {"rx_frames": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0,
                          "rx_dropped": 0, "tx_short": 0, "tx_oversized": 0,
                          "tx_dropped": 0, "bad_chains": 0}
@@ -111,12 +126,25 @@ class NetDevice(VirtioDevice):
 
     def host_fds(self) -> dict[int, int]:
         fd = self.backend.fileno()
-        return {fd: RX} if fd >= 0 else {}
+        if fd < 0:
+            return {}
+        if self._tx_signal is None:
+            self._tx_signal = SignalDelay(TX_SIGNAL_DELAY, TX_SIGNAL_AT_ONCE)
+        return {fd: RX, self._tx_signal.fd: TX}
+
+    def host_fds_writable(self) -> dict[int, int]:
+        fd = self.backend.fileno()
+        return {fd: TX} if fd >= 0 else {}
 
     def _watch(self, on: bool) -> None:
         fd = self.backend.fileno()
         if fd >= 0:
             self.watch_host_fd(fd, on and self.link_up)
+
+    def _watch_writable(self, on: bool) -> None:
+        fd = self.backend.fileno()
+        if fd >= 0:
+            self.watch_host_fd_writable(fd, on and self.link_up)
 
     @property
     def header_size(self) -> int:
@@ -133,21 +161,30 @@ class NetDevice(VirtioDevice):
         super().activate(memory, notify)
         self.backend.set_offloads(self.acked_features)
         self._watch(True)
+        if self._tx_signal is not None:
+            self.watch_host_fd(self._tx_signal.fd, True)
 
     def reset(self) -> None:
         self._watch(False)
+        self._watch_writable(False)
+        if self._tx_signal is not None:
+            self.watch_host_fd(self._tx_signal.fd, False)
+            self._tx_signal.reset()
         super().reset()
         self._held = None
 
     def close(self) -> None:
         log.info("virtio-net: %s", ", ".join(f"{k} {v}" for k, v in self.counters.items()))
         self.backend.close()
+        if self._tx_signal is not None:
+            self._tx_signal.close()
 
     def link_down(self, why: str) -> None:
         if self.link_up:
             self.link_up = False
             log.warning("virtio-net: link down: %s", why)
             self._watch(False)
+            self._watch_writable(False)
             self.on_config_change()
 
     # -- queues -----------------------------------------------------------------------------
@@ -160,12 +197,13 @@ class NetDevice(VirtioDevice):
         """The next chain; None when there is none; False for a malformed chain, which is
         counted and returned to the driver as used. A head outside the queue cannot be
         returned: the ring itself is broken and :class:`QueueError` (a device reset) follows."""
-        if not q.pending(memory):
-            return None
-        head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (q.next_avail % q.size), 2))[0]
+        taken = q.next_avail
         try:
             return q.pop(memory)
         except QueueError as e:
+            if q.next_avail == taken:  # the available index itself is out of range
+                raise
+            head = _U16.unpack(memory.read(q.avail_ring + 4 + 2 * (taken % q.size), 2))[0]
             if head >= q.size:
                 raise
             self.counters["bad_chains"] += 1
@@ -174,8 +212,19 @@ class NetDevice(VirtioDevice):
             return False
 
     def _transmit(self, memory: GuestRam) -> bool:
+        """Send what the driver made available; True when the driver should be signalled
+        (now, or when the delay of :attr:`_tx_signal` ran out)."""
         q = self.queues[TX]
+        before = q.next_used
+        used = self._transmit_batch(memory, q)
+        if self._tx_signal is None:
+            return used
+        return self._tx_signal.completed((q.next_used - before) & 0xFFFF)
+
+    def _transmit_batch(self, memory: GuestRam, q: Virtqueue) -> bool:
         used = False
+        if not self._backend_ready():
+            return used
         limit = self.max_frame(_HOST_GSO)
         strip = 0 if self.backend.vnet_hdr else self.header_size
         for _ in range(BATCH_FRAMES):
@@ -188,29 +237,50 @@ class NetDevice(VirtioDevice):
                     return used
                 continue
             assert isinstance(chain, DescriptorChain)
-            self._send(memory, chain, limit, strip)
-            q.add_used(memory, chain.head, 0)
+            taken = self._send(memory, chain, limit, strip)
+            q.add_used(memory, chain.head, 0)  # what the backend kept is a copy
             self.requests += 1
             used = True
+            if not taken:  # the backend's peer is full: no more until it is writable
+                self._watch_writable(True)
+                return used
         if self._notify is not None:
             self._notify(TX)  # more may be waiting: another turn
         return used
 
-    def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> None:
+    def _backend_ready(self) -> bool:
+        """Whether the backend takes frames: what it kept of the last one (its peer was
+        full) is sent first; while some is left, the fd is watched for writability."""
+        if not self.link_up:
+            return True  # frames are dropped and counted
+        try:
+            if not self.backend.flush():
+                self._watch_writable(True)
+                return False
+        except NetBackendDown as e:
+            self.link_down(str(e))
+            return True
+        self._watch_writable(False)
+        return True
+
+    def _send(self, memory: GuestRam, chain: DescriptorChain, limit: int, strip: int) -> bool:
+        """Send the chain's frame (or drop and count it); False when the backend kept part
+        of it for later (:meth:`_backend_ready`)."""
         size = chain.readable_bytes
         if size < self.header_size:
             self.counters["tx_short"] += 1
-            return
+            return True
         if size - self.header_size > limit:
             self.counters["tx_oversized"] += 1
-            return
+            return True
         if not self.link_up:
             self.counters["tx_dropped"] += 1
-            return
+            return True
         whole = views(memory, chain.readable)
         parts = _skip(whole, strip) if strip else whole
+        taken = True
         try:
-            self.backend.send(parts)
+            taken = self.backend.send(parts)
             self.counters["tx_frames"] += 1
             self.counters["tx_bytes"] += size - self.header_size
         except FrameDropped:
@@ -221,6 +291,7 @@ class NetDevice(VirtioDevice):
         finally:
             for v in (*parts, *whole):
                 v.release()
+        return taken
 
     def _next_frame(self) -> bytes | None:
         if self._held is not None:
@@ -229,13 +300,10 @@ class NetDevice(VirtioDevice):
         if not self.link_up:
             return None
         try:
-            data = self.backend.recv()
+            return self.backend.recv()
         except NetBackendDown as e:
             self.link_down(str(e))
             return None
-        if data is None or self.backend.vnet_hdr:
-            return data
-        return bytes(self.header_size) + data
 
     def _receive(self, memory: GuestRam) -> bool:
         try:
@@ -249,11 +317,13 @@ class NetDevice(VirtioDevice):
         q = self.queues[RX]
         used = False
         limit = self.header_size + self.max_frame(_GUEST_GSO)
+        added = 0 if self.backend.vnet_hdr else self.header_size
         for _ in range(BATCH_FRAMES):
             frame = self._next_frame()
             if frame is None:
                 return used
-            if len(frame) > limit or len(frame) < self.header_size:
+            size = len(frame) + added
+            if size > limit or size < self.header_size:
                 self.counters["rx_dropped"] += 1
                 continue
             result = self._deliver(memory, q, frame)
@@ -270,12 +340,19 @@ class NetDevice(VirtioDevice):
         return used
 
     def _deliver(self, memory: GuestRam, q: Virtqueue, frame: bytes) -> bool | None:
-        """Put ``frame`` (header first) in receive buffers: True when done, False when it
-        was dropped, None when there are not enough buffers yet (nothing was taken)."""
+        """Put ``frame`` (from the backend, after a header of its own or one made here) in
+        receive buffers: True when done, False when it was dropped, None when there are not
+        enough buffers yet (nothing was taken)."""
         mergeable = self.has_feature(spec.NET_F_MRG_RXBUF)
+        hdr = self.header_size
+        if self.backend.vnet_hdr:
+            header, body = bytearray(frame[:hdr]), memoryview(frame)[hdr:]
+        else:
+            header, body = bytearray(hdr), memoryview(frame)
+        total = hdr + len(body)
         chains: list[DescriptorChain] = []
         room = 0
-        while room < len(frame):
+        while room < total:
             chain = self._pop_checked(memory, q)
             if chain is False:
                 if not chains:
@@ -289,31 +366,18 @@ class NetDevice(VirtioDevice):
             room += chain.writable_bytes
             if not mergeable:
                 break
-        if room < len(frame) or any(c.writable_bytes < self.header_size for c in chains[:1]):
+        if room < total or any(c.writable_bytes < hdr for c in chains[:1]):
             self.counters["rx_dropped"] += 1
             for c in chains:
                 q.add_used(memory, c.head, 0)
             return True
-        data = bytearray(frame)
         if mergeable:
-            data[spec.NET_HDR_NUM_BUFFERS_OFFSET:spec.NET_HDR_NUM_BUFFERS_OFFSET + 2] = \
-                _U16.pack(len(chains))
-        at = 0
-        pending = []
-        for c in chains:
-            start = at
-            for b in c.writable:
-                n = min(b.length, len(data) - at)
-                if n <= 0:
-                    break
-                memory.write(b.address, memoryview(data)[at:at + n])
-                at += n
-            pending.append((c.head, at - start))
-        for head, length in pending:
+            _U16.pack_into(header, spec.NET_HDR_NUM_BUFFERS_OFFSET, len(chains))
+        for head, length in _scatter(memory, chains, (memoryview(header), body)):
             q.add_used(memory, head, length)
         self.requests += 1
         self.counters["rx_frames"] += 1
-        self.counters["rx_bytes"] += len(frame) - self.header_size
+        self.counters["rx_bytes"] += len(body)
         return True
 
     # -- state ------------------------------------------------------------------------------
@@ -359,6 +423,32 @@ def _skip(parts: list[memoryview], count: int) -> list[memoryview]:
             continue
         out.append(v[count:])
         count = 0
+    return out
+
+
+def _scatter(memory: GuestRam, chains: list[DescriptorChain],
+             pieces: tuple[memoryview, ...]) -> list[tuple[int, int]]:
+    """Write ``pieces`` in order across the chains' writable buffers, each piece straight
+    from where it lies (no joined copy); each chain's head and the bytes written into it."""
+    out = []
+    index, at = 0, 0  # the piece being written, and how far
+    for c in chains:
+        written = 0
+        for b in c.writable:
+            address, room = b.address, b.length
+            while room and index < len(pieces):
+                piece = pieces[index]
+                n = min(room, len(piece) - at)
+                memory.write(address, piece[at:at + n])
+                address += n
+                room -= n
+                written += n
+                at += n
+                if at == len(piece):
+                    index, at = index + 1, 0
+            if index == len(pieces):
+                break
+        out.append((c.head, written))
     return out
 
 

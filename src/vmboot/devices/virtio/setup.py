@@ -21,13 +21,15 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import select
+import selectors
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.device import HostFdWatch, VirtioDevice
+from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.io_thread import IoThread, drain_eventfd, new_eventfd
 from vmboot.devices.virtio.mmio import MmioTransport
 from vmboot.devices.virtio.queue import GuestRam
@@ -169,7 +171,9 @@ class VirtioDevices:
                 self._serve_externally(io, t)
             host_fds = t.device.host_fds()
             if host_fds:
-                t.device.watch_host_fd = _host_fd_watch(io, t, host_fds)
+                watch = HostFdWatcher(io, t, host_fds, t.device.host_fds_writable())
+                t.device.watch_host_fd = watch.readable
+                t.device.watch_host_fd_writable = watch.writable
             if use_fds:
                 irqfd = new_eventfd()
                 self._irqfds.append(irqfd)
@@ -262,30 +266,70 @@ def _backend_call(t: MmioTransport, fd: int) -> Callable[[], None]:
     return call
 
 
-def _host_fd_watch(io: IoThread, t: MmioTransport, host_fds: dict[int, int]) -> HostFdWatch:
-    """Serve a device's host fds on the I/O thread while it wants them (a readable fd the
-    device cannot take from would otherwise wake the loop without end)."""
-    watching: set[int] = set()
-    lock = threading.Lock()
+class HostFdWatcher:
+    """Serve a device's host fds on the I/O thread while it wants them: readable (a readable
+    fd the device cannot take from would otherwise wake the loop without end) and, apart,
+    writable (a backend whose peer's buffer was full)."""
 
-    def watch(fd: int, on: bool) -> None:
-        with lock:
-            if on and fd not in watching:
-                io.add(fd, callback(fd))
-                watching.add(fd)
-            elif not on and fd in watching:
-                io.remove(fd)
-                watching.discard(fd)
+    def __init__(self, io: IoThread, t: MmioTransport, on_readable: dict[int, int],
+                 on_writable: dict[int, int]) -> None:
+        self.io = io
+        self.t = t
+        self.on_readable = on_readable
+        self.on_writable = on_writable
+        self._events: dict[int, int] = {}
+        """fd -> the selectors events it is registered for (absent: not registered)."""
+        self._lock = threading.Lock()
 
-    def callback(fd: int) -> Callable[[], None]:
-        def readable() -> None:
-            if not t.live:  # reset or broken: wait for the next activation
-                watch(fd, False)
+    def readable(self, fd: int, on: bool) -> None:
+        self._set(fd, selectors.EVENT_READ, on)
+
+    def writable(self, fd: int, on: bool) -> None:
+        self._set(fd, selectors.EVENT_WRITE, on)
+
+    def _set(self, fd: int, event: int, on: bool) -> None:
+        with self._lock:
+            old = self._events.get(fd, 0)
+            new = old | event if on else old & ~event
+            if new == old:
                 return
-            t.process(host_fds[fd])
-        return readable
+            if not new:
+                self.io.remove(fd)
+                del self._events[fd]
+            elif not old:
+                self.io.add(fd, self._callback(fd), new)
+            else:
+                self.io.modify(fd, self._callback(fd), new)
+            if new:
+                self._events[fd] = new
 
-    return watch
+    def _callback(self, fd: int) -> Callable[[], None]:
+        def ready() -> None:
+            if not self.t.live:  # reset or broken: wait for the next activation
+                self._set(fd, selectors.EVENT_READ | selectors.EVENT_WRITE, False)
+                return
+            events = self._events.get(fd, 0)
+            if not events & selectors.EVENT_WRITE:  # the usual case: no poll needed
+                self.t.process(self.on_readable[fd])
+                return
+            # The I/O thread calls back without saying which event came: ask the fd.
+            # A hang-up or error comes whatever was asked for: the queue that sends finds
+            # the peer gone (and stops the watch) even while reading is off.
+            got = _poll_once(fd, events)
+            if got & (select.POLLOUT | select.POLLHUP | select.POLLERR) and fd in self.on_writable:
+                self.t.process(self.on_writable[fd])
+            if got & ~select.POLLOUT and events & selectors.EVENT_READ:
+                self.t.process(self.on_readable[fd])
+        return ready
+
+
+def _poll_once(fd: int, events: int) -> int:
+    """Which of ``events`` (selectors' bits) ``fd`` is ready for now, as poll(2) bits."""
+    mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
+        select.POLLOUT if events & selectors.EVENT_WRITE else 0)
+    poller = select.poll()
+    poller.register(fd, mask)
+    return sum(e for _, e in poller.poll(0))
 
 
 def _irqfd_writer(fd: int) -> Callable[[], None]:
