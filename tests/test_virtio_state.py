@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from vmboot.devices.virtio.driver import notify
 from vmboot.devices.virtio.mmio import STATE_VERSION, MmioTransport
 from vmboot.devices.virtio.rng import RngDevice
 from vmboot.errors import DeviceStateError, SnapshotMismatchError
+from vmboot.net.backend import Chunk
 
 SECTORS = 64
 HEADER = DATA
@@ -169,8 +171,11 @@ class _Backend:
     def recv(self) -> bytes | None:
         return None
 
-    def send(self, parts: object) -> None:
-        pass
+    def send(self, parts: Sequence[Chunk]) -> bool:
+        return True
+
+    def flush(self) -> bool:
+        return True
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.kind, **({"tap": self.tap} if self.tap else {})}
