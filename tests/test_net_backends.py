@@ -6,12 +6,14 @@ passt starts (as nobody when root) and stops, a missing passt names its package,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +53,21 @@ def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.run(["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP + script],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def run_scenario(script: str, *args: object, timeout: float, before: str = "") -> dict[str, Any]:
+    """Run the test scenario ``script`` (a Python file beside this one, started with
+    ``args``) in a new network namespace set up by :data:`NAMESPACE_SETUP` (then the shell
+    commands ``before``); its last line of output is a JSON object, returned."""
+    path = Path(__file__).with_name(script)
+    env = {**os.environ, "PYTHONPATH": f"{SRC}:{path.parent}"}
+    command = " ".join(str(a) for a in (sys.executable, path, *args))
+    done = subprocess.run(["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP + before
+                           + f"exec {command}\n"],
+                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def python(code: str) -> str:

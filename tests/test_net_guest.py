@@ -7,17 +7,13 @@ ends stay inside as the default route): nothing can leave the machine."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import require, require_tool, requires_kvm, shared_kernel_file
-from test_net_backends import NAMESPACE_SETUP, SRC
+from test_net_backends import run_scenario
 
 BLOB_BYTES = 1 << 20
 GUEST_TIMEOUT = 400
@@ -39,15 +35,8 @@ def _prerequisites() -> None:
 @pytest.fixture(scope="module")
 def user_net_run() -> dict[str, Any]:
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    script = Path(__file__).with_name("net_guest_scenario.py")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
-    done = subprocess.run(
-        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP
-         + f'exec {sys.executable} {script} {kernel} {BLOB_BYTES} {GUEST_TIMEOUT}\n'],
-        capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT + 60, check=False)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_scenario("net_guest_scenario.py", kernel, BLOB_BYTES, GUEST_TIMEOUT,
+                        timeout=GUEST_TIMEOUT + 60)
 
 
 def test_guest_fetches_a_blob_from_the_hosts_loopback_through_its_gateway(
@@ -64,15 +53,7 @@ def test_a_published_guest_port_is_reached_from_the_host(user_net_run: dict[str,
 @pytest.fixture(scope="module")
 def passt_killed_run() -> dict[str, Any]:
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    script = Path(__file__).with_name("net_passt_kill_scenario.py")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
-    done = subprocess.run(
-        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP
-         + f'exec {sys.executable} {script} {kernel} {GUEST_TIMEOUT}\n'],
-        capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT + 60, check=False)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_scenario("net_passt_kill_scenario.py", kernel, GUEST_TIMEOUT, timeout=GUEST_TIMEOUT + 60)
 
 
 def test_passt_killed_mid_transfer_drops_the_guests_carrier_and_nothing_hangs(

@@ -6,17 +6,13 @@ the default route): nothing can leave the machine."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import require, require_tool, requires_kvm, shared_kernel_file
-from test_net_backends import NAMESPACE_SETUP, SRC
+from test_net_backends import run_scenario
 
 BLOB_BYTES = 1 << 20
 GUEST_TIMEOUT = 600
@@ -30,15 +26,8 @@ def restored_run() -> dict[str, Any]:
     require_tool("unshare", "util-linux")
     require_tool("passt", "passt")
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    script = Path(__file__).with_name("net_snapshot_scenario.py")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
-    done = subprocess.run(
-        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP
-         + f'exec {sys.executable} {script} {kernel} {BLOB_BYTES} {GUEST_TIMEOUT}\n'],
-        capture_output=True, text=True, env=env, timeout=2 * GUEST_TIMEOUT + 60, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_scenario("net_snapshot_scenario.py", kernel, BLOB_BYTES, GUEST_TIMEOUT,
+                        timeout=2 * GUEST_TIMEOUT + 60)
 
 
 def test_a_restored_guest_keeps_its_address(restored_run: dict[str, Any]) -> None:

@@ -9,17 +9,13 @@ pipe to sha256sum), and where its ring 0 is emulated (PVM) that moves about 0.1 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import require, require_tool, requires_kvm, shared_kernel_file
-from test_net_backends import NAMESPACE_SETUP, SRC
+from test_net_backends import run_scenario
 from vmboot.net.tap_create import render, tap_create_commands
 
 TAP = "vmbt-tap"
@@ -43,16 +39,9 @@ def _prerequisites() -> None:
 @pytest.fixture(scope="module")
 def tap_run() -> dict[str, Any]:
     kernel = shared_kernel_file("tiny-smp-bzImage")
-    script = Path(__file__).with_name("net_tap_scenario.py")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}:{script.parent}"}
     make_tap = render(tap_create_commands(TAP, address="172.30.0.1/24"))
-    done = subprocess.run(
-        ["unshare", "--net", "sh", "-ec", NAMESPACE_SETUP + make_tap
-         + f"exec {sys.executable} {script} {kernel} {TAP} {BLOB_BYTES} {GUEST_TIMEOUT}\n"],
-        capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT + 60, check=False)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_scenario("net_tap_scenario.py", kernel, TAP, BLOB_BYTES, GUEST_TIMEOUT,
+                        timeout=GUEST_TIMEOUT + 60, before=make_tap)
 
 
 def test_the_guest_pings_the_namespace_through_the_tap(tap_run: dict[str, Any]) -> None:
