@@ -132,6 +132,9 @@ class VsockDevice(VirtioDevice):
         """Connections the host started that the guest did not answer in time."""
         self.handshake_timeouts = 0
         """Host streams closed for not sending their ``CONNECT`` line in time."""
+        self.reset_drops = 0
+        """Connections open when the driver reset the device (a rebooting guest does): their
+        host streams see EOF, and bytes the guest's kernel still held for them never came."""
         self.bytes_to_host = 0
         self.bytes_to_guest = 0
 
@@ -143,7 +146,7 @@ class VsockDevice(VirtioDevice):
         return {"guest_cid": self.guest_cid, "uds_path": self.config.uds_path,
                 "connections": len(self._conns), "connections_opened": self.connections_opened,
                 "connect_timeouts": self.connect_timeouts,
-                "handshake_timeouts": self.handshake_timeouts,
+                "handshake_timeouts": self.handshake_timeouts, "reset_drops": self.reset_drops,
                 "malformed": self.malformed, "resets_sent": self.resets_sent,
                 "bytes_to_host": self.bytes_to_host, "bytes_to_guest": self.bytes_to_guest}
 
@@ -373,6 +376,11 @@ class VsockDevice(VirtioDevice):
     def reset(self) -> None:
         with self._lock:
             super().reset()
+            if self._conns:
+                self.reset_drops += len(self._conns)
+                log.info("vsock: the driver reset the device with %d connections open: their "
+                         "host streams are closed (what the guest had not sent is lost)",
+                         len(self._conns))
             self._drop_all()
             self._held_rx = None
 
