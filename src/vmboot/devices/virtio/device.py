@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.io_thread import HostFdWatch, IoThread, QueueServe, host_fd_watch
 from vmboot.devices.virtio.queue import DescriptorChain, GuestRam, Virtqueue
 
 QueueNotify = Callable[[int], None]
 """``notify(queue_index)``: the device added used buffers to this queue from host-side work."""
-HostFdWatch = Callable[[int, bool], None]
-"""``watch(fd, on)``: start or stop serving one of the device's :meth:`~VirtioDevice.host_fds`."""
 
 
 class VirtioDevice:
@@ -66,6 +65,15 @@ class VirtioDevice:
         device: fd -> the queue processed when it becomes readable. The device turns each on
         and off with :attr:`watch_host_fd` (off while it has nowhere to put what it reads)."""
         return {}
+
+    def attach_io_thread(self, io: IoThread, serve: QueueServe) -> None:
+        """The wiring gives every device the I/O thread, once, before it starts: the one way
+        host fds are served there. ``serve(queue)`` processes a queue on it. The default
+        serves :meth:`host_fds` through :attr:`watch_host_fd`; a device whose fds come and go
+        (vsock's connections) registers them with ``io`` itself."""
+        fds = self.host_fds()
+        if fds:
+            self.watch_host_fd = host_fd_watch(io, serve, fds)
 
     # -- lifetime ---------------------------------------------------------------------------
     def has_feature(self, bit: int) -> bool:

@@ -18,6 +18,11 @@ from collections.abc import Callable
 log = logging.getLogger("vmboot.devices.virtio")
 
 EventCallback = Callable[[], None]
+HostFdWatch = Callable[[int, bool], None]
+"""``watch(fd, on)``: start or stop serving one host fd (see :func:`host_fd_watch`)."""
+QueueServe = Callable[[int], bool]
+"""``serve(queue)``: process a device's queue on the I/O thread as a notification would;
+False when the device is not running (reset, or broken), so nothing was done."""
 
 
 def new_eventfd() -> int:
@@ -92,3 +97,29 @@ class IoThread:
         self._selector.close()
         os.close(self._stop_fd)
         self._stop_fd = -1
+
+
+def host_fd_watch(io: IoThread, serve: QueueServe, host_fds: dict[int, int]) -> HostFdWatch:
+    """The ``watch(fd, on)`` of a device whose host fds (fd -> queue) are served on ``io``:
+    while on, ``fd`` becoming readable processes its queue. The device turns an fd off while
+    it has nowhere to put what it would read (a readable fd left on would wake the loop
+    without end); an fd whose device stopped running is turned off until it turns it on."""
+    watching: set[int] = set()
+    lock = threading.Lock()
+
+    def watch(fd: int, on: bool) -> None:
+        with lock:
+            if on and fd not in watching:
+                io.add(fd, callback(fd))
+                watching.add(fd)
+            elif not on and fd in watching:
+                io.remove(fd)
+                watching.discard(fd)
+
+    def callback(fd: int) -> EventCallback:
+        def readable() -> None:
+            if not serve(host_fds[fd]):
+                watch(fd, False)
+        return readable
+
+    return watch

@@ -21,14 +21,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.device import HostFdWatch, VirtioDevice
-from vmboot.devices.virtio.io_thread import IoThread, drain_eventfd, new_eventfd
+from vmboot.devices.virtio.device import VirtioDevice
+from vmboot.devices.virtio.io_thread import IoThread, QueueServe, drain_eventfd, new_eventfd
 from vmboot.devices.virtio.mmio import MmioTransport
 from vmboot.devices.virtio.queue import GuestRam
 from vmboot.errors import BootConfigError
@@ -156,9 +155,7 @@ class VirtioDevices:
         self.io_thread = io
         for t in self.transports:
             t.memory = vm.memory
-            attach_io_thread = getattr(t.device, "attach_io_thread", None)
-            if attach_io_thread is not None:  # a device with host fds of its own (vsock)
-                attach_io_thread(io)
+            t.device.attach_io_thread(io, _queue_serve(t))
             external = getattr(t.device, "served_externally", False)
             for i, fd in enumerate(t.queue_fds):
                 if use_fds:
@@ -167,9 +164,6 @@ class VirtioDevices:
                     io.add(fd, _queue_callback(t, i))
             if external:
                 self._serve_externally(io, t)
-            host_fds = t.device.host_fds()
-            if host_fds:
-                t.device.watch_host_fd = _host_fd_watch(io, t, host_fds)
             if use_fds:
                 irqfd = new_eventfd()
                 self._irqfds.append(irqfd)
@@ -262,30 +256,13 @@ def _backend_call(t: MmioTransport, fd: int) -> Callable[[], None]:
     return call
 
 
-def _host_fd_watch(io: IoThread, t: MmioTransport, host_fds: dict[int, int]) -> HostFdWatch:
-    """Serve a device's host fds on the I/O thread while it wants them (a readable fd the
-    device cannot take from would otherwise wake the loop without end)."""
-    watching: set[int] = set()
-    lock = threading.Lock()
-
-    def watch(fd: int, on: bool) -> None:
-        with lock:
-            if on and fd not in watching:
-                io.add(fd, callback(fd))
-                watching.add(fd)
-            elif not on and fd in watching:
-                io.remove(fd)
-                watching.discard(fd)
-
-    def callback(fd: int) -> Callable[[], None]:
-        def readable() -> None:
-            if not t.live:  # reset or broken: wait for the next activation
-                watch(fd, False)
-                return
-            t.process(host_fds[fd])
-        return readable
-
-    return watch
+def _queue_serve(t: MmioTransport) -> QueueServe:
+    def serve(index: int) -> bool:
+        if not t.live:  # reset or broken: nothing until the next activation
+            return False
+        t.process(index)
+        return True
+    return serve
 
 
 def _irqfd_writer(fd: int) -> Callable[[], None]:

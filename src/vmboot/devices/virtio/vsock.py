@@ -47,7 +47,7 @@ from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.io_thread import IoThread
+from vmboot.devices.virtio.io_thread import IoThread, QueueServe
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
 from vmboot.devices.virtio.vsock_connection import U32_MASK, Connection, ConnState, PendingStream
 from vmboot.devices.virtio.vsock_host import (
@@ -151,8 +151,10 @@ class VsockDevice(VirtioDevice):
                 "bytes_to_host": self.bytes_to_host, "bytes_to_guest": self.bytes_to_guest}
 
     # -- the I/O thread and the hybrid socket -----------------------------------------------
-    def attach_io_thread(self, io: IoThread) -> None:
-        """Serve the host sockets on ``io``; create the hybrid socket ``<path>`` now."""
+    def attach_io_thread(self, io: IoThread, serve: QueueServe | None = None) -> None:
+        """Serve the host sockets on ``io``, registering each as it comes and goes; create
+        the hybrid socket ``<path>`` now. (``serve`` is not needed: a ready socket only
+        marks its connection and kicks the rx queue.)"""
         with self._lock:
             self._io = io
             path = self.config.uds_path
