@@ -8,7 +8,8 @@ when the owner dies, however it dies. Making a new one first removes the directo
 the same prefix whose lock can be taken: their owner is gone (the counterpart of the stale
 socket files of :mod:`vmboot.devices.socket_path`). A directory whose lock is held, that
 belongs to another user, that has no lock file, or that has a file system mounted inside is
-never touched. The owner's pid is part of the name, for people reading ``/tmp``.
+never touched. The names are those of :func:`tempfile.mkdtemp` (the prefix, then random
+characters): no longer, so the socket paths made inside fit ``sun_path`` as before.
 """
 
 from __future__ import annotations
@@ -90,12 +91,12 @@ def remove_stale(prefix: str, parent: str | None = None) -> list[Path]:
 
 
 class OwnedDir(Closeable):
-    """A new private directory ``<tmp>/<prefix><pid>-<random>`` locked by this process until
+    """A new private directory ``<tmp>/<prefix><random>`` locked by this process until
     :meth:`close` removes it; stale ones of the same prefix are removed first."""
 
     def __init__(self, prefix: str, parent: str | None = None) -> None:
         remove_stale(prefix, parent)
-        self.path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=parent)
         lock_path = Path(self.path, LOCK_NAME)
         try:
             os.close(os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
