@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
+from collections.abc import Callable
 
 from virtio_support import DATA, rig
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.driver import driver_ok, negotiate, notify, read_reg, write_reg
+from vmboot.devices.virtio.device import QueueNotify
+from vmboot.devices.virtio.driver import (
+    DriverQueue,
+    driver_ok,
+    negotiate,
+    notify,
+    read_reg,
+    write_reg,
+)
 from vmboot.devices.virtio.mmio import MmioTransport
+from vmboot.devices.virtio.queue import GuestRam
 from vmboot.devices.virtio.rng import RngDevice
 from vmboot.devices.virtio.setup import IRQS, MMIO_BASE, NotificationPath, VirtioDevices
 from vmboot.hv import MemoryVM
@@ -176,6 +189,64 @@ def test_connect_falls_back_to_exits_and_serves_a_request_on_the_io_thread() -> 
         assert vm.lines[:2] == [(IRQS[0], True), (IRQS[0], False)]
         assert q.take_used() == [(head, 32)]
         assert devs.report()["devices"][0]["requests"] == 1
+    finally:
+        devs.close()
+
+
+class HostFdDevice(RngDevice):
+    """A device with one host fd (a pipe) served on the I/O thread: readable -> queue 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.served = 0
+
+    def host_fds(self) -> dict[int, int]:
+        return {self.read_end: 0}
+
+    def activate(self, memory: GuestRam, notify: QueueNotify) -> None:
+        super().activate(memory, notify)
+        self.watch_host_fd(self.read_end, True)
+
+    def process_queue(self, index: int) -> bool:
+        with contextlib.suppress(BlockingIOError):
+            if os.read(self.read_end, 64):
+                self.served += 1
+        return False
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+def _eventually(condition: Callable[[], bool]) -> bool:
+    for _ in range(1000):  # bounded: the I/O thread acts at once
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_host_fds_are_served_on_the_io_thread_while_the_device_runs() -> None:
+    device = HostFdDevice()
+    devs = VirtioDevices([device])
+    devs.attach(MmioBus())
+    vm = FakeVm(fds=False)
+    try:
+        devs.connect(vm)
+        t = devs.transports[0]
+        q = DriverQueue(vm.memory, 0x100000, 8)
+        negotiate(t)
+        q.program(t, 0)
+        driver_ok(t)
+        os.write(device.write_end, b"x")
+        assert _eventually(lambda: device.served == 1)
+        write_reg(t, R.STATUS, 0)  # the driver resets the device: its fd is not served
+        os.write(device.write_end, b"y")
+        negotiate(t)
+        q.program(t, 0)
+        driver_ok(t)  # running again: what waited in the pipe is served
+        assert _eventually(lambda: device.served == 2)
     finally:
         devs.close()
 

@@ -20,7 +20,7 @@ from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock as vsock_module
 from vmboot.devices.virtio import vsock_packet as vp
-from vmboot.devices.virtio.driver import read_reg
+from vmboot.devices.virtio.driver import read_reg, write_reg
 from vmboot.devices.virtio.setup import VirtioDevices
 from vmboot.devices.virtio.vsock import BUF_ALLOC, FIRST_HOST_PORT, VsockDevice
 from vmboot.devices.virtio.vsock_host import VsockConfig, VsockError, parse_connect
@@ -249,6 +249,19 @@ def test_guest_close_flushes_then_resets_and_host_sees_eof() -> None:
     g.send(vp.Op.SHUTDOWN, GUEST_PORT, HOST_PORT, flags=vp.SHUTDOWN_BOTH)
     assert _ops(g.take()) == [vp.Op.RST]
     assert _recv_exactly(host, 10) == b"last words" and host.recv(1) == b""
+
+
+def test_a_driver_reset_closes_the_host_streams_and_is_counted() -> None:
+    """A rebooting guest resets the device with connections open: the host sees EOF after
+    what did arrive, and the report says the connections went with the reset."""
+    g = guest()
+    host = _established(g)
+    g.send(vp.Op.RW, GUEST_PORT, HOST_PORT, b"sent before")
+    write_reg(g.r.transport, spec.MmioReg.STATUS, 0)
+    assert _recv_exactly(host, 11) == b"sent before" and host.recv(1) == b""
+    report = g.device.describe()
+    assert report["reset_drops"] == 1 and report["connections"] == 0
+    assert report["bytes_to_host"] == 11
 
 
 def test_guest_half_close_and_host_eof_are_shutdowns() -> None:

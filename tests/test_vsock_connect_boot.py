@@ -8,6 +8,11 @@ a refusal), then, with every vCPU stopped (``Machine.when_stopped``: the guest c
 answer anything), to a third port through ``Machine.vsock.connect`` and to a fourth through
 the hybrid socket's ``CONNECT``. Both end at the connect timeout; the guest then resumes,
 gets the stale requests (and their resets), and still echoes on the first connection.
+
+The tool closes the echoed connection lingering before it reboots: on this uniprocessor
+guest a plain close() can return with the echo still queued for the kernel's vsock
+transmit worker, and the reboot then resets the device before the worker has run (the
+host saw only the EOF of that reset, though the guest printed that it wrote the bytes).
 """
 
 from __future__ import annotations
@@ -158,10 +163,7 @@ def test_hybrid_connect_to_a_guest_that_cannot_answer_is_closed(outcome: Outcome
     assert outcome.device["connect_timeouts"] == 2
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, not understood: in full-suite runs the guest's echo after the stale "
-    "requests never reaches the host (the device's bytes_to_host stays 0 though the guest "
-    "wrote the bytes); alone, and under CPU load, the test passes"))
 def test_the_guest_still_serves_after_the_stale_requests(outcome: Outcome) -> None:
     assert outcome.seen["echo"] == PING
     assert outcome.device["connections"] == 0 and outcome.device["malformed"] == 0
+    assert outcome.device["reset_drops"] == 0  # closed before the reboot reset the device

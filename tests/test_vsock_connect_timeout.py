@@ -17,7 +17,7 @@ from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.io_thread import IoThread
-from vmboot.devices.virtio.vsock import FIRST_HOST_PORT, VsockDevice
+from vmboot.devices.virtio.vsock import FIRST_HOST_PORT, MAX_PENDING_STREAMS, VsockDevice
 from vmboot.devices.virtio.vsock_host import (
     CONNECT_TIMEOUT,
     VsockConfig,
@@ -190,6 +190,71 @@ def test_hybrid_stream_to_a_silent_guest_closes_through_the_io_thread(tmp_path: 
         assert g.device.connect_timeouts == 1
         assert _ops(g.take()) == [vp.Op.REQUEST, vp.Op.RST]
     finally:
+        g.device.close()
+        io.stop()
+
+
+def _closed(client: socket.socket) -> bool:
+    """The device closed the other end (a reset when it left bytes unread)."""
+    client.settimeout(WAIT)
+    try:
+        return client.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_stream_that_never_sends_connect_is_closed_at_the_deadline() -> None:
+    g, clock = _guest_with_clock(VsockConfig(connect_timeout=3.0))
+    silent, theirs = socket.socketpair()
+    slow, theirs_slow = socket.socketpair()
+    slow.sendall(b"CONNECT 5")  # the rest of the line never comes
+    g.device.adopt_host_stream(theirs)
+    g.device.adopt_host_stream(theirs_slow)
+    clock.now += 2.9
+    assert g.take() == [] and len(g.device._pending_streams) == 2  # not yet
+    clock.now += 0.2
+    assert g.take() == []  # nothing reaches the guest
+    for client in (silent, slow):
+        assert _closed(client)
+    assert not g.device._pending_streams and g.device.describe()["handshake_timeouts"] == 2
+    assert g.device.connect_timeouts == 0
+
+
+def test_a_stream_that_sends_connect_in_time_is_not_closed() -> None:
+    g, clock = _guest_with_clock(VsockConfig(connect_timeout=3.0))
+    host, theirs = socket.socketpair()
+    g.device.adopt_host_stream(theirs)
+    clock.now += 2.9
+    host.sendall(b"CONNECT %d\n" % GUEST_PORT)
+    (request,) = g.take()
+    assert request.header.op == vp.Op.REQUEST
+    g.send(vp.Op.RESPONSE, GUEST_PORT, request.header.src_port)
+    clock.now += 3600
+    host.settimeout(WAIT)
+    assert host.recv(32) == b"OK %d\n" % request.header.src_port
+    assert g.device.handshake_timeouts == 0 and len(g.device._conns) == 1
+
+
+def test_silent_hybrid_clients_free_their_pending_slots(tmp_path: Path) -> None:
+    """Through the I/O thread and its timer: clients that connect and say nothing are
+    closed at the connect timeout, so they cannot hold every pending slot for good."""
+    path = str(tmp_path / "v.sock")
+    g = guest(VsockConfig(uds_path=path, connect_timeout=0.2))
+    io = IoThread()
+    g.device.attach_io_thread(io)
+    io.start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(MAX_PENDING_STREAMS):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(path)
+            clients.append(c)
+        assert all(_closed(c) for c in clients)
+        assert g.device.handshake_timeouts == MAX_PENDING_STREAMS
+        _eventually(lambda: not g.device._pending_streams)
+    finally:
+        for c in clients:
+            c.close()
         g.device.close()
         io.stop()
 

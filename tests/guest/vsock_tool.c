@@ -15,6 +15,9 @@
  *   write PATH N       write N pattern bytes to the file PATH (a virtio-console port)
  *
  * Pattern byte i is ((i * 131) ^ (i >> 9)) & 0xff.
+ *
+ * A step that wrote to a connection closes it lingering (close_delivered), so that what it
+ * wrote has reached the host before the tool goes on, and at the end reboots.
  */
 
 #define __NR_socket_   41
@@ -23,11 +26,15 @@
 #define __NR_shutdown_ 48
 #define __NR_bind_     49
 #define __NR_listen_   50
+#define __NR_setsockopt_ 54
 #define AF_VSOCK_      40
 #define SOCK_STREAM_   1
 #define CID_HOST_      2
 #define CID_ANY_       0xFFFFFFFFu
 #define SHUT_WR_       1
+#define SOL_SOCKET_    1
+#define SO_LINGER_     13
+#define LINGER_SECONDS 60
 #define CHUNK          16384
 
 struct sockaddr_vm_ {
@@ -37,6 +44,11 @@ struct sockaddr_vm_ {
 	unsigned int svm_cid;
 	unsigned char svm_flags;
 	unsigned char svm_zero[3];
+};
+
+struct linger_ {
+	int l_onoff;
+	int l_linger;
 };
 
 static unsigned char buf[CHUNK];
@@ -70,6 +82,22 @@ static long vsock_connect(unsigned int port)
 		return r;
 	}
 	return fd;
+}
+
+/*
+ * Close a connection once the host has what was written to it. A plain close() returns
+ * with the last packets possibly still queued in the kernel for the vsock transmit worker;
+ * on one CPU that worker may not run before the tool's reboot resets the device, and the
+ * packets are lost although write() succeeded. Lingering, close() waits (at most
+ * LINGER_SECONDS) for the host's reset that answers the shutdown, which the host sends
+ * only after the data.
+ */
+static void close_delivered(long fd)
+{
+	struct linger_ l = { 1, LINGER_SECONDS };
+
+	my_syscall5(__NR_setsockopt_, fd, SOL_SOCKET_, SO_LINGER_, &l, sizeof(l));
+	close(fd);
 }
 
 static long write_all(int fd, const unsigned char *p, long n)
@@ -129,7 +157,7 @@ static int step_xfer(unsigned int port, unsigned long n)
 			recvd += r;
 		}
 	}
-	close(fd);
+	close_delivered(fd);
 	printf("VSOCK xfer %u sent=%lu recv=%lu fnv=%x\n", port, sent, recvd, fnv);
 	return 0;
 }
@@ -157,7 +185,7 @@ static int step_echo(unsigned int port)
 		return 1;
 	}
 	n = echo(fd);
-	close(fd);
+	close_delivered(fd);
 	printf("VSOCK echo %u bytes=%lu\n", port, n);
 	return 0;
 }
@@ -181,7 +209,7 @@ static int step_listen_echo(unsigned int port)
 		return 1;
 	}
 	n = echo(fd);
-	close(fd);
+	close_delivered(fd);
 	close(s);
 	printf("VSOCK listen-echo %u bytes=%lu\n", port, n);
 	return 0;

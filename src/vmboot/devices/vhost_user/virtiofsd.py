@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmboot.devices.owned_dir import OwnedDir
 from vmboot.devices.socket_path import check_socket_path, listen_unix
 from vmboot.errors import UsageError
 
@@ -50,6 +51,8 @@ USERNS_HINT = ("run vmboot as root, or allow unprivileged user namespaces (sysct
                "kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0; on "
                "Ubuntu 24.04 also kernel.apparmor_restrict_unprivileged_userns=0)")
 SOCKET_FIELD = "virtiofsd socket"
+TMPDIR_PREFIX = "vmboot-virtiofs-"
+"""The private temporary directory of each virtiofsd (its socket and log)."""
 
 
 class VirtiofsdMissing(UsageError):
@@ -143,7 +146,7 @@ class Virtiofsd:
     process: subprocess.Popen[bytes]
     socket_path: str
     source: Path
-    _tmpdir: tempfile.TemporaryDirectory[str]
+    _tmpdir: OwnedDir
     _own_path: bool = False
     """The socket is at a path the caller chose, outside the temporary directory: removed
     by :meth:`stop`."""
@@ -153,7 +156,8 @@ class Virtiofsd:
               extra_args: tuple[str, ...] = (), read_only: bool = False,
               socket_path: str | None = None) -> Virtiofsd:
         """Start virtiofsd on ``source``. ``socket_path``: where its vhost-user socket is
-        (default: in a private temporary directory); a stale socket file an earlier run
+        (default: in a private temporary directory, :data:`TMPDIR_PREFIX`; those a killed
+        vmboot left are removed here, :mod:`vmboot.devices.owned_dir`); a stale socket file an earlier run
         left there is replaced, a live one refused (:mod:`vmboot.devices.socket_path`)."""
         if not source.is_dir():
             raise UsageError(f"share {source}: not a directory")
@@ -162,16 +166,16 @@ class Virtiofsd:
         exe = binary or find_virtiofsd()
         rust = _is_rust(exe)
         wrapper = _namespaces(read_only, runs_unprivileged=rust)
-        tmpdir = tempfile.TemporaryDirectory(prefix="vmboot-virtiofs-")
-        path = socket_path or os.path.join(tmpdir.name, "vhost-user.sock")
+        tmpdir = OwnedDir(TMPDIR_PREFIX)
+        path = socket_path or os.path.join(tmpdir.path, "vhost-user.sock")
         served = source
         if read_only:
-            served = Path(tmpdir.name, RO_MOUNTPOINT)
+            served = Path(tmpdir.path, RO_MOUNTPOINT)
             served.mkdir()
         try:
             listener = listen_unix(path, SOCKET_FIELD, 1)
         except BaseException:
-            tmpdir.cleanup()
+            tmpdir.close()
             raise
         try:
             fd = listener.fileno()
@@ -189,12 +193,12 @@ class Virtiofsd:
             # A file, not a pipe: nobody reads virtiofsd's log while it runs, and a full
             # pipe would stall it. Its own session: a Ctrl-C at the terminal is for the
             # command in the guest, not for the file server under it (vmboot stops it).
-            with open(os.path.join(tmpdir.name, LOG_NAME), "wb") as log_file:
+            with open(os.path.join(tmpdir.path, LOG_NAME), "wb") as log_file:
                 process = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=log_file,
                                            start_new_session=True)
         except OSError as exc:
-            tmpdir.cleanup()
+            tmpdir.close()
             if socket_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(socket_path)
@@ -214,7 +218,7 @@ class Virtiofsd:
                         f"(killed by {signal.Signals(-code).name})")
         err = b""
         with contextlib.suppress(OSError):
-            err = Path(self._tmpdir.name, LOG_NAME).read_bytes()[-LOG_TAIL_BYTES:]
+            err = Path(self._tmpdir.path, LOG_NAME).read_bytes()[-LOG_TAIL_BYTES:]
         last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
         return f"virtiofsd for {self.source} exited with status {code}: {last[0]}".rstrip(": ")
 
@@ -226,7 +230,7 @@ class Virtiofsd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._tmpdir.cleanup()
+        self._tmpdir.close()
         if self._own_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)

@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from vmboot.devices.virtio import spec
+from vmboot.devices.virtio.io_thread import HostFdWatch, HostFdWatcher, IoThread, QueueServe
 from vmboot.devices.virtio.queue import DescriptorChain, GuestRam, Virtqueue
 
 QueueNotify = Callable[[int], None]
 """``notify(queue_index)``: the device added used buffers to this queue from host-side work."""
-HostFdWatch = Callable[[int, bool], None]
-"""``watch(fd, on)``: start or stop serving one of the device's :meth:`~VirtioDevice.host_fds`."""
 
 
 class VirtioDevice:
@@ -75,6 +74,19 @@ class VirtioDevice:
         the queue processed then. The device turns each on with :attr:`watch_host_fd_writable`
         while the fd's peer cannot take more (a network backend's full socket buffer)."""
         return {}
+
+    def attach_io_thread(self, io: IoThread, serve: QueueServe) -> None:
+        """The wiring gives every device the I/O thread, once, before it starts: the one way
+        host fds are served there. ``serve(queue)`` processes a queue on it. The default
+        serves :meth:`host_fds` and :meth:`host_fds_writable` through a
+        :class:`~vmboot.devices.virtio.io_thread.HostFdWatcher` (:attr:`watch_host_fd`,
+        :attr:`watch_host_fd_writable`); a device whose fds come and go (vsock's
+        connections) registers them with ``io`` itself."""
+        fds = self.host_fds()
+        if fds:
+            watcher = HostFdWatcher(io, serve, fds, self.host_fds_writable())
+            self.watch_host_fd = watcher.readable
+            self.watch_host_fd_writable = watcher.writable
 
     # -- lifetime ---------------------------------------------------------------------------
     def has_feature(self, bit: int) -> bool:

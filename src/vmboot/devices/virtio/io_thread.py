@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import threading
 from collections.abc import Callable
@@ -18,6 +19,11 @@ from collections.abc import Callable
 log = logging.getLogger("vmboot.devices.virtio")
 
 EventCallback = Callable[[], None]
+HostFdWatch = Callable[[int, bool], None]
+"""``watch(fd, on)``: start or stop serving one host fd (see :func:`host_fd_watch`)."""
+QueueServe = Callable[[int], bool]
+"""``serve(queue)``: process a device's queue on the I/O thread as a notification would;
+False when the device is not running (reset, or broken), so nothing was done."""
 
 
 def new_eventfd() -> int:
@@ -92,3 +98,72 @@ class IoThread:
         self._selector.close()
         os.close(self._stop_fd)
         self._stop_fd = -1
+
+
+class HostFdWatcher:
+    """Serve a device's host fds (fd -> queue) on the I/O thread while the device wants them:
+    readable (:meth:`readable`; a readable fd the device cannot take from would otherwise
+    wake the loop without end) and, apart, writable (:meth:`writable`; a backend whose peer's
+    buffer was full). An fd whose device stopped running (``serve`` answers False) is turned
+    off until the device turns it on again."""
+
+    def __init__(self, io: IoThread, serve: QueueServe, on_readable: dict[int, int],
+                 on_writable: dict[int, int] | None = None) -> None:
+        self.io = io
+        self.serve = serve
+        self.on_readable = on_readable
+        self.on_writable = on_writable or {}
+        self._events: dict[int, int] = {}
+        """fd -> the selectors events it is registered for (absent: not registered)."""
+        self._lock = threading.Lock()
+
+    def readable(self, fd: int, on: bool) -> None:
+        self._set(fd, selectors.EVENT_READ, on)
+
+    def writable(self, fd: int, on: bool) -> None:
+        self._set(fd, selectors.EVENT_WRITE, on)
+
+    def _set(self, fd: int, event: int, on: bool) -> None:
+        with self._lock:
+            old = self._events.get(fd, 0)
+            new = old | event if on else old & ~event
+            if new == old:
+                return
+            if not new:
+                self.io.remove(fd)
+                del self._events[fd]
+            elif not old:
+                self.io.add(fd, self._callback(fd), new)
+            else:
+                self.io.modify(fd, self._callback(fd), new)
+            if new:
+                self._events[fd] = new
+
+    def _callback(self, fd: int) -> EventCallback:
+        def ready() -> None:
+            events = self._events.get(fd, 0)
+            if not events & selectors.EVENT_WRITE:  # the usual case: no poll needed
+                served = self.serve(self.on_readable[fd])
+            else:
+                # The loop calls back without saying which event came: ask the fd. A
+                # hang-up or error comes whatever was asked for: the queue that sends finds
+                # the peer gone (and stops the watch) even while reading is off.
+                got = _poll_once(fd, events)
+                served = True
+                if got & (select.POLLOUT | select.POLLHUP | select.POLLERR) \
+                        and fd in self.on_writable:
+                    served = self.serve(self.on_writable[fd])
+                if served and got & ~select.POLLOUT and events & selectors.EVENT_READ:
+                    served = self.serve(self.on_readable[fd])
+            if not served:
+                self._set(fd, selectors.EVENT_READ | selectors.EVENT_WRITE, False)
+        return ready
+
+
+def _poll_once(fd: int, events: int) -> int:
+    """Which of ``events`` (selectors' bits) ``fd`` is ready for now, as poll(2) bits."""
+    mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
+        select.POLLOUT if events & selectors.EVENT_WRITE else 0)
+    poller = select.poll()
+    poller.register(fd, mask)
+    return sum(e for _, e in poller.poll(0))

@@ -21,16 +21,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import select
-import selectors
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from vmboot.devices.bus import MmioBus
 from vmboot.devices.virtio import spec
 from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.io_thread import IoThread, drain_eventfd, new_eventfd
+from vmboot.devices.virtio.io_thread import IoThread, QueueServe, drain_eventfd, new_eventfd
 from vmboot.devices.virtio.mmio import MmioTransport
 from vmboot.devices.virtio.queue import GuestRam
 from vmboot.errors import BootConfigError
@@ -158,9 +155,7 @@ class VirtioDevices:
         self.io_thread = io
         for t in self.transports:
             t.memory = vm.memory
-            attach_io_thread = getattr(t.device, "attach_io_thread", None)
-            if attach_io_thread is not None:  # a device with host fds of its own (vsock)
-                attach_io_thread(io)
+            t.device.attach_io_thread(io, _queue_serve(t))
             external = getattr(t.device, "served_externally", False)
             for i, fd in enumerate(t.queue_fds):
                 if use_fds:
@@ -169,11 +164,6 @@ class VirtioDevices:
                     io.add(fd, _queue_callback(t, i))
             if external:
                 self._serve_externally(io, t)
-            host_fds = t.device.host_fds()
-            if host_fds:
-                watch = HostFdWatcher(io, t, host_fds, t.device.host_fds_writable())
-                t.device.watch_host_fd = watch.readable
-                t.device.watch_host_fd_writable = watch.writable
             if use_fds:
                 irqfd = new_eventfd()
                 self._irqfds.append(irqfd)
@@ -266,70 +256,13 @@ def _backend_call(t: MmioTransport, fd: int) -> Callable[[], None]:
     return call
 
 
-class HostFdWatcher:
-    """Serve a device's host fds on the I/O thread while it wants them: readable (a readable
-    fd the device cannot take from would otherwise wake the loop without end) and, apart,
-    writable (a backend whose peer's buffer was full)."""
-
-    def __init__(self, io: IoThread, t: MmioTransport, on_readable: dict[int, int],
-                 on_writable: dict[int, int]) -> None:
-        self.io = io
-        self.t = t
-        self.on_readable = on_readable
-        self.on_writable = on_writable
-        self._events: dict[int, int] = {}
-        """fd -> the selectors events it is registered for (absent: not registered)."""
-        self._lock = threading.Lock()
-
-    def readable(self, fd: int, on: bool) -> None:
-        self._set(fd, selectors.EVENT_READ, on)
-
-    def writable(self, fd: int, on: bool) -> None:
-        self._set(fd, selectors.EVENT_WRITE, on)
-
-    def _set(self, fd: int, event: int, on: bool) -> None:
-        with self._lock:
-            old = self._events.get(fd, 0)
-            new = old | event if on else old & ~event
-            if new == old:
-                return
-            if not new:
-                self.io.remove(fd)
-                del self._events[fd]
-            elif not old:
-                self.io.add(fd, self._callback(fd), new)
-            else:
-                self.io.modify(fd, self._callback(fd), new)
-            if new:
-                self._events[fd] = new
-
-    def _callback(self, fd: int) -> Callable[[], None]:
-        def ready() -> None:
-            if not self.t.live:  # reset or broken: wait for the next activation
-                self._set(fd, selectors.EVENT_READ | selectors.EVENT_WRITE, False)
-                return
-            events = self._events.get(fd, 0)
-            if not events & selectors.EVENT_WRITE:  # the usual case: no poll needed
-                self.t.process(self.on_readable[fd])
-                return
-            # The I/O thread calls back without saying which event came: ask the fd.
-            # A hang-up or error comes whatever was asked for: the queue that sends finds
-            # the peer gone (and stops the watch) even while reading is off.
-            got = _poll_once(fd, events)
-            if got & (select.POLLOUT | select.POLLHUP | select.POLLERR) and fd in self.on_writable:
-                self.t.process(self.on_writable[fd])
-            if got & ~select.POLLOUT and events & selectors.EVENT_READ:
-                self.t.process(self.on_readable[fd])
-        return ready
-
-
-def _poll_once(fd: int, events: int) -> int:
-    """Which of ``events`` (selectors' bits) ``fd`` is ready for now, as poll(2) bits."""
-    mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
-        select.POLLOUT if events & selectors.EVENT_WRITE else 0)
-    poller = select.poll()
-    poller.register(fd, mask)
-    return sum(e for _, e in poller.poll(0))
+def _queue_serve(t: MmioTransport) -> QueueServe:
+    def serve(index: int) -> bool:
+        if not t.live:  # reset or broken: nothing until the next activation
+            return False
+        t.process(index)
+        return True
+    return serve
 
 
 def _irqfd_writer(fd: int) -> Callable[[], None]:

@@ -11,7 +11,9 @@ CID is the configuration space (one le64). Each connection is a host stream sock
   makes the device write ``OK <hostport>\\n``, its ``RST`` closes the stream. A guest that
   does not answer within the connect timeout (:data:`.vsock_host.CONNECT_TIMEOUT`) gets
   ``RST`` and the stream is closed: a timer on the I/O thread (:mod:`.deadline_timer`)
-  ends the waits.
+  ends the waits. A host stream that has not sent its whole ``CONNECT`` line within the
+  same timeout is closed too (it would otherwise hold one of the
+  :data:`MAX_PENDING_STREAMS` slots for as long as its client keeps it open).
 
 Flow control is credit-based both ways: the device accepts at most :data:`BUF_ALLOC`
 bytes per connection that the host peer has not read yet, and advertises ``fwd_cnt`` (the
@@ -45,7 +47,7 @@ from vmboot.devices.virtio import spec
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.device import VirtioDevice
-from vmboot.devices.virtio.io_thread import IoThread
+from vmboot.devices.virtio.io_thread import IoThread, QueueServe
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
 from vmboot.devices.virtio.vsock_connection import U32_MASK, Connection, ConnState, PendingStream
 from vmboot.devices.virtio.vsock_host import (
@@ -76,7 +78,8 @@ MAX_PENDING_CONTROL = 1024
 MAX_CONNECTIONS = 1024
 """Open connections per device; more requests are refused (RST, or the host stream closed)."""
 MAX_PENDING_STREAMS = 64
-"""Host streams that have not sent their CONNECT line yet; more are closed at once."""
+"""Host streams that have not sent their CONNECT line yet; more are closed at once, and each
+is closed when the connect timeout passes without the line."""
 FIRST_HOST_PORT = 1 << 30
 """Host ports for connections the host starts are allocated from here up."""
 RECV_CHUNK = vp.MAX_PAYLOAD
@@ -127,6 +130,11 @@ class VsockDevice(VirtioDevice):
         self.connections_opened = 0
         self.connect_timeouts = 0
         """Connections the host started that the guest did not answer in time."""
+        self.handshake_timeouts = 0
+        """Host streams closed for not sending their ``CONNECT`` line in time."""
+        self.reset_drops = 0
+        """Connections open when the driver reset the device (a rebooting guest does): their
+        host streams see EOF, and bytes the guest's kernel still held for them never came."""
         self.bytes_to_host = 0
         self.bytes_to_guest = 0
 
@@ -138,12 +146,15 @@ class VsockDevice(VirtioDevice):
         return {"guest_cid": self.guest_cid, "uds_path": self.config.uds_path,
                 "connections": len(self._conns), "connections_opened": self.connections_opened,
                 "connect_timeouts": self.connect_timeouts,
+                "handshake_timeouts": self.handshake_timeouts, "reset_drops": self.reset_drops,
                 "malformed": self.malformed, "resets_sent": self.resets_sent,
                 "bytes_to_host": self.bytes_to_host, "bytes_to_guest": self.bytes_to_guest}
 
     # -- the I/O thread and the hybrid socket -----------------------------------------------
-    def attach_io_thread(self, io: IoThread) -> None:
-        """Serve the host sockets on ``io``; create the hybrid socket ``<path>`` now."""
+    def attach_io_thread(self, io: IoThread, serve: QueueServe | None = None) -> None:
+        """Serve the host sockets on ``io``, registering each as it comes and goes; create
+        the hybrid socket ``<path>`` now. (``serve`` is not needed: a ready socket only
+        marks its connection and kicks the rx queue.)"""
         with self._lock:
             self._io = io
             path = self.config.uds_path
@@ -213,9 +224,10 @@ class VsockDevice(VirtioDevice):
                             MAX_PENDING_STREAMS)
                 sock.close()
                 return
-            p = PendingStream(sock, wait)
+            p = PendingStream(sock, wait, deadline=self._clock() + wait)
             self._pending_streams[sock.fileno()] = p
             self._watch_pending(p)
+            self._arm_timer()
         if self._io is None:
             self._on_pending(p)
 
@@ -262,11 +274,13 @@ class VsockDevice(VirtioDevice):
                 if c.state is ConnState.CONNECTING and c.deadline is not None]
 
     def _arm_timer(self) -> None:
-        """Wake the I/O thread at the earliest connect deadline (or never, if none)."""
+        """Wake the I/O thread at the earliest deadline: a connect the guest must answer, a
+        ``CONNECT`` line a host stream must complete (or never, if none)."""
         timer = self._timer
         if timer is None or timer.fd < 0:
             return
         deadlines = [c.deadline for c in self._connecting() if c.deadline is not None]
+        deadlines += [p.deadline for p in self._pending_streams.values()]
         if deadlines:
             timer.arm(min(deadlines) - self._clock())
         else:
@@ -280,10 +294,18 @@ class VsockDevice(VirtioDevice):
             self.expire_connects()
 
     def expire_connects(self) -> None:
-        """Give up on every host-started connection the guest did not answer in time: RST
-        to the guest, the host stream closed (the I/O thread calls this when due)."""
+        """Give up on every host-started connection the guest did not answer in time (RST
+        to the guest, the host stream closed) and close every host stream that did not send
+        its whole ``CONNECT`` line in time (the I/O thread calls this when due)."""
         with self._lock:
             now = self._clock()
+            for p in list(self._pending_streams.values()):
+                if p.deadline <= now:
+                    self.handshake_timeouts += 1
+                    log.info("vsock: a host stream sent no complete 'CONNECT <port>' line "
+                             "within the connect timeout (%g s): closed", p.connect_timeout)
+                    self._drop_pending(p)
+                    p.sock.close()
             for c in self._connecting():
                 if c.deadline is not None and c.deadline <= now:
                     self.connect_timeouts += 1
@@ -356,6 +378,11 @@ class VsockDevice(VirtioDevice):
     def reset(self) -> None:
         with self._lock:
             super().reset()
+            if self._conns:
+                self.reset_drops += len(self._conns)
+                log.info("vsock: the driver reset the device with %d connections open: their "
+                         "host streams are closed (what the guest had not sent is lost)",
+                         len(self._conns))
             self._drop_all()
             self._held_rx = None
 

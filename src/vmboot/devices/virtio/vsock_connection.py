@@ -63,4 +63,7 @@ class PendingStream:
     sock: socket.socket
     connect_timeout: float
     """Seconds the guest will have to answer the request this stream asks for."""
+    deadline: float
+    """The monotonic time by which the whole ``CONNECT`` line must have come (then the
+    stream is closed: a client that never sends it does not hold a pending slot)."""
     events: int = 0

@@ -58,7 +58,8 @@ class VsockConfig:
     cid: int = vp.DEFAULT_GUEST_CID
     uds_path: str | None = None
     connect_timeout: float = CONNECT_TIMEOUT
-    """Seconds the guest has to accept a connection the host starts (:data:`CONNECT_TIMEOUT`)."""
+    """Seconds the guest has to accept a connection the host starts (:data:`CONNECT_TIMEOUT`),
+    and a client of the hybrid socket has to send its ``CONNECT <port>`` line."""
 
     def validate(self) -> None:
         if not vp.MIN_GUEST_CID <= self.cid <= vp.MAX_GUEST_CID:
