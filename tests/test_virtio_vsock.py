@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +439,64 @@ def test_in_process_connect_through_the_io_thread() -> None:
     finally:
         g.device.close()
         io.stop()
+
+
+@contextlib.contextmanager
+def _guest_on_an_io_thread(monkeypatch: pytest.MonkeyPatch,
+                           tx_signal_delay: float) -> Iterator[Guest]:
+    """A guest whose device runs its timers on a started I/O thread, as in a Machine."""
+    from vmboot.devices.virtio.io_thread import IoThread
+
+    monkeypatch.setattr(vsock_module, "TX_SIGNAL_DELAY", tx_signal_delay)
+    g = guest()
+    io = IoThread()
+    io.start()
+
+    def serve(index: int) -> bool:
+        g.r.transport.process(index)
+        return True
+    g.device.attach_io_thread(io, serve)
+    try:
+        yield g
+    finally:
+        g.device.close()
+        io.stop()
+
+
+def test_used_tx_buffers_share_one_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each interrupt for used tx buffers costs Linux two worker wake-ups: the device holds
+    it back until TX_SIGNAL_AT_ONCE buffers are used (or the delay is over, never here),
+    while the payloads reach the host at once."""
+    with _guest_on_an_io_thread(monkeypatch, 3600.0) as g:
+        host = _established(g)
+        before = len(g.r.interrupts)
+        held = len(g.r.queues[vp.TX_QUEUE].take_used())  # the REQUEST's buffer waits too
+        assert held == 1
+        for i in range(vsock_module.TX_SIGNAL_AT_ONCE - held - 1):
+            g.send(vp.Op.RW, GUEST_PORT, HOST_PORT, bytes([i]) * 100)
+            assert _recv_exactly(host, 100) == bytes([i]) * 100
+        assert len(g.r.interrupts) == before
+        g.send(vp.Op.RW, GUEST_PORT, HOST_PORT, b"last")
+        assert len(g.r.interrupts) == before + 1
+        assert g.r.interrupts[-1] & spec.INTERRUPT_USED_BUFFER
+
+
+def test_held_back_tx_interrupt_comes_when_the_delay_is_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with _guest_on_an_io_thread(monkeypatch, 0.5) as g:
+        host = _established(g)
+        g.r.queues[vp.TX_QUEUE].take_used()
+        before = len(g.r.interrupts)
+        for _ in range(3):
+            g.send(vp.Op.RW, GUEST_PORT, HOST_PORT, b"x" * 10)
+        assert _recv_exactly(host, 30) == b"x" * 30
+        for _ in range(500):
+            if len(g.r.interrupts) > before:
+                break
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.1)  # nothing more follows
+        assert len(g.r.interrupts) == before + 1
+        assert len(g.r.queues[vp.TX_QUEUE].take_used()) == 3
 
 
 def test_close_after_the_io_thread_stopped_closes_open_streams() -> None:

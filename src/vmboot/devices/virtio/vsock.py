@@ -49,6 +49,7 @@ from vmboot.devices.virtio.deadline_timer import DeadlineTimer
 from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.io_thread import IoThread, QueueServe
 from vmboot.devices.virtio.queue import DescriptorChain, gather, scatter
+from vmboot.devices.virtio.signal_delay import SignalDelay
 from vmboot.devices.virtio.vsock_connection import U32_MASK, Connection, ConnState, PendingStream
 from vmboot.devices.virtio.vsock_host import (
     MAX_COMMAND,
@@ -78,6 +79,15 @@ have less than one full packet (:data:`.vsock_packet.MAX_PAYLOAD`) of credit lef
 sooner. Each update costs the guest an interrupt, a worker wake-up and an rx buffer
 refill, so one per quarter of :data:`BUF_ALLOC` made it pay three times as often; the
 guest still has a packet's worth to send while the update travels, so it does not stall."""
+TX_SIGNAL_DELAY = 0.05
+"""Seconds the interrupt for used tx buffers may wait for company (:mod:`.signal_delay`).
+Linux's driver only frees the packets it sent when it gets it, in a worker that then also
+runs its send worker: two wake-ups per interrupt, per packet when each one is signalled.
+Any rx interrupt (a credit update, a reply) serves the tx queue too and usually comes
+first; the delay only bounds how long the guest holds the copies of what it sent."""
+TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
+"""Used tx buffers whose interrupt never waits: Linux puts a packet in two descriptors, so
+the driver still has half its ring free and never waits on a full ring for the delay."""
 MAX_PENDING_CONTROL = 1024
 """Control packets (RST, RESPONSE...) waiting for rx buffers; more are dropped, counted."""
 MAX_CONNECTIONS = 1024
@@ -124,6 +134,9 @@ class VsockDevice(VirtioDevice):
         self._control: collections.deque[_Control] = collections.deque()
         self._readable: dict[tuple[int, int], None] = {}
         self._held_rx: DescriptorChain | None = None
+        self._tx_signal: SignalDelay | None = None
+        """Made with the I/O thread (which serves its timer); without one, every used tx
+        buffer is signalled at once."""
         self._reset_event_pending = False
         self._next_host_port = FIRST_HOST_PORT
         self.malformed = 0
@@ -158,8 +171,9 @@ class VsockDevice(VirtioDevice):
     # -- the I/O thread and the hybrid socket -----------------------------------------------
     def attach_io_thread(self, io: IoThread, serve: QueueServe | None = None) -> None:
         """Serve the host sockets on ``io``, registering each as it comes and goes; create
-        the hybrid socket ``<path>`` now. (``serve`` is not needed: a ready socket only
-        marks its connection and kicks the rx queue.)"""
+        the hybrid socket ``<path>`` now. A ready socket only marks its connection and
+        kicks the rx queue; ``serve`` runs the tx queue when the delay of its held-back
+        interrupt is over (:data:`TX_SIGNAL_DELAY`)."""
         with self._lock:
             self._io = io
             path = self.config.uds_path
@@ -172,10 +186,21 @@ class VsockDevice(VirtioDevice):
                 self._timer = DeadlineTimer()
                 io.add(self._timer.fd, self._on_timer)
                 self._arm_timer()
+            if serve is not None and self._tx_signal is None:
+                tx_signal = SignalDelay(TX_SIGNAL_DELAY, TX_SIGNAL_AT_ONCE)
+                self._tx_signal = tx_signal
+                io.add(tx_signal.fd, lambda: self._on_tx_signal(tx_signal, serve))
             for c in self._conns.values():
                 self._watch(c)
             for p in self._pending_streams.values():
                 self._watch_pending(p)
+
+    @staticmethod
+    def _on_tx_signal(tx_signal: SignalDelay, serve: QueueServe) -> None:
+        """I/O thread: the tx interrupt's delay is over: process the tx queue, which
+        signals what waited (unless the driver saw it meanwhile)."""
+        if not serve(vp.TX_QUEUE):
+            tx_signal.reset()  # the device is not running: nothing to signal
 
     def _set_events(self, sock: socket.socket, old: int, new: int, callback: Any) -> int:
         io = self._io
@@ -390,6 +415,8 @@ class VsockDevice(VirtioDevice):
                          len(self._conns))
             self._drop_all()
             self._held_rx = None
+            if self._tx_signal is not None:
+                self._tx_signal.reset()
 
     def _drop_all(self) -> None:
         for c in list(self._conns.values()):
@@ -419,6 +446,12 @@ class VsockDevice(VirtioDevice):
                     with contextlib.suppress(KeyError, ValueError):
                         self._io.remove(timer.fd)
                 timer.close()
+            tx_signal, self._tx_signal = self._tx_signal, None
+            if tx_signal is not None:
+                if self._io is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._io.remove(tx_signal.fd)
+                tx_signal.close()
             for listener in self._listeners.values():
                 listener.close()
             server, self._server = self._server, None
@@ -455,10 +488,14 @@ class VsockDevice(VirtioDevice):
             if self.memory is None:
                 return False
             if index == vp.TX_QUEUE:
+                q = self.queues[vp.TX_QUEUE]
+                before = q.next_used
                 used = self._process_tx()
                 if self._rx_work() and self._notify is not None:
                     self._notify(vp.RX_QUEUE)
-                return used
+                if self._tx_signal is None:
+                    return used
+                return self._tx_signal.completed((q.next_used - before) & 0xFFFF)
             if index == vp.RX_QUEUE:
                 return self._fill_rx()
             return self._send_events()
