@@ -85,9 +85,11 @@ Linux's driver only frees the packets it sent when it gets it, in a worker that 
 runs its send worker: two wake-ups per interrupt, per packet when each one is signalled.
 Any rx interrupt (a credit update, a reply) serves the tx queue too and usually comes
 first; the delay only bounds how long the guest holds the copies of what it sent."""
-TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
-"""Used tx buffers whose interrupt never waits: Linux puts a packet in two descriptors, so
-the driver still has half its ring free and never waits on a full ring for the delay."""
+TX_SIGNAL_RING_SHARE = 4
+"""The interrupt never waits once this fraction (1/N) of the tx ring is used and not
+signalled: Linux puts a packet in one ring entry (an indirect table) or two, so its driver
+always has half its ring free and never waits on a full ring for the delay, whatever ring
+size it chose."""
 MAX_PENDING_CONTROL = 1024
 """Control packets (RST, RESPONSE...) waiting for rx buffers; more are dropped, counted."""
 MAX_CONNECTIONS = 1024
@@ -187,7 +189,7 @@ class VsockDevice(VirtioDevice):
                 io.add(self._timer.fd, self._on_timer)
                 self._arm_timer()
             if serve is not None and self._tx_signal is None:
-                tx_signal = SignalDelay(TX_SIGNAL_DELAY, TX_SIGNAL_AT_ONCE)
+                tx_signal = SignalDelay(TX_SIGNAL_DELAY, QUEUE_SIZE // TX_SIGNAL_RING_SHARE)
                 self._tx_signal = tx_signal
                 io.add(tx_signal.fd, lambda: self._on_tx_signal(tx_signal, serve))
             for c in self._conns.values():
@@ -495,6 +497,7 @@ class VsockDevice(VirtioDevice):
                     self._notify(vp.RX_QUEUE)
                 if self._tx_signal is None:
                     return used
+                self._tx_signal.at_once = max(1, q.size // TX_SIGNAL_RING_SHARE)
                 return self._tx_signal.completed((q.next_used - before) & 0xFFFF)
             if index == vp.RX_QUEUE:
                 return self._fill_rx()
