@@ -36,13 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Timing, print_table, summary_row, write_results
-from kvm_stats import QmpStats
+from kvm_stats import EXITS, QmpStats
 from vmproc import KERNELS, QEMU_KVM
 
 from vmboot.execute.default_guest import shipped_busybox
@@ -81,6 +82,16 @@ class Sample:
     seconds: float
     exits: int
     received: int
+    kvm: dict[str, int] = field(default_factory=dict)
+    """Every KVM statistic of vCPU 0 that moved between the markers, by its name."""
+    vmm: dict[str, int] = field(default_factory=dict)
+    """vmboot's own counts between the markers (``exec_tap.DeviceCounts``); empty for QEMU."""
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that changed from ``before`` to ``after``, by how much."""
+    return {name: after.get(name, 0) - before.get(name, 0) for name in sorted({*before, *after})
+            if after.get(name, 0) != before.get(name, 0)}
 
 
 def qemu_command(kernel: Path, initrd: Path, out_file: Path, null: bool) -> list[str]:
@@ -107,13 +118,15 @@ def measure_vmboot(kernel: Path, null: bool, tmp: Path, channel: str = "auto") -
            "--", *vmboot_command(kernel, null, channel)[4:]]
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=TIMEOUT + 120, check=False)
-    lines = record.read_text().split() if record.exists() else []
-    notes = {lines[i]: (float(lines[i + 1]), int(lines[i + 2])) for i in range(0, len(lines), 3)}
+    lines = record.read_text().splitlines() if record.exists() else []
+    notes = {note["marker"]: note for note in map(json.loads, lines)}
     if done.returncode != 0 or set(notes) != {START.decode(), END.decode()}:
         raise SystemExit(f"vmboot exec: status {done.returncode}, markers {sorted(notes)}:\n"
                          f"{done.stderr[-2000:].decode(errors='replace')}")
-    (t0, e0), (t1, e1) = notes[START.decode()], notes[END.decode()]
-    return Sample(t1 - t0, e1 - e0, len(done.stdout))
+    first, last = notes[START.decode()], notes[END.decode()]
+    kvm = moved(first["kvm"], last["kvm"])
+    return Sample(last["time"] - first["time"], kvm.get(EXITS, 0), len(done.stdout), kvm,
+                  moved(first["vmm"], last["vmm"]))
 
 
 def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
@@ -127,7 +140,7 @@ def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
                             stderr=subprocess.STDOUT, start_new_session=True)
     assert isinstance(proc.stdout, io.BufferedReader)  # default bufsize: buffered, with read1
     seen = bytearray()
-    notes: dict[bytes, tuple[float, int]] = {}
+    notes: dict[bytes, tuple[float, dict[str, int]]] = {}
     qmp: QmpStats | None = None
     try:
         while chunk := proc.stdout.read1(65536):
@@ -137,7 +150,7 @@ def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
                 if marker not in notes and marker in seen:
                     if qmp is None:
                         qmp = QmpStats(qmp_path)
-                    notes[marker] = (now, qmp.vcpu_exits())
+                    notes[marker] = (now, qmp.vcpu_stats())
             if END in notes:
                 break
         settle = time.monotonic() + FLUSH_SECONDS  # the port's last bytes reach the file
@@ -150,8 +163,10 @@ def measure_qemu(kernel: Path, initrd: Path, null: bool, tmp: Path) -> Sample:
         proc.wait()
     if END not in notes:
         raise SystemExit(f"QEMU: no markers:\n{bytes(seen[-2000:]).decode(errors='replace')}")
-    (t0, e0), (t1, e1) = notes[START], notes[END]
-    return Sample(t1 - t0, e1 - e0, out_file.stat().st_size if out_file.exists() else 0)
+    (t0, s0), (t1, s1) = notes[START], notes[END]
+    kvm = moved(s0, s1)
+    return Sample(t1 - t0, kvm.get(EXITS, 0), out_file.stat().st_size if out_file.exists() else 0,
+                  kvm)
 
 
 def main() -> None:
