@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 

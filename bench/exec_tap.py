@@ -1,7 +1,8 @@
 """Run ``vmboot exec`` exactly as the ``vmboot`` command does, and note, when each bench
 marker reaches its stderr, the time, every KVM statistic of vCPU 0 (read inside this
-process: :class:`kvm_stats.OwnVcpuStats`, its fd opened as the vCPU is created) and vmboot's own count of what its virtio-mmio
-devices did (:class:`DeviceCounts`). Used by ``bench/exec_output.py``.
+process: :class:`kvm_stats.OwnVcpuStats`, its fd opened as the vCPU is created) and
+vmboot's own count of what its virtio-mmio devices did (:class:`DeviceCounts`).
+Used by ``bench/exec_output.py``.
 
 Run: ``python bench/exec_tap.py RECORD -- ARGS...`` (ARGS as for ``vmboot exec``); RECORD
 gets one JSON line per marker: ``{"marker", "time", "kvm": {...}, "vmm": {...}}``.
