@@ -33,6 +33,8 @@ DESC = struct.Struct("<IhHII")
 """struct kvm_stats_desc: flags, exponent, size, offset, bucket_size; then name[name_size]."""
 VCPU_LINK = "anon_inode:kvm-vcpu:"
 EXITS = "exits"
+MMIO_EXITS = "mmio_exits"
+IO_EXITS = "io_exits"
 
 
 def _stat_offsets(fd: int) -> dict[str, int]:
