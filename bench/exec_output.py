@@ -34,7 +34,10 @@ run's) / MB moved, per statistic too (``statistics_per_mb``). Two summary rows:
   per MB of noise between runs;
 - exits to userspace (``mmio_exits`` + ``io_exits``): what the device protocol costs
   (InterruptStatus reads and InterruptACK writes per interrupt, notifications without
-  ioeventfd); steady from run to run.
+  ioeventfd); steady from run to run. The nested KVM (PVM) this was measured on never
+  counts ``io_exits`` (the UART fallback's million port writes per MB show in ``exits``
+  and ``fpu_reload`` only), so the row holds for the MMIO devices compared here, not for
+  the UART.
 
 The statistics fd must be opened before the vCPU runs: ``KVM_GET_STATS_FD`` waits for the
 vCPU's mutex, which ``KVM_RUN`` holds until the next exit to userspace, so opened at the
