@@ -1,4 +1,5 @@
-"""KVM's own ``exits`` counter of vCPU 0, read the same way for vmboot and for QEMU.
+"""KVM's own statistics of vCPU 0 (``exits``, ``mmio_exits``, ``halt_exits``, ...), read the
+same way for vmboot and for QEMU.
 
 Both come from KVM's binary statistics (``KVM_GET_STATS_FD``, Linux 5.14+;
 Documentation/virt/kvm/api.rst): they count every exit, those KVM handles itself
@@ -32,6 +33,8 @@ DESC = struct.Struct("<IhHII")
 """struct kvm_stats_desc: flags, exponent, size, offset, bucket_size; then name[name_size]."""
 VCPU_LINK = "anon_inode:kvm-vcpu:"
 EXITS = "exits"
+MMIO_EXITS = "mmio_exits"
+IO_EXITS = "io_exits"
 
 
 def _stat_offsets(fd: int) -> dict[str, int]:
@@ -49,19 +52,39 @@ def _stat_offsets(fd: int) -> dict[str, int]:
 
 
 class OwnVcpuStats:
-    """The statistics fd of vCPU ``index`` of this process's VM (opened on first use)."""
+    """The statistics fd of vCPU ``index`` of this process's VM.
+
+    Open it with :meth:`attach` as soon as the vCPU exists: ``KVM_GET_STATS_FD`` is a vCPU
+    ioctl, which waits for the vCPU's mutex, and a vCPU inside ``KVM_RUN`` holds that until
+    its next exit to userspace. Opened later (on the first :meth:`read_all`, which looks the
+    vCPU fd up in ``/proc/self/fd``), the first reading waits that long and is taken late: a
+    guest busy in its own code for a second makes it a second late. Reading the statistics
+    fd itself (``pread``) never waits.
+    """
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
         self._fd: int | None = None
         self._offsets: dict[str, int] = {}
 
+    def attach(self, vcpu_fd: int) -> None:
+        """Open the statistics fd of ``vcpu_fd`` now (before its first ``KVM_RUN``)."""
+        if self._fd is None:
+            self._fd = int(fcntl.ioctl(vcpu_fd, KVM_GET_STATS_FD))
+            self._offsets = _stat_offsets(self._fd)
+
     def read(self, name: str = EXITS) -> int:
+        return self.read_all()[name]
+
+    def read_all(self) -> dict[str, int]:
+        """Every single-value statistic this host's KVM exposes, in one ``pread``."""
         if self._fd is None:
             self._fd = self._open()
             self._offsets = _stat_offsets(self._fd)
-        value: int = struct.unpack("<Q", os.pread(self._fd, 8, self._offsets[name]))[0]
-        return value
+        low, high = min(self._offsets.values()), max(self._offsets.values()) + 8
+        raw = os.pread(self._fd, high - low, low)
+        return {name: int(struct.unpack_from("<Q", raw, at - low)[0])
+                for name, at in self._offsets.items()}
 
     def _open(self) -> int:
         link = f"{VCPU_LINK}{self.index}"
@@ -102,10 +125,14 @@ class QmpStats:
         return reply["return"]
 
     def vcpu_exits(self, index: int = 0) -> int:
-        got = self._command("query-stats", target="vcpu",
-                            providers=[{"provider": "kvm", "names": [EXITS]}])
+        return self.vcpu_stats(index)[EXITS]
+
+    def vcpu_stats(self, index: int = 0) -> dict[str, int]:
+        """Every single-value KVM statistic of vCPU ``index`` (histograms left out)."""
+        got = self._command("query-stats", target="vcpu", providers=[{"provider": "kvm"}])
         per_vcpu = sorted(got, key=lambda r: r["qom-path"])
-        return int(next(s["value"] for s in per_vcpu[index]["stats"] if s["name"] == EXITS))
+        return {s["name"]: int(s["value"]) for s in per_vcpu[index]["stats"]
+                if isinstance(s["value"], int)}
 
     def close(self) -> None:
         self.stream.close()
