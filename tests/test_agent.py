@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
+from endless_pipe import endless_pipe
 from vmboot.agent import agent_binary
 from vmboot.agent import protocol as p
 from vmboot.agent.build import LINUX_SOURCE_TARBALL, build
@@ -221,16 +222,8 @@ def test_without_output_ports_output_takes_the_pipes(agent: AgentClient) -> None
 def test_stdin_from_a_pipe_that_never_closes_ends_with_the_command(agent: AgentClient) -> None:
     """``yes | vmboot exec -- head -n 3``: stdin is read as the command takes it, and the
     run ends when the command does although the pipe stays open and full."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write_end, b"y\n" * 4096)
-    try:
-        with os.fdopen(read_end, "rb", buffering=0) as stdin:
-            result = agent.run(["/usr/bin/head", "-n", "3"], ENV, stdin=stdin, timeout=60)
-    finally:
-        os.close(write_end)
+    with endless_pipe() as stdin:
+        result = agent.run(["/usr/bin/head", "-n", "3"], ENV, stdin=stdin, timeout=60)
     assert result.exit_status == 0 and result.stdout == b"y\n" * 3 and not result.timed_out
 
 

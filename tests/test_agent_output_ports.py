@@ -13,7 +13,6 @@ Each test prints what it measured (``pytest -s``); no assertion involves a time.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
+from endless_pipe import endless_pipe
 from vmboot.agent.client import StdinSource
 from vmboot.agent.protocol import OutputPath
 
@@ -104,16 +104,8 @@ def test_stdin_streams_from_a_pipe_that_never_closes(machine: object) -> None:
     full, the command reads three lines and exits, and so does the run."""
     from vmboot.agent.client import CommandResult
 
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write_end, b"y\n" * 4096)
-    try:
-        with os.fdopen(read_end, "rb", buffering=0) as stdin:
-            result = _run(machine, "head -n 3", stdin=stdin)
-    finally:
-        os.close(write_end)
+    with endless_pipe() as stdin:
+        result = _run(machine, "head -n 3", stdin=stdin)
     assert isinstance(result, CommandResult)
     assert (result.exit_status, result.stdout, result.timed_out) == (0, b"y\n" * 3, False)
 
