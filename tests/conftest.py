@@ -8,6 +8,7 @@ with the prerequisite's name, so a CI machine cannot pass by skipping.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,17 @@ def shared_kernel_file(name: str) -> Path:
     require(path.exists(), f"shared test kernel {name}",
             f"{path} is missing (the test kernels live in ../shared/kernels beside the repository, "
             f"or in ${SHARED_KERNELS_ENV})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_smp_vmlinux_debug(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-smp's DWARF (``tiny-smp-vmlinux.debug.xz``, about 190 MB unpacked), unpacked once
+    per test session (per xdist worker) into a temporary directory."""
+    packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
+    path = tmp_path_factory.mktemp("dwarf") / "tiny-smp-vmlinux.debug"
+    with lzma.open(packed) as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 8 << 20)
     return path
 
 

@@ -3,9 +3,7 @@ and the BTF of the Debian cloud kernel read from the bzImage alone."""
 
 from __future__ import annotations
 
-import lzma
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from struct import pack
@@ -104,13 +102,9 @@ def pahole_layout(elf: Path, struct: str, source: str) -> tuple[int, dict[str, t
 
 
 @pytest.fixture(scope="module")
-def tiny_smp_dwarf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_smp_dwarf(tiny_smp_vmlinux_debug: Path) -> Path:
     require_tool("pahole", "dwarves")
-    packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
-    out = tmp_path_factory.mktemp("dwarf") / "tiny-smp-vmlinux.debug"
-    with lzma.open(packed) as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return out
+    return tiny_smp_vmlinux_debug
 
 
 @pytest.mark.slow

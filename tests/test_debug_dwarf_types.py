@@ -6,8 +6,6 @@ whose BTF is hidden, with the debug vmlinux given."""
 
 from __future__ import annotations
 
-import lzma
-import shutil
 import struct
 import subprocess
 import time
@@ -118,15 +116,6 @@ def test_unit_headers_of_64_bit_dwarf() -> None:
 
 
 # -- tiny-smp: DWARF against BTF ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_smp_debug(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
-    out = tmp_path_factory.mktemp("dwarf") / "tiny-smp-vmlinux.debug"
-    with lzma.open(packed) as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return out
-
-
 def layout_rows(types: TypeGraph, struct_name: str) -> list[tuple[str, int, int, str, int]]:
     """Every member (two levels into nested structs and unions): path, bit offset,
     bitfield size, kind and size."""
@@ -148,10 +137,10 @@ def layout_rows(types: TypeGraph, struct_name: str) -> list[tuple[str, int, int,
 
 
 @pytest.mark.slow
-def test_tiny_smp_dwarf_layouts_equal_its_btf(tiny_smp_debug: Path) -> None:
+def test_tiny_smp_dwarf_layouts_equal_its_btf(tiny_smp_vmlinux_debug: Path) -> None:
     with ElfFile.open(shared_kernel_file("tiny-smp-vmlinux")) as elf:
         btf = Btf.from_elf(elf)
-    with ElfFile.open(tiny_smp_debug) as elf:
+    with ElfFile.open(tiny_smp_vmlinux_debug) as elf:
         with pytest.raises(BtfLookupError, match=r"SHT_NOBITS: a debug-only file"):
             Btf.from_elf(elf)
         dwarf = DwarfTypes.from_elf(elf, also=("inactive_task_frame",))
@@ -170,7 +159,7 @@ BOOT_LIMIT_S = 400
 
 
 @pytest.fixture(scope="module")
-def btf_hidden_guest(tiny_smp_debug: Path,
+def btf_hidden_guest(tiny_smp_vmlinux_debug: Path,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     """tiny-smp booted from a copy of its vmlinux whose ``.BTF`` is renamed away (nothing
     of it can be found), with the debug vmlinux given for symbols and layouts."""
@@ -180,7 +169,7 @@ def btf_hidden_guest(tiny_smp_debug: Path,
                     str(hidden)], check=True, timeout=120)
     clear_symbol_cache()
     with Machine(hidden, initrd=shared_kernel_file("tiny-initramfs-min.cpio"),
-                 cmdline=HOLD_CMDLINE, vmlinux=tiny_smp_debug) as m:
+                 cmdline=HOLD_CMDLINE, vmlinux=tiny_smp_vmlinux_debug) as m:
         end = time.monotonic() + BOOT_LIMIT_S
         while b"VMBOOT-INIT-OK" not in bytes(m.console.data):
             assert time.monotonic() < end, bytes(m.console.data[-1500:])
@@ -191,12 +180,12 @@ def btf_hidden_guest(tiny_smp_debug: Path,
 @pytest.mark.slow
 @requires_kvm
 def test_tasks_of_a_guest_without_btf_come_from_dwarf(btf_hidden_guest: Machine,
-                                                      tiny_smp_debug: Path) -> None:
+                                                      tiny_smp_vmlinux_debug: Path) -> None:
     m = btf_hidden_guest
     kernel = m.load_kernel().data
     with pytest.raises(BtfLookupError):
         Btf.from_kernel_image(kernel)
-    assert isinstance(load_types(str(tiny_smp_debug), kernel), DwarfTypes)
+    assert isinstance(load_types(str(tiny_smp_vmlinux_debug), kernel), DwarfTypes)
     from_dwarf = m.tasks()
     with_btf = list_tasks(m.vcpus, kernel=shared_kernel_file("tiny-smp-vmlinux").read_bytes(),
                           slide=m.kaslr_slide())

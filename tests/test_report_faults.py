@@ -21,7 +21,6 @@ and last line, frames), and against ``--fail-on`` and ``vmboot report``.
 from __future__ import annotations
 
 import json
-import lzma
 import re
 import shutil
 import struct
@@ -368,15 +367,6 @@ def test_null_dereference_is_an_oops(guest: Guest, oops: Fault, tmp_path: Path,
     assert "Killed" in oops.text and "DONE-42" in oops.text  # the task died, the shell lives
 
 
-@pytest.fixture(scope="module")
-def debug_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
-    path = tmp_path_factory.mktemp("debug") / "tiny-smp-vmlinux.debug"
-    with lzma.open(packed) as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst, 8 << 20)
-    return path
-
-
 def drgn_stack(core: Path, debug: Path, pid: int) -> list[str]:
     """The function names drgn unwinds for task ``pid`` of ``core`` (see test_vmcore_real
     for why the kernel's address range is set)."""
@@ -393,7 +383,7 @@ def drgn_stack(core: Path, debug: Path, pid: int) -> list[str]:
     return [str(frame.name) for frame in prog.stack_trace(find_task(prog, pid))]
 
 
-def test_oops_writes_a_vmcore_that_drgn_opens(oops: Fault, debug_file: Path,
+def test_oops_writes_a_vmcore_that_drgn_opens(oops: Fault, tiny_smp_vmlinux_debug: Path,
                                               tmp_path: Path) -> None:
     """drgn unwinds the oopsing task from the vmcore written at its first line.
 
@@ -405,7 +395,7 @@ def test_oops_writes_a_vmcore_that_drgn_opens(oops: Fault, debug_file: Path,
     m = re.search(r"CPU: (\d+) PID: (\d+) Comm: hostname", oops.text)
     assert m is not None, oops.text
     cpu, pid = int(m.group(1)), int(m.group(2))
-    names = drgn_stack(oops.vmcores[0], debug_file, pid)
+    names = drgn_stack(oops.vmcores[0], tiny_smp_vmlinux_debug, pid)
     assert "__x64_sys_sethostname" in names and "do_syscall_64" in names, names
     by_pid = tmp_path / "vmcore.by-pid"
     shutil.copyfile(oops.vmcores[0], by_pid)
@@ -416,7 +406,7 @@ def test_oops_writes_a_vmcore_that_drgn_opens(oops: Fault, debug_file: Path,
         f.seek(pid_at)
         f.write(pid.to_bytes(4, "little"))
     with pytest.raises(LookupError, match=f"CPU {cpu}"):
-        drgn_stack(by_pid, debug_file, pid)
+        drgn_stack(by_pid, tiny_smp_vmlinux_debug, pid)
 
 
 def prstatus_offsets(head: bytes) -> list[int]:

@@ -9,9 +9,7 @@ a timeout dump; QEMU TCG guests (tiny-smp, and Debian's cloud kernel when it can
 from __future__ import annotations
 
 import json
-import lzma
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -95,15 +93,6 @@ def panicked(tmp_path_factory: pytest.TempPathFactory) -> Panicked:
     return Panicked(result, result.vmcores[0])
 
 
-@pytest.fixture(scope="module")
-def debug_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    packed = shared_kernel_file("tiny-smp-vmlinux.debug.xz")
-    path = tmp_path_factory.mktemp("debug") / "tiny-smp-vmlinux.debug"
-    with lzma.open(packed) as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst, 8 << 20)
-    return path
-
-
 def import_drgn() -> Any:
     """The drgn module (a prerequisite: skipped, or failed under CI, without it)."""
     try:
@@ -155,8 +144,8 @@ def test_vmboot_reads_its_vmcore_back_to_the_printed_trace(panicked: Panicked) -
 
 
 @requires_kvm
-def test_drgn_opens_the_vmcore(panicked: Panicked, debug_file: Path) -> None:
-    prog = drgn_program(panicked.vmcore, debug_file)
+def test_drgn_opens_the_vmcore(panicked: Panicked, tiny_smp_vmlinux_debug: Path) -> None:
+    prog = drgn_program(panicked.vmcore, tiny_smp_vmlinux_debug)
     from drgn.helpers.linux.pid import find_task, for_each_task
 
     assert prog["init_task"].comm.string_() == b"swapper/0"
@@ -185,8 +174,8 @@ def run_crash(core: Path, debug: Path, commands: list[str]) -> str:
 
 
 @requires_kvm
-def test_crash_opens_the_vmcore(panicked: Panicked, debug_file: Path) -> None:
-    out = run_crash(panicked.vmcore, debug_file, ["bt", "ps", "log"])
+def test_crash_opens_the_vmcore(panicked: Panicked, tiny_smp_vmlinux_debug: Path) -> None:
+    out = run_crash(panicked.vmcore, tiny_smp_vmlinux_debug, ["bt", "ps", "log"])
     assert re.search(r"#\d+ \[[0-9a-f]+\] panic at ", out), out
     assert "__handle_sysrq" in out
     assert re.search(r">\s+1\s+0\s+0\s+[0-9a-f]+\s+RU\s.*\binit\b", out), out
@@ -235,12 +224,12 @@ def test_sigusr2_and_timeout_write_vmcores(idle_run: IdleRun) -> None:
 
 
 @requires_kvm
-def test_drgn_reads_the_timeout_vmcore(idle_run: IdleRun, debug_file: Path) -> None:
+def test_drgn_reads_the_timeout_vmcore(idle_run: IdleRun, tiny_smp_vmlinux_debug: Path) -> None:
     import_drgn()
     from drgn.helpers.linux.pid import for_each_task
 
     for path in idle_run.dumps:
-        prog = drgn_program(path, debug_file)
+        prog = drgn_program(path, tiny_smp_vmlinux_debug)
         assert prog["init_task"].comm.string_() == b"swapper/0"
         tasks = {t.pid.value_(): t.comm.string_() for t in for_each_task(prog)}
         assert tasks[1] == b"init"
