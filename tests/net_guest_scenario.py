@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from vmboot.execute import exec_command
+from vmboot.execute import ExecResult, exec_command
 from vmboot.net.config import NetConfig
 
 GATEWAY = "10.0.2.2"
@@ -29,6 +29,13 @@ MARK = "vmboot-published"
 GREETING = b"hello-guest\n"
 READ_WAIT = 60.0
 """Seconds one connection to the published port waits for the guest's line."""
+
+
+def exec_summary(result: ExecResult) -> dict[str, object]:
+    """What a scenario reports of its ``vmboot exec`` run (the console's last 3,000 chars)."""
+    return {"stdout": result.stdout.decode(errors="replace"), "reason": str(result.reason),
+            "exit_status": result.exit_status, "stderr": result.stderr.decode(errors="replace"),
+            "console": result.console.decode(errors="replace")[-3000:]}
 
 
 def serve_blob(blob: bytes) -> socketserver.TCPServer:
@@ -83,9 +90,7 @@ def main() -> None:
                           net=NetConfig.parse("user", [f"{HOST_PORT}:{GUEST_PORT}"],
                                               kernel_dhcp=True))
     stop.set()
-    out.update(stdout=result.stdout.decode(errors="replace"), reason=str(result.reason),
-               exit_status=result.exit_status, stderr=result.stderr.decode(errors="replace"),
-               console=result.console.decode(errors="replace")[-3000:])
+    out.update(exec_summary(result))
     print(json.dumps(out))
 
 

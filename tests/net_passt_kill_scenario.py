@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from net_guest_scenario import BLOB_PORT, GATEWAY, exec_summary
 from vmboot.execute import exec_command
 from vmboot.net.config import NetConfig
 from vmboot.net.passt import PasstBackend
 
-GATEWAY = "10.0.2.2"
-PORT = 8766
 FIRST_BYTES = 64 << 10
 TOTAL_BYTES = 64 << 20
 PAUSE = 2.0
@@ -64,7 +63,7 @@ def serve(killed: list[int]) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", PORT), Blob)
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", BLOB_PORT), Blob)
     server.daemon_threads = True
     server.serve_forever()
 
@@ -86,13 +85,11 @@ def main() -> None:
     logging.getLogger("vmboot").addHandler(lines)
     logging.getLogger("vmboot").setLevel(logging.WARNING)
     command = ("mkdir -p /sys; mount -t sysfs sysfs /sys; "
-               f"timeout 60 wget -q -O - http://{GATEWAY}:{PORT}/blob | wc -c; "
+               f"timeout 60 wget -q -O - http://{GATEWAY}:{BLOB_PORT}/blob | wc -c; "
                "echo carrier=$(cat /sys/class/net/eth0/carrier)")
     result = exec_command(["sh", "-c", command], kernel=kernel, timeout=timeout,
                           net=NetConfig.parse("user", kernel_dhcp=True))
-    print(json.dumps({"stdout": result.stdout.decode(errors="replace"),
-                      "reason": str(result.reason), "exit_status": result.exit_status,
-                      "killed": killed, "logged": lines.lines}))
+    print(json.dumps({**exec_summary(result), "killed": killed, "logged": lines.lines}))
 
 
 if __name__ == "__main__":

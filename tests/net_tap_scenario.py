@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from net_guest_scenario import exec_summary
 from vmboot.execute import exec_command
 from vmboot.net.config import NetConfig
 
@@ -43,9 +44,7 @@ def main() -> None:
                f"ping -c 2 -W 10 {HOST_ADDRESS} && nc {HOST_ADDRESS} {PORT} </dev/null | sha256sum")
     result = exec_command(["sh", "-c", command], kernel=kernel, timeout=timeout,
                           memory="256M", net=NetConfig.parse(f"tap={tap}"))
-    out.update(stdout=result.stdout.decode(errors="replace"), reason=str(result.reason),
-               exit_status=result.exit_status, stderr=result.stderr.decode(errors="replace"),
-               console=result.console.decode(errors="replace")[-3000:])
+    out.update(exec_summary(result))
     print(json.dumps(out))
 
 
