@@ -4,13 +4,15 @@ KASLR trace that ``vmboot run --trace`` prints by default."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,44 @@ def test_state_letters_and_cpus_agree_with_proc_stat(
     assert {state for state, _ in asleep.values()} >= {"S", "I"}
 
 
+@dataclass
+class BackgroundRun:
+    """A shell command typed into a guest whose ``run()`` goes on in another thread."""
+
+    machine: Machine
+    runner: threading.Thread
+    mark: int
+    """Where the command's console output starts."""
+    end: float
+    """``time.monotonic()`` by which everything must be over."""
+
+    def output(self) -> bytes:
+        return bytes(self.machine.console.data[self.mark:])
+
+    def wait_until(self, done: Callable[[], bool], pause: float) -> None:
+        """Poll ``done`` until it holds, while the run goes on and time is left."""
+        while not done():
+            assert time.monotonic() < self.end and self.runner.is_alive(), self.output()
+            time.sleep(pause)
+
+
+@contextlib.contextmanager
+def running_in_background(m: Machine, command: bytes) -> Iterator[BackgroundRun]:
+    """Type ``command`` and run the guest in a thread; afterwards stop it, and check the run
+    ended because it was asked to."""
+    mark = len(m.console.data)
+    m.push_input(command)
+    results: list[RunResult] = []
+    runner = threading.Thread(target=lambda: results.append(m.run(timeout=BOOT_LIMIT_S)))
+    runner.start()
+    try:
+        yield BackgroundRun(m, runner, mark, time.monotonic() + BOOT_LIMIT_S)
+    finally:
+        m.request_stop()
+        runner.join(timeout=BOOT_LIMIT_S)
+    assert results and results[0].exit.reason.value == "stopped", results
+
+
 def test_traces_and_tasks_while_run_is_in_progress(
         guest: tuple[Machine, dict[int, str], int]) -> None:
     """Both calls pause the running guest (Machine.when_stopped) and it goes on afterwards:
@@ -177,37 +217,24 @@ def test_traces_and_tasks_while_run_is_in_progress(
     m, _, _ = guest
     vcpus = m.vcpu_set
     assert vcpus is not None
-    mark = len(m.console.data)
-    m.push_input(b"sleep 4; echo SLEPT-$((6*7))\n")
-    results: list[RunResult] = []
-    runner = threading.Thread(target=lambda: results.append(m.run(timeout=BOOT_LIMIT_S)))
-    runner.start()
-    try:
-        end = time.monotonic() + BOOT_LIMIT_S
 
-        def sleeping_in_nanosleep(tasks: list[GuestTask]) -> bool:
-            return any(t.comm == "sleep" and t.state == "S"
-                       and "hrtimer_nanosleep" in [f.symbol for f in t.frames] for t in tasks)
+    def sleeping_in_nanosleep(tasks: list[GuestTask]) -> bool:
+        return any(t.comm == "sleep" and t.state == "S"
+                   and "hrtimer_nanosleep" in [f.symbol for f in t.frames] for t in tasks)
 
-        while not sleeping_in_nanosleep(m.tasks()):   # each call pauses the run for it
-            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
-            time.sleep(0.5)
+    with running_in_background(m, b"sleep 4; echo SLEPT-$((6*7))\n") as run:
+        # each tasks() call pauses the run for it
+        run.wait_until(lambda: sleeping_in_nanosleep(m.tasks()), 0.5)
         assert vcpus.running
         traces = m.traces()
         tasks = m.tasks()
-        at_calls = bytes(m.console.data[mark:])
-        assert vcpus.running and runner.is_alive()   # the same run goes on
+        at_calls = run.output()
+        assert vcpus.running and run.runner.is_alive()   # the same run goes on
         assert [t.cpu for t in traces] == [0]
         assert traces[0].error is None or traces[0].user_mode, traces[0].error
         assert sleeping_in_nanosleep(tasks)
         assert b"SLEPT-42" not in at_calls
-        while b"SLEPT-42" not in bytes(m.console.data[mark:]):
-            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
-            time.sleep(0.2)
-    finally:
-        m.request_stop()
-        runner.join(timeout=BOOT_LIMIT_S)
-    assert results and results[0].exit.reason.value == "stopped", results
+        run.wait_until(lambda: b"SLEPT-42" in run.output(), 0.2)
     run_until(m, b"# ", after=len(m.console.data) - 8)
 
 

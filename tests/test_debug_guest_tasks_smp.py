@@ -4,22 +4,20 @@ CPU 1 must say 1), every vCPU's trace, and both read while run() is in progress.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
 from test_debug_guest_tasks import (
-    BOOT_LIMIT_S,
     SHELL_CMDLINE,
     by_pid,
     read_proc_stat,
     run_until,
+    running_in_background,
     unchanged_sleepers,
 )
-from vmboot.vmm.machine import Machine, RunResult
+from vmboot.vmm.machine import Machine
 
 pytestmark = [pytest.mark.slow, requires_kvm]
 
@@ -56,23 +54,9 @@ def test_tasks_and_traces_of_every_vcpu_while_running(
     m, _ = smp_guest
     vcpus = m.vcpu_set
     assert vcpus is not None
-    mark = len(m.console.data)
-    m.push_input(b"sleep 4; echo SLEPT-$((6*7))\n")
-    results: list[RunResult] = []
-    runner = threading.Thread(target=lambda: results.append(m.run(timeout=BOOT_LIMIT_S)))
-    runner.start()
-    try:
-        end = time.monotonic() + BOOT_LIMIT_S
-        while not any(t.comm == "sleep" for t in m.tasks()):
-            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
-            time.sleep(0.5)
+    with running_in_background(m, b"sleep 4; echo SLEPT-$((6*7))\n") as run:
+        run.wait_until(lambda: any(t.comm == "sleep" for t in m.tasks()), 0.5)
         traces = m.traces()
-        assert vcpus.running and runner.is_alive()
+        assert vcpus.running and run.runner.is_alive()
         assert [t.cpu for t in traces] == list(range(CPUS))
-        while b"SLEPT-42" not in bytes(m.console.data[mark:]):
-            assert time.monotonic() < end and runner.is_alive(), bytes(m.console.data[mark:])
-            time.sleep(0.2)
-    finally:
-        m.request_stop()
-        runner.join(timeout=BOOT_LIMIT_S)
-    assert results and results[0].exit.reason.value == "stopped", results
+        run.wait_until(lambda: b"SLEPT-42" in run.output(), 0.2)
