@@ -235,12 +235,11 @@ class _FakeMachine:
 
 
 def _warm_config(tmp_path: Path, busybox: Path) -> object:
-    from vmboot.execute.image import agent_initramfs
-    from vmboot.execute.warm import warm_config
+    from vmboot.execute.warm import warm_config, warm_image
 
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"a kernel")
-    return warm_config(kernel, agent_initramfs([], busybox), memory="64M", cpuid_policy="auto",
+    return warm_config(kernel, warm_image(busybox), memory="64M", cpuid_policy="auto",
                        entry="bzimage64", cpus=1)
 
 

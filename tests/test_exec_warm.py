@@ -35,23 +35,51 @@ def test_the_warm_agent_image_is_reproducible_and_has_the_agent_as_init(busybox:
     assert agent_initramfs([], busybox) == agent_initramfs([], busybox)  # the cache key
 
 
-def test_the_warm_key_covers_what_changes_the_guest(busybox: Path, tmp_path: Path) -> None:
+def test_the_warm_key_covers_what_changes_the_guest(busybox: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
+    import os
 
-    from vmboot.execute.image import agent_initramfs
-    from vmboot.execute.warm import warm_config, warm_key
+    from vmboot.execute.warm import warm_config, warm_image, warm_key
 
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"kernel one")
-    config = warm_config(kernel, agent_initramfs([], busybox), memory="256M", cpuid_policy="auto",
+    image = warm_image(busybox)
+    other_image = tmp_path / "other.cpio"
+    other_image.write_bytes(image.read_bytes() + b"\0")
+    config = warm_config(kernel, image, memory="256M", cpuid_policy="auto",
                          entry="bzimage64", cpus=1)
     key = warm_key(config)
     changed = [dataclasses.replace(config, cpus=2), dataclasses.replace(config, memory="512M"),
                dataclasses.replace(config, cmdline=config.cmdline + " loglevel=3"),
-               dataclasses.replace(config, initrd=config.initrd + b"\0")]  # type: ignore[operator]
+               dataclasses.replace(config, initrd=other_image)]
     assert len({key, *(warm_key(c) for c in changed)}) == 1 + len(changed)
-    kernel.write_bytes(b"kernel two")
+    old = os.stat(kernel)
+    kernel.write_bytes(b"kernel two")  # same size; its modification time kept too
+    os.utime(kernel, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert warm_key(config) != key
+
+
+def test_the_warm_image_is_built_once_and_kept_under_its_inputs(
+        busybox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm run with its image in the cache builds nothing; another busybox is another
+    image."""
+    from vmboot.execute import image as image_module
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.warm import warm_image
+
+    monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
+    first = warm_image(busybox)
+    assert first.read_bytes() == agent_initramfs([], busybox)
+    built: list[Path] = []
+    monkeypatch.setattr(image_module, "agent_initramfs",
+                        lambda files, bb: built.append(bb) or b"")  # type: ignore[func-returns-value]
+    assert warm_image(busybox) == first and built == []
+    other = tmp_path / "busybox2"
+    other.write_bytes(busybox.read_bytes() + b"\0")
+    second = warm_image(other)
+    assert second != first and built == [other]
 
 
 # -- real Linux ----------------------------------------------------------------------------
@@ -116,8 +144,7 @@ def test_a_warm_guest_mounts_its_share_after_the_restore(cache: Path, busybox: P
     from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY
     from vmboot.devices.virtio.share import Share
     from vmboot.errors import DeviceStateError
-    from vmboot.execute.image import agent_initramfs
-    from vmboot.execute.warm import warm_config, warm_snapshot_path
+    from vmboot.execute.warm import warm_config, warm_image, warm_snapshot_path
     from vmboot.vmm.machine import Machine
 
     kernel = shared_kernel_file("tiny-smp-bzImage")  # the kernel with virtio-fs
@@ -131,7 +158,7 @@ def test_a_warm_guest_mounts_its_share_after_the_restore(cache: Path, busybox: P
                            timeout=TIMEOUT_S)
         assert (run.reason, run.exit_status, run.stdout) == \
             (ExecReason.EXITED, 0, b"from the host\n"), (run.detail, run.stderr)
-    config = warm_config(kernel, agent_initramfs([], busybox), memory=DEFAULT_MEMORY,
+    config = warm_config(kernel, warm_image(busybox), memory=DEFAULT_MEMORY,
                          cpuid_policy=DEFAULT_CPUID_POLICY, entry=DEFAULT_ENTRY, cpus=1,
                          shares=shares)  # exec_command's defaults
     snapshot = warm_snapshot_path(config)

@@ -39,6 +39,10 @@ class AgentError(VmbootError):
     """The agent could not run the command, or the connection to it failed."""
 
 
+class ResumeFailed(AgentError):
+    """A restored guest's agent did not answer the resume message, or refused a step of it."""
+
+
 class CommandNotStarted(AgentError):
     """The agent could not start the command (``errno`` says why: ENOENT, EACCES...)."""
 
@@ -63,6 +67,8 @@ class CommandResult:
     started_at: float | None = None
     """``time.monotonic()`` when the agent said the command started (its STARTED message,
     sent once ``execve`` succeeded)."""
+    sent_at: float | None = None
+    """``time.monotonic()`` when the command had been written to the agent's channel."""
 
     @property
     def returncode(self) -> int:
@@ -77,12 +83,18 @@ class AgentClient:
         self.sock = sock
         self.reader = p.FrameReader()
         self.version: str | None = None
+        self.answered_at: float | None = None
+        """``time.monotonic()`` when the agent's answer to the resume message arrived."""
         self._pending: list[p.Message] = []
+        self._resume: _PendingResume | None = None
+        self._resume_unsent = False
 
     def _read(self, deadline: float | None,
               stdin: _StdinStream | None = None) -> p.Message | None:
         """The next message, or None when ``deadline`` passes first. ``stdin``: a file to
         forward whenever it is readable meanwhile (as long as it wants to be read)."""
+        if self._resume_unsent:
+            self._send(b"")
         while not self._pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -106,54 +118,78 @@ class AgentClient:
         return self._pending.pop(0)
 
     def wait_ready(self, timeout: float | None = None) -> str:
-        """Wait for the agent's greeting; returns its version text."""
+        """Wait for the agent's greeting; returns its version text (empty while the answer
+        to a resume message sent with :meth:`send_resumed` is still to come: a restored
+        agent greets no one, and takes a command at once)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.version is None:
+        while self.version is None and self._resume is None:
             msg = self._read(deadline)
             if msg is None:
                 raise AgentError(f"agent: no greeting within {timeout:g} s")
             if msg.kind is p.Frame.READY:
                 self.version = msg.payload.decode(errors="replace")
-        return self.version
+        return self.version or ""
 
     def resumed(self, timeout: float | None = None) -> None:
         """Tell the agent the guest was restored from a snapshot: it credits fresh random
         bytes from the host (``os.getrandom``) to the guest's entropy pool, reseeds the
         kernel's CRNG and sets the guest's wall clock to the host's. Waits for its answer
-        and raises :class:`AgentError` naming each step the guest refused.
+        and raises :class:`ResumeFailed` naming each step the guest refused.
 
         The time sent is the host's when the message leaves; when the answer comes back
         later than :data:`CLOCK_TOLERANCE` seconds (a guest still catching up after the
         restore), the message is sent again, so the clock is set from a fresh reading.
         A restored guest greets no one (it greeted when it booted): after this the
         connection is ready for :meth:`run`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(RESUME_ATTEMPTS):
-            sent = time.monotonic()
-            self._send(p.resumed_frame(time.time_ns(), os.getrandom(p.SEED_BYTES)))
-            payload = self._resumed_answer(deadline, timeout)
-            if time.monotonic() - sent <= CLOCK_TOLERANCE:
-                break
+        self.send_resumed(timeout)
+        assert self._resume is not None
+        while self._resume is not None:
+            msg = self._read(self._resume.deadline)
+            if msg is None:
+                raise self._resume.no_answer()
+            if msg.kind is p.Frame.RESUMED_DONE:
+                self._resume_answered(msg.payload)
+
+    def send_resumed(self, timeout: float | None = None) -> None:
+        """Send the resume message of :meth:`resumed` without waiting for its answer: the
+        next :meth:`run` sends its command right behind it (the agent takes frames in
+        order, so the command starts with the fresh entropy and clock) and takes the answer
+        as it comes, sending the message again when it was late, and raising
+        :class:`ResumeFailed` (the command killed) when the guest refused a step or never
+        answered within ``timeout`` seconds."""
+        self._resume = _PendingResume(timeout)
+        self._resume_unsent = True
+
+    def _resume_frame(self) -> bytes:
+        """The resume message when it is still to be sent (it leaves with the next frame,
+        or before the next read), else nothing."""
+        if not self._resume_unsent or self._resume is None:
+            return b""
+        self._resume_unsent = False
+        return self._resume.frame()
+
+    def _resume_answered(self, payload: bytes) -> None:
+        """The agent's answer to the pending resume message: done, or sent again when the
+        answer was late; :class:`ResumeFailed` when a step failed."""
+        resume = self._resume
+        assert resume is not None
+        if len(payload) < p.RESUMED_DONE.size:
+            raise ResumeFailed(f"agent: resume answer of {len(payload)} bytes, "
+                               f"expected {p.RESUMED_DONE.size}")
         steps = ("RNDADDENTROPY", "RNDRESEEDCRNG", "clock_settime(CLOCK_REALTIME)")
         failed = [f"{step}: {os.strerror(e)} (errno {e})"
                   for step, e in zip(steps, p.RESUMED_DONE.unpack_from(payload), strict=True)
                   if e]
         if failed:
-            raise AgentError(f"agent: the restored guest could not be reseeded or have its "
-                             f"clock set: {'; '.join(failed)} (the agent must run as root)")
+            self._resume = None
+            raise ResumeFailed(f"agent: the restored guest could not be reseeded or have its "
+                               f"clock set: {'; '.join(failed)} (the agent must run as root)")
+        if time.monotonic() - resume.sent > CLOCK_TOLERANCE and resume.attempts < RESUME_ATTEMPTS:
+            self._send(resume.frame())  # the clock it set is stale: set it again
+            return
+        self._resume = None
+        self.answered_at = time.monotonic()
         self.version = payload[p.RESUMED_DONE.size:].decode(errors="replace")
-
-    def _resumed_answer(self, deadline: float | None, timeout: float | None) -> bytes:
-        while True:
-            msg = self._read(deadline)
-            if msg is None:
-                raise AgentError(f"agent: no answer to the resume message within {timeout:g} s "
-                                 "(an agent older than vmboot-agent 2 does not know it)")
-            if msg.kind is p.Frame.RESUMED_DONE:
-                if len(msg.payload) < p.RESUMED_DONE.size:
-                    raise AgentError(f"agent: resume answer of {len(msg.payload)} bytes, "
-                                     f"expected {p.RESUMED_DONE.size}")
-                return msg.payload
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
             stdin: StdinSource = None, on_stdout: OutputSink | None = None,
@@ -164,17 +200,26 @@ class AgentClient:
         in the result. ``stdin``: bytes fed to the command, then end of file; or a file read
         while the command runs, as it takes its input (None: end of file at once).
         """
-        if self.version is None:
+        if self.version is None and self._resume is None:
             self.wait_ready(timeout)
         stream = _StdinStream.of(stdin)
         self._send(p.exec_frame(argv, env or {}, cwd))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        sent_at = time.monotonic()
+        deadline = None if timeout is None else sent_at + timeout
         out, err = bytearray(), bytearray()
         output = p.OutputPath.PIPES
         killed = False
         started_at: float | None = None
         while True:
-            msg = self._read(deadline, stream)
+            resume = self._resume
+            if resume is not None and resume.deadline is not None and (
+                    deadline is None or resume.deadline < deadline):
+                msg = self._read(resume.deadline, stream)
+                if msg is None:
+                    self.signal(signal.SIGKILL)
+                    raise resume.no_answer()
+            else:
+                msg = self._read(deadline, stream)
             if msg is None:  # the time limit passed: end the command, keep the agent
                 self.signal(signal.SIGKILL)
                 stream.stop()
@@ -186,6 +231,12 @@ class AgentClient:
                 if len(msg.payload) >= p.STARTED.size:
                     output = _output_path(p.STARTED.unpack_from(msg.payload)[1])
                 stream.start(self._send)
+            elif msg.kind is p.Frame.RESUMED_DONE and resume is not None:
+                try:
+                    self._resume_answered(msg.payload)
+                except ResumeFailed:
+                    self.signal(signal.SIGKILL)
+                    raise
             elif msg.kind is p.Frame.STDIN_TAKEN:
                 stream.taken(p.U32.unpack_from(msg.payload)[0], self._send)
             elif msg.kind is p.Frame.FAILED:
@@ -202,9 +253,12 @@ class AgentClient:
                 return CommandResult(exit_status=value if kind == 0 else None,
                                      signal=value if kind == 1 else None,
                                      stdout=bytes(out), stderr=bytes(err),
-                                     timed_out=killed, output=output, started_at=started_at)
+                                     timed_out=killed, output=output, started_at=started_at,
+                                     sent_at=sent_at)
 
     def _send(self, data: bytes) -> None:
+        if self._resume_unsent:
+            data = self._resume_frame() + data  # one write: the agent reads them together
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -228,6 +282,26 @@ def _output_path(value: int) -> p.OutputPath:
             f"agent: STARTED names output path {value}, not one of "
             f"{', '.join(f'{o.value} ({o.name})' for o in p.OutputPath)} (an agent newer than "
             "this vmboot, or a corrupt stream)") from None
+
+
+class _PendingResume:
+    """A resume message sent, its answer not yet taken."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.sent = 0.0
+        self.attempts = 0
+
+    def frame(self) -> bytes:
+        """The message, with the host's wall time now and fresh random bytes."""
+        self.sent = time.monotonic()
+        self.attempts += 1
+        return p.resumed_frame(time.time_ns(), os.getrandom(p.SEED_BYTES))
+
+    def no_answer(self) -> ResumeFailed:
+        return ResumeFailed(f"agent: no answer to the resume message within {self.timeout:g} s "
+                            "(an agent older than vmboot-agent 2 does not know it)")
 
 
 class _StdinStream:

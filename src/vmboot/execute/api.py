@@ -263,9 +263,9 @@ def exec_command(
     if warm:
         import sys
 
-        from vmboot.execute.warm import warm_config, warm_exec
+        from vmboot.execute.warm import warm_config, warm_exec, warm_image
 
-        warm_machine = warm_config(kernel_path, image.agent_initramfs([], busybox_path),
+        warm_machine = warm_config(kernel_path, warm_image(busybox_path),
                                    memory=memory, cpuid_policy=cpuid_policy, entry=entry,
                                    cpus=cpus, shares=shares)
         result = warm_exec(warm_machine, command, dict(env or {}), t0=t0,

@@ -9,6 +9,8 @@
                                                 same layout as scripts/fetch-debian-kernel.sh)
     <cache>/kernel-drivers/<key>.json           the exec channels' drivers a kernel file has
                                                 (vmboot.execute.channel)
+    <cache>/images/agent-<key>.cpio             the warm guest's agent image (its inputs' key)
+    <cache>/file-digests/<version>              SHA-256 of a file version (vmboot.file_digest)
     <cache>/snapshots/exec-<key>.snap           saved guests: vmboot exec --warm,
     <cache>/snapshots/pytest-<key>.snap         the pytest plugin (one per guest configuration)
     <cache>/snapshots/<name>.lock               held (shared) while a process uses the snapshot
@@ -17,9 +19,10 @@
 Nothing here is created until something is stored.
 
 The cache is bounded: whatever stores an entry (warm exec and the pytest plugin their
-snapshots, ``vmboot fetch`` its downloads) then calls :func:`keep_within_limit`, whose
-:func:`enforce_limit` removes the least recently used entries (an
-entry is one snapshot with its lock, one cached kernel, the busybox) until the cache fits in
+snapshots, warm exec its image, ``vmboot fetch`` its downloads) then calls
+:func:`keep_within_limit`, whose :func:`enforce_limit` removes the least recently used
+entries (an entry is one snapshot with its lock, one image, one cached kernel, the busybox;
+a directory of other files, such as the remembered digests, is one) until the cache fits in
 :func:`cache_limit` bytes: ``$VMBOOT_CACHE_MAX`` (a size such as ``2G``, or ``unlimited``),
 else :data:`DEFAULT_CACHE_MAX`. An entry counts as used when a file of it was last modified:
 users of a snapshot :func:`touch` it. Sizes are what the files take on disk (snapshots are
@@ -48,6 +51,8 @@ CACHE_NAME = "vmboot"
 BUSYBOX_SUBDIR = "busybox"
 KERNELS_SUBDIR = "debian-kernels"
 SNAPSHOTS_SUBDIR = "snapshots"
+IMAGES_SUBDIR = "images"
+DIGESTS_SUBDIR = "file-digests"
 SNAPSHOT_SUFFIX = ".snap"
 LOCK_SUFFIX = ".lock"
 MAKE_LOCK_SUFFIX = ".make.lock"
@@ -106,6 +111,7 @@ class EntryKind(enum.StrEnum):
     SNAPSHOT = "snapshot"
     KERNEL = "kernel"
     BUSYBOX = "busybox"
+    IMAGE = "image"
     OTHER = "other"
 
 
@@ -180,6 +186,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
                     entries.append(_entry(EntryKind.SNAPSHOT, item))
                 elif not item.name.endswith(LOCK_SUFFIX) or not _snapshot_of_lock(item).exists():
                     entries.append(_entry(EntryKind.OTHER, item))  # a temporary or a lone lock
+        elif child.name == IMAGES_SUBDIR and child.is_dir():
+            entries.extend(_entry(EntryKind.IMAGE, item) for item in sorted(child.iterdir()))
         elif child.name == KERNELS_SUBDIR and child.is_dir():
             entries.extend(_entry(EntryKind.KERNEL, item) for item in sorted(child.iterdir()))
         elif child.name == BUSYBOX_SUBDIR:
@@ -299,7 +307,8 @@ def enforce_limit(limit: int | None = None, root: Path | None = None,
 
 def keep_within_limit(stored: Path) -> list[CacheEntry]:
     """Called by whatever stores an entry in the cache (a saved guest, a download) once it
-    is complete: mark ``stored`` (a snapshot file, or a kernel's or the busybox's directory)
+    is complete: mark ``stored`` (a snapshot or image file, or a kernel's or the busybox's
+    directory)
     as just used and remove the least recently used entries until the cache fits in
     :func:`cache_limit`, sparing ``stored`` and every entry in use. Returns what was removed.
     A store checks :func:`cache_limit` before it writes anything, so a wrong

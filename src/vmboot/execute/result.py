@@ -49,7 +49,9 @@ class ExecTimings:
     restored: float | None = None
     """A warm run: the saved guest's memory, vCPUs and devices were back (not yet running)."""
     agent_ready: float | None = None
-    """A warm run: the restored guest's agent answered the resume message."""
+    """A warm run: the restored guest's agent answered the resume message. The message
+    left in one write with the command, which the agent takes right after it: by then
+    the agent holds the command."""
     command_sent: float | None = None
     """Through the agent: the command's EXEC message was handed to the guest's channel."""
     first_output: float | None = None

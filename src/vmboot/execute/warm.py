@@ -22,8 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmboot.errors import GuestError
+from vmboot.errors import FetchError, GuestError
 from vmboot.execute.cache import (
+    CACHE_ENV,
+    DIGESTS_SUBDIR,
+    IMAGES_SUBDIR,
     SNAPSHOTS_SUBDIR,
     HeldLock,
     cache_limit,
@@ -33,6 +36,7 @@ from vmboot.execute.cache import (
     touch,
 )
 from vmboot.execute.image import SHELL_PATH
+from vmboot.file_digest import file_sha256
 from vmboot.version import __version__
 
 if TYPE_CHECKING:
@@ -51,6 +55,9 @@ added (see there)."""
 WARM_IMAGE_VERSION = 3
 """Part of the cache key: bumped when the warm guest's layout changes (2: the agent as init;
 3: ``vmboot exec``'s agent image, the agent's output ports)."""
+IMAGE_TOUCH_SECONDS = 24 * 3600.0
+"""A warm image's modification time (its last use, for the cache's eviction order) is
+renewed at most this often: each renewal is a new version of the file, hashed again."""
 SHELL = "/" + SHELL_PATH
 """The agent image's busybox shell: it finds every applet without links or PATH."""
 READY_PROBE = (SHELL, "-c", "true")
@@ -73,7 +80,43 @@ def warm_cmdline() -> str:
     return f"{WARM_CMDLINE} {SNAPSHOT_CLOCKSOURCE}" if host_is_emulating() else WARM_CMDLINE
 
 
-def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy: str,
+def warm_image(busybox: Path) -> Path:
+    """The warm guest's initramfs (:func:`~vmboot.execute.image.agent_initramfs` with
+    ``busybox``), kept in the cache under the digest of its inputs (busybox, the agent,
+    :data:`WARM_IMAGE_VERSION`) and built only when missing: a warm run with its snapshot
+    saved reads neither busybox nor the image (their digests are remembered,
+    :mod:`vmboot.file_digest`)."""
+    from vmboot.agent import agent_binary
+
+    memo = cache_subdir(DIGESTS_SUBDIR)
+    inputs = json.dumps([file_sha256(busybox, memo), file_sha256(agent_binary(), memo),
+                         WARM_IMAGE_VERSION])
+    path = (cache_subdir(IMAGES_SUBDIR, create=True)
+            / f"agent-{hashlib.sha256(inputs.encode()).hexdigest()[:32]}.cpio")
+    try:
+        if time.time() - path.stat().st_mtime > IMAGE_TOUCH_SECONDS:
+            touch(path)
+        return path
+    except FileNotFoundError:
+        pass
+    from vmboot.execute.image import agent_initramfs
+
+    cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before anything is stored
+    data = agent_initramfs([], busybox)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"warm exec: cannot store the agent image in {path.parent}: "
+                         f"{e.strerror} (free space there, or set ${CACHE_ENV} to another "
+                         "directory)") from None
+    keep_within_limit(path)
+    return path
+
+
+def warm_config(kernel: Path, initrd: Path, *, memory: str | int, cpuid_policy: str,
                 entry: EntryChoice, cpus: int, shares: Sequence[Share] = ()) -> MachineConfig:
     """The warm guest's machine; ``shares`` are saved unused (the command mounts them after
     the restore, served by a fresh virtiofsd)."""
@@ -87,17 +130,16 @@ def warm_config(kernel: Path, initrd: bytes, *, memory: str | int, cpuid_policy:
 def warm_key(config: MachineConfig) -> str:
     """What the saved guest depends on: the kernel file, the initramfs (busybox and agent
     inside), the command line, memory, vCPUs, CPUID policy, entry, the shares, the image
-    layout and vmboot's version."""
+    layout and vmboot's version. The files' digests are remembered in the cache
+    (:mod:`vmboot.file_digest`), and the restore checks the same ones."""
     kernel = config.kernel
     initrd = config.initrd
-    if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, bytes):
-        raise TypeError("warm_key: the warm configuration has a kernel path and initrd bytes")
-    from vmboot.vmm.snapshots import file_sha256
-
-    st = os.stat(kernel)  # hashed once per process: the restore checks the same digest
-    h = hashlib.sha256(bytes.fromhex(file_sha256(os.path.realpath(kernel), st.st_dev, st.st_ino,
-                                                 st.st_size, st.st_mtime_ns)))
-    h.update(hashlib.sha256(initrd).digest())
+    if not isinstance(kernel, str | os.PathLike) or not isinstance(initrd, str | os.PathLike):
+        raise TypeError("warm_key: the warm configuration has a kernel path and an initrd "
+                        "path (warm_image)")
+    memo = cache_subdir(DIGESTS_SUBDIR)
+    h = hashlib.sha256(bytes.fromhex(file_sha256(kernel, memo)))
+    h.update(bytes.fromhex(file_sha256(initrd, memo)))
     shares = [[os.path.realpath(s.source), s.tag, s.read_only] for s in config.shares]
     h.update(json.dumps([config.cmdline, str(config.memory_bytes), config.cpus,
                          config.cpuid_policy, config.entry, WARM_IMAGE_VERSION,
@@ -145,7 +187,7 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
               on_stdout: OutputCallback | None, on_stderr: OutputCallback | None,
               stdin: StdinSource = None) -> ExecResult:
     """Run ``command`` in a guest restored from the warm snapshot of ``config``."""
-    from vmboot.agent.client import AgentError, CommandResult
+    from vmboot.agent.client import AgentError, CommandResult, ResumeFailed
     from vmboot.execute.agent_run import SIGNAL_STATUS_BASE
     from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
     from vmboot.vmm.machine import Machine
@@ -163,16 +205,19 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
     marks = _Marks(t0)
     out, err = bytearray(), bytearray()
     try:
-        with machine.restore(snapshot):
-            marks.resumed = time.monotonic()
-            marks.sent = time.monotonic()
+        # the resume message goes with the command (one write; one round trip saved)
+        with machine.restore(snapshot, wait_agent=False):
             try:
                 result = machine.exec(shell_argv(command), env=dict(env), stdin=stdin,
                                       timeout=timeout, on_stdout=marks.output(on_stdout, out),
                                       on_stderr=marks.output(on_stderr, err))
                 marks.exited = time.monotonic()
+            except ResumeFailed as e:
+                reason, detail = (ExecReason.BOOT_FAILURE,
+                                  f"the restored guest was not resumed: {e}")
             except AgentError as e:
                 reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
+            marks.resumed = machine.agent_answered_at
     except AgentError as e:
         reason, detail = ExecReason.BOOT_FAILURE, f"the restored guest's agent did not answer: {e}"
     finally:
@@ -191,12 +236,14 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
         stderr=bytes(err),
         exit_status=status,
         reason=reason,
-        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=resumed, first_console_byte=None,
+        timings=ExecTimings(initramfs=t_initramfs, kernel_entry=marks.since(machine.loaded_at),
+                            first_console_byte=None,
                             command_start=marks.since(None if result is None
                                                       else result.started_at),
                             command_exit=marks.since(marks.exited), total=t_end,
                             restored=marks.since(machine.loaded_at), agent_ready=resumed,
-                            command_sent=marks.since(marks.sent),
+                            command_sent=marks.since(None if result is None
+                                                     else result.sent_at),
                             first_output=marks.since(marks.first_output), vm_exit=t_end,
                             origin=t0),
         console=bytes(machine.console.data),
@@ -210,7 +257,6 @@ class _Marks:
     def __init__(self, t0: float) -> None:
         self.t0 = t0
         self.resumed: float | None = None
-        self.sent: float | None = None
         self.first_output: float | None = None
         self.exited: float | None = None
 

@@ -237,10 +237,11 @@ class GuestAgent(Generic[EndT]):
         """Run the guest in the background and wait for the agent's greeting."""
         return self._begin(ready_timeout, AgentClient.wait_ready)
 
-    def resume(self, timeout: float = RESUME_TIMEOUT) -> AgentClient:
+    def resume(self, timeout: float = RESUME_TIMEOUT, wait: bool = True) -> AgentClient:
         """Run a guest restored from a snapshot in the background and send the agent the
-        resume message (fresh entropy, the host's wall time); wait for its answer."""
-        return self._begin(timeout, AgentClient.resumed)
+        resume message (fresh entropy, the host's wall time); wait for its answer, or with
+        ``wait`` False let the first command go with it (:meth:`AgentClient.send_resumed`)."""
+        return self._begin(timeout, AgentClient.resumed if wait else AgentClient.send_resumed)
 
     def _begin(self, timeout: float, first: Callable[[AgentClient, float], object]
                ) -> AgentClient:

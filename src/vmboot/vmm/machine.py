@@ -514,7 +514,8 @@ class Machine:
                             machine_devices(self.platform, self.extra_devices, self.virtio),
                             self.virtio)
 
-    def restore(self, path: str | Path, resume_timeout: float | None = None) -> Self:
+    def restore(self, path: str | Path, resume_timeout: float | None = None,
+                wait_agent: bool = True) -> Self:
         """Resume the guest saved at ``path`` instead of booting (use instead of ``with``/start).
 
         The machine must be made with the kernel, initrd, command line, memory, vCPUs and
@@ -528,6 +529,12 @@ class Machine:
         guests restored from one file never share random state. Without an agent nothing
         runs in the guest to do that: it resumes with the random state and the wall clock
         of the moment it was saved (its clock is behind by the time since then).
+
+        ``wait_agent`` False: the resume message is not awaited here but sent with the first
+        :meth:`exec`'s command, in one write (the agent takes them in order, so the command
+        starts reseeded and with the clock set), saving a round trip to the guest; a guest
+        that refuses or never answers it then fails that :meth:`exec` with
+        :class:`~vmboot.agent.client.ResumeFailed`, the command killed.
         """
         from vmboot.vmm.guest_agent import RESUME_TIMEOUT, GuestAgent
         from vmboot.vmm.snapshots import (
@@ -556,7 +563,7 @@ class Machine:
             if self._agent_link is not None:
                 self._guest_agent = GuestAgent(self, self._agent_link)
                 self._guest_agent.resume(RESUME_TIMEOUT if resume_timeout is None
-                                         else resume_timeout)
+                                         else resume_timeout, wait=wait_agent)
         except BaseException:
             self.close()
             raise
@@ -658,6 +665,13 @@ class Machine:
             self._guest_agent = GuestAgent(self, self._agent_link)
         client = self._guest_agent.start(READY_TIMEOUT if timeout is None else timeout)
         return client.version or ""
+
+    @property
+    def agent_answered_at(self) -> float | None:
+        """``time.monotonic()`` when the restored guest's agent answered the resume message
+        (None: no answer yet, or not restored with an agent)."""
+        agent = self._guest_agent
+        return None if agent is None or agent.client is None else agent.client.answered_at
 
     def exec_signal(self, signo: int) -> None:
         """Send ``signo`` to the process group of the command :meth:`exec` is running (from

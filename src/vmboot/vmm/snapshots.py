@@ -19,7 +19,6 @@ restore starts a fresh virtiofsd on RAM copied into a memfd it can map.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from vmboot.devices.pc import ExtraDevice, PcPlatform
 from vmboot.devices.state import SavesState
 from vmboot.errors import BootConfigError, SnapshotMismatchError
+from vmboot.file_digest import file_sha256
 from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.memory_map import ram_regions
 from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
@@ -65,16 +65,6 @@ RTC_NAME = "rtc"
 I8042_NAME = "i8042"
 
 
-@functools.lru_cache(maxsize=32)
-def file_sha256(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file, computed once per (path, inode, size, mtime) in this process."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
     """(sha256, name) of a kernel or initrd given as a path or bytes (None: no file)."""
     if source is None:
@@ -84,11 +74,9 @@ def _source_sha256(source: object, what: str) -> tuple[str | None, str]:
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:
-            st = path.stat()
+            return file_sha256(path), path.name
         except OSError as e:
             raise BootConfigError(f"{what} {path}: cannot read it: {e.strerror}") from None
-        return file_sha256(str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
-                            st.st_mtime_ns), path.name
     data = getattr(source, "data", None)
     if isinstance(data, bytes | bytearray):
         return hashlib.sha256(data).hexdigest(), str(getattr(source, "name", f"<{what}>"))
