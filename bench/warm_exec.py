@@ -9,10 +9,16 @@ cache is a fresh temporary directory.
 
 Besides the whole run, each warm run's phases are placed on this script's clock (the
 child's ``timings.origin`` is its ``time.monotonic()``, the same system-wide clock): from
-process start to the command handed to the agent's channel, and to the agent's STARTED
-answer (sent once the command's ``execve`` succeeded) — the goal is 100 ms to the agent
-holding the command. The peer of those rows is the cold run's process start to its agent's
-greeting (the moment it can take a command).
+process start to the command written to the agent's channel (``command_sent``; the resume
+message goes in the same write, and the host puts both in the guest's receive queue within
+a tenth of a millisecond), to the agent's answer to that resume message (``agent_ready``:
+the agent reads both frames together and answers the first before it starts the command,
+so by then it holds the command), and to its STARTED answer (sent once the command's
+``execve`` succeeded) — the goal is 100 ms to the agent holding the command. The peer of
+those rows is the cold run's process start to its agent's greeting (the moment it can take
+a command). Python's own start (``python -c pass``, and with ``-S``: without the site
+packages' ``.pth`` files, which some environments fill) is timed in the same run, as the
+floor under every figure.
 
 Run: ``python bench/warm_exec.py [--runs N] [--kernel K]``. Writes bench/results/warm_exec.json.
 """
@@ -71,6 +77,13 @@ def run_exec(options: list[str], warm: bool, env: dict[str, str]) -> dict[str, f
     return phases
 
 
+def interpreter_start(flags: list[str], env: dict[str, str]) -> float:
+    """Seconds for ``python [FLAGS] -c pass`` from spawn to exit."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, *flags, "-c", "pass"], env=env, check=True)
+    return time.monotonic() - started
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
@@ -84,12 +97,18 @@ def main() -> None:
         first = run_exec(options, True, env)["total"]  # boots and saves the warm guest
         warm: list[dict[str, float]] = []
         cold: list[dict[str, float]] = []
+        python: list[float] = []
+        python_s: list[float] = []
         for _ in range(args.runs):  # interleaved: both see the same load
             warm.append(run_exec(options, True, env))
             cold.append(run_exec(options, False, env))
+            python.extend(interpreter_start([], env) for _ in range(3))
+            python_s.extend(interpreter_start(["-S"], env) for _ in range(3))
     w = Timing.of([r["total"] for r in warm])
     c = Timing.of([r["total"] for r in cold])
     sent = Timing.of([r["command_sent"] for r in warm])
+    holds = Timing.of([r["agent_ready"] for r in warm])
+    py, py_s = Timing.of(python), Timing.of(python_s)
     started = Timing.of([r["command_start"] for r in warm])
     cold_ready = Timing.of([r["command_start"] for r in cold])
     phases = {name: statistics.median(r[name] for r in warm)
@@ -97,6 +116,8 @@ def main() -> None:
     kernel = args.kernel or "vmboot exec's default"
     command = f"python bench/warm_exec.py --runs {args.runs}"
     print_table([
+        ["python -c pass", fmt_s(py.median), f"min {fmt_s(py.min)} max {fmt_s(py.max)}"],
+        ["python -S -c pass", fmt_s(py_s.median), f"min {fmt_s(py_s.min)} max {fmt_s(py_s.max)}"],
         ["first warm run (boot and save)", fmt_s(first), "1 run"],
         *([f"warm: {name}", fmt_s(value), "median, from process start"]
           for name, value in phases.items()),
@@ -105,7 +126,11 @@ def main() -> None:
         ["vmboot exec -- echo hi (peer)", fmt_s(c.median), f"min {fmt_s(c.min)} max {fmt_s(c.max)}"],
     ], ["what (from process start)", "median", "notes"])
     summary = [
-        summary_row("warm exec: process start to the command handed to the agent", sent,
+        summary_row("warm exec: process start to the command written to the agent's channel",
+                    sent, "cold exec: process start to the agent's greeting", cold_ready, GOAL,
+                    command),
+        summary_row("warm exec: process start to the agent holding the command (its answer "
+                    "to the resume message sent with it)", holds,
                     "cold exec: process start to the agent's greeting", cold_ready, GOAL, command),
         summary_row("warm exec: process start to the agent's STARTED (command exec'd)", started,
                     "cold exec: process start to the agent's greeting", cold_ready, GOAL, command),
@@ -115,6 +140,7 @@ def main() -> None:
     out = write_results("warm_exec", {"command": command, "kernel": kernel, "bytecode": bytecode,
                                       "first_warm_s": first, "warm": w, "cold": c,
                                       "warm_phases_median_s": phases, "warm_runs": warm,
+                                      "python_start": py, "python_start_no_site": py_s,
                                       "cold_runs": cold, "summary": summary})
     print(f"wrote {out}")
 
