@@ -111,7 +111,8 @@ def test_warm_runs_share_one_saved_guest(cache: Path, busybox: Path) -> None:
     assert [p.name for p in (cache / "snapshots").glob("*.snap")] == [snapshot.name]
     assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == digest
     t = second.timings
-    phases = [t.initramfs, t.restored, t.agent_ready, t.command_sent, t.command_start,
+    # the resume message leaves with the command; the agent answers it, then starts the command
+    phases = [t.initramfs, t.restored, t.command_sent, t.agent_ready, t.command_start,
               t.first_output, t.command_exit, t.vm_exit]
     assert None not in phases and phases == sorted(phases), t  # type: ignore[type-var]
     assert t.vm_exit == t.total and t.origin is not None
