@@ -13,8 +13,9 @@ named ``vmboot.agent``.
   a UNIX socket, booted once until the agent greets and has run one command (as warm exec
   saves it), saved through QMP ``migrate "exec:cat > FILE"``; then each run starts
   ``qemu-system-x86_64 ... -incoming "exec:cat FILE"``, connects to the port's socket and
-  does what ``vmboot exec --warm`` does: the resume message (wall time, entropy), then
-  ``echo hi`` through the agent (the same frames, :mod:`vmboot.agent.client`).
+  does what ``vmboot exec --warm`` does: the resume message (wall time, entropy) and
+  ``echo hi`` in one write, through the agent (the same frames and the same client,
+  :mod:`vmboot.agent.client`).
 
 Both are timed from just before the process is spawned to the agent's STARTED answer (the
 command is exec'd) and to its exit status; the two kinds of run are interleaved.
@@ -157,14 +158,15 @@ def restore_qemu(base: list[str], work: Path, state: Path) -> dict[str, float]:
     with qemu([*base, "-incoming", f"exec:cat {state}"]) as proc:
         deadline = started + RUN_TIMEOUT
         agent = AgentClient(connect(work / "agent.sock", deadline, proc))
-        agent.resumed(RUN_TIMEOUT)
-        resumed = time.monotonic()
+        agent.send_resumed(RUN_TIMEOUT)  # as warm exec: it leaves with the command
         result = agent.run(shell_argv(COMMAND), env={}, timeout=RUN_TIMEOUT)
         exited = time.monotonic()
         agent.close()
-        if result.stdout != b"hi\n" or result.exit_status != 0 or result.started_at is None:
+        if (result.stdout != b"hi\n" or result.exit_status != 0 or result.started_at is None
+                or agent.answered_at is None):
             raise SystemExit(f"QEMU restored guest: {result}")
-    return {"agent_ready": resumed - started, "command_start": result.started_at - started,
+    return {"agent_ready": agent.answered_at - started,
+            "command_start": result.started_at - started,
             "command_exit": exited - started}
 
 
