@@ -6,11 +6,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from vmboot.errors import BootConfigError, CmdlineError
 from vmboot.linux.configurator import layout
-from vmboot.linux.configurator.e820 import E820Entry
+
+if TYPE_CHECKING:
+    from vmboot.linux.configurator.e820 import E820Entry
 
 InitrdSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 EntryMode = Literal["bzimage64", "elf64", "pvh"]
