@@ -22,7 +22,7 @@ from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES, NotificationChoice
 from vmboot.errors import UsageError
 from vmboot.hv.kvm.cpuid import POLICY_NAMES, CpuidPolicyName
 from vmboot.hv.memory_map import ram_regions
-from vmboot.linux.options import ENTRY_CHOICES, BootOptions, EntryChoice
+from vmboot.linux.choices import ENTRY_CHOICES, EntryChoice, cmdline_bytes
 from vmboot.units import parse_size
 from vmboot.x86.mptable import MAX_CPUS as MAX_CPUS
 
@@ -133,7 +133,7 @@ class MachineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
         ram_regions(self.memory_bytes)  # the range and alignment guest RAM must have
-        BootOptions(cmdline=self.cmdline).cmdline_bytes()  # UTF-8, no NUL byte
+        cmdline_bytes(self.cmdline)  # UTF-8, no NUL byte
         object.__setattr__(self, "serial_ports", tuple(self.serial_ports))
         object.__setattr__(self, "extra_devices", tuple(self.extra_devices))
         if isinstance(self.cpus, bool) or not isinstance(self.cpus, int) \
