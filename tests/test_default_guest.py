@@ -122,7 +122,7 @@ def test_busybox_is_fetched_on_first_use_with_one_line(
 
     monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("vmboot.execute.guest_choice.find_busybox", no_host_busybox)
-    monkeypatch.setattr("vmboot.execute.guest_choice.fetch_busybox", lambda: fetched)
+    monkeypatch.setattr("vmboot.execute.fetch.fetch_busybox", lambda: fetched)
     lines: list[str] = []
     found = choose_busybox(environ={}, guest_image=tmp_path / "no-guest", progress=lines.append)
     assert found == fetched
@@ -157,7 +157,7 @@ def test_kernel_is_fetched_on_first_use_when_none_is_found(
     monkeypatch.setenv("VMBOOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("VMBOOT_KERNEL", raising=False)
     monkeypatch.setattr("vmboot.execute.guest_choice.find_kernel", nothing_found)
-    monkeypatch.setattr("vmboot.execute.guest_choice.fetch_debian_kernel", lambda: fetched)
+    monkeypatch.setattr("vmboot.execute.fetch.fetch_debian_kernel", lambda: fetched)
     lines: list[str] = []
     assert choose_kernel(progress=lines.append) == fetched
     assert len(lines) == 1 and str(tmp_path / "cache" / "debian-kernels") in lines[0]

@@ -1,10 +1,12 @@
 """What `vmboot run` imports before the first guest instruction: no NumPy (it costs ~150-190 ms
 here). NumPy stays for symbol tables, which load only when a trace or symbolize needs them.
 Nor the downloader (`vmboot fetch`: tarfile, urllib) or the profiler, which only their own
-verbs or flags need."""
+verbs or flags need. And what `vmboot exec --warm` imports to restore a saved guest: none of
+the boot code, the report classifier or the devices a warm guest lacks (issue 18)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +76,67 @@ def test_a_machine_imports_no_kernel_loader_until_it_boots() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["[]", "vmboot.linux.loader.detect vmboot.linux.loader.bzimage"], out
+
+
+WARM_PATH = (
+    "import json, sys\n"
+    "from vmboot.cli.main import build_parser\n"
+    "words = ['exec', '--warm', '--json', '--', 'echo', 'hi']\n"
+    "build_parser(words).parse_args(words)\n"
+    "import vmboot.execute.agent_run, vmboot.execute.api, vmboot.execute.channel\n"
+    "import vmboot.execute.guest_choice, vmboot.execute.warm\n"
+    "import vmboot.vmm.guest_agent, vmboot.vmm.machine, vmboot.vmm.runner\n"
+    "import vmboot.vmm.snapshots, vmboot.vmm.vcpus, vmboot.snapshot.restore\n"
+    "from vmboot.report import read_console\n"
+    "read_console(b'')\n"
+)
+"""What ``vmboot exec --warm`` loads before and while it restores a saved guest: the exec
+verb's parser, the modules exec_command and the warm run import, and the reading of an
+empty console (a clean warm exit prints nothing there)."""
+
+NOT_ON_THE_WARM_PATH = (
+    "vmboot.cli.run", "vmboot.cli.gdb_args", "vmboot.cli.terminal", "vmboot.gdbstub",
+    "vmboot.net.config", "vmboot.net.passt", "vmboot.net.backend",
+    "vmboot.devices.virtio.block", "vmboot.devices.virtio.share",
+    "vmboot.devices.virtio.vsock_host", "vmboot.devices.virtio.vsock",
+    "vmboot.report.classify", "vmboot.report.titles", "vmboot.report.lines",
+    "vmboot.elf", "vmboot.initramfs", "vmboot.compression", "vmboot.execute.fetch",
+    "vmboot.linux.options", "vmboot.linux.bootparam", "vmboot.linux.configurator",
+    "vmboot.linux.loader", "vmboot.x86.page_walk", "vmboot.vmm.code_fetch",
+    "vmboot.vmm.host_root", "vmboot.snapshot.save", "vmboot.debug",
+)
+"""Modules (and packages, with everything under them) that a warm run does not use: the
+other verbs' options, devices a warm guest does not have, the report classifier, the boot
+code (a restore boots nothing), the initramfs builders and the downloader."""
+
+MAX_WARM_PATH_DATACLASSES = 37
+"""Dataclasses defined by the modules on the warm path (each costs ~0.3 ms to create). Raise
+it only for one the warm path uses; load any other where it is used."""
+
+
+def _warm_path() -> dict[str, list[str]]:
+    report = (
+        "loaded = sorted(m for m in sys.modules if m.startswith('vmboot'))\n"
+        "made = sorted(f'{n}.{v.__qualname__}' for n in loaded for v in vars(sys.modules[n]).values()\n"
+        "              if isinstance(v, type) and v.__module__ == n\n"
+        "              and '__dataclass_fields__' in vars(v))\n"
+        "print(json.dumps({'modules': loaded, 'dataclasses': made}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", WARM_PATH + report], capture_output=True,
+                         text=True, check=True)
+    result: dict[str, list[str]] = json.loads(out.stdout)
+    return result
+
+
+def test_the_warm_exec_path_loads_no_boot_report_or_device_code() -> None:
+    """Issue 18: `vmboot exec --warm` must hand the command to the agent within 100 ms of
+    the process start, so what it imports is only what a restore and the agent need."""
+    loaded = _warm_path()["modules"]
+    unexpected = [m for m in loaded if m.startswith(tuple(f"{n}." for n in NOT_ON_THE_WARM_PATH))
+                  or m in NOT_ON_THE_WARM_PATH]
+    assert unexpected == [], unexpected
+
+
+def test_the_warm_exec_path_defines_few_dataclasses() -> None:
+    made = _warm_path()["dataclasses"]
+    assert len(made) <= MAX_WARM_PATH_DATACLASSES, made

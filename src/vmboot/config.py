@@ -16,23 +16,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT
-from vmboot.devices.pc import ExtraDevice
 from vmboot.devices.serial import COM1, SerialPort
-from vmboot.devices.virtio.block import Disk
-from vmboot.devices.virtio.console import ConsolePort
-from vmboot.devices.virtio.device import VirtioDevice
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES, ConsoleChoice
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES, NotificationChoice
-from vmboot.devices.virtio.share import Share, check_shares
-from vmboot.devices.virtio.vsock_host import VsockConfig
 from vmboot.errors import UsageError
 from vmboot.hv.kvm.cpuid import POLICY_NAMES, CpuidPolicyName
 from vmboot.hv.memory_map import ram_regions
-from vmboot.linux.options import ENTRY_CHOICES, BootOptions, EntryChoice
+from vmboot.linux.choices import ENTRY_CHOICES, EntryChoice, cmdline_bytes
 from vmboot.units import parse_size
 from vmboot.x86.mptable import MAX_CPUS as MAX_CPUS
 
 if TYPE_CHECKING:
+    from vmboot.devices.pc import ExtraDevice
+    from vmboot.devices.virtio.block import Disk
+    from vmboot.devices.virtio.console import ConsolePort
+    from vmboot.devices.virtio.device import VirtioDevice
+    from vmboot.devices.virtio.share import Share
+    from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.linux.kernel import Kernel
     from vmboot.net.config import NetConfig
 
@@ -133,7 +133,7 @@ class MachineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
         ram_regions(self.memory_bytes)  # the range and alignment guest RAM must have
-        BootOptions(cmdline=self.cmdline).cmdline_bytes()  # UTF-8, no NUL byte
+        cmdline_bytes(self.cmdline)  # UTF-8, no NUL byte
         object.__setattr__(self, "serial_ports", tuple(self.serial_ports))
         object.__setattr__(self, "extra_devices", tuple(self.extra_devices))
         if isinstance(self.cpus, bool) or not isinstance(self.cpus, int) \
@@ -153,7 +153,10 @@ class MachineConfig:
             raise UsageError(f"capture_limit: {self.capture_limit!r} is not a byte count >= 0")
         for name in ("disks", "console_ports", "virtio_devices", "shares"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        check_shares(self.shares)
+        if self.shares:
+            from vmboot.devices.virtio.share import check_shares
+
+            check_shares(self.shares)
         if self.vsock is not None:
             self.vsock.validate()
         if isinstance(self.agent, bool):
@@ -165,6 +168,7 @@ class MachineConfig:
             raise UsageError("agent='vsock': the machine has no vsock device; give "
                              "vsock=VsockConfig() as well (or agent='console')")
         if self.rootfs is not None:
+            from vmboot.devices.virtio.share import check_shares
             from vmboot.vmm.host_root import host_root_share
 
             check_shares((*self.shares, host_root_share(self.rootfs, self.initrd)))

@@ -9,7 +9,6 @@ A decimal fraction is accepted when it gives a whole number of bytes (``"1.5G"``
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 from vmboot.errors import UsageError
 
@@ -50,8 +49,12 @@ def parse_size(text: str | int, what: str = "size") -> int:
         raise UsageError(
             f"{what}: {text!r} mixes a hexadecimal number with a unit; expected {ACCEPTED_FORMS}"
         )
-    number = Fraction(int(m["hex"], 16)) if m["hex"] is not None else Fraction(m["dec"])
-    value = number * UNITS[m["unit"].lower()]
+    unit = UNITS[m["unit"].lower()]
+    if m["hex"] is not None or "." not in m["dec"]:
+        return (int(m["hex"], 16) if m["hex"] is not None else int(m["dec"])) * unit
+    from fractions import Fraction  # (and decimal): only for a decimal fraction, "1.5G"
+
+    value = Fraction(m["dec"]) * unit
     if value.denominator != 1:
         raise UsageError(
             f"{what}: {text!r} is not a whole number of bytes ({float(value):.2f}); "

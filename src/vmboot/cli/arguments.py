@@ -10,6 +10,7 @@ from vmboot.errors import UsageError
 
 if TYPE_CHECKING:
     from vmboot.devices.virtio.block import Disk
+    from vmboot.devices.virtio.share import Share
     from vmboot.report.kinds import Verdict
 
 
@@ -96,3 +97,13 @@ def add_disk_argument(parser: argparse.ArgumentParser) -> None:
                         help="a raw disk image as a virtio-blk disk (repeatable: vda, vdb, ...). "
                              "ro: read-only; throwaway: writes go to a private overlay and the "
                              "file is never modified; serial=ID: the disk's serial (20 bytes max)")
+
+
+def share_argument(text: str) -> Share:
+    """``--share HOST_DIR[:TAG][,ro]`` (:func:`~vmboot.devices.virtio.share.parse_share`)."""
+    from vmboot.devices.virtio.share import parse_share
+
+    try:
+        return parse_share(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

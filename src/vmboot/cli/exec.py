@@ -16,9 +16,9 @@ from vmboot.cli.arguments import (
     add_size_arguments,
     fail_on,
     seconds,
+    share_argument,
 )
 from vmboot.cli.net_options import add_net_arguments, net_config
-from vmboot.cli.run import share_argument
 from vmboot.cli.vsock_args import add_vsock_arguments, vsock_config
 from vmboot.config import DEFAULT_ENTRY, ENTRIES
 from vmboot.errors import UsageError

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from vmboot.net.config import DHCP_CMDLINE, NetConfig
+from vmboot.net import DHCP_CMDLINE
+
+if TYPE_CHECKING:
+    from vmboot.net.config import NetConfig
 
 
 def add_net_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,4 +37,6 @@ def net_config(args: argparse.Namespace) -> NetConfig | None:
             raise UsageError("--publish, --mac and --kernel-dhcp need --net user or --net "
                              "tap=NAME")
         return None
+    from vmboot.net.config import NetConfig
+
     return NetConfig.parse(args.net, args.publish, args.mac, args.name, args.kernel_dhcp)

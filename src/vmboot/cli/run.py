@@ -14,6 +14,7 @@ from vmboot.cli.arguments import (
     fail_on,
     sample_rate,
     seconds,
+    share_argument,
 )
 from vmboot.cli.gdb_args import add_gdb_arguments, check_gdb_arguments
 from vmboot.cli.net_options import add_net_arguments, net_config
@@ -32,7 +33,6 @@ from vmboot.config import (
 )
 from vmboot.devices.virtio.machine_devices import CONSOLE_CHOICES
 from vmboot.devices.virtio.setup import NOTIFICATION_CHOICES
-from vmboot.devices.virtio.share import Share, parse_share
 from vmboot.errors import UsageError
 from vmboot.vmm.dumps import DUMP_TRIGGERS
 from vmboot.vmm.exits import ExitReason
@@ -230,13 +230,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--json", action="store_true",
                    help="print one JSON object at the end (the console goes to stderr)")
     p.set_defaults(func=run)
-
-
-def share_argument(text: str) -> Share:
-    try:
-        return parse_share(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def exit_status(reason: ExitReason) -> int:

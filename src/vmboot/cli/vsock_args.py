@@ -7,8 +7,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from vmboot.cli.arguments import seconds
-from vmboot.devices.virtio.vsock_host import CONNECT_TIMEOUT
-from vmboot.devices.virtio.vsock_packet import DEFAULT_GUEST_CID
+from vmboot.devices.virtio.vsock_defaults import CONNECT_TIMEOUT, DEFAULT_GUEST_CID
 from vmboot.errors import UsageError
 
 if TYPE_CHECKING:

@@ -10,12 +10,30 @@
 - :mod:`~vmboot.execute.fetch`: busybox-static and Debian kernels with apt, into the cache;
 - :mod:`~vmboot.execute.cache`: where the cache is.
 - :mod:`~vmboot.execute.result`: what a run gives back (:class:`ExecResult`).
+
+The names below are imported when first used (PEP 562): a process that needs one module of
+this package (``vmboot exec`` first reads :mod:`~vmboot.execute.channel`'s choices) does
+not load the others.
 """
 
-from vmboot.execute.api import classify, exec_command
-from vmboot.execute.discovery import cached_kernels, find_kernel
-from vmboot.execute.image import EXEC_CMDLINE
-from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmboot.execute.api import classify, exec_command
+    from vmboot.execute.discovery import cached_kernels, find_kernel
+    from vmboot.execute.image import EXEC_CMDLINE
+    from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
+
+_HOMES = {
+    "classify": "api", "exec_command": "api",
+    "cached_kernels": "discovery", "find_kernel": "discovery",
+    "EXEC_CMDLINE": "image",
+    "ExecReason": "result", "ExecResult": "result", "ExecTimings": "result",
+}
+"""Each public name's module under ``vmboot.execute``."""
 
 __all__ = [
     "EXEC_CMDLINE",
@@ -27,3 +45,12 @@ __all__ = [
     "exec_command",
     "find_kernel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

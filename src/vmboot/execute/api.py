@@ -150,6 +150,13 @@ class _StatusWatch:
                 self.stop(ExitReason.STOPPED, "the command reported its exit status")
 
 
+def _default_vsock() -> VsockConfig:
+    """The vsock device an agent on vsock gets when none is given (loaded only then)."""
+    from vmboot.devices.virtio.vsock_host import VsockConfig
+
+    return VsockConfig()
+
+
 def _channel(callback: OutputCallback | None, capture_limit: int) -> ConsoleOutput:
     sink: ConsoleSink | None = callback
     return ConsoleOutput(sink, capture_limit)
@@ -230,11 +237,9 @@ def exec_command(
         raise BootConfigError(f"stdin: the serial channel ({decision.reason}) gives the command "
                               "/dev/null; pass stdin=None, or use an agent channel")
     if agent is not None:
-        from vmboot.devices.virtio.vsock_host import VsockConfig
-
         config = dataclasses.replace(
             config, cmdline=AGENT_CMDLINE, serial_ports=(COM1,), agent=agent,
-            vsock=VsockConfig() if agent == "vsock" and vsock is None else vsock,
+            vsock=_default_vsock() if agent == "vsock" and vsock is None else vsock,
             # the agent kills the command at the time limit; the machine stops a grace later
             timeout=None if timeout is None else timeout + STOP_GRACE)
     pairs = [(Path(host), guest) for host, guest in files]

@@ -25,7 +25,6 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
 from vmboot.errors import ElfFormatError, FetchError, KernelImageError
 from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_dir
 from vmboot.execute.default_guest import BUSYBOX_NAME, GUEST_IMAGE_DIR, shipped_kernel
@@ -103,6 +102,8 @@ def find_kernel(environ: Mapping[str, str] | None = None, *, cache: Path | None 
 
 def static_elf_problem(path: Path) -> str | None:
     """Why ``path`` is not a static x86-64 executable, or ``None`` if it is one."""
+    from vmboot.elf import ET_DYN, ET_EXEC, PT_INTERP, ElfFile
+
     try:
         with ElfFile.open(path) as elf:
             if elf.e_type not in (ET_EXEC, ET_DYN):

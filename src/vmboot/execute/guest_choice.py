@@ -23,7 +23,6 @@ from vmboot.errors import FetchError, KernelImageError
 from vmboot.execute.cache import BUSYBOX_SUBDIR, KERNELS_SUBDIR, cache_subdir
 from vmboot.execute.default_guest import GUEST_IMAGE_DIR, shipped_busybox
 from vmboot.execute.discovery import KERNEL_ENV, check_static_busybox, find_busybox, find_kernel
-from vmboot.execute.fetch import fetch_busybox, fetch_debian_kernel
 
 BUSYBOX_ENV = "VMBOOT_BUSYBOX"
 
@@ -55,6 +54,8 @@ def choose_busybox(explicit: str | Path | None = None, *, environ: Mapping[str, 
     try:
         return find_busybox()
     except FetchError:
+        from vmboot.execute.fetch import fetch_busybox  # tarfile, urllib: only to download
+
         progress(f"no static busybox on this host: fetching Debian's busybox-static into "
                  f"{cache_subdir(BUSYBOX_SUBDIR)} (once)")
         return fetch_busybox()
@@ -69,6 +70,8 @@ def choose_kernel(explicit: str | Path | None = None, *, progress: Progress = st
     try:
         return find_kernel()
     except KernelImageError:
+        from vmboot.execute.fetch import fetch_debian_kernel
+
         progress(f"no kernel to boot: fetching the newest Debian cloud kernel into "
                  f"{cache_subdir(KERNELS_SUBDIR)} (once)")
         return fetch_debian_kernel()

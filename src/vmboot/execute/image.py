@@ -80,13 +80,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmboot.agent import agent_binary
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import GuestError, InitramfsError
 from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
-from vmboot.initramfs.builders import build_initramfs, complete_tree, entries_from_files
-from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, DEFAULT_FILE_MODE, Entry, EntryKind
+
+if TYPE_CHECKING:
+    from vmboot.initramfs.entry import Entry
 
 # -- channels -------------------------------------------------------------------------------
 
@@ -197,6 +199,8 @@ def command_file(command: Sequence[str], env: Mapping[str, str]) -> bytes:
 
 def _base_entries(busybox: Path, command: Sequence[str], env: Mapping[str, str]
                   ) -> list[Entry]:
+    from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, DEFAULT_FILE_MODE, Entry
+
     entries = [
         *(Entry.directory(d) for d in MOUNT_POINTS),
         Entry.directory(TMP_DIR, TMP_MODE),
@@ -224,6 +228,9 @@ def exec_entries(command: Sequence[str], env: Mapping[str, str],
 def _with_user_files(base: list[Entry], files: Iterable[tuple[Path, str]],
                      reserved: Sequence[str]) -> list[Entry]:
     """``base`` plus the user's ``files``, which may add to its directories only."""
+    from vmboot.initramfs.builders import complete_tree, entries_from_files
+    from vmboot.initramfs.entry import EntryKind
+
     user = entries_from_files(files)
     base_paths = {e.path: e for e in base}
     merged = list(base)
@@ -247,6 +254,8 @@ def agent_entries(files: Iterable[tuple[Path, str]], busybox: Path, *,
     """The entries of the agent image: busybox, the agent as ``/init``, a link to busybox in
     ``/bin`` for each of ``applets`` (``sh`` always), the empty ``directories``, the user's
     ``files``."""
+    from vmboot.initramfs.entry import DEFAULT_EXECUTABLE_MODE, Entry
+
     bin_dir = BUSYBOX_PATH.rsplit("/", 1)[0]
     busybox_name = BUSYBOX_PATH.rsplit("/", 1)[1]
     links = {SHELL_PATH} | {f"{bin_dir}/{name}" for name in applets if name != busybox_name}
@@ -269,6 +278,7 @@ def agent_initramfs(files: Iterable[tuple[Path, str]], busybox: Path, *,
     inputs give the same bytes. ``busybox`` must be a static x86-64 busybox; ``applets``
     and ``directories`` as :func:`agent_entries`."""
     from vmboot.execute.discovery import check_static_busybox
+    from vmboot.initramfs.builders import build_initramfs
 
     check_static_busybox(busybox)
     return build_initramfs(agent_entries(files, busybox, applets=applets,
@@ -289,6 +299,7 @@ def exec_initramfs(command: list[str], env: dict[str, str], files: list[tuple[Pa
     ``busybox`` must be a static x86-64 busybox (:func:`vmboot.execute.discovery.find_busybox`).
     """
     from vmboot.execute.discovery import check_static_busybox
+    from vmboot.initramfs.builders import build_initramfs
 
     check_static_busybox(busybox)
     return build_initramfs(exec_entries(command, env, files, busybox), compression=compression)

@@ -6,19 +6,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING
 
-from vmboot.errors import BootConfigError, CmdlineError
+from vmboot.errors import BootConfigError
+from vmboot.linux.choices import ENTRY_CHOICES as ENTRY_CHOICES
+from vmboot.linux.choices import EntryChoice as EntryChoice
+from vmboot.linux.choices import EntryMode as EntryMode
+from vmboot.linux.choices import cmdline_bytes
 from vmboot.linux.configurator import layout
-from vmboot.linux.configurator.e820 import E820Entry
+
+if TYPE_CHECKING:
+    from vmboot.linux.configurator.e820 import E820Entry
 
 InitrdSource = bytes | bytearray | memoryview | str | os.PathLike[str]
-EntryMode = Literal["bzimage64", "elf64", "pvh"]
-"""How the vCPU enters the kernel: the bzImage 64-bit entry (startup_64 at load + 0x200),
-an ELF vmlinux's ``e_entry`` in 64-bit mode with a zero page, or the PVH entry (32-bit
-protected mode, EBX = ``struct hvm_start_info``)."""
-EntryChoice = Literal["auto", "bzimage64", "elf64", "pvh"]
-ENTRY_CHOICES: tuple[str, ...] = get_args(EntryChoice)
 PVH_START_INFO_GPA = 0x6000
 """Default home of ``struct hvm_start_info`` and the module list (as Firecracker's PVH_INFO_START)."""
 START_INFO_ALIGN = 8
@@ -58,22 +58,7 @@ class BootOptions:
     start_info_gpa: int = PVH_START_INFO_GPA
 
     def cmdline_bytes(self) -> bytes:
-        if isinstance(self.cmdline, str):
-            try:
-                raw = self.cmdline.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise CmdlineError(
-                    f"cmdline: character {self.cmdline[e.start]!r} at offset {e.start} cannot be "
-                    f"encoded as UTF-8 (a non-UTF-8 byte from the shell?); pass bytes instead"
-                ) from None
-        else:
-            raw = bytes(self.cmdline)
-        nul = raw.find(b"\0")
-        if nul >= 0:
-            raise CmdlineError(
-                f"cmdline: contains a NUL byte at offset {nul}; the kernel would stop reading there"
-            )
-        return raw
+        return cmdline_bytes(self.cmdline)
 
     def initrd_bytes(self) -> bytes | None:
         if self.initrd is None:

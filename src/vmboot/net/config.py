@@ -7,15 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from vmboot.net import DHCP_CMDLINE as DHCP_CMDLINE
 from vmboot.net.backend import NetBackend, NetBackendError
 from vmboot.net.passt import PortForward
 
 NetMode = Literal["user", "tap"]
 NET_MODES: tuple[str, ...] = ("user", "tap")
 DEFAULT_VM_NAME = "vmboot"
-DHCP_CMDLINE = "ip=dhcp"
-"""The kernel parameter that has the kernel itself configure eth0 by DHCP (IP_PNP_DHCP):
-for initramfs guests without a DHCP client."""
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vmboot.errors import UsageError
-from vmboot.report.classify import KernelReport, Symbolizer, find_reports
 from vmboot.report.kinds import FAIL_ON_CHOICES, SEVERITY, Verdict
 from vmboot.vmm.exits import ExitReason
+
+if TYPE_CHECKING:
+    from vmboot.report.classify import KernelReport, Symbolizer
 
 EXIT_VERDICTS: dict[ExitReason, Verdict] = {
     ExitReason.SHUTDOWN: Verdict.TRIPLE_FAULT,
@@ -62,7 +65,11 @@ def decide(reports: Iterable[KernelReport], exit_reason: ExitReason | None = Non
 def read_console(log: str | bytes, exit_reason: ExitReason | None = None,
                  command_failed: bool = False, symbolize: Symbolizer | None = None) -> Reading:
     """Classify a console log (and, for a run, how it stopped) into one :class:`Reading`."""
-    reports = find_reports(log, symbolize)
+    reports: list[KernelReport] = []
+    if log:  # an empty console (a clean warm run) has no report: the classifier stays unloaded
+        from vmboot.report.classify import find_reports
+
+        reports = find_reports(log, symbolize)
     return Reading(decide(reports, exit_reason, command_failed), reports)
 
 

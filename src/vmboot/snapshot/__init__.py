@@ -7,14 +7,40 @@
 - :mod:`~vmboot.snapshot.save` and :mod:`~vmboot.snapshot.restore`.
 
 :meth:`vmboot.Machine.snapshot` and :meth:`vmboot.Machine.restore` are the usual way in.
+
+The names below are imported when first used (PEP 562): a restore does not load
+:mod:`~vmboot.snapshot.save`.
 """
 
-from vmboot.snapshot.format import FORMAT_VERSION, SnapshotFile, open_snapshot
-from vmboot.snapshot.manifest import BootFacts, Manifest
-from vmboot.snapshot.restore import load_manifest, restore_devices, restore_vm
-from vmboot.snapshot.save import SaveReport, save_snapshot
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmboot.snapshot.format import FORMAT_VERSION, SnapshotFile, open_snapshot
+    from vmboot.snapshot.manifest import BootFacts, Manifest
+    from vmboot.snapshot.restore import load_manifest, restore_devices, restore_vm
+    from vmboot.snapshot.save import SaveReport, save_snapshot
+
+_HOMES = {
+    "FORMAT_VERSION": "format", "SnapshotFile": "format", "open_snapshot": "format",
+    "BootFacts": "manifest", "Manifest": "manifest",
+    "load_manifest": "restore", "restore_devices": "restore", "restore_vm": "restore",
+    "SaveReport": "save", "save_snapshot": "save",
+}
+"""Each public name's module under ``vmboot.snapshot``."""
 
 __all__ = [
     "FORMAT_VERSION", "BootFacts", "Manifest", "SaveReport", "SnapshotFile", "load_manifest",
     "open_snapshot", "restore_devices", "restore_vm", "save_snapshot",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

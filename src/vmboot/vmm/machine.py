@@ -49,10 +49,8 @@ from vmboot.devices.virtio.machine_devices import VirtioChoices, build_virtio
 from vmboot.errors import BootConfigError, DebugError, UsageError, VmbootError
 from vmboot.vmm.dumps import DEMAND, OOPS_END, OOPS_MARKERS, DumpPolicy
 from vmboot.vmm.exits import ExitReason, VmExit
-from vmboot.vmm.host_root import host_root_cmdline, host_root_share
 from vmboot.vmm.paused_call import call_paused
 from vmboot.vmm.wiring import connect_devices
-from vmboot.x86.mptable import build_mp_table, place_mp_table
 
 log = logging.getLogger("vmboot.vmm")
 
@@ -356,6 +354,8 @@ class Machine:
         self._agent_link: AgentLink | None = None
         self._guest_agent: GuestAgent[RunResult] | None = None
         if config.rootfs is not None:
+            from vmboot.vmm.host_root import host_root_cmdline, host_root_share
+
             shares = (*shares, host_root_share(config.rootfs, config.initrd))
             self.cmdline = f"{self.cmdline} {host_root_cmdline()}"
         if config.agent is not None or config.rootfs is not None:
@@ -416,6 +416,7 @@ class Machine:
         from vmboot.hv.kvm.cpuid import hidden_features
         from vmboot.linux import BootOptions
         from vmboot.linux.configurator.cpu_reset import set_firmware_state
+        from vmboot.x86.mptable import build_mp_table, place_mp_table
 
         self._t0 = time.monotonic()
         kernel = self.load_kernel()
@@ -749,9 +750,12 @@ class Machine:
         """The kernel reports on the console; bare addresses named with this kernel's
         symbols, less the KASLR offset the kernel printed."""
         from vmboot.report import read_console
-        from vmboot.report.lines import kernel_offset
 
-        slide = kernel_offset(result.console_text) or 0
+        slide = 0
+        if result.console:  # an empty console names no offset: the line parsers stay unloaded
+            from vmboot.report.lines import kernel_offset
+
+            slide = kernel_offset(result.console_text) or 0
         return read_console(result.console, result.exit.reason,
                             symbolize=lambda address: self.symbolize(address - slide))
 

@@ -40,7 +40,6 @@ from vmboot.hv.kvm.ioctl import kvm_run
 from vmboot.hv.kvm.vcpu import KvmVCPU
 from vmboot.hv.kvm.vm import KvmVM
 from vmboot.hv.registers import Register, SegmentRegister
-from vmboot.vmm.code_fetch import MAX_INSTRUCTION_BYTES, code_address, read_linear
 from vmboot.vmm.exits import ExitReason, VmExit
 from vmboot.x86 import cr
 
@@ -426,6 +425,8 @@ class Runner:
         what = _INTERNAL_SUBERRORS.get(suberror, f"suberror {suberror}")
         insn: bytes | None = None
         if suberror == abi.KVM_INTERNAL_ERROR_EMULATION:
+            from vmboot.vmm.code_fetch import MAX_INSTRUCTION_BYTES  # the page walker: only here
+
             (flags,) = _EMULATION_FLAGS.unpack_from(run, abi.RUN_INTERNAL_DATA)
             if ndata >= 1 and flags & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
                 size = min(run[abi.RUN_EMULATION_INSN], MAX_INSTRUCTION_BYTES)
@@ -444,6 +445,8 @@ class Runner:
 
     def _code_at_rip(self) -> bytes | None:
         """Up to 15 bytes at RIP read from guest memory through the guest's page tables."""
+        from vmboot.vmm.code_fetch import MAX_INSTRUCTION_BYTES, code_address, read_linear
+
         try:
             regs = self.vcpu.snapshot()
             cs = self.vcpu.get_segment(SegmentRegister.CS)

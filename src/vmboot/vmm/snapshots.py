@@ -32,14 +32,13 @@ from vmboot.errors import BootConfigError, SnapshotMismatchError
 from vmboot.file_digest import file_sha256
 from vmboot.hv.kvm.host import host_is_emulating
 from vmboot.hv.memory_map import ram_regions
-from vmboot.snapshot import BootFacts, SaveReport, load_manifest, restore_devices, restore_vm
-from vmboot.snapshot import save_snapshot as _save
+from vmboot.snapshot import BootFacts, load_manifest, restore_devices, restore_vm
 
 if TYPE_CHECKING:
     from vmboot.devices.virtio.setup import VirtioDevices
     from vmboot.hv.kvm.cpuid import CpuidPolicyName
     from vmboot.hv.kvm.vm import KvmVM
-    from vmboot.snapshot import Manifest
+    from vmboot.snapshot import Manifest, SaveReport
 
 
 class BootSource(Protocol):
@@ -165,6 +164,8 @@ def check_same_cpus(path: str | os.PathLike[str], saved: int, machine: int) -> N
 def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | None,
                  devices: Mapping[str, SavesState], virtio: VirtioDevices) -> SaveReport:
     """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
+    from vmboot.snapshot import save_snapshot as _save
+
     if vm is None:
         raise BootConfigError("Machine.snapshot: the machine is not started (or is closed)")
     if host_is_emulating() and SNAPSHOT_CLOCKSOURCE not in machine.cmdline.split():

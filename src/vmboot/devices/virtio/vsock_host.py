@@ -21,6 +21,7 @@ from pathlib import Path
 from vmboot.closeable import Closeable
 from vmboot.devices.socket_path import check_socket_path
 from vmboot.devices.virtio import vsock_packet as vp
+from vmboot.devices.virtio.vsock_defaults import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from vmboot.errors import BootConfigError, VmbootError
 
 CONNECT_WORD = b"CONNECT"
@@ -31,11 +32,6 @@ PORT_LIMIT = 0xFFFFFFFF
 SUN_PATH_MAX = 107
 """sockaddr_un.sun_path holds 108 bytes with the terminating NUL."""
 PORT_SUFFIX_MAX = len(f"_{PORT_LIMIT}")
-CONNECT_TIMEOUT = 10.0
-"""Seconds the guest has to answer a connection the host starts (``CONNECT <port>`` on the
-hybrid socket, :meth:`VsockDevice.connect`): then the device gives up, closes the host
-stream and resets the request in the guest. Firecracker waits 2 s; a guest whose ring-0
-code is emulated (docs/pvm-hosts.md) answers more slowly on a busy host."""
 MAX_CONNECT_TIMEOUT = 3600.0
 
 

@@ -11,9 +11,10 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from vmboot.devices.virtio.vsock_defaults import DEFAULT_GUEST_CID as DEFAULT_GUEST_CID
+
 HOST_CID = 2
 """VMADDR_CID_HOST: the address the guest uses for the host."""
-DEFAULT_GUEST_CID = 3
 MIN_GUEST_CID = 3
 """CIDs 0-2 are reserved (hypervisor, local, host); 0xFFFFFFFF is VMADDR_CID_ANY."""
 MAX_GUEST_CID = 0xFFFFFFFE
