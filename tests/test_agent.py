@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -73,9 +74,31 @@ def test_a_malformed_resumed_frame_changes_nothing_and_is_answered(agent: AgentC
     agent.sock.sendall(p.frame(p.Frame.RESUMED, b"short"))
     msg = agent._read(None)
     assert msg is not None and msg.kind is p.Frame.RESUMED_DONE
-    assert p.RESUMED_DONE.unpack_from(msg.payload) == (22, 22, 22)  # EINVAL, nothing done
-    assert msg.payload[p.RESUMED_DONE.size:] == p.AGENT_VERSION.encode()
+    answer = p.resumed_answer(msg.payload)
+    assert answer.errnos == (22, 22, 22)  # EINVAL, nothing done
+    assert answer.version == p.AGENT_VERSION
+    assert answer.behind == 0 and answer.held_cycles is not None
     assert agent.run(["/bin/true"], ENV, timeout=30).exit_status == 0
+
+
+def test_the_resume_answer_says_what_came_with_the_message_and_how_long_it_was_held(
+        agent: AgentClient) -> None:
+    """The bytes read with the resume message (here a stdin frame, which the agent
+    acknowledges) are counted, and the time from that read to the answer is given (in TSC
+    cycles)."""
+    agent.wait_ready(10)
+    behind = p.frame(p.Frame.STDIN, b"x" * 100)
+    before = time.monotonic()
+    agent.sock.sendall(p.frame(p.Frame.RESUMED, b"short") + behind)
+    msg = agent._read(None)
+    elapsed = time.monotonic() - before
+    assert msg is not None and msg.kind is p.Frame.RESUMED_DONE
+    answer = p.resumed_answer(msg.payload)
+    assert answer.behind == len(behind)
+    # TSC cycles: fewer than a 10 GHz counter would count in the round trip
+    assert answer.held_cycles is not None and 0 < answer.held_cycles < elapsed * 10e9
+    taken = agent._read(None)
+    assert taken is not None and taken.kind is p.Frame.STDIN_TAKEN
 
 
 def test_fifty_commands_in_one_session_each_status_right(agent: AgentClient) -> None:

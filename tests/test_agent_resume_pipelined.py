@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,12 @@ from vmboot.agent.client import AgentClient, ResumeFailed
 VERSION = b"vmboot-agent test"
 
 
-def done(*errnos: int) -> bytes:
-    return p.frame(p.Frame.RESUMED_DONE, p.RESUMED_DONE.pack(*(errnos or (0, 0, 0))) + VERSION)
+def done(*errnos: int, held: tuple[int, int] | None = None) -> bytes:
+    """The answer of an agent (of vmboot-agent 4 when ``held`` gives its held TSC cycles and
+    the bytes behind the message)."""
+    tail = b"" if held is None else b"\0" + p.RESUMED_HELD.pack(*held)
+    return p.frame(p.Frame.RESUMED_DONE,
+                   p.RESUMED_DONE.pack(*(errnos or (0, 0, 0))) + VERSION + tail)
 
 
 STARTED = p.frame(p.Frame.STARTED, p.STARTED.pack(1, 0))
@@ -165,3 +170,75 @@ def test_the_blocking_resume_still_waits_for_its_answer(
     client = AgentClient(ours)
     client.resumed(10)
     assert client.version == VERSION.decode() and agent.kinds() == [p.Frame.RESUMED]
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_the_agent_held_the_command_when_it_came_whole_with_the_message(
+        pair: tuple[socket.socket, socket.socket], complete: bool) -> None:
+    """The answer's time less what the agent says it held the message, when the read that
+    brought it brought the whole command too; no figure when it brought less."""
+    held_cycles, tsc_khz = 60_000_000, 2_000_000  # 30 ms at 2 GHz
+
+    def answer(agent: ScriptedAgent, msg: p.Message) -> None:
+        if msg.kind is p.Frame.EXEC:
+            sent_behind = len(p.exec_frame(["/bin/true"], {}))
+            agent.send(done(held=(held_cycles, sent_behind if complete else sent_behind - 1))
+                       + STARTED + EXITED)
+
+    client, _agent = run_against(pair, answer)
+    client.run(["/bin/true"], timeout=10)
+    assert client.answered_at is not None and client.version == VERSION.decode()
+    if complete:
+        assert client.held_command_at(tsc_khz) == pytest.approx(client.answered_at - 0.030)
+    else:
+        assert client.held_command_at(tsc_khz) is None
+
+
+def test_an_answer_without_the_held_time_gives_no_figure(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    def answer(agent: ScriptedAgent, msg: p.Message) -> None:
+        if msg.kind is p.Frame.EXEC:
+            agent.send(done() + STARTED + EXITED)
+
+    client, _agent = run_against(pair, answer)
+    client.run(["/bin/true"], timeout=10)
+    assert client.answered_at is not None and client.held_command_at(2_000_000) is None
+
+
+def test_a_short_resume_answer_is_refused() -> None:
+    with pytest.raises(p.AgentProtocolError, match="resume answer of 5 bytes"):
+        p.resumed_answer(b"\0" * 5)
+
+
+class _WaitingGuest:
+    """A guest whose run lasts until it is asked to stop; notes when it started."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self, timeout: float | None = None) -> object:
+        self.started.set()
+        self._stop.wait(10)
+        return None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+def test_a_restored_guest_runs_once_its_first_command_is_on_its_way() -> None:
+    """Over the console port the vCPU thread starts after the resume message and the
+    command are written, so the guest resumes with them in its queue."""
+    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
+
+    guest = _WaitingGuest()
+    bridge = AgentBridge()
+    agent: GuestAgent[Any] = GuestAgent(guest, bridge)
+    try:
+        client = agent.resume(10, wait=False)
+        assert not agent.running and not guest.started.is_set()
+        client.signal(signal.SIGCONT)  # the first message: the resume message goes with it
+        assert guest.started.wait(10) and agent.running
+    finally:
+        agent.stop()
+        bridge.close()

@@ -118,7 +118,7 @@ def test_every_ioctl_is_checked() -> None:
     for ioctl in ("KVM_RUN", "KVM_GET_REGS", "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_CPUID2",
                   "KVM_GET_SUPPORTED_CPUID", "KVM_SET_USER_MEMORY_REGION", "KVM_IRQ_LINE",
                   "KVM_CREATE_PIT2", "KVM_SET_IDENTITY_MAP_ADDR", "KVM_GET_LAPIC", "KVM_SET_FPU",
-                  "KVM_IOEVENTFD", "KVM_IRQFD"):
+                  "KVM_IOEVENTFD", "KVM_IRQFD", "KVM_GET_TSC_KHZ"):
         assert ioctl in names
 
 

@@ -82,3 +82,10 @@ def test_shared_kvm_outlives_its_vms() -> None:
                 vm.create_vcpu(0)
         assert open_fd_count() == fds
         assert kvm.fd >= 0
+
+
+def test_the_guest_tsc_rate_is_read_from_the_vm() -> None:
+    """KVM_GET_TSC_KHZ on the VM (what the agent's cycle counts are converted with) gives a
+    rate a TSC can have: 100 MHz to 10 GHz."""
+    with KvmVM(2 << 20) as vm:
+        assert 100_000 <= vm.tsc_khz() <= 10_000_000

@@ -85,9 +85,15 @@ class AgentClient:
         self.version: str | None = None
         self.answered_at: float | None = None
         """``time.monotonic()`` when the agent's answer to the resume message arrived."""
+        self.resume_answer: p.ResumedAnswer | None = None
+        """The agent's answer to the resume message (once it came)."""
+        self._first_behind = 0
         self._pending: list[p.Message] = []
         self._resume: _PendingResume | None = None
         self._resume_unsent = False
+        self._on_resume_sent: Callable[[], object] | None = None
+        self.last_write_at = 0.0
+        """``time.monotonic()`` when the last message to the agent had been written."""
 
     def _read(self, deadline: float | None,
               stdin: _StdinStream | None = None) -> p.Message | None:
@@ -150,22 +156,26 @@ class AgentClient:
             if msg.kind is p.Frame.RESUMED_DONE:
                 self._resume_answered(msg.payload)
 
-    def send_resumed(self, timeout: float | None = None) -> None:
+    def send_resumed(self, timeout: float | None = None,
+                     on_sent: Callable[[], object] | None = None) -> None:
         """Send the resume message of :meth:`resumed` without waiting for its answer: the
         next :meth:`run` sends its command right behind it (the agent takes frames in
         order, so the command starts with the fresh entropy and clock) and takes the answer
         as it comes, sending the message again when it was late, and raising
         :class:`ResumeFailed` (the command killed) when the guest refused a step or never
-        answered within ``timeout`` seconds."""
+        answered within ``timeout`` seconds. ``on_sent`` is called once the message is
+        written (with the command)."""
         self._resume = _PendingResume(timeout)
         self._resume_unsent = True
+        self._on_resume_sent = on_sent
 
-    def _resume_frame(self) -> bytes:
+    def _resume_frame(self, behind: int) -> bytes:
         """The resume message when it is still to be sent (it leaves with the next frame,
-        or before the next read), else nothing."""
+        ``behind`` bytes, or before the next read), else nothing."""
         if not self._resume_unsent or self._resume is None:
             return b""
         self._resume_unsent = False
+        self._resume.first_behind = behind
         return self._resume.frame()
 
     def _resume_answered(self, payload: bytes) -> None:
@@ -173,23 +183,39 @@ class AgentClient:
         answer was late; :class:`ResumeFailed` when a step failed."""
         resume = self._resume
         assert resume is not None
-        if len(payload) < p.RESUMED_DONE.size:
-            raise ResumeFailed(f"agent: resume answer of {len(payload)} bytes, "
-                               f"expected {p.RESUMED_DONE.size}")
+        try:
+            answer = p.resumed_answer(payload)
+        except p.AgentProtocolError as e:
+            raise ResumeFailed(str(e)) from None
         steps = ("RNDADDENTROPY", "RNDRESEEDCRNG", "clock_settime(CLOCK_REALTIME)")
         failed = [f"{step}: {os.strerror(e)} (errno {e})"
-                  for step, e in zip(steps, p.RESUMED_DONE.unpack_from(payload), strict=True)
-                  if e]
+                  for step, e in zip(steps, answer.errnos, strict=True) if e]
         if failed:
             self._resume = None
             raise ResumeFailed(f"agent: the restored guest could not be reseeded or have its "
                                f"clock set: {'; '.join(failed)} (the agent must run as root)")
-        if time.monotonic() - resume.sent > CLOCK_TOLERANCE and resume.attempts < RESUME_ATTEMPTS:
+        now = time.monotonic()
+        if now - resume.sent > CLOCK_TOLERANCE and resume.attempts < RESUME_ATTEMPTS:
             self._send(resume.frame())  # the clock it set is stale: set it again
             return
         self._resume = None
-        self.answered_at = time.monotonic()
-        self.version = payload[p.RESUMED_DONE.size:].decode(errors="replace")
+        self.answered_at = now
+        self.resume_answer = answer
+        self._first_behind = resume.first_behind if resume.attempts == 1 else 0
+        self.version = answer.version
+
+    def held_command_at(self, tsc_khz: int) -> float | None:
+        """``time.monotonic()`` by which the agent had read the command sent with the resume
+        message (:meth:`send_resumed`): the answer's arrival less the time the agent says it
+        held the message (TSC cycles, at the guest's ``tsc_khz``), when the read that
+        brought the message brought the whole command too; None otherwise (or with an
+        agent older than vmboot-agent 4). The way back is not subtracted: it errs late."""
+        answer = self.resume_answer
+        if (answer is None or self.answered_at is None or not self._first_behind
+                or answer.held_cycles is None or answer.behind is None
+                or answer.behind < self._first_behind or tsc_khz <= 0):
+            return None
+        return self.answered_at - answer.held_cycles / (tsc_khz * 1000.0)
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str = "",
             stdin: StdinSource = None, on_stdout: OutputSink | None = None,
@@ -204,7 +230,7 @@ class AgentClient:
             self.wait_ready(timeout)
         stream = _StdinStream.of(stdin)
         self._send(p.exec_frame(argv, env or {}, cwd))
-        sent_at = time.monotonic()
+        sent_at = self.last_write_at
         deadline = None if timeout is None else sent_at + timeout
         out, err = bytearray(), bytearray()
         output = p.OutputPath.PIPES
@@ -257,14 +283,19 @@ class AgentClient:
                                      sent_at=sent_at)
 
     def _send(self, data: bytes) -> None:
-        if self._resume_unsent:
-            data = self._resume_frame() + data  # one write: the agent reads them together
+        with_resume = self._resume_unsent
+        if with_resume:
+            data = self._resume_frame(len(data)) + data  # one write: read together
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             raise AgentError(CLOSED) from None
         except OSError as exc:
             raise AgentError(f"agent: connection failed: {exc.strerror or exc}") from None
+        self.last_write_at = time.monotonic()
+        if with_resume and self._on_resume_sent is not None:
+            on_sent, self._on_resume_sent = self._on_resume_sent, None
+            on_sent()
 
     def signal(self, signo: int) -> None:
         """Send ``signo`` to the running command's process group (as Ctrl-C does at a terminal)."""
@@ -292,6 +323,8 @@ class _PendingResume:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.sent = 0.0
         self.attempts = 0
+        self.first_behind = 0
+        """Bytes sent in the same write behind the first message (the first command)."""
 
     def frame(self) -> bytes:
         """The message, with the host's wall time now and fresh random bytes."""

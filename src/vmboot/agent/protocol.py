@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from vmboot.errors import VmbootError
 
-AGENT_VERSION = "vmboot-agent 3"
+AGENT_VERSION = "vmboot-agent 4"
 """The greeting of the agent built from this tree's ``vmboot-agent.c`` (its AGENT_VERSION):
-3 gives commands the output ports as stdout and stderr."""
+3 gives commands the output ports as stdout and stderr; 4 says in its resume answer how long
+it held the message and what came with it (:class:`ResumedAnswer`)."""
 LENGTH = struct.Struct("<I")
 U32 = struct.Struct("<I")
 U32_PAIR = struct.Struct("<II")
@@ -108,7 +109,11 @@ RESUMED_HEAD = struct.Struct("<QI")
 """Seconds and nanoseconds of the host's wall clock (CLOCK_REALTIME)."""
 RESUMED_DONE = struct.Struct("<III")
 """The errno of RNDADDENTROPY, of RNDRESEEDCRNG and of clock_settime (0: done); the
-agent's version text follows."""
+agent's version text follows, then (vmboot-agent 4) a NUL and :data:`RESUMED_HELD`."""
+RESUMED_HELD = struct.Struct("<QI")
+"""The guest's time-stamp counter cycles from the agent's read that brought the resume
+message to its answer (a restored guest's clocksource may count in jiffies; the TSC's rate
+is the VM's, ``KVM_GET_TSC_KHZ``), and the bytes that read brought behind the message."""
 SEED_BYTES = 64
 """Random bytes a restored guest is given (512 bits credited to its input pool)."""
 SEED_MAX = 512
@@ -123,6 +128,33 @@ def resumed_frame(wall_ns: int, seed: bytes) -> bytes:
         raise AgentProtocolError(f"resumed: wall time {wall_ns} ns is before the epoch")
     seconds, nanoseconds = divmod(wall_ns, 1_000_000_000)
     return frame(Frame.RESUMED, RESUMED_HEAD.pack(seconds, nanoseconds) + seed)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedAnswer:
+    """The agent's answer to a resume message."""
+
+    errnos: tuple[int, int, int]
+    """Of RNDADDENTROPY, RNDRESEEDCRNG and clock_settime (0: done)."""
+    version: str
+    held_cycles: int | None
+    """TSC cycles from the agent's read that brought the message to this answer (None: an
+    agent older than vmboot-agent 4)."""
+    behind: int | None
+    """Bytes that read brought behind the message (what the host sent with it)."""
+
+
+def resumed_answer(payload: bytes) -> ResumedAnswer:
+    """RESUMED_DONE's payload, parsed; :class:`AgentProtocolError` when it is too short."""
+    if len(payload) < RESUMED_DONE.size:
+        raise AgentProtocolError(f"agent: resume answer of {len(payload)} bytes, "
+                                 f"expected at least {RESUMED_DONE.size}")
+    errnos: tuple[int, int, int] = RESUMED_DONE.unpack_from(payload)
+    version, nul, held = payload[RESUMED_DONE.size:].partition(b"\0")
+    held_cycles = behind = None
+    if nul and len(held) >= RESUMED_HELD.size:
+        held_cycles, behind = RESUMED_HELD.unpack_from(held)
+    return ResumedAnswer(errnos, version.decode(errors="replace"), held_cycles, behind)
 
 
 def signal_frame(signo: int) -> bytes:

@@ -33,7 +33,7 @@
  * (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
  */
 
-#define AGENT_VERSION "vmboot-agent 3"
+#define AGENT_VERSION "vmboot-agent 4"
 
 #define STDOUT_PORT_SUFFIX ".stdout"
 #define STDERR_PORT_SUFFIX ".stderr"
@@ -92,6 +92,15 @@ static int chan = -1;
 static int out_port = -1, err_port = -1;  /* the output ports, when the host offers them */
 static unsigned char inbuf[FRAME_MAX + 8];
 static unsigned int inlen;
+static unsigned long read_at;  /* the TSC when the last read from the host returned */
+
+static unsigned long rdtsc_(void)
+{
+	unsigned int lo, hi;
+
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((unsigned long)hi << 32) | lo;
+}
 static unsigned char outbuf[PIPE_CHUNK + 16];
 static unsigned char stdin_buf[STDIN_MAX];
 static unsigned int stdin_len;
@@ -503,7 +512,12 @@ static void flush_stdin(struct child *c)
  * (drivers/char/random.c: RNDADDENTROPY mixes the buffer in and credits entropy_count
  * bits; RNDRESEEDCRNG makes every CPU's CRNG take a new key), then set the wall clock.
  */
-static void resumed(const unsigned char *p, unsigned int n)
+/* The resume message: reseed, set the clock, answer with each step's errno, the version,
+ * a NUL, the TSC cycles since the read that brought the message (a clock no restore or
+ * clocksource can coarsen; the host knows its rate), and how many bytes that read brought
+ * behind it (the host sends the first command with the message: the agent held it that
+ * long before the answer). */
+static void resumed(const unsigned char *p, unsigned int n, unsigned int behind)
 {
 	static struct { int entropy_count; int buf_size; unsigned char buf[SEED_MAX]; } pool;
 	struct timespec_ ts;
@@ -532,16 +546,24 @@ static void resumed(const unsigned char *p, unsigned int n)
 		errs[2] = r < 0 ? -r : 0;
 	}
 	{
-		unsigned char out[12 + sizeof(AGENT_VERSION)];
+		unsigned char out[12 + sizeof(AGENT_VERSION) + 12];
+		unsigned int v = 12 + sizeof(AGENT_VERSION) - 1;
+		unsigned long held = rdtsc_() - read_at;
+
 		put_u32(out, errs[0]);
 		put_u32(out + 4, errs[1]);
 		put_u32(out + 8, errs[2]);
 		memcpy(out + 12, AGENT_VERSION, sizeof(AGENT_VERSION) - 1);
-		send_frame('t', out, 12 + sizeof(AGENT_VERSION) - 1);
+		out[v] = 0;
+		put_u32(out + v + 1, (unsigned int)held);
+		put_u32(out + v + 5, (unsigned int)(held >> 32));
+		put_u32(out + v + 9, behind);
+		send_frame('t', out, v + 13);
 	}
 }
 
-static void handle_frame(struct child *c, unsigned char type, const unsigned char *p, unsigned int n)
+static void handle_frame(struct child *c, unsigned char type, const unsigned char *p, unsigned int n,
+			 unsigned int behind)
 {
 	switch (type) {
 	case 'E':
@@ -568,7 +590,7 @@ static void handle_frame(struct child *c, unsigned char type, const unsigned cha
 			kill(-c->pid, get_u32(p));
 		break;
 	case 'T':
-		resumed(p, n);
+		resumed(p, n, behind);
 		break;
 	}
 }
@@ -667,6 +689,7 @@ int main(int argc, char **argv, char **envp)
 				return 0;
 			}
 			inlen += r;
+			read_at = rdtsc_();
 			for (;;) {
 				unsigned int len;
 				if (inlen < 5)
@@ -678,7 +701,7 @@ int main(int argc, char **argv, char **envp)
 				}
 				if (inlen < 4 + len)
 					break;
-				handle_frame(&c, inbuf[4], inbuf + 5, len - 1);
+				handle_frame(&c, inbuf[4], inbuf + 5, len - 1, inlen - 4 - len);
 				memmove(inbuf, inbuf + 4 + len, inlen - 4 - len);
 				inlen -= 4 + len;
 			}

@@ -54,6 +54,9 @@ class ExecTimings:
     the agent holds the command."""
     command_sent: float | None = None
     """Through the agent: the command's EXEC message was handed to the guest's channel."""
+    command_held: float | None = None
+    """A warm run: the agent had read the command (sent in one write with the resume
+    message): :attr:`vmboot.agent.client.AgentClient.held_command_at`."""
     first_output: float | None = None
     """Through the agent: the command's first stdout or stderr bytes arrived."""
     vm_exit: float | None = None
@@ -73,6 +76,7 @@ class ExecTimings:
             "restored": self.restored,
             "agent_ready": self.agent_ready,
             "command_sent": self.command_sent,
+            "command_held": self.command_held,
             "first_output": self.first_output,
             "vm_exit": self.vm_exit,
             "origin": self.origin,

@@ -217,7 +217,10 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
                                   f"the restored guest was not resumed: {e}")
             except AgentError as e:
                 reason, detail = ExecReason.LOST, f"the guest stopped before the command ended: {e}"
-            marks.resumed = machine.agent_answered_at
+            client = machine.agent_client
+            if client is not None and machine.vm is not None:
+                marks.resumed = client.answered_at
+                marks.held = client.held_command_at(machine.vm.tsc_khz())
     except AgentError as e:
         reason, detail = ExecReason.BOOT_FAILURE, f"the restored guest's agent did not answer: {e}"
     finally:
@@ -244,6 +247,7 @@ def warm_exec(config: MachineConfig, command: Sequence[str], env: Mapping[str, s
                             restored=marks.since(machine.loaded_at), agent_ready=resumed,
                             command_sent=marks.since(None if result is None
                                                      else result.sent_at),
+                            command_held=marks.since(marks.held),
                             first_output=marks.since(marks.first_output), vm_exit=t_end,
                             origin=t0),
         console=bytes(machine.console.data),
@@ -257,6 +261,7 @@ class _Marks:
     def __init__(self, t0: float) -> None:
         self.t0 = t0
         self.resumed: float | None = None
+        self.held: float | None = None
         self.first_output: float | None = None
         self.exited: float | None = None
 

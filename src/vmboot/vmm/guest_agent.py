@@ -230,6 +230,8 @@ class GuestAgent(Generic[EndT]):
         """How the run ended (None while the guest runs)."""
         self._on_end = on_end
         self._thread: threading.Thread | None = None
+        self._start_on_send = False
+        """The vCPU thread starts when the client's first message is sent (resume)."""
         self._ended = threading.Event()
         self._stopping = False
 
@@ -239,15 +241,32 @@ class GuestAgent(Generic[EndT]):
 
     def resume(self, timeout: float = RESUME_TIMEOUT, wait: bool = True) -> AgentClient:
         """Run a guest restored from a snapshot in the background and send the agent the
-        resume message (fresh entropy, the host's wall time); wait for its answer, or with
-        ``wait`` False let the first command go with it (:meth:`AgentClient.send_resumed`)."""
-        return self._begin(timeout, AgentClient.resumed if wait else AgentClient.send_resumed)
+        resume message (fresh entropy, the host's wall time); wait for its answer. With
+        ``wait`` False the message goes with the first command
+        (:meth:`AgentClient.send_resumed`), and over the console port the guest starts
+        running only once both are on their way: it resumes with them in its queue, and no
+        vCPU thread competes with this one until then."""
+        if wait or self.link.transport != "console":
+            return self._begin(timeout, AgentClient.resumed if wait else AgentClient.send_resumed)
+        try:
+            client = self._connect(timeout)  # the bridge: no guest needed to connect
+        except AgentError as e:
+            raise AgentError(f"{e}{self._why_stopped()}") from None
+        self._start_on_send = True
+        client.send_resumed(timeout, on_sent=self._start_deferred)
+        return client
+
+    def _start_deferred(self) -> None:
+        self._start_on_send = False
+        self._start_thread()
 
     def _begin(self, timeout: float, first: Callable[[AgentClient, float], object]
                ) -> AgentClient:
-        """Start the vCPU thread, connect the agent's channel and do ``first`` (wait for the
-        greeting, or resume), all within ``timeout`` seconds."""
-        self._start_thread()
+        """Start the vCPU thread (unless it starts with the first message), connect the
+        agent's channel and do ``first`` (wait for the greeting, or resume), all within
+        ``timeout`` seconds."""
+        if not self._start_on_send:
+            self._start_thread()
         deadline = time.monotonic() + timeout
         try:
             client = self._connect(timeout)

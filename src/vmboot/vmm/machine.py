@@ -57,7 +57,7 @@ log = logging.getLogger("vmboot.vmm")
 GDB_STOP_DETAIL = "stopped for the debugger"
 
 if TYPE_CHECKING:
-    from vmboot.agent.client import CommandResult, OutputSink, StdinSource
+    from vmboot.agent.client import AgentClient, CommandResult, OutputSink, StdinSource
     from vmboot.debug.cpus import CpuTrace
     from vmboot.debug.hang import HangReport
     from vmboot.debug.symbol_sources import SymbolSource
@@ -668,11 +668,12 @@ class Machine:
         return client.version or ""
 
     @property
-    def agent_answered_at(self) -> float | None:
-        """``time.monotonic()`` when the restored guest's agent answered the resume message
-        (None: no answer yet, or not restored with an agent)."""
+    def agent_client(self) -> AgentClient | None:
+        """The client of the guest's agent, once connected (by :meth:`exec`, or a restore
+        with an agent): its ``answered_at`` and ``held_command_at(vm.tsc_khz())`` say when
+        a restored guest's agent answered the resume message, and held the first command."""
         agent = self._guest_agent
-        return None if agent is None or agent.client is None else agent.client.answered_at
+        return None if agent is None else agent.client
 
     def exec_signal(self, signo: int) -> None:
         """Send ``signo`` to the process group of the command :meth:`exec` is running (from

@@ -672,6 +672,9 @@ KVM_GET_CLOCK = _ior(0x7C, KvmClockData)
 KVM_GET_PIT2 = _ior(0x9F, KvmPitState2)
 KVM_SET_PIT2 = _iow(0xA0, KvmPitState2)
 KVM_IOEVENTFD = _iow(0x79, KvmIoeventfd)
+KVM_GET_TSC_KHZ = _io(0xA3)
+"""The guests' TSC rate in kHz (the ioctl's return value; on a VM fd with
+KVM_CAP_VM_TSC_CONTROL, as on a vCPU's)."""
 
 # ioctls on a vCPU fd
 KVM_RUN = _io(0x80)

@@ -129,6 +129,13 @@ class KvmVM(VirtualMachine):
     def _ioctl(self, request: int, arg: int | bytes, what: str) -> int | bytes:
         return kvm_ioctl(self.fd, request, arg, who="KVM VM", what=what)
 
+    def tsc_khz(self) -> int:
+        """The rate of the guest's time-stamp counter, in kHz (``KVM_GET_TSC_KHZ`` on the VM:
+        no vCPU is stopped to read it)."""
+        khz = self._ioctl(abi.KVM_GET_TSC_KHZ, 0, "KVM_GET_TSC_KHZ")
+        assert isinstance(khz, int)
+        return khz
+
     # -- devices ------------------------------------------------------------------------------
     def irq_line(self, irq: int, level: bool | int) -> None:
         """Drive interrupt line ``irq`` (GSI 0-23 of the in-kernel PIC/IOAPIC) to ``level``."""
