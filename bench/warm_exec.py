@@ -11,14 +11,16 @@ Besides the whole run, each warm run's phases are placed on this script's clock 
 child's ``timings.origin`` is its ``time.monotonic()``, the same system-wide clock): from
 process start to the command written to the agent's channel (``command_sent``; the resume
 message goes in the same write, and the host puts both in the guest's receive queue within
-a tenth of a millisecond), to the agent's answer to that resume message (``agent_ready``:
-the agent reads both frames together and answers the first before it starts the command,
-so by then it holds the command), and to its STARTED answer (sent once the command's
-``execve`` succeeded) — the goal is 100 ms to the agent holding the command. The peer of
+a tenth of a millisecond; the guest's vCPU starts then), to the agent holding the command
+(``command_held``: the agent's answer to the resume message says how many TSC cycles
+passed since the read that brought the message and how many bytes that read brought
+behind it, the whole command; the answer's arrival less that time, so the way back still
+counts), to the answer itself (``agent_ready``), and to its STARTED answer (sent once the
+command's ``execve`` succeeded) — the goal is 100 ms to the agent holding the command. The peer of
 those rows is the cold run's process start to its agent's greeting (the moment it can take
-a command). Python's own start (``python -c pass``, and with ``-S``: without the site
-packages' ``.pth`` files, which some environments fill) is timed in the same run, as the
-floor under every figure.
+a command). Python's own start (``python -c pass``) is timed in the same run, as the floor
+under every figure (with ``-S`` vmboot starts no sooner: what ``site`` loads here, vmboot
+would load itself).
 
 Run: ``python bench/warm_exec.py [--runs N] [--kernel K]``. Writes bench/results/warm_exec.json.
 """
@@ -44,8 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMMAND = ["echo", "hi"]
 TIMEOUT = 900.0
 GOAL = "100 ms from process start to the agent holding the command"
-PHASES = ("restored", "agent_ready", "command_sent", "command_start", "first_output",
-          "command_exit", "vm_exit")
+PHASES = ("restored", "command_sent", "command_held", "agent_ready", "command_start",
+          "first_output", "command_exit", "vm_exit")
 """The warm run's ``timings`` reported, each from process start."""
 
 
@@ -98,17 +100,15 @@ def main() -> None:
         warm: list[dict[str, float]] = []
         cold: list[dict[str, float]] = []
         python: list[float] = []
-        python_s: list[float] = []
         for _ in range(args.runs):  # interleaved: both see the same load
             warm.append(run_exec(options, True, env))
             cold.append(run_exec(options, False, env))
             python.extend(interpreter_start([], env) for _ in range(3))
-            python_s.extend(interpreter_start(["-S"], env) for _ in range(3))
     w = Timing.of([r["total"] for r in warm])
     c = Timing.of([r["total"] for r in cold])
     sent = Timing.of([r["command_sent"] for r in warm])
-    holds = Timing.of([r["agent_ready"] for r in warm])
-    py, py_s = Timing.of(python), Timing.of(python_s)
+    holds = Timing.of([r["command_held"] for r in warm])
+    py = Timing.of(python)
     started = Timing.of([r["command_start"] for r in warm])
     cold_ready = Timing.of([r["command_start"] for r in cold])
     phases = {name: statistics.median(r[name] for r in warm)
@@ -117,7 +117,6 @@ def main() -> None:
     command = f"python bench/warm_exec.py --runs {args.runs}"
     print_table([
         ["python -c pass", fmt_s(py.median), f"min {fmt_s(py.min)} max {fmt_s(py.max)}"],
-        ["python -S -c pass", fmt_s(py_s.median), f"min {fmt_s(py_s.min)} max {fmt_s(py_s.max)}"],
         ["first warm run (boot and save)", fmt_s(first), "1 run"],
         *([f"warm: {name}", fmt_s(value), "median, from process start"]
           for name, value in phases.items()),
@@ -129,8 +128,8 @@ def main() -> None:
         summary_row("warm exec: process start to the command written to the agent's channel",
                     sent, "cold exec: process start to the agent's greeting", cold_ready, GOAL,
                     command),
-        summary_row("warm exec: process start to the agent holding the command (its answer "
-                    "to the resume message sent with it)", holds,
+        summary_row("warm exec: process start to the agent holding the command (read with "
+                    "the resume message; the agent's own account)", holds,
                     "cold exec: process start to the agent's greeting", cold_ready, GOAL, command),
         summary_row("warm exec: process start to the agent's STARTED (command exec'd)", started,
                     "cold exec: process start to the agent's greeting", cold_ready, GOAL, command),
@@ -140,7 +139,7 @@ def main() -> None:
     out = write_results("warm_exec", {"command": command, "kernel": kernel, "bytecode": bytecode,
                                       "first_warm_s": first, "warm": w, "cold": c,
                                       "warm_phases_median_s": phases, "warm_runs": warm,
-                                      "python_start": py, "python_start_no_site": py_s,
+                                      "python_start": py,
                                       "cold_runs": cold, "summary": summary})
     print(f"wrote {out}")
 
