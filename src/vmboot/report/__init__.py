@@ -12,8 +12,9 @@ in it does not load the report titles and their patterns.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vmboot.lazy_names import names_from
 
 if TYPE_CHECKING:
     from vmboot.report.classify import KernelReport, find_reports
@@ -34,10 +35,4 @@ __all__ = ["Frame", "KernelReport", "Reading", "ReportType", "Verdict", "decide"
            "parse_fail_on", "read_console"]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_from(__name__, _HOMES)
