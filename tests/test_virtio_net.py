@@ -295,3 +295,26 @@ def test_a_full_backend_holds_the_transmit_queue_back_until_it_is_writable() -> 
     assert backend.flushed == 1 and writable[-1] is False
     assert backend.sent == [_frame(64, fill=i) for i in range(3)]
     assert len(r.queues[TX].take_used()) == 2 and dev.counters["tx_frames"] == 3
+
+
+def test_a_received_frames_interrupt_ends_the_wait_of_the_sent_frames() -> None:
+    """As Linux's driver does with VIRTIO_F_EVENT_IDX: it asks for an interrupt at the next
+    used buffer of each queue. The sent frame's interrupt is held back; the reply's
+    interrupt tells the driver of both, and nothing is left waiting for the timer."""
+    backend = FakeBackend()
+    dev = NetDevice(backend, MAC)
+    dev.host_fds()  # what the wiring does: the sent frames' interrupt may wait
+    dev.watch_host_fd = lambda fd, on: None
+    r = rig(dev)
+    assert dev.has_feature(spec.F_EVENT_IDX) and dev._tx_signal is not None
+    _transmit(r, bytes(HDR) + _frame(64))
+    assert backend.sent == [_frame(64)] and r.interrupts == []
+    assert dev._tx_signal.waiting == 1
+    _add_rx(r, 1)
+    backend.inbound.append(_frame(80))
+    r.transport.process(RX)  # the backend's fd became readable
+    assert r.interrupts == [spec.INTERRUPT_USED_BUFFER]
+    assert dev._tx_signal.waiting == 0
+    r.transport.process(TX)  # the I/O thread, had the timer run on
+    assert len(r.interrupts) == 1
+    assert r.queues[TX].take_used() == [(0, 0)]

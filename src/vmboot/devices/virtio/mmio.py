@@ -99,6 +99,8 @@ class MmioTransport:
         self.interrupt_status |= bit
         self.interrupts += 1
         self.interrupt()
+        if bit & spec.INTERRUPT_USED_BUFFER:
+            self.device.used_buffers_signalled()
 
     def needs_reset(self, why: str) -> None:
         """The driver broke the contract: set DEVICE_NEEDS_RESET and tell it (4.2.3.4)."""

@@ -55,8 +55,9 @@ stops sending (passt retransmitting to a slow guest) must not starve the guest's
 acknowledgements on the transmit queue."""
 TX_SIGNAL_DELAY = 1e-3
 """Seconds the interrupt for sent frames may wait for company (:mod:`.signal_delay`): a
-reply to what was sent usually comes within it, and one interrupt then serves both. Only
-frees frames the driver already let go of; the frames themselves leave at once."""
+reply to what was sent usually comes within it, and one interrupt then serves both (the
+reply's interrupt ends the wait: :meth:`NetDevice.used_buffers_signalled`). Only frees
+frames the driver already let go of; the frames themselves leave at once."""
 TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
 """Sent frames whose interrupt never waits (the driver may be running short of room)."""
 LOCAL_MAC_PREFIX = 0x02
@@ -172,6 +173,13 @@ class NetDevice(VirtioDevice):
             self._tx_signal.reset()
         super().reset()
         self._held = None
+
+    def used_buffers_signalled(self) -> None:
+        """Any used-buffer interrupt tells the driver of the sent frames too: the timer of
+        those held back is stopped, so it neither wakes the I/O thread nor interrupts again
+        (a received frame's interrupt per frame sent, not one each)."""
+        if self._tx_signal is not None:
+            self._tx_signal.reset()
 
     def close(self) -> None:
         log.info("virtio-net: %s", ", ".join(f"{k} {v}" for k, v in self.counters.items()))
