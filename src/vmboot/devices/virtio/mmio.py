@@ -7,6 +7,12 @@ registered as ioeventfds, or the transport signals them on a ``QueueNotify`` exi
 way the device's work runs on the I/O thread (:meth:`on_queue_event`). Interrupts go out
 through :attr:`interrupt` (an irqfd write, or a pulse on the interrupt line).
 
+The driver acknowledges each interrupt (Linux reads ``InterruptStatus`` and writes the
+value back to ``InterruptAck``). The usual value, used buffers only, can be taken by KVM
+too (:attr:`ack_fd`, an ioeventfd matched on that value): the vCPU then leaves KVM once an
+interrupt instead of twice. Such an acknowledgement is applied before anything reads or
+sets ``InterruptStatus`` (:meth:`_take_acks`), so the driver never sees a bit it cleared.
+
 Status handling follows 2.1 and 3.1: writing 0 resets the device; the driver may only add
 status bits; ``FEATURES_OK`` is refused (stays clear) when the driver accepted features the
 device did not offer or did not accept ``VIRTIO_F_VERSION_1``; at ``DRIVER_OK`` each ready
@@ -53,6 +59,10 @@ class MmioTransport:
         self.interrupt: Interrupt = lambda: None
         self.ioeventfd = False
         """KVM signals :attr:`queue_fds` itself (QueueNotify writes never reach :meth:`mmio_write`)."""
+        self.ack_fd = new_eventfd()
+        """Signalled by KVM for an ``InterruptAck`` write of :data:`spec.INTERRUPT_USED_BUFFER`
+        once the wiring registered it as an ioeventfd (:attr:`acks_in_kernel`)."""
+        self.acks_in_kernel = False
         self.notifications = 0
         """Queue notifications handled."""
         self.notify_exits = 0
@@ -78,6 +88,9 @@ class MmioTransport:
         for fd in self.queue_fds:
             os.close(fd)
         self.queue_fds = []
+        if self.ack_fd >= 0:
+            os.close(self.ack_fd)
+            self.ack_fd = -1
 
     # -- helpers ----------------------------------------------------------------------------
     def _log_once(self, key: str, message: str) -> None:
@@ -95,7 +108,15 @@ class MmioTransport:
         return bool(self.status & spec.STATUS_DRIVER_OK) and not (
             self.status & spec.STATUS_DEVICE_NEEDS_RESET)
 
+    def _take_acks(self) -> None:
+        """Apply the ``InterruptAck`` writes KVM took (:attr:`ack_fd`) since the last look.
+        Called with the lock held before ``InterruptStatus`` is read or set: an ack the
+        driver wrote before now clears the bit; a bit set after it stays."""
+        if self.acks_in_kernel and drain_eventfd(self.ack_fd):
+            self.interrupt_status &= ~spec.INTERRUPT_USED_BUFFER
+
     def _raise_interrupt(self, bit: int) -> None:
+        self._take_acks()
         self.interrupt_status |= bit
         self.interrupts += 1
         self.interrupt()
@@ -152,6 +173,7 @@ class MmioTransport:
         if offset == R.QUEUE_READY:
             return 0 if q is None else int(q.ready)
         if offset == R.INTERRUPT_STATUS:
+            self._take_acks()
             return self.interrupt_status
         if offset == R.STATUS:
             return self.status
@@ -188,6 +210,7 @@ class MmioTransport:
         elif offset == R.STATUS:
             self._write_status(value)
         elif offset == R.INTERRUPT_ACK:
+            self._take_acks()
             self.interrupt_status &= ~value
         elif offset == R.DEVICE_FEATURES_SEL:
             self.device_features_sel = value
@@ -311,6 +334,8 @@ class MmioTransport:
             self.error = None
             for fd in self.queue_fds:
                 drain_eventfd(fd)
+            if self.ack_fd >= 0:
+                drain_eventfd(self.ack_fd)
 
     # -- notifications ----------------------------------------------------------------------
     def _notify_by_exit(self, value: int) -> None:
@@ -368,6 +393,7 @@ class MmioTransport:
     def state(self) -> dict[str, Any]:
         """Transport, queue and device state as plain data (JSON-ready), versioned."""
         with self.lock:
+            self._take_acks()
             return {
                 "version": STATE_VERSION,
                 "kind": self.device.name,
@@ -450,6 +476,7 @@ class MmioTransport:
             for i, q in enumerate(self.device.queues):
                 if q.ready:
                     self.kick(i)
+            self._take_acks()
             if self.interrupt_status:
                 self.interrupts += 1
                 self.interrupt()
