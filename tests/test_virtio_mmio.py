@@ -27,6 +27,8 @@ from vmboot.devices.virtio.setup import IRQS, MMIO_BASE, NotificationPath, Virti
 from vmboot.hv import MemoryVM
 
 R = spec.MmioReg
+WAIT_S = 30.0
+"""Bound on waiting for another thread (reached only when it is stuck)."""
 
 
 def test_identification_registers() -> None:
@@ -147,6 +149,36 @@ def test_an_interrupt_after_an_acknowledgement_taken_by_kvm_keeps_its_bit() -> N
     assert r.interrupts == [spec.INTERRUPT_USED_BUFFER] * 2
     assert read_reg(t, R.INTERRUPT_STATUS) == spec.INTERRUPT_USED_BUFFER
     assert t.state()["interrupt_status"] == spec.INTERRUPT_USED_BUFFER
+
+
+def test_interrupt_status_is_read_while_a_queue_is_being_served() -> None:
+    """The driver's InterruptStatus read (on the vCPU thread) does not wait for the I/O
+    thread, which holds the transport's lock while it serves a queue."""
+    import threading
+
+    r = rig(RngDevice())
+    t = r.transport
+    r.queues[0].add_chain([], [(DATA, 8)])
+    t.process(0)
+    serving, release = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with t.lock:  # as process() holds it while the device works
+            serving.set()
+            release.wait(WAIT_S)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        assert serving.wait(WAIT_S)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(read_reg(t, R.INTERRUPT_STATUS)))
+        reader.start()
+        reader.join(WAIT_S)
+        assert got == [spec.INTERRUPT_USED_BUFFER]
+    finally:
+        release.set()
+        server.join()
 
 
 class FakeVm:
