@@ -27,6 +27,8 @@ from vmboot.devices.virtio.setup import IRQS, MMIO_BASE, NotificationPath, Virti
 from vmboot.hv import MemoryVM
 
 R = spec.MmioReg
+WAIT_S = 30.0
+"""Bound on waiting for another thread (reached only when it is stuck)."""
 
 
 def test_identification_registers() -> None:
@@ -117,6 +119,68 @@ def test_state_round_trips_through_json_into_a_new_transport() -> None:
     assert r.queues[0].take_used()[-1] == (head, 4)
 
 
+def _acked_by_kvm(t: MmioTransport) -> None:
+    """What KVM does for the driver's InterruptAck write of 1 once the ioeventfd is set."""
+    os.eventfd_write(t.ack_fd, 1)
+
+
+def test_an_acknowledgement_taken_by_kvm_clears_the_bit_before_it_is_read() -> None:
+    r = rig(RngDevice())
+    t = r.transport
+    t.acks_in_kernel = True
+    r.queues[0].add_chain([], [(DATA, 8)])
+    t.process(0)
+    assert read_reg(t, R.INTERRUPT_STATUS) == spec.INTERRUPT_USED_BUFFER
+    _acked_by_kvm(t)
+    assert read_reg(t, R.INTERRUPT_STATUS) == 0
+    assert t.state()["interrupt_status"] == 0
+
+
+def test_an_interrupt_after_an_acknowledgement_taken_by_kvm_keeps_its_bit() -> None:
+    r = rig(RngDevice())
+    t = r.transport
+    t.acks_in_kernel = True
+    r.queues[0].add_chain([], [(DATA, 8)])
+    t.process(0)
+    _acked_by_kvm(t)  # acknowledged, not yet looked at
+    r.queues[0].set_used_event(1)  # the driver wants the next one
+    r.queues[0].add_chain([], [(DATA + 8, 8)])
+    t.process(0)  # the next interrupt
+    assert r.interrupts == [spec.INTERRUPT_USED_BUFFER] * 2
+    assert read_reg(t, R.INTERRUPT_STATUS) == spec.INTERRUPT_USED_BUFFER
+    assert t.state()["interrupt_status"] == spec.INTERRUPT_USED_BUFFER
+
+
+def test_interrupt_status_is_read_while_a_queue_is_being_served() -> None:
+    """The driver's InterruptStatus read (on the vCPU thread) does not wait for the I/O
+    thread, which holds the transport's lock while it serves a queue."""
+    import threading
+
+    r = rig(RngDevice())
+    t = r.transport
+    r.queues[0].add_chain([], [(DATA, 8)])
+    t.process(0)
+    serving, release = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with t.lock:  # as process() holds it while the device works
+            serving.set()
+            release.wait(WAIT_S)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        assert serving.wait(WAIT_S)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(read_reg(t, R.INTERRUPT_STATUS)))
+        reader.start()
+        reader.join(WAIT_S)
+        assert got == [spec.INTERRUPT_USED_BUFFER]
+    finally:
+        release.set()
+        server.join()
+
+
 class FakeVm:
     """What VirtioDevices.connect needs from a VM, recording the calls."""
 
@@ -157,7 +221,9 @@ def test_connect_with_ioeventfd_registers_every_queue_and_an_irqfd() -> None:
     vm = FakeVm(fds=True)
     try:
         assert devs.connect(vm) is NotificationPath.IOEVENTFD
-        assert vm.ioeventfds == [(MMIO_BASE + R.QUEUE_NOTIFY, 4, 0)]
+        assert vm.ioeventfds == [(MMIO_BASE + R.QUEUE_NOTIFY, 4, 0),
+                                 (MMIO_BASE + R.INTERRUPT_ACK, 4, spec.INTERRUPT_USED_BUFFER)]
+        assert devs.transports[0].acks_in_kernel
         assert vm.irqfds == [IRQS[0]]
         assert devs.report()["notification_path"] == "ioeventfd/irqfd"
     finally:

@@ -13,10 +13,11 @@ import pytest
 
 from virtio_support import DATA, MEMORY, Rig, rig
 from vmboot.devices.virtio import spec
-from vmboot.devices.virtio.driver import notify
+from vmboot.devices.virtio.driver import negotiate, notify
 from vmboot.devices.virtio.io_thread import drain_eventfd
 from vmboot.devices.virtio.net import (
     BATCH_FRAMES,
+    NOT_OFFERED,
     RX,
     TX,
     NetDevice,
@@ -28,6 +29,7 @@ from vmboot.errors import BootConfigError
 from vmboot.net.backend import Chunk, NetBackendDown
 
 HDR = spec.NET_HDR_SIZE
+NET_TRANSPORT = spec.TRANSPORT_FEATURES & ~NOT_OFFERED
 MAC = bytes.fromhex("020000000001")
 
 
@@ -138,7 +140,7 @@ def test_receive_writes_header_and_frame_with_num_buffers() -> None:
 
 def test_without_mergeable_buffers_a_frame_too_big_for_one_buffer_is_dropped() -> None:
     backend = FakeBackend()
-    features = spec.TRANSPORT_FEATURES | (1 << spec.NET_F_MAC)
+    features = NET_TRANSPORT | (1 << spec.NET_F_MAC)
     r, dev = _net(backend, features=features)
     _add_rx(r, 2, size=512)
     backend.inbound.extend([_frame(1000), _frame(100)])
@@ -196,7 +198,7 @@ def test_a_chain_outside_guest_ram_is_dropped_and_the_device_goes_on() -> None:
 def test_a_gso_frame_is_refused_unless_tso_was_negotiated() -> None:
     backend = FakeBackend(vnet_hdr=True)
     big = bytes(HDR) + _frame(30000)
-    r, dev = _net(backend, features=spec.TRANSPORT_FEATURES | (1 << spec.NET_F_MRG_RXBUF))
+    r, dev = _net(backend, features=NET_TRANSPORT | (1 << spec.NET_F_MRG_RXBUF))
     _transmit(r, big)
     assert dev.counters["tx_oversized"] == 1 and backend.sent == []
     r2, dev2 = _net(FakeBackend(vnet_hdr=True))
@@ -295,3 +297,35 @@ def test_a_full_backend_holds_the_transmit_queue_back_until_it_is_writable() -> 
     assert backend.flushed == 1 and writable[-1] is False
     assert backend.sent == [_frame(64, fill=i) for i in range(3)]
     assert len(r.queues[TX].take_used()) == 2 and dev.counters["tx_frames"] == 3
+
+
+def test_a_received_frames_interrupt_ends_the_wait_of_the_sent_frames() -> None:
+    """As Linux's driver does with VIRTIO_F_EVENT_IDX: it asks for an interrupt at the next
+    used buffer of each queue. The sent frame's interrupt is held back; the reply's
+    interrupt tells the driver of both, and nothing is left waiting for the timer."""
+    backend = FakeBackend()
+    dev = NetDevice(backend, MAC)
+    dev.host_fds()  # what the wiring does: the sent frames' interrupt may wait
+    dev.watch_host_fd = lambda fd, on: None
+    r = rig(dev)
+    assert dev.has_feature(spec.F_EVENT_IDX) and dev._tx_signal is not None
+    _transmit(r, bytes(HDR) + _frame(64))
+    assert backend.sent == [_frame(64)] and r.interrupts == []
+    assert dev._tx_signal.waiting == 1
+    _add_rx(r, 1)
+    backend.inbound.append(_frame(80))
+    r.transport.process(RX)  # the backend's fd became readable
+    assert r.interrupts == [spec.INTERRUPT_USED_BUFFER]
+    assert dev._tx_signal.waiting == 0
+    r.transport.process(TX)  # the I/O thread, had the timer run on
+    assert len(r.interrupts) == 1
+    assert r.queues[TX].take_used() == [(0, 0)]
+
+
+def test_indirect_descriptors_are_not_offered() -> None:
+    _, dev = _net(FakeBackend())
+    assert not dev.avail_features & (1 << spec.F_INDIRECT_DESC)
+    assert not dev.has_feature(spec.F_INDIRECT_DESC)
+    assert dev.has_feature(spec.F_EVENT_IDX) and dev.has_feature(spec.F_VERSION_1)
+    refused = rig(NetDevice(FakeBackend(), MAC), start=False)
+    assert not negotiate(refused.transport, spec.TRANSPORT_FEATURES) & spec.STATUS_FEATURES_OK

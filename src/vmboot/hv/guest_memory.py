@@ -31,6 +31,8 @@ class GuestMemory:
     def __init__(self, memory_bytes: int, shared: bool = False, *,
                  _file: tuple[int, int] | None = None) -> None:
         self.regions: tuple[MemoryRegion, ...] = ram_regions(memory_bytes)
+        self._spans = tuple((r.gpa, r.end, r.offset) for r in self.regions)
+        """The regions as plain (start, end, offset) numbers, for :meth:`offset_of`."""
         self.size = memory_bytes
         self._fd: int | None = None
         # MAP_NORESERVE: a 4 GiB guest costs nothing until its pages are touched.
@@ -142,7 +144,18 @@ class GuestMemory:
 
     # -- address translation ------------------------------------------------------------------
     def offset_of(self, gpa: int, length: int) -> int:
-        """Host offset of guest-physical ``[gpa, gpa + length)``; raise if any byte is not RAM."""
+        """Host offset of guest-physical ``[gpa, gpa + length)``; raise if any byte is not RAM.
+
+        Called for every ring and buffer access of every virtio request: the common case
+        (plain integers inside a region) is checked first, in few operations."""
+        if type(gpa) is int and type(length) is int and gpa >= 0 and length >= 0:
+            for start, end, offset in self._spans:
+                if start <= gpa and gpa + length <= end:
+                    return offset + (gpa - start)
+        return self._offset_checked(gpa, length)
+
+    def _offset_checked(self, gpa: int, length: int) -> int:
+        """:meth:`offset_of` for any argument: the error names what is wrong."""
         if not isinstance(gpa, int) or not isinstance(length, int):
             raise GuestMemoryError(
                 f"guest memory: address and length must be integers, got {gpa!r}, {length!r}"

@@ -129,6 +129,12 @@ class VirtioDevice:
             used = True
         return used
 
+    def used_buffers_signalled(self) -> None:
+        """The transport just sent a used-buffer notification. On virtio-mmio one covers
+        every queue (4.2.2: the driver looks at each), so a device holding back the
+        notification of another queue's used buffers (:mod:`.signal_delay`) owes none
+        for them now. The default holds nothing back."""
+
     def process_queue(self, index: int) -> bool:
         """The driver notified queue ``index``: handle what it made available.
 

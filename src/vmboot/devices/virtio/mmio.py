@@ -7,6 +7,15 @@ registered as ioeventfds, or the transport signals them on a ``QueueNotify`` exi
 way the device's work runs on the I/O thread (:meth:`on_queue_event`). Interrupts go out
 through :attr:`interrupt` (an irqfd write, or a pulse on the interrupt line).
 
+The driver acknowledges each interrupt (Linux reads ``InterruptStatus`` and writes the
+value back to ``InterruptAck``). The usual value, used buffers only, can be taken by KVM
+too (:attr:`ack_fd`, an ioeventfd matched on that value): the vCPU then leaves KVM once an
+interrupt instead of twice. Such an acknowledgement is applied before anything reads or
+sets ``InterruptStatus`` (:meth:`_take_acks`), so the driver never sees a bit it cleared.
+``InterruptStatus`` has a lock of its own (:attr:`MmioTransport.status_lock`): the driver's
+read of it, the one exit to vmboot of each interrupt, never waits for a queue being served
+(the I/O thread holds :attr:`MmioTransport.lock` while a frame goes to its backend).
+
 Status handling follows 2.1 and 3.1: writing 0 resets the device; the driver may only add
 status bits; ``FEATURES_OK`` is refused (stays clear) when the driver accepted features the
 device did not offer or did not accept ``VIRTIO_F_VERSION_1``; at ``DRIVER_OK`` each ready
@@ -49,10 +58,16 @@ class MmioTransport:
         self.irq = irq
         self.name = name
         self.lock = threading.RLock()
+        self.status_lock = threading.Lock()
+        """Guards :attr:`interrupt_status` alone; taken after :attr:`lock` when both are."""
         self.queue_fds = [new_eventfd() for _ in device.queues]
         self.interrupt: Interrupt = lambda: None
         self.ioeventfd = False
         """KVM signals :attr:`queue_fds` itself (QueueNotify writes never reach :meth:`mmio_write`)."""
+        self.ack_fd = new_eventfd()
+        """Signalled by KVM for an ``InterruptAck`` write of :data:`spec.INTERRUPT_USED_BUFFER`
+        once the wiring registered it as an ioeventfd (:attr:`acks_in_kernel`)."""
+        self.acks_in_kernel = False
         self.notifications = 0
         """Queue notifications handled."""
         self.notify_exits = 0
@@ -71,13 +86,17 @@ class MmioTransport:
         self.driver_features_sel = 0
         self.driver_features = 0
         self.queue_sel = 0
-        self.interrupt_status = 0
+        with self.status_lock:
+            self.interrupt_status = 0
         self.config_generation = 0
 
     def close(self) -> None:
         for fd in self.queue_fds:
             os.close(fd)
         self.queue_fds = []
+        if self.ack_fd >= 0:
+            os.close(self.ack_fd)
+            self.ack_fd = -1
 
     # -- helpers ----------------------------------------------------------------------------
     def _log_once(self, key: str, message: str) -> None:
@@ -95,10 +114,26 @@ class MmioTransport:
         return bool(self.status & spec.STATUS_DRIVER_OK) and not (
             self.status & spec.STATUS_DEVICE_NEEDS_RESET)
 
+    def _take_acks(self) -> None:
+        """Apply the ``InterruptAck`` writes KVM took (:attr:`ack_fd`) since the last look.
+        Called with :attr:`status_lock` held before ``InterruptStatus`` is read or set: an
+        ack the driver wrote before now clears the bit; a bit set after it stays."""
+        if self.acks_in_kernel and drain_eventfd(self.ack_fd):
+            self.interrupt_status &= ~spec.INTERRUPT_USED_BUFFER
+
+    def read_interrupt_status(self) -> int:
+        with self.status_lock:
+            self._take_acks()
+            return self.interrupt_status
+
     def _raise_interrupt(self, bit: int) -> None:
-        self.interrupt_status |= bit
+        with self.status_lock:
+            self._take_acks()
+            self.interrupt_status |= bit
         self.interrupts += 1
         self.interrupt()
+        if bit & spec.INTERRUPT_USED_BUFFER:
+            self.device.used_buffers_signalled()
 
     def needs_reset(self, why: str) -> None:
         """The driver broke the contract: set DEVICE_NEEDS_RESET and tell it (4.2.3.4)."""
@@ -121,6 +156,8 @@ class MmioTransport:
 
     # -- registers --------------------------------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:
+        if offset == spec.MmioReg.INTERRUPT_STATUS and size == _REGISTER_SIZE:
+            return self.read_interrupt_status()  # without waiting for :attr:`lock`
         with self.lock:
             if offset >= spec.MmioReg.CONFIG:
                 return self.device.read_config(offset - spec.MmioReg.CONFIG, size)
@@ -150,7 +187,7 @@ class MmioTransport:
         if offset == R.QUEUE_READY:
             return 0 if q is None else int(q.ready)
         if offset == R.INTERRUPT_STATUS:
-            return self.interrupt_status
+            return self.read_interrupt_status()
         if offset == R.STATUS:
             return self.status
         if offset == R.CONFIG_GENERATION:
@@ -186,7 +223,9 @@ class MmioTransport:
         elif offset == R.STATUS:
             self._write_status(value)
         elif offset == R.INTERRUPT_ACK:
-            self.interrupt_status &= ~value
+            with self.status_lock:
+                self._take_acks()
+                self.interrupt_status &= ~value
         elif offset == R.DEVICE_FEATURES_SEL:
             self.device_features_sel = value
         elif offset == R.DRIVER_FEATURES_SEL:
@@ -309,6 +348,8 @@ class MmioTransport:
             self.error = None
             for fd in self.queue_fds:
                 drain_eventfd(fd)
+            if self.ack_fd >= 0:
+                drain_eventfd(self.ack_fd)
 
     # -- notifications ----------------------------------------------------------------------
     def _notify_by_exit(self, value: int) -> None:
@@ -366,6 +407,7 @@ class MmioTransport:
     def state(self) -> dict[str, Any]:
         """Transport, queue and device state as plain data (JSON-ready), versioned."""
         with self.lock:
+            interrupt_status = self.read_interrupt_status()
             return {
                 "version": STATE_VERSION,
                 "kind": self.device.name,
@@ -375,7 +417,7 @@ class MmioTransport:
                 "driver_features": self.driver_features,
                 "acked_features": self.device.acked_features,
                 "queue_sel": self.queue_sel,
-                "interrupt_status": self.interrupt_status,
+                "interrupt_status": interrupt_status,
                 "config_generation": self.config_generation,
                 "queues": [vars(q.state()) for q in self.device.queues],
                 "device": self.device.state(),
@@ -428,8 +470,9 @@ class MmioTransport:
             self.reset()
             for q, qs in zip(self.device.queues, queues, strict=True):
                 q.restore(qs)
-            for key in _REGISTERS:
-                setattr(self, key, int(state[key]))
+            with self.status_lock:
+                for key in _REGISTERS:
+                    setattr(self, key, int(state[key]))
             self.driver_features = int(state["driver_features"])
             self.device.acked_features = int(state["acked_features"])
             self.device.restore(state["device"])
@@ -448,7 +491,7 @@ class MmioTransport:
             for i, q in enumerate(self.device.queues):
                 if q.ready:
                     self.kick(i)
-            if self.interrupt_status:
+            if self.read_interrupt_status():
                 self.interrupts += 1
                 self.interrupt()
 

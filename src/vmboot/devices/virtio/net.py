@@ -4,7 +4,7 @@ host backend (:mod:`vmboot.net`).
 Offered: ``VIRTIO_NET_F_MAC``, ``F_STATUS`` (the link goes down when the backend goes
 away), ``F_MTU``, ``F_MRG_RXBUF`` (a frame may span several receive buffers), and the
 backend's checksum and TSO offloads when it carries the virtio-net header (TAP with
-``IFF_VNET_HDR``).
+``IFF_VNET_HDR``). Not offered: ``VIRTIO_F_INDIRECT_DESC`` (:data:`NOT_OFFERED`).
 
 The backend's fd is served on the I/O thread (:meth:`VirtioDevice.host_fds`): when it is
 readable, the receive queue is processed. When the guest has no receive buffers, the frame
@@ -55,10 +55,17 @@ stops sending (passt retransmitting to a slow guest) must not starve the guest's
 acknowledgements on the transmit queue."""
 TX_SIGNAL_DELAY = 1e-3
 """Seconds the interrupt for sent frames may wait for company (:mod:`.signal_delay`): a
-reply to what was sent usually comes within it, and one interrupt then serves both. Only
-frees frames the driver already let go of; the frames themselves leave at once."""
+reply to what was sent usually comes within it, and one interrupt then serves both (the
+reply's interrupt ends the wait: :meth:`NetDevice.used_buffers_signalled`). Only frees
+frames the driver already let go of; the frames themselves leave at once."""
 TX_SIGNAL_AT_ONCE = QUEUE_SIZE // 4
 """Sent frames whose interrupt never waits (the driver may be running short of room)."""
+NOT_OFFERED = 1 << spec.F_INDIRECT_DESC
+"""Transport features virtio-net leaves out. With indirect descriptors Linux's driver
+allocates and frees a table for every frame of two or more parts (each TCP segment: its
+headers and its data), work the guest does per frame where its kernel code is emulated;
+a frame's parts then take a descriptor each in the transmit ring (Firecracker offers no
+indirect descriptors for its net device either)."""
 LOCAL_MAC_PREFIX = 0x02
 """First octet of a derived MAC address: locally administered, unicast."""
 
@@ -98,6 +105,7 @@ class NetDevice(VirtioDevice):
         features = ((1 << spec.NET_F_MAC) | (1 << spec.NET_F_STATUS) | (1 << spec.NET_F_MTU)
                     | (1 << spec.NET_F_MRG_RXBUF) | backend.offload_features)
         super().__init__((QUEUE_SIZE, QUEUE_SIZE), features)
+        self.avail_features &= ~NOT_OFFERED
         self.backend = backend
         self.mac = mac
         self.link_up = True
@@ -172,6 +180,13 @@ class NetDevice(VirtioDevice):
             self._tx_signal.reset()
         super().reset()
         self._held = None
+
+    def used_buffers_signalled(self) -> None:
+        """Any used-buffer interrupt tells the driver of the sent frames too: the timer of
+        those held back is stopped, so it neither wakes the I/O thread nor interrupts again
+        (a received frame's interrupt per frame sent, not one each)."""
+        if self._tx_signal is not None:
+            self._tx_signal.reset()
 
     def close(self) -> None:
         log.info("virtio-net: %s", ", ".join(f"{k} {v}" for k, v in self.counters.items()))

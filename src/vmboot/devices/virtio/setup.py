@@ -7,8 +7,9 @@ line parameters that announce them (``virtio_mmio.device=<size>@<base>:<irq>``,
 the VM exists, wires the notifications:
 
 - ``ioeventfd``: each queue's eventfd is a KVM ioeventfd on ``QueueNotify`` (matched on
-  the queue index) and each device's interrupt an irqfd: the vCPU never leaves KVM for a
-  notification, and the I/O thread does the work;
+  the queue index), each device's interrupt an irqfd, and the acknowledgement of a
+  used-buffer interrupt an ioeventfd on ``InterruptAck``: the vCPU never leaves KVM for a
+  notification or an ordinary acknowledgement, and the I/O thread does the work;
 - ``exits``: the fallback where KVM lacks KVM_CAP_IOEVENTFD or KVM_CAP_IRQFD: the
   ``QueueNotify`` write exits to the vCPU thread, which signals the same eventfd, and
   interrupts are pulses on the line (KVM_IRQ_LINE).
@@ -170,6 +171,9 @@ class VirtioDevices:
                 vm.register_irqfd(irqfd, t.irq)
                 t.interrupt = _irqfd_writer(irqfd)
                 t.ioeventfd = True
+                vm.register_ioeventfd(t.base + spec.MmioReg.INTERRUPT_ACK, 4, t.ack_fd,
+                                      datamatch=spec.INTERRUPT_USED_BUFFER)
+                t.acks_in_kernel = True
             else:
                 t.interrupt = _pulse(vm.irq_line, t.irq)
         self.path = NotificationPath.IOEVENTFD if use_fds else NotificationPath.EXITS

@@ -6,8 +6,8 @@ only frees it) calls :meth:`SignalDelay.completed` with how many chains it used.
 interrupt then waits until whichever comes first: :attr:`SignalDelay.delay` seconds (a
 timer on the I/O thread), :attr:`SignalDelay.at_once` chains (the driver may be short of
 free descriptors), or any other interrupt of the device (the driver's handler looks at
-every queue, so it frees these too, and the timer's later check finds nothing to signal
-under ``VIRTIO_F_EVENT_IDX``).
+every queue, so it frees these too): a device that resets the delay then
+(:meth:`~.device.VirtioDevice.used_buffers_signalled`) spares the timer's wake-up.
 """
 
 from __future__ import annotations
