@@ -10,7 +10,8 @@
  *                 'T' resumed (u64 seconds, u32 nanoseconds of the host's wall time, then
  *                     random bytes): sent right after a snapshot restore
  * agent -> host:  't' resumed (u32 errno of RNDADDENTROPY, of RNDRESEEDCRNG, of
- *                     clock_settime, 0 each when done; then the version text)
+ *                     clock_settime, 0 each when done; the version text; a NUL, u64 TSC
+ *                     cycles since the read that brought 'T', u32 bytes it brought behind)
  *                 'R' ready (version text), 'F' failed (u32 errno, text),
  *                 'P' started (u32 pid, u32 output: 0 through pipes and 'O'/'e' frames,
  *                     1 straight to the output ports),
