@@ -118,3 +118,36 @@ def require_apt_package(name: str) -> None:
     shown = subprocess.run([apt_cache, "show", name], capture_output=True, text=True)
     require(shown.returncode == 0 and shown.stdout.strip(), f"Debian package {name}",
             "apt does not know it (run apt-get update)")
+
+
+@pytest.mark.parametrize("without_filters", [False, True], ids=["this-python", "without-filters"])
+def test_only_boot_is_unpacked_and_nothing_escapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  without_filters: bool) -> None:
+    """/boot's files come out; a name with .. or an absolute one, a link and anything outside
+    boot/ do not, with this Python's tarfile and with one without extraction filters (as
+    Debian 12's 3.11.2)."""
+    import io
+    import tarfile
+
+    from vmboot.execute.fetch import extract_boot_members
+
+    if without_filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in [("./boot/vmlinuz-x", b"kernel"), ("./boot/../../escaped", b"no"),
+                           ("/boot/absolute", b"no"), ("./usr/lib/other", b"no")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("./boot/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    raw.seek(0)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with tarfile.open(fileobj=raw, mode="r|") as tar:
+        extract_boot_members(tar, dest)
+    found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert found == ["dest", "dest/boot", "dest/boot/vmlinuz-x"]
+    assert (dest / "boot" / "vmlinuz-x").read_bytes() == b"kernel"

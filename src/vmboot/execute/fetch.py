@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vmboot.errors import FetchError
 from vmboot.execute.cache import (
@@ -144,15 +144,30 @@ def newest_kernel_package() -> KernelPackage:
     return packages[0]
 
 
+def extract_boot_members(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract the regular files and directories under ``boot/`` of ``tar`` into ``dest``;
+    a name with ``..`` or an absolute one is skipped. With extraction filters (Python
+    3.11.4 and later) the "data" filter applies too; Debian 12's Python 3.11.2 has none,
+    and there the file modes, owners and times of the archive are not applied."""
+    filtered = hasattr(tarfile, "data_filter")
+    for member in tar:
+        path = PurePosixPath(member.name)
+        if (path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir())
+                or member.name.lstrip("./").split("/", 1)[0] != "boot"):
+            continue
+        if filtered:
+            tar.extract(member, dest, filter="data")
+        else:
+            tar.extract(member, dest, set_attrs=False)
+
+
 def _extract_boot(deb: Path, dest: Path) -> None:
     """Unpack only ``./boot/`` of ``deb`` into ``dest`` (``dpkg-deb --fsys-tarfile``)."""
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.name.lstrip("./").startswith("boot/") and (member.isfile() or member.isdir()):
-                    tar.extract(member, dest, filter="data")
+            extract_boot_members(tar, dest)
     finally:
         proc.stdout.close()
         status = proc.wait()
