@@ -45,14 +45,14 @@ def test_a_cached_driver_answer_does_not_load_the_symbol_readers(tmp_path: Path)
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"not read: the answer is cached")
     code = (
-        "import sys, json, hashlib, os\n"
+        "import sys, json, hashlib\n"
         "from pathlib import Path\n"
         "from vmboot.execute import channel\n"
         "from vmboot.execute.cache import cache_subdir\n"
+        "from vmboot.file_digest import file_version\n"
         f"kernel = Path({str(kernel)!r})\n"
         "wanted = sorted({n for names in channel.REQUIRED_SYMBOLS.values() for n in names})\n"
-        "info = kernel.stat()\n"
-        "key = json.dumps([os.path.realpath(kernel), info.st_size, info.st_mtime_ns, wanted])\n"
+        "key = json.dumps([*file_version(kernel)[0], wanted])\n"
         "entry = cache_subdir(channel.DRIVERS_SUBDIR, create=True) / "
         "f'{hashlib.sha256(key.encode()).hexdigest()}.json'\n"
         "entry.write_text(json.dumps(wanted))\n"

@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from vmboot.atomic_file import write_atomically
+
 RACY_SECONDS = 2.0
 """A version younger than this is not remembered on disk (see the module docstring)."""
 READ_BLOCK = 1 << 20
@@ -69,14 +71,9 @@ def file_sha256(path: str | os.PathLike[str], memo_dir: Path | None = None) -> s
 
 def _keep(entry: Path, digest: str) -> None:
     """Write ``digest`` to ``entry`` whole or not at all (a full disk just means no memo)."""
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
-    try:
+    with contextlib.suppress(OSError):
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(digest + "\n", encoding="ascii")
-        os.replace(tmp, entry)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        write_atomically(entry, f"{digest}\n".encode("ascii"))
 
 
 def forget() -> None:

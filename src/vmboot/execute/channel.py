@@ -66,17 +66,18 @@ def kernel_function_names(kernel: Path) -> Collection[str]:
 
     Decoding kallsyms takes a few hundred milliseconds, more than a whole exec on a fast
     host, so the answer is kept in the vmboot cache (``<cache>/kernel-drivers/``), keyed by
-    the file's path, size and modification time and by the names asked about.
+    the file's version (:func:`vmboot.file_digest.file_version`) and by the names asked
+    about.
     """
     import hashlib
     import json
-    import os
 
+    from vmboot.atomic_file import write_atomically
     from vmboot.execute.cache import cache_subdir
+    from vmboot.file_digest import file_version
 
     wanted = sorted({name for names in REQUIRED_SYMBOLS.values() for name in names})
-    info = kernel.stat()
-    key = json.dumps([os.path.realpath(kernel), info.st_size, info.st_mtime_ns, wanted])
+    key = json.dumps([*file_version(kernel)[0], wanted])
     entry = cache_subdir(DRIVERS_SUBDIR) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     try:
         return frozenset(json.loads(entry.read_text()))
@@ -88,9 +89,7 @@ def kernel_function_names(kernel: Path) -> Collection[str]:
     found = [name for name in wanted if name in names]
     try:  # best effort: an unwritable cache only costs the next run the same decoding
         entry.parent.mkdir(parents=True, exist_ok=True)
-        partial = entry.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(found))
-        partial.replace(entry)
+        write_atomically(entry, json.dumps(found).encode())
     except OSError:
         pass
     return frozenset(found)

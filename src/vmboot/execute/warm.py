@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmboot.atomic_file import write_atomically
 from vmboot.errors import FetchError, GuestError
 from vmboot.execute.cache import (
     CACHE_ENV,
@@ -102,13 +103,9 @@ def warm_image(busybox: Path) -> Path:
     from vmboot.execute.image import agent_initramfs
 
     cache_limit()  # a wrong $VMBOOT_CACHE_MAX is refused before anything is stored
-    data = agent_initramfs([], busybox)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomically(path, agent_initramfs([], busybox))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise FetchError(f"warm exec: cannot store the agent image in {path.parent}: "
                          f"{e.strerror} (free space there, or set ${CACHE_ENV} to another "
                          "directory)") from None
