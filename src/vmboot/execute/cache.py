@@ -308,9 +308,8 @@ def enforce_limit(limit: int | None = None, root: Path | None = None,
 def keep_within_limit(stored: Path) -> list[CacheEntry]:
     """Called by whatever stores an entry in the cache (a saved guest, a download) once it
     is complete: mark ``stored`` (a snapshot or image file, or a kernel's or the busybox's
-    directory)
-    as just used and remove the least recently used entries until the cache fits in
-    :func:`cache_limit`, sparing ``stored`` and every entry in use. Returns what was removed.
+    directory) as just used and remove the least recently used entries until the cache fits
+    in :func:`cache_limit`, sparing ``stored`` and every entry in use. Returns what was removed.
     A store checks :func:`cache_limit` before it writes anything, so a wrong
     ``$VMBOOT_CACHE_MAX`` is refused first."""
     touch(stored)
