@@ -91,14 +91,8 @@ class KvmVM(VirtualMachine):
             raise
 
     def _setup(self) -> None:
-        ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS, who="KVM VM",
-                    what=f"KVM_SET_TSS_ADDR {TSS_ADDRESS:#x}")
-        self._ioctl(abi.KVM_SET_IDENTITY_MAP_ADDR, struct.pack("<Q", IDENTITY_MAP_ADDRESS),
-                    "KVM_SET_IDENTITY_MAP_ADDR")
-        if self.irqchip:
-            self._ioctl(abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
-            pit = abi.KvmPitConfig(flags=abi.KVM_PIT_SPEAKER_DUMMY)
-            self._ioctl(abi.KVM_CREATE_PIT2, bytes(pit), "KVM_CREATE_PIT2")
+        # Memory first, as Firecracker orders it: a slot added once the in-kernel irqchip
+        # exists took 5-7 ms (256 MiB) on a PVM host, against 0.2 ms before it.
         base = host_address(self.memory.mapping)
         for slot, region in enumerate(self.memory.regions):
             slot_desc = abi.KvmUserspaceMemoryRegion(
@@ -108,6 +102,14 @@ class KvmVM(VirtualMachine):
             self._ioctl(abi.KVM_SET_USER_MEMORY_REGION, bytes(slot_desc),
                         f"KVM_SET_USER_MEMORY_REGION (slot {slot}, guest-physical "
                         f"[{region.gpa:#x}, {region.end:#x}))")
+        ioctl_ulong(self.fd, abi.KVM_SET_TSS_ADDR, TSS_ADDRESS, who="KVM VM",
+                    what=f"KVM_SET_TSS_ADDR {TSS_ADDRESS:#x}")
+        self._ioctl(abi.KVM_SET_IDENTITY_MAP_ADDR, struct.pack("<Q", IDENTITY_MAP_ADDRESS),
+                    "KVM_SET_IDENTITY_MAP_ADDR")
+        if self.irqchip:
+            self._ioctl(abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+            pit = abi.KvmPitConfig(flags=abi.KVM_PIT_SPEAKER_DUMMY)
+            self._ioctl(abi.KVM_CREATE_PIT2, bytes(pit), "KVM_CREATE_PIT2")
 
     # -- access -------------------------------------------------------------------------------
     @property
