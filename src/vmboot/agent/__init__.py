@@ -6,12 +6,12 @@ virtio-console port, a vsock connection, or any stream socket. :mod:`~vmboot.age
 is the wire format both sides share.
 """
 
-from importlib import resources
 from pathlib import Path
 
 BINARY_NAME = "vmboot-agent"
 
 
 def agent_binary() -> Path:
-    """The committed agent binary shipped in this package."""
-    return Path(str(resources.files(__package__).joinpath(BINARY_NAME)))
+    """The committed agent binary shipped in this package (beside this file: vmboot is
+    installed unpacked, and the binary is handed to the initramfs writer as a path)."""
+    return Path(__file__).with_name(BINARY_NAME)

@@ -22,7 +22,6 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,8 @@ def write_snapshot_file(path: str | os.PathLike[str], manifest: dict[str, Any],
     fields = HEADER_FIELDS.pack(MAGIC, FORMAT_VERSION, 0, HEADER.size, len(body),
                                  memory_offset, memory.size)
     header = fields + state_checksum(fields, body)
+    import tempfile  # only a save needs it, and a restore is timed from process start
+
     target = Path(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",

@@ -9,7 +9,7 @@ The protocol both implement is documented in :mod:`vmboot.execute.image`.
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 
 INIT_SCRIPT = "init.sh"
 RUN_SCRIPT = "run.sh"
@@ -17,4 +17,4 @@ RUN_SCRIPT = "run.sh"
 
 def guest_file(name: str) -> bytes:
     """The bytes of the guest file ``name`` shipped in this package."""
-    return resources.files(__name__).joinpath(name).read_bytes()
+    return Path(__file__).with_name(name).read_bytes()
