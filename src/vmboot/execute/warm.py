@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
-WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
+WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet no-kvmapf"
 """The warm guest's command line: the agent needs nothing on it (its port is its default).
 On a host that emulates guest ring 0 :data:`~vmboot.vmm.snapshots.SNAPSHOT_CLOCKSOURCE` is
 added (see there)."""
