@@ -242,3 +242,29 @@ def test_a_restored_guest_runs_once_its_first_command_is_on_its_way() -> None:
     finally:
         agent.stop()
         bridge.close()
+
+
+def test_a_restored_guest_runs_once_its_first_frames_are_in_the_mailbox() -> None:
+    """With a mailbox (a guest saved with its agent parked) the first write goes there, and
+    the guest starts only after it: the agent finds the frames in memory."""
+    from vmboot.vmm.guest_agent import AgentBridge, GuestAgent
+
+    guest = _WaitingGuest()
+    bridge = AgentBridge()
+    agent: GuestAgent[Any] = GuestAgent(guest, bridge)
+    delivered: list[tuple[bool, list[p.Frame]]] = []
+
+    def deliver(data: bytes) -> bool:
+        delivered.append((guest.started.is_set(), [m.kind for m in p.FrameReader().feed(data)]))
+        return True
+
+    try:
+        client = agent.resume(10, wait=False, deliver_first=deliver)
+        assert not guest.started.is_set()
+        client.signal(signal.SIGCONT)
+        assert guest.started.wait(10)
+        assert delivered == [(False, [p.Frame.RESUMED, p.Frame.SIGNAL])]
+        assert client.first_in_mailbox
+    finally:
+        agent.stop()
+        bridge.close()

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_kvm, shared_kernel_file
+from vmboot.agent import protocol as p
 from vmboot.agent.client import AgentClient, CommandResult
 from vmboot.devices.virtio.block import Disk
 from vmboot.devices.virtio.vsock_host import VsockConfig
 from vmboot.errors import SnapshotFormatError, SnapshotMismatchError
 from vmboot.execute.image import agent_initramfs
+from vmboot.snapshot import load_manifest
 from vmboot.vmm.machine import Machine
 from vmboot.vmm.snapshots import SNAPSHOT_CLOCKSOURCE
 
@@ -122,9 +124,38 @@ def saved(tmp_path_factory: pytest.TempPathFactory, busybox: Path) -> Iterator[S
         report = machine.snapshot(path)
         vsock_agent.close()
         saved_at = time.time()
+        snap, manifest = load_manifest(path)
+        snap.close()
+        assert manifest.agent_mailbox is not None, "the agent was parked for the save"
+        assert machine.vm is not None
+        # the guest saved runs on: its agent was let go from its mailbox
+        assert machine.vm.memory.read(manifest.agent_mailbox, p.MAILBOX_HEAD.size) == \
+            p.MAILBOX_HEAD.pack(0, 0)
+        assert _sh(machine, "echo still here").stdout == b"still here\n"
     assert report.vcpus == CPUS
     yield Saved(path, hashlib.sha256(path.read_bytes()).hexdigest(), saved_at, uptime,
                 busybox, initrd, throwaway, rw)
+
+
+# -- the agent's mailbox ----------------------------------------------------------------------
+def test_a_restored_agent_takes_its_first_frames_from_its_mailbox(saved: Saved) -> None:
+    """The resume message (and, not waiting for its answer, the first command with it) is
+    written into the page where the saved agent waits, before the guest runs again."""
+    for wait in (True, False):
+        machine = _machine(saved, saved.busybox, saved.initrd, saved.throwaway, saved.rw)
+        with machine.restore(saved.path, wait_agent=wait):
+            assert _sh(machine, "echo $((6*7))").stdout == b"42\n"
+            assert machine.agent_client is not None and machine.agent_client.first_in_mailbox
+
+
+def test_frames_too_large_for_the_mailbox_go_over_the_channel(saved: Saved) -> None:
+    machine = _machine(saved, saved.busybox, saved.initrd, saved.throwaway, saved.rw)
+    big = "x" * p.MAILBOX_DATA_MAX
+    with machine.restore(saved.path, wait_agent=False):
+        result = machine.exec([SH, "-c", 'echo "${#BIG}"'], env={"BIG": big},
+                              timeout=COMMAND_TIMEOUT_S)
+        assert (result.exit_status, result.stdout) == (0, b"%d\n" % len(big))
+        assert machine.agent_client is not None and not machine.agent_client.first_in_mailbox
 
 
 # -- several vCPUs -------------------------------------------------------------------------

@@ -310,3 +310,30 @@ def test_missing_host_cpu_features_are_refused(snapshot: tuple[Path, tuple[int, 
         check_cpuid(saved, weaker, 0)
     with pytest.raises(SnapshotMismatchError, match="xsave"):
         check_capabilities({"xsave": 1}, {"xsave": 0})
+
+
+def test_where_the_agent_waits_is_saved(snapshot: tuple[Path, tuple[int, int]],
+                                        tmp_path: Path) -> None:
+    """A guest saved with its agent parked keeps the mailbox's address in the manifest (the
+    counter guest has no agent: none is recorded)."""
+    snap, manifest = load_manifest(snapshot[0], _facts())
+    snap.close()
+    assert manifest.agent_mailbox is None
+    path = tmp_path / "parked.snap"
+    with KvmVM(MEMORY) as vm:
+        vm.create_vcpu(0)
+        save_snapshot(path, vm, _devices(PcPlatform()), _facts(), agent_mailbox=0x7DB0000)
+    snap, manifest = load_manifest(path, _facts())
+    snap.close()
+    assert manifest.agent_mailbox == 0x7DB0000
+    assert manifest.to_plain()["agent"] == {"mailbox": 0x7DB0000}
+
+
+@pytest.mark.parametrize("agent", ["mailbox", {"mailbox": -4096}, {"mailbox": "0x1000"},
+                                   {"mailbox": True}])
+def test_a_malformed_agent_mailbox_is_refused(snapshot: tuple[Path, tuple[int, int]],
+                                              tmp_path: Path, agent: object) -> None:
+    path = _copy(snapshot[0], tmp_path / "agent.snap")
+    _rewrite_manifest(path, {"agent": agent})
+    with pytest.raises(SnapshotFormatError, match=r"'agent' is .*not an object whose 'mailbox'"):
+        load_manifest(path)

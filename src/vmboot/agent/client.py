@@ -92,6 +92,12 @@ class AgentClient:
         self._resume: _PendingResume | None = None
         self._resume_unsent = False
         self._on_resume_sent: Callable[[], object] | None = None
+        self.deliver_first: Callable[[bytes], bool] | None = None
+        """Offered the first write that carries the resume message (and the command sent
+        with it): True when it delivered the bytes itself (a restored guest's mailbox,
+        written before the guest runs), False to send them over the socket."""
+        self.first_in_mailbox = False
+        """The first write went to the agent's mailbox (:attr:`deliver_first`)."""
         self.last_write_at = 0.0
         """``time.monotonic()`` when the last message to the agent had been written."""
 
@@ -136,7 +142,27 @@ class AgentClient:
                 self.version = msg.payload.decode(errors="replace")
         return self.version or ""
 
-    def resumed(self, timeout: float | None = None) -> None:
+    def park(self, wait_cycles: int, timeout: float | None = None) -> tuple[int, int]:
+        """Ask an idle agent to wait for its next frames in its mailbox, right before the
+        guest is saved (see :data:`~vmboot.agent.protocol.MAILBOX_HEAD`), for at most
+        ``wait_cycles`` cycles of the guest's TSC; returns the mailbox's guest-physical
+        address (0: the agent cannot say where it is) and the errno of why not. Until the
+        wait ends (or the host clears the mailbox's state) the agent reads no frame from
+        its channel."""
+        self._send(p.park_frame(wait_cycles))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            msg = self._read(deadline)
+            if msg is None:
+                raise AgentError(f"agent: no answer to the park message within {timeout:g} s")
+            if msg.kind is p.Frame.PARKED:
+                try:
+                    return p.parked_answer(msg.payload)
+                except p.AgentProtocolError as e:
+                    raise AgentError(str(e)) from None
+
+    def resumed(self, timeout: float | None = None,
+                on_sent: Callable[[], object] | None = None) -> None:
         """Tell the agent the guest was restored from a snapshot: it credits fresh random
         bytes from the host (``os.getrandom``) to the guest's entropy pool, reseeds the
         kernel's CRNG and sets the guest's wall clock to the host's. Waits for its answer
@@ -146,8 +172,8 @@ class AgentClient:
         later than :data:`CLOCK_TOLERANCE` seconds (a guest still catching up after the
         restore), the message is sent again, so the clock is set from a fresh reading.
         A restored guest greets no one (it greeted when it booted): after this the
-        connection is ready for :meth:`run`."""
-        self.send_resumed(timeout)
+        connection is ready for :meth:`run`. ``on_sent``: as for :meth:`send_resumed`."""
+        self.send_resumed(timeout, on_sent)
         assert self._resume is not None
         while self._resume is not None:
             msg = self._read(self._resume.deadline)
@@ -286,12 +312,18 @@ class AgentClient:
         with_resume = self._resume_unsent
         if with_resume:
             data = self._resume_frame(len(data)) + data  # one write: read together
-        try:
-            self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            raise AgentError(CLOSED) from None
-        except OSError as exc:
-            raise AgentError(f"agent: connection failed: {exc.strerror or exc}") from None
+        deliver = None
+        if with_resume:
+            deliver, self.deliver_first = self.deliver_first, None
+        if deliver is not None and deliver(data):
+            self.first_in_mailbox = True
+        else:
+            try:
+                self.sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                raise AgentError(CLOSED) from None
+            except OSError as exc:
+                raise AgentError(f"agent: connection failed: {exc.strerror or exc}") from None
         self.last_write_at = time.monotonic()
         if with_resume and self._on_resume_sent is not None:
             on_sent, self._on_resume_sent = self._on_resume_sent, None

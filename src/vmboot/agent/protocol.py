@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from vmboot.errors import VmbootError
 
-AGENT_VERSION = "vmboot-agent 4"
+AGENT_VERSION = "vmboot-agent 5"
 """The greeting of the agent built from this tree's ``vmboot-agent.c`` (its AGENT_VERSION):
 3 gives commands the output ports as stdout and stderr; 4 says in its resume answer how long
-it held the message and what came with it (:class:`ResumedAnswer`)."""
+it held the message and what came with it (:class:`ResumedAnswer`); 5 parks in its mailbox
+(:data:`MAILBOX_HEAD`) when asked."""
 LENGTH = struct.Struct("<I")
 U32 = struct.Struct("<I")
 U32_PAIR = struct.Struct("<II")
+U64 = struct.Struct("<Q")
 FRAME_MAX = 64 * 1024
 """The largest frame either side sends (the agent's receive buffer)."""
 DATA_MAX = FRAME_MAX - 1
@@ -62,6 +64,9 @@ class Frame(bytes, enum.Enum):
     SIGNAL = b"K"
     RESUMED = b"T"
     """The guest was restored from a snapshot: wall time and random bytes (see resumed_frame)."""
+    PARK = b"W"
+    """Wait for the next frames in the mailbox (see :data:`MAILBOX_HEAD`) for at most u64 TSC
+    cycles: sent alone, to an agent running no command, right before the guest is saved."""
     # agent -> host
     READY = b"R"
     STARTED = b"P"
@@ -71,6 +76,7 @@ class Frame(bytes, enum.Enum):
     STDIN_TAKEN = b"A"
     EXITED = b"X"
     RESUMED_DONE = b"t"
+    PARKED = b"w"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,49 @@ def resumed_answer(payload: bytes) -> ResumedAnswer:
     if nul and len(held) >= RESUMED_HELD.size:
         held_cycles, behind = RESUMED_HELD.unpack_from(held)
     return ResumedAnswer(errnos, version.decode(errors="replace"), held_cycles, behind)
+
+
+PARKED_ANSWER = struct.Struct("<QI")
+"""PARKED: the guest-physical address of the agent's mailbox page (0: it cannot say where,
+e.g. without CAP_SYS_ADMIN for /proc/self/pagemap) and the errno of why not."""
+MAILBOX_SIZE = 4096
+"""The mailbox is one page of the agent's memory."""
+MAILBOX_HEAD = struct.Struct("<II")
+"""The mailbox's state (:data:`MAILBOX_PARKED` while the agent may still look there: only
+then may the host write) and the length of the frames after it, which the host writes
+while the guest is stopped, before it runs again after a restore. The agent takes them as
+if it had read them from its channel. A state the host sets to 0 lets the agent go."""
+MAILBOX_PARKED = 1
+MAILBOX_DATA_MAX = MAILBOX_SIZE - MAILBOX_HEAD.size
+"""The most frame bytes the mailbox holds."""
+
+
+PARKING_VERSION = 5
+"""The first agent version that parks in its mailbox (older ones ignore PARK)."""
+
+
+def park_frame(wait_cycles: int) -> bytes:
+    """PARK: wait in the mailbox for at most ``wait_cycles`` cycles of the guest's TSC."""
+    if wait_cycles < 0:
+        raise AgentProtocolError(f"park: {wait_cycles} cycles to wait; give 0 or more")
+    return frame(Frame.PARK, U64.pack(wait_cycles))
+
+
+def agent_parks(version: str | None) -> bool:
+    """Whether the agent that greeted with ``version`` ("vmboot-agent N") answers PARK."""
+    name, _, number = (version or "").rpartition(" ")
+    return name == "vmboot-agent" and number.isdigit() and int(number) >= PARKING_VERSION
+
+
+def parked_answer(payload: bytes) -> tuple[int, int]:
+    """PARKED's payload: the mailbox's guest-physical address (0: none) and the errno."""
+    if len(payload) < PARKED_ANSWER.size:
+        raise AgentProtocolError(f"agent: park answer of {len(payload)} bytes, expected "
+                                 f"{PARKED_ANSWER.size}")
+    address, err = PARKED_ANSWER.unpack_from(payload)
+    if address % MAILBOX_SIZE:
+        raise AgentProtocolError(f"agent: mailbox address {address:#x} is not page-aligned")
+    return address, err
 
 
 def signal_frame(signo: int) -> bytes:

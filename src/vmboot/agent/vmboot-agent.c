@@ -9,9 +9,13 @@
  *                 'I' stdin data, 'i' stdin end, 'K' signal (u32 signo)
  *                 'T' resumed (u64 seconds, u32 nanoseconds of the host's wall time, then
  *                     random bytes): sent right after a snapshot restore
+ *                 'W' park (u64 TSC cycles to wait at most): wait for the next frames in
+ *                     the mailbox (below), to be saved so (sent alone, no command running)
  * agent -> host:  't' resumed (u32 errno of RNDADDENTROPY, of RNDRESEEDCRNG, of
  *                     clock_settime, 0 each when done; the version text; a NUL, u64 TSC
  *                     cycles since the read that brought 'T', u32 bytes it brought behind)
+ *                 'w' parked (u64 guest-physical address of the mailbox, u32 errno: the
+ *                     address is 0 when the agent cannot say where the page is)
  *                 'R' ready (version text), 'F' failed (u32 errno, text),
  *                 'P' started (u32 pid, u32 output: 0 through pipes and 'O'/'e' frames,
  *                     1 straight to the output ports),
@@ -28,13 +32,25 @@
  * the output ports before it reads the control port's next message. Otherwise (vsock,
  * an fd, no such ports) output crosses pipes and comes back as 'O'/'e' frames.
  *
+ * The mailbox: one page of the agent's memory the host writes directly. On 'W' the agent
+ * answers with the page's guest-physical address (from /proc/self/pagemap, which needs
+ * CAP_SYS_ADMIN) and then spins in user mode reading the page for at most the cycles the
+ * host gave before it goes back to its channel. The host saves the guest meanwhile. After a
+ * restore, before the guest runs again, the host writes the frames it would have sent first
+ * (the resume message and a command) into the page, so the agent holds them without any work
+ * of the guest kernel (an interrupt, a wakeup, a read). Layout: u32 state (MAILBOX_PARKED
+ * while the agent may still look there; the host writes nothing otherwise), u32 length of
+ * the frames that follow. The agent clears the state before its last look, so a guest saved
+ * after it gave up is never written to; the host clears it to let the agent go at once (the
+ * guest it saved runs on, or a restored guest runs for the first time).
+ *
  * As PID 1 it mounts /proc, /sys, /dev and /tmp first, then a tmpfs on each directory of
  * vmboot.agent.tmpfs=DIR,DIR... (the writable places when the root is read-only, such as the
  * host's own root over virtio-fs), and takes its channel from the kernel command line
  * (vmboot.agent=port:NAME | vsock:PORT | PATH); otherwise from --fd N or argv[1].
  */
 
-#define AGENT_VERSION "vmboot-agent 4"
+#define AGENT_VERSION "vmboot-agent 5"
 
 #define STDOUT_PORT_SUFFIX ".stdout"
 #define STDERR_PORT_SUFFIX ".stderr"
@@ -54,6 +70,7 @@
 #define __NR_fcntl_      72
 #define __NR_ioctl_      16
 #define __NR_clock_settime_ 227
+#define __NR_mlock_      149
 #define CLOCK_REALTIME_  0
 /* include/uapi/linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07) */
 #define RNDADDENTROPY_   0x40085203
@@ -76,6 +93,16 @@
 #define VMADDR_CID_HOST_ 2
 #define EAGAIN_ 11
 #define EINTR_ 4
+#define EIO_ 5
+#define EBUSY_ 16
+#define ENXIO_ 6
+
+#define PAGE_SIZE_     4096
+#define MAILBOX_SIZE   PAGE_SIZE_  /* one page: its address is all the host needs */
+#define MAILBOX_HEAD   8
+#define MAILBOX_PARKED 1
+#define PAGEMAP_PRESENT (1UL << 63)
+#define PAGEMAP_PFN     ((1UL << 55) - 1)
 
 struct sockaddr_vm_ {
 	unsigned short svm_family;
@@ -94,6 +121,8 @@ static int out_port = -1, err_port = -1;  /* the output ports, when the host off
 static unsigned char inbuf[FRAME_MAX + 8];
 static unsigned int inlen;
 static unsigned long read_at;  /* the TSC when the last read from the host returned */
+/* u32 state, u32 length, then frames: written by the host into guest memory (see the top) */
+static volatile unsigned int mailbox[MAILBOX_SIZE / 4] __attribute__((aligned(MAILBOX_SIZE)));
 
 static unsigned long rdtsc_(void)
 {
@@ -563,6 +592,69 @@ static void resumed(const unsigned char *p, unsigned int n, unsigned int behind)
 	}
 }
 
+/* The mailbox page's guest-physical address (0 and *err when /proc/self/pagemap cannot say). */
+static unsigned long mailbox_address(unsigned int *err)
+{
+	unsigned long entry = 0, va = (unsigned long)mailbox;
+	int fd = open("/proc/self/pagemap", O_RDONLY, 0);
+
+	if (fd < 0) {
+		*err = errno;
+		return 0;
+	}
+	if (lseek(fd, (long)(va / PAGE_SIZE_ * 8), SEEK_SET) < 0 || read(fd, &entry, 8) != 8)
+		*err = errno ? errno : EIO_;
+	close(fd);
+	if (*err)
+		return 0;
+	if (!(entry & PAGEMAP_PRESENT) || !(entry & PAGEMAP_PFN)) {
+		*err = ENXIO_;  /* not present, or the frame number hidden (no CAP_SYS_ADMIN) */
+		return 0;
+	}
+	return (entry & PAGEMAP_PFN) * PAGE_SIZE_;
+}
+
+/* 'W': answer where the mailbox is, then wait there (see the top); frames found in it are
+ * taken as if read from the channel. */
+static void park(const struct child *c, const unsigned char *p, unsigned int len)
+{
+	unsigned char out[12];
+	unsigned int err = 0, n;
+	unsigned long where = 0, until;
+
+	if (c->pid) {
+		err = EBUSY_;
+	} else {
+		mailbox[1] = 0;
+		mailbox[0] = MAILBOX_PARKED;
+		my_syscall2(__NR_mlock_, mailbox, MAILBOX_SIZE);
+		where = mailbox_address(&err);
+	}
+	put_u32(out, (unsigned int)where);
+	put_u32(out + 4, (unsigned int)(where >> 32));
+	put_u32(out + 8, err);
+	send_frame('w', out, 12);
+	if (!where) {
+		mailbox[0] = 0;
+		return;
+	}
+	until = rdtsc_() + (len >= 8 ? get_u32(p) | ((unsigned long)get_u32(p + 4) << 32) : 0);
+	while (mailbox[0] == MAILBOX_PARKED && !mailbox[1] && (long)(rdtsc_() - until) < 0)
+		__asm__ volatile("pause");
+	mailbox[0] = 0;  /* from here the host writes nothing: one last look */
+	n = mailbox[1];
+	if (!n)
+		return;
+	if (n > MAILBOX_SIZE - MAILBOX_HEAD || n > sizeof(inbuf) - inlen) {
+		write(2, "vmboot-agent: bad mailbox from the host\n", 40);
+		exit(4);
+	}
+	memcpy(inbuf + inlen, (const unsigned char *)mailbox + MAILBOX_HEAD, n);
+	inlen += n;
+	read_at = rdtsc_();
+	mailbox[1] = 0;
+}
+
 static void handle_frame(struct child *c, unsigned char type, const unsigned char *p, unsigned int n,
 			 unsigned int behind)
 {
@@ -592,6 +684,9 @@ static void handle_frame(struct child *c, unsigned char type, const unsigned cha
 		break;
 	case 'T':
 		resumed(p, n, behind);
+		break;
+	case 'W':
+		park(c, p, n);  /* what it finds is taken by the caller's loop, behind this frame */
 		break;
 	}
 }

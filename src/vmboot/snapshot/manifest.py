@@ -90,9 +90,12 @@ class Manifest:
     vcpus: list[VcpuState]
     devices: dict[str, dict[str, object]]
     vmboot_version: str = __version__
+    agent_mailbox: int | None = None
+    """Guest-physical address of the page where the saved guest's agent waits for its next
+    frames (:data:`vmboot.agent.protocol.MAILBOX_HEAD`), when it was parked there."""
 
     def to_plain(self) -> dict[str, Any]:
-        return {
+        plain = {
             "vmboot_version": self.vmboot_version,
             "boot": self.boot.to_plain(),
             "host": {"capabilities": dict(self.capabilities)},
@@ -100,6 +103,9 @@ class Manifest:
             "vcpus": [v.to_plain() for v in self.vcpus],
             "devices": self.devices,
         }
+        if self.agent_mailbox is not None:
+            plain["agent"] = {"mailbox": self.agent_mailbox}
+        return plain
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Manifest:
@@ -130,5 +136,11 @@ class Manifest:
             raise SnapshotFormatError(
                 f"snapshot manifest: vCPU indices {[s.index for s in states]} are not 0..n-1"
             )
+        agent = data.get("agent", {})
+        mailbox = agent.get("mailbox") if isinstance(agent, dict) else None
+        valid = mailbox is None or (type(mailbox) is int and mailbox >= 0)
+        if not isinstance(agent, dict) or not valid:
+            raise SnapshotFormatError(f"snapshot manifest: 'agent' is {agent!r}, not an object "
+                                      "whose 'mailbox' is a guest-physical address")
         return cls(BootFacts.from_plain(data.get("boot")), caps, vm_state, states, devices,
-                   str(version))
+                   str(version), mailbox)

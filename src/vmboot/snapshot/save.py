@@ -45,19 +45,21 @@ def _paused(vm: KvmVM) -> Iterator[None]:
 
 
 def save_snapshot(path: str | os.PathLike[str], vm: KvmVM, devices: Mapping[str, SavesState],
-                  boot: BootFacts) -> SaveReport:
-    """Write a snapshot of ``vm`` to ``path``; refused while a vCPU of ``vm`` is running."""
+                  boot: BootFacts, agent_mailbox: int | None = None) -> SaveReport:
+    """Write a snapshot of ``vm`` to ``path``; refused while a vCPU of ``vm`` is running.
+    ``agent_mailbox``: where the guest's agent waits for its next frames (see
+    :attr:`~vmboot.snapshot.manifest.Manifest.agent_mailbox`)."""
     with _paused(vm):
-        return _save(path, vm, devices, boot)
+        return _save(path, vm, devices, boot, agent_mailbox)
 
 
 def _save(path: str | os.PathLike[str], vm: KvmVM, devices: Mapping[str, SavesState],
-          boot: BootFacts) -> SaveReport:
+          boot: BootFacts, agent_mailbox: int | None) -> SaveReport:
     caps = capabilities(vm)
     msr_list = vm.kvm.msr_index_list()
     vcpus = [get_vcpu_state(v, msr_list, caps) for v in vm.vcpus]
     vm_state = get_vm_state(vm)
     device_states = {name: dev.state() for name, dev in devices.items()}
-    manifest = Manifest(boot, caps, vm_state, vcpus, device_states)
+    manifest = Manifest(boot, caps, vm_state, vcpus, device_states, agent_mailbox=agent_mailbox)
     written = write_snapshot_file(path, manifest.to_plain(), vm.memory)
     return SaveReport(written, len(vcpus), len(vcpus[0].msrs) if vcpus else 0)

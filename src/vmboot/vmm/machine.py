@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
+    from vmboot.snapshot.manifest import Manifest
     from vmboot.vmm.gdb_control import GdbControl
     from vmboot.vmm.guest_agent import AgentLink, GuestAgent
     from vmboot.vmm.runner import Runner
@@ -353,6 +355,8 @@ class Machine:
             virtio_devices = (*virtio_devices, self.vsock)
         self._agent_link: AgentLink | None = None
         self._guest_agent: GuestAgent[RunResult] | None = None
+        self._parked_mailbox: int | None = None
+        """The restored agent's mailbox, released when the guest first runs again."""
         if config.rootfs is not None:
             from vmboot.vmm.host_root import host_root_cmdline, host_root_share
 
@@ -501,7 +505,8 @@ class Machine:
 
         A guest running in the background for :meth:`exec` is paused first (the next
         :meth:`exec` resumes it): snapshot right after an :meth:`exec` returns, and the
-        agent in the saved guest is ready for a command."""
+        agent in the saved guest is ready for a command. It is saved waiting in its mailbox
+        (:meth:`_park_agent`; 0.2 s more), where a restore hands it its first frames."""
         from vmboot.vmm.snapshots import machine_devices, save_machine
 
         if self._agent_link is not None and self._agent_link.transport != "console":
@@ -509,11 +514,46 @@ class Machine:
                 f"Machine.snapshot: the guest agent talks over {self._agent_link.transport}, "
                 "whose connections a restore resets; make the machine with agent='console' "
                 "to snapshot it")
+        mailbox = self._park_agent()
         self.stop_exec()
         self.console.flush()
-        return save_machine(path, self, self.vm,
-                            machine_devices(self.platform, self.extra_devices, self.virtio),
-                            self.virtio)
+        try:
+            return save_machine(path, self, self.vm,
+                                machine_devices(self.platform, self.extra_devices, self.virtio),
+                                self.virtio, agent_mailbox=mailbox)
+        finally:
+            if mailbox is not None and self.vm is not None:
+                from vmboot.vmm.agent_mailbox import release_mailbox
+
+                release_mailbox(self.vm.memory, mailbox)  # this guest runs on
+
+    def _park_agent(self) -> int | None:
+        """Ask a ready agent to wait in its mailbox while the guest is saved (a restore then
+        hands it its first frames there, :mod:`vmboot.vmm.agent_mailbox`); the mailbox's
+        guest-physical address, or None (no agent, an agent older than mailboxes, or one
+        that cannot say where its page is). The guest runs on for :data:`~vmboot.vmm.guest_agent.PARK_SETTLE`
+        seconds first, so the saved one has no deferred kernel work left; after the save
+        this guest's agent is let go (:func:`~vmboot.vmm.agent_mailbox.release_mailbox`)."""
+        from vmboot.agent.client import AgentError
+        from vmboot.agent.protocol import agent_parks
+        from vmboot.vmm.guest_agent import PARK_SETTLE, PARK_TIMEOUT, PARK_WAIT
+
+        agent = self._guest_agent
+        client = None if agent is None or not agent.running else agent.client
+        if client is None or self.vm is None or not agent_parks(client.version):
+            return None
+        try:
+            address, err = client.park(int(PARK_WAIT * self.vm.tsc_khz() * 1000), PARK_TIMEOUT)
+        except AgentError as e:
+            log.info("Machine.snapshot: the agent did not park (%s); a restore sends it its "
+                     "first frames over its channel", e)
+            return None
+        if not address:
+            log.info("Machine.snapshot: the agent cannot say where its mailbox is (%s); a "
+                     "restore sends it its first frames over its channel", os.strerror(err))
+            return None
+        time.sleep(PARK_SETTLE)
+        return address
 
     def restore(self, path: str | Path, resume_timeout: float | None = None,
                 wait_agent: bool = True) -> Self:
@@ -530,6 +570,10 @@ class Machine:
         guests restored from one file never share random state. Without an agent nothing
         runs in the guest to do that: it resumes with the random state and the wall clock
         of the moment it was saved (its clock is behind by the time since then).
+
+        An agent saved in its mailbox (:meth:`snapshot`) is handed the resume message (and
+        the first command) there, before the guest runs again: it takes them with no work of
+        the guest kernel.
 
         ``wait_agent`` False: the resume message is not awaited here but sent with the first
         :meth:`exec`'s command, in one write (the agent takes them in order, so the command
@@ -561,14 +605,27 @@ class Machine:
             restore_state(vm, machine_devices(self.platform, self.extra_devices, self.virtio),
                           manifest, self.virtio)
             self._t_load = time.monotonic() - self._t0
+            self._parked_mailbox = manifest.agent_mailbox
             if self._agent_link is not None:
                 self._guest_agent = GuestAgent(self, self._agent_link)
                 self._guest_agent.resume(RESUME_TIMEOUT if resume_timeout is None
-                                         else resume_timeout, wait=wait_agent)
+                                         else resume_timeout, wait=wait_agent,
+                                         deliver_first=self._mailbox_writer(vm, manifest))
         except BaseException:
             self.close()
             raise
         return self
+
+    @staticmethod
+    def _mailbox_writer(vm: KvmVM, manifest: Manifest) -> Callable[[bytes], bool] | None:
+        """What writes the restored agent's first frames into its mailbox (None: it was not
+        parked when saved)."""
+        address = manifest.agent_mailbox
+        if address is None:
+            return None
+        from vmboot.vmm.agent_mailbox import write_mailbox
+
+        return lambda data: write_mailbox(vm.memory, address, data)
 
     @property
     def loaded_at(self) -> float | None:
@@ -704,6 +761,12 @@ class Machine:
             self.gdb_server.connected.wait()  # the guest runs no instruction before gdb is there
         if self._t_first_run is None:
             self._t_first_run = time.monotonic() - self._t0
+        if self._parked_mailbox is not None and self.vm is not None:
+            from vmboot.vmm.agent_mailbox import release_mailbox
+
+            # the agent takes what was delivered there, else goes back to its channel
+            release_mailbox(self.vm.memory, self._parked_mailbox)
+            self._parked_mailbox = None
         self._dumps_written = []
         vm_exit = self._run_vcpus(timeout)
         self.virtio.quiesce()

@@ -162,8 +162,10 @@ def check_same_cpus(path: str | os.PathLike[str], saved: int, machine: int) -> N
 
 
 def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | None,
-                 devices: Mapping[str, SavesState], virtio: VirtioDevices) -> SaveReport:
-    """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``."""
+                 devices: Mapping[str, SavesState], virtio: VirtioDevices,
+                 agent_mailbox: int | None = None) -> SaveReport:
+    """Write the started machine's ``vm`` (not running) and ``devices`` to ``path``, and
+    where its agent waits (``agent_mailbox``, when it was parked)."""
     from vmboot.snapshot import save_snapshot as _save
 
     if vm is None:
@@ -173,7 +175,7 @@ def save_machine(path: str | os.PathLike[str], machine: BootSource, vm: KvmVM | 
                     "command line lacks %s: each restore will first catch up the time since "
                     "the snapshot, slower the older the snapshot is", SNAPSHOT_CLOCKSOURCE)
     virtio.quiesce()  # what the driver made available is served before saving
-    return _save(path, vm, devices, boot_facts(machine))
+    return _save(path, vm, devices, boot_facts(machine), agent_mailbox)
 
 
 def load_machine(path: str | os.PathLike[str], machine: BootSource, cpus: int,
