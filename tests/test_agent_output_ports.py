@@ -39,7 +39,8 @@ STALL_SECONDS = 10.0
 
 @pytest.fixture(scope="module")
 def machine(busybox: Path) -> Iterator[object]:
-    from vmboot.execute.image import AGENT_CMDLINE, agent_initramfs
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.layout import AGENT_CMDLINE
     from vmboot.vmm.machine import Machine
 
     kernel = shared_kernel_file("tiny-smp-bzImage")

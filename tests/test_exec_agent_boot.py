@@ -93,7 +93,8 @@ def test_verbose_names_the_agent_channel(disk_run: subprocess.CompletedProcess[b
 @pytest.fixture(scope="module")
 def vsock_machine(busybox: Path) -> Iterator[object]:
     from vmboot.devices.virtio.vsock_host import VsockConfig
-    from vmboot.execute.image import AGENT_CMDLINE, agent_initramfs
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.layout import AGENT_CMDLINE
     from vmboot.vmm.machine import Machine
 
     kernel = shared_kernel_file("tiny-bzImage")

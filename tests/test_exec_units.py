@@ -13,7 +13,7 @@ from vmboot.cli.main import build_parser
 from vmboot.errors import KernelFormatError, KernelImageError, UsageError, VmbootError
 from vmboot.execute.api import _StatusWatch, classify
 from vmboot.execute.discovery import cached_kernels, find_kernel
-from vmboot.execute.image import EXEC_CMDLINE
+from vmboot.execute.layout import EXEC_CMDLINE
 from vmboot.execute.result import ExecReason
 from vmboot.vmm.exits import ExitReason
 

@@ -27,7 +27,8 @@ def test_warm_with_files_is_refused(busybox: Path, tmp_path: Path) -> None:
 
 def test_the_warm_agent_image_is_reproducible_and_has_the_agent_as_init(busybox: Path) -> None:
     from vmboot.agent import agent_binary
-    from vmboot.execute.image import INIT_PATH, SHELL_PATH, agent_initramfs
+    from vmboot.execute.image import agent_initramfs
+    from vmboot.execute.layout import INIT_PATH, SHELL_PATH
 
     entries = {e.path: e for e in read_cpio(agent_initramfs([], busybox))}
     assert entries[INIT_PATH].data == agent_binary().read_bytes()

@@ -18,11 +18,11 @@ from vmboot.errors import FetchError, GuestError, InitramfsError
 from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
 from vmboot.execute.image import (
     EXEC_CHANNELS,
-    EXEC_KERNEL_ARGS,
     command_file,
     exec_initramfs,
     parse_status,
 )
+from vmboot.execute.layout import EXEC_KERNEL_ARGS
 from vmboot.initramfs import EntryKind, read_cpio
 
 # -- command file ---------------------------------------------------------------------------

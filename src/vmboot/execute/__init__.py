@@ -25,13 +25,13 @@ from vmboot.lazy_names import names_from
 if TYPE_CHECKING:
     from vmboot.execute.api import classify, exec_command
     from vmboot.execute.discovery import cached_kernels, find_kernel
-    from vmboot.execute.image import EXEC_CMDLINE
+    from vmboot.execute.layout import EXEC_CMDLINE
     from vmboot.execute.result import ExecReason, ExecResult, ExecTimings
 
 _HOMES = {
     "classify": "api", "exec_command": "api",
     "cached_kernels": "discovery", "find_kernel": "discovery",
-    "EXEC_CMDLINE": "image",
+    "EXEC_CMDLINE": "layout",
     "ExecReason": "result", "ExecResult": "result", "ExecTimings": "result",
 }
 """Each public name's module under ``vmboot.execute``."""

@@ -59,24 +59,7 @@ from vmboot.config import DEFAULT_CPUID_POLICY, DEFAULT_ENTRY, DEFAULT_MEMORY, M
 from vmboot.devices.console import DEFAULT_CAPTURE_LIMIT, ConsoleOutput, ConsoleSink
 from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import BootConfigError, GuestError
-from vmboot.execute.image import (
-    AGENT_CMDLINE,
-    EXEC_CMDLINE,
-    EXEC_SERIAL_PORTS,
-    STATUS_ERROR,
-    STATUS_EXIT,
-    STATUS_START,
-    parse_status,
-)
-from vmboot.execute.result import (
-    PANIC_MARKER,
-    ExecReason,
-    ExecResult,
-    ExecTimings,
-    Outcome,
-    OutputCallback,
-    exec_reading,
-)
+from vmboot.execute.layout import AGENT_CMDLINE, EXEC_CMDLINE, EXEC_SERIAL_PORTS
 from vmboot.vmm.exits import ExitReason
 
 if TYPE_CHECKING:
@@ -85,6 +68,7 @@ if TYPE_CHECKING:
     from vmboot.devices.virtio.share import Share
     from vmboot.devices.virtio.vsock_host import VsockConfig
     from vmboot.execute.channel import ChannelChoice, ChannelDecision
+    from vmboot.execute.result import ExecResult, Outcome, OutputCallback
     from vmboot.hv.kvm.cpuid import CpuidPolicyName
     from vmboot.linux.kernel import Kernel
     from vmboot.linux.options import EntryChoice
@@ -93,6 +77,9 @@ if TYPE_CHECKING:
 def classify(vm_exit: ExitReason, vm_detail: str, status: bytes, console: bytes,
              timeout: float | None = None) -> Outcome:
     """How an exec run ended, from why the VM stopped, the status channel and the console."""
+    from vmboot.execute.image import parse_status
+    from vmboot.execute.result import PANIC_MARKER, ExecReason, Outcome
+
     try:
         parsed = parse_status(status)
     except GuestError as e:
@@ -137,6 +124,8 @@ class _StatusWatch:
         self._lock = threading.Lock()
 
     def __call__(self, chunk: bytes) -> None:
+        from vmboot.execute.image import STATUS_ERROR, STATUS_EXIT, STATUS_START
+
         with self._lock:
             self.data += chunk
             now = time.monotonic() - self.t0
@@ -215,7 +204,6 @@ def exec_command(
     its input (:class:`~vmboot.agent.client.AgentClient`), when the channel is an agent's,
     and left unread when it is the serial one.
     """
-    from vmboot.execute import image
     from vmboot.execute.agent_run import STOP_GRACE
     from vmboot.execute.channel import choose_channel
     from vmboot.execute.guest_choice import choose_busybox, choose_kernel
@@ -280,6 +268,9 @@ def exec_command(
         return dataclasses.replace(result, channel=decision.channel,
                                    channel_reason=decision.reason)
     assert loaded is not None
+    from vmboot.execute import image
+    from vmboot.execute.result import ExecResult, ExecTimings, exec_reading
+
     if agent is not None:
         return _exec_with_agent(config, decision, image.agent_argv(command, dict(env or {})),
                                 dict(env or {}), stdin, pairs, busybox_path, t0=t0,

@@ -56,7 +56,7 @@ ttyS3  0x2E8  3          status lines (below)
 Host side, for the engineer implementing ``vmboot exec``:
 
 - kernel command line: ``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1`` (plus
-  ``quiet`` to keep ttyS0 short); :data:`EXEC_KERNEL_ARGS` holds the vmboot-specific
+  ``quiet`` to keep ttyS0 short); :data:`~vmboot.execute.layout.EXEC_KERNEL_ARGS` holds the vmboot-specific
   part.
 - emulate all four UARTs. COM1..COM3 have UPF_SKIP_TEST; COM4 (0x2E8) does not, so the
   driver's loopback test runs on it: with MCR=0x1A (LOOP|OUT2|RTS), MSR bits 7:4 must
@@ -83,9 +83,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmboot.agent import agent_binary
-from vmboot.devices.serial import COM1, COM2, COM3, COM4
 from vmboot.errors import GuestError, InitramfsError
 from vmboot.execute.guest import INIT_SCRIPT, RUN_SCRIPT, guest_file
+from vmboot.execute.layout import BUSYBOX_PATH, INIT_PATH, SHELL_PATH
 
 if TYPE_CHECKING:
     from vmboot.initramfs.entry import Entry
@@ -118,13 +118,6 @@ EXEC_CHANNELS = ExecChannels(
     stderr=SerialChannel("ttyS2", 0x3E8, 4),
     status=SerialChannel("ttyS3", 0x2E8, 3),
 )
-EXEC_KERNEL_ARGS = ("console=ttyS0", "8250.nr_uarts=4")
-"""Kernel command-line options the exec image needs (add reboot=k panic=-1 as usual)."""
-EXEC_CMDLINE = " ".join(("console=ttyS0", *(a for a in EXEC_KERNEL_ARGS if a != "console=ttyS0"),
-                         "reboot=k", "panic=-1", "quiet"))
-"""The kernel command line of an exec boot."""
-EXEC_SERIAL_PORTS = (COM1, COM2, COM3, COM4)
-"""COM1 the console, COM2 the command's stdout, COM3 its stderr, COM4 the status channel."""
 
 STATUS_START = b"VMBOOT-START"
 STATUS_EXIT = b"VMBOOT-EXIT"
@@ -133,9 +126,6 @@ EXIT_STATUS_MAX = 255
 
 # -- image layout ---------------------------------------------------------------------------
 
-BUSYBOX_PATH = "bin/busybox"
-SHELL_PATH = "bin/sh"
-INIT_PATH = "init"
 PROTOCOL_DIR = "vmboot"
 RUN_PATH = f"{PROTOCOL_DIR}/run.sh"
 COMMAND_PATH = f"{PROTOCOL_DIR}/command"
@@ -150,8 +140,6 @@ AGENT_MOUNT_POINTS = (*MOUNT_POINTS, "mnt")
 TMP_DIR, TMP_MODE = "tmp", 0o1777
 RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, RUN_PATH, COMMAND_PATH, CONSOLE_PATH)
 AGENT_RESERVED_PATHS = (BUSYBOX_PATH, SHELL_PATH, INIT_PATH, CONSOLE_PATH)
-AGENT_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet"
-"""The kernel command line of an agent-image boot (the UART console only)."""
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 COMMAND_HEADER = b"# vmboot exec command, sourced by /vmboot/run.sh: environment words, then argv\n"

@@ -36,7 +36,7 @@ from vmboot.execute.cache import (
     snapshot_locks,
     touch,
 )
-from vmboot.execute.image import SHELL_PATH
+from vmboot.execute.layout import SHELL_PATH
 from vmboot.file_digest import file_sha256
 from vmboot.version import __version__
 
