@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     info: dict[str, Any] = {
         "python": platform.python_version(),
+        "python_environment": "venv" if sys.prefix != sys.base_prefix else "no venv",
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "kvm": "PVM (software nested, kvm_pvm)" if Path("/sys/module/kvm_pvm").exists()

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import vmboot
+
 NOT_AT_START = {"vmboot.execute.fetch", "tarfile", "vmboot.vmm.profile", "vmboot.debug"}
 
 
@@ -80,6 +82,7 @@ def test_a_machine_imports_no_kernel_loader_until_it_boots() -> None:
 
 WARM_PATH = (
     "import json, sys\n"
+    "before = set(sys.modules)  # what the interpreter's own start loaded (site, .pth files)\n"
     "from vmboot.cli.main import build_parser\n"
     "words = ['exec', '--warm', '--json', '--', 'echo', 'hi']\n"
     "build_parser(words).parse_args(words)\n"
@@ -104,27 +107,33 @@ NOT_ON_THE_WARM_PATH = (
     "vmboot.linux.options", "vmboot.linux.bootparam", "vmboot.linux.configurator",
     "vmboot.linux.loader", "vmboot.x86.page_walk", "vmboot.vmm.code_fetch",
     "vmboot.vmm.host_root", "vmboot.snapshot.save", "vmboot.debug",
+    "vmboot.execute.image", "vmboot.execute.guest", "importlib.resources", "tempfile",
 )
 """Modules (and packages, with everything under them) that a warm run does not use: the
 other verbs' options, devices a warm guest does not have, the report classifier, the boot
-code (a restore boots nothing), the initramfs builders and the downloader."""
+code (a restore boots nothing), the initramfs builders and the exec image, the downloader,
+and the standard library's package-data reader and temporary files."""
 
-MAX_WARM_PATH_DATACLASSES = 38
+MAX_WARM_PATH_DATACLASSES = 35
 """Dataclasses defined by the modules on the warm path (each costs ~0.3 ms to create). Raise
-it only for one the warm path uses (38: the agent's resume answer); load any other where it is
-used."""
+it only for one the warm path uses; load any other where it is used."""
 
 
 def _warm_path() -> dict[str, list[str]]:
     report = (
         "loaded = sorted(m for m in sys.modules if m.startswith('vmboot'))\n"
+        "everything = sorted(set(sys.modules) - before)\n"
         "made = sorted(f'{n}.{v.__qualname__}' for n in loaded for v in vars(sys.modules[n]).values()\n"
         "              if isinstance(v, type) and v.__module__ == n\n"
         "              and '__dataclass_fields__' in vars(v))\n"
-        "print(json.dumps({'modules': loaded, 'dataclasses': made}))\n"
+        "print(json.dumps({'modules': everything, 'dataclasses': made}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", WARM_PATH + report], capture_output=True,
-                         text=True, check=True)
+    # Without site (-S): .pth files of an interpreter's site-packages may import what this
+    # test looks for (importlib.resources, tempfile) before vmboot does. vmboot and its
+    # package are found through PYTHONPATH instead (the warm path needs no other package).
+    src = str(Path(vmboot.__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-S", "-c", WARM_PATH + report], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": src})
     result: dict[str, list[str]] = json.loads(out.stdout)
     return result
 
