@@ -11,6 +11,8 @@ from __future__ import annotations
 import lzma
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -111,3 +113,12 @@ def require_kvm() -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kvm") is not None:
         require_kvm()
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected pair of stream sockets (ours, theirs), closed after the test."""
+    ours, theirs = socket.socketpair()
+    yield ours, theirs
+    ours.close()
+    theirs.close()

@@ -99,18 +99,10 @@ def test_release_lets_the_agent_go_and_keeps_what_was_delivered(memory: GuestMem
 
 
 # -- the client -----------------------------------------------------------------------------
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
 @pytest.mark.parametrize("delivered", [True, False])
-def test_the_first_write_is_offered_to_the_mailbox(pair: tuple[socket.socket, socket.socket],
+def test_the_first_write_is_offered_to_the_mailbox(socket_pair: tuple[socket.socket, socket.socket],
                                                    delivered: bool) -> None:
-    ours, theirs = pair
+    ours, theirs = socket_pair
     client = AgentClient(ours)
     offered: list[bytes] = []
 
@@ -134,9 +126,9 @@ def test_the_first_write_is_offered_to_the_mailbox(pair: tuple[socket.socket, so
     assert on_socket == (b"" if delivered else offered[0]) + p.signal_frame(9)
 
 
-def test_park_asks_for_the_wait_and_returns_the_answer(pair: tuple[socket.socket, socket.socket]
+def test_park_asks_for_the_wait_and_returns_the_answer(socket_pair: tuple[socket.socket, socket.socket]
                                                        ) -> None:
-    ours, theirs = pair
+    ours, theirs = socket_pair
     got: list[p.Message] = []
 
     def agent() -> None:
@@ -198,7 +190,7 @@ def _agent() -> tuple[AgentClient, subprocess.Popen[bytes]]:
 
 @contextlib.contextmanager
 def parked_agent() -> Iterator[tuple[AgentClient, subprocess.Popen[bytes], int]]:
-    """The agent binary on a socket pair, parked (it would wait ~2^40 TSC cycles)."""
+    """The agent binary on a socket socket_pair, parked (it would wait ~2^40 TSC cycles)."""
     require(os.geteuid() == 0, "root", "the agent reads its page's physical address from "
             "/proc/self/pagemap, which needs CAP_SYS_ADMIN")
     client, proc = _agent()

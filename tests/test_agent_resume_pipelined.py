@@ -8,7 +8,7 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -69,18 +69,10 @@ class ScriptedAgent:
         return [m.kind for m in self.frames]
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
-def run_against(pair: tuple[socket.socket, socket.socket],
+def run_against(socket_pair: tuple[socket.socket, socket.socket],
                 answer: Callable[[ScriptedAgent, p.Message], object],
                 resume_timeout: float | None = 10.0) -> tuple[AgentClient, ScriptedAgent]:
-    ours, theirs = pair
+    ours, theirs = socket_pair
     agent = ScriptedAgent(theirs, answer)
     client = AgentClient(ours)
     client.send_resumed(resume_timeout)
@@ -88,14 +80,14 @@ def run_against(pair: tuple[socket.socket, socket.socket],
 
 
 def test_the_resume_message_and_the_command_leave_in_one_write(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+        socket_pair: tuple[socket.socket, socket.socket]) -> None:
     def answer(agent: ScriptedAgent, msg: p.Message) -> None:
         if msg.kind is p.Frame.RESUMED:
             agent.send(done())
         elif msg.kind is p.Frame.EXEC:
             agent.send(STARTED + EXITED)
 
-    client, agent = run_against(pair, answer)
+    client, agent = run_against(socket_pair, answer)
     assert agent.reads == []  # nothing is sent before the command
     result = client.run(["/bin/true"], timeout=10)
     assert result.exit_status == 0 and result.sent_at is not None
@@ -107,7 +99,7 @@ def test_the_resume_message_and_the_command_leave_in_one_write(
 
 
 def test_a_late_answer_sets_the_clock_again_while_the_command_runs(
-        pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+        socket_pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_module, "CLOCK_TOLERANCE", -1.0)  # every answer is late
 
     def answer(agent: ScriptedAgent, msg: p.Message) -> None:
@@ -118,7 +110,7 @@ def test_a_late_answer_sets_the_clock_again_while_the_command_runs(
         elif msg.kind is p.Frame.EXEC:
             agent.send(STARTED)
 
-    client, agent = run_against(pair, answer)
+    client, agent = run_against(socket_pair, answer)
     result = client.run(["/bin/true"], timeout=10)
     assert result.exit_status == 0
     assert agent.kinds() == [p.Frame.RESUMED, p.Frame.EXEC,
@@ -131,7 +123,7 @@ def test_a_late_answer_sets_the_clock_again_while_the_command_runs(
     ((0, 0, 22), r"clock_settime\(CLOCK_REALTIME\): Invalid argument"),
 ])
 def test_a_refused_resume_kills_the_command_and_says_which_step(
-        pair: tuple[socket.socket, socket.socket], errnos: tuple[int, int, int],
+        socket_pair: tuple[socket.socket, socket.socket], errnos: tuple[int, int, int],
         named: str) -> None:
     def answer(agent: ScriptedAgent, msg: p.Message) -> None:
         if msg.kind is p.Frame.EXEC:
@@ -139,32 +131,32 @@ def test_a_refused_resume_kills_the_command_and_says_which_step(
         elif msg.kind is p.Frame.SIGNAL:
             agent.send(EXITED)
 
-    client, agent = run_against(pair, answer)
+    client, agent = run_against(socket_pair, answer)
     with pytest.raises(ResumeFailed, match=named):
         client.run(["/bin/sleep", "100"], timeout=10)
-    pair[0].shutdown(socket.SHUT_WR)
+    socket_pair[0].shutdown(socket.SHUT_WR)
     agent.join()
     assert agent.kinds()[-1] is p.Frame.SIGNAL
     assert p.U32.unpack_from(agent.frames[-1].payload)[0] == signal.SIGKILL
 
 
 def test_no_answer_to_the_resume_fails_the_command_within_its_time(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+        socket_pair: tuple[socket.socket, socket.socket]) -> None:
     def answer(agent: ScriptedAgent, msg: p.Message) -> None:
         if msg.kind is p.Frame.EXEC:
             agent.send(STARTED)  # the command runs; the resume is never answered
 
-    client, agent = run_against(pair, answer, resume_timeout=0.3)
+    client, agent = run_against(socket_pair, answer, resume_timeout=0.3)
     with pytest.raises(ResumeFailed, match=r"no answer to the resume message within 0\.3 s"):
         client.run(["/bin/sleep", "100"], timeout=60)
-    pair[0].shutdown(socket.SHUT_WR)
+    socket_pair[0].shutdown(socket.SHUT_WR)
     agent.join()
     assert agent.kinds() == [p.Frame.RESUMED, p.Frame.EXEC, p.Frame.SIGNAL]
 
 
 def test_the_blocking_resume_still_waits_for_its_answer(
-        pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, theirs = pair
+        socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = socket_pair
     agent = ScriptedAgent(theirs, lambda a, m: a.send(done()) if m.kind is p.Frame.RESUMED
                           else None)
     client = AgentClient(ours)
@@ -174,7 +166,7 @@ def test_the_blocking_resume_still_waits_for_its_answer(
 
 @pytest.mark.parametrize("complete", [True, False])
 def test_the_agent_held_the_command_when_it_came_whole_with_the_message(
-        pair: tuple[socket.socket, socket.socket], complete: bool) -> None:
+        socket_pair: tuple[socket.socket, socket.socket], complete: bool) -> None:
     """The answer's time less what the agent says it held the message, when the read that
     brought it brought the whole command too; no figure when it brought less."""
     held_cycles, tsc_khz = 60_000_000, 2_000_000  # 30 ms at 2 GHz
@@ -185,7 +177,7 @@ def test_the_agent_held_the_command_when_it_came_whole_with_the_message(
             agent.send(done(held=(held_cycles, sent_behind if complete else sent_behind - 1))
                        + STARTED + EXITED)
 
-    client, _agent = run_against(pair, answer)
+    client, _agent = run_against(socket_pair, answer)
     client.run(["/bin/true"], timeout=10)
     assert client.answered_at is not None and client.version == VERSION.decode()
     if complete:
@@ -195,12 +187,12 @@ def test_the_agent_held_the_command_when_it_came_whole_with_the_message(
 
 
 def test_an_answer_without_the_held_time_gives_no_figure(
-        pair: tuple[socket.socket, socket.socket]) -> None:
+        socket_pair: tuple[socket.socket, socket.socket]) -> None:
     def answer(agent: ScriptedAgent, msg: p.Message) -> None:
         if msg.kind is p.Frame.EXEC:
             agent.send(done() + STARTED + EXITED)
 
-    client, _agent = run_against(pair, answer)
+    client, _agent = run_against(socket_pair, answer)
     client.run(["/bin/true"], timeout=10)
     assert client.answered_at is not None and client.held_command_at(2_000_000) is None
 
