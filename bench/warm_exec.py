@@ -22,7 +22,10 @@ a command). Python's own start (``python -c pass``) is timed in the same run, as
 under every figure (with ``-S`` vmboot starts no sooner: what ``site`` loads here, vmboot
 would load itself).
 
-Run: ``python bench/warm_exec.py [--runs N] [--kernel K]``. Writes bench/results/warm_exec.json.
+Run: ``python bench/warm_exec.py [--runs N] [--kernel K]``, with the ``python`` vmboot is
+installed for (the README's figures: a venv made from the distribution's ``python3``, as its
+set-up does; an interpreter whose site-packages run ``.pth`` files at start adds their cost
+to every figure, and ``python -c pass`` shows it). Writes bench/results/warm_exec.json.
 """
 
 from __future__ import annotations
