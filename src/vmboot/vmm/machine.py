@@ -531,9 +531,10 @@ class Machine:
         """Ask a ready agent to wait in its mailbox while the guest is saved (a restore then
         hands it its first frames there, :mod:`vmboot.vmm.agent_mailbox`); the mailbox's
         guest-physical address, or None (no agent, an agent older than mailboxes, or one
-        that cannot say where its page is). The guest runs on for :data:`~vmboot.vmm.guest_agent.PARK_SETTLE`
-        seconds first, so the saved one has no deferred kernel work left; after the save
-        this guest's agent is let go (:func:`~vmboot.vmm.agent_mailbox.release_mailbox`)."""
+        that cannot say where its page is). The guest runs on for
+        :data:`~vmboot.vmm.guest_agent.PARK_SETTLE` seconds first, so the saved one has no
+        deferred kernel work left; after the save this guest's agent is let go
+        (:func:`~vmboot.vmm.agent_mailbox.release_mailbox`)."""
         from vmboot.agent.client import AgentError
         from vmboot.agent.protocol import agent_parks
         from vmboot.vmm.guest_agent import PARK_SETTLE, PARK_TIMEOUT, PARK_WAIT
