@@ -104,6 +104,16 @@ def test_listen_unix_refuses_a_file(tmp_path: Path) -> None:
     assert path.read_bytes() == b"keep me"
 
 
+def test_a_path_too_long_for_a_unix_socket_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    fits = "/" + "p" * 106
+    assert check_socket_path(fits, "test socket") is PathState.FREE
+    path = str(tmp_path / ("s" * max(1, 108 - len(str(tmp_path)))))
+    with pytest.raises(BootConfigError, match=r"test socket: .* is \d+ bytes long, more than "
+                                              r"the 107 a UNIX socket path may have; .*TMPDIR"):
+        listen_unix(path, "test socket", 1)
+    assert not os.path.exists(path)
+
+
 # -- the vsock hybrid socket -------------------------------------------------------------------
 def test_vsock_reuses_a_stale_hybrid_socket(tmp_path: Path) -> None:
     path = tmp_path / "v.sock"

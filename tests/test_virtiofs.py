@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import struct
 import tempfile
 import time
@@ -145,14 +146,17 @@ def test_read_only_share_answers_erofs_and_the_host_tree_is_unchanged(tmp_path: 
     assert sorted(p.name for p in share.iterdir()) == ["keep"]
 
 
-def test_a_leftover_socket_file_in_the_temp_dir_changes_nothing(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_leftover_socket_file_in_the_temp_dir_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     virtiofsd_or_skip()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    stale = tmp_path / "vmboot-virtiofs-stale"
+    # a directory of its own, short: a socket path has at most 107 bytes, and tmp_path under
+    # pytest-xdist is long
+    tmp = Path(tempfile.mkdtemp(prefix="vb-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    stale = tmp / "vmboot-virtiofs-stale"
     stale.mkdir()
     (stale / "vhost-user.sock").write_text("left by a crashed run")
-    source = tmp_path / "src"
+    source = tmp / "src"
     source.mkdir()
     first, second = Virtiofsd.start(source), Virtiofsd.start(source)
     try:
@@ -166,6 +170,7 @@ def test_a_leftover_socket_file_in_the_temp_dir_changes_nothing(tmp_path: Path,
     finally:
         first.stop()
         second.stop()
+        shutil.rmtree(tmp)
 
 
 def test_the_back_ends_call_sets_the_used_buffer_bit_then_interrupts(tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ from vmboot.errors import BootConfigError
 
 PROBE_TIMEOUT = 1.0
 """Seconds a connection to an existing socket file may take to tell whether it is live."""
+MAX_PATH_BYTES = 107
+"""The longest path a UNIX socket can be bound at: ``sun_path`` holds 108 bytes, the last a
+NUL."""
 
 
 class PathState(Enum):
@@ -62,7 +65,13 @@ def probe(path: str) -> PathState:
 
 def check_socket_path(path: str, field: str) -> PathState:
     """Raise :class:`BootConfigError` (naming ``field``) unless ``path`` can be listened on:
-    it is free or holds a stale socket. Nothing is removed here."""
+    it is free or holds a stale socket, and is short enough. Nothing is removed here."""
+    size = len(os.fsencode(path))
+    if size > MAX_PATH_BYTES:
+        raise BootConfigError(f"{field}: {path!r} is {size} bytes long, more than the "
+                              f"{MAX_PATH_BYTES} a UNIX socket path may have; choose a shorter "
+                              "path (a socket vmboot places in the temporary directory: set "
+                              "TMPDIR to a shorter one)")
     state = probe(path)
     if state is PathState.LIVE:
         raise BootConfigError(f"{field}: {path!r} is a socket another program listens on "
@@ -90,6 +99,6 @@ def listen_unix(path: str, field: str, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as e:
         sock.close()
-        raise BootConfigError(f"{field}: cannot listen on {path!r}: {e.strerror}; check the "
-                              "directory and that the path is free") from None
+        raise BootConfigError(f"{field}: cannot listen on {path!r}: {e.strerror or e}; check "
+                              "the directory and that the path is free") from None
     return sock
