@@ -21,7 +21,7 @@ from vmboot.errors import BootConfigError
 
 PROBE_TIMEOUT = 1.0
 """Seconds a connection to an existing socket file may take to tell whether it is live."""
-MAX_PATH_BYTES = 107
+SUN_PATH_MAX = 107
 """The longest path a UNIX socket can be bound at: ``sun_path`` holds 108 bytes, the last a
 NUL."""
 
@@ -67,9 +67,9 @@ def check_socket_path(path: str, field: str) -> PathState:
     """Raise :class:`BootConfigError` (naming ``field``) unless ``path`` can be listened on:
     it is free or holds a stale socket, and is short enough. Nothing is removed here."""
     size = len(os.fsencode(path))
-    if size > MAX_PATH_BYTES:
+    if size > SUN_PATH_MAX:
         raise BootConfigError(f"{field}: {path!r} is {size} bytes long, more than the "
-                              f"{MAX_PATH_BYTES} a UNIX socket path may have; choose a shorter "
+                              f"{SUN_PATH_MAX} a UNIX socket path may have; choose a shorter "
                               "path (a socket vmboot places in the temporary directory: set "
                               "TMPDIR to a shorter one)")
     state = probe(path)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmboot.closeable import Closeable
-from vmboot.devices.socket_path import check_socket_path
+from vmboot.devices.socket_path import SUN_PATH_MAX, check_socket_path
 from vmboot.devices.virtio import vsock_packet as vp
 from vmboot.devices.virtio.vsock_defaults import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from vmboot.errors import BootConfigError, VmbootError
@@ -29,8 +29,6 @@ OK_WORD = b"OK"
 MAX_COMMAND = 32
 """Bytes a ``CONNECT <port>\\n`` line may take (longer lines close the stream)."""
 PORT_LIMIT = 0xFFFFFFFF
-SUN_PATH_MAX = 107
-"""sockaddr_un.sun_path holds 108 bytes with the terminating NUL."""
 PORT_SUFFIX_MAX = len(f"_{PORT_LIMIT}")
 MAX_CONNECT_TIMEOUT = 3600.0
 
