@@ -36,7 +36,7 @@ from vmboot.execute.cache import (
     snapshot_locks,
     touch,
 )
-from vmboot.execute.layout import SHELL_PATH
+from vmboot.execute.layout import AGENT_CMDLINE, SHELL_PATH
 from vmboot.file_digest import file_sha256
 from vmboot.version import __version__
 
@@ -49,8 +49,11 @@ if TYPE_CHECKING:
 
 WARM_BOOT_TIMEOUT = 600.0
 """Limit for the one boot that makes a warm snapshot (when the run itself has none)."""
-WARM_CMDLINE = "console=ttyS0 reboot=k panic=-1 quiet no-kvmapf"
-"""The warm guest's command line: the agent needs nothing on it (its port is its default).
+WARM_CMDLINE = f"{AGENT_CMDLINE} no-kvmapf"
+"""The warm guest's command line: an agent image's, and ``no-kvmapf`` (a restored guest
+with asynchronous page faults on takes KVM's "wake all" interrupt, and reschedules before
+its agent runs; they help only a guest whose memory the host swaps). The agent needs
+nothing more on it (its port is its default).
 On a host that emulates guest ring 0 :data:`~vmboot.vmm.snapshots.SNAPSHOT_CLOCKSOURCE` is
 added (see there)."""
 WARM_IMAGE_VERSION = 3
