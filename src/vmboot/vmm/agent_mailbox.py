@@ -25,20 +25,24 @@ class MailboxMemory(Protocol):
     def write(self, gpa: int, data: bytes) -> None: ...
 
 
+def _parked_length(memory: MailboxMemory, address: int) -> int | None:
+    """The length of the frames in the mailbox at ``address`` while its agent is parked
+    there; None when it is not (or ``address`` is not a page of guest RAM)."""
+    if address % protocol.MAILBOX_SIZE or not memory.contains(address, protocol.MAILBOX_SIZE):
+        return None
+    state, length = protocol.MAILBOX_HEAD.unpack(memory.read(address, protocol.MAILBOX_HEAD.size))
+    return length if state == protocol.MAILBOX_PARKED else None
+
+
 def write_mailbox(memory: MailboxMemory, address: int, data: bytes) -> bool:
     """Put ``data`` (whole frames) in the mailbox at guest-physical ``address``; False, with
     nothing written, when the frames do not fit, the page is not guest RAM, or the saved
     agent had stopped waiting there (the frames must then go over the channel). Call only
     while no vCPU of the guest runs."""
-    head = protocol.MAILBOX_HEAD
-    if (not data or len(data) > protocol.MAILBOX_DATA_MAX or address % protocol.MAILBOX_SIZE
-            or not memory.contains(address, protocol.MAILBOX_SIZE)):
+    if not data or len(data) > protocol.MAILBOX_DATA_MAX or _parked_length(memory, address) != 0:
         return False
-    state, length = head.unpack(memory.read(address, head.size))
-    if state != protocol.MAILBOX_PARKED or length:
-        return False
-    memory.write(address + head.size, data)
-    memory.write(address, head.pack(state, len(data)))
+    memory.write(address + protocol.MAILBOX_HEAD.size, data)
+    memory.write(address, protocol.MAILBOX_HEAD.pack(protocol.MAILBOX_PARKED, len(data)))
     return True
 
 
@@ -47,9 +51,6 @@ def release_mailbox(memory: MailboxMemory, address: int) -> None:
     else reads its channel again (a guest saved and running on, or restored and given
     nothing there; its wait would otherwise end only by the TSC, which a restore may set
     back). Call only while no vCPU of the guest runs."""
-    head = protocol.MAILBOX_HEAD
-    if address % protocol.MAILBOX_SIZE or not memory.contains(address, head.size):
-        return
-    state, length = head.unpack(memory.read(address, head.size))
-    if state == protocol.MAILBOX_PARKED:
-        memory.write(address, head.pack(0, length))
+    length = _parked_length(memory, address)
+    if length is not None:
+        memory.write(address, protocol.MAILBOX_HEAD.pack(0, length))

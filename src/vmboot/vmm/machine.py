@@ -82,7 +82,6 @@ if TYPE_CHECKING:
     from vmboot.net.config import NetConfig
     from vmboot.report import Reading, Verdict
     from vmboot.snapshot import SaveReport
-    from vmboot.snapshot.manifest import Manifest
     from vmboot.vmm.gdb_control import GdbControl
     from vmboot.vmm.guest_agent import AgentLink, GuestAgent
     from vmboot.vmm.runner import Runner
@@ -609,24 +608,23 @@ class Machine:
             self._parked_mailbox = manifest.agent_mailbox
             if self._agent_link is not None:
                 self._guest_agent = GuestAgent(self, self._agent_link)
-                self._guest_agent.resume(RESUME_TIMEOUT if resume_timeout is None
-                                         else resume_timeout, wait=wait_agent,
-                                         deliver_first=self._mailbox_writer(vm, manifest))
+                self._guest_agent.resume(
+                    RESUME_TIMEOUT if resume_timeout is None else resume_timeout,
+                    wait=wait_agent,
+                    deliver_first=None if self._parked_mailbox is None else self._to_mailbox)
         except BaseException:
             self.close()
             raise
         return self
 
-    @staticmethod
-    def _mailbox_writer(vm: KvmVM, manifest: Manifest) -> Callable[[bytes], bool] | None:
-        """What writes the restored agent's first frames into its mailbox (None: it was not
-        parked when saved)."""
-        address = manifest.agent_mailbox
-        if address is None:
-            return None
+    def _to_mailbox(self, data: bytes) -> bool:
+        """Write the restored agent's first frames into its mailbox (before the guest runs);
+        False when they must go over the channel instead."""
         from vmboot.vmm.agent_mailbox import write_mailbox
 
-        return lambda data: write_mailbox(vm.memory, address, data)
+        if self._parked_mailbox is None or self.vm is None:
+            return False
+        return write_mailbox(self.vm.memory, self._parked_mailbox, data)
 
     @property
     def loaded_at(self) -> float | None:
