@@ -56,8 +56,8 @@ ttyS3  0x2E8  3          status lines (below)
 Host side, for the engineer implementing ``vmboot exec``:
 
 - kernel command line: ``console=ttyS0 8250.nr_uarts=4 reboot=k panic=-1`` (plus
-  ``quiet`` to keep ttyS0 short); :data:`~vmboot.execute.layout.EXEC_KERNEL_ARGS` holds the vmboot-specific
-  part.
+  ``quiet`` to keep ttyS0 short); :data:`~vmboot.execute.layout.EXEC_KERNEL_ARGS` holds
+  the vmboot-specific part.
 - emulate all four UARTs. COM1..COM3 have UPF_SKIP_TEST; COM4 (0x2E8) does not, so the
   driver's loopback test runs on it: with MCR=0x1A (LOOP|OUT2|RTS), MSR bits 7:4 must
   read 0x9 (DCD|CTS). Output only flows with the THRE interrupt working (as for ttyS0).
